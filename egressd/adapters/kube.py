@@ -1,0 +1,375 @@
+"""Lease store over the official ``kubernetes`` client.
+
+* Every call runs in a small bounded thread pool (the client blocks) with a
+  per-call timeout no longer than ``api_timeout`` and never past the caller's
+  deadline; urllib3's own retries are off.
+* Retries live here and only here (tenacity): connection failures and 5xx are
+  retried with a short jittered backoff while the deadline allows; a retry
+  never outlives the deadline it serves. Timeouts are not retried (the write
+  may have happened; the caller re-reads).
+* Errors become egressd's own (see :mod:`egressd.core.errors`): 409 → LostRace,
+  404 → LeaseNotFound, 410 → LeaseExpired, timeouts → ApiTimeout, refused /
+  reset / 5xx → ApiUnavailable, each chained to the library's exception.
+* Responses are read as raw JSON (``_preload_content=False``) and validated by
+  :func:`egressd.core.lease.record_from_object`; writes send ``V1Lease`` models.
+* The watch runs in a thread of its own, bridged to the event loop by a
+  queue. It lists first (a ``sync`` event), then watches from the list's
+  resourceVersion, reconnects from the last seen one (bookmarks advance it),
+  and lists again after 410 Expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+
+from egressd.core.errors import (
+    ApiTimeout,
+    ApiUnavailable,
+    EgressdError,
+    LeaseError,
+    LeaseExpired,
+    LeaseNotFound,
+    LostRace,
+    MalformedLease,
+)
+from egressd.core.lease import LABEL_SELECTOR, LeaseRecord, object_from_record, record_from_object, released
+from egressd.core.settings import KubeSettings
+from egressd.ports import Clock, LeaseEvent
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Shortest useful remaining time for one more attempt.
+_MIN_ATTEMPT = 0.02
+
+
+def api_client(settings: KubeSettings, *, pool_size: int = 8) -> k8s.ApiClient:
+    """An ApiClient for the configured access mode, with urllib3 retries off
+    (retries are ours) and a connection pool as large as our thread pool."""
+    cfg = k8s.Configuration()
+    try:
+        if settings.access == "in-cluster":
+            k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        elif settings.access == "kubeconfig":
+            k8s_config.load_kube_config(config_file=settings.kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
+        else:
+            assert settings.url is not None
+            cfg.host = settings.url.rstrip("/")
+            if settings.token_file:
+                with open(settings.token_file, encoding="utf-8") as fh:  # noqa: PTH123
+                    cfg.api_key = {"authorization": "Bearer " + fh.read().strip()}
+            if settings.ca_file:
+                cfg.ssl_ca_cert = settings.ca_file
+    except (k8s_config.ConfigException, OSError) as exc:
+        raise EgressdError(f"kubernetes.{settings.access}: cannot load API access: {exc}") from exc
+    cfg.retries = False
+    cfg.connection_pool_maxsize = pool_size
+    return k8s.ApiClient(cfg)
+
+
+class KubeLeaseStore:
+    """:class:`egressd.ports.LeaseStore` for the leases of one namespace."""
+
+    def __init__(
+        self,
+        api: k8s.ApiClient,
+        namespace: str,
+        *,
+        clock: Clock,
+        api_timeout: float,
+        workers: int = 4,
+        watch_timeout: int = 240,
+        label_selector: str = LABEL_SELECTOR,
+    ) -> None:
+        self._api = api
+        self._leases = k8s.CoordinationV1Api(api)
+        self._namespace = namespace
+        self._clock = clock
+        self._api_timeout = api_timeout
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="egressd-api")
+        self._watch_timeout = watch_timeout
+        self._selector = label_selector
+        self._closed = threading.Event()
+
+    # --- calls --------------------------------------------------------------
+
+    async def get(self, name: str, *, deadline: float) -> LeaseRecord | None:
+        try:
+            obj = await self._call(
+                "get",
+                deadline,
+                lambda t: self._leases.read_namespaced_lease(
+                    name, self._namespace, _preload_content=False, _request_timeout=t
+                ),
+            )
+        except LeaseNotFound:
+            return None
+        return record_from_object(obj)
+
+    async def create(self, record: LeaseRecord, *, deadline: float) -> LeaseRecord:
+        body = _lease_model(record, self._namespace)
+        obj = await self._call(
+            "create",
+            deadline,
+            lambda t: self._leases.create_namespaced_lease(
+                self._namespace, body, _preload_content=False, _request_timeout=t
+            ),
+        )
+        return record_from_object(obj)
+
+    async def update(self, record: LeaseRecord, *, deadline: float) -> LeaseRecord:
+        if not record.resource_version:
+            raise LeaseError(f"{record.name}: update needs a resourceVersion")
+        body = _lease_model(record, self._namespace)
+        obj = await self._call(
+            "update",
+            deadline,
+            lambda t: self._leases.replace_namespaced_lease(
+                record.name, self._namespace, body, _preload_content=False, _request_timeout=t
+            ),
+        )
+        return record_from_object(obj)
+
+    async def release(self, record: LeaseRecord, *, successor: str | None, deadline: float) -> LeaseRecord:
+        return await self.update(released(record, successor=successor, now=self._clock.wall()), deadline=deadline)
+
+    async def list_leases(self, *, deadline: float) -> list[LeaseRecord]:
+        records, _ = await self._list(deadline)
+        return records
+
+    async def close(self) -> None:
+        self._closed.set()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        await asyncio.get_running_loop().run_in_executor(None, self._api.close)
+
+    async def _list(self, deadline: float) -> tuple[list[LeaseRecord], str]:
+        obj = await self._call(
+            "list",
+            deadline,
+            lambda t: self._leases.list_namespaced_lease(
+                self._namespace, label_selector=self._selector, _preload_content=False, _request_timeout=t
+            ),
+        )
+        records = []
+        for item in obj.get("items") or []:
+            try:
+                records.append(record_from_object(item))
+            except MalformedLease as exc:
+                log.warning("ignoring unreadable lease in list: %s", exc)
+        return records, str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+    async def _call(self, verb: str, deadline: float, fn: Callable[[float], Any]) -> dict[str, Any]:
+        """Run ``fn(timeout)`` in the pool, retried on unavailability until the deadline."""
+        loop = asyncio.get_running_loop()
+
+        def stop(state: RetryCallState) -> bool:
+            return deadline - self._clock.monotonic() < _MIN_ATTEMPT
+
+        async for attempt in AsyncRetrying(
+            stop=stop,
+            wait=wait_random_exponential(multiplier=0.02, max=0.2),
+            retry=retry_if_exception_type(ApiUnavailable),
+            reraise=True,
+        ):
+            with attempt:
+                remaining = deadline - self._clock.monotonic()
+                if remaining < _MIN_ATTEMPT:
+                    raise ApiTimeout(f"lease {verb}: deadline passed before the call")
+                timeout = min(self._api_timeout, remaining)
+                future = loop.run_in_executor(self._executor, _blocking_json, fn, timeout)
+                try:
+                    return await asyncio.wait_for(future, timeout + 0.05)
+                except TimeoutError as exc:
+                    raise ApiTimeout(f"lease {verb}: no answer within {timeout:.3f}s") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- watch ----------------------------------------------------------------
+
+    async def watch(self) -> AsyncIterator[LeaseEvent]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[LeaseEvent | BaseException] = asyncio.Queue()
+        stop = threading.Event()
+
+        def emit(item: LeaseEvent | BaseException) -> None:
+            with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        thread = threading.Thread(target=self._watch_thread, args=(emit, stop), name="egressd-lease-watch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+
+    def _watch_thread(self, emit: Callable[[LeaseEvent | BaseException], None], stop: threading.Event) -> None:
+        rv = ""
+        backoff = 0.05
+        while not stop.is_set() and not self._closed.is_set():
+            try:
+                if not rv:
+                    records, rv = self._list_blocking()
+                    emit(LeaseEvent(kind="sync", records=tuple(records)))
+                for event in self._watch_once(rv, stop):
+                    backoff = 0.05
+                    rv = event.pop("_rv", rv)
+                    if event:
+                        emit(_to_lease_event(event))
+            except LeaseExpired:
+                log.info("lease watch: resourceVersion %s expired; listing again", rv)
+                rv = ""
+            except (LeaseError, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+                if stop.is_set():
+                    return
+                log.warning("lease watch interrupted (%s); reconnecting from resourceVersion %s", exc, rv or "-")
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 1.0)
+
+    def _list_blocking(self) -> tuple[list[LeaseRecord], str]:
+        obj = _blocking_json(
+            lambda t: self._leases.list_namespaced_lease(
+                self._namespace, label_selector=self._selector, _preload_content=False, _request_timeout=t
+            ),
+            max(self._api_timeout, 2.0),
+        )
+        records = []
+        for item in obj.get("items") or []:
+            try:
+                records.append(record_from_object(item))
+            except MalformedLease as exc:
+                log.warning("ignoring unreadable lease in list: %s", exc)
+        return records, str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+    def _watch_once(self, rv: str, stop: threading.Event) -> Iterator[dict[str, Any]]:
+        """One watch request; yields raw events, each with ``_rv`` (the
+        resourceVersion to resume from after it)."""
+        try:
+            resp: Any = self._leases.list_namespaced_lease(
+                self._namespace,
+                label_selector=self._selector,
+                watch=True,
+                resource_version=rv,
+                allow_watch_bookmarks=True,
+                timeout_seconds=self._watch_timeout,
+                _preload_content=False,
+                _request_timeout=(max(self._api_timeout, 1.0), self._watch_timeout + 10),
+            )
+        except ApiException as exc:
+            raise _translate(exc, "watch") from exc
+        try:
+            buf = b""
+            for chunk in resp.stream(4096, decode_content=True):
+                if stop.is_set():
+                    return
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line.strip():
+                        yield _decode_watch_line(line)
+        finally:
+            resp.release_conn()
+
+
+def _lease_model(record: LeaseRecord, namespace: str) -> k8s.V1Lease:
+    model = k8s.V1Lease.from_dict(object_from_record(record, namespace))
+    assert model is not None
+    return model
+
+
+def _decode_watch_line(line: bytes) -> dict[str, Any]:
+    event = json.loads(line)
+    kind = event.get("type")
+    obj = event.get("object") or {}
+    if kind == "ERROR":
+        code = obj.get("code")
+        message = obj.get("message", "")
+        if code == 410:
+            raise LeaseExpired(f"watch: {message}")
+        raise ApiUnavailable(f"watch error {code}: {message}")
+    rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+    if kind == "BOOKMARK":
+        return {"_rv": rv} if rv else {}
+    return {"_rv": rv, "type": kind, "object": obj}
+
+
+def _to_lease_event(event: dict[str, Any]) -> LeaseEvent:
+    obj = event["object"]
+    name = str((obj.get("metadata") or {}).get("name") or "")
+    if event["type"] == "DELETED":
+        return LeaseEvent(kind="delete", name=name)
+    try:
+        return LeaseEvent(kind="upsert", name=name, record=record_from_object(obj))
+    except MalformedLease as exc:
+        return LeaseEvent(kind="invalid", name=name, problem=str(exc))
+
+
+def _blocking_json(fn: Callable[[float], Any], timeout: float) -> dict[str, Any]:
+    """Call the client with ``_request_timeout`` and decode its raw response."""
+    started = time.monotonic()
+    try:
+        resp = fn(timeout)
+        data = resp.data
+    except ApiException as exc:
+        raise _translate(exc, "call") from exc
+    except (urllib3.exceptions.TimeoutError, TimeoutError) as exc:
+        raise ApiTimeout(f"no answer within {timeout:.3f}s") from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        if time.monotonic() - started >= timeout:
+            raise ApiTimeout(f"no answer within {timeout:.3f}s ({exc})") from exc
+        raise ApiUnavailable(f"API server unreachable: {exc}") from exc
+    status = getattr(resp, "status", 200)
+    if status >= 400:
+        error = ApiException(status=status, reason=getattr(resp, "reason", ""))
+        error.body = data
+        raise _translate(error, "call")
+    try:
+        decoded = json.loads(data)
+    except ValueError as exc:
+        raise ApiUnavailable(f"API server sent something that is not JSON: {data[:80]!r}") from exc
+    if not isinstance(decoded, dict):
+        raise ApiUnavailable("API server sent JSON that is not an object")
+    return decoded
+
+
+def _translate(exc: ApiException, verb: str) -> LeaseError:
+    status = exc.status or 0
+    message = _status_message(exc)
+    if status == 409:
+        return LostRace(f"{verb}: {message}")
+    if status == 404:
+        return LeaseNotFound(f"{verb}: {message}")
+    if status == 410:
+        return LeaseExpired(f"{verb}: {message}")
+    if status == 429 or status >= 500 or status == 0:
+        return ApiUnavailable(f"{verb}: HTTP {status}: {message}")
+    return LeaseError(f"{verb}: HTTP {status}: {message}")
+
+
+def _status_message(exc: ApiException) -> str:
+    body = exc.body
+    if isinstance(body, bytes | str):
+        try:
+            status = json.loads(body)
+            if isinstance(status, dict) and status.get("message"):
+                return str(status["message"])
+        except ValueError:
+            pass
+    return str(exc.reason or "")

@@ -1,0 +1,90 @@
+"""A data plane that touches nothing and records what it would do.
+
+Used by ``egressd run --dataplane record`` (a dry run of the election on a
+real cluster) and by the integration tests, which read the journal of several
+daemons to check that no two ever served one IP at once.
+
+It models the kernel fence: an address claimed with a lifetime counts as
+present only until ``claimed_at + lifetime`` unless refreshed, exactly like an
+address with ``valid_lft`` whose owner froze. Each journal line is a JSON
+object with ``t`` (CLOCK_MONOTONIC seconds, comparable between processes on
+one machine), ``node``, ``op`` and the operation's fields.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from egressd.core.settings import EgressGroup, IPAddress
+
+log = logging.getLogger(__name__)
+
+
+class RecordingDataPlane:
+    """Implements the Addresses, Snat and Announcer ports in memory."""
+
+    def __init__(self, node: str, journal: Path | None = None) -> None:
+        self.node = node
+        self._journal = journal.open("a", encoding="utf-8") if journal else None
+        self.addresses: dict[tuple[IPAddress, str], float] = {}
+        """(ip, interface) -> monotonic expiry time."""
+        self.snat: dict[IPAddress, str] = {}
+        self.announcing: set[IPAddress] = set()
+        self.staged: tuple[str, ...] = ()
+        self.ops: list[dict[str, Any]] = []
+
+    def _record(self, op: str, **fields: Any) -> None:
+        entry = {"t": time.monotonic(), "node": self.node, "op": op, **fields}
+        self.ops.append(entry)
+        if self._journal is not None:
+            self._journal.write(json.dumps(entry) + "\n")
+            self._journal.flush()
+
+    # Addresses
+    async def claim(self, ip: IPAddress, interface: str, lifetime: int) -> None:
+        now = time.monotonic()
+        self.addresses[(ip, interface)] = now + lifetime
+        self._record("claim", ip=str(ip), interface=interface, lifetime=lifetime)
+
+    async def release(self, ip: IPAddress, interface: str) -> None:
+        self.addresses.pop((ip, interface), None)
+        self._record("release", ip=str(ip), interface=interface)
+
+    async def owned(self) -> set[tuple[IPAddress, str]]:
+        now = time.monotonic()
+        return {key for key, expires in self.addresses.items() if expires > now}
+
+    # Snat
+    async def stage(self, groups: Sequence[EgressGroup]) -> None:
+        self.staged = tuple(g.name for g in groups)
+        self._record("stage", groups=list(self.staged))
+
+    async def activate(self, ip: IPAddress, group: str) -> None:
+        self.snat[ip] = group
+        self._record("snat-on", ip=str(ip), group=group)
+
+    async def deactivate(self, ip: IPAddress) -> None:
+        self.snat.pop(ip, None)
+        self._record("snat-off", ip=str(ip))
+
+    async def active(self) -> set[IPAddress]:
+        return set(self.snat)
+
+    # Announcer
+    async def start(self, ip: IPAddress, interface: str) -> None:
+        self.announcing.add(ip)
+        self._record("announce", ip=str(ip), interface=interface)
+
+    async def stop(self, ip: IPAddress) -> None:
+        self.announcing.discard(ip)
+        self._record("announce-stop", ip=str(ip))
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None

@@ -1,0 +1,576 @@
+"""Settings of one egressd node, and their validation.
+
+The config file is YAML (loaded elsewhere); this module turns the loaded
+mapping into frozen dataclasses or raises :class:`ConfigError` listing *every*
+problem, each located by its dotted field path (``groups[0].egressIPs[1]``).
+
+Keys are camelCase, like Kubernetes objects, and the group keys are the field
+names of the ``EgressGatewayPolicy`` CRD (``egressIPs``, ``interface``,
+``destinationCIDRs``, ``excludedCIDRs``) plus ``sourceCIDRs`` for the static
+mode, so one vocabulary serves both.
+
+Durations are seconds (a number) or a string with a unit: ``"250ms"``,
+``"2.5s"``, ``"1m"``.
+
+The timing defaults aim at a node-loss failover under 3 s. The safety argument
+(docs/architecture.md) needs two inequalities, checked here:
+
+* (T1) ``leaseDuration > renewDeadline + addressLifetime + kernelSlack + safetyMargin``:
+  a standby takes over only after the holder's daemon fence *and* its kernel
+  fence have both fired, however the holder died.
+* (T2) ``renewDeadline > 1.2 * retryPeriod``: the owner gets at least one
+  retry before it must step down, as client-go demands.
+* (T3) ``apiTimeout < renewDeadline``: a single API call can never outlive the
+  deadline it serves.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from egressd.core.errors import ConfigError, Problem
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_IFNAME = re.compile(r"^[^/\s:]{1,15}$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How fast egressd elects, renews and fences. All values in seconds."""
+
+    lease_duration: float = 2.5
+    """How long a standby waits, from its own observation of the last lease
+    change, before it may take an IP over. Failover after node loss takes about
+    this long. 2.5 s is the smallest value that satisfies (T1) for the defaults
+    below with room to spare."""
+
+    renew_deadline: float = 1.0
+    """The owner withdraws the IP (daemon fence) when its last successful renew
+    is older than this. 1 s allows three renew attempts at the default retry
+    period before stepping down."""
+
+    retry_period: float = 0.25
+    """Interval between renew attempts, and between acquire attempts of a
+    standby that is not woken by a watch event. 0.25 s keeps API load to four
+    writes per second per IP."""
+
+    address_lifetime: int = 1
+    """``valid_lft``/``preferred_lft`` of the egress IP, whole seconds (the
+    kernel's granularity). The owner refreshes it after every successful renew;
+    a frozen or crashed daemon loses the address this long after its last
+    refresh (kernel fence). 1 s is the kernel's minimum."""
+
+    kernel_slack: float = 0.2
+    """How late after ``valid_lft`` the kernel really removes an expired
+    address. The kernel's address-expiry worker runs with a granularity of a
+    fraction of a second; the measured bound on this machine is in
+    docs/architecture.md. Used only in (T1)."""
+
+    safety_margin: float = 0.1
+    """Extra room in (T1) for scheduling delays and clock rate differences."""
+
+    api_timeout: float = 0.5
+    """Timeout of one API call (connect plus response). Half the renew deadline,
+    so a timed-out call still leaves one retry before the deadline (T3)."""
+
+    non_preferred_delay: float = 0.5
+    """Extra wait before a candidate that is not the rendezvous-preferred node
+    takes a free or expired lease, so the preferred node usually wins and IPs
+    spread evenly. Two retry periods: long enough for the preferred node's
+    watch event and write, short enough not to matter after node loss."""
+
+    handoff_grace: float = 2.5
+    """How long other candidates leave a lease released to a named successor
+    (``egressd handoff IP --to NODE``) for that successor before taking it
+    themselves. One lease duration: if the successor is dead, the IP moves as
+    after node loss."""
+
+    def check(self, path: str = "timing") -> list[Problem]:
+        """The inequalities of the safety argument, each problem naming which."""
+        problems: list[Problem] = []
+        for name, value in (
+            ("leaseDuration", self.lease_duration),
+            ("renewDeadline", self.renew_deadline),
+            ("retryPeriod", self.retry_period),
+            ("apiTimeout", self.api_timeout),
+        ):
+            if not value > 0:
+                problems.append(Problem(f"{path}.{name}", f"must be positive, got {value}"))
+        if self.address_lifetime < 1:
+            problems.append(
+                Problem(f"{path}.addressLifetime", "must be at least 1 (whole seconds, the kernel's granularity)")
+            )
+        for name, value in (
+            ("kernelSlack", self.kernel_slack),
+            ("safetyMargin", self.safety_margin),
+            ("nonPreferredDelay", self.non_preferred_delay),
+            ("handoffGrace", self.handoff_grace),
+        ):
+            if value < 0:
+                problems.append(Problem(f"{path}.{name}", f"must not be negative, got {value}"))
+        if problems:
+            return problems
+        fences = self.renew_deadline + self.address_lifetime + self.kernel_slack + self.safety_margin
+        if not self.lease_duration > fences:
+            problems.append(
+                Problem(
+                    f"{path}.leaseDuration",
+                    f"(T1) leaseDuration > renewDeadline + addressLifetime + kernelSlack + safetyMargin "
+                    f"fails: {self.lease_duration:g} <= {self.renew_deadline:g} + {self.address_lifetime} "
+                    f"+ {self.kernel_slack:g} + {self.safety_margin:g} = {fences:g}; a standby could take "
+                    f"the IP while the old owner's address still exists",
+                )
+            )
+        if not self.renew_deadline > 1.2 * self.retry_period:
+            problems.append(
+                Problem(
+                    f"{path}.renewDeadline",
+                    f"(T2) renewDeadline > 1.2 * retryPeriod fails: {self.renew_deadline:g} <= "
+                    f"{1.2 * self.retry_period:g}; the owner would step down without a retry",
+                )
+            )
+        if not self.api_timeout < self.renew_deadline:
+            problems.append(
+                Problem(
+                    f"{path}.apiTimeout",
+                    f"(T3) apiTimeout < renewDeadline fails: {self.api_timeout:g} >= {self.renew_deadline:g}; "
+                    f"one stuck call could outlive the deadline it serves",
+                )
+            )
+        return problems
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Who this daemon is."""
+
+    name: str
+    """The node's identity in leases (``holderIdentity``). Must be unique in the
+    cluster; two daemons with one name are detected and fenced."""
+
+    address: IPAddress | None = None
+    """The node's address on the node network. Written into the leases it holds
+    so that steering nodes can route selected traffic to it. Required on
+    gateway candidates."""
+
+
+KubeAccess = Literal["in-cluster", "kubeconfig", "url"]
+
+
+@dataclass(frozen=True)
+class KubeSettings:
+    """How to reach the Kubernetes API."""
+
+    namespace: str = "egressd"
+    """Namespace of the egressd leases (one per egress IP)."""
+
+    access: KubeAccess = "in-cluster"
+    """``in-cluster`` (service account of a DaemonSet pod), ``kubeconfig`` (a
+    file, for the systemd unit) or ``url`` (a plain API URL, for the lab)."""
+
+    kubeconfig: str | None = None
+    """Path of the kubeconfig file when ``access`` is ``kubeconfig``."""
+
+    url: str | None = None
+    """API server URL when ``access`` is ``url``."""
+
+    token_file: str | None = None
+    """Bearer token file for ``url`` access (optional)."""
+
+    ca_file: str | None = None
+    """CA bundle for ``url`` access over https (optional)."""
+
+
+@dataclass(frozen=True)
+class EgressGroup:
+    """Pods (by source CIDR in the static mode) whose traffic to the
+    destinations leaves through one of the egress IPs."""
+
+    name: str
+    egress_ips: tuple[IPAddress, ...]
+    """Floating IPs of this group; each has its own lease and owner."""
+
+    interface: str
+    """Interface of the gateway nodes that carries the egress IPs."""
+
+    candidates: tuple[str, ...] = ()
+    """Gateway nodes allowed to own this group's IPs (or use ``node_selector``)."""
+
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    """Node labels that make a node a candidate (matchLabels semantics)."""
+
+    source_cidrs: tuple[IPNetwork, ...] = ()
+    """Sources whose traffic is steered and SNATed (static mode)."""
+
+    destination_cidrs: tuple[IPNetwork, ...] = ()
+    """Destinations reached through the egress IP."""
+
+    excluded_cidrs: tuple[IPNetwork, ...] = ()
+    """Destinations inside ``destination_cidrs`` that keep the normal route."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one egressd node needs."""
+
+    node: NodeSettings
+    kubernetes: KubeSettings = field(default_factory=KubeSettings)
+    timing: Timing = field(default_factory=Timing)
+    groups: tuple[EgressGroup, ...] = ()
+
+    def candidate_groups(self) -> tuple[EgressGroup, ...]:
+        """Groups for which this node is a named candidate."""
+        return tuple(g for g in self.groups if self.node.name in g.candidates)
+
+
+# --- parsing -----------------------------------------------------------------
+
+
+class _Reader:
+    """Collects problems while reading a nested mapping."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(Problem(path, message))
+
+    def mapping(self, value: Any, path: str, allowed: Sequence[str]) -> Mapping[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.problem(path, f"must be a mapping, got {type(value).__name__}")
+            return {}
+        for key in value:
+            if key not in allowed:
+                hint = _closest(str(key), allowed)
+                self.problem(f"{path}.{key}" if path else str(key), "unknown key" + hint)
+        return value
+
+    def string(self, value: Any, path: str, *, required: bool = False) -> str | None:
+        if value is None:
+            if required:
+                self.problem(path, "is required")
+            return None
+        if not isinstance(value, str) or not value:
+            self.problem(path, f"must be a non-empty string, got {value!r}")
+            return None
+        return value
+
+    def duration(self, value: Any, path: str, default: float) -> float:
+        if value is None:
+            return default
+        if isinstance(value, bool):
+            self.problem(path, f"must be a duration, got {value!r}")
+            return default
+        if isinstance(value, int | float):
+            if not math.isfinite(value):
+                self.problem(path, f"must be finite, got {value!r}")
+                return default
+            return float(value)
+        if isinstance(value, str):
+            m = _DURATION.match(value)
+            if m:
+                number = float(m.group(1))
+                unit = m.group(2) or "s"
+                return number * {"ms": 0.001, "s": 1.0, "m": 60.0}[unit]
+        self.problem(path, f"must be seconds or a string like '250ms', '2.5s', got {value!r}")
+        return default
+
+    def ip(self, value: Any, path: str) -> IPAddress | None:
+        try:
+            return ipaddress.ip_address(str(value)) if isinstance(value, str) else _bad_type(value)
+        except ValueError:
+            self.problem(path, f"is not an IP address: {value!r}")
+            return None
+
+    def cidr(self, value: Any, path: str) -> IPNetwork | None:
+        if not isinstance(value, str):
+            self.problem(path, f"must be a CIDR string, got {value!r}")
+            return None
+        try:
+            return ipaddress.ip_network(value, strict=True)
+        except ValueError as exc:
+            if "host bits set" in str(exc):
+                fixed = ipaddress.ip_network(value, strict=False)
+                self.problem(path, f"{value} has host bits set; did you mean {fixed}?")
+            else:
+                self.problem(path, f"is not a CIDR: {value!r}")
+            return None
+
+    def items(self, value: Any, path: str, *, required: bool = False) -> list[tuple[str, Any]]:
+        if value is None:
+            if required:
+                self.problem(path, "is required (a non-empty list)")
+            return []
+        if not isinstance(value, list):
+            self.problem(path, f"must be a list, got {type(value).__name__}")
+            return []
+        if required and not value:
+            self.problem(path, "must not be empty")
+        return [(f"{path}[{i}]", item) for i, item in enumerate(value)]
+
+
+def _bad_type(value: Any) -> IPAddress:
+    raise ValueError(f"not a string: {value!r}")
+
+
+def _closest(key: str, allowed: Sequence[str]) -> str:
+    lowered = key.lower().replace("_", "")
+    for candidate in allowed:
+        if candidate.lower() == lowered:
+            return f" (did you mean {candidate!r}?)"
+    return f" (known keys: {', '.join(allowed)})"
+
+
+_TOP_KEYS = ("node", "kubernetes", "timing", "groups")
+_NODE_KEYS = ("name", "address")
+_KUBE_KEYS = ("namespace", "access", "kubeconfig", "url", "tokenFile", "caFile")
+_TIMING_KEYS = (
+    "leaseDuration",
+    "renewDeadline",
+    "retryPeriod",
+    "addressLifetime",
+    "kernelSlack",
+    "safetyMargin",
+    "apiTimeout",
+    "nonPreferredDelay",
+    "handoffGrace",
+)
+_GROUP_KEYS = (
+    "name",
+    "egressIPs",
+    "interface",
+    "candidates",
+    "nodeSelector",
+    "sourceCIDRs",
+    "destinationCIDRs",
+    "excludedCIDRs",
+)
+
+
+def parse_settings(data: Any, source: str = "config") -> Settings:
+    """Build :class:`Settings` from a loaded YAML document, or raise
+    :class:`ConfigError` listing every problem."""
+    r = _Reader()
+    top = r.mapping(data, "", _TOP_KEYS)
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(r.problems, source)
+
+    node = _parse_node(r, top.get("node"))
+    kube = _parse_kube(r, top.get("kubernetes"))
+    timing = _parse_timing(r, top.get("timing"))
+    groups = _parse_groups(r, top.get("groups"))
+    if not r.problems:
+        _check_groups(r, groups, node)
+    if r.problems:
+        raise ConfigError(r.problems, source)
+    assert node is not None
+    return Settings(node=node, kubernetes=kube, timing=timing, groups=groups)
+
+
+def _parse_node(r: _Reader, value: Any) -> NodeSettings | None:
+    if value is None:
+        r.problem("node", "is required (node.name at least)")
+        return None
+    m = r.mapping(value, "node", _NODE_KEYS)
+    name = r.string(m.get("name"), "node.name", required=True)
+    if name is not None and not _DNS_SUBDOMAIN.match(name):
+        r.problem("node.name", f"must be a DNS subdomain name like a Kubernetes node name, got {name!r}")
+    address = r.ip(m["address"], "node.address") if m.get("address") is not None else None
+    return NodeSettings(name=name or "", address=address)
+
+
+def _parse_kube(r: _Reader, value: Any) -> KubeSettings:
+    m = r.mapping(value, "kubernetes", _KUBE_KEYS)
+    namespace = r.string(m.get("namespace"), "kubernetes.namespace") or "egressd"
+    if not _DNS_LABEL.match(namespace):
+        r.problem("kubernetes.namespace", f"must be a DNS label, got {namespace!r}")
+    kubeconfig = r.string(m.get("kubeconfig"), "kubernetes.kubeconfig")
+    url = r.string(m.get("url"), "kubernetes.url")
+    default_access = "url" if url else "kubeconfig" if kubeconfig else "in-cluster"
+    access = m.get("access", default_access)
+    if access not in ("in-cluster", "kubeconfig", "url"):
+        r.problem("kubernetes.access", f"must be one of in-cluster, kubeconfig, url; got {access!r}")
+        access = default_access
+    if access == "kubeconfig" and kubeconfig is None:
+        r.problem("kubernetes.kubeconfig", "is required when access is kubeconfig")
+    if access == "url":
+        if url is None:
+            r.problem("kubernetes.url", "is required when access is url")
+        elif not re.match(r"^https?://[^/\s]+", url):
+            r.problem("kubernetes.url", f"must be an http:// or https:// URL, got {url!r}")
+    if access != "kubeconfig" and kubeconfig is not None:
+        r.problem("kubernetes.kubeconfig", f"is set but access is {access}")
+    if access != "url" and url is not None:
+        r.problem("kubernetes.url", f"is set but access is {access}")
+    return KubeSettings(
+        namespace=namespace,
+        access=access,
+        kubeconfig=kubeconfig,
+        url=url,
+        token_file=r.string(m.get("tokenFile"), "kubernetes.tokenFile"),
+        ca_file=r.string(m.get("caFile"), "kubernetes.caFile"),
+    )
+
+
+def _parse_timing(r: _Reader, value: Any) -> Timing:
+    m = r.mapping(value, "timing", _TIMING_KEYS)
+    d = Timing()
+    lifetime_raw = m.get("addressLifetime")
+    lifetime = d.address_lifetime
+    if lifetime_raw is not None:
+        seconds = r.duration(lifetime_raw, "timing.addressLifetime", float(d.address_lifetime))
+        if seconds != int(seconds):
+            r.problem("timing.addressLifetime", f"must be whole seconds (kernel granularity), got {seconds:g}")
+        lifetime = int(seconds)
+    lease = r.duration(m.get("leaseDuration"), "timing.leaseDuration", d.lease_duration)
+    timing = Timing(
+        lease_duration=lease,
+        renew_deadline=r.duration(m.get("renewDeadline"), "timing.renewDeadline", d.renew_deadline),
+        retry_period=r.duration(m.get("retryPeriod"), "timing.retryPeriod", d.retry_period),
+        address_lifetime=lifetime,
+        kernel_slack=r.duration(m.get("kernelSlack"), "timing.kernelSlack", d.kernel_slack),
+        safety_margin=r.duration(m.get("safetyMargin"), "timing.safetyMargin", d.safety_margin),
+        api_timeout=r.duration(m.get("apiTimeout"), "timing.apiTimeout", d.api_timeout),
+        non_preferred_delay=r.duration(m.get("nonPreferredDelay"), "timing.nonPreferredDelay", d.non_preferred_delay),
+        handoff_grace=r.duration(m.get("handoffGrace"), "timing.handoffGrace", lease),
+    )
+    r.problems.extend(timing.check())
+    return timing
+
+
+def _parse_groups(r: _Reader, value: Any) -> tuple[EgressGroup, ...]:
+    groups: list[EgressGroup] = []
+    for path, item in r.items(value, "groups"):
+        m = r.mapping(item, path, _GROUP_KEYS)
+        name = r.string(m.get("name"), f"{path}.name", required=True) or ""
+        if name and not _DNS_LABEL.match(name):
+            r.problem(f"{path}.name", f"must be a DNS label (lower case, digits, '-'), got {name!r}")
+        ips = tuple(
+            ip
+            for p, v in r.items(m.get("egressIPs"), f"{path}.egressIPs", required=True)
+            if (ip := r.ip(v, p)) is not None
+        )
+        interface = r.string(m.get("interface"), f"{path}.interface", required=True) or ""
+        if interface and not _IFNAME.match(interface):
+            r.problem(
+                f"{path}.interface",
+                f"is not a valid interface name (max 15 chars, no '/', ':' or spaces): {interface!r}",
+            )
+        candidates: list[str] = []
+        for p, v in r.items(m.get("candidates"), f"{path}.candidates"):
+            c = r.string(v, p)
+            if c is not None:
+                if c in candidates:
+                    r.problem(p, f"{c!r} is listed twice")
+                candidates.append(c)
+        selector = _parse_selector(r, m.get("nodeSelector"), f"{path}.nodeSelector")
+        if bool(candidates) == bool(selector):
+            r.problem(path, "needs exactly one of candidates (node names) or nodeSelector (labels)")
+        groups.append(
+            EgressGroup(
+                name=name,
+                egress_ips=ips,
+                interface=interface,
+                candidates=tuple(candidates),
+                node_selector=selector,
+                source_cidrs=_cidrs(r, m.get("sourceCIDRs"), f"{path}.sourceCIDRs", required=True),
+                destination_cidrs=_cidrs(r, m.get("destinationCIDRs"), f"{path}.destinationCIDRs", required=True),
+                excluded_cidrs=_cidrs(r, m.get("excludedCIDRs"), f"{path}.excludedCIDRs"),
+            )
+        )
+    return tuple(groups)
+
+
+def _parse_selector(r: _Reader, value: Any, path: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    m = r.mapping(value, path, ("matchLabels",))
+    labels = r.mapping(m.get("matchLabels"), f"{path}.matchLabels", list(m.get("matchLabels") or {}))
+    out: dict[str, str] = {}
+    for key, val in labels.items():
+        p = f"{path}.matchLabels.{key}"
+        if not isinstance(key, str) or not _LABEL_KEY.match(key):
+            r.problem(p, "is not a valid label key")
+        elif not isinstance(val, str) or not _LABEL_VALUE.match(val):
+            r.problem(p, f"must be a label value string (quote 'true'), got {val!r}")
+        else:
+            out[key] = val
+    if not out and not r.problems:
+        r.problem(path, "matchLabels must not be empty")
+    return out
+
+
+def _cidrs(r: _Reader, value: Any, path: str, *, required: bool = False) -> tuple[IPNetwork, ...]:
+    return tuple(net for p, v in r.items(value, path, required=required) if (net := r.cidr(v, p)) is not None)
+
+
+def _check_groups(r: _Reader, groups: Sequence[EgressGroup], node: NodeSettings | None) -> None:
+    """Rules that relate fields to each other (run only once every field parsed)."""
+    seen_ips: dict[IPAddress, str] = {}
+    seen_names: dict[str, int] = {}
+    for gi, g in enumerate(groups):
+        path = f"groups[{gi}]"
+        if g.name in seen_names:
+            r.problem(f"{path}.name", f"{g.name!r} is already the name of groups[{seen_names[g.name]}]")
+        seen_names[g.name] = gi
+        for ii, ip in enumerate(g.egress_ips):
+            where = f"{path}.egressIPs[{ii}]"
+            if ip in seen_ips:
+                r.problem(where, f"{ip} is listed twice (also at {seen_ips[ip]})")
+            else:
+                seen_ips[ip] = where
+            if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
+                r.problem(where, f"{ip} cannot be an egress IP (unspecified, multicast or loopback)")
+        _check_networks(r, path, g)
+        if node is not None and node.name in g.candidates and node.address is None:
+            r.problem("node.address", f"is required on a gateway candidate (this node is a candidate of {path})")
+    for gi, a in enumerate(groups):
+        for gj in range(gi + 1, len(groups)):
+            b = groups[gj]
+            if _any_overlap(a.source_cidrs, b.source_cidrs) and _any_overlap(a.destination_cidrs, b.destination_cidrs):
+                r.problem(
+                    f"groups[{gj}].destinationCIDRs",
+                    f"overlaps groups[{gi}] ({a.name}) for overlapping sourceCIDRs: the same flow would "
+                    f"have two egress groups",
+                )
+
+
+def _check_networks(r: _Reader, path: str, g: EgressGroup) -> None:
+    families = {ip.version for ip in g.egress_ips}
+    for name, nets in (("sourceCIDRs", g.source_cidrs), ("destinationCIDRs", g.destination_cidrs)):
+        for i, net in enumerate(nets):
+            if families and net.version not in families:
+                r.problem(f"{path}.{name}[{i}]", f"IPv{net.version} but the group's egress IPs are not")
+    for i, a in enumerate(g.destination_cidrs):
+        for j in range(i + 1, len(g.destination_cidrs)):
+            b = g.destination_cidrs[j]
+            if a.version == b.version and a.overlaps(b):
+                r.problem(f"{path}.destinationCIDRs[{j}]", f"{b} overlaps destinationCIDRs[{i}] {a}")
+    for i, ex in enumerate(g.excluded_cidrs):
+        if not any(ex.version == d.version and ex.subnet_of(d) for d in g.destination_cidrs):  # type: ignore[arg-type]
+            r.problem(f"{path}.excludedCIDRs[{i}]", f"{ex} is not inside any of destinationCIDRs")
+    for i, d in enumerate(g.destination_cidrs):
+        for j, ex in enumerate(g.excluded_cidrs):
+            if d.version == ex.version and d.subnet_of(ex):  # type: ignore[arg-type]
+                r.problem(
+                    f"{path}.destinationCIDRs[{i}]",
+                    f"{d} is entirely excluded by excludedCIDRs[{j}] {ex}: nothing would be steered",
+                )
+
+
+def _any_overlap(a: Sequence[IPNetwork], b: Sequence[IPNetwork]) -> bool:
+    return any(x.version == y.version and x.overlaps(y) for x in a for y in b)

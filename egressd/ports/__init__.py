@@ -1,0 +1,162 @@
+"""Interfaces between the runtime and the outside world.
+
+The runtime depends only on these protocols; adapters implement them (the
+official Kubernetes client, pyroute2, nftables, scapy, MQTT, Prometheus) and
+tests use in-memory fakes at this level, never mocks of the libraries.
+
+Deadlines are monotonic times (``Clock.monotonic()``); an adapter call that
+takes a deadline never runs past it, retries included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Protocol
+
+from egressd.core.lease import LeaseRecord
+from egressd.core.settings import EgressGroup, IPAddress
+
+
+class Clock(Protocol):
+    """Time, injected so timing logic can run on a fake clock in tests."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never jumps (CLOCK_MONOTONIC)."""
+        ...
+
+    def wall(self) -> datetime:
+        """UTC wall time, only for timestamps written to the API."""
+        ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class LeaseEvent:
+    """One change seen by a lease watch.
+
+    ``sync`` carries the full list after a (re)connect or a 410 resync, in
+    ``records``; consumers replace their view. ``upsert``/``delete`` carry one
+    lease. ``invalid`` reports a lease someone wrote that egressd cannot read
+    (``problem`` names the field); it is treated as absent, never acted on
+    beyond reporting.
+    """
+
+    kind: Literal["sync", "upsert", "delete", "invalid"]
+    name: str = ""
+    record: LeaseRecord | None = None
+    records: tuple[LeaseRecord, ...] = ()
+    problem: str = ""
+
+
+class LeaseStore(Protocol):
+    """The egressd leases of one namespace."""
+
+    async def get(self, name: str, *, deadline: float) -> LeaseRecord | None:
+        """The lease, or None if it does not exist."""
+        ...
+
+    async def create(self, record: LeaseRecord, *, deadline: float) -> LeaseRecord:
+        """Create; raises LostRace if it already exists."""
+        ...
+
+    async def update(self, record: LeaseRecord, *, deadline: float) -> LeaseRecord:
+        """Replace at ``record.resource_version``; raises LostRace on a conflict."""
+        ...
+
+    async def release(self, record: LeaseRecord, *, successor: str | None, deadline: float) -> LeaseRecord:
+        """Write the lease free (holder cleared), optionally naming a successor."""
+        ...
+
+    async def list_leases(self, *, deadline: float) -> list[LeaseRecord]: ...
+
+    def watch(self) -> AsyncIterator[LeaseEvent]:
+        """Changes of the managed leases, forever: reconnects from the last
+        resourceVersion and resyncs (a ``sync`` event) after 410 Expired."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Addresses(Protocol):
+    """Egress IPs as kernel addresses with a finite lifetime (the kernel fence)."""
+
+    async def claim(self, ip: IPAddress, interface: str, lifetime: int) -> None:
+        """Add ``ip``/32 (or /128) on ``interface``, or refresh its lifetime."""
+        ...
+
+    async def release(self, ip: IPAddress, interface: str) -> None:
+        """Remove it; no error if it is already gone."""
+        ...
+
+    async def owned(self) -> set[tuple[IPAddress, str]]:
+        """egressd's addresses present now, as (ip, interface)."""
+        ...
+
+
+class Snat(Protocol):
+    """Source NAT to the egress IPs this node owns, in egressd's own table."""
+
+    async def stage(self, groups: Sequence[EgressGroup]) -> None:
+        """Prepare per-group sets so that activation is one small transaction."""
+        ...
+
+    async def activate(self, ip: IPAddress, group: str) -> None: ...
+
+    async def deactivate(self, ip: IPAddress) -> None: ...
+
+    async def active(self) -> set[IPAddress]: ...
+
+
+class Announcer(Protocol):
+    """Gratuitous ARP / unsolicited NA on takeover, and refresh while owning."""
+
+    async def start(self, ip: IPAddress, interface: str) -> None:
+        """Send the first frame now and schedule the burst and refresh."""
+        ...
+
+    async def stop(self, ip: IPAddress) -> None: ...
+
+
+class Steering(Protocol):
+    """Policy routing on nodes whose sources use an egress IP."""
+
+    async def route(self, group: EgressGroup, ip: IPAddress, via: IPAddress | None) -> None:
+        """Steer the group's traffic for ``ip`` via the owner's node address, or
+        remove the steering when ``via`` is None."""
+        ...
+
+
+@dataclass(frozen=True)
+class OwnershipEvent:
+    """Something that happened to one egress IP on this node."""
+
+    kind: Literal["acquired", "renew-failed", "stepped-down", "released", "lost", "fenced", "conflict", "drift"]
+    egress_ip: str
+    node: str
+    epoch: int
+    reason: str
+    detail: str = ""
+    at: float = 0.0
+    """Monotonic time."""
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+class EventSink(Protocol):
+    """Where ownership events go (log, Kubernetes Events, MQTT). Never blocks."""
+
+    def emit(self, event: OwnershipEvent) -> None: ...
+
+
+class Metrics(Protocol):
+    """Domain events worth counting. Implementations must not block."""
+
+    def owned(self, ip: str, owned: bool) -> None: ...
+
+    def transition(self, ip: str, kind: str, reason: str) -> None: ...
+
+    def renew(self, ip: str, seconds: float, ok: bool, error: str = "") -> None: ...
+
+    def takeover_phase(self, ip: str, phase: str, seconds: float) -> None: ...
