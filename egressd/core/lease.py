@@ -10,7 +10,11 @@ keeps three annotations:
 * ``egressd.io/incarnation`` — a random token of the holder *process*, so a
   second daemon claiming the same node name is recognised (identity clash);
 * ``egressd.io/lease-duration-ms`` — the holder's lease duration in
-  milliseconds (``leaseDurationSeconds`` is whole seconds; egressd's are not).
+  milliseconds (``leaseDurationSeconds`` is whole seconds; egressd's are not);
+* ``egressd.io/preferred-holder`` — a requested successor (planned handoff).
+  ``spec.preferredHolder`` would be the natural place, but API servers drop it
+  unless ``spec.strategy`` is set and the CoordinatedLeaderElection feature
+  gate is on, so egressd reads it (when present) but writes the annotation.
 
 Objects written by others are read defensively: :func:`record_from_object`
 raises :class:`MalformedLease` naming the offending field.
@@ -32,6 +36,7 @@ ANN_EGRESS_IP = "egressd.io/egress-ip"
 ANN_HOLDER_ADDRESS = "egressd.io/holder-address"
 ANN_INCARNATION = "egressd.io/incarnation"
 ANN_DURATION_MS = "egressd.io/lease-duration-ms"
+ANN_PREFERRED_HOLDER = "egressd.io/preferred-holder"
 LABEL_SELECTOR = f"{MANAGED_BY[0]}={MANAGED_BY[1]}"
 
 
@@ -77,7 +82,8 @@ class LeaseRecord:
     """Written by the holder. Informational only: standbys never compare it with
     their own clock (clocks differ); they time expiry from their own observation."""
     preferred_holder: str | None = None
-    """``spec.preferredHolder``: a requested successor (planned handoff)."""
+    """A requested successor (planned handoff): the ``egressd.io/preferred-holder``
+    annotation, or ``spec.preferredHolder``."""
     holder_address: str | None = None
     incarnation: str | None = None
 
@@ -113,9 +119,9 @@ def record_from_object(obj: Mapping[str, Any]) -> LeaseRecord:
     if not isinstance(transitions, int) or isinstance(transitions, bool) or transitions < 0:
         raise MalformedLease(f"{name}: spec.leaseTransitions: must be a non-negative integer, got {transitions!r}")
     duration = _duration(name, spec, annotations, held=bool(holder))
-    preferred = spec.get("preferredHolder")
+    preferred = annotations.get(ANN_PREFERRED_HOLDER, spec.get("preferredHolder"))
     if preferred is not None and not isinstance(preferred, str):
-        raise MalformedLease(f"{name}: spec.preferredHolder: must be a string, got {preferred!r}")
+        raise MalformedLease(f"{name}: preferred holder: must be a string, got {preferred!r}")
     return LeaseRecord(
         name=name,
         egress_ip=ip,
@@ -139,6 +145,8 @@ def object_from_record(record: LeaseRecord, namespace: str) -> dict[str, Any]:
         annotations[ANN_HOLDER_ADDRESS] = record.holder_address
     if record.incarnation:
         annotations[ANN_INCARNATION] = record.incarnation
+    if record.preferred_holder:
+        annotations[ANN_PREFERRED_HOLDER] = record.preferred_holder
     metadata: dict[str, Any] = {
         "name": record.name,
         "namespace": namespace,
@@ -156,8 +164,6 @@ def object_from_record(record: LeaseRecord, namespace: str) -> dict[str, Any]:
         spec["acquireTime"] = format_microtime(record.acquire_time)
     if record.renew_time is not None:
         spec["renewTime"] = format_microtime(record.renew_time)
-    if record.preferred_holder:
-        spec["preferredHolder"] = record.preferred_holder
     return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
 
 
