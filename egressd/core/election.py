@@ -148,12 +148,17 @@ def decide(
             # 3c. Unknown writer of our name and nothing local: wait it out like any holder.
             return _wait_for_expiry(record, age, me, timing, holder_desc=f"{me.identity} (other incarnation)")
         if not holding:
-            # 3d. We wrote it, then stepped down; nobody took it since. Take it back.
+            if record.preferred_holder and record.preferred_holder != me.identity:
+                # 3d. We withdrew for a handoff but the release did not land: release again.
+                return Decision(
+                    Action.HANDOFF, "handoff-release-retry", detail=f"preferredHolder={record.preferred_holder}"
+                )
+            # 3e. We wrote it, then stepped down; nobody took it since. Take it back.
             return Decision(Action.ACQUIRE, "reacquire-own-lease")
         if record.preferred_holder and record.preferred_holder != me.identity:
-            # 3e. An operator asked for a move.
+            # 3f. An operator asked for a move.
             return Decision(Action.HANDOFF, "handoff-requested", detail=f"preferredHolder={record.preferred_holder}")
-        # 3f. Fast path of the leader: renew.
+        # 3g. Fast path of the leader: renew.
         return Decision(Action.RENEW, "renew", recheck=timing.retry_period)
 
     # 4. Someone else holds it.
