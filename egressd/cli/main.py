@@ -1,0 +1,220 @@
+"""``egressd`` command line: parse arguments, wire adapters, nothing else.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad input (arguments, config).
+Errors are one line on stderr; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from egressd import __version__
+from egressd.core.errors import ConfigError, EgressdError, Problem
+from egressd.core.settings import Settings, parse_settings
+
+log = logging.getLogger("egressd")
+
+
+class UsageError(EgressdError):
+    """Bad command-line input."""
+
+
+def load_settings(path: str) -> Settings:
+    """Read and validate a config file; ConfigError lists every problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([Problem("file", f"cannot read {path}: {exc.strerror or exc}")], path) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        raise ConfigError([Problem("file", f"not valid YAML{at}: {getattr(exc, 'problem', exc)}")], path) from exc
+    return parse_settings(data, source=path)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="egressd", description="Highly available egress IPs for Kubernetes.")
+    p.add_argument("--version", action="version", version=f"egressd {__version__}")
+    p.add_argument("--debug", action="store_true", help="debug logging and tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--config", "-c", required=True, help="config file (YAML)")
+    run.add_argument(
+        "--dataplane",
+        choices=["record"],
+        default="record",
+        help="record: touch nothing, journal what would be done (a dry run of the election)",
+    )
+    run.add_argument("--journal", help="with --dataplane record: append each data-plane operation as JSON here")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    check = sub.add_parser("check-config", help="validate a config file; exit 2 listing every problem")
+    check.add_argument("file")
+
+    status = sub.add_parser("status", help="owners of the egress IPs, from the leases")
+    status.add_argument("--config", "-c", required=True)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    api = sub.add_parser("apiserver", help="run the lab Kubernetes API server (for labs and tests only)")
+    api.add_argument("--listen", default="127.0.0.1:6443", help="HOST:PORT to listen on")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    debug = bool(args.debug)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    level = "debug" if debug else getattr(args, "log_level", "info")
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(_dispatch(args))
+    except ConfigError as exc:
+        print(f"egressd: {exc}", file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"egressd: {exc}", file=sys.stderr)
+        return 2
+    except EgressdError as exc:
+        if debug:
+            log.exception("failed")
+        print(f"egressd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "check-config":
+        settings = load_settings(args.file)
+        role = "gateway candidate" if settings.candidate_groups() else "steering only"
+        print(f"{args.file}: ok (node {settings.node.name}, {len(settings.groups)} group(s), {role})")
+        return 0
+    if args.command == "run":
+        return _run(args)
+    if args.command == "status":
+        return _status(args)
+    if args.command == "apiserver":
+        from egressd.lab.apiserver import run as run_apiserver  # noqa: PLC0415 — aiohttp only when needed
+
+        run_apiserver(args.listen)
+        return 0
+    raise UsageError(f"unknown command {args.command}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    if args.journal and args.dataplane != "record":
+        raise UsageError("--journal needs --dataplane record")
+    return asyncio.run(_run_async(settings, args))
+
+
+async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
+    from egressd.adapters.clock import SystemClock  # noqa: PLC0415
+    from egressd.adapters.kube import KubeLeaseStore, api_client  # noqa: PLC0415
+    from egressd.adapters.recording import RecordingDataPlane  # noqa: PLC0415
+    from egressd.runtime.daemon import Daemon  # noqa: PLC0415
+    from egressd.runtime.member import DataPlane  # noqa: PLC0415
+
+    clock = SystemClock()
+    store = KubeLeaseStore(
+        api_client(settings.kubernetes),
+        settings.kubernetes.namespace,
+        clock=clock,
+        api_timeout=settings.timing.api_timeout,
+    )
+    recorder = RecordingDataPlane(settings.node.name, Path(args.journal) if args.journal else None)
+    try:
+        daemon = Daemon(
+            settings,
+            store=store,
+            dataplane=DataPlane(recorder, recorder, recorder),
+            clock=clock,
+        )
+        return await daemon.run()
+    finally:
+        recorder.close()
+
+
+def _status(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    return asyncio.run(_status_async(settings, bool(args.json)))
+
+
+async def _status_async(settings: Settings, as_json: bool) -> int:
+    from egressd.adapters.clock import SystemClock  # noqa: PLC0415
+    from egressd.adapters.kube import KubeLeaseStore, api_client  # noqa: PLC0415
+
+    clock = SystemClock()
+    store = KubeLeaseStore(
+        api_client(settings.kubernetes),
+        settings.kubernetes.namespace,
+        clock=clock,
+        api_timeout=2.0,
+    )
+    try:
+        records = {r.egress_ip: r for r in await store.list_leases(deadline=clock.monotonic() + 5.0)}
+    finally:
+        await store.close()
+    now = datetime.now(UTC)
+    me = settings.node.name
+    rows: list[dict[str, Any]] = []
+    for group in settings.groups:
+        for ip in group.egress_ips:
+            r = records.get(str(ip))
+            holder = r.holder if r else None
+            role = "owner" if holder == me else "candidate" if me in group.candidates else "-"
+            age = (now - r.renew_time).total_seconds() if r and r.renew_time else None
+            rows.append(
+                {
+                    "egressIP": str(ip),
+                    "group": group.name,
+                    "holder": holder,
+                    "epoch": r.transitions if r else None,
+                    "renewedSecondsAgo": round(age, 3) if age is not None else None,
+                    "role": role,
+                    "holderAddress": r.holder_address if r else None,
+                }
+            )
+    if as_json:
+        print(json.dumps({"node": me, "leases": rows}, indent=2))
+        return 0
+    header = ("EGRESS IP", "GROUP", "HOLDER", "EPOCH", "RENEWED", "THIS NODE")
+    table = [header] + [
+        (
+            row["egressIP"],
+            row["group"],
+            row["holder"] or "<free>",
+            "-" if row["epoch"] is None else str(row["epoch"]),
+            "-" if row["renewedSecondsAgo"] is None else f"{row['renewedSecondsAgo']:.1f}s ago",
+            row["role"],
+        )
+        for row in rows
+    ]
+    widths = [max(len(str(line[i])) for line in table) for i in range(len(header))]
+    for line in table:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

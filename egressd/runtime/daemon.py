@@ -1,0 +1,214 @@
+"""The daemon of one node: lease watch, start-up reconcile, one member per
+egress IP this node is a candidate for, and an orderly shutdown.
+
+Start-up, in order:
+
+1. Stage SNAT for the groups this node may serve (so takeover is short).
+2. Wait for the first full list of the leases (at most ``renewDeadline``).
+3. Reconcile the kernel with the leases: an egress IP present on this node
+   whose lease names this node is kept (a crash with a quick restart must not
+   interrupt traffic) and its member adopts the tenure; everything else
+   egressd finds is withdrawn. If the leases cannot be read in time, nothing
+   can prove ownership, so everything is withdrawn.
+4. Start the members and their fences.
+
+Shutdown (SIGTERM/SIGINT): every member withdraws, then frees its lease for
+the next preferred candidate; bounded by ``shutdown_grace``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+
+from egressd.core.errors import DataPlaneError
+from egressd.core.lease import lease_name
+from egressd.core.settings import IPAddress, Settings
+from egressd.ports import Clock, EventSink, LeaseStore, Metrics, OwnershipEvent
+from egressd.runtime.member import DataPlane, Member
+from egressd.runtime.supervisor import Supervisor
+from egressd.runtime.view import LeaseView
+
+log = logging.getLogger(__name__)
+
+
+class LogEvents:
+    """An EventSink that writes ownership events to the log."""
+
+    def emit(self, event: OwnershipEvent) -> None:
+        log.info(
+            "event %s ip=%s node=%s epoch=%d reason=%s %s",
+            event.kind,
+            event.egress_ip,
+            event.node,
+            event.epoch,
+            event.reason,
+            event.detail,
+        )
+
+
+@dataclass
+class FanoutEvents:
+    """Sends each event to every sink; a failing sink never affects the others."""
+
+    sinks: list[EventSink] = field(default_factory=list)
+
+    def emit(self, event: OwnershipEvent) -> None:
+        for sink in self.sinks:
+            try:
+                sink.emit(event)
+            except Exception:
+                log.exception("event sink %r failed", sink)
+
+
+class NullMetrics:
+    def owned(self, ip: str, owned: bool) -> None:
+        pass
+
+    def transition(self, ip: str, kind: str, reason: str) -> None:
+        pass
+
+    def renew(self, ip: str, seconds: float, ok: bool, error: str = "") -> None:
+        pass
+
+    def takeover_phase(self, ip: str, phase: str, seconds: float) -> None:
+        pass
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: LeaseStore,
+        dataplane: DataPlane,
+        clock: Clock,
+        events: EventSink | None = None,
+        metrics: Metrics | None = None,
+        incarnation: str | None = None,
+        shutdown_grace: float = 5.0,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.dataplane = dataplane
+        self.clock = clock
+        self.events = events or FanoutEvents([LogEvents()])
+        self.metrics = metrics or NullMetrics()
+        self.incarnation = incarnation or uuid.uuid4().hex[:16]
+        self.shutdown_grace = shutdown_grace
+        self.supervisor = Supervisor()
+        self.view = LeaseView(clock)
+        self.members: dict[IPAddress, Member] = {}
+        self.reconciled = asyncio.Event()
+
+    async def run(self, *, install_signals: bool = True) -> int:
+        """Run until a stop is requested; returns the process exit code."""
+        sup = self.supervisor
+        if install_signals:
+            sup.install_signal_handlers()
+        log.info(
+            "egressd starting: node=%s incarnation=%s groups=%s",
+            self.settings.node.name,
+            self.incarnation,
+            ",".join(g.name for g in self.settings.groups) or "-",
+        )
+        sup.spawn("lease-watch", self._watch())
+        try:
+            await self._start()
+            await sup.stop_requested.wait()
+        finally:
+            await self._shutdown()
+        return 1 if sup.dead else 0
+
+    async def _watch(self) -> None:
+        async for event in self.store.watch():
+            self.view.apply(event)
+
+    async def _start(self) -> None:
+        groups = self.settings.candidate_groups()
+        if groups:
+            try:
+                await self.dataplane.snat.stage(groups)
+            except DataPlaneError as exc:
+                log.error("could not stage SNAT: %s", exc)
+        adopt = await self._reconcile()
+        for group in groups:
+            for ip in group.egress_ips:
+                member = Member(
+                    ip,
+                    group,
+                    self.settings,
+                    store=self.store,
+                    view=self.view,
+                    dataplane=self.dataplane,
+                    clock=self.clock,
+                    incarnation=self.incarnation,
+                    events=self.events,
+                    metrics=self.metrics,
+                    serving_locally=ip in adopt,
+                )
+                self.members[ip] = member
+                self.supervisor.spawn(f"member:{ip}", member.run())
+                self.supervisor.spawn(f"fence:{ip}", member.fence())
+        self.reconciled.set()
+        log.info("started %d member(s): %s", len(self.members), ", ".join(map(str, self.members)) or "-")
+
+    async def _reconcile(self) -> set[IPAddress]:
+        """Withdraw what this node serves but does not hold; return what it may adopt."""
+        try:
+            await asyncio.wait_for(self.view.ready.wait(), timeout=self.settings.timing.renew_deadline)
+            leases_known = True
+        except TimeoutError:
+            log.warning("reconcile: leases not readable within renewDeadline; withdrawing everything found")
+            leases_known = False
+        try:
+            present = await self.dataplane.addresses.owned()
+            snat_active = await self.dataplane.snat.active()
+        except DataPlaneError as exc:
+            log.error("reconcile: cannot read the kernel state: %s", exc)
+            return set()
+        me = self.settings.node.name
+        mine = {str(ip) for g in self.settings.candidate_groups() for ip in g.egress_ips}
+        keep: set[IPAddress] = set()
+        for ip, _ in present:
+            record = self.view.get(lease_name(str(ip))).record if leases_known else None
+            if str(ip) in mine and record is not None and record.holder == me:
+                keep.add(ip)
+        for ip, interface in present:
+            if ip not in keep:
+                log.info("reconcile: removing egress IP %s from %s (this node does not hold its lease)", ip, interface)
+                await self._quietly(self.dataplane.announcer.stop(ip))
+                await self._quietly(self.dataplane.snat.deactivate(ip))
+                await self._quietly(self.dataplane.addresses.release(ip, interface))
+        for ip in snat_active - keep:
+            log.info("reconcile: removing SNAT to %s (not held)", ip)
+            await self._quietly(self.dataplane.snat.deactivate(ip))
+        for ip in keep:
+            log.info("reconcile: keeping egress IP %s (lease names this node); adopting it", ip)
+        return keep
+
+    @staticmethod
+    async def _quietly(op: Awaitable[None]) -> None:
+        try:
+            await op
+        except DataPlaneError as exc:
+            log.error("reconcile: %s", exc)
+
+    async def _shutdown(self) -> None:
+        sup = self.supervisor
+        for ip in self.members:
+            await sup.cancel(f"member:{ip}")
+            await sup.cancel(f"fence:{ip}")
+        if self.members:
+            done = await asyncio.wait(
+                [asyncio.create_task(m.shutdown(), name=f"shutdown:{ip}") for ip, m in self.members.items()],
+                timeout=self.shutdown_grace,
+            )
+            for task in done[1]:
+                log.error("shutdown of %s did not finish in %.1fs", task.get_name(), self.shutdown_grace)
+        await sup.shutdown(grace=1.0)
+        await self.store.close()
+        log.info("egressd stopped (%s)", sup.stop_reason or "no reason")

@@ -1,0 +1,386 @@
+"""One member loop per egress IP: observe, decide, apply.
+
+The loop is woken by watch news about its lease or by the recheck time of the
+last decision, asks :func:`egressd.core.election.decide` what to do, and does
+it through the ports. Order matters and is fixed here:
+
+* takeover: lease written → address claimed (with lifetime) → SNAT on → first GARP;
+* withdraw: GARP stopped → SNAT off → address removed, and only then any API
+  write (release). A member never serves before its write succeeded, and never
+  writes a release while still serving.
+
+The daemon fence is a separate task (:meth:`Member.fence`): it withdraws when
+the last successful renew is older than the renew deadline, whatever the loop
+is waiting for, so a hung API call can never keep an IP served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from egressd.core.election import Action, Decision, Me, Observation, decide, rendezvous_rank
+from egressd.core.errors import DataPlaneError, LeaseError, LostRace, MalformedLease
+from egressd.core.lease import LeaseRecord, held_by, lease_name
+from egressd.core.settings import EgressGroup, IPAddress, Settings
+from egressd.core.states import Event, State, StateMachine
+from egressd.ports import Addresses, Announcer, Clock, EventSink, LeaseStore, Metrics, OwnershipEvent, Snat
+from egressd.runtime.view import LeaseView
+
+log = logging.getLogger(__name__)
+
+
+class ContextLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefixes every message with the IP, node and epoch it concerns."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        ctx = self.extra or {}
+        kwargs.setdefault("extra", {}).update(ctx)
+        return f"ip={ctx.get('egress_ip')} node={ctx.get('node')} epoch={ctx.get('epoch')} {msg}", kwargs
+
+
+@dataclass
+class DataPlane:
+    addresses: Addresses
+    snat: Snat
+    announcer: Announcer
+
+
+class Member:
+    def __init__(
+        self,
+        ip: IPAddress,
+        group: EgressGroup,
+        settings: Settings,
+        *,
+        store: LeaseStore,
+        view: LeaseView,
+        dataplane: DataPlane,
+        clock: Clock,
+        incarnation: str,
+        events: EventSink,
+        metrics: Metrics,
+        serving_locally: bool = False,
+    ) -> None:
+        self.ip = ip
+        self.group = group
+        self.name = lease_name(str(ip))
+        self._settings = settings
+        self._timing = settings.timing
+        self._store = store
+        self._view = view
+        self._dp = dataplane
+        self._clock = clock
+        self._incarnation = incarnation
+        self._events = events
+        self._metrics = metrics
+        self.sm = StateMachine()
+        self.last_renew: float | None = None
+        self.epoch = 0
+        self.serving_locally = serving_locally
+        self.last_decision: Decision | None = None
+        self.last_transition = ""
+        self._tenure_changed = asyncio.Event()
+        self._dp_lock = asyncio.Lock()
+        self._hold_off_until = 0.0
+        self._stopping = False
+        self._sent = 0.0
+        """Monotonic send time of the last successful lease write."""
+        self.log = ContextLog(log, {"egress_ip": str(ip), "node": settings.node.name, "epoch": 0})
+
+    # --- the loop ------------------------------------------------------------------
+
+    def _me(self) -> Me:
+        return Me(
+            identity=self._settings.node.name,
+            incarnation=self._incarnation,
+            egress_ip=str(self.ip),
+            candidates=self.group.candidates,
+            last_renew=self.last_renew if self.sm.state is State.OWNER else None,
+            serving_locally=self.serving_locally,
+        )
+
+    async def run(self) -> None:
+        """Decide and act until stopped (cancellation)."""
+        await self._view.ready.wait()
+        news = self._view.news(self.name)
+        while not self._stopping:
+            news.clear()
+            wait = await self.step()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(news.wait(), timeout=wait)
+
+    async def step(self) -> float:
+        """One decision and its action; returns how long to wait for news at most."""
+        entry = self._view.get(self.name)
+        now = self._clock.monotonic()
+        if self.sm.state is State.FENCED:
+            if now < self._hold_off_until:
+                return self._hold_off_until - now
+            self._fire(Event.HOLD_OFF_OVER)
+        if entry.problem:
+            # Never act on a lease we cannot read; the fence ends a tenure if renews fail.
+            return self._timing.retry_period * 4
+        decision = decide(
+            entry.record, Observation(entry.resource_version, entry.observed_at), now, self._me(), self._timing
+        )
+        self._note(decision)
+        if self.serving_locally and decision.action is not Action.ACQUIRE:
+            await self._withdraw(f"not-adopted:{decision.reason}")
+            self.serving_locally = False
+        action = decision.action
+        if action is Action.ACQUIRE:
+            await self._acquire(entry.record, decision)
+        elif action is Action.RENEW:
+            await self._renew(entry.record)
+        elif action is Action.STEP_DOWN:
+            await self.step_down(decision.reason, decision.detail)
+        elif action is Action.HANDOFF:
+            await self._handoff(entry.record, decision)
+        elif action is Action.FENCE:
+            await self._fence_clash(decision)
+        if action in (Action.ACQUIRE, Action.RENEW, Action.HANDOFF) or self.sm.state is State.OWNER:
+            # After a write (won, lost or failed): retry period; a lost race
+            # refreshed the view, whose news wakes the loop at once.
+            return self._timing.retry_period
+        return decision.recheck if decision.recheck is not None else self._timing.lease_duration
+
+    def _note(self, decision: Decision) -> None:
+        last = self.last_decision
+        if last is None or (last.action, last.reason) != (decision.action, decision.reason):
+            level = logging.DEBUG if decision.action is Action.RENEW else logging.INFO
+            self.log.log(level, "decision %s (%s) %s", decision.action.value, decision.reason, decision.detail)
+        self.last_decision = decision
+
+    # --- actions -------------------------------------------------------------------
+
+    def _deadline(self, started: float) -> float:
+        return started + self._timing.renew_deadline
+
+    async def _write_holder(self, base: LeaseRecord | None) -> LeaseRecord | None:
+        """Write ourselves as holder; returns the written record, or None if we
+        lost a race or the API failed (the view is refreshed on a lost race)."""
+        node = self._settings.node
+        record = held_by(
+            base,
+            name=self.name,
+            egress_ip=str(self.ip),
+            holder=node.name,
+            holder_address=str(node.address) if node.address else None,
+            incarnation=self._incarnation,
+            lease_duration=self._timing.lease_duration,
+            now=self._clock.wall(),
+        )
+        started = self._clock.monotonic()
+        try:
+            if base is None:
+                written = await self._store.create(record, deadline=self._deadline(started))
+            else:
+                written = await self._store.update(record, deadline=self._deadline(started))
+        except LostRace as exc:
+            self.log.info("lost race for the lease (%s); reading it again", exc)
+            await self._refresh()
+            return None
+        except LeaseError as exc:
+            self.log.warning("lease write failed: %s", exc)
+            self._metrics.renew(str(self.ip), self._clock.monotonic() - started, ok=False, error=type(exc).__name__)
+            return None
+        self._metrics.renew(str(self.ip), self._clock.monotonic() - started, ok=True)
+        self._view.observe(self.name, written)
+        self._sent = started
+        return written
+
+    async def _refresh(self) -> None:
+        try:
+            record = await self._store.get(self.name, deadline=self._clock.monotonic() + self._timing.api_timeout)
+        except MalformedLease as exc:
+            self._view.observe(self.name, None, problem=str(exc))
+        except LeaseError as exc:
+            self.log.warning("could not read the lease: %s", exc)
+        else:
+            self._view.observe(self.name, record)
+
+    async def _acquire(self, base: LeaseRecord | None, decision: Decision) -> None:
+        written = await self._write_holder(base)
+        if written is None:
+            return
+        sent = self._sent
+        self._set_epoch(written.transitions)
+        if self._clock.monotonic() - sent > self._timing.renew_deadline:
+            self.log.warning("acquired too late to serve (write took longer than renewDeadline)")
+            return
+        self.last_renew = sent
+        self._fire(Event.ACQUIRED)
+        self._tenure_changed.set()
+        self.serving_locally = False
+        self.log.info("acquired the lease (%s); serving", decision.reason)
+        self._emit("acquired", decision.reason, decision.detail)
+        try:
+            await self._serve(sent)
+        except DataPlaneError as exc:
+            self.log.error("cannot serve: %s; giving the lease back", exc)
+            await self.step_down("dataplane-failed", str(exc))
+            await self._release(successor=None)
+            self._hold_off_until = self._clock.monotonic() + self._timing.lease_duration
+
+    async def _renew(self, base: LeaseRecord | None) -> None:
+        written = await self._write_holder(base)
+        if written is None:
+            return
+        sent = self._sent
+        if self.sm.state is not State.OWNER:
+            return  # the fence stepped down while the write was in flight; the next decision re-acquires
+        if self._clock.monotonic() - sent >= self._timing.renew_deadline:
+            return
+        self.last_renew = sent
+        self._fire(Event.RENEWED)
+        self._tenure_changed.set()
+        try:
+            async with self._dp_lock:
+                if self.sm.state is State.OWNER:
+                    await self._dp.addresses.claim(self.ip, self.group.interface, self._timing.address_lifetime)
+        except DataPlaneError as exc:
+            self.log.error("could not refresh the address lifetime: %s", exc)
+
+    async def _serve(self, sent: float) -> None:
+        async with self._dp_lock:
+            if self.sm.state is not State.OWNER:
+                return
+            ip, phases = str(self.ip), self._metrics
+            await self._dp.addresses.claim(self.ip, self.group.interface, self._timing.address_lifetime)
+            phases.takeover_phase(ip, "address", self._clock.monotonic() - sent)
+            await self._dp.snat.activate(self.ip, self.group.name)
+            phases.takeover_phase(ip, "snat", self._clock.monotonic() - sent)
+            await self._dp.announcer.start(self.ip, self.group.interface)
+            phases.takeover_phase(ip, "garp", self._clock.monotonic() - sent)
+            self._metrics.owned(ip, True)
+
+    async def _withdraw(self, reason: str) -> None:
+        """Stop serving: announcements, SNAT, address — each attempted even if one fails."""
+        async with self._dp_lock:
+            steps: tuple[tuple[str, Callable[[], Awaitable[None]]], ...] = (
+                ("announcer", lambda: self._dp.announcer.stop(self.ip)),
+                ("snat", lambda: self._dp.snat.deactivate(self.ip)),
+                ("address", lambda: self._dp.addresses.release(self.ip, self.group.interface)),
+            )
+            for what, op in steps:
+                try:
+                    await op()
+                except DataPlaneError as exc:
+                    self.log.error("withdraw (%s): %s failed: %s", reason, what, exc)
+            self._metrics.owned(str(self.ip), False)
+
+    async def step_down(self, reason: str, detail: str = "") -> None:
+        """Withdraw now (deadline passed, lease lost, data plane failed)."""
+        if self.sm.state is not State.OWNER:
+            return
+        await self._withdraw(reason)
+        self._fire(Event.STEPPED_DOWN)
+        self.last_renew = None
+        self._tenure_changed.set()
+        self.log.warning("stepped down: %s %s", reason, detail)
+        self._emit("stepped-down" if reason != "lost-lease" else "lost", reason, detail)
+
+    async def _handoff(self, record: LeaseRecord | None, decision: Decision) -> None:
+        if record is None:
+            return
+        if self.sm.state is State.OWNER:
+            await self._withdraw("handoff")
+            self._fire(Event.RELEASED)
+            self.last_renew = None
+            self._tenure_changed.set()
+        if await self._release(successor=record.preferred_holder, base=record):
+            self.log.info("handed off to %s (%s)", record.preferred_holder, decision.reason)
+            self._emit("released", decision.reason, f"to {record.preferred_holder}")
+
+    async def _release(self, *, successor: str | None, base: LeaseRecord | None = None) -> bool:
+        record = base or self._view.get(self.name).record
+        if record is None or record.holder != self._settings.node.name or record.incarnation != self._incarnation:
+            return False
+        try:
+            written = await self._store.release(
+                record, successor=successor, deadline=self._clock.monotonic() + self._timing.renew_deadline
+            )
+        except LostRace:
+            await self._refresh()
+            return False
+        except LeaseError as exc:
+            self.log.warning("release failed: %s", exc)
+            return False
+        self._view.observe(self.name, written)
+        return True
+
+    async def _fence_clash(self, decision: Decision) -> None:
+        if self.sm.state is State.OWNER:
+            await self._withdraw("identity-clash")
+            self._fire(Event.CLASH)
+        self.last_renew = None
+        self._tenure_changed.set()
+        self._hold_off_until = self._clock.monotonic() + 4 * self._timing.lease_duration
+        self.log.error("identity clash: another daemon writes this node's name (%s); fenced", decision.detail)
+        self._emit("fenced", decision.reason, decision.detail)
+
+    # --- the daemon fence ------------------------------------------------------------
+
+    async def fence(self) -> None:
+        """Withdraw at the renew deadline, whatever the member loop is doing."""
+        while True:
+            self._tenure_changed.clear()
+            timeout: float | None = None
+            if self.sm.state is State.OWNER and self.last_renew is not None:
+                timeout = self.last_renew + self._timing.renew_deadline - self._clock.monotonic()
+                if timeout <= 0:
+                    await self.step_down(
+                        "renew-deadline",
+                        f"no successful renew for {self._clock.monotonic() - self.last_renew:.3f}s",
+                    )
+                    continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._tenure_changed.wait(), timeout=timeout)
+
+    # --- shutdown --------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Withdraw first, then free the lease for the next preferred candidate."""
+        self._stopping = True
+        if self.sm.state is State.OWNER:
+            await self._withdraw("shutdown")
+            self._fire(Event.RELEASED)
+            self.last_renew = None
+        elif self.serving_locally:
+            await self._withdraw("shutdown")
+        others = [c for c in rendezvous_rank(str(self.ip), self.group.candidates) if c != self._settings.node.name]
+        if await self._release(successor=others[0] if others else None):
+            self.log.info("released the lease on shutdown (successor %s)", others[0] if others else "-")
+            self._emit("released", "shutdown")
+        if self.sm.state is State.FENCED or self.sm.state is State.STANDBY:
+            self._fire(Event.STOP)
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def _fire(self, event: Event) -> None:
+        before, after = self.sm.fire(event)
+        if before is not after:
+            self.last_transition = f"{before.value}->{after.value} ({event.value})"
+            self._metrics.transition(str(self.ip), event.value, self.last_decision.reason if self.last_decision else "")
+
+    def _set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.log.extra = {**(self.log.extra or {}), "epoch": epoch}
+
+    def _emit(self, kind: str, reason: str, detail: str = "") -> None:
+        self._events.emit(
+            OwnershipEvent(
+                kind=kind,  # type: ignore[arg-type]
+                egress_ip=str(self.ip),
+                node=self._settings.node.name,
+                epoch=self.epoch,
+                reason=reason,
+                detail=detail,
+                at=self._clock.monotonic(),
+            )
+        )

@@ -1,0 +1,101 @@
+"""What this node has seen of the leases, and *when* it saw it.
+
+The observation time of a lease is the local monotonic time at which this
+node first saw its current resourceVersion (from the watch, a read, or the
+answer to its own write). Expiry is measured from it, never from the
+``renewTime`` another node wrote.
+
+A lease that someone else wrote in a shape egressd cannot read is kept as a
+*problem* entry: it is reported, and no member acts on it (it is neither free
+nor expirable) until it is fixed or deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from egressd.core.lease import LeaseRecord
+from egressd.ports import Clock, LeaseEvent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Entry:
+    record: LeaseRecord | None
+    observed_at: float
+    problem: str = ""
+
+    @property
+    def resource_version(self) -> str | None:
+        return self.record.resource_version if self.record else None
+
+
+def _newer(candidate: str, current: str) -> bool:
+    """resourceVersions are opaque, but egressd must not let a late watch event
+    replace the answer to its own newer write. Compare numerically when both
+    are integers (etcd's are); otherwise accept the candidate."""
+    if candidate.isdigit() and current.isdigit():
+        return int(candidate) > int(current)
+    return candidate != current
+
+
+class LeaseView:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._entries: dict[str, Entry] = {}
+        self._news: dict[str, asyncio.Event] = {}
+        self.ready = asyncio.Event()
+        """Set after the first full list (sync)."""
+
+    def news(self, name: str) -> asyncio.Event:
+        """An event set whenever the entry for ``name`` changes."""
+        return self._news.setdefault(name, asyncio.Event())
+
+    def get(self, name: str) -> Entry:
+        entry = self._entries.get(name)
+        if entry is None:
+            entry = Entry(None, self._clock.monotonic())
+            self._entries[name] = entry
+        return entry
+
+    def records(self) -> list[LeaseRecord]:
+        return [e.record for e in self._entries.values() if e.record is not None]
+
+    def observe(self, name: str, record: LeaseRecord | None, *, problem: str = "") -> bool:
+        """Record what was seen; returns whether it changed anything."""
+        current = self._entries.get(name)
+        if current is not None and not problem and not current.problem:
+            if record is not None and current.record is not None:
+                if record.resource_version == current.record.resource_version:
+                    return False
+                if not _newer(record.resource_version, current.record.resource_version):
+                    return False
+            elif record is None and current.record is None:
+                return False
+        self._entries[name] = Entry(record, self._clock.monotonic(), problem)
+        self.news(name).set()
+        return True
+
+    def apply(self, event: LeaseEvent) -> None:
+        if event.kind == "sync":
+            self._sync(event.records)
+        elif event.kind == "upsert" and event.record is not None:
+            self.observe(event.name, event.record)
+        elif event.kind == "delete":
+            self.observe(event.name, None)
+        elif event.kind == "invalid":
+            log.error("lease %s is unreadable and will not be acted on: %s", event.name, event.problem)
+            self.observe(event.name, None, problem=event.problem)
+
+    def _sync(self, records: Iterable[LeaseRecord]) -> None:
+        present = {r.name: r for r in records}
+        for name in list(self._entries):
+            if name not in present:
+                self.observe(name, None)
+        for name, record in present.items():
+            self.observe(name, record)
+        self.ready.set()
