@@ -123,6 +123,11 @@ def decide(
             detail=f"last renew {now - me.last_renew:.3f}s ago > renewDeadline {timing.renew_deadline:g}s",
         )
 
+    # 1b. A node that is not a candidate of this IP never takes it, whatever the
+    #     record says (named successor, our name from an earlier process, ...).
+    if not holding and me.identity not in me.candidates:
+        return Decision(Action.STANDBY, "not-a-candidate")
+
     # 2. No lease yet, or released: take it if it is ours to take.
     if record is None or record.free:
         if holding:
