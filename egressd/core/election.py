@@ -18,8 +18,10 @@ Beyond client-go:
   or expired lease. When a lease expired, its silent holder is left out of the
   ranking: it is presumed dead, so its successor does not wait for it.
 * **Handoff.** A lease released with ``preferredHolder`` set is left to that
-  node for ``handoff_grace``; a holder that sees ``preferredHolder`` naming
-  another node hands off (withdraws first, then releases).
+  node for ``handoff_grace``; after that the others take it by preference,
+  without the named node, as if it had just been freed. A holder that sees
+  ``preferredHolder`` naming another node hands off (withdraws first, then
+  releases).
 * **Identity clash.** Each daemon process writes a random incarnation token.
   A lease showing our node name with another token while we hold it means a
   second daemon claims our identity: we fence ourselves.
@@ -176,13 +178,17 @@ def _take_free(record: LeaseRecord | None, age: float, me: Me, timing: Timing) -
     preferred = record.preferred_holder if record else None
     if preferred == me.identity:
         return Decision(Action.ACQUIRE, "handoff-target")
-    if preferred and preferred in me.candidates and age < timing.handoff_grace:
-        return Decision(
-            Action.STANDBY,
-            "handoff-pending",
-            recheck=timing.handoff_grace - age,
-            detail=f"released to {preferred}",
-        )
+    if preferred and preferred in me.candidates:
+        if age < timing.handoff_grace:
+            return Decision(
+                Action.STANDBY,
+                "handoff-pending",
+                recheck=timing.handoff_grace - age,
+                detail=f"released to {preferred}",
+            )
+        # The named successor did not come: presumed dead like an expired holder,
+        # it leaves the ranking, and the others' wait starts when the grace ends.
+        return _by_preference(age - timing.handoff_grace, me, timing, exclude=(preferred,), reason="free")
     return _by_preference(age, me, timing, exclude=(), reason="free")
 
 
