@@ -179,7 +179,10 @@ def held_by(
     now: datetime,
 ) -> LeaseRecord:
     """The record to write when ``holder`` acquires or renews. ``leaseTransitions``
-    (the epoch) goes up when the holder changes, as in client-go."""
+    (the epoch) goes up when the holder changes, as in client-go. A requested
+    successor (``preferred_holder``) is kept while the holder renews and dropped
+    when the holder changes: the request was then either fulfilled or given up
+    after the handoff grace."""
     if base is None:
         return LeaseRecord(
             name=name,
@@ -204,7 +207,7 @@ def held_by(
         renew_time=now,
         holder_address=holder_address,
         incarnation=incarnation,
-        preferred_holder=None if base.preferred_holder == holder else base.preferred_holder,
+        preferred_holder=None if changed_holder or base.preferred_holder == holder else base.preferred_holder,
     )
 
 
