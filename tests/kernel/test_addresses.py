@@ -1,0 +1,104 @@
+"""KernelAddresses against a real kernel, in a namespace of the test's own."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from egressd.adapters.addresses import KernelAddresses
+from egressd.core.errors import DataPlaneError
+from tests.kernel.netns import Host, Lab, sh
+
+pytestmark = pytest.mark.kernel
+
+IP = ipaddress.ip_address("10.99.0.42")
+IP6 = ipaddress.ip_address("fd99::42")
+
+#: Upper bound of the kernel's lateness in removing an expired address, with
+#: room above the worst case measured by chaos/measure_expiry_slack.py.
+EXPIRY_SLACK = 1.3
+
+
+@pytest.fixture
+def gw(lab: Lab) -> Host:
+    return lab.attach("gw", ["10.99.0.2/24"])
+
+
+@pytest.fixture
+async def addrs(gw: Host) -> AsyncIterator[KernelAddresses]:
+    a = KernelAddresses(netns=gw.ns)
+    try:
+        yield a
+    finally:
+        await a.close()
+
+
+def addr_lines(host: Host) -> str:
+    return sh("ip", "-n", host.ns, "addr", "show", "dev", host.ifname)
+
+
+async def test_claim_sets_lifetime_and_refresh_resets_it(gw: Host, addrs: KernelAddresses) -> None:
+    await addrs.claim(IP, gw.ifname, 5)
+    assert await addrs.lifetimes() == {(IP, gw.ifname): 5}
+    assert "10.99.0.42/32" in addr_lines(gw)
+    assert f"{gw.ifname}:egd" in addr_lines(gw)
+    await asyncio.sleep(1.1)
+    lifetimes = await addrs.lifetimes()
+    assert lifetimes[(IP, gw.ifname)] < 5
+    await addrs.claim(IP, gw.ifname, 5)
+    assert await addrs.lifetimes() == {(IP, gw.ifname): 5}
+    await addrs.claim(IP, gw.ifname, 3)
+    assert await addrs.lifetimes() == {(IP, gw.ifname): 3}
+
+
+async def test_ipv6_claim_is_marked_and_released(gw: Host, addrs: KernelAddresses) -> None:
+    await addrs.claim(IP6, gw.ifname, 4)
+    assert await addrs.owned() == {(IP6, gw.ifname)}
+    lines = addr_lines(gw)
+    assert "fd99::42/128" in lines
+    assert "tentative" not in lines.split("fd99::42/128")[1].splitlines()[0]
+    await addrs.release(IP6, gw.ifname)
+    assert await addrs.owned() == set()
+
+
+async def test_address_expires_when_not_refreshed(gw: Host, addrs: KernelAddresses) -> None:
+    await addrs.claim(IP, gw.ifname, 1)
+    started = time.monotonic()
+    while (IP, gw.ifname) in await addrs.owned():
+        assert time.monotonic() - started < 1.0 + EXPIRY_SLACK, "address outlived lifetime + slack"
+        await asyncio.sleep(0.02)
+    assert time.monotonic() - started >= 0.9
+    assert "10.99.0.42" not in addr_lines(gw)
+
+
+async def test_owned_ignores_foreign_addresses_and_release_is_idempotent(gw: Host, addrs: KernelAddresses) -> None:
+    sh("ip", "-n", gw.ns, "addr", "add", "10.99.0.77/32", "dev", gw.ifname, "valid_lft", "30", "preferred_lft", "30")
+    await addrs.claim(IP, gw.ifname, 10)
+    assert await addrs.owned() == {(IP, gw.ifname)}
+    await addrs.release(IP, gw.ifname)
+    await addrs.release(IP, gw.ifname)
+    await addrs.release(IP, "nosuchif")
+    assert await addrs.owned() == set()
+    assert "10.99.0.77/32" in addr_lines(gw)
+
+
+async def test_a_new_adapter_recognises_and_flushes_existing_addresses(gw: Host, addrs: KernelAddresses) -> None:
+    await addrs.claim(IP, gw.ifname, 10)
+    await addrs.claim(IP6, gw.ifname, 10)
+    restarted = KernelAddresses(netns=gw.ns)
+    try:
+        assert await restarted.owned() == {(IP, gw.ifname), (IP6, gw.ifname)}
+        assert await restarted.flush_all() == {(IP, gw.ifname), (IP6, gw.ifname)}
+        assert await restarted.owned() == set()
+    finally:
+        await restarted.close()
+    assert "10.99.0.2/24" in addr_lines(gw)
+
+
+async def test_unknown_interface_is_a_data_plane_error(addrs: KernelAddresses) -> None:
+    with pytest.raises(DataPlaneError, match="nosuchif"):
+        await addrs.claim(IP, "nosuchif", 5)
