@@ -498,8 +498,10 @@ def _parse_groups(r: _Reader, value: Any) -> tuple[EgressGroup, ...]:
 def _parse_selector(r: _Reader, value: Any, path: str) -> dict[str, str]:
     if value is None:
         return {}
+    reported = len(r.problems)
     m = r.mapping(value, path, ("matchLabels",))
-    labels = r.mapping(m.get("matchLabels"), f"{path}.matchLabels", list(m.get("matchLabels") or {}))
+    raw = m.get("matchLabels")
+    labels = r.mapping(raw, f"{path}.matchLabels", list(raw) if isinstance(raw, Mapping) else ())
     out: dict[str, str] = {}
     for key, val in labels.items():
         p = f"{path}.matchLabels.{key}"
@@ -509,7 +511,7 @@ def _parse_selector(r: _Reader, value: Any, path: str) -> dict[str, str]:
             r.problem(p, f"must be a label value string (quote 'true'), got {val!r}")
         else:
             out[key] = val
-    if not out and not r.problems:
+    if not out and len(r.problems) == reported:
         r.problem(path, "matchLabels must not be empty")
     return out
 
