@@ -1,0 +1,610 @@
+"""Settings validation: a good config parses, a bad one lists every problem."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from egressd.core.errors import ConfigError, Problem
+from egressd.core.settings import EgressGroup, KubeSettings, NodeSettings, Settings, Timing, parse_settings
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "egressd.yaml"
+
+
+def config() -> dict[str, Any]:
+    """The reference scenario, as small as it can be (timing and kubernetes defaulted)."""
+    return {
+        "node": {"name": "kind-worker3", "address": "172.18.0.5"},
+        "groups": [
+            {
+                "name": "outpost",
+                "egressIPs": ["172.18.0.42", "172.18.0.43"],
+                "interface": "net0",
+                "candidates": ["kind-worker3", "kind-worker4"],
+                "sourceCIDRs": ["10.244.1.0/24", "10.244.2.0/24"],
+                "destinationCIDRs": ["172.18.0.0/16"],
+                "excludedCIDRs": ["172.18.0.0/29"],
+            }
+        ],
+    }
+
+
+def second_group(**changes: Any) -> dict[str, Any]:
+    group: dict[str, Any] = {
+        "name": "partners",
+        "egressIPs": ["172.18.0.44"],
+        "interface": "net0",
+        "candidates": ["kind-worker3"],
+        "sourceCIDRs": ["10.244.3.0/24"],
+        "destinationCIDRs": ["192.0.2.0/24"],
+    }
+    group.update(changes)
+    return group
+
+
+def problems_of(data: Any) -> list[Problem]:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(data)
+    return list(info.value.problems)
+
+
+def fields_of(data: Any) -> set[str]:
+    return {p.field for p in problems_of(data)}
+
+
+def message_of(data: Any, field: str) -> str:
+    """The single problem reported for ``field``."""
+    matching = [p.message for p in problems_of(data) if p.field == field]
+    assert len(matching) == 1, problems_of(data)
+    return matching[0]
+
+
+def changed(path: str, value: Any) -> dict[str, Any]:
+    """The base config with one value set; ``path`` like ``groups.0.egressIPs``."""
+    data = config()
+    *parents, last = path.split(".")
+    node: Any = data
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+    node[last] = value
+    return data
+
+
+# --- good configs ------------------------------------------------------------------
+
+
+def test_valid_config_parses_with_defaults() -> None:
+    settings = parse_settings(config())
+    assert settings.node == NodeSettings(name="kind-worker3", address=ipaddress.IPv4Address("172.18.0.5"))
+    assert settings.kubernetes == KubeSettings()
+    assert settings.kubernetes.access == "in-cluster"
+    assert settings.kubernetes.namespace == "egressd"
+    assert settings.timing == Timing()
+    assert settings.groups == (
+        EgressGroup(
+            name="outpost",
+            egress_ips=(ipaddress.IPv4Address("172.18.0.42"), ipaddress.IPv4Address("172.18.0.43")),
+            interface="net0",
+            candidates=("kind-worker3", "kind-worker4"),
+            source_cidrs=(ipaddress.IPv4Network("10.244.1.0/24"), ipaddress.IPv4Network("10.244.2.0/24")),
+            destination_cidrs=(ipaddress.IPv4Network("172.18.0.0/16"),),
+            excluded_cidrs=(ipaddress.IPv4Network("172.18.0.0/29"),),
+        ),
+    )
+    assert settings.candidate_groups() == settings.groups
+
+
+def test_steering_only_node_needs_no_address_and_no_groups_of_its_own() -> None:
+    data = config()
+    data["node"] = {"name": "kind-worker"}
+    settings = parse_settings(data)
+    assert settings.node.address is None
+    assert settings.candidate_groups() == ()
+
+
+def test_node_selector_instead_of_candidates() -> None:
+    data = config()
+    group = data["groups"][0]
+    del group["candidates"]
+    group["nodeSelector"] = {"matchLabels": {"egress-gw": "true"}}
+    (parsed,) = parse_settings(data).groups
+    assert parsed.node_selector == {"egress-gw": "true"}
+    assert parsed.candidates == ()
+
+
+def test_ipv6_group() -> None:
+    data = config()
+    data["groups"].append(
+        second_group(
+            name="outpost-v6",
+            egressIPs=["fd00:18::42"],
+            sourceCIDRs=["fd00:10:244:1::/64"],
+            destinationCIDRs=["fd00:18::/64"],
+            excludedCIDRs=["fd00:18::/125"],
+        )
+    )
+    assert parse_settings(data).groups[1].egress_ips == (ipaddress.IPv6Address("fd00:18::42"),)
+
+
+def test_the_example_config_parses() -> None:
+    settings = parse_settings(yaml.safe_load(EXAMPLE.read_text()), source=str(EXAMPLE))
+    assert settings.node.name == "kind-worker3"
+    assert settings.node.address == ipaddress.ip_address("172.18.0.5")
+    assert settings.kubernetes == KubeSettings(namespace="egressd", access="url", url="http://172.18.0.2:6443")
+    assert settings.timing == Timing()  # the defaults, written out
+    (group,) = settings.groups
+    assert group.name == "outpost"
+    assert [str(ip) for ip in group.egress_ips] == ["172.18.0.42", "172.18.0.43"]
+    assert group.candidates == ("kind-worker3", "kind-worker4")
+    assert settings.candidate_groups() == (group,)
+
+
+def test_the_example_config_writes_out_every_timing_key() -> None:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    assert set(data["timing"]) == {
+        "leaseDuration",
+        "renewDeadline",
+        "retryPeriod",
+        "addressLifetime",
+        "kernelSlack",
+        "safetyMargin",
+        "apiTimeout",
+        "nonPreferredDelay",
+        "handoffGrace",
+    }
+
+
+# --- every problem at once ---------------------------------------------------------
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    data: dict[str, Any] = {
+        "node": {"name": "kind-worker3", "address": "172.18.0.500"},
+        "kubernetes": {"namespace": "Egress_D"},
+        "timing": {"retryPeriod": "fast", "lease_duration": "3s"},
+        "group": [],
+        "groups": [
+            {
+                "name": "outpost",
+                "egressIPs": ["172.18.0.42", "172.18.0.x"],
+                "interface": "net0/eth",
+                "candidates": ["kind-worker3", "kind-worker3"],
+                "sourceCIDRs": ["10.244.1.7/24"],
+                "destinationCIDRs": ["172.18.0.0/33"],
+                "excludedCIDRs": "172.18.0.0/29",
+            }
+        ],
+    }
+    problems = problems_of(data)
+    fields = [p.field for p in problems]
+    assert set(fields) >= {
+        "node.address",
+        "kubernetes.namespace",
+        "timing.retryPeriod",
+        "timing.lease_duration",
+        "group",
+        "groups[0].egressIPs[1]",
+        "groups[0].interface",
+        "groups[0].candidates[1]",
+        "groups[0].sourceCIDRs[0]",
+        "groups[0].destinationCIDRs[0]",
+        "groups[0].excludedCIDRs",
+    }
+    assert len(fields) == len(problems) == 11
+    with pytest.raises(ConfigError, match=r"^egressd\.yaml: 11 problem\(s\)\n  group: unknown key"):
+        parse_settings(data, source="egressd.yaml")
+
+
+def test_relations_between_fields_are_all_reported_together() -> None:
+    data = config()
+    data["node"] = {"name": "kind-worker3"}
+    data["groups"][0]["egressIPs"] = ["172.18.0.42", "172.18.0.43", "172.18.0.42"]
+    data["groups"][0]["destinationCIDRs"] = ["172.18.0.0/16", "172.18.1.0/24"]
+    data["groups"].append(second_group(name="outpost", egressIPs=["172.18.0.43"], excludedCIDRs=["198.51.100.0/24"]))
+    assert fields_of(data) == {
+        "node.address",
+        "groups[0].egressIPs[2]",
+        "groups[0].destinationCIDRs[1]",
+        "groups[1].name",
+        "groups[1].egressIPs[0]",
+        "groups[1].excludedCIDRs[0]",
+    }
+
+
+# --- single fields -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["172.18.0.500", "172.18.0.42/32", "kind-worker3", 42, ""])
+def test_malformed_ip(value: Any) -> None:
+    assert "is not an IP address" in message_of(
+        changed("groups.0.egressIPs", ["172.18.0.42", value]), "groups[0].egressIPs[1]"
+    )
+
+
+@pytest.mark.parametrize("value", ["172.18.0.0/33", "172.18.0.0/", "outpost", "172.18.0.0/255.0.255.0"])
+def test_malformed_cidr(value: str) -> None:
+    assert message_of(changed("groups.0.destinationCIDRs", [value]), "groups[0].destinationCIDRs[0]") == (
+        f"is not a CIDR: {value!r}"
+    )
+
+
+def test_cidr_must_be_a_string() -> None:
+    assert "must be a CIDR string" in message_of(changed("groups.0.sourceCIDRs", [10]), "groups[0].sourceCIDRs[0]")
+
+
+@pytest.mark.parametrize(
+    ("value", "fixed"), [("10.244.1.7/24", "10.244.1.0/24"), ("fd00:10:244:1::1/64", "fd00:10:244:1::/64")]
+)
+def test_host_bits_set_suggests_the_network(value: str, fixed: str) -> None:
+    data = changed("groups.0.sourceCIDRs", [value])
+    message = message_of(data, "groups[0].sourceCIDRs[0]")
+    assert "host bits set" in message
+    assert f"did you mean {fixed}?" in message
+
+
+def test_egress_ip_listed_twice_in_one_group() -> None:
+    data = changed("groups.0.egressIPs", ["172.18.0.42", "172.18.0.43", "172.18.0.42"])
+    assert message_of(data, "groups[0].egressIPs[2]") == (
+        "172.18.0.42 is listed twice (also at groups[0].egressIPs[0])"
+    )
+
+
+def test_egress_ip_listed_in_two_groups() -> None:
+    data = config()
+    data["groups"].append(second_group(egressIPs=["172.18.0.44", "172.18.0.43"]))
+    assert "also at groups[0].egressIPs[1]" in message_of(data, "groups[1].egressIPs[1]")
+
+
+def test_ipv6_egress_ip_written_two_ways_is_still_the_same_ip() -> None:
+    data = config()
+    data["groups"].append(
+        second_group(egressIPs=["fd00::42", "FD00:0::42"], sourceCIDRs=["fd00:1::/64"], destinationCIDRs=["fd00::/64"])
+    )
+    assert "listed twice" in message_of(data, "groups[1].egressIPs[1]")
+
+
+@pytest.mark.parametrize("ip", ["0.0.0.0", "224.0.0.1", "127.0.0.1"])
+def test_unusable_egress_ip(ip: str) -> None:
+    assert "cannot be an egress IP" in message_of(changed("groups.0.egressIPs", [ip]), "groups[0].egressIPs[0]")
+
+
+def test_overlapping_destinations_in_one_group() -> None:
+    data = changed("groups.0.destinationCIDRs", ["172.18.0.0/16", "192.0.2.0/24", "172.18.5.0/24"])
+    assert (
+        message_of(data, "groups[0].destinationCIDRs[2]") == "172.18.5.0/24 overlaps destinationCIDRs[0] 172.18.0.0/16"
+    )
+
+
+def test_destination_entirely_excluded() -> None:
+    data = changed("groups.0.destinationCIDRs", ["172.18.0.0/16", "192.0.2.0/28"])
+    data["groups"][0]["excludedCIDRs"] = ["172.18.0.0/29", "192.0.2.0/24"]
+    fields = fields_of(data)
+    assert "groups[0].destinationCIDRs[1]" in fields
+    message = message_of(data, "groups[0].destinationCIDRs[1]")
+    assert "entirely excluded by excludedCIDRs[1] 192.0.2.0/24" in message
+    assert "nothing would be steered" in message
+
+
+def test_excluded_cidr_outside_the_destinations() -> None:
+    data = changed("groups.0.excludedCIDRs", ["172.18.0.0/29", "10.96.0.0/12"])
+    assert message_of(data, "groups[0].excludedCIDRs[1]") == "10.96.0.0/12 is not inside any of destinationCIDRs"
+
+
+def test_excluded_cidr_of_the_other_family() -> None:
+    data = changed("groups.0.excludedCIDRs", ["fd00::/64"])
+    assert "is not inside any of destinationCIDRs" in message_of(data, "groups[0].excludedCIDRs[0]")
+
+
+def test_networks_of_the_wrong_family_for_the_egress_ips() -> None:
+    data = changed("groups.0.sourceCIDRs", ["10.244.1.0/24", "fd00:10:244:1::/64"])
+    assert message_of(data, "groups[0].sourceCIDRs[1]") == "IPv6 but the group's egress IPs are not"
+
+
+def test_groups_with_overlapping_sources_and_destinations() -> None:
+    data = config()
+    data["groups"].append(second_group(sourceCIDRs=["10.244.0.0/16"], destinationCIDRs=["172.18.200.0/24"]))
+    message = message_of(data, "groups[1].destinationCIDRs")
+    assert "overlaps groups[0] (outpost)" in message
+    assert "two egress groups" in message
+
+
+def test_groups_may_share_destinations_for_other_sources() -> None:
+    data = config()
+    data["groups"].append(second_group(sourceCIDRs=["10.244.3.0/24"], destinationCIDRs=["172.18.0.0/16"]))
+    assert len(parse_settings(data).groups) == 2
+
+
+def test_group_names_are_unique_dns_labels() -> None:
+    data = config()
+    data["groups"].append(second_group(name="outpost"))
+    assert message_of(data, "groups[1].name") == "'outpost' is already the name of groups[0]"
+    assert "must be a DNS label" in message_of(changed("groups.0.name", "Out_Post"), "groups[0].name")
+
+
+@pytest.mark.parametrize("key", ["egressIPs", "interface", "sourceCIDRs", "destinationCIDRs", "name"])
+def test_required_group_fields(key: str) -> None:
+    data = config()
+    del data["groups"][0][key]
+    assert "is required" in message_of(data, f"groups[0].{key}")
+
+
+def test_empty_egress_ip_list() -> None:
+    assert message_of(changed("groups.0.egressIPs", []), "groups[0].egressIPs") == "must not be empty"
+
+
+def test_list_fields_must_be_lists() -> None:
+    assert message_of(changed("groups.0.egressIPs", "172.18.0.42"), "groups[0].egressIPs") == "must be a list, got str"
+
+
+# --- unknown keys --------------------------------------------------------------------
+
+
+def test_unknown_top_level_key() -> None:
+    data = config()
+    data["logging"] = {"level": "debug"}
+    message = message_of(data, "logging")
+    assert message.startswith("unknown key (known keys: node, kubernetes, timing, groups)")
+
+
+def test_unknown_timing_key_in_snake_case_gets_a_hint() -> None:
+    data = changed("timing.lease_duration", "3s")
+    assert message_of(data, "timing.lease_duration") == "unknown key (did you mean 'leaseDuration'?)"
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "hint"),
+    [
+        ("groups.0.egressIps", "groups[0].egressIps", "egressIPs"),
+        ("groups.0.destination_cidrs", "groups[0].destination_cidrs", "destinationCIDRs"),
+        ("node.Address", "node.Address", "address"),
+        ("kubernetes.token_file", "kubernetes.token_file", "tokenFile"),
+    ],
+)
+def test_unknown_nested_keys_get_a_hint(path: str, field: str, hint: str) -> None:
+    assert message_of(changed(path, "x"), field) == f"unknown key (did you mean {hint!r}?)"
+
+
+def test_unknown_selector_key() -> None:
+    data = config()
+    group = data["groups"][0]
+    del group["candidates"]
+    group["nodeSelector"] = {"matchLabels": {"egress-gw": "true"}, "matchExpressions": []}
+    assert "unknown key" in message_of(data, "groups[0].nodeSelector.matchExpressions")
+
+
+# --- timing --------------------------------------------------------------------------
+
+
+def test_default_timing_satisfies_its_own_check() -> None:
+    assert Timing().check() == []
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("250ms", 0.25), ("2.5s", 2.5), ("1m", 60.0), (" 3 s ", 3.0), ("4", 4.0), (4, 4.0), (4.5, 4.5)],
+)
+def test_durations_as_strings_and_numbers(value: Any, seconds: float) -> None:
+    data = changed("timing.handoffGrace", value)
+    assert parse_settings(data).timing.handoff_grace == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("value", ["2.5h", "-1s", "1.s", "fast", True, [1], math.inf, math.nan])
+def test_bad_durations(value: Any) -> None:
+    message = message_of(changed("timing.handoffGrace", value), "timing.handoffGrace")
+    assert message.startswith(("must be seconds or a string like", "must be a duration", "must be finite"))
+
+
+def test_timing_from_strings() -> None:
+    data = changed(
+        "timing",
+        {"leaseDuration": "4s", "renewDeadline": "1500ms", "retryPeriod": 0.5, "apiTimeout": "0.75s"},
+    )
+    timing = parse_settings(data).timing
+    assert (timing.lease_duration, timing.renew_deadline, timing.retry_period, timing.api_timeout) == (
+        4.0,
+        1.5,
+        0.5,
+        0.75,
+    )
+    assert timing.handoff_grace == 4.0  # defaults to the lease duration
+
+
+@pytest.mark.parametrize("value", [1.5, "1500ms", "0.5s"])
+def test_address_lifetime_must_be_whole_seconds(value: Any) -> None:
+    messages = [p.message for p in problems_of(changed("timing.addressLifetime", value))]
+    assert any(m.startswith("must be whole seconds") for m in messages), messages
+
+
+@pytest.mark.parametrize("value", [2, "2s", 2.0])
+def test_address_lifetime_in_whole_seconds(value: Any) -> None:
+    data = changed("timing", {"addressLifetime": value, "leaseDuration": "3.5s"})
+    assert parse_settings(data).timing.address_lifetime == 2
+
+
+def test_address_lifetime_below_the_kernel_minimum() -> None:
+    assert "at least 1" in message_of(changed("timing.addressLifetime", 0), "timing.addressLifetime")
+
+
+def test_t1_lease_must_outlast_both_fences() -> None:
+    message = message_of(changed("timing.leaseDuration", "2.3s"), "timing.leaseDuration")
+    assert message.startswith("(T1) leaseDuration > renewDeadline + addressLifetime + kernelSlack + safetyMargin")
+    assert "2.3 <= 1 + 1 + 0.2 + 0.1" in message
+
+
+def test_t1_counts_a_longer_address_lifetime() -> None:
+    assert "(T1)" in message_of(changed("timing.addressLifetime", 2), "timing.leaseDuration")
+
+
+def test_t2_renew_deadline_leaves_a_retry() -> None:
+    data = changed("timing", {"renewDeadline": "600ms", "retryPeriod": "500ms", "apiTimeout": "300ms"})
+    message = message_of(data, "timing.renewDeadline")
+    assert message.startswith("(T2) renewDeadline > 1.2 * retryPeriod fails: 0.6 <= 0.6")
+
+
+def test_t3_api_call_cannot_outlive_the_renew_deadline() -> None:
+    message = message_of(changed("timing.apiTimeout", "1s"), "timing.apiTimeout")
+    assert message.startswith("(T3) apiTimeout < renewDeadline fails: 1 >= 1")
+
+
+def test_all_three_inequalities_at_once() -> None:
+    data = changed("timing", {"leaseDuration": 1, "renewDeadline": 0.2, "retryPeriod": 1, "apiTimeout": 5})
+    messages = sorted(p.message[:4] for p in problems_of(data))
+    assert messages == ["(T1)", "(T2)", "(T3)"]
+
+
+@pytest.mark.parametrize("key", ["leaseDuration", "renewDeadline", "retryPeriod", "apiTimeout"])
+def test_non_positive_timing(key: str) -> None:
+    assert "must be positive" in message_of(changed(f"timing.{key}", 0), f"timing.{key}")
+
+
+@pytest.mark.parametrize("key", ["kernelSlack", "safetyMargin", "nonPreferredDelay", "handoffGrace"])
+def test_negative_timing(key: str) -> None:
+    assert "must not be negative" in message_of(changed(f"timing.{key}", -0.1), f"timing.{key}")
+
+
+def test_inequalities_are_not_checked_on_nonsense_values() -> None:
+    assert [p.field for p in Timing(renew_deadline=-1).check()] == ["timing.renewDeadline"]
+
+
+# --- node ------------------------------------------------------------------------------
+
+
+def test_node_is_required() -> None:
+    data = config()
+    del data["node"]
+    assert "is required" in message_of(data, "node")
+
+
+def test_node_name_must_be_a_node_name() -> None:
+    assert "DNS subdomain" in message_of(changed("node.name", "Kind_Worker3"), "node.name")
+
+
+def test_candidate_needs_its_node_address() -> None:
+    data = changed("node", {"name": "kind-worker4"})
+    assert (
+        message_of(data, "node.address") == "is required on a gateway candidate (this node is a candidate of groups[0])"
+    )
+
+
+def test_malformed_node_address() -> None:
+    assert "is not an IP address" in message_of(changed("node.address", "kind-worker3.local"), "node.address")
+
+
+# --- candidates or node selector -------------------------------------------------------
+
+
+def test_group_needs_candidates_or_a_selector() -> None:
+    data = config()
+    del data["groups"][0]["candidates"]
+    assert message_of(data, "groups[0]") == "needs exactly one of candidates (node names) or nodeSelector (labels)"
+
+
+def test_group_cannot_have_both_candidates_and_a_selector() -> None:
+    data = changed("groups.0.nodeSelector", {"matchLabels": {"egress-gw": "true"}})
+    assert "exactly one of" in message_of(data, "groups[0]")
+
+
+def test_candidate_listed_twice() -> None:
+    data = changed("groups.0.candidates", ["kind-worker3", "kind-worker4", "kind-worker3"])
+    assert message_of(data, "groups[0].candidates[2]") == "'kind-worker3' is listed twice"
+
+
+def test_selector_label_value_must_be_a_string() -> None:
+    data = config()
+    del data["groups"][0]["candidates"]
+    data["groups"][0]["nodeSelector"] = {"matchLabels": {"egress-gw": True}}
+    message = message_of(data, "groups[0].nodeSelector.matchLabels.egress-gw")
+    assert "quote 'true'" in message
+
+
+def test_selector_label_key_must_be_valid() -> None:
+    data = config()
+    del data["groups"][0]["candidates"]
+    data["groups"][0]["nodeSelector"] = {"matchLabels": {"egress gw": "true"}}
+    assert "not a valid label key" in message_of(data, "groups[0].nodeSelector.matchLabels.egress gw")
+
+
+@pytest.mark.parametrize("labels", [5, True, "egress-gw=true", ["egress-gw"]])
+def test_selector_match_labels_must_be_a_mapping(labels: Any) -> None:
+    data = config()
+    del data["groups"][0]["candidates"]
+    data["groups"][0]["nodeSelector"] = {"matchLabels": labels}
+    assert "must be a mapping" in message_of(data, "groups[0].nodeSelector.matchLabels")
+
+
+def test_empty_selector_is_reported_alongside_other_problems() -> None:
+    data = changed("groups.0.nodeSelector", {"matchLabels": {}})
+    data["groups"][0]["interface"] = "net0/eth"
+    fields = fields_of(data)
+    assert {"groups[0].interface", "groups[0].nodeSelector"} <= fields
+    assert message_of(data, "groups[0].nodeSelector") == "matchLabels must not be empty"
+
+
+# --- kubernetes access -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kube", "expected"),
+    [
+        ({}, KubeSettings()),
+        ({"namespace": "kube-egress"}, KubeSettings(namespace="kube-egress")),
+        ({"url": "http://172.18.0.2:6443"}, KubeSettings(access="url", url="http://172.18.0.2:6443")),
+        (
+            {"access": "url", "url": "https://api.example:6443", "tokenFile": "/run/token", "caFile": "/run/ca.crt"},
+            KubeSettings(access="url", url="https://api.example:6443", token_file="/run/token", ca_file="/run/ca.crt"),
+        ),
+        (
+            {"kubeconfig": "/etc/egressd/kubeconfig"},
+            KubeSettings(access="kubeconfig", kubeconfig="/etc/egressd/kubeconfig"),
+        ),
+        ({"access": "in-cluster"}, KubeSettings()),
+    ],
+    ids=["default", "namespace", "url-inferred", "url-explicit", "kubeconfig-inferred", "in-cluster-explicit"],
+)
+def test_kubernetes_access_modes(kube: dict[str, Any], expected: KubeSettings) -> None:
+    assert parse_settings(changed("kubernetes", kube)).kubernetes == expected
+
+
+@pytest.mark.parametrize(
+    ("kube", "field", "message"),
+    [
+        ({"access": "url"}, "kubernetes.url", "is required when access is url"),
+        ({"access": "kubeconfig"}, "kubernetes.kubeconfig", "is required when access is kubeconfig"),
+        ({"url": "172.18.0.2:6443"}, "kubernetes.url", "must be an http:// or https:// URL, got '172.18.0.2:6443'"),
+        ({"access": "ssh"}, "kubernetes.access", "must be one of in-cluster, kubeconfig, url; got 'ssh'"),
+        ({"access": "in-cluster", "url": "http://x:1"}, "kubernetes.url", "is set but access is in-cluster"),
+        (
+            {"access": "url", "url": "http://x:1", "kubeconfig": "/k"},
+            "kubernetes.kubeconfig",
+            "is set but access is url",
+        ),
+        ({"namespace": "Egress"}, "kubernetes.namespace", "must be a DNS label, got 'Egress'"),
+    ],
+)
+def test_kubernetes_access_problems(kube: dict[str, Any], field: str, message: str) -> None:
+    assert message_of(changed("kubernetes", kube), field) == message
+
+
+# --- the document itself -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", [[], "node: x", 3])
+def test_document_must_be_a_mapping(data: Any) -> None:
+    (problem,) = problems_of(data)
+    assert problem.message.startswith("must be a mapping")
+
+
+def test_empty_document() -> None:
+    assert fields_of(None) == {"node"}
+
+
+def test_settings_are_frozen() -> None:
+    settings = parse_settings(config())
+    with pytest.raises(AttributeError):
+        settings.node = NodeSettings(name="other")  # type: ignore[misc]
+    assert isinstance(settings, Settings)
