@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -100,3 +101,43 @@ def neigh_mac(ns: str, ifname: str, ip: str) -> str | None:
     if "lladdr" in parts:
         return parts[parts.index("lladdr") + 1].lower()
     return None
+
+
+ECHO_SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(2048)
+    s.sendto(peer[0].encode(), peer)
+"""
+
+PROBE = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 0))
+s.settimeout(float(sys.argv[4]))
+s.sendto(b"who am i", (sys.argv[2], int(sys.argv[3])))
+try:
+    print(s.recvfrom(2048)[0].decode())
+except TimeoutError:
+    print("timeout")
+"""
+
+
+def start_echo_server(ns: str, port: int = 9000) -> subprocess.Popen[str]:
+    """A UDP server in ``ns`` that answers every datagram with the source address it saw."""
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", ECHO_SERVER, str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def probe(ns: str, src: str, dst: str, port: int = 9000, timeout: float = 0.5) -> str:
+    """Source address the echo server saw for a datagram from ``src``, or ``timeout``."""
+    return ns_exec(ns, sys.executable, "-c", PROBE, src, dst, str(port), str(timeout)).strip()

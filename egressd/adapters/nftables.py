@@ -1,0 +1,205 @@
+"""SNAT in egressd's own nftables tables, through the ``nft`` command.
+
+Every change is one ``nft -f -`` transaction rendered by :mod:`egressd.core.nft`
+(atomic: all or nothing); only egressd's tables are ever named. The ``nft``
+command is run as an asyncio subprocess, so the event loop never blocks.
+
+``netns``: when given, commands run through ``ip netns exec NETNS nft ...``
+(tests and tools drive a namespace from the root process); the daemon itself
+normally runs inside the namespace it manages and leaves it None.
+
+Optional sub-second fence (``fence_ttl``): see :mod:`egressd.core.nft`. When it
+is enabled, ``activate`` arms the fence of the IP for ``fence_ttl`` and the
+runtime MUST call :meth:`NftablesSnat.refresh_fence` after every successful
+renew (together with the address refresh), or the node stops serving the IP
+after ``fence_ttl``. When it is disabled (the default) no fence table exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from egressd.core import nft
+from egressd.core.errors import DataPlaneError
+from egressd.core.settings import EgressGroup, IPAddress
+
+log = logging.getLogger(__name__)
+
+
+class NftablesSnat:
+    """:class:`egressd.ports.Snat` over ``nft -f -`` transactions."""
+
+    def __init__(
+        self,
+        *,
+        netns: str | None = None,
+        fence_ttl: float | None = None,
+        nft_binary: str = "nft",
+        timeout: float = 10.0,
+    ) -> None:
+        """``fence_ttl``: seconds of the optional sub-second fence (e.g. 0.8), None
+        disables it. ``timeout``: upper bound of one ``nft`` run (a 10,000
+        element stage takes well under a second)."""
+        if fence_ttl is not None and fence_ttl < 0.001:
+            raise ValueError(f"fence_ttl must be at least 1 ms, got {fence_ttl}")
+        self._netns = netns
+        self._fence_ms = None if fence_ttl is None else round(fence_ttl * 1000)
+        self._nft = nft_binary
+        self._timeout = timeout
+        self._groups: dict[str, EgressGroup] = {}
+        self._owned: dict[IPAddress, str] = {}
+        self._loaded = False
+        self._lock = asyncio.Lock()
+
+    # -- the port ---------------------------------------------------------
+
+    async def stage(self, groups: Sequence[EgressGroup]) -> None:
+        """Write the whole SNAT table (sets of every group, SNAT rules of the IPs
+        owned now) in one transaction, and the fence's list of egress IPs."""
+        async with self._lock:
+            await self._load()
+            self._groups = {g.name: g for g in groups}
+            owned = {ip: g for ip, g in self._owned.items() if g in self._groups}
+            script = nft.render_table(list(self._groups.values()), owned)
+            if self._fence_ms is not None:
+                script += nft.render_fence_stage(ip for g in groups for ip in g.egress_ips)
+            started = time.monotonic()
+            await self._run(script, what="stage")
+            self._owned = owned
+            log.info(
+                "staged SNAT table for %d group(s), %d active egress IP(s) in %.3fs",
+                len(groups),
+                len(owned),
+                time.monotonic() - started,
+            )
+
+    async def activate(self, ip: IPAddress, group: str) -> None:
+        """Add the SNAT rule of ``ip`` (and arm its fence) in one transaction."""
+        async with self._lock:
+            await self._load()
+            if group not in self._groups:
+                raise DataPlaneError(f"snat {ip}: group {group!r} is not staged")
+            owned = dict(self._owned)
+            owned[ip] = group
+            script = self._chain_script(group, ip.version, owned)
+            if self._fence_ms is not None:
+                script += nft.render_fence_refresh([ip], self._fence_ms)
+            await self._run(script, what=f"activate {ip}")
+            self._owned = owned
+            log.info("SNAT to %s active for group %s", ip, group)
+
+    async def deactivate(self, ip: IPAddress) -> None:
+        """Remove the SNAT rule of ``ip`` (and disarm its fence); no error if absent."""
+        async with self._lock:
+            await self._load()
+            group = self._owned.get(ip)
+            script = ""
+            owned = dict(self._owned)
+            if group is not None:
+                del owned[ip]
+                script += self._chain_script(group, ip.version, owned)
+            if self._fence_ms is not None:
+                script += nft.render_fence_remove([ip])
+            if not script:
+                return
+            await self._run(script, what=f"deactivate {ip}")
+            self._owned = owned
+            log.info("SNAT to %s removed (group %s)", ip, group)
+
+    async def active(self) -> set[IPAddress]:
+        """Egress IPs with a SNAT rule in the kernel now (read back, not remembered)."""
+        listing = await self._list()
+        return set(nft.parse_active(listing))
+
+    # -- beyond the port --------------------------------------------------
+
+    async def refresh_fence(self, ips: Iterable[IPAddress]) -> None:
+        """Re-arm the sub-second fence of ``ips`` for ``fence_ttl`` from now.
+
+        Call after every successful renew of those IPs; no-op when the fence is
+        disabled."""
+        ips = list(ips)
+        if self._fence_ms is None or not ips:
+            return
+        await self._run(nft.render_fence_refresh(ips, self._fence_ms), what="fence refresh")
+
+    async def fence(self) -> dict[IPAddress, float]:
+        """Armed fence elements and their remaining seconds (empty when disabled)."""
+        if self._fence_ms is None:
+            return {}
+        out = await self._exec(["-j", "list", "set", nft.FAMILY, nft.FENCE_TABLE, "owned4"], what="list fence")
+        out6 = await self._exec(["-j", "list", "set", nft.FAMILY, nft.FENCE_TABLE, "owned6"], what="list fence")
+        result = nft.parse_fence(json.loads(out))
+        result.update(nft.parse_fence(json.loads(out6)))
+        return result
+
+    async def clear(self) -> None:
+        """Delete egressd's tables (SNAT and fence); for shutdown and ``egressd cleanup``."""
+        async with self._lock:
+            await self._run(nft.render_delete(fence=True), what="clear")
+            self._owned = {}
+            self._groups = {}
+            self._loaded = True
+            log.info("removed egressd nftables tables")
+
+    # -- internals --------------------------------------------------------
+
+    def _chain_script(self, group: str, version: int, owned: dict[IPAddress, str]) -> str:
+        return nft.render_group_chain(group, version, [ip for ip, g in owned.items() if g == group])
+
+    async def _load(self) -> None:
+        """Learn the active SNAT rules once, so a restarted daemon keeps them."""
+        if self._loaded:
+            return
+        listing = await self._list()
+        self._owned = nft.parse_active(listing)
+        self._loaded = True
+        if self._owned:
+            log.info("found active SNAT in the kernel: %s", ", ".join(map(str, sorted(self._owned, key=str))))
+
+    async def _list(self) -> dict[str, Any]:
+        """``nft -j -t list table`` (terse: without set elements); {} if absent."""
+        out = await self._exec(["-j", "-t", "list", "table", nft.FAMILY, nft.TABLE], what="list", missing_ok=True)
+        if not out:
+            return {}
+        try:
+            parsed = json.loads(out)
+        except json.JSONDecodeError as exc:
+            raise DataPlaneError(f"nft list: unreadable JSON: {exc}") from exc
+        return parsed if isinstance(parsed, dict) else {}
+
+    async def _run(self, script: str, *, what: str) -> None:
+        await self._exec(["-f", "-"], what=what, stdin=script)
+
+    async def _exec(self, args: list[str], *, what: str, stdin: str | None = None, missing_ok: bool = False) -> str:
+        argv = [self._nft, *args]
+        if self._netns is not None:
+            argv = ["ip", "netns", "exec", self._netns, *argv]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise DataPlaneError(f"nft {what}: cannot run {argv[0]}: {exc}") from exc
+        try:
+            out, err = await asyncio.wait_for(
+                proc.communicate(stdin.encode() if stdin is not None else None), self._timeout
+            )
+        except TimeoutError as exc:
+            proc.kill()
+            await proc.wait()
+            raise DataPlaneError(f"nft {what}: no answer within {self._timeout:g}s") from exc
+        if proc.returncode != 0:
+            text = err.decode(errors="replace").strip()
+            if missing_ok and "No such file or directory" in text:
+                return ""
+            raise DataPlaneError(f"nft {what} failed (exit {proc.returncode}): {text[:2000]}")
+        return out.decode()
