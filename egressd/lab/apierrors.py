@@ -21,9 +21,7 @@ from typing import Any
 
 JsonObject = dict[str, Any]
 
-OPTIMISTIC_LOCK_MESSAGE = (
-    "the object has been modified; please apply your changes to the latest version and try again"
-)
+OPTIMISTIC_LOCK_MESSAGE = "the object has been modified; please apply your changes to the latest version and try again"
 
 
 def qualified(group: str, plural: str) -> str:
@@ -104,21 +102,27 @@ def _details(name: str, group: str, kind: str) -> JsonObject:
 
 def not_found(group: str, plural: str, name: str) -> ApiError:
     return ApiError(
-        404, "NotFound", f'{qualified(group, plural)} "{name}" not found',
+        404,
+        "NotFound",
+        f'{qualified(group, plural)} "{name}" not found',
         _details(name, group, plural),
     )
 
 
 def already_exists(group: str, plural: str, name: str) -> ApiError:
     return ApiError(
-        409, "AlreadyExists", f'{qualified(group, plural)} "{name}" already exists',
+        409,
+        "AlreadyExists",
+        f'{qualified(group, plural)} "{name}" already exists',
         _details(name, group, plural),
     )
 
 
 def conflict(group: str, plural: str, name: str, why: str = OPTIMISTIC_LOCK_MESSAGE) -> ApiError:
     return ApiError(
-        409, "Conflict", f'Operation cannot be fulfilled on {qualified(group, plural)} "{name}": {why}',
+        409,
+        "Conflict",
+        f'Operation cannot be fulfilled on {qualified(group, plural)} "{name}": {why}',
         _details(name, group, plural),
     )
 
@@ -132,11 +136,12 @@ def invalid(group: str, kind: str, name: str, errors: Sequence[FieldError]) -> A
     """
     joined = str(errors[0]) if len(errors) == 1 else "[" + ", ".join(map(str, errors)) + "]"
     details = _details(name, group, kind)
-    details["causes"] = [
-        {"reason": e.reason, "message": e.message, "field": e.field} for e in errors
-    ]
+    details["causes"] = [{"reason": e.reason, "message": e.message, "field": e.field} for e in errors]
     return ApiError(
-        422, "Invalid", f'{_group_kind(group, kind)} "{name}" is invalid: {joined}', details,
+        422,
+        "Invalid",
+        f'{_group_kind(group, kind)} "{name}" is invalid: {joined}',
+        details,
     )
 
 
@@ -154,7 +159,9 @@ def resource_not_found() -> ApiError:
 
 def method_not_allowed() -> ApiError:
     return ApiError(
-        405, "MethodNotAllowed", "the server does not allow this method on the requested resource",
+        405,
+        "MethodNotAllowed",
+        "the server does not allow this method on the requested resource",
         {},
     )
 
@@ -165,29 +172,34 @@ def expired(message: str) -> ApiError:
 
 def too_large_resource_version(requested: int, current: int) -> ApiError:
     return ApiError(
-        504, "Timeout", f"Too large resource version: {requested}, current: {current}",
-        {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
-         "retryAfterSeconds": 1},
+        504,
+        "Timeout",
+        f"Too large resource version: {requested}, current: {current}",
+        {
+            "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+            "retryAfterSeconds": 1,
+        },
     )
 
 
 def unsupported_media_type(content_type: str, accepted: Sequence[str]) -> ApiError:
     return ApiError(
-        415, "UnsupportedMediaType",
-        f"the body of the request was in an unknown format - accepted media types include: "
-        f"{', '.join(accepted)}",
+        415,
+        "UnsupportedMediaType",
+        f"the body of the request was in an unknown format - accepted media types include: {', '.join(accepted)}",
     )
 
 
 def injected(code: int) -> ApiError:
     """The error a paused-for-faults lab server answers with (test plumbing)."""
     reasons = {
-        429: ("TooManyRequests", "the server has received too many requests and has asked us "
-              "to try again later"),
+        429: ("TooManyRequests", "the server has received too many requests and has asked us to try again later"),
         500: ("InternalError", "Internal error occurred: injected fault"),
         503: ("ServiceUnavailable", "the server is currently unable to handle the request"),
-        504: ("Timeout", "the server was unable to return a response in the time allotted, "
-              "but may still be processing the request"),
+        504: (
+            "Timeout",
+            "the server was unable to return a response in the time allotted, but may still be processing the request",
+        ),
     }
     reason, message = reasons.get(code, ("InternalError", "Internal error occurred: injected fault"))
     return ApiError(code, reason, message, {})

@@ -49,18 +49,18 @@ class ResourceKind:
     namespaced: bool
     short_names: tuple[str, ...] = ()
     status_subresource: bool = False
-    create_on_update: bool = False      # PUT on a missing object creates it
-    unconditional_update: bool = True   # PUT without metadata.resourceVersion is allowed
+    create_on_update: bool = False  # PUT on a missing object creates it
+    unconditional_update: bool = True  # PUT without metadata.resourceVersion is allowed
     delete_returns_object: bool = False  # else DELETE answers a Status "Success"
-    tracks_generation: bool = False     # metadata.generation bumps on spec changes
+    tracks_generation: bool = False  # metadata.generation bumps on spec changes
     create_status: CreateStatus = "keep"
     initial_status: Mapping[str, Any] = field(default_factory=dict)
     initial_spec: Mapping[str, Any] = field(default_factory=dict)
     name_rule: NameRule = "subdomain"
-    name_label: str = ""                # label set to the object's name (namespaces)
+    name_label: str = ""  # label set to the object's name (namespaces)
     typed_fields: tuple[TypedField, ...] = ()
     field_labels: tuple[str, ...] = ()  # beyond metadata.name / metadata.namespace
-    strategic_merge: bool = True        # built-ins accept strategic-merge-patch
+    strategic_merge: bool = True  # built-ins accept strategic-merge-patch
     custom: bool = False
 
     @property
@@ -101,53 +101,128 @@ _EVENT_FIELDS = (
 #: The built-in resources, one row each. CRDs add rows at run time.
 BUILTIN_KINDS: tuple[ResourceKind, ...] = (
     ResourceKind(
-        "", ("v1",), "namespaces", "namespace", "Namespace", namespaced=False,
-        short_names=("ns",), status_subresource=True, delete_returns_object=True,
-        create_status="initial", initial_status={"phase": "Active"},
-        initial_spec={"finalizers": ["kubernetes"]}, name_rule="label",
-        name_label="kubernetes.io/metadata.name", field_labels=("status.phase",),
+        "",
+        ("v1",),
+        "namespaces",
+        "namespace",
+        "Namespace",
+        namespaced=False,
+        short_names=("ns",),
+        status_subresource=True,
+        delete_returns_object=True,
+        create_status="initial",
+        initial_status={"phase": "Active"},
+        initial_spec={"finalizers": ["kubernetes"]},
+        name_rule="label",
+        name_label="kubernetes.io/metadata.name",
+        field_labels=("status.phase",),
     ),
     ResourceKind(
-        "", ("v1",), "nodes", "node", "Node", namespaced=False, short_names=("no",),
-        status_subresource=True, field_labels=("spec.unschedulable",),
+        "",
+        ("v1",),
+        "nodes",
+        "node",
+        "Node",
+        namespaced=False,
+        short_names=("no",),
+        status_subresource=True,
+        field_labels=("spec.unschedulable",),
     ),
     ResourceKind(
-        "", ("v1",), "pods", "pod", "Pod", namespaced=True, short_names=("po",),
-        status_subresource=True, delete_returns_object=True, create_status="initial",
+        "",
+        ("v1",),
+        "pods",
+        "pod",
+        "Pod",
+        namespaced=True,
+        short_names=("po",),
+        status_subresource=True,
+        delete_returns_object=True,
+        create_status="initial",
         initial_status={"phase": "Pending", "qosClass": "BestEffort"},
-        field_labels=("spec.nodeName", "spec.restartPolicy", "spec.schedulerName",
-                      "spec.serviceAccountName", "status.phase", "status.podIP",
-                      "status.nominatedNodeName"),
+        field_labels=(
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ),
     ),
     ResourceKind(
-        "", ("v1",), "events", "event", "Event", namespaced=True, short_names=("ev",),
-        create_on_update=True, typed_fields=_EVENT_FIELDS,
-        field_labels=("involvedObject.kind", "involvedObject.namespace",
-                      "involvedObject.name", "involvedObject.uid",
-                      "involvedObject.apiVersion", "involvedObject.resourceVersion",
-                      "involvedObject.fieldPath", "reason", "reportingComponent",
-                      "source", "type"),
+        "",
+        ("v1",),
+        "events",
+        "event",
+        "Event",
+        namespaced=True,
+        short_names=("ev",),
+        create_on_update=True,
+        typed_fields=_EVENT_FIELDS,
+        field_labels=(
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ),
     ),
     ResourceKind(
-        "coordination.k8s.io", ("v1",), "leases", "lease", "Lease", namespaced=True,
-        create_on_update=True, unconditional_update=False, typed_fields=_LEASE_FIELDS,
+        "coordination.k8s.io",
+        ("v1",),
+        "leases",
+        "lease",
+        "Lease",
+        namespaced=True,
+        create_on_update=True,
+        unconditional_update=False,
+        typed_fields=_LEASE_FIELDS,
     ),
     ResourceKind(
-        "events.k8s.io", ("v1",), "events", "event", "Event", namespaced=True,
-        short_names=("ev",), create_on_update=True, typed_fields=_EVENT_FIELDS,
-        field_labels=("reason", "type", "regarding.kind", "regarding.name",
-                      "regarding.namespace", "reportingController"),
+        "events.k8s.io",
+        ("v1",),
+        "events",
+        "event",
+        "Event",
+        namespaced=True,
+        short_names=("ev",),
+        create_on_update=True,
+        typed_fields=_EVENT_FIELDS,
+        field_labels=(
+            "reason",
+            "type",
+            "regarding.kind",
+            "regarding.name",
+            "regarding.namespace",
+            "reportingController",
+        ),
     ),
     ResourceKind(
-        "apiextensions.k8s.io", ("v1",), "customresourcedefinitions",
-        "customresourcedefinition", "CustomResourceDefinition", namespaced=False,
-        short_names=("crd", "crds"), status_subresource=True, unconditional_update=False,
-        delete_returns_object=True, tracks_generation=True, create_status="drop",
+        "apiextensions.k8s.io",
+        ("v1",),
+        "customresourcedefinitions",
+        "customresourcedefinition",
+        "CustomResourceDefinition",
+        namespaced=False,
+        short_names=("crd", "crds"),
+        status_subresource=True,
+        unconditional_update=False,
+        delete_returns_object=True,
+        tracks_generation=True,
+        create_status="drop",
     ),
 )
 
 
 # --------------------------------------------------------------------------- CRDs
+
 
 def validate_crd(obj: Mapping[str, Any]) -> list[FieldError]:
     """The structural checks the real server makes before registering a CRD."""
@@ -165,18 +240,19 @@ def validate_crd(obj: Mapping[str, Any]) -> list[FieldError]:
     if not isinstance(kind, str) or not kind:
         errors.append(FieldError("spec.names.kind", "", None))
     if spec.get("scope") not in ("Namespaced", "Cluster"):
-        errors.append(FieldError("spec.scope", 'supported values: "Cluster", "Namespaced"',
-                                 go_value(spec.get("scope", ""))))
+        errors.append(
+            FieldError("spec.scope", 'supported values: "Cluster", "Namespaced"', go_value(spec.get("scope", "")))
+        )
     versions = spec.get("versions")
     if not isinstance(versions, list) or not versions:
         errors.append(FieldError("spec.versions", "must have exactly one version marked as storage version", None))
     elif sum(1 for v in versions if isinstance(v, Mapping) and v.get("storage")) != 1:
-        errors.append(FieldError("spec.versions", "must have exactly one version marked as storage version",
-                                 go_value("")))
+        errors.append(
+            FieldError("spec.versions", "must have exactly one version marked as storage version", go_value(""))
+        )
     name = (obj.get("metadata") or {}).get("name", "")
     if not errors and name != f"{plural}.{group}":
-        errors.append(FieldError("metadata.name", 'must be spec.names.plural+"."+spec.group',
-                                 go_value(name)))
+        errors.append(FieldError("metadata.name", 'must be spec.names.plural+"."+spec.group', go_value(name)))
     return errors
 
 
@@ -189,16 +265,25 @@ def kind_from_crd(crd: Mapping[str, Any]) -> ResourceKind:
     storage = next(v for v in versions if v.get("storage"))
     has_status = any(
         isinstance(v.get("subresources"), Mapping) and "status" in v["subresources"]
-        for v in versions if v.get("served", True)
+        for v in versions
+        if v.get("served", True)
     )
     # The storage version goes first: it is the apiVersion objects are stored with.
     ordered = (storage["name"], *[v for v in served if v != storage["name"]])
     return ResourceKind(
-        spec["group"], ordered, names["plural"], names.get("singular") or names["kind"].lower(),
-        names["kind"], namespaced=spec["scope"] == "Namespaced",
-        short_names=tuple(names.get("shortNames") or ()), status_subresource=has_status,
-        unconditional_update=False, tracks_generation=True,
-        create_status="drop" if has_status else "keep", strategic_merge=False, custom=True,
+        spec["group"],
+        ordered,
+        names["plural"],
+        names.get("singular") or names["kind"].lower(),
+        names["kind"],
+        namespaced=spec["scope"] == "Namespaced",
+        short_names=tuple(names.get("shortNames") or ()),
+        status_subresource=has_status,
+        unconditional_update=False,
+        tracks_generation=True,
+        create_status="drop" if has_status else "keep",
+        strategic_merge=False,
+        custom=True,
     )
 
 
@@ -206,10 +291,20 @@ def crd_established_status(crd: Mapping[str, Any], now: str) -> JsonObject:
     """The status the real server's controllers converge a healthy CRD to."""
     spec = crd["spec"]
     conditions = [
-        {"type": "NamesAccepted", "status": "True", "lastTransitionTime": now,
-         "reason": "NoConflicts", "message": "no conflicts found"},
-        {"type": "Established", "status": "True", "lastTransitionTime": now,
-         "reason": "InitialNamesAccepted", "message": "the initial names have been accepted"},
+        {
+            "type": "NamesAccepted",
+            "status": "True",
+            "lastTransitionTime": now,
+            "reason": "NoConflicts",
+            "message": "no conflicts found",
+        },
+        {
+            "type": "Established",
+            "status": "True",
+            "lastTransitionTime": now,
+            "reason": "InitialNamesAccepted",
+            "message": "the initial names have been accepted",
+        },
     ]
     return {
         "conditions": conditions,
@@ -221,10 +316,8 @@ def crd_established_status(crd: Mapping[str, Any], now: str) -> JsonObject:
 # --------------------------------------------------------------------------- time
 
 MICROTIME_LAYOUT = "2006-01-02T15:04:05.000000Z07:00"
-_MICRO_RE = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\.(\d{6})(Z|[+-]\d{2}:\d{2})$")
-_TIME_RE = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?(Z|[+-]\d{2}:\d{2})$")
+_MICRO_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\.(\d{6})(Z|[+-]\d{2}:\d{2})$")
+_TIME_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?(Z|[+-]\d{2}:\d{2})$")
 _SECONDS_PREFIX = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")
 
 
@@ -261,9 +354,8 @@ def parse_microtime(text: str) -> datetime:
     match = _MICRO_RE.match(text)
     if not match:
         prefix = _SECONDS_PREFIX.match(text)
-        rest, elem = (text[prefix.end():], ".000000") if prefix else (text, "2006")
-        raise ValueError(
-            f'parsing time "{text}" as "{MICROTIME_LAYOUT}": cannot parse "{rest}" as "{elem}"')
+        rest, elem = (text[prefix.end() :], ".000000") if prefix else (text, "2006")
+        raise ValueError(f'parsing time "{text}" as "{MICROTIME_LAYOUT}": cannot parse "{rest}" as "{elem}"')
     return _to_datetime(match, match[7])
 
 
@@ -271,8 +363,7 @@ def parse_time(text: str) -> datetime:
     """Parse as Go's ``time.Parse(RFC3339)``: fraction optional (dropped on output)."""
     match = _TIME_RE.match(text)
     if not match:
-        raise ValueError(f'parsing time "{text}" as "2006-01-02T15:04:05Z07:00": '
-                         f'cannot parse "{text}" as "2006"')
+        raise ValueError(f'parsing time "{text}" as "2006-01-02T15:04:05Z07:00": cannot parse "{text}" as "2006"')
     return _to_datetime(match, match[7])
 
 
@@ -281,6 +372,7 @@ def now_time() -> str:
 
 
 # --------------------------------------------------------------------------- typed fields
+
 
 def _json_type(value: Any) -> str:
     if isinstance(value, bool):
@@ -315,8 +407,7 @@ def _locate(obj: JsonObject, path: str) -> tuple[JsonObject, str] | None:
 
 def decode_error(kind: ResourceKind, version: str, message: str) -> ApiError:
     """400 for a body the real server's decoder rejects."""
-    return bad_request(
-        f'{kind.kind} in version "{version}" cannot be handled as a {kind.kind}: {message}')
+    return bad_request(f'{kind.kind} in version "{version}" cannot be handled as a {kind.kind}: {message}')
 
 
 def normalise(kind: ResourceKind, obj: JsonObject, version: str) -> list[FieldError]:
@@ -328,15 +419,23 @@ def normalise(kind: ResourceKind, obj: JsonObject, version: str) -> list[FieldEr
     """
     metadata = obj.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
-        raise decode_error(kind, version, f"json: cannot unmarshal {_json_type(metadata)} into "
-                           f"Go struct field {kind.kind}.metadata of type v1.ObjectMeta")
+        raise decode_error(
+            kind,
+            version,
+            f"json: cannot unmarshal {_json_type(metadata)} into "
+            f"Go struct field {kind.kind}.metadata of type v1.ObjectMeta",
+        )
     for mapping in ("labels", "annotations"):
         values = (metadata or {}).get(mapping)
         if values is None:
             continue
         if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
-            raise decode_error(kind, version, f"json: cannot unmarshal {_json_type(values)} into "
-                               f"Go struct field ObjectMeta.metadata.{mapping} of type string")
+            raise decode_error(
+                kind,
+                version,
+                f"json: cannot unmarshal {_json_type(values)} into "
+                f"Go struct field ObjectMeta.metadata.{mapping} of type string",
+            )
     errors: list[FieldError] = []
     for typed in kind.typed_fields:
         found = _locate(obj, typed.path)
@@ -347,20 +446,28 @@ def normalise(kind: ResourceKind, obj: JsonObject, version: str) -> list[FieldEr
         if value is None:
             del parent[leaf]
             continue
-        go_type = {"int32": "int32", "string": "string", "microtime": "v1.MicroTime",
-                   "time": "v1.Time"}[typed.type]
+        go_type = {"int32": "int32", "string": "string", "microtime": "v1.MicroTime", "time": "v1.Time"}[typed.type]
         if typed.type == "int32":
             ok = (isinstance(value, int) and not isinstance(value, bool)) or (
-                isinstance(value, float) and value.is_integer())
+                isinstance(value, float) and value.is_integer()
+            )
             if not ok or not -(2**31) <= int(value) < 2**31:
-                raise decode_error(kind, version, f"json: cannot unmarshal {_json_type(value)} "
-                                   f"into Go struct field {_go_struct(kind, typed.path)} of type int32")
+                raise decode_error(
+                    kind,
+                    version,
+                    f"json: cannot unmarshal {_json_type(value)} "
+                    f"into Go struct field {_go_struct(kind, typed.path)} of type int32",
+                )
             parent[leaf] = int(value)
             if typed.minimum is not None and parent[leaf] < typed.minimum:
                 errors.append(FieldError(typed.path, typed.minimum_message, str(parent[leaf])))
         elif not isinstance(value, str):
-            raise decode_error(kind, version, f"json: cannot unmarshal {_json_type(value)} into "
-                               f"Go struct field {_go_struct(kind, typed.path)} of type {go_type}")
+            raise decode_error(
+                kind,
+                version,
+                f"json: cannot unmarshal {_json_type(value)} into "
+                f"Go struct field {_go_struct(kind, typed.path)} of type {go_type}",
+            )
         elif typed.type == "microtime":
             try:
                 parent[leaf] = format_microtime(parse_microtime(value))
@@ -381,16 +488,19 @@ _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _SUBDOMAIN_MSG = (
     "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or "
     "'.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used "
-    "for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')")
+    "for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+)
 _LABEL_MSG = (
     "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and "
     "must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex "
-    "used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')")
+    "used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+)
 _LABEL_VALUE_MSG = (
     "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or "
     "'.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or "
     "'my_value',  or '12345', regex used for validation is "
-    "'(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')")
+    "'(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"
+)
 
 
 def validate_name(kind: ResourceKind, name: str) -> list[FieldError]:
@@ -412,6 +522,7 @@ def validate_metadata(kind: ResourceKind, obj: Mapping[str, Any]) -> list[FieldE
 
 
 # --------------------------------------------------------------------------- patches
+
 
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch."""

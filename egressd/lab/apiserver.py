@@ -100,7 +100,8 @@ class _Target:
 def _json_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(
         body=json.dumps(body, separators=(",", ":")).encode() + b"\n",
-        status=status, content_type="application/json",
+        status=status,
+        content_type="application/json",
     )
 
 
@@ -108,8 +109,7 @@ def _error_response(error: ApiError) -> web.Response:
     return _json_response(error.status(), error.code)
 
 
-def _present(kind: ResourceKind, obj: JsonObject, version: str, *, in_list: bool = False
-             ) -> JsonObject:
+def _present(kind: ResourceKind, obj: JsonObject, version: str, *, in_list: bool = False) -> JsonObject:
     """An object as served at ``version``; built-in list items carry no kind/apiVersion."""
     if in_list and not kind.custom:
         return {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}
@@ -272,8 +272,13 @@ class LabApiServer:
         try:
             response = await handler(request)
         except ApiError as error:
-            logger.debug("request failed method=%s path=%s code=%d reason=%s",
-                         request.method, request.path, error.code, error.reason)
+            logger.debug(
+                "request failed method=%s path=%s code=%d reason=%s",
+                request.method,
+                request.path,
+                error.code,
+                error.reason,
+            )
             return _error_response(error)
         assert isinstance(response, web.StreamResponse)
         return response
@@ -311,8 +316,7 @@ class LabApiServer:
         if watch_path:
             rest = rest[1:]
         namespace: str | None = None
-        if (len(rest) >= 3 and rest[0] == "namespaces"
-                and not (len(rest) == 3 and rest[2] in ("status", "finalize"))):
+        if len(rest) >= 3 and rest[0] == "namespaces" and not (len(rest) == 3 and rest[2] in ("status", "finalize")):
             namespace, rest = rest[1], rest[2:]
         if not rest or len(rest) > 3:
             raise apierrors.resource_not_found()
@@ -323,8 +327,7 @@ class LabApiServer:
         subresource = rest[2] if len(rest) > 2 else ""
         if name is not None and kind.namespaced and namespace is None:
             raise apierrors.resource_not_found()
-        if subresource and (subresource != "status" or not kind.status_subresource
-                            or watch_path):
+        if subresource and (subresource != "status" or not kind.status_subresource or watch_path):
             raise apierrors.resource_not_found()
         return _Target(kind, version, namespace, name, subresource, watch_path)
 
@@ -346,18 +349,23 @@ class LabApiServer:
                 return _json_response(self._list_body(t, deleted, store.resource_version))
             raise apierrors.method_not_allowed()
         if method == "GET":
-            return _json_response(_present(t.kind, store.get(t.kind, t.namespace, t.name),
-                                           t.version))
+            return _json_response(_present(t.kind, store.get(t.kind, t.namespace, t.name), t.version))
         if method == "PUT":
             body = await _read_body(request)
-            obj, created = store.update(t.kind, t.namespace, t.name, body,
-                                        version=t.version, subresource=t.subresource)
+            obj, created = store.update(t.kind, t.namespace, t.name, body, version=t.version, subresource=t.subresource)
             return _json_response(_present(t.kind, obj, t.version), 201 if created else 200)
         if method == "PATCH":
             body = await _read_body(request)
             content_type = request.content_type
-            obj = store.patch(t.kind, t.namespace, t.name, body, content_type=content_type,
-                              version=t.version, subresource=t.subresource)
+            obj = store.patch(
+                t.kind,
+                t.namespace,
+                t.name,
+                body,
+                content_type=content_type,
+                version=t.version,
+                subresource=t.subresource,
+            )
             return _json_response(_present(t.kind, obj, t.version))
         if method == "DELETE" and not t.subresource:
             raw = await request.read()
@@ -370,8 +378,9 @@ class LabApiServer:
             return _json_response(answer)
         raise apierrors.method_not_allowed()
 
-    def _list_body(self, t: _Target, items: list[JsonObject], rv: int,
-                   token: str | None = None, remaining: int | None = None) -> JsonObject:
+    def _list_body(
+        self, t: _Target, items: list[JsonObject], rv: int, token: str | None = None, remaining: int | None = None
+    ) -> JsonObject:
         metadata: JsonObject = {"resourceVersion": str(rv)}
         if token:
             metadata["continue"] = token
@@ -389,47 +398,53 @@ class LabApiServer:
         selection = _selection(query, t.kind)
         limit = _int_param(query, "limit")
         result = self.store.list_objects(
-            t.kind, t.namespace, selection, limit=limit,
+            t.kind,
+            t.namespace,
+            selection,
+            limit=limit,
             continue_token=query.get("continue", ""),
             resource_version=query.get("resourceVersion", ""),
             resource_version_match=query.get("resourceVersionMatch", ""),
         )
-        remaining = result.remaining if not selection.labels.requirements and not \
-            selection.fields.terms else None
-        return _json_response(self._list_body(t, result.items, result.resource_version,
-                                              result.continue_token, remaining))
+        remaining = result.remaining if not selection.labels.requirements and not selection.fields.terms else None
+        return _json_response(
+            self._list_body(t, result.items, result.resource_version, result.continue_token, remaining)
+        )
 
     async def _watch(self, request: web.Request, t: _Target) -> web.StreamResponse:
         query = request.query
         selection = _selection(query, t.kind)
         if t.name is not None:
-            selection = Selection(selection.labels, parse_field_selector(
-                f"metadata.name={t.name}", t.kind.selectable_fields))
+            selection = Selection(
+                selection.labels, parse_field_selector(f"metadata.name={t.name}", t.kind.selectable_fields)
+            )
         bookmarks = query.get("allowWatchBookmarks", "") in _TRUE
         timeout = float(_int_param(query, "timeoutSeconds")) or self.settings.max_watch_seconds
-        watcher = self.store.watch(t.kind, t.namespace, selection,
-                                   query.get("resourceVersion", ""))
+        watcher = self.store.watch(t.kind, t.namespace, selection, query.get("resourceVersion", ""))
         response = web.StreamResponse(headers={"Cache-Control": "no-cache, private"})
         response.content_type = "application/json"
         response.enable_chunked_encoding()
-        logger.debug("watch opened resource=%s namespace=%s rv=%s", apierrors.qualified(
-            *t.kind.key), t.namespace or "*", query.get("resourceVersion", ""))
+        logger.debug(
+            "watch opened resource=%s namespace=%s rv=%s",
+            apierrors.qualified(*t.kind.key),
+            t.namespace or "*",
+            query.get("resourceVersion", ""),
+        )
         try:
             await response.prepare(request)
             await self._pump(response, watcher, t, bookmarks, timeout)
             await response.write_eof()
         except ConnectionError:
-            logger.debug("watch client went away resource=%s",
-                         apierrors.qualified(*t.kind.key))
+            logger.debug("watch client went away resource=%s", apierrors.qualified(*t.kind.key))
         finally:
             self.store.unwatch(watcher)
             if watcher.overflowed:
-                logger.warning("watch closed: client too slow resource=%s",
-                               apierrors.qualified(*t.kind.key))
+                logger.warning("watch closed: client too slow resource=%s", apierrors.qualified(*t.kind.key))
         return response
 
-    async def _pump(self, response: web.StreamResponse, watcher: Watcher, t: _Target,
-                    bookmarks: bool, duration: float) -> None:
+    async def _pump(
+        self, response: web.StreamResponse, watcher: Watcher, t: _Target, bookmarks: bool, duration: float
+    ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + duration
         interval = self.settings.bookmark_interval
@@ -445,27 +460,42 @@ class LabApiServer:
                     return
                 if bookmarks and loop.time() >= next_bookmark:
                     next_bookmark = loop.time() + interval
-                    event = {"type": "BOOKMARK", "object": {
-                        "kind": t.kind.kind, "apiVersion": t.kind.api_version(t.version),
-                        "metadata": {"resourceVersion": str(self.store.resource_version)}}}
+                    event = {
+                        "type": "BOOKMARK",
+                        "object": {
+                            "kind": t.kind.kind,
+                            "apiVersion": t.kind.api_version(t.version),
+                            "metadata": {"resourceVersion": str(self.store.resource_version)},
+                        },
+                    }
                 else:
                     continue
             elif event["type"] != "ERROR":
-                event = {"type": event["type"],
-                         "object": _present(t.kind, event["object"], t.version)}
+                event = {"type": event["type"], "object": _present(t.kind, event["object"], t.version)}
             await response.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
 
     # ------------------------------------------------------------------ discovery
 
     def _version(self) -> JsonObject:
         major, minor, git = KUBE_VERSION
-        return {"major": major, "minor": minor, "gitVersion": git, "gitCommit": "",
-                "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z",
-                "goVersion": "n/a", "compiler": "egressd-lab", "platform": "linux/amd64"}
+        return {
+            "major": major,
+            "minor": minor,
+            "gitVersion": git,
+            "gitCommit": "",
+            "gitTreeState": "clean",
+            "buildDate": "2026-01-01T00:00:00Z",
+            "goVersion": "n/a",
+            "compiler": "egressd-lab",
+            "platform": "linux/amd64",
+        }
 
     def _api_versions(self, request: web.Request) -> JsonObject:
-        return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
-            {"clientCIDR": "0.0.0.0/0", "serverAddress": request.host}]}
+        return {
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": request.host}],
+        }
 
     def _groups(self) -> dict[str, list[str]]:
         groups: dict[str, list[str]] = {}
@@ -480,8 +510,13 @@ class LabApiServer:
         if versions is None:
             raise apierrors.resource_not_found()
         entries = [{"groupVersion": f"{name}/{v}", "version": v} for v in versions]
-        return {"kind": "APIGroup", "apiVersion": "v1", "name": name, "versions": entries,
-                "preferredVersion": entries[0]}
+        return {
+            "kind": "APIGroup",
+            "apiVersion": "v1",
+            "name": name,
+            "versions": entries,
+            "preferredVersion": entries[0],
+        }
 
     def _group_list(self) -> JsonObject:
         groups = [self._group(name) for name in sorted(self._groups())]
@@ -495,19 +530,32 @@ class LabApiServer:
             raise apierrors.resource_not_found()
         resources: list[JsonObject] = []
         for kind in kinds:
-            entry: JsonObject = {"name": kind.plural, "singularName": kind.singular,
-                                 "namespaced": kind.namespaced, "kind": kind.kind,
-                                 "verbs": _ALL_VERBS}
+            entry: JsonObject = {
+                "name": kind.plural,
+                "singularName": kind.singular,
+                "namespaced": kind.namespaced,
+                "kind": kind.kind,
+                "verbs": _ALL_VERBS,
+            }
             if kind.short_names:
                 entry["shortNames"] = list(kind.short_names)
             resources.append(entry)
             if kind.status_subresource:
-                resources.append({"name": f"{kind.plural}/status", "singularName": "",
-                                  "namespaced": kind.namespaced, "kind": kind.kind,
-                                  "verbs": ["get", "patch", "update"]})
-        return {"kind": "APIResourceList", "apiVersion": "v1",
-                "groupVersion": f"{group}/{version}" if group else version,
-                "resources": resources}
+                resources.append(
+                    {
+                        "name": f"{kind.plural}/status",
+                        "singularName": "",
+                        "namespaced": kind.namespaced,
+                        "kind": kind.kind,
+                        "verbs": ["get", "patch", "update"],
+                    }
+                )
+        return {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": f"{group}/{version}" if group else version,
+            "resources": resources,
+        }
 
 
 async def _call(action: Any) -> None:
@@ -549,8 +597,7 @@ async def _read_body(request: web.Request) -> Any:
         raise bad_request(f"couldn't get version/kind; json parse error: {exc}") from exc
 
 
-async def serve(listen: str, settings: LabSettings | None = None,
-                stop: asyncio.Event | None = None) -> None:
+async def serve(listen: str, settings: LabSettings | None = None, stop: asyncio.Event | None = None) -> None:
     """Serve on ``listen`` until ``stop`` is set (or forever)."""
     host, port = parse_listen(listen)
     server = LabApiServer(settings)

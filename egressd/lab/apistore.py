@@ -62,7 +62,8 @@ _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 SLOW_WATCHER = "watcher too slow: queue full"
 _CONTINUE_TOO_OLD = (
     "The provided continue parameter is too old to display a consistent list result. You can "
-    "start a new list without the continue parameter.")
+    "start a new list without the continue parameter."
+)
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,11 @@ class Watcher:
     """One watch stream's filter and bounded queue of ``{"type", "object"}`` events."""
 
     def __init__(
-        self, kind: ResourceKind, namespace: str | None, selection: Selection, capacity: int,
+        self,
+        kind: ResourceKind,
+        namespace: str | None,
+        selection: Selection,
+        capacity: int,
     ) -> None:
         self.kind = kind
         self.namespace = namespace
@@ -118,8 +123,7 @@ class Watcher:
         if self.namespace is not None and entry.key[0] != self.namespace:
             return None
         if entry.type == "DELETED":
-            return {"type": "DELETED", "object": entry.obj} if self.selection.matches(
-                entry.obj) else None
+            return {"type": "DELETED", "object": entry.obj} if self.selection.matches(entry.obj) else None
         now_in = self.selection.matches(entry.obj)
         was_in = entry.prev is not None and self.selection.matches(entry.prev)
         if now_in:
@@ -216,8 +220,9 @@ class Store:
 
     # ------------------------------------------------------------------ history
 
-    def _write(self, kind: ResourceKind, type_: str, key: ObjKey, obj: JsonObject | None,
-               prev: JsonObject | None) -> JsonObject:
+    def _write(
+        self, kind: ResourceKind, type_: str, key: ObjKey, obj: JsonObject | None, prev: JsonObject | None
+    ) -> JsonObject:
         """Store ``obj`` (None = delete) under the next RV, record and fan out."""
         self._rv += 1
         rv = self._rv
@@ -235,8 +240,9 @@ class Store:
             self._floor = self._history.popleft().rv
         for watcher in list(self._watchers):
             watcher.offer(entry)
-        logger.debug("write rv=%d type=%s resource=%s key=%s/%s", rv, type_,
-                     apierrors.qualified(*kind.key), key[0], key[1])
+        logger.debug(
+            "write rv=%d type=%s resource=%s key=%s/%s", rv, type_, apierrors.qualified(*kind.key), key[0], key[1]
+        )
         return stored
 
     def compact(self) -> None:
@@ -325,9 +331,9 @@ class Store:
                     raise apierrors.too_large_resource_version(requested, self._rv)
             list_rv, state = self._rv, self._objects[kind.key]
         keys = sorted(
-            key for key, obj in state.items()
-            if (namespace is None or key[0] == namespace) and selection.matches(obj)
-            and (start is None or key > start)
+            key
+            for key, obj in state.items()
+            if (namespace is None or key[0] == namespace) and selection.matches(obj) and (start is None or key > start)
         )
         result = ListResult([state[k] for k in keys], list_rv)
         if limit > 0 and len(keys) > limit:
@@ -340,8 +346,13 @@ class Store:
 
     def _fill_new(self, kind: ResourceKind, obj: JsonObject, namespace: str) -> None:
         meta = obj.setdefault("metadata", {})
-        for system in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds",
-                       "selfLink", "managedFields"):
+        for system in (
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+            "managedFields",
+        ):
             meta.pop(system, None)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_time()
@@ -367,27 +378,23 @@ class Store:
     def _check_type(self, kind: ResourceKind, body: JsonObject, version: str) -> None:
         """apiVersion/kind in a body must name this resource (filled in when absent)."""
         api_version = body.get("apiVersion")
-        if api_version is not None and api_version not in {
-                kind.api_version(v) for v in kind.versions}:
+        if api_version is not None and api_version not in {kind.api_version(v) for v in kind.versions}:
             raise bad_request(
                 f"the API version in the data ({api_version}) does not match the expected API "
-                f"version ({kind.api_version(version)})")
+                f"version ({kind.api_version(version)})"
+            )
         body_kind = body.get("kind")
         if body_kind is not None and body_kind != kind.kind:
-            raise bad_request(f"the kind in the data ({body_kind}) does not match the expected "
-                              f"kind ({kind.kind})")
+            raise bad_request(f"the kind in the data ({body_kind}) does not match the expected kind ({kind.kind})")
         body["apiVersion"] = kind.api_version()  # stored under the storage version
         body["kind"] = kind.kind
 
-    def _check_body_namespace(self, kind: ResourceKind, body: JsonObject,
-                              namespace: str | None) -> None:
+    def _check_body_namespace(self, kind: ResourceKind, body: JsonObject, namespace: str | None) -> None:
         body_ns = _meta(body).get("namespace")
         if kind.namespaced and body_ns and body_ns != namespace:
-            raise bad_request("the namespace of the provided object does not match the namespace "
-                              "sent on the request")
+            raise bad_request("the namespace of the provided object does not match the namespace sent on the request")
 
-    def create(self, kind: ResourceKind, namespace: str | None, body: Any,
-               version: str) -> JsonObject:
+    def create(self, kind: ResourceKind, namespace: str | None, body: Any, version: str) -> JsonObject:
         obj = self._decode_body(kind, body, version)
         self._check_body_namespace(kind, obj, namespace)
         meta = obj.setdefault("metadata", {})
@@ -397,8 +404,9 @@ class Store:
             name = str(meta["generateName"]) + "".join(random.choices(_NAME_CHARS, k=5))  # noqa: S311
             meta["name"] = name
         if not name:
-            raise apierrors.invalid(kind.group, kind.kind, "", [FieldError(
-                "metadata.name", "name or generateName is required")])
+            raise apierrors.invalid(
+                kind.group, kind.kind, "", [FieldError("metadata.name", "name or generateName is required")]
+            )
         if kind.namespaced:
             self._check_namespace(kind, namespace or "")
         errors = validate_name(kind, name) + errors
@@ -417,8 +425,9 @@ class Store:
 
     def _decode_body(self, kind: ResourceKind, body: Any, version: str) -> JsonObject:
         if not isinstance(body, dict):
-            raise decode_error(kind, version, "json: cannot unmarshal "
-                               f"{type(body).__name__} into Go value of type struct")
+            raise decode_error(
+                kind, version, f"json: cannot unmarshal {type(body).__name__} into Go value of type struct"
+            )
         obj = copy.deepcopy(body)
         self._check_type(kind, obj, version)
         meta = obj.get("metadata")
@@ -426,14 +435,14 @@ class Store:
             normalise(kind, obj, version)  # raises the decode error
         return obj
 
-    def update(self, kind: ResourceKind, namespace: str | None, name: str, body: Any, *,
-               version: str, subresource: str = "") -> tuple[JsonObject, bool]:
+    def update(
+        self, kind: ResourceKind, namespace: str | None, name: str, body: Any, *, version: str, subresource: str = ""
+    ) -> tuple[JsonObject, bool]:
         """PUT; returns (object, created)."""
         obj = self._decode_body(kind, body, version)
         body_name = _meta(obj).get("name")
         if body_name != name:
-            raise bad_request(f"the name of the object ({body_name or ''}) does not match the "
-                              f"name on the URL ({name})")
+            raise bad_request(f"the name of the object ({body_name or ''}) does not match the name on the URL ({name})")
         self._check_body_namespace(kind, obj, namespace)
         errors = normalise(kind, obj, version)
         key = self._key(kind, namespace, name)
@@ -452,13 +461,18 @@ class Store:
         if not new_rv:
             if kind.unconditional_update:
                 return
-            raise apierrors.invalid(kind.group, kind.plural, name, [FieldError(
-                "metadata.resourceVersion", "must be specified for an update", "0x0")])
+            raise apierrors.invalid(
+                kind.group,
+                kind.plural,
+                name,
+                [FieldError("metadata.resourceVersion", "must be specified for an update", "0x0")],
+            )
         if str(new_rv) != _meta(old)["resourceVersion"]:
             raise apierrors.conflict(kind.group, kind.plural, name)
 
-    def _commit_update(self, kind: ResourceKind, key: ObjKey, old: JsonObject, new: JsonObject,
-                       subresource: str) -> JsonObject:
+    def _commit_update(
+        self, kind: ResourceKind, key: ObjKey, old: JsonObject, new: JsonObject, subresource: str
+    ) -> JsonObject:
         if subresource == "status":
             result = copy.deepcopy(old)
             if "status" in new:
@@ -474,8 +488,15 @@ class Store:
                     result.pop("status", None)
         meta = result.setdefault("metadata", {})
         old_meta = _meta(old)
-        for system in ("uid", "creationTimestamp", "namespace", "name", "generation",
-                       "deletionTimestamp", "resourceVersion"):
+        for system in (
+            "uid",
+            "creationTimestamp",
+            "namespace",
+            "name",
+            "generation",
+            "deletionTimestamp",
+            "resourceVersion",
+        ):
             if system in old_meta:
                 meta[system] = old_meta[system]
             else:
@@ -498,10 +519,23 @@ class Store:
             self._register_crd(stored)
         return stored
 
-    def patch(self, kind: ResourceKind, namespace: str | None, name: str, patch: Any, *,
-              content_type: str, version: str, subresource: str = "") -> JsonObject:
-        accepted = [JSON_PATCH, MERGE_PATCH, *([STRATEGIC_MERGE_PATCH] if kind.strategic_merge
-                                               else []), "application/apply-patch+yaml"]
+    def patch(
+        self,
+        kind: ResourceKind,
+        namespace: str | None,
+        name: str,
+        patch: Any,
+        *,
+        content_type: str,
+        version: str,
+        subresource: str = "",
+    ) -> JsonObject:
+        accepted = [
+            JSON_PATCH,
+            MERGE_PATCH,
+            *([STRATEGIC_MERGE_PATCH] if kind.strategic_merge else []),
+            "application/apply-patch+yaml",
+        ]
         if content_type not in accepted or content_type == "application/apply-patch+yaml":
             raise apierrors.unsupported_media_type(content_type, accepted)
         key = self._key(kind, namespace, name)
@@ -515,8 +549,9 @@ class Store:
                 raise ApiError(422, "Invalid", str(exc), {}) from exc
         else:
             if not isinstance(patch, dict):
-                raise bad_request(f"json: cannot unmarshal {type(patch).__name__} into Go value "
-                                  "of type map[string]interface {}")
+                raise bad_request(
+                    f"json: cannot unmarshal {type(patch).__name__} into Go value of type map[string]interface {{}}"
+                )
             # Strategic merge patch is treated as a merge patch: exact for the map-shaped
             # objects egressd uses; lists with merge keys (containers) are replaced whole.
             patched = merge_patch(old, patch)
@@ -524,8 +559,10 @@ class Store:
             raise bad_request("the patch did not produce an object")
         self._check_type(kind, patched, version)
         if _meta(patched).get("name") != name:
-            raise bad_request(f"the name of the object ({_meta(patched).get('name') or ''}) "
-                              f"does not match the name on the URL ({name})")
+            raise bad_request(
+                f"the name of the object ({_meta(patched).get('name') or ''}) "
+                f"does not match the name on the URL ({name})"
+            )
         errors = normalise(kind, patched, version)
         if (_meta(patched).get("resourceVersion") or "") != _meta(old)["resourceVersion"]:
             self._check_rv(kind, name, patched, old)
@@ -533,8 +570,9 @@ class Store:
             raise apierrors.invalid(kind.group, kind.kind, name, errors)
         return self._commit_update(kind, key, old, patched, subresource)
 
-    def delete(self, kind: ResourceKind, namespace: str | None, name: str,
-               options: Mapping[str, Any] | None = None) -> JsonObject:
+    def delete(
+        self, kind: ResourceKind, namespace: str | None, name: str, options: Mapping[str, Any] | None = None
+    ) -> JsonObject:
         """DELETE; answers what the real server answers for this resource."""
         key = self._key(kind, namespace, name)
         old = self._objects[kind.key].get(key)
@@ -544,13 +582,22 @@ class Store:
         meta = _meta(old)
         uid, rv = preconditions.get("uid"), preconditions.get("resourceVersion")
         if uid and uid != meta.get("uid"):
-            raise apierrors.conflict(kind.group, kind.plural, name, (
-                f"Precondition failed: UID in precondition: {uid}, UID in object meta: "
-                f"{meta.get('uid')}"))
+            raise apierrors.conflict(
+                kind.group,
+                kind.plural,
+                name,
+                (f"Precondition failed: UID in precondition: {uid}, UID in object meta: {meta.get('uid')}"),
+            )
         if rv and rv != meta.get("resourceVersion"):
-            raise apierrors.conflict(kind.group, kind.plural, name, (
-                f"Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion "
-                f"in object meta: {meta.get('resourceVersion')}"))
+            raise apierrors.conflict(
+                kind.group,
+                kind.plural,
+                name,
+                (
+                    f"Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion "
+                    f"in object meta: {meta.get('resourceVersion')}"
+                ),
+            )
         if kind.key == NAMESPACES:
             self._delete_all(lambda k: k.namespaced, name)
         if kind.key == CRDS:
@@ -567,11 +614,9 @@ class Store:
         if kind.group:
             details["group"] = kind.group
         details.update({"kind": kind.plural, "uid": meta.get("uid")})
-        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                "details": details}
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}
 
-    def delete_collection(self, kind: ResourceKind, namespace: str | None,
-                          selection: Selection) -> list[JsonObject]:
+    def delete_collection(self, kind: ResourceKind, namespace: str | None, selection: Selection) -> list[JsonObject]:
         deleted = []
         for obj in self.list_objects(kind, namespace, selection).items:
             meta = _meta(obj)
@@ -593,8 +638,12 @@ class Store:
         kind = kind_from_crd(crd)
         self._kinds[kind.key] = kind
         self._objects.setdefault(kind.key, {})
-        logger.info("custom resource registered resource=%s versions=%s namespaced=%s",
-                    apierrors.qualified(*kind.key), ",".join(kind.versions), kind.namespaced)
+        logger.info(
+            "custom resource registered resource=%s versions=%s namespaced=%s",
+            apierrors.qualified(*kind.key),
+            ",".join(kind.versions),
+            kind.namespaced,
+        )
 
     def _unregister_crd(self, crd: JsonObject) -> None:
         key = (crd["spec"]["group"], crd["spec"]["names"]["plural"])
@@ -609,8 +658,7 @@ class Store:
 
     # ------------------------------------------------------------------ watch
 
-    def watch(self, kind: ResourceKind, namespace: str | None, selection: Selection,
-              resource_version: str) -> Watcher:
+    def watch(self, kind: ResourceKind, namespace: str | None, selection: Selection, resource_version: str) -> Watcher:
         """Register a watcher, preloaded per the RV semantics of the real server.
 
         Unset or "0": synthetic ADDED events for the current state, then live.
@@ -626,8 +674,7 @@ class Store:
         else:
             start = _parse_rv(resource_version)
             if start < self._floor:
-                status = apierrors.expired(
-                    f"too old resource version: {start} ({self._floor + 1})").status()
+                status = apierrors.expired(f"too old resource version: {start} ({self._floor + 1})").status()
                 watcher.preload({"type": "ERROR", "object": status})
                 watcher.close("expired")
                 return watcher
@@ -663,8 +710,12 @@ def _parse_rv(text: str) -> int:
     except ValueError:
         value = -1
     if value < 0:
-        raise apierrors.invalid("meta.k8s.io", "ListOptions", "", [FieldError(
-            "resourceVersion", "must be a valid resourceVersion", go_value(text))])
+        raise apierrors.invalid(
+            "meta.k8s.io",
+            "ListOptions",
+            "",
+            [FieldError("resourceVersion", "must be a valid resourceVersion", go_value(text))],
+        )
     return value
 
 
@@ -683,5 +734,4 @@ def _decode_continue(token: str) -> tuple[int, ObjKey]:
 
 
 def iter_kinds(kinds: Iterable[ResourceKind], group: str, version: str) -> list[ResourceKind]:
-    return sorted((k for k in kinds if k.group == group and version in k.versions),
-                  key=lambda k: k.plural)
+    return sorted((k for k in kinds if k.group == group and version in k.versions), key=lambda k: k.plural)

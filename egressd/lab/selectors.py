@@ -21,8 +21,10 @@ from typing import Any
 
 from egressd.lab.apierrors import bad_request
 
-_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-                  r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
 _VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 _SET = re.compile(r"^(?P<key>\S+)\s+(?P<op>in|notin)\s*\((?P<values>[^()]*)\)$")
 _FIELD_TERM = re.compile(r"^(?P<field>[^=!]+)(?P<op>!=|==|=)(?P<value>.*)$")
@@ -104,17 +106,24 @@ def parse_label_selector(text: str | None) -> LabelSelector:
         match = _SET.match(part)
         if match:
             values = [v.strip() for v in match["values"].split(",")]
-            requirements.append(Requirement(
-                _check_key(match["key"]), match["op"],
-                frozenset(_check_value(v) for v in values),
-            ))
+            requirements.append(
+                Requirement(
+                    _check_key(match["key"]),
+                    match["op"],
+                    frozenset(_check_value(v) for v in values),
+                )
+            )
             continue
         match = _EQ.match(part)
         if match:
             op = "=" if match["op"] in ("=", "==") else "!="
-            requirements.append(Requirement(
-                _check_key(match["key"]), op, frozenset({_check_value(match["value"])}),
-            ))
+            requirements.append(
+                Requirement(
+                    _check_key(match["key"]),
+                    op,
+                    frozenset({_check_value(match["value"])}),
+                )
+            )
             continue
         if " " not in part and not any(c in part for c in "=!()"):
             requirements.append(Requirement(_check_key(part), "exists"))
