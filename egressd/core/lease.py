@@ -140,7 +140,9 @@ def record_from_object(obj: Mapping[str, Any]) -> LeaseRecord:
 def object_from_record(record: LeaseRecord, namespace: str) -> dict[str, Any]:
     """The Lease object to PUT/POST for ``record`` (resourceVersion included
     unless empty, which means create)."""
-    annotations = {ANN_EGRESS_IP: record.egress_ip, ANN_DURATION_MS: str(round(record.lease_duration * 1000))}
+    annotations = {ANN_EGRESS_IP: record.egress_ip}
+    if record.lease_duration > 0:  # a free lease read without any duration keeps none
+        annotations[ANN_DURATION_MS] = str(round(record.lease_duration * 1000))
     if record.holder_address:
         annotations[ANN_HOLDER_ADDRESS] = record.holder_address
     if record.incarnation:

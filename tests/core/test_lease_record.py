@@ -321,13 +321,6 @@ def test_object_from_record_round_trips(rec: LeaseRecord) -> None:
     assert record_from_object(object_from_record(rec, "egressd")) == rec
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a record read from a free lease without any duration has lease_duration 0.0; object_from_record "
-    "writes it with lease-duration-ms '0', which record_from_object rejects. egressd's own writes always carry "
-    "a positive duration (held_by, released of a held record), so whether to omit the annotation or refuse "
-    "the write is open",
-)
 def test_a_free_lease_without_duration_can_be_written_back_and_read_again() -> None:
     free = record(holder=None, holder_address=None, incarnation=None, acquire_time=None, lease_duration=0.0)
     assert record_from_object(object_from_record(free, "egressd")).free
