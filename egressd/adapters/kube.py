@@ -11,7 +11,9 @@
   404 → LeaseNotFound, 410 → LeaseExpired, timeouts → ApiTimeout, refused /
   reset / 5xx → ApiUnavailable, each chained to the library's exception.
 * Responses are read as raw JSON (``_preload_content=False``) and validated by
-  :func:`egressd.core.lease.record_from_object`; writes send ``V1Lease`` models.
+  :func:`egressd.core.lease.record_from_object`; writes send the exact JSON
+  egressd renders (MicroTime with six digits and ``Z``) through the client's
+  transport.
 * The watch runs in a thread of its own, bridged to the event loop by a
   queue. It lists first (a ``sync`` event), then watches from the list's
   resourceVersion, reconnects from the last seen one (bookmarks advance it),
@@ -122,28 +124,34 @@ class KubeLeaseStore:
         return record_from_object(obj)
 
     async def create(self, record: LeaseRecord, *, deadline: float) -> LeaseRecord:
-        body = _lease_model(record, self._namespace)
-        obj = await self._call(
-            "create",
-            deadline,
-            lambda t: self._leases.create_namespaced_lease(
-                self._namespace, body, _preload_content=False, _request_timeout=t
-            ),
-        )
+        body = object_from_record(record, self._namespace)
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{self._namespace}/leases"
+        obj = await self._call("create", deadline, lambda t: self._send("POST", path, body, t))
         return record_from_object(obj)
 
     async def update(self, record: LeaseRecord, *, deadline: float) -> LeaseRecord:
         if not record.resource_version:
             raise LeaseError(f"{record.name}: update needs a resourceVersion")
-        body = _lease_model(record, self._namespace)
-        obj = await self._call(
-            "update",
-            deadline,
-            lambda t: self._leases.replace_namespaced_lease(
-                record.name, self._namespace, body, _preload_content=False, _request_timeout=t
-            ),
-        )
+        body = object_from_record(record, self._namespace)
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{self._namespace}/leases/{record.name}"
+        obj = await self._call("update", deadline, lambda t: self._send("PUT", path, body, t))
         return record_from_object(obj)
+
+    def _send(self, method: str, path: str, body: dict[str, Any], timeout: float) -> Any:
+        """Write an exact JSON body through the client's transport (auth, TLS,
+        pool). The typed methods would turn MicroTime strings into datetimes
+        and back with ``isoformat()``, which drops the fraction when the
+        microseconds are zero: a real API server rejects that."""
+        params = self._api.param_serialize(
+            method=method,
+            resource_path=path,
+            header_params={"Accept": "application/json", "Content-Type": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self._api.call_api(*params, _request_timeout=timeout)
+        response.read()  # type: ignore[no-untyped-call]
+        return response
 
     async def release(self, record: LeaseRecord, *, successor: str | None, deadline: float) -> LeaseRecord:
         return await self.update(released(record, successor=successor, now=self._clock.wall()), deadline=deadline)
@@ -193,7 +201,8 @@ class KubeLeaseStore:
                 timeout = min(self._api_timeout, remaining)
                 future = loop.run_in_executor(self._executor, _blocking_json, fn, timeout)
                 try:
-                    return await asyncio.wait_for(future, timeout + 0.05)
+                    async with asyncio.timeout(timeout + 0.05):
+                        return await future
                 except TimeoutError as exc:
                     raise ApiTimeout(f"lease {verb}: no answer within {timeout:.3f}s") from exc
         raise AssertionError("unreachable")  # pragma: no cover
@@ -286,12 +295,6 @@ class KubeLeaseStore:
                         yield _decode_watch_line(line)
         finally:
             resp.release_conn()
-
-
-def _lease_model(record: LeaseRecord, namespace: str) -> k8s.V1Lease:
-    model = k8s.V1Lease.from_dict(object_from_record(record, namespace))
-    assert model is not None
-    return model
 
 
 def _decode_watch_line(line: bytes) -> dict[str, Any]:
