@@ -29,7 +29,7 @@ from egressd.core.lease import lease_name
 from egressd.core.settings import IPAddress, Settings
 from egressd.ports import Clock, EventSink, LeaseStore, Metrics, OwnershipEvent
 from egressd.runtime.member import DataPlane, Member
-from egressd.runtime.supervisor import Supervisor
+from egressd.runtime.supervisor import Supervisor, wait_event
 from egressd.runtime.view import LeaseView
 
 log = logging.getLogger(__name__)
@@ -158,12 +158,9 @@ class Daemon:
 
     async def _reconcile(self) -> set[IPAddress]:
         """Withdraw what this node serves but does not hold; return what it may adopt."""
-        try:
-            await asyncio.wait_for(self.view.ready.wait(), timeout=self.settings.timing.renew_deadline)
-            leases_known = True
-        except TimeoutError:
+        leases_known = await wait_event(self.view.ready, self.settings.timing.renew_deadline)
+        if not leases_known:
             log.warning("reconcile: leases not readable within renewDeadline; withdrawing everything found")
-            leases_known = False
         try:
             present = await self.dataplane.addresses.owned()
             snat_active = await self.dataplane.snat.active()

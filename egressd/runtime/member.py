@@ -17,7 +17,6 @@ is waiting for, so a hung API call can never keep an IP served.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from egressd.core.lease import LeaseRecord, held_by, lease_name
 from egressd.core.settings import EgressGroup, IPAddress, Settings
 from egressd.core.states import Event, State, StateMachine
 from egressd.ports import Addresses, Announcer, Clock, EventSink, LeaseStore, Metrics, OwnershipEvent, Snat
+from egressd.runtime.supervisor import wait_event
 from egressd.runtime.view import LeaseView
 
 log = logging.getLogger(__name__)
@@ -111,8 +111,7 @@ class Member:
         while not self._stopping:
             news.clear()
             wait = await self.step()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(news.wait(), timeout=wait)
+            await wait_event(news, max(0.0, wait))
 
     async def step(self) -> float:
         """One decision and its action; returns how long to wait for news at most."""
@@ -190,7 +189,7 @@ class Member:
             self._metrics.renew(str(self.ip), self._clock.monotonic() - started, ok=False, error=type(exc).__name__)
             return None
         self._metrics.renew(str(self.ip), self._clock.monotonic() - started, ok=True)
-        self._view.observe(self.name, written)
+        self._view.observe(self.name, written, notify=False)
         self._sent = started
         return written
 
@@ -311,7 +310,7 @@ class Member:
         except LeaseError as exc:
             self.log.warning("release failed: %s", exc)
             return False
-        self._view.observe(self.name, written)
+        self._view.observe(self.name, written, notify=False)
         return True
 
     async def _fence_clash(self, decision: Decision) -> None:
@@ -339,8 +338,7 @@ class Member:
                         f"no successful renew for {self._clock.monotonic() - self.last_renew:.3f}s",
                     )
                     continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._tenure_changed.wait(), timeout=timeout)
+            await wait_event(self._tenure_changed, timeout)
 
     # --- shutdown --------------------------------------------------------------------
 

@@ -73,3 +73,19 @@ class Supervisor:
             _, pending = await asyncio.wait(tasks, timeout=grace)
             for task in pending:
                 log.warning("task %s did not stop within %.1fs", task.get_name(), grace)
+
+
+async def wait_event(event: asyncio.Event, limit: float | None) -> bool:
+    """Wait for ``event`` at most ``limit`` seconds; returns whether it is set.
+
+    Built on ``asyncio.timeout`` rather than ``asyncio.wait_for``: on Python
+    3.11, ``wait_for`` can swallow a cancellation that arrives as the inner
+    wait completes, which turns a cancelled loop into one that never ends."""
+    if event.is_set():
+        return True
+    try:
+        async with asyncio.timeout(limit):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

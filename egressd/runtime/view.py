@@ -65,8 +65,10 @@ class LeaseView:
     def records(self) -> list[LeaseRecord]:
         return [e.record for e in self._entries.values() if e.record is not None]
 
-    def observe(self, name: str, record: LeaseRecord | None, *, problem: str = "") -> bool:
-        """Record what was seen; returns whether it changed anything."""
+    def observe(self, name: str, record: LeaseRecord | None, *, problem: str = "", notify: bool = True) -> bool:
+        """Record what was seen; returns whether it changed anything. A member
+        recording the answer to its own write passes ``notify=False``: its own
+        write is no news to itself."""
         current = self._entries.get(name)
         if current is not None and not problem and not current.problem:
             if record is not None and current.record is not None:
@@ -77,7 +79,8 @@ class LeaseView:
             elif record is None and current.record is None:
                 return False
         self._entries[name] = Entry(record, self._clock.monotonic(), problem)
-        self.news(name).set()
+        if notify:
+            self.news(name).set()
         return True
 
     def apply(self, event: LeaseEvent) -> None:

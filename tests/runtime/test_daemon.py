@@ -1,0 +1,252 @@
+"""The runtime with in-memory fakes at its ports: several daemons, one store.
+
+These run on the real event loop with short timings (not the validated
+defaults: the fakes have no kernel, so the address lifetime is only modelled).
+Assertions are about order and safety, with generous time bounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from ipaddress import ip_address
+
+import pytest
+
+from egressd.adapters.clock import SystemClock
+from egressd.adapters.recording import RecordingDataPlane
+from egressd.core.election import rendezvous_rank
+from egressd.core.lease import lease_name
+from egressd.core.settings import EgressGroup, NodeSettings, Settings, Timing
+from egressd.core.states import State
+from egressd.ports import OwnershipEvent
+from egressd.runtime.daemon import Daemon, FanoutEvents, LogEvents
+from egressd.runtime.member import DataPlane
+from tests.fakes import FakeLeaseStore
+from tests.journal import intervals, overlaps
+
+IP = ip_address("172.18.0.42")
+TIMING = Timing(
+    lease_duration=0.6,
+    renew_deadline=0.25,
+    retry_period=0.05,
+    address_lifetime=1,
+    api_timeout=0.1,
+    non_preferred_delay=0.1,
+    handoff_grace=0.6,
+)
+GROUP = EgressGroup(
+    name="outpost",
+    egress_ips=(IP,),
+    interface="net0",
+    candidates=("gw-a", "gw-b", "gw-c"),
+    source_cidrs=(),
+    destination_cidrs=(),
+)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[OwnershipEvent] = []
+
+    def emit(self, event: OwnershipEvent) -> None:
+        self.events.append(event)
+
+
+class Node:
+    def __init__(self, name: str, store: FakeLeaseStore, incarnation: str | None = None) -> None:
+        settings = Settings(
+            node=NodeSettings(name=name, address=ip_address("10.0.0.1")), timing=TIMING, groups=(GROUP,)
+        )
+        self.plane = RecordingDataPlane(name)
+        self.events = Recorder()
+        self.daemon = Daemon(
+            settings,
+            store=store,
+            dataplane=DataPlane(self.plane, self.plane, self.plane),
+            clock=SystemClock(),
+            events=FanoutEvents([LogEvents(), self.events]),
+            incarnation=incarnation,
+        )
+        self.task: asyncio.Task[int] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.daemon.run(install_signals=False))
+
+    async def stop(self) -> None:
+        self.daemon.supervisor.request_stop("test")
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 5)
+
+    async def crash(self) -> None:
+        """Vanish without withdrawing: what SIGKILL does (the address expires by itself)."""
+        assert self.task is not None
+        for name in self.daemon.supervisor.running():
+            await self.daemon.supervisor.cancel(name)
+        self.daemon.members.clear()  # so the run task's shutdown path has nothing to withdraw or release
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+    @property
+    def serving(self) -> bool:
+        return IP in self.plane.snat
+
+
+@asynccontextmanager
+async def cluster(*names: str) -> AsyncIterator[tuple[FakeLeaseStore, list[Node]]]:
+    store = FakeLeaseStore()
+    nodes = [Node(n, store) for n in names]
+    for node in nodes:
+        node.start()
+    try:
+        yield store, nodes
+    finally:
+        for node in nodes:
+            if node.task is not None and not node.task.done():
+                node.task.cancel()
+                await asyncio.gather(node.task, return_exceptions=True)
+
+
+async def until(cond: Callable[[], bool], timeout: float, step: float = 0.005) -> float:
+    started = time.monotonic()
+    while not cond():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(step)
+    return time.monotonic() - started
+
+
+def assert_safe(nodes: list[Node]) -> None:
+    ops = [op for n in nodes for op in n.plane.ops]
+    bad = overlaps(intervals(ops, until=time.monotonic()))
+    assert not bad, f"two nodes served one IP: {bad}"
+
+
+async def test_exactly_one_owner_and_it_is_the_preferred() -> None:
+    async with cluster("gw-a", "gw-b", "gw-c") as (_, nodes):
+        await until(lambda: sum(n.serving for n in nodes) == 1, 2.0)
+        await asyncio.sleep(0.5)
+        assert sum(n.serving for n in nodes) == 1
+        owner = next(n for n in nodes if n.serving)
+        assert owner.daemon.settings.node.name == rendezvous_rank(str(IP), GROUP.candidates)[0]
+        assert_safe(nodes)
+
+
+async def test_graceful_stop_hands_off_at_once() -> None:
+    async with cluster("gw-a", "gw-b", "gw-c") as (_, nodes):
+        await until(lambda: any(n.serving for n in nodes), 2.0)
+        owner = next(n for n in nodes if n.serving)
+        others = [n for n in nodes if n is not owner]
+        started = time.monotonic()
+        await owner.stop()
+        gap = await until(lambda: any(n.serving for n in others), 2.0)
+        assert time.monotonic() - started < 0.5, f"handoff took {gap:.3f}s"
+        assert [op["op"] for op in owner.plane.ops][-3:] == ["announce-stop", "snat-off", "release"]
+        assert_safe(nodes)
+
+
+async def test_crashed_owner_is_replaced_after_the_lease_expires() -> None:
+    async with cluster("gw-a", "gw-b") as (_, nodes):
+        await until(lambda: any(n.serving for n in nodes), 2.0)
+        owner = next(n for n in nodes if n.serving)
+        other = next(n for n in nodes if n is not owner)
+        await owner.crash()
+        waited = await until(lambda: other.serving, 3.0)
+        assert waited >= TIMING.lease_duration - 0.1
+        assert waited <= TIMING.lease_duration + 4 * TIMING.retry_period + 0.3
+
+
+async def test_frozen_api_owner_steps_down_at_deadline_and_nobody_takes_over() -> None:
+    async with cluster("gw-a", "gw-b") as (store, nodes):
+        await until(lambda: any(n.serving for n in nodes), 2.0)
+        owner = next(n for n in nodes if n.serving)
+        store.pause()
+        paused_at = time.monotonic()
+        waited = await until(lambda: not owner.serving, 2.0)
+        assert waited <= TIMING.renew_deadline + 0.15
+        assert any(e.reason == "renew-deadline" for e in owner.events.events)
+        await asyncio.sleep(TIMING.lease_duration * 2)
+        assert not any(n.serving for n in nodes), "someone served while the API was frozen"
+        store.resume()
+        await until(lambda: any(n.serving for n in nodes), 3.0)
+        assert time.monotonic() - paused_at > TIMING.lease_duration
+        assert_safe(nodes)
+
+
+async def test_identity_clash_is_fenced() -> None:
+    store = FakeLeaseStore()
+    solo = replace(GROUP, candidates=("gw-a",))
+    twins = []
+    for incarnation in ("first", "second"):
+        node = Node("gw-a", store, incarnation=incarnation)
+        node.daemon.settings = replace(node.daemon.settings, groups=(solo,))
+        twins.append(node)
+    twins[0].start()
+    await until(lambda: twins[0].serving, 2.0)
+    # the twin appears: it waits for the lease (other incarnation) to expire, but the
+    # first keeps renewing; force the clash by letting the twin write over it.
+    record = store.leases[lease_name(str(IP))]
+    store.put(replace(record, incarnation="second"))
+    await until(lambda: not twins[0].serving, 1.0)
+    assert any(e.kind == "fenced" and e.reason == "identity-clash" for e in twins[0].events.events)
+    assert twins[0].daemon.members[IP].sm.state is State.FENCED
+    await twins[0].stop()
+
+
+async def test_malformed_lease_is_not_acted_on() -> None:
+    async with cluster("gw-a", "gw-b") as (_, nodes):
+        await until(lambda: any(n.serving for n in nodes), 2.0)
+        for node in nodes:
+            node.daemon.view.observe(lease_name(str(IP)), None, problem="spec.leaseTransitions: must be an integer")
+        # the owner cannot renew what it cannot read... here the store still accepts writes,
+        # but the members must not decide on a problem entry: nobody new acquires.
+        before = sum(n.serving for n in nodes)
+        await asyncio.sleep(TIMING.lease_duration)
+        assert sum(n.serving for n in nodes) <= before
+        assert_safe(nodes)
+
+
+async def test_restart_adopts_a_held_ip_without_withdrawing() -> None:
+    store = FakeLeaseStore()
+    first = Node("gw-a", store, incarnation="one")
+    first.start()
+    await until(lambda: first.serving, 2.0)
+    await first.crash()
+    second = Node("gw-a", store, incarnation="two")
+    second.plane.addresses = dict(first.plane.addresses)  # the kernel kept the address
+    second.plane.snat = dict(first.plane.snat)
+    second.start()
+    await until(
+        lambda: second.daemon.members.get(IP) is not None and second.daemon.members[IP].sm.state is State.OWNER, 1.0
+    )
+    assert "release" not in [op["op"] for op in second.plane.ops], "the adopted address was withdrawn"
+    assert any(e.reason == "adopt-previous-incarnation" for e in second.events.events)
+    await second.stop()
+
+
+async def test_reconcile_removes_what_this_node_does_not_hold() -> None:
+    store = FakeLeaseStore()
+    node = Node("gw-b", store)
+    other = ip_address("172.18.0.99")
+    node.plane.addresses = {(IP, "net0"): time.monotonic() + 5, (other, "net0"): time.monotonic() + 5}
+    node.plane.snat = {other: "outpost"}
+    node.start()
+    await until(node.daemon.reconciled.is_set, 2.0)
+    released = {op["ip"] for op in node.plane.ops if op["op"] == "release"}
+    assert str(other) in released
+    assert other not in node.plane.snat
+    await node.stop()
+
+
+@pytest.mark.parametrize("failing", [True])
+async def test_unavailable_api_steps_down(failing: bool) -> None:
+    async with cluster("gw-a", "gw-b") as (store, nodes):
+        await until(lambda: any(n.serving for n in nodes), 2.0)
+        store.fail(failing)
+        await until(lambda: not any(n.serving for n in nodes), 1.0)
+        store.fail(False)
+        await until(lambda: any(n.serving for n in nodes), 3.0)
+        assert_safe(nodes)
