@@ -185,18 +185,27 @@ class KubeLeaseStore:
         """Run ``fn(timeout)`` in the pool, retried on unavailability until the deadline."""
         loop = asyncio.get_running_loop()
 
+        backoff = wait_random_exponential(multiplier=0.02, max=0.2)
+        unavailable: ApiUnavailable | None = None
+
         def stop(state: RetryCallState) -> bool:
-            return deadline - self._clock.monotonic() < _MIN_ATTEMPT
+            return deadline - self._clock.monotonic() < 2 * _MIN_ATTEMPT
+
+        def wait(state: RetryCallState) -> float:
+            # never sleep into the time the next attempt needs
+            return min(backoff(state), max(0.0, deadline - self._clock.monotonic() - _MIN_ATTEMPT))
 
         async for attempt in AsyncRetrying(
             stop=stop,
-            wait=wait_random_exponential(multiplier=0.02, max=0.2),
+            wait=wait,
             retry=retry_if_exception_type(ApiUnavailable),
             reraise=True,
         ):
             with attempt:
                 remaining = deadline - self._clock.monotonic()
                 if remaining < _MIN_ATTEMPT:
+                    if unavailable is not None:
+                        raise unavailable  # the real reason, not the clock
                     raise ApiTimeout(f"lease {verb}: deadline passed before the call")
                 timeout = min(self._api_timeout, remaining)
                 future = loop.run_in_executor(self._executor, _blocking_json, fn, timeout)
@@ -205,6 +214,9 @@ class KubeLeaseStore:
                         return await future
                 except TimeoutError as exc:
                     raise ApiTimeout(f"lease {verb}: no answer within {timeout:.3f}s") from exc
+                except ApiUnavailable as exc:
+                    unavailable = exc
+                    raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     # --- watch ----------------------------------------------------------------
