@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,12 @@ class RecordingDataPlane:
         now = time.monotonic()
         return {key for key, expires in self.addresses.items() if expires > now}
 
+    async def flush_all(self) -> set[tuple[IPAddress, str]]:
+        removed = set(self.addresses)
+        for ip, interface in removed:
+            await self.release(ip, interface)
+        return removed
+
     # Snat
     async def stage(self, groups: Sequence[EgressGroup]) -> None:
         self.staged = tuple(g.name for g in groups)
@@ -75,7 +81,17 @@ class RecordingDataPlane:
     async def active(self) -> set[IPAddress]:
         return set(self.snat)
 
+    async def refresh_fence(self, ips: Iterable[IPAddress]) -> None:
+        self._record("fence", ips=sorted(str(ip) for ip in ips))
+
+    async def clear(self) -> None:
+        self.snat.clear()
+        self._record("snat-clear")
+
     # Announcer
+    async def prepare(self, interface: str) -> None:
+        self._record("prepare", interface=interface)
+
     async def start(self, ip: IPAddress, interface: str) -> None:
         self.announcing.add(ip)
         self._record("announce", ip=str(ip), interface=interface)

@@ -15,9 +15,15 @@ Durations are seconds (a number) or a string with a unit: ``"250ms"``,
 The timing defaults aim at a node-loss failover under 3 s. The safety argument
 (docs/architecture.md) needs two inequalities, checked here:
 
-* (T1) ``leaseDuration > renewDeadline + addressLifetime + kernelSlack + safetyMargin``:
-  a standby takes over only after the holder's daemon fence *and* its kernel
-  fence have both fired, however the holder died.
+* (T1) ``leaseDuration > renewDeadline + kernelFence + safetyMargin``: a
+  standby takes over only after the holder's daemon fence *and* its kernel
+  fence have both fired, however the holder died. ``kernelFence`` is the
+  sub-second nftables fence, ``fenceTtl + fenceSlack``, when it is on (the
+  default), else the address lifetime, ``addressLifetime + kernelSlack``.
+  The kernel removes an expired IPv4 address up to about a second late (its
+  expiry worker runs on whole-second boundaries), so the address fence alone
+  needs ``leaseDuration`` above 3.1 s; the nftables fence lets the default
+  2.5 s lease keep node-loss failover under 3 s.
 * (T2) ``renewDeadline > 1.2 * retryPeriod``: the owner gets at least one
   retry before it must step down, as client-go demands.
 * (T3) ``apiTimeout < renewDeadline``: a single API call can never outlive the
@@ -72,11 +78,22 @@ class Timing:
     a frozen or crashed daemon loses the address this long after its last
     refresh (kernel fence). 1 s is the kernel's minimum."""
 
-    kernel_slack: float = 0.2
+    kernel_slack: float = 1.0
     """How late after ``valid_lft`` the kernel really removes an expired
-    address. The kernel's address-expiry worker runs with a granularity of a
-    fraction of a second; the measured bound on this machine is in
-    docs/architecture.md. Used only in (T1)."""
+    address. The IPv4 expiry worker is scheduled on whole-second boundaries,
+    so the analytical bound is about 1 s; measured here up to 0.62 s
+    (docs/kernel-fences.md). Used in (T1) when the nftables fence is off."""
+
+    fence_ttl: float = 1.0
+    """Timeout of the nftables fence element of an owned IP (milliseconds
+    precision), re-armed after every successful renew. While it has timed out
+    the node sends nothing with the egress IP as source and answers no ARP for
+    it. Equal to the renew deadline, so it fires no earlier than the daemon
+    fence of a healthy daemon. 0 turns this fence off."""
+
+    fence_slack: float = 0.05
+    """How late the kernel drops a timed-out nftables set element (measured
+    0 to 6 ms, docs/kernel-fences.md), with room to spare."""
 
     safety_margin: float = 0.1
     """Extra room in (T1) for scheduling delays and clock rate differences."""
@@ -114,6 +131,8 @@ class Timing:
             )
         for name, value in (
             ("kernelSlack", self.kernel_slack),
+            ("fenceTtl", self.fence_ttl),
+            ("fenceSlack", self.fence_slack),
             ("safetyMargin", self.safety_margin),
             ("nonPreferredDelay", self.non_preferred_delay),
             ("handoffGrace", self.handoff_grace),
@@ -122,15 +141,22 @@ class Timing:
                 problems.append(Problem(f"{path}.{name}", f"must not be negative, got {value}"))
         if problems:
             return problems
-        fences = self.renew_deadline + self.address_lifetime + self.kernel_slack + self.safety_margin
-        if not self.lease_duration > fences:
+        if self.fence_ttl > 0:
+            fence, terms = (
+                self.fence_ttl + self.fence_slack,
+                f"fenceTtl {self.fence_ttl:g} + fenceSlack {self.fence_slack:g}",
+            )
+        else:
+            fence = self.address_lifetime + self.kernel_slack
+            terms = f"addressLifetime {self.address_lifetime} + kernelSlack {self.kernel_slack:g} (fenceTtl is 0)"
+        bound = self.renew_deadline + fence + self.safety_margin
+        if not self.lease_duration > bound:
             problems.append(
                 Problem(
                     f"{path}.leaseDuration",
-                    f"(T1) leaseDuration > renewDeadline + addressLifetime + kernelSlack + safetyMargin "
-                    f"fails: {self.lease_duration:g} <= {self.renew_deadline:g} + {self.address_lifetime} "
-                    f"+ {self.kernel_slack:g} + {self.safety_margin:g} = {fences:g}; a standby could take "
-                    f"the IP while the old owner's address still exists",
+                    f"(T1) leaseDuration > renewDeadline + kernel fence + safetyMargin fails: "
+                    f"{self.lease_duration:g} <= {self.renew_deadline:g} + ({terms}) + {self.safety_margin:g} "
+                    f"= {bound:g}; a standby could take the IP while the old owner still serves it",
                 )
             )
         if not self.renew_deadline > 1.2 * self.retry_period:
@@ -344,6 +370,8 @@ _TIMING_KEYS = (
     "retryPeriod",
     "addressLifetime",
     "kernelSlack",
+    "fenceTtl",
+    "fenceSlack",
     "safetyMargin",
     "apiTimeout",
     "nonPreferredDelay",
@@ -443,6 +471,8 @@ def _parse_timing(r: _Reader, value: Any) -> Timing:
         retry_period=r.duration(m.get("retryPeriod"), "timing.retryPeriod", d.retry_period),
         address_lifetime=lifetime,
         kernel_slack=r.duration(m.get("kernelSlack"), "timing.kernelSlack", d.kernel_slack),
+        fence_ttl=r.duration(m.get("fenceTtl"), "timing.fenceTtl", d.fence_ttl),
+        fence_slack=r.duration(m.get("fenceSlack"), "timing.fenceSlack", d.fence_slack),
         safety_margin=r.duration(m.get("safetyMargin"), "timing.safetyMargin", d.safety_margin),
         api_timeout=r.duration(m.get("apiTimeout"), "timing.apiTimeout", d.api_timeout),
         non_preferred_delay=r.duration(m.get("nonPreferredDelay"), "timing.nonPreferredDelay", d.non_preferred_delay),

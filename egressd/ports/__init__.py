@@ -10,7 +10,7 @@ takes a deadline never runs past it, retries included.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
@@ -95,6 +95,10 @@ class Addresses(Protocol):
         """egressd's addresses present now, as (ip, interface)."""
         ...
 
+    async def flush_all(self) -> set[tuple[IPAddress, str]]:
+        """Remove every egressd address (``egressd cleanup``); returns what it removed."""
+        ...
+
 
 class Snat(Protocol):
     """Source NAT to the egress IPs this node owns, in egressd's own table."""
@@ -109,6 +113,14 @@ class Snat(Protocol):
 
     async def active(self) -> set[IPAddress]: ...
 
+    async def refresh_fence(self, ips: Iterable[IPAddress]) -> None:
+        """Re-arm the sub-second kernel fence of these owned IPs (no-op when it is off)."""
+        ...
+
+    async def clear(self) -> None:
+        """Remove every trace of egressd's SNAT and fence tables (``egressd cleanup``)."""
+        ...
+
 
 class Announcer(Protocol):
     """Gratuitous ARP / unsolicited NA on takeover, and refresh while owning."""
@@ -118,6 +130,10 @@ class Announcer(Protocol):
         ...
 
     async def stop(self, ip: IPAddress) -> None: ...
+
+    async def prepare(self, interface: str) -> None:
+        """Open what sending needs (sockets) before any takeover, off the takeover path."""
+        ...
 
 
 class Steering(Protocol):

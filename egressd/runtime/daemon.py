@@ -132,8 +132,10 @@ class Daemon:
         if groups:
             try:
                 await self.dataplane.snat.stage(groups)
+                for interface in sorted({g.interface for g in groups}):
+                    await self.dataplane.announcer.prepare(interface)
             except DataPlaneError as exc:
-                log.error("could not stage SNAT: %s", exc)
+                log.error("could not stage the data plane: %s", exc)
         adopt = await self._reconcile()
         for group in groups:
             for ip in group.egress_ips:

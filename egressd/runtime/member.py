@@ -241,9 +241,11 @@ class Member:
         try:
             async with self._dp_lock:
                 if self.sm.state is State.OWNER:
+                    # re-arm both kernel fences, only now that the renew succeeded in time
+                    await self._dp.snat.refresh_fence((self.ip,))
                     await self._dp.addresses.claim(self.ip, self.group.interface, self._timing.address_lifetime)
         except DataPlaneError as exc:
-            self.log.error("could not refresh the address lifetime: %s", exc)
+            self.log.error("could not re-arm the kernel fences: %s", exc)
 
     async def _serve(self, sent: float) -> None:
         async with self._dp_lock:

@@ -152,6 +152,8 @@ def test_the_example_config_writes_out_every_timing_key() -> None:
         "retryPeriod",
         "addressLifetime",
         "kernelSlack",
+        "fenceTtl",
+        "fenceSlack",
         "safetyMargin",
         "apiTimeout",
         "nonPreferredDelay",
@@ -430,14 +432,23 @@ def test_address_lifetime_below_the_kernel_minimum() -> None:
     assert "at least 1" in message_of(changed("timing.addressLifetime", 0), "timing.addressLifetime")
 
 
-def test_t1_lease_must_outlast_both_fences() -> None:
-    message = message_of(changed("timing.leaseDuration", "2.3s"), "timing.leaseDuration")
-    assert message.startswith("(T1) leaseDuration > renewDeadline + addressLifetime + kernelSlack + safetyMargin")
-    assert "2.3 <= 1 + 1 + 0.2 + 0.1" in message
+def test_t1_lease_must_outlast_the_daemon_and_nftables_fences() -> None:
+    message = message_of(changed("timing.leaseDuration", "2.1s"), "timing.leaseDuration")
+    assert message.startswith("(T1) leaseDuration > renewDeadline + kernel fence + safetyMargin fails")
+    assert "2.1 <= 1 + (fenceTtl 1 + fenceSlack 0.05) + 0.1 = 2.15" in message
 
 
-def test_t1_counts_a_longer_address_lifetime() -> None:
-    assert "(T1)" in message_of(changed("timing.addressLifetime", 2), "timing.leaseDuration")
+def test_t1_without_the_nftables_fence_counts_the_address_lifetime_and_slack() -> None:
+    data = changed("timing.fenceTtl", 0)
+    message = message_of(data, "timing.leaseDuration")
+    assert "2.5 <= 1 + (addressLifetime 1 + kernelSlack 1 (fenceTtl is 0)) + 0.1 = 3.1" in message
+    data["timing"]["leaseDuration"] = "3.2s"
+    data["timing"]["handoffGrace"] = "3.2s"
+    assert parse_settings(data).timing.fence_ttl == 0
+
+
+def test_t1_counts_a_longer_fence_ttl() -> None:
+    assert "(T1)" in message_of(changed("timing.fenceTtl", "1.5s"), "timing.leaseDuration")
 
 
 def test_t2_renew_deadline_leaves_a_retry() -> None:
@@ -462,7 +473,9 @@ def test_non_positive_timing(key: str) -> None:
     assert "must be positive" in message_of(changed(f"timing.{key}", 0), f"timing.{key}")
 
 
-@pytest.mark.parametrize("key", ["kernelSlack", "safetyMargin", "nonPreferredDelay", "handoffGrace"])
+@pytest.mark.parametrize(
+    "key", ["kernelSlack", "fenceTtl", "fenceSlack", "safetyMargin", "nonPreferredDelay", "handoffGrace"]
+)
 def test_negative_timing(key: str) -> None:
     assert "must not be negative" in message_of(changed(f"timing.{key}", -0.1), f"timing.{key}")
 
