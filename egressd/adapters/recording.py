@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 class RecordingDataPlane:
-    """Implements the Addresses, Snat and Announcer ports in memory."""
+    """Implements the Addresses, Snat, Announcer and Steering ports in memory."""
 
     def __init__(self, node: str, journal: Path | None = None) -> None:
         self.node = node
@@ -36,6 +36,7 @@ class RecordingDataPlane:
         self.snat: dict[IPAddress, str] = {}
         self.announcing: set[IPAddress] = set()
         self.staged: tuple[str, ...] = ()
+        self.steering: dict[IPAddress, IPAddress | None] = {}
         self.ops: list[dict[str, Any]] = []
 
     def _record(self, op: str, **fields: Any) -> None:
@@ -99,6 +100,11 @@ class RecordingDataPlane:
     async def stop(self, ip: IPAddress) -> None:
         self.announcing.discard(ip)
         self._record("announce-stop", ip=str(ip))
+
+    # Steering
+    async def route(self, group: EgressGroup, ip: IPAddress, via: IPAddress | None) -> None:
+        self.steering[ip] = via
+        self._record("steer", group=group.name, ip=str(ip), via=str(via) if via else None)
 
     def close(self) -> None:
         if self._journal is not None:

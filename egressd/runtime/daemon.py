@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from egressd.core.errors import DataPlaneError
 from egressd.core.lease import lease_name
 from egressd.core.settings import IPAddress, Settings
-from egressd.ports import Clock, EventSink, LeaseStore, Metrics, OwnershipEvent
+from egressd.ports import Clock, EventSink, LeaseStore, Metrics, OwnershipEvent, Steering
 from egressd.runtime.member import DataPlane, Member
+from egressd.runtime.steerer import Steerer
 from egressd.runtime.supervisor import Supervisor, wait_event
 from egressd.runtime.view import LeaseView
 
@@ -86,10 +87,12 @@ class Daemon:
         store: LeaseStore,
         dataplane: DataPlane,
         clock: Clock,
+        steering: Steering | None = None,
         events: EventSink | None = None,
         metrics: Metrics | None = None,
         incarnation: str | None = None,
         shutdown_grace: float = 5.0,
+        repair_interval: float = 2.0,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -99,9 +102,12 @@ class Daemon:
         self.metrics = metrics or NullMetrics()
         self.incarnation = incarnation or uuid.uuid4().hex[:16]
         self.shutdown_grace = shutdown_grace
+        self.repair_interval = repair_interval
+        """Seconds between drift-repair passes."""
         self.supervisor = Supervisor()
         self.view = LeaseView(clock)
         self.members: dict[IPAddress, Member] = {}
+        self.steerer = Steerer(settings, self.view, steering) if steering is not None else None
         self.reconciled = asyncio.Event()
 
     async def run(self, *, install_signals: bool = True) -> int:
@@ -157,6 +163,60 @@ class Daemon:
                 self.supervisor.spawn(f"fence:{ip}", member.fence())
         self.reconciled.set()
         log.info("started %d member(s): %s", len(self.members), ", ".join(map(str, self.members)) or "-")
+        if self.members:
+            self.supervisor.spawn("drift-repair", self._repair_forever(), critical=False)
+        if self.steerer is not None and self.steerer.groups:
+            self.supervisor.spawn("steering", self.steerer.run())
+
+    def report_conflict(self, ip: IPAddress, mac: str) -> None:
+        """Another MAC claims an IP we serve (from the announcer's ARP listener)."""
+        member = self.members.get(ip)
+        epoch = member.epoch if member else 0
+        log.warning(
+            "ip=%s node=%s epoch=%d ARP conflict: %s also claims this IP", ip, self.settings.node.name, epoch, mac
+        )
+        self.events.emit(
+            OwnershipEvent(
+                kind="conflict",
+                egress_ip=str(ip),
+                node=self.settings.node.name,
+                epoch=epoch,
+                reason="arp-conflict",
+                detail=f"claimed by {mac}",
+                at=self.clock.monotonic(),
+            )
+        )
+
+    async def repair_drift(self) -> list[str]:
+        """One pass of drift repair: compare the kernel with the members and mend.
+
+        Someone flushing the ruleset or deleting an address must not leave an
+        owner that cannot serve, nor a non-owner that still does."""
+        dp = self.dataplane
+        present = {ip for ip, _ in await dp.addresses.owned()}
+        active = await dp.snat.active()
+        serving_without_snat = [ip for ip, m in self.members.items() if m.serving and ip not in active]
+        if serving_without_snat:
+            log.warning("drift: SNAT of %s missing; staging the table again", ", ".join(map(str, serving_without_snat)))
+            await dp.snat.stage(self.settings.candidate_groups())
+        repaired: list[str] = []
+        for ip, member in self.members.items():
+            repaired += [f"{ip}:{what}" for what in await member.reconcile(present, active)]
+        for ip in present - set(self.members):
+            log.warning("drift: removing egress IP %s that this node has no member for", ip)
+            for address, interface in await dp.addresses.owned():
+                if address == ip:
+                    await dp.addresses.release(address, interface)
+            repaired.append(f"{ip}:foreign-address")
+        return repaired
+
+    async def _repair_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.repair_interval)
+            try:
+                await self.repair_drift()
+            except DataPlaneError as exc:
+                log.error("drift repair failed: %s", exc)
 
     async def _reconcile(self) -> set[IPAddress]:
         """Withdraw what this node serves but does not hold; return what it may adopt."""

@@ -325,6 +325,45 @@ class Member:
         self.log.error("identity clash: another daemon writes this node's name (%s); fenced", decision.detail)
         self._emit("fenced", decision.reason, decision.detail)
 
+    # --- drift repair ----------------------------------------------------------------
+
+    @property
+    def serving(self) -> bool:
+        """Owner inside its renew deadline: the kernel should show our state."""
+        return (
+            self.sm.state is State.OWNER
+            and self.last_renew is not None
+            and self._clock.monotonic() - self.last_renew <= self._timing.renew_deadline
+        )
+
+    async def reconcile(self, present: set[IPAddress], active: set[IPAddress]) -> list[str]:
+        """Repair what the kernel shows against what this member is. ``present``
+        and ``active`` were read just before; repairs are idempotent, so a read
+        that raced a takeover or a withdrawal only repeats it. Returns what was repaired."""
+        repaired: list[str] = []
+        async with self._dp_lock:
+            if self.serving_locally:
+                return repaired  # adoption pending; the member decides at once
+            if self.serving:
+                if self.ip not in present:
+                    await self._dp.addresses.claim(self.ip, self.group.interface, self._timing.address_lifetime)
+                    repaired.append("address-missing")
+                if self.ip not in active:  # the daemon re-staged the table first if it was gone
+                    await self._dp.snat.activate(self.ip, self.group.name)
+                    await self._dp.snat.refresh_fence((self.ip,))
+                    repaired.append("snat-missing")
+                if repaired:
+                    await self._dp.announcer.start(self.ip, self.group.interface)
+            elif self.ip in present or self.ip in active:
+                await self._dp.announcer.stop(self.ip)
+                await self._dp.snat.deactivate(self.ip)
+                await self._dp.addresses.release(self.ip, self.group.interface)
+                repaired.append("stale-state")
+        for what in repaired:
+            self.log.warning("drift repaired: %s", what)
+            self._emit("drift", what)
+        return repaired
+
     # --- the daemon fence ------------------------------------------------------------
 
     async def fence(self) -> None:

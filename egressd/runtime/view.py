@@ -50,6 +50,8 @@ class LeaseView:
         self._news: dict[str, asyncio.Event] = {}
         self.ready = asyncio.Event()
         """Set after the first full list (sync)."""
+        self.any_news = asyncio.Event()
+        """Set whenever any entry changes (for consumers of every lease, like steering)."""
 
     def news(self, name: str) -> asyncio.Event:
         """An event set whenever the entry for ``name`` changes."""
@@ -81,6 +83,7 @@ class LeaseView:
         self._entries[name] = Entry(record, self._clock.monotonic(), problem)
         if notify:
             self.news(name).set()
+        self.any_news.set()
         return True
 
     def apply(self, event: LeaseEvent) -> None:

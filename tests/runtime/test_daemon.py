@@ -56,10 +56,13 @@ class Recorder:
         self.events.append(event)
 
 
+ADDRESSES = {"gw-a": "10.0.0.1", "gw-b": "10.0.0.2", "gw-c": "10.0.0.3", "worker": "10.0.0.9"}
+
+
 class Node:
     def __init__(self, name: str, store: FakeLeaseStore, incarnation: str | None = None) -> None:
         settings = Settings(
-            node=NodeSettings(name=name, address=ip_address("10.0.0.1")), timing=TIMING, groups=(GROUP,)
+            node=NodeSettings(name=name, address=ip_address(ADDRESSES[name])), timing=TIMING, groups=(GROUP,)
         )
         self.plane = RecordingDataPlane(name)
         self.events = Recorder()
@@ -67,9 +70,11 @@ class Node:
             settings,
             store=store,
             dataplane=DataPlane(self.plane, self.plane, self.plane),
+            steering=self.plane,
             clock=SystemClock(),
             events=FanoutEvents([LogEvents(), self.events]),
             incarnation=incarnation,
+            repair_interval=3600,
         )
         self.task: asyncio.Task[int] | None = None
 
@@ -250,3 +255,37 @@ async def test_unavailable_api_steps_down(failing: bool) -> None:
         store.fail(False)
         await until(lambda: any(n.serving for n in nodes), 3.0)
         assert_safe(nodes)
+
+
+async def test_drift_repair_restores_a_deleted_address_and_a_flushed_table() -> None:
+    async with cluster("gw-a", "gw-b") as (_, nodes):
+        await until(lambda: any(n.serving for n in nodes), 2.0)
+        owner = next(n for n in nodes if n.serving)
+        other = next(n for n in nodes if n is not owner)
+        owner.plane.addresses.clear()  # someone deleted the address
+        owner.plane.snat.clear()  # and flushed the ruleset
+        other.plane.addresses[(IP, "net0")] = time.monotonic() + 5  # a stale address on the standby
+        repaired_owner = await owner.daemon.repair_drift()
+        repaired_other = await other.daemon.repair_drift()
+        assert sorted(repaired_owner) == [f"{IP}:address-missing", f"{IP}:snat-missing"]
+        assert repaired_other == [f"{IP}:stale-state"]
+        assert owner.serving and (IP, "net0") in await owner.plane.owned()
+        assert not await other.plane.owned()
+        assert any(e.kind == "drift" for e in owner.events.events)
+        assert await owner.daemon.repair_drift() == []  # converged
+
+
+async def test_steering_follows_the_owner_and_is_removed_when_the_lease_is_free() -> None:
+    async with cluster("gw-a", "gw-b", "worker") as (store, nodes):
+        worker = nodes[2]
+        await until(lambda: any(n.serving for n in nodes[:2]), 2.0)
+        owner = next(n for n in nodes[:2] if n.serving)
+        expected = ip_address(ADDRESSES[owner.daemon.settings.node.name])
+        await until(lambda: worker.plane.steering.get(IP) == expected, 1.0)
+        await owner.stop()
+        new = next(n for n in nodes[:2] if n is not owner)
+        await until(lambda: new.serving, 2.0)
+        await until(lambda: worker.plane.steering.get(IP) == ip_address(ADDRESSES[new.daemon.settings.node.name]), 1.0)
+        record = store.leases[lease_name(str(IP))]
+        store.put(replace(record, holder=None, holder_address=None, incarnation=None))
+        await until(lambda: worker.plane.steering.get(IP, IP) is None, 1.0)
