@@ -190,6 +190,10 @@ class Member:
             return None
         self._metrics.renew(str(self.ip), self._clock.monotonic() - started, ok=True)
         self._view.observe(self.name, written, notify=False)
+        if self._view.get(self.name).resource_version == written.resource_version:
+            # the watch may have delivered our own write before its answer came back:
+            # if nothing newer is known, that was no news
+            self._view.news(self.name).clear()
         self._sent = started
         return written
 
