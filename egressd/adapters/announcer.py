@@ -72,9 +72,15 @@ class ScapyAnnouncer:
         schedule: GarpSchedule | None = None,
         on_conflict: ConflictCallback | None = None,
         netns: str | None = None,
+        guard: Callable[[IPAddress], bool] | None = None,
     ) -> None:
+        """``guard(ip)`` is asked before every frame and must say whether the IP
+        may still be announced (owned, last renew within the renew deadline): a
+        daemon frozen during its burst must not send the burst's late frames
+        when it thaws, before its fence withdraws."""
         self._schedule = schedule or GarpSchedule()
         self._on_conflict = on_conflict
+        self._guard = guard
         self._netns = netns
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="egressd-garp", initializer=self._enter_netns
@@ -189,6 +195,9 @@ class ScapyAnnouncer:
         return bytes(Ether(src=mac, dst=_ALL_NODES_MAC) / IPv6(src=str(ip), dst="ff02::1", hlim=255) / na)
 
     async def _send(self, ip: IPAddress, iface: _Interface) -> None:
+        if self._guard is not None and not self._guard(ip):
+            log.info("not announcing %s on %s: no longer within its renew deadline", ip, iface.name)
+            return
         frame = self._frame(ip, iface.mac)
         loop = asyncio.get_running_loop()
         try:

@@ -20,7 +20,7 @@ import yaml
 
 from egressd import __version__
 from egressd.core.errors import ConfigError, EgressdError, Problem
-from egressd.core.settings import Settings, parse_settings
+from egressd.core.settings import IPAddress, Settings, parse_settings
 
 log = logging.getLogger("egressd")
 
@@ -54,12 +54,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", "-c", required=True, help="config file (YAML)")
     run.add_argument(
         "--dataplane",
-        choices=["record"],
-        default="record",
-        help="record: touch nothing, journal what would be done (a dry run of the election)",
+        choices=["kernel", "record"],
+        default="kernel",
+        help="kernel: addresses, nftables SNAT, gratuitous ARP and policy routing (default); "
+        "record: touch nothing, journal what would be done (a dry run of the election)",
     )
     run.add_argument("--journal", help="with --dataplane record: append each data-plane operation as JSON here")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    cleanup = sub.add_parser(
+        "cleanup", help="remove every egressd address, nftables table, rule and route from this node (idempotent)"
+    )
+    cleanup.add_argument("--quiet", "-q", action="store_true", help="print nothing when there was nothing to remove")
 
     check = sub.add_parser("check-config", help="validate a config file; exit 2 listing every problem")
     check.add_argument("file")
@@ -113,6 +119,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _run(args)
     if args.command == "status":
         return _status(args)
+    if args.command == "cleanup":
+        return asyncio.run(_cleanup(quiet=bool(args.quiet)))
     if args.command == "apiserver":
         from egressd.lab.apiserver import run as run_apiserver  # noqa: PLC0415 — aiohttp only when needed
 
@@ -142,17 +150,64 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
         clock=clock,
         api_timeout=settings.timing.api_timeout,
     )
-    recorder = RecordingDataPlane(settings.node.name, Path(args.journal) if args.journal else None)
+    if args.dataplane == "record":
+        recorder = RecordingDataPlane(settings.node.name, Path(args.journal) if args.journal else None)
+        try:
+            daemon = Daemon(
+                settings, store=store, dataplane=DataPlane(recorder, recorder, recorder), steering=recorder, clock=clock
+            )
+            return await daemon.run()
+        finally:
+            recorder.close()
+
+    from egressd.adapters.addresses import KernelAddresses  # noqa: PLC0415
+    from egressd.adapters.announcer import ScapyAnnouncer  # noqa: PLC0415
+    from egressd.adapters.nftables import NftablesSnat  # noqa: PLC0415
+    from egressd.adapters.steering import PolicySteering  # noqa: PLC0415
+
+    daemons: list[Daemon] = []
+
+    def on_conflict(ip: IPAddress, mac: str) -> None:
+        for daemon in daemons:
+            daemon.report_conflict(ip, mac)
+
+    addresses = KernelAddresses()
+    snat = NftablesSnat(fence_ttl=settings.timing.fence_ttl or None)
+    announcer = ScapyAnnouncer(on_conflict=on_conflict, guard=lambda ip: any(d.may_announce(ip) for d in daemons))
+    steering = PolicySteering()
     try:
-        daemon = Daemon(
-            settings,
-            store=store,
-            dataplane=DataPlane(recorder, recorder, recorder),
-            clock=clock,
+        daemons.append(
+            Daemon(
+                settings, store=store, dataplane=DataPlane(addresses, snat, announcer), steering=steering, clock=clock
+            )
         )
-        return await daemon.run()
+        return await daemons[0].run()
     finally:
-        recorder.close()
+        await announcer.close()
+        await addresses.close()
+        await steering.close()
+
+
+async def _cleanup(*, quiet: bool) -> int:
+    """Remove every trace of egressd from this node's network namespace."""
+    from egressd.adapters.addresses import KernelAddresses  # noqa: PLC0415
+    from egressd.adapters.nftables import NftablesSnat  # noqa: PLC0415
+    from egressd.adapters.steering import PolicySteering  # noqa: PLC0415
+
+    addresses, snat, steering = KernelAddresses(), NftablesSnat(), PolicySteering()
+    try:
+        removed = [f"address {ip} on {interface}" for ip, interface in sorted(await addresses.flush_all(), key=str)]
+        removed += [f"SNAT to {ip}" for ip in sorted(await snat.active(), key=str)]
+        await snat.clear()  # the SNAT and fence tables, whether or not any rule was active
+        flushed = await steering.flush_all()
+        if flushed:
+            removed.append(f"steering ({len(flushed.rules)} rule(s), {len(flushed.routes)} route(s))")
+    finally:
+        await addresses.close()
+        await steering.close()
+    if removed or not quiet:
+        print("removed: " + ", ".join(removed) if removed else "nothing of egressd was present")
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -168,6 +168,11 @@ class Daemon:
         if self.steerer is not None and self.steerer.groups:
             self.supervisor.spawn("steering", self.steerer.run())
 
+    def may_announce(self, ip: IPAddress) -> bool:
+        """Whether this node may still claim ``ip`` on the wire right now."""
+        member = self.members.get(ip)
+        return member is not None and member.serving
+
     def report_conflict(self, ip: IPAddress, mac: str) -> None:
         """Another MAC claims an IP we serve (from the announcer's ARP listener)."""
         member = self.members.get(ip)

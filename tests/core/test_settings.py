@@ -441,9 +441,9 @@ def test_t1_lease_must_outlast_the_daemon_and_nftables_fences() -> None:
 def test_t1_without_the_nftables_fence_counts_the_address_lifetime_and_slack() -> None:
     data = changed("timing.fenceTtl", 0)
     message = message_of(data, "timing.leaseDuration")
-    assert "2.5 <= 1 + (addressLifetime 1 + kernelSlack 1 (fenceTtl is 0)) + 0.1 = 3.1" in message
-    data["timing"]["leaseDuration"] = "3.2s"
-    data["timing"]["handoffGrace"] = "3.2s"
+    assert "2.5 <= 1 + (addressLifetime 1 + kernelSlack 1.2 (fenceTtl is 0)) + 0.1 = 3.3" in message
+    data["timing"]["leaseDuration"] = "3.4s"
+    data["timing"]["handoffGrace"] = "3.4s"
     assert parse_settings(data).timing.fence_ttl == 0
 
 
