@@ -66,6 +66,7 @@ STEERING_PROTO = 0xE9
 _FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
 _RTNH_F_ONLINK = 0x04
 _RTN_UNICAST = 1
+_RTN_THROW = 9
 _FR_ACT_TO_TBL = 1
 _ENOENT = 2
 _ESRCH = 3
@@ -166,8 +167,8 @@ class PolicySteering:
         if desired:
             slots[ip] = slot
             if self._vias.get(ip) != via:
-                # 1. a new owner: write the routes at once, before reading anything
-                fast = diff(Plan(routes=desired.routes), Plan())
+                # 1. a new owner: write the routes via it at once, before reading anything
+                fast = diff(Plan(routes=frozenset(r for r in desired.routes if not r.throw)), Plan())
                 self._apply(fast, ctx)
         # 2. read back what the slot holds and converge the rest (rules, stale routes, drift)
         ops = diff(desired, self._read(slot, ip.version))
@@ -241,7 +242,10 @@ class PolicySteering:
         if self.layout.slot_of_table(table) is None or int(msg["proto"]) != self._proto:
             return None
         gateway = msg.get("RTA_GATEWAY")
-        if gateway is None or int(msg["type"]) != _RTN_UNICAST:
+        kind = int(msg["type"])
+        if kind == _RTN_THROW:
+            gateway = None
+        elif gateway is None or kind != _RTN_UNICAST:
             return None
         onlink = bool(int(msg["flags"]) & _RTNH_F_ONLINK)
         oif = msg.get("RTA_OIF")
@@ -249,7 +253,7 @@ class PolicySteering:
             table=table,
             dst=_net(msg.get("RTA_DST"), int(msg["dst_len"]), version),
             metric=int(msg.get("RTA_PRIORITY") or 0),
-            via=ipaddress.ip_address(gateway),
+            via=ipaddress.ip_address(gateway) if gateway is not None else None,
             interface=names.get(int(oif), "?") if onlink and oif is not None else None,
         )
 
@@ -290,12 +294,14 @@ class PolicySteering:
             "table": route.table,
             "priority": route.metric,
             "proto": self._proto,
+            "type": "throw" if route.via is None else "unicast",
         }
         if verb == "delete":
             self._sock().route("del", **kwargs)
             return
-        kwargs["gateway"] = str(route.via)
-        if route.interface is not None:
+        if route.via is not None:
+            kwargs["gateway"] = str(route.via)
+        if route.interface is not None and route.via is not None:
             kwargs["oif"] = self._index(route.interface)
             kwargs["flags"] = _RTNH_F_ONLINK
         self._sock().route("replace", **kwargs)

@@ -7,13 +7,18 @@ ranges (:class:`Layout`)::
 
     table  T = table_base + slot          one per egress IP, holds
         <dst cidr> via <owner> metric 1024          one route per destination CIDR
+        throw <excluded cidr> metric 1024           one per excluded CIDR
         <egress ip>/32 via <owner> metric 59881     the anchor: names the table's IP
     rule   priority_base + slot           from <src> to <excluded> lookup main
     rule   priority_base + slots + slot   from <src> to <dst> lookup T
 
 Every exclusion rule (of any IP) precedes every steering rule, so an excluded
-destination can never be caught by a steering rule, whatever the slots. The
-routes and rules carry egressd's protocol number (see the adapter).
+destination can never be caught by a steering rule, whatever the slots. A
+``lookup main`` that finds no route falls through to the next rule, though (a
+node without a route to the excluded CIDR, typical for IPv6 without a default
+route); the ``throw`` routes cover that case: the steering lookup ends without
+a result and rule processing goes on as if egressd were not there. The routes
+and rules carry egressd's protocol number (see the adapter).
 
 **Slots.** An egress IP gets a slot, and with it a table and two priorities.
 The preferred slot is ``sha256(ip) mod slots``; if it is taken by another IP,
@@ -73,8 +78,8 @@ class Layout:
     """
 
     table_base: int = 7100
-    """First routing table. 7100 is far from the tables of common tools (main
-    254, local 255, Cilium 2004/2005, kube-router 77-79, Calico 1-250 by default)."""
+    """First routing table. 7100 is far from the kernel's tables (253-255) and
+    from the small numbers other tools usually pick; configurable when not."""
 
     priority_base: int = 7100
     """First rule priority. Must be below 32766 (the default ``lookup main``)
@@ -115,7 +120,7 @@ class Layout:
         return offset % self.slots if 0 <= offset < 2 * self.slots else None
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Rule:
     """``from src to dst lookup table`` at ``priority``."""
 
@@ -132,19 +137,32 @@ class Rule:
     def exclusion(self) -> bool:
         return self.table == MAIN_TABLE
 
+    @property
+    def order(self) -> tuple[int, int, int, int, int, int]:
+        """Sort key (networks of two families do not compare)."""
+        return (
+            self.priority,
+            self.version,
+            int(self.src.network_address),
+            self.src.prefixlen,
+            int(self.dst.network_address),
+            self.dst.prefixlen,
+        )
+
     def __str__(self) -> str:
         table = "main" if self.table == MAIN_TABLE else str(self.table)
         return f"{self.priority}: from {self.src} to {self.dst} lookup {table}"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Route:
-    """``dst via via table table metric metric`` (``dev interface onlink`` if set)."""
+    """``dst via via table table metric metric`` (``dev interface onlink`` if
+    set), or ``throw dst`` when ``via`` is None."""
 
     table: int
     dst: IPNetwork
     metric: int
-    via: IPAddress
+    via: IPAddress | None
     interface: str | None = None
 
     @property
@@ -154,9 +172,20 @@ class Route:
 
     @property
     def anchor(self) -> bool:
-        return self.metric == ANCHOR_METRIC and self.dst.prefixlen == self.dst.max_prefixlen
+        return self.via is not None and self.metric == ANCHOR_METRIC and self.dst.prefixlen == self.dst.max_prefixlen
+
+    @property
+    def throw(self) -> bool:
+        return self.via is None
+
+    @property
+    def order(self) -> tuple[int, int, int, int, int]:
+        """Sort key (networks of two families do not compare)."""
+        return (self.table, self.dst.version, int(self.dst.network_address), self.dst.prefixlen, self.metric)
 
     def __str__(self) -> str:
+        if self.via is None:
+            return f"throw {self.dst} table {self.table} metric {self.metric}"
         dev = f" dev {self.interface} onlink" if self.interface else ""
         return f"{self.dst} via {self.via}{dev} table {self.table} metric {self.metric}"
 
@@ -184,7 +213,7 @@ class Plan:
     def anchors(self, layout: Layout) -> dict[IPAddress, int]:
         """Egress IP -> slot, as recorded by the anchor routes."""
         out: dict[IPAddress, int] = {}
-        for route in sorted(self.routes):
+        for route in sorted(self.routes, key=lambda r: r.order):
             slot = layout.slot_of_table(route.table)
             if route.anchor and slot is not None:
                 out.setdefault(route.dst.network_address, slot)
@@ -269,6 +298,7 @@ def plan_ip(
     excluded = tuple(e for e in group.excluded_cidrs if e.version == ip.version)
     table = layout.table(slot)
     routes = {Route(table, d, ROUTE_METRIC, via, interface) for d in dests}
+    routes |= {Route(table, e, ROUTE_METRIC, None) for e in excluded}
     routes.add(Route(table, ipaddress.ip_network(ip), ANCHOR_METRIC, via, interface))
     rules = {Rule(layout.exclusion_priority(slot), s, e, MAIN_TABLE) for s in sources for e in excluded}
     rules |= {Rule(layout.steering_priority(slot), s, d, table) for s in sources for d in dests}
@@ -316,7 +346,8 @@ def diff(desired: Plan, present: Plan) -> tuple[Op, ...]:
     """Operations that turn ``present`` into ``desired``, in a safe order:
 
     1. replace routes that are missing or differ (anchors first), so a table is
-       complete before a rule points at it and an owner change is visible at once;
+       complete, throw routes included, before a rule points at it, and an
+       owner change is visible at once;
     2. add missing exclusion rules, then missing steering rules;
     3. delete stale steering rules, then stale exclusion rules;
     4. delete stale routes (anchors last, so an interrupted removal leaves the
@@ -325,10 +356,10 @@ def diff(desired: Plan, present: Plan) -> tuple[Op, ...]:
     ops: list[Op] = []
     wanted_keys = {r.key for r in desired.routes}
     ops += [Op("replace", r) for r in sorted(desired.routes - present.routes, key=_anchor_first)]
-    missing = sorted(desired.rules - present.rules)
+    missing = sorted(desired.rules - present.rules, key=lambda r: r.order)
     ops += [Op("add", r) for r in missing if r.exclusion]
     ops += [Op("add", r) for r in missing if not r.exclusion]
-    stale = sorted(present.rules - desired.rules)
+    stale = sorted(present.rules - desired.rules, key=lambda r: r.order)
     ops += [Op("delete", r) for r in stale if not r.exclusion]
     ops += [Op("delete", r) for r in stale if r.exclusion]
     gone = [r for r in present.routes if r.key not in wanted_keys]
@@ -336,8 +367,8 @@ def diff(desired: Plan, present: Plan) -> tuple[Op, ...]:
     return tuple(ops)
 
 
-def _anchor_first(route: Route) -> tuple[bool, Route]:
-    return (not route.anchor, route)
+def _anchor_first(route: Route) -> tuple[bool, tuple[int, int, int, int, int]]:
+    return (not route.anchor, route.order)
 
 
 def removal(present: Plan) -> tuple[Op, ...]:

@@ -59,10 +59,16 @@ def test_plan_for_one_ip_orders_exclusions_before_steering() -> None:
     }
     assert p.routes == {
         st.Route(7103, net("172.18.0.0/16"), st.ROUTE_METRIC, A),
+        st.Route(7103, net("172.18.0.101/32"), st.ROUTE_METRIC, None),
         st.Route(7103, net("172.18.0.42/32"), st.ANCHOR_METRIC, A),
     }
     assert p.anchors(LAYOUT) == {ip("172.18.0.42"): 3}
-    assert [str(r) for r in sorted(p.rules)] == [
+    assert [str(r) for r in sorted(p.routes, key=lambda r: r.order)] == [
+        "172.18.0.0/16 via 172.18.0.2 table 7103 metric 1024",
+        "172.18.0.42/32 via 172.18.0.2 table 7103 metric 59881",
+        "throw 172.18.0.101/32 table 7103 metric 1024",
+    ]
+    assert [str(r) for r in sorted(p.rules, key=lambda r: r.order)] == [
         "7103: from 10.244.1.0/24 to 172.18.0.101/32 lookup main",
         "7153: from 10.244.1.0/24 to 172.18.0.0/16 lookup 7103",
     ]
@@ -79,7 +85,7 @@ def test_no_via_or_nothing_to_steer_plans_nothing() -> None:
 
 def test_onlink_interface_is_carried_by_every_route() -> None:
     p = st.plan_ip(group(), ip("172.18.0.42"), A, 0, LAYOUT, interface="net0")
-    assert {r.interface for r in p.routes} == {"net0"}
+    assert {r.interface for r in p.routes if not r.throw} == {"net0"}
     assert "dev net0 onlink" in str(next(iter(p.routes)))
 
 
@@ -154,15 +160,9 @@ def test_diff_of_equal_plans_is_empty() -> None:
 def test_diff_builds_routes_first_then_exclusions_then_steering() -> None:
     p = st.plan_ip(group(), ip("172.18.0.42"), A, 0, LAYOUT)
     ops = st.diff(p, st.Plan())
-    assert [op.verb for op in ops] == ["replace", "replace", "add", "add"]
-    first = ops[0].target
-    assert isinstance(first, st.Route)
-    assert first.anchor
-    assert isinstance(ops[2].target, st.Rule)
-    assert ops[2].target.exclusion
-    assert isinstance(ops[3].target, st.Rule)
-    assert not ops[3].target.exclusion
-    assert st.describe(ops) == "replace 2 routes, add 2 rules"
+    assert [op.verb for op in ops] == ["replace", "replace", "replace", "add", "add"]
+    assert [kind(op) for op in ops] == ["anchor", "route", "throw", "excl", "steer"]
+    assert st.describe(ops) == "replace 3 routes, add 2 rules"
 
 
 def test_owner_change_is_route_replaces_only() -> None:
@@ -174,21 +174,18 @@ def test_owner_change_is_route_replaces_only() -> None:
     assert all(isinstance(op.target, st.Route) and op.target.via == B for op in ops)
 
 
+def kind(op: st.Op) -> str:
+    t = op.target
+    if isinstance(t, st.Rule):
+        return "excl" if t.exclusion else "steer"
+    return "anchor" if t.anchor else "throw" if t.throw else "route"
+
+
 def test_removal_tears_down_in_reverse_order() -> None:
     p = st.plan_ip(group(), ip("172.18.0.42"), A, 0, LAYOUT)
     ops = st.removal(p)
-    assert [op.verb for op in ops] == ["delete"] * 4
-    kinds = [
-        "steer"
-        if isinstance(op.target, st.Rule) and not op.target.exclusion
-        else "excl"
-        if isinstance(op.target, st.Rule)
-        else "anchor"
-        if op.target.anchor
-        else "route"
-        for op in ops
-    ]
-    assert kinds == ["steer", "excl", "route", "anchor"]
+    assert [op.verb for op in ops] == ["delete"] * 5
+    assert [kind(op) for op in ops] == ["steer", "excl", "throw", "route", "anchor"]
 
 
 def test_diff_follows_group_changes_and_removes_only_stale_objects() -> None:
@@ -200,6 +197,7 @@ def test_diff_follows_group_changes_and_removes_only_stale_objects() -> None:
         "delete rule 7150: from 10.244.1.0/24 to 192.0.2.0/24 lookup 7100",
         "delete rule 7100: from 10.244.1.0/24 to 172.18.0.101/32 lookup main",
         "delete route 192.0.2.0/24 via 172.18.0.2 table 7100 metric 1024",
+        "delete route throw 172.18.0.101/32 table 7100 metric 1024",
     ]
 
 

@@ -172,10 +172,11 @@ async def test_kernel_objects_are_marked_and_in_egressd_ranges(net: Net, steerin
     ]
     prios = [int(line.split(":")[0]) for line in sh("ip", "-n", net.wk, "rule").splitlines()]
     assert prios[1:3] == [7100 + slot, 7150 + slot]
-    routes = sh("ip", "-n", net.wk, "route", "show", "table", str(table)).splitlines()
-    assert sorted(r.split(" dev ")[0] + " " + r.split(" proto ")[1] for r in routes) == [
-        f"172.18.0.0/16 via {GW_A} {STEERING_PROTO} metric 1024 ",
-        f"{EGRESS} via {GW_A} {STEERING_PROTO} metric 59881 ",
+    routes = sh("ip", "-n", net.wk, "route", "show", "table", str(table)).split("\n")
+    assert sorted(r.strip() for r in routes if r) == [
+        f"172.18.0.0/16 via {GW_A} dev net0 proto {STEERING_PROTO} metric 1024",
+        f"{EGRESS} via {GW_A} dev net0 proto {STEERING_PROTO} metric 59881",
+        f"throw {EXCLUDED} proto {STEERING_PROTO} metric 1024",
     ]
 
 
@@ -190,7 +191,7 @@ async def test_route_is_idempotent_and_survives_a_restart(net: Net, steering: Po
         await again.route(GROUP, EGRESS, GW_B)
         after = await again.present()
         assert after.rules == before.rules
-        assert {r.via for r in after.routes} == {GW_B}
+        assert {r.via for r in after.routes} == {GW_B, None}, "None: the throw route of the excluded CIDR"
     finally:
         await again.close()
 
@@ -244,7 +245,7 @@ async def test_flush_all_removes_only_egressd_objects(net: Net, steering: Policy
 
     removed = await steering.flush_all()
     assert len(removed.rules) == 3
-    assert len(removed.routes) == 4
+    assert len(removed.routes) == 5, "2 destinations, 1 throw, 2 anchors"
     assert await steering.present() == Plan()
     assert rules(net.wk) == foreign_rules
     assert "192.0.2.0/24" in sh("ip", "-n", net.wk, "route", "show", "table", "200")
@@ -285,7 +286,7 @@ async def test_onlink_interface(net: Net) -> None:
         before = await s.present()
         await s.route(GROUP, EGRESS, GW_B)
         assert await s.present() == before
-        assert {r.interface for r in before.routes} == {"net0"}
+        assert {r.interface for r in before.routes if not r.throw} == {"net0"}
     finally:
         await s.flush_all()
         await s.close()
@@ -307,3 +308,38 @@ async def test_via_change_latency(net: Net, steering: PolicySteering) -> None:
 def test_root_namespace_untouched() -> None:
     out = subprocess.run(["ip", "rule"], capture_output=True, text=True, check=True).stdout
     assert f"proto {STEERING_PROTO}" not in out
+
+
+async def test_ipv6_group_is_steered_in_its_own_family(net: Net, steering: PolicySteering) -> None:
+    sysctl(net.wk, "net.ipv6.conf.all.forwarding=1")
+    sh("ip", "-n", net.wk, "addr", "add", "fd18::10/64", "dev", "net0", "nodad")
+    sh("ip", "-n", net.wk, "addr", "add", "fd44:1::1/64", "dev", "pod0", "nodad")
+    egress6 = ipaddress.ip_address("fd18::42")
+    g6 = EgressGroup(
+        name="alliance6",
+        egress_ips=(egress6,),
+        interface="net0",
+        candidates=("gwa",),
+        source_cidrs=(ipaddress.ip_network("fd44:1::/64"),),
+        destination_cidrs=(ipaddress.ip_network("fd20::/48"),),
+        excluded_cidrs=(ipaddress.ip_network("fd20::100/128"),),
+    )
+
+    def get6(dst: str) -> str:
+        return sh("ip", "-n", net.wk, "-6", "route", "get", dst, "from", "fd44:1::5", "iif", "pod0", check=False)
+
+    await steering.route(g6, egress6, ipaddress.ip_address("fd18::2"))
+    assert "via fd18::2" in get6("fd20::5")
+    # the main table has no route to it: the exclusion rule's lookup falls
+    # through, and the throw route keeps the steering table from catching it
+    assert "via" not in get6("fd20::100")
+    await steering.route(g6, egress6, ipaddress.ip_address("fd18::3"))
+    assert "via fd18::3" in get6("fd20::5")
+    present = await steering.present()
+    assert {r.version for r in present.rules} == {6}
+    assert len(present.rules) == 2
+    assert len(present.routes) == 3
+    assert f"proto {STEERING_PROTO}" in sh("ip", "-n", net.wk, "-6", "rule")
+    await steering.route(g6, egress6, None)
+    assert await steering.present() == Plan()
+    assert f"proto {STEERING_PROTO}" not in sh("ip", "-n", net.wk, "-6", "rule")
