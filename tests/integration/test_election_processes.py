@@ -87,6 +87,8 @@ class Cluster:
                     "run",
                     "--config",
                     str(cfg),
+                    "--dataplane",
+                    "record",
                     "--journal",
                     str(self.journal(node)),
                 ],
