@@ -28,7 +28,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -388,3 +388,17 @@ def _status_message(exc: ApiException) -> str:
         except ValueError:
             pass
     return str(exc.reason or "")
+
+
+async def nodes_matching(api: k8s.ApiClient, labels: Mapping[str, str], *, request_timeout: float) -> list[str]:
+    """Names of the Nodes whose labels include ``labels`` (a matchLabels selector)."""
+    selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    core = k8s.CoreV1Api(api)
+    loop = asyncio.get_running_loop()
+    obj = await loop.run_in_executor(
+        None,
+        _blocking_json,
+        lambda t: core.list_node(label_selector=selector, _preload_content=False, _request_timeout=t),
+        request_timeout,
+    )
+    return sorted(str((item.get("metadata") or {}).get("name")) for item in obj.get("items") or [])

@@ -138,18 +138,24 @@ def _run(args: argparse.Namespace) -> int:
 
 async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
     from egressd.adapters.clock import SystemClock  # noqa: PLC0415
-    from egressd.adapters.kube import KubeLeaseStore, api_client  # noqa: PLC0415
+    from egressd.adapters.kube import KubeLeaseStore, api_client, nodes_matching  # noqa: PLC0415
     from egressd.adapters.recording import RecordingDataPlane  # noqa: PLC0415
     from egressd.runtime.daemon import Daemon  # noqa: PLC0415
     from egressd.runtime.member import DataPlane  # noqa: PLC0415
 
     clock = SystemClock()
-    store = KubeLeaseStore(
-        api_client(settings.kubernetes),
-        settings.kubernetes.namespace,
-        clock=clock,
-        api_timeout=settings.timing.api_timeout,
-    )
+    api = api_client(settings.kubernetes)
+    if any(g.node_selector for g in settings.groups):
+        # candidates by Node labels, read once at start (a Kubernetes-mode concern beyond that)
+        selected = {
+            g.name: await nodes_matching(api, g.node_selector, request_timeout=10.0)
+            for g in settings.groups
+            if g.node_selector
+        }
+        for name, nodes in selected.items():
+            log.info("group %s: nodeSelector matches %s", name, ", ".join(nodes) or "no node")
+        settings = settings.with_selected_candidates(selected)
+    store = KubeLeaseStore(api, settings.kubernetes.namespace, clock=clock, api_timeout=settings.timing.api_timeout)
     if args.dataplane == "record":
         recorder = RecordingDataPlane(settings.node.name, Path(args.journal) if args.journal else None)
         try:

@@ -36,7 +36,7 @@ import ipaddress
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from egressd.core.errors import ConfigError, Problem
@@ -260,6 +260,20 @@ class Settings:
     def candidate_groups(self) -> tuple[EgressGroup, ...]:
         """Groups for which this node is a named candidate."""
         return tuple(g for g in self.groups if self.node.name in g.candidates)
+
+    def with_selected_candidates(self, selected: Mapping[str, Sequence[str]]) -> Settings:
+        """These settings with each ``nodeSelector`` group's candidates set to
+        the node names that matched it (``selected``: group name -> nodes).
+        Raises ConfigError if this node became a candidate without an address."""
+        groups = tuple(
+            replace(g, candidates=tuple(sorted(selected.get(g.name, ())))) if g.node_selector else g
+            for g in self.groups
+        )
+        resolved = replace(self, groups=groups)
+        if resolved.candidate_groups() and self.node.address is None:
+            names = ", ".join(g.name for g in resolved.candidate_groups())
+            raise ConfigError([Problem("node.address", f"is required: this node matches the nodeSelector of {names}")])
+        return resolved
 
 
 # --- parsing -----------------------------------------------------------------

@@ -174,3 +174,26 @@ async def test_malformed_lease_is_reported_as_invalid(store: KubeLeaseStore, lab
     event = await next_event(events, "invalid")
     assert "egress-ip" in event.problem and "not-an-ip" in event.problem
     await events.aclose()  # type: ignore[attr-defined]
+
+
+async def test_nodes_matching_a_label_selector(lab: LabApiServer) -> None:
+    from egressd.adapters.kube import nodes_matching  # noqa: PLC0415
+
+    for name, labels in (
+        ("kind-worker3", {"egress-gw": "true"}),
+        ("kind-worker", {}),
+        ("kind-worker4", {"egress-gw": "true"}),
+    ):
+        body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}
+        req = urllib.request.Request(
+            f"{lab.url}/api/v1/nodes",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        urllib.request.urlopen(req, timeout=5).close()
+    api = api_client(KubeSettings(access="url", url=lab.url))
+    try:
+        assert await nodes_matching(api, {"egress-gw": "true"}, request_timeout=2) == ["kind-worker3", "kind-worker4"]
+    finally:
+        api.close()

@@ -621,3 +621,22 @@ def test_settings_are_frozen() -> None:
     with pytest.raises(AttributeError):
         settings.node = NodeSettings(name="other")  # type: ignore[misc]
     assert isinstance(settings, Settings)
+
+
+def test_selected_candidates_replace_a_node_selector() -> None:
+    data = changed("groups.0.candidates", None)
+    data["groups"][0]["nodeSelector"] = {"matchLabels": {"egress-gw": "true"}}
+    settings = parse_settings(data)
+    assert settings.candidate_groups() == ()
+    resolved = settings.with_selected_candidates({settings.groups[0].name: ["kind-worker4", settings.node.name]})
+    assert resolved.groups[0].candidates == tuple(sorted(["kind-worker4", settings.node.name]))
+    assert resolved.candidate_groups() == resolved.groups
+
+
+def test_selected_candidate_without_an_address_is_a_config_error() -> None:
+    data = changed("groups.0.candidates", None)
+    data["groups"][0]["nodeSelector"] = {"matchLabels": {"egress-gw": "true"}}
+    data["node"].pop("address", None)
+    settings = parse_settings(data)
+    with pytest.raises(ConfigError, match=r"node\.address"):
+        settings.with_selected_candidates({settings.groups[0].name: [settings.node.name]})

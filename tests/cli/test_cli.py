@@ -1,0 +1,137 @@
+"""The command line as a user meets it: exit codes, one-line errors, status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from egressd import __version__
+from egressd.lab.apiserver import LabApiServer, LabSettings
+
+EXAMPLE = Path(__file__).parents[2] / "config" / "egressd.yaml"
+
+
+def egressd(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "egressd.cli.main", *argv], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_version() -> None:
+    out = egressd("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"egressd {__version__}"
+
+
+def test_no_command_is_a_usage_error() -> None:
+    assert egressd().returncode == 2
+
+
+def test_check_config_accepts_the_example() -> None:
+    out = egressd("check-config", str(EXAMPLE))
+    assert out.returncode == 0, out.stderr
+    assert "ok (node kind-worker3, 1 group(s), gateway candidate)" in out.stdout
+
+
+def test_check_config_lists_every_problem_without_a_traceback(tmp_path: Path) -> None:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["groups"][0]["egressIPs"] = ["172.18.0.42", "172.18.0.420"]
+    data["groups"][0]["destinationCIDRs"] = ["172.18.0.1/16"]
+    data["timing"]["leaseDuration"] = "1s"
+    data["bogus"] = True
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    out = egressd("check-config", str(bad))
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    for field in ("groups[0].egressIPs[1]", "groups[0].destinationCIDRs[0]", "timing.leaseDuration", "bogus"):
+        assert field in out.stderr, field
+    assert "did you mean 172.18.0.0/16?" in out.stderr
+
+
+def test_unreadable_and_malformed_files_are_one_line_errors(tmp_path: Path) -> None:
+    missing = egressd("check-config", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "cannot read" in missing.stderr and "Traceback" not in missing.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("node:\n  name: [unclosed\n")
+    out = egressd("check-config", str(broken))
+    assert out.returncode == 2 and "not valid YAML at line" in out.stderr
+
+
+def test_run_refuses_an_invalid_config_before_doing_anything(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("node: {}\n")
+    out = egressd("run", "--config", str(bad), "--dataplane", "record")
+    assert out.returncode == 2 and "node.name: is required" in out.stderr
+
+
+@pytest.fixture
+def lab() -> Iterator[LabApiServer]:
+    server = LabApiServer(LabSettings(auto_create_namespaces=True))
+    server.start_in_thread()
+    try:
+        yield server
+    finally:
+        server.stop_in_thread()
+
+
+def put_lease(url: str, ip: str, holder: str | None, transitions: int) -> None:
+    import urllib.request  # noqa: PLC0415
+
+    body = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": "egressd-" + ip.replace(".", "-"),
+            "labels": {"app.kubernetes.io/managed-by": "egressd"},
+            "annotations": {"egressd.io/egress-ip": ip},
+        },
+        "spec": {
+            "holderIdentity": holder,
+            "leaseDurationSeconds": 3,
+            "leaseTransitions": transitions,
+            "renewTime": "2026-11-24T14:00:00.000000Z",
+        },
+    }
+    req = urllib.request.Request(
+        f"{url}/apis/coordination.k8s.io/v1/namespaces/egressd/leases",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    urllib.request.urlopen(req, timeout=5).close()
+
+
+def test_status_shows_holders_epochs_and_this_nodes_role(lab: LabApiServer, tmp_path: Path) -> None:
+    put_lease(lab.url, "172.18.0.42", "kind-worker3", 4)
+    put_lease(lab.url, "172.18.0.43", "kind-worker4", 1)
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["kubernetes"]["url"] = lab.url
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    table = egressd("status", "--config", str(cfg))
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["EGRESS", "IP", "GROUP", "HOLDER", "EPOCH", "RENEWED", "THIS", "NODE"]
+    assert lines[1].split()[:4] == ["172.18.0.42", "outpost", "kind-worker3", "4"] and lines[1].endswith("owner")
+    assert lines[2].split()[:4] == ["172.18.0.43", "outpost", "kind-worker4", "1"] and lines[2].endswith("candidate")
+    as_json = json.loads(egressd("status", "--config", str(cfg), "--json").stdout)
+    assert [(r["egressIP"], r["holder"], r["role"]) for r in as_json["leases"]] == [
+        ("172.18.0.42", "kind-worker3", "owner"),
+        ("172.18.0.43", "kind-worker4", "candidate"),
+    ]
+
+
+def test_status_with_an_unreachable_api_is_a_one_line_error(tmp_path: Path) -> None:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["kubernetes"]["url"] = "http://127.0.0.1:9"
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    out = egressd("status", "--config", str(cfg))
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1
