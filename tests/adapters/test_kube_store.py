@@ -196,4 +196,4 @@ async def test_nodes_matching_a_label_selector(lab: LabApiServer) -> None:
     try:
         assert await nodes_matching(api, {"egress-gw": "true"}, request_timeout=2) == ["kind-worker3", "kind-worker4"]
     finally:
-        api.close()
+        api.close()  # type: ignore[no-untyped-call]
