@@ -60,6 +60,7 @@ def main() -> int:
             {
                 "node": {"name": "bench-node", "address": "10.0.0.1"},
                 "kubernetes": {"access": "url", "url": url, "namespace": "egressd"},
+                "metrics": {"listen": ""},
                 "groups": [
                     {
                         "name": "bench",

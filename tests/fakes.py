@@ -100,6 +100,9 @@ class FakeLeaseStore:
         finally:
             self._watchers.remove(queue)
 
+    def connected(self) -> bool:
+        return self._running.is_set() and not self._failing
+
     async def close(self) -> None:
         pass
 

@@ -107,6 +107,9 @@ class KubeLeaseStore:
         self._watch_timeout = watch_timeout
         self._selector = label_selector
         self._closed = threading.Event()
+        self._watch_up = False
+        self._last_ok = 0.0
+        self._last_failed = 0.0
 
     # --- calls --------------------------------------------------------------
 
@@ -160,6 +163,10 @@ class KubeLeaseStore:
         records, _ = await self._list(deadline)
         return records
 
+    def connected(self) -> bool:
+        """The watch is established and the latest call, if any, succeeded."""
+        return self._watch_up and self._last_ok >= self._last_failed
+
     async def close(self) -> None:
         self._closed.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -211,12 +218,19 @@ class KubeLeaseStore:
                 future = loop.run_in_executor(self._executor, _blocking_json, fn, timeout)
                 try:
                     async with asyncio.timeout(timeout + 0.05):
-                        return await future
+                        result = await future
                 except TimeoutError as exc:
+                    self._last_failed = self._clock.monotonic()
                     raise ApiTimeout(f"lease {verb}: no answer within {timeout:.3f}s") from exc
                 except ApiUnavailable as exc:
+                    self._last_failed = self._clock.monotonic()
                     unavailable = exc
                     raise
+                except ApiTimeout:
+                    self._last_failed = self._clock.monotonic()
+                    raise
+                self._last_ok = self._clock.monotonic()
+                return result
         raise AssertionError("unreachable")  # pragma: no cover
 
     # --- watch ----------------------------------------------------------------
@@ -250,6 +264,7 @@ class KubeLeaseStore:
                     records, rv = self._list_blocking()
                     emit(LeaseEvent(kind="sync", records=tuple(records)))
                 for event in self._watch_once(rv, stop):
+                    self._watch_up = True
                     backoff = 0.05
                     rv = event.pop("_rv", rv)
                     if event:
@@ -258,6 +273,7 @@ class KubeLeaseStore:
                 log.info("lease watch: resourceVersion %s expired; listing again", rv)
                 rv = ""
             except (LeaseError, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+                self._watch_up = False
                 if stop.is_set():
                     return
                 log.warning("lease watch interrupted (%s); reconnecting from resourceVersion %s", exc, rv or "-")
@@ -295,6 +311,7 @@ class KubeLeaseStore:
             )
         except ApiException as exc:
             raise _translate(exc, "watch") from exc
+        self._watch_up = True
         try:
             buf = b""
             for chunk in resp.stream(4096, decode_content=True):

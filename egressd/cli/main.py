@@ -14,13 +14,17 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from egressd import __version__
 from egressd.core.errors import ConfigError, EgressdError, Problem
 from egressd.core.settings import IPAddress, Settings, parse_settings
+
+if TYPE_CHECKING:
+    from egressd.adapters.observability import PrometheusMetrics
+    from egressd.runtime.daemon import Daemon
 
 log = logging.getLogger("egressd")
 
@@ -139,6 +143,7 @@ def _run(args: argparse.Namespace) -> int:
 async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
     from egressd.adapters.clock import SystemClock  # noqa: PLC0415
     from egressd.adapters.kube import KubeLeaseStore, api_client, nodes_matching  # noqa: PLC0415
+    from egressd.adapters.observability import PrometheusMetrics  # noqa: PLC0415
     from egressd.adapters.recording import RecordingDataPlane  # noqa: PLC0415
     from egressd.runtime.daemon import Daemon  # noqa: PLC0415
     from egressd.runtime.member import DataPlane  # noqa: PLC0415
@@ -156,13 +161,19 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
             log.info("group %s: nodeSelector matches %s", name, ", ".join(nodes) or "no node")
         settings = settings.with_selected_candidates(selected)
     store = KubeLeaseStore(api, settings.kubernetes.namespace, clock=clock, api_timeout=settings.timing.api_timeout)
+    metrics = PrometheusMetrics()
     if args.dataplane == "record":
         recorder = RecordingDataPlane(settings.node.name, Path(args.journal) if args.journal else None)
         try:
             daemon = Daemon(
-                settings, store=store, dataplane=DataPlane(recorder, recorder, recorder), steering=recorder, clock=clock
+                settings,
+                store=store,
+                dataplane=DataPlane(recorder, recorder, recorder),
+                steering=recorder,
+                clock=clock,
+                metrics=metrics,
             )
-            return await daemon.run()
+            return await _serve(daemon, metrics, settings)
         finally:
             recorder.close()
 
@@ -181,17 +192,53 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
     snat = NftablesSnat(fence_ttl=settings.timing.fence_ttl or None)
     announcer = ScapyAnnouncer(on_conflict=on_conflict, guard=lambda ip: any(d.may_announce(ip) for d in daemons))
     steering = PolicySteering()
+    owned_ips = [ip for g in settings.candidate_groups() for ip in g.egress_ips]
+    metrics.counter_per_ip(
+        "egressd_gratuitous_arp_frames",
+        "Gratuitous ARP / unsolicited NA frames sent for the egress IP (takeover burst and refresh).",
+        lambda: {str(ip): float(announcer.sent(ip)) for ip in owned_ips},
+    )
     try:
         daemons.append(
             Daemon(
-                settings, store=store, dataplane=DataPlane(addresses, snat, announcer), steering=steering, clock=clock
+                settings,
+                store=store,
+                dataplane=DataPlane(addresses, snat, announcer),
+                steering=steering,
+                clock=clock,
+                metrics=metrics,
             )
         )
-        return await daemons[0].run()
+        return await _serve(daemons[0], metrics, settings)
     finally:
         await announcer.close()
         await addresses.close()
         await steering.close()
+
+
+async def _serve(daemon: Daemon, metrics: PrometheusMetrics, settings: Settings) -> int:
+    """Run the daemon with its metrics and health endpoints."""
+    from egressd.adapters.observability import ObservabilityServer  # noqa: PLC0415
+
+    metrics.gauge_per_ip(
+        "egressd_lease_renew_age_seconds",
+        "Seconds since the last successful renew of each egress IP this node owns; the owner steps down "
+        "when this passes renewDeadline.",
+        daemon.renew_ages,
+    )
+    server = None
+    if settings.metrics.listen is not None:
+        host, port = settings.metrics.listen
+        server = ObservabilityServer(metrics, health=daemon.health, ready=daemon.readiness)
+        try:
+            await server.start(host, port)
+        except OSError as exc:
+            raise EgressdError(f"metrics.listen {host}:{port}: cannot listen: {exc.strerror or exc}") from exc
+    try:
+        return await daemon.run()
+    finally:
+        if server is not None:
+            await server.stop()
 
 
 async def _cleanup(*, quiet: bool) -> int:

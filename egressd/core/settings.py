@@ -221,6 +221,27 @@ class KubeSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """Where ``/metrics``, ``/healthz`` and ``/readyz`` are served."""
+
+    listen: tuple[str, int] | None = ("127.0.0.1", 9464)
+    """Host and port; None turns the listener off. Loopback by default (systemd
+    unit); the DaemonSet listens on the node address so the kubelet can probe.
+    9464 is in the range Prometheus exporters use."""
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port); ValueError naming the problem."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"must be HOST:PORT, got {value!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"port must be 1-65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+@dataclass(frozen=True)
 class EgressGroup:
     """Pods (by source CIDR in the static mode) whose traffic to the
     destinations leaves through one of the egress IPs."""
@@ -256,6 +277,7 @@ class Settings:
     kubernetes: KubeSettings = field(default_factory=KubeSettings)
     timing: Timing = field(default_factory=Timing)
     groups: tuple[EgressGroup, ...] = ()
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     def candidate_groups(self) -> tuple[EgressGroup, ...]:
         """Groups for which this node is a named candidate."""
@@ -376,7 +398,7 @@ def _closest(key: str, allowed: Sequence[str]) -> str:
     return f" (known keys: {', '.join(allowed)})"
 
 
-_TOP_KEYS = ("node", "kubernetes", "timing", "groups")
+_TOP_KEYS = ("node", "kubernetes", "timing", "groups", "metrics")
 _NODE_KEYS = ("name", "address")
 _KUBE_KEYS = ("namespace", "access", "kubeconfig", "url", "tokenFile", "caFile")
 _TIMING_KEYS = (
@@ -416,12 +438,30 @@ def parse_settings(data: Any, source: str = "config") -> Settings:
     kube = _parse_kube(r, top.get("kubernetes"))
     timing = _parse_timing(r, top.get("timing"))
     groups = _parse_groups(r, top.get("groups"))
+    metrics = _parse_metrics(r, top.get("metrics"))
     if not r.problems:
         _check_groups(r, groups, node)
     if r.problems:
         raise ConfigError(r.problems, source)
     assert node is not None
-    return Settings(node=node, kubernetes=kube, timing=timing, groups=groups)
+    return Settings(node=node, kubernetes=kube, timing=timing, groups=groups, metrics=metrics)
+
+
+def _parse_metrics(r: _Reader, value: Any) -> MetricsSettings:
+    m = r.mapping(value, "metrics", ("listen",))
+    if "listen" not in m:
+        return MetricsSettings()
+    listen = m["listen"]
+    if listen is None or listen == "":
+        return MetricsSettings(listen=None)
+    if not isinstance(listen, str):
+        r.problem("metrics.listen", f"must be HOST:PORT or empty, got {listen!r}")
+        return MetricsSettings()
+    try:
+        return MetricsSettings(listen=parse_listen(listen))
+    except ValueError as exc:
+        r.problem("metrics.listen", str(exc))
+        return MetricsSettings()
 
 
 def _parse_node(r: _Reader, value: Any) -> NodeSettings | None:

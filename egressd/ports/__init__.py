@@ -77,6 +77,11 @@ class LeaseStore(Protocol):
         resourceVersion and resyncs (a ``sync`` event) after 410 Expired."""
         ...
 
+    def connected(self) -> bool:
+        """Whether the API answered recently (the watch is established or the
+        last call succeeded); for readiness, never for safety decisions."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -167,12 +172,36 @@ class EventSink(Protocol):
 
 
 class Metrics(Protocol):
-    """Domain events worth counting. Implementations must not block."""
+    """Domain events worth counting. Implementations must not block.
 
-    def owned(self, ip: str, owned: bool) -> None: ...
+    Labels stay low-cardinality: ``ip`` is one of the configured egress IPs,
+    ``reason``/``kind``/``error`` come from fixed vocabularies (decision
+    reasons, exception class names)."""
 
-    def transition(self, ip: str, kind: str, reason: str) -> None: ...
+    def owned(self, ip: str, owned: bool) -> None:
+        """This node serves ``ip`` now (or no longer)."""
+        ...
 
-    def renew(self, ip: str, seconds: float, ok: bool, error: str = "") -> None: ...
+    def transition(self, ip: str, kind: str, reason: str) -> None:
+        """A state-machine transition of ``ip``'s member, with the decision's reason."""
+        ...
 
-    def takeover_phase(self, ip: str, phase: str, seconds: float) -> None: ...
+    def renew(self, ip: str, seconds: float, ok: bool, error: str = "") -> None:
+        """A lease write (acquire or renew) took ``seconds``; ``error`` is its failure kind."""
+        ...
+
+    def takeover_phase(self, ip: str, phase: str, seconds: float) -> None:
+        """Time from the acquiring write to the end of ``phase`` (address, snat, garp)."""
+        ...
+
+    def conflict(self, ip: str) -> None:
+        """Another MAC claimed ``ip`` while this node served it."""
+        ...
+
+    def drift(self, ip: str, what: str) -> None:
+        """The kernel differed from the desired state and was repaired."""
+        ...
+
+    def api_error(self, kind: str) -> None:
+        """A Kubernetes API call failed (LostRace, ApiTimeout, ApiUnavailable, ...)."""
+        ...

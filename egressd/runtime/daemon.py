@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from egressd.core.errors import DataPlaneError
 from egressd.core.lease import lease_name
 from egressd.core.settings import IPAddress, Settings
+from egressd.core.states import State
 from egressd.ports import Clock, EventSink, LeaseStore, Metrics, OwnershipEvent, Steering
 from egressd.runtime.member import DataPlane, Member
 from egressd.runtime.steerer import Steerer
@@ -76,6 +77,15 @@ class NullMetrics:
         pass
 
     def takeover_phase(self, ip: str, phase: str, seconds: float) -> None:
+        pass
+
+    def conflict(self, ip: str) -> None:
+        pass
+
+    def drift(self, ip: str, what: str) -> None:
+        pass
+
+    def api_error(self, kind: str) -> None:
         pass
 
 
@@ -168,6 +178,41 @@ class Daemon:
         if self.steerer is not None and self.steerer.groups:
             self.supervisor.spawn("steering", self.steerer.run())
 
+    def health(self) -> tuple[bool, list[str]]:
+        """Liveness: fails when the daemon should have stepped down but has not,
+        or when a supervised task died. A restart is the cure for both."""
+        problems = [f"task {name} died: {exc!r}" for name, exc in sorted(self.supervisor.dead.items())]
+        now = self.clock.monotonic()
+        overdue = self.settings.timing.renew_deadline + 0.5
+        for ip, member in sorted(self.members.items(), key=lambda kv: str(kv[0])):
+            if member.sm.state is State.OWNER and member.last_renew is not None and now - member.last_renew > overdue:
+                problems.append(
+                    f"{ip}: still owner {now - member.last_renew:.1f}s after its last renew (should have stepped down)"
+                )
+        if self.reconciled.is_set() and not self.supervisor.stop_requested.is_set():
+            missing = {"lease-watch"} | {f"{kind}:{ip}" for ip in self.members for kind in ("member", "fence")}
+            missing -= set(self.supervisor.running())
+            problems += [f"task {name} is not running" for name in sorted(missing) if name not in self.supervisor.dead]
+        return not problems, problems
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        """Readiness: the initial reconcile is done and the API is reachable."""
+        problems = []
+        if not self.reconciled.is_set():
+            problems.append("initial reconcile not done")
+        if not self.store.connected():
+            problems.append("Kubernetes API not reachable")
+        return not problems, problems
+
+    def renew_ages(self) -> dict[str, float]:
+        """Seconds since the last successful renew of each IP this node owns."""
+        now = self.clock.monotonic()
+        return {
+            str(ip): now - m.last_renew
+            for ip, m in self.members.items()
+            if m.sm.state is State.OWNER and m.last_renew is not None
+        }
+
     def may_announce(self, ip: IPAddress) -> bool:
         """Whether this node may still claim ``ip`` on the wire right now."""
         member = self.members.get(ip)
@@ -180,6 +225,7 @@ class Daemon:
         log.warning(
             "ip=%s node=%s epoch=%d ARP conflict: %s also claims this IP", ip, self.settings.node.name, epoch, mac
         )
+        self.metrics.conflict(str(ip))
         self.events.emit(
             OwnershipEvent(
                 kind="conflict",

@@ -120,7 +120,7 @@ class Member:
         if self.sm.state is State.FENCED:
             if now < self._hold_off_until:
                 return self._hold_off_until - now
-            self._fire(Event.HOLD_OFF_OVER)
+            self._fire(Event.HOLD_OFF_OVER, "hold-off-over")
         if entry.problem:
             # Never act on a lease we cannot read; the fence ends a tenure if renews fail.
             return self._timing.retry_period * 4
@@ -182,11 +182,13 @@ class Member:
                 written = await self._store.update(record, deadline=self._deadline(started))
         except LostRace as exc:
             self.log.info("lost race for the lease (%s); reading it again", exc)
+            self._metrics.api_error("LostRace")
             await self._refresh()
             return None
         except LeaseError as exc:
             self.log.warning("lease write failed: %s", exc)
             self._metrics.renew(str(self.ip), self._clock.monotonic() - started, ok=False, error=type(exc).__name__)
+            self._metrics.api_error(type(exc).__name__)
             return None
         self._metrics.renew(str(self.ip), self._clock.monotonic() - started, ok=True)
         self._view.observe(self.name, written, notify=False)
@@ -217,7 +219,7 @@ class Member:
             self.log.warning("acquired too late to serve (write took longer than renewDeadline)")
             return
         self.last_renew = sent
-        self._fire(Event.ACQUIRED)
+        self._fire(Event.ACQUIRED, decision.reason)
         self._tenure_changed.set()
         self.serving_locally = False
         self.log.info("acquired the lease (%s); serving", decision.reason)
@@ -240,7 +242,7 @@ class Member:
         if self._clock.monotonic() - sent >= self._timing.renew_deadline:
             return
         self.last_renew = sent
-        self._fire(Event.RENEWED)
+        self._fire(Event.RENEWED, "renew")
         self._tenure_changed.set()
         try:
             async with self._dp_lock:
@@ -284,7 +286,7 @@ class Member:
         if self.sm.state is not State.OWNER:
             return
         await self._withdraw(reason)
-        self._fire(Event.STEPPED_DOWN)
+        self._fire(Event.STEPPED_DOWN, reason)
         self.last_renew = None
         self._tenure_changed.set()
         self.log.warning("stepped down: %s %s", reason, detail)
@@ -295,7 +297,7 @@ class Member:
             return
         if self.sm.state is State.OWNER:
             await self._withdraw("handoff")
-            self._fire(Event.RELEASED)
+            self._fire(Event.RELEASED, decision.reason)
             self.last_renew = None
             self._tenure_changed.set()
         if await self._release(successor=record.preferred_holder, base=record):
@@ -322,7 +324,7 @@ class Member:
     async def _fence_clash(self, decision: Decision) -> None:
         if self.sm.state is State.OWNER:
             await self._withdraw("identity-clash")
-            self._fire(Event.CLASH)
+            self._fire(Event.CLASH, decision.reason)
         self.last_renew = None
         self._tenure_changed.set()
         self._hold_off_until = self._clock.monotonic() + 4 * self._timing.lease_duration
@@ -365,6 +367,7 @@ class Member:
                 repaired.append("stale-state")
         for what in repaired:
             self.log.warning("drift repaired: %s", what)
+            self._metrics.drift(str(self.ip), what)
             self._emit("drift", what)
         return repaired
 
@@ -392,7 +395,7 @@ class Member:
         self._stopping = True
         if self.sm.state is State.OWNER:
             await self._withdraw("shutdown")
-            self._fire(Event.RELEASED)
+            self._fire(Event.RELEASED, "shutdown")
             self.last_renew = None
         elif self.serving_locally:
             await self._withdraw("shutdown")
@@ -401,15 +404,15 @@ class Member:
             self.log.info("released the lease on shutdown (successor %s)", others[0] if others else "-")
             self._emit("released", "shutdown")
         if self.sm.state is State.FENCED or self.sm.state is State.STANDBY:
-            self._fire(Event.STOP)
+            self._fire(Event.STOP, "shutdown")
 
     # --- helpers ---------------------------------------------------------------------
 
-    def _fire(self, event: Event) -> None:
+    def _fire(self, event: Event, reason: str) -> None:
         before, after = self.sm.fire(event)
         if before is not after:
-            self.last_transition = f"{before.value}->{after.value} ({event.value})"
-            self._metrics.transition(str(self.ip), event.value, self.last_decision.reason if self.last_decision else "")
+            self.last_transition = f"{before.value}->{after.value} ({event.value}: {reason})"
+            self._metrics.transition(str(self.ip), event.value, reason)
 
     def _set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -350,7 +350,7 @@ def test_unknown_top_level_key() -> None:
     data = config()
     data["logging"] = {"level": "debug"}
     message = message_of(data, "logging")
-    assert message.startswith("unknown key (known keys: node, kubernetes, timing, groups)")
+    assert message.startswith("unknown key (known keys: node, kubernetes, timing, groups, metrics)")
 
 
 def test_unknown_timing_key_in_snake_case_gets_a_hint() -> None:
@@ -640,3 +640,18 @@ def test_selected_candidate_without_an_address_is_a_config_error() -> None:
     settings = parse_settings(data)
     with pytest.raises(ConfigError, match=r"node\.address"):
         settings.with_selected_candidates({settings.groups[0].name: [settings.node.name]})
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [("0.0.0.0:9464", ("0.0.0.0", 9464)), ("[::1]:9100", ("::1", 9100)), ("", None), (None, None)],
+)
+def test_metrics_listen(listen: str | None, expected: tuple[str, int] | None) -> None:
+    data = changed("metrics", {"listen": listen})
+    assert parse_settings(data).metrics.listen == expected
+
+
+@pytest.mark.parametrize("listen", ["9464", "host:", "host:70000", ":9464", 9464])
+def test_metrics_listen_rejects_bad_addresses(listen: object) -> None:
+    with pytest.raises(ConfigError, match=r"metrics\.listen"):
+        parse_settings(changed("metrics", {"listen": listen}))

@@ -65,6 +65,7 @@ class Cluster:
                 {
                     "node": {"name": node, "address": f"10.0.0.{NODES.index(node) + 3}"},
                     "kubernetes": {"access": "url", "url": self.url, "namespace": "egressd"},
+                    "metrics": {"listen": ""},
                     "groups": [
                         {
                             "name": "outpost",

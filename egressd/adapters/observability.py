@@ -1,0 +1,187 @@
+"""Prometheus metrics and the health endpoints, on one small HTTP listener.
+
+Metric names follow Prometheus conventions (``egressd_*_total`` counters,
+``*_seconds`` durations) and are named after domain events; labels stay
+low-cardinality (``ip`` is one of the configured egress IPs, reasons and
+error kinds come from fixed vocabularies). docs/metrics.md lists them with
+example alerts.
+
+``/healthz`` fails (503) when the daemon should have stepped down but has not,
+or a supervised task died: a reason to restart it. ``/readyz`` fails until
+the initial reconcile is done and while the Kubernetes API is unreachable.
+Both answer a line per problem.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+Check = Callable[[], tuple[bool, list[str]]]
+
+_FAST = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+class PrometheusMetrics:
+    """:class:`egressd.ports.Metrics` in a Prometheus registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self._owned = Gauge(
+            "egressd_egress_ip_owned",
+            "1 while this node serves the egress IP (address, SNAT and ARP), else 0.",
+            ["ip"],
+            registry=r,
+        )
+        self._transitions = Counter(
+            "egressd_ownership_transitions_total",
+            "Ownership state changes of an egress IP on this node, by event (acquired, stepped-down, "
+            "released, clash, hold-off-over) and the reason of the decision behind it.",
+            ["ip", "event", "reason"],
+            registry=r,
+        )
+        self._takeover = Histogram(
+            "egressd_takeover_phase_seconds",
+            "Time from the lease write that won an egress IP to the end of each takeover phase: "
+            "address (present on the interface), snat (rule active), garp (first gratuitous ARP sent).",
+            ["phase"],
+            buckets=_FAST,
+            registry=r,
+        )
+        self._writes = Histogram(
+            "egressd_lease_write_seconds",
+            "Latency of successful lease writes (acquire and renew).",
+            buckets=_FAST,
+            registry=r,
+        )
+        self._write_failures = Counter(
+            "egressd_lease_write_failures_total",
+            "Lease writes (acquire or renew) that failed, by error kind. Repeated renew failures end in a "
+            "step-down at the renew deadline.",
+            ["error"],
+            registry=r,
+        )
+        self._api_errors = Counter(
+            "egressd_api_errors_total",
+            "Failed Kubernetes API calls by kind. LostRace is a lost write race (another node wrote first), "
+            "expected around takeovers; ApiTimeout and ApiUnavailable mean the API is slow or unreachable.",
+            ["kind"],
+            registry=r,
+        )
+        self._conflicts = Counter(
+            "egressd_arp_conflicts_total",
+            "ARP frames seen claiming an egress IP this node serves, from another MAC.",
+            ["ip"],
+            registry=r,
+        )
+        self._drift = Counter(
+            "egressd_drift_repairs_total",
+            "Repairs of kernel state that differed from the desired state (address-missing, snat-missing, "
+            "stale-state, foreign-address).",
+            ["ip", "what"],
+            registry=r,
+        )
+
+    # the port
+    def owned(self, ip: str, owned: bool) -> None:
+        self._owned.labels(ip=ip).set(1 if owned else 0)
+
+    def transition(self, ip: str, kind: str, reason: str) -> None:
+        self._transitions.labels(ip=ip, event=kind, reason=reason or "none").inc()
+
+    def renew(self, ip: str, seconds: float, ok: bool, error: str = "") -> None:
+        if ok:
+            self._writes.observe(seconds)
+        else:
+            self._write_failures.labels(error=error or "unknown").inc()
+
+    def takeover_phase(self, ip: str, phase: str, seconds: float) -> None:
+        self._takeover.labels(phase=phase).observe(seconds)
+
+    def conflict(self, ip: str) -> None:
+        self._conflicts.labels(ip=ip).inc()
+
+    def drift(self, ip: str, what: str) -> None:
+        self._drift.labels(ip=ip, what=what).inc()
+
+    def api_error(self, kind: str) -> None:
+        self._api_errors.labels(kind=kind).inc()
+
+    # values that exist only at scrape time
+    def gauge_per_ip(self, name: str, documentation: str, values: Callable[[], dict[str, float]]) -> None:
+        self.registry.register(_Callback(lambda: [_family(GaugeMetricFamily, name, documentation, values())]))
+
+    def counter_per_ip(self, name: str, documentation: str, values: Callable[[], dict[str, float]]) -> None:
+        self.registry.register(_Callback(lambda: [_family(CounterMetricFamily, name, documentation, values())]))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _family(
+    kind: type[GaugeMetricFamily] | type[CounterMetricFamily], name: str, doc: str, values: dict[str, float]
+) -> Metric:
+    family = kind(name, doc, labels=["ip"])
+    for ip, value in sorted(values.items()):
+        family.add_metric([ip], value)
+    return family
+
+
+class _Callback(Collector):
+    def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        self._collect = collect
+
+    def collect(self) -> Iterable[Metric]:
+        return self._collect()
+
+
+class ObservabilityServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` on one listener."""
+
+    def __init__(self, metrics: PrometheusMetrics, *, health: Check, ready: Check) -> None:
+        self._metrics = metrics
+        self._health = health
+        self._ready = ready
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self, host: str, port: int) -> str:
+        app = web.Application()
+        app.router.add_get("/metrics", self._get_metrics)
+        app.router.add_get("/healthz", self._check(self._health, "healthy"))
+        app.router.add_get("/readyz", self._check(self._ready, "ready"))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._runner = runner
+        bound = runner.addresses[0][1] if runner.addresses else port  # the real port when 0 was asked
+        self.url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
+        log.info("metrics and health endpoints on %s", self.url)
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _get_metrics(self, _: web.Request) -> web.Response:
+        return web.Response(body=self._metrics.render(), content_type="text/plain", charset="utf-8")
+
+    @staticmethod
+    def _check(check: Check, word: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(_: web.Request) -> web.Response:
+            ok, problems = check()
+            if ok:
+                return web.Response(text=f"{word}\n")
+            return web.Response(status=503, text="".join(f"{p}\n" for p in problems) or "not ok\n")
+
+        return handler

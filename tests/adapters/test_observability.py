@@ -1,0 +1,138 @@
+"""Metrics move with a takeover; health and readiness fail for the right reasons."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from egressd.adapters.observability import ObservabilityServer, PrometheusMetrics
+from egressd.core.states import State
+from tests.fakes import FakeLeaseStore
+from tests.runtime.test_daemon import IP, TIMING, Node, until
+
+
+def samples(metrics: PrometheusMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(metrics: PrometheusMetrics, name: str, **labels: str) -> float:
+    return samples(metrics).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+class Observed(Node):
+    def __init__(self, name: str, store: FakeLeaseStore) -> None:
+        super().__init__(name, store)
+        self.metrics = PrometheusMetrics()
+        self.daemon.metrics = self.metrics
+        self.metrics.gauge_per_ip("egressd_lease_renew_age_seconds", "age", self.daemon.renew_ages)
+        self.server = ObservabilityServer(self.metrics, health=self.daemon.health, ready=self.daemon.readiness)
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[FakeLeaseStore, list[Observed]]]:
+    store = FakeLeaseStore()
+    nodes = [Observed("gw-a", store), Observed("gw-b", store)]
+    for node in nodes:
+        await node.server.start("127.0.0.1", 0)
+        node.start()
+    try:
+        yield store, nodes
+    finally:
+        for node in nodes:
+            if node.task is not None and not node.task.done():
+                node.task.cancel()
+                await asyncio.gather(node.task, return_exceptions=True)
+            await node.server.stop()
+
+
+async def get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        return resp.status, await resp.text()
+
+
+async def test_every_metric_moves_in_a_takeover(pair: tuple[FakeLeaseStore, list[Observed]]) -> None:
+    store, nodes = pair
+    await until(lambda: any(n.serving for n in nodes), 2.0)
+    owner = next(n for n in nodes if n.serving)
+    other = next(n for n in nodes if n is not owner)
+    m = owner.metrics
+    ip = str(IP)
+    assert value(m, "egressd_egress_ip_owned", ip=ip) == 1
+    assert (
+        sum(
+            v
+            for (name, labels), v in samples(m).items()
+            if name == "egressd_ownership_transitions_total" and ("event", "acquired") in labels
+        )
+        == 1
+    )
+    for phase in ("address", "snat", "garp"):
+        assert value(m, "egressd_takeover_phase_seconds_count", phase=phase) == 1
+    await asyncio.sleep(3 * TIMING.retry_period)
+    assert value(m, "egressd_lease_write_seconds_count") >= 2
+    assert 0 <= value(m, "egressd_lease_renew_age_seconds", ip=ip) < TIMING.renew_deadline
+    owner.daemon.report_conflict(IP, "02:00:00:00:00:99")
+    assert value(m, "egressd_arp_conflicts_total", ip=ip) == 1
+    owner.plane.addresses.clear()
+    await owner.daemon.repair_drift()
+    assert value(m, "egressd_drift_repairs_total", ip=ip, what="address-missing") == 1
+    store.fail()
+    await until(lambda: not owner.serving, 2.0)
+    assert value(m, "egressd_lease_write_failures_total", error="ApiUnavailable") >= 1
+    assert value(m, "egressd_api_errors_total", kind="ApiUnavailable") >= 1
+    assert value(m, "egressd_egress_ip_owned", ip=ip) == 0
+    assert value(m, "egressd_ownership_transitions_total", ip=ip, event="stepped-down", reason="renew-deadline") == 1
+    store.fail(False)
+    await until(lambda: any(n.serving for n in nodes), 3.0)
+    assert other.metrics is not m
+
+
+async def test_readiness_needs_the_reconcile_and_the_api(pair: tuple[FakeLeaseStore, list[Observed]]) -> None:
+    store, nodes = pair
+    node = nodes[0]
+    await until(node.daemon.reconciled.is_set, 2.0)
+    assert await get(node.server.url + "/readyz") == (200, "ready\n")
+    store.pause()
+    status, text = await get(node.server.url + "/readyz")
+    assert status == 503 and "Kubernetes API not reachable" in text
+    store.resume()
+
+
+async def test_health_fails_when_a_task_died(pair: tuple[FakeLeaseStore, list[Observed]]) -> None:
+    _, nodes = pair
+    node = nodes[0]
+    await until(node.daemon.reconciled.is_set, 2.0)
+    assert await get(node.server.url + "/healthz") == (200, "healthy\n")
+
+    async def broken() -> None:
+        raise RuntimeError("boom")
+
+    node.daemon.supervisor.spawn("probe", broken(), critical=False)
+    await asyncio.sleep(0.05)
+    status, text = await get(node.server.url + "/healthz")
+    assert status == 503 and "task probe died: RuntimeError('boom')" in text
+
+
+async def test_health_fails_when_an_owner_should_have_stepped_down(
+    pair: tuple[FakeLeaseStore, list[Observed]],
+) -> None:
+    store, nodes = pair
+    await until(lambda: any(n.serving for n in nodes), 2.0)
+    owner = next(n for n in nodes if n.serving)
+    await owner.daemon.supervisor.cancel(f"fence:{IP}")  # a wedged fence
+    await owner.daemon.supervisor.cancel(f"member:{IP}")  # and a wedged member loop
+    store.pause()
+    await asyncio.sleep(TIMING.renew_deadline + 0.6)
+    assert owner.daemon.members[IP].sm.state is State.OWNER
+    status, text = await get(owner.server.url + "/healthz")
+    assert status == 503
+    assert "should have stepped down" in text and f"task fence:{IP} is not running" in text
+    store.resume()
