@@ -6,6 +6,9 @@ low-cardinality (``ip`` is one of the configured egress IPs, reasons and
 error kinds come from fixed vocabularies). docs/metrics.md lists them with
 example alerts.
 
+``/status`` (JSON) is the daemon's own view for ``egressd status``: each
+member's state, epoch, last transition and decision with its reason.
+
 ``/healthz`` fails (503) when the daemon should have stepped down but has not,
 or a supervised task died: a reason to restart it. ``/readyz`` fails until
 the initial reconcile is done and while the Kubernetes API is unreachable.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -146,10 +150,18 @@ class _Callback(Collector):
 class ObservabilityServer:
     """``/metrics``, ``/healthz`` and ``/readyz`` on one listener."""
 
-    def __init__(self, metrics: PrometheusMetrics, *, health: Check, ready: Check) -> None:
+    def __init__(
+        self,
+        metrics: PrometheusMetrics,
+        *,
+        health: Check,
+        ready: Check,
+        status: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self._metrics = metrics
         self._health = health
         self._ready = ready
+        self._status = status
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -158,6 +170,8 @@ class ObservabilityServer:
         app.router.add_get("/metrics", self._get_metrics)
         app.router.add_get("/healthz", self._check(self._health, "healthy"))
         app.router.add_get("/readyz", self._check(self._ready, "ready"))
+        if self._status is not None:
+            app.router.add_get("/status", self._get_status)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
@@ -172,6 +186,10 @@ class ObservabilityServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    async def _get_status(self, _: web.Request) -> web.Response:
+        assert self._status is not None
+        return web.json_response(self._status())
 
     async def _get_metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=self._metrics.render(), content_type="text/plain", charset="utf-8")

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import ipaddress
 import logging
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -74,9 +73,19 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file; exit 2 listing every problem")
     check.add_argument("file")
 
-    status = sub.add_parser("status", help="owners of the egress IPs, from the leases")
+    status = sub.add_parser("status", help="owners of the egress IPs, this node's kernel state and daemon view")
     status.add_argument("--config", "-c", required=True)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--no-kernel", action="store_true", help="do not read this node's kernel state")
+
+    handoff = sub.add_parser("handoff", help="move an egress IP to another candidate node")
+    handoff.add_argument("ip", metavar="IP")
+    handoff.add_argument("--to", required=True, metavar="NODE", help="the candidate node to move it to")
+    drain = sub.add_parser("drain", help="move every egress IP this node holds to its next preferred candidate")
+    for mover in (handoff, drain):
+        mover.add_argument("--config", "-c", required=True)
+        mover.add_argument("--no-wait", action="store_true", help="return once the request is written")
+        mover.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the move (default 15)")
 
     api = sub.add_parser("apiserver", help="run the lab Kubernetes API server (for labs and tests only)")
     api.add_argument("--listen", default="127.0.0.1:6443", help="HOST:PORT to listen on")
@@ -123,6 +132,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _run(args)
     if args.command == "status":
         return _status(args)
+    if args.command in ("handoff", "drain"):
+        return _move(args)
     if args.command == "cleanup":
         return asyncio.run(_cleanup(quiet=bool(args.quiet)))
     if args.command == "apiserver":
@@ -229,7 +240,7 @@ async def _serve(daemon: Daemon, metrics: PrometheusMetrics, settings: Settings)
     server = None
     if settings.metrics.listen is not None:
         host, port = settings.metrics.listen
-        server = ObservabilityServer(metrics, health=daemon.health, ready=daemon.readiness)
+        server = ObservabilityServer(metrics, health=daemon.health, ready=daemon.readiness, status=daemon.status_report)
         try:
             await server.start(host, port)
         except OSError as exc:
@@ -264,64 +275,28 @@ async def _cleanup(*, quiet: bool) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from egressd.cli import ops  # noqa: PLC0415
+
     settings = load_settings(args.config)
-    return asyncio.run(_status_async(settings, bool(args.json)))
+    return asyncio.run(ops.status(settings, as_json=bool(args.json), kernel=not args.no_kernel))
 
 
-async def _status_async(settings: Settings, as_json: bool) -> int:
-    from egressd.adapters.clock import SystemClock  # noqa: PLC0415
-    from egressd.adapters.kube import KubeLeaseStore, api_client  # noqa: PLC0415
+def _move(args: argparse.Namespace) -> int:
+    from egressd.cli import ops  # noqa: PLC0415
 
-    clock = SystemClock()
-    store = KubeLeaseStore(
-        api_client(settings.kubernetes),
-        settings.kubernetes.namespace,
-        clock=clock,
-        api_timeout=2.0,
-    )
-    try:
-        records = {r.egress_ip: r for r in await store.list_leases(deadline=clock.monotonic() + 5.0)}
-    finally:
-        await store.close()
-    now = datetime.now(UTC)
-    me = settings.node.name
-    rows: list[dict[str, Any]] = []
-    for group in settings.groups:
-        for ip in group.egress_ips:
-            r = records.get(str(ip))
-            holder = r.holder if r else None
-            role = "owner" if holder == me else "candidate" if me in group.candidates else "-"
-            age = (now - r.renew_time).total_seconds() if r and r.renew_time else None
-            rows.append(
-                {
-                    "egressIP": str(ip),
-                    "group": group.name,
-                    "holder": holder,
-                    "epoch": r.transitions if r else None,
-                    "renewedSecondsAgo": round(age, 3) if age is not None else None,
-                    "role": role,
-                    "holderAddress": r.holder_address if r else None,
-                }
-            )
-    if as_json:
-        print(json.dumps({"node": me, "leases": rows}, indent=2))
-        return 0
-    header = ("EGRESS IP", "GROUP", "HOLDER", "EPOCH", "RENEWED", "THIS NODE")
-    table = [header] + [
-        (
-            row["egressIP"],
-            row["group"],
-            row["holder"] or "<free>",
-            "-" if row["epoch"] is None else str(row["epoch"]),
-            "-" if row["renewedSecondsAgo"] is None else f"{row['renewedSecondsAgo']:.1f}s ago",
-            row["role"],
-        )
-        for row in rows
-    ]
-    widths = [max(len(str(line[i])) for line in table) for i in range(len(header))]
-    for line in table:
-        print("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
-    return 0
+    settings = load_settings(args.config)
+    if args.command == "handoff":
+        try:
+            ip = ipaddress.ip_address(args.ip)
+        except ValueError:
+            raise UsageError(f"IP: not an IP address: {args.ip!r}") from None
+        moves = ops.handoff_moves(settings, ip, args.to)
+    else:
+        moves = asyncio.run(ops.drain_moves(settings))
+        if not moves:
+            print(f"{settings.node.name} holds no egress IP; nothing to drain")
+            return 0
+    return asyncio.run(ops.move(settings, moves, wait=not args.no_wait, limit=args.timeout))
 
 
 if __name__ == "__main__":

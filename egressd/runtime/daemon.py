@@ -23,6 +23,7 @@ import logging
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import Any
 
 from egressd.core.errors import DataPlaneError
 from egressd.core.lease import lease_name
@@ -203,6 +204,36 @@ class Daemon:
         if not self.store.connected():
             problems.append("Kubernetes API not reachable")
         return not problems, problems
+
+    def status_report(self) -> dict[str, Any]:
+        """This daemon's own view, for ``egressd status`` (served on /status)."""
+        now = self.clock.monotonic()
+        members = []
+        for ip, m in sorted(self.members.items(), key=lambda kv: str(kv[0])):
+            d = m.last_decision
+            members.append(
+                {
+                    "egressIP": str(ip),
+                    "group": m.group.name,
+                    "state": m.sm.state.value,
+                    "epoch": m.epoch,
+                    "lastTransition": m.last_transition or None,
+                    "lastDecision": {"action": d.action.value, "reason": d.reason, "detail": d.detail} if d else None,
+                    "lastRenewAgeSeconds": round(now - m.last_renew, 3) if m.last_renew is not None else None,
+                }
+            )
+        steering = (
+            {str(ip): str(via) if via else None for ip, via in self.steerer.current.items()} if self.steerer else {}
+        )
+        ok, problems = self.health()
+        return {
+            "node": self.settings.node.name,
+            "incarnation": self.incarnation,
+            "healthy": ok,
+            "problems": problems,
+            "members": members,
+            "steering": steering,
+        }
 
     def renew_ages(self) -> dict[str, float]:
         """Seconds since the last successful renew of each IP this node owns."""

@@ -114,13 +114,26 @@ def test_status_shows_holders_epochs_and_this_nodes_role(lab: LabApiServer, tmp_
     data["kubernetes"]["url"] = lab.url
     cfg = tmp_path / "node.yaml"
     cfg.write_text(yaml.safe_dump(data))
-    table = egressd("status", "--config", str(cfg))
+    table = egressd("status", "--config", str(cfg), "--no-kernel")
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["EGRESS", "IP", "GROUP", "HOLDER", "EPOCH", "RENEWED", "THIS", "NODE"]
-    assert lines[1].split()[:4] == ["172.18.0.42", "outpost", "kind-worker3", "4"] and lines[1].endswith("owner")
-    assert lines[2].split()[:4] == ["172.18.0.43", "outpost", "kind-worker4", "1"] and lines[2].endswith("candidate")
-    as_json = json.loads(egressd("status", "--config", str(cfg), "--json").stdout)
+    assert lines[0].split() == [
+        "EGRESS",
+        "IP",
+        "GROUP",
+        "HOLDER",
+        "EPOCH",
+        "RENEWED",
+        "THIS",
+        "NODE",
+        "KERNEL",
+        "LAST",
+        "TRANSITION",
+    ]
+    assert lines[1].split()[:4] == ["172.18.0.42", "outpost", "kind-worker3", "4"] and " owner " in lines[1]
+    assert lines[2].split()[:4] == ["172.18.0.43", "outpost", "kind-worker4", "1"] and " candidate " in lines[2]
+    assert "daemon: not reachable" in table.stdout
+    as_json = json.loads(egressd("status", "--config", str(cfg), "--json", "--no-kernel").stdout)
     assert [(r["egressIP"], r["holder"], r["role"]) for r in as_json["leases"]] == [
         ("172.18.0.42", "kind-worker3", "owner"),
         ("172.18.0.43", "kind-worker4", "candidate"),
@@ -132,6 +145,15 @@ def test_status_with_an_unreachable_api_is_a_one_line_error(tmp_path: Path) -> N
     data["kubernetes"]["url"] = "http://127.0.0.1:9"
     cfg = tmp_path / "node.yaml"
     cfg.write_text(yaml.safe_dump(data))
-    out = egressd("status", "--config", str(cfg))
+    out = egressd("status", "--config", str(cfg), "--no-kernel")
     assert out.returncode == 1
     assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1
+
+
+def test_handoff_refuses_an_unknown_ip_and_a_non_candidate() -> None:
+    out = egressd("handoff", "10.1.1.1", "--to", "kind-worker4", "--config", str(EXAMPLE))
+    assert out.returncode == 1 and "10.1.1.1 is not an egress IP of this config" in out.stderr
+    out = egressd("handoff", "172.18.0.42", "--to", "kind-worker", "--config", str(EXAMPLE))
+    assert out.returncode == 1 and "--to kind-worker: not a candidate of group outpost" in out.stderr
+    out = egressd("handoff", "not-an-ip", "--to", "kind-worker4", "--config", str(EXAMPLE))
+    assert out.returncode == 2 and "not an IP address" in out.stderr

@@ -251,3 +251,26 @@ def test_paused_api_server_owner_steps_down_and_nobody_takes_over(cluster: Clust
         assert not claims, f"someone served {ip} while the API was frozen: {claims}"
     cluster.wait_owners(timeout=10)
     cluster.assert_safe()
+
+
+def egressd_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "egressd.cli.main", *argv], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_handoff_and_drain_move_ips_without_overlap(cluster: Cluster) -> None:
+    owners = cluster.wait_owners()
+    time.sleep(0.5)
+    ip = IPS[0]
+    target = next(n for n in NODES if n != owners[ip])
+    cfg = cluster.tmp / f"{target}.yaml"
+    out = egressd_cli("handoff", ip, "--to", target, "--config", str(cfg))
+    assert out.returncode == 0, out.stderr
+    assert cluster.holders()[ip] == target
+    moved_ms = float(out.stdout.split("after ")[1].split(" ms")[0])
+    assert moved_ms < 1000, out.stdout
+    drained = egressd_cli("drain", "--config", str(cfg))
+    assert drained.returncode == 0, drained.stderr
+    assert target not in cluster.holders().values()
+    cluster.assert_safe()

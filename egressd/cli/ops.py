@@ -1,0 +1,279 @@
+"""Operator commands: ``status``, ``handoff`` and ``drain``.
+
+``status`` puts three views side by side for each egress IP of the config:
+the lease (holder, epoch, age of the last renew), this node's kernel (egress
+address present, SNAT active, steering via which node) and the daemon's own
+view (state, last transition and its reason, read from its ``/status``
+endpoint on ``metrics.listen``). Views that cannot be read are reported, not
+fatal: the kernel needs root in the node's network namespace, the daemon may
+be stopped.
+
+``handoff IP --to NODE`` asks the owner to move an IP: it writes the
+``egressd.io/preferred-holder`` annotation; the owner withdraws, then releases
+the lease to NODE, which takes it at once. ``drain`` does that for every IP
+this node holds, each to its next preferred candidate. Both wait until the
+move is visible in the lease unless ``--no-wait``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from egressd.core.election import rendezvous_rank
+from egressd.core.errors import EgressdError, LeaseError, LostRace
+from egressd.core.lease import LeaseRecord, lease_name
+from egressd.core.settings import EgressGroup, IPAddress, Settings
+
+
+class OperationError(EgressdError):
+    """An operator command could not do what was asked."""
+
+
+# --- status ---------------------------------------------------------------------
+
+
+def _daemon_view(settings: Settings) -> dict[str, Any] | None:
+    if settings.metrics.listen is None:
+        return None
+    host, port = settings.metrics.listen
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=2) as resp:
+            data: dict[str, Any] = json.load(resp)
+            return data
+    except (OSError, urllib.error.URLError, ValueError):
+        return None
+
+
+async def _kernel_view() -> dict[str, Any] | None:
+    from egressd.adapters.addresses import KernelAddresses  # noqa: PLC0415
+    from egressd.adapters.nftables import NftablesSnat  # noqa: PLC0415
+    from egressd.adapters.steering import PolicySteering  # noqa: PLC0415
+
+    addresses, snat, steering = KernelAddresses(), NftablesSnat(), PolicySteering()
+    try:
+        owned = {str(ip) for ip, _ in await addresses.owned()}
+        active = {str(ip) for ip in await snat.active()}
+        plan = await steering.present()
+        via = {str(r.dst.network_address): str(r.via) for r in plan.routes if r.anchor and r.via is not None}
+        return {"addresses": sorted(owned), "snat": sorted(active), "steering": via}
+    except (EgressdError, OSError):
+        return None
+    finally:
+        await addresses.close()
+        await steering.close()
+
+
+async def status(settings: Settings, *, as_json: bool, kernel: bool = True) -> int:
+    from egressd.adapters.clock import SystemClock  # noqa: PLC0415
+    from egressd.adapters.kube import KubeLeaseStore, api_client  # noqa: PLC0415
+
+    clock = SystemClock()
+    store = KubeLeaseStore(api_client(settings.kubernetes), settings.kubernetes.namespace, clock=clock, api_timeout=2.0)
+    try:
+        records = {r.egress_ip: r for r in await store.list_leases(deadline=clock.monotonic() + 5.0)}
+    finally:
+        await store.close()
+    daemon = _daemon_view(settings)
+    members = {m["egressIP"]: m for m in (daemon or {}).get("members", [])}
+    kview = await _kernel_view() if kernel else None
+    now = datetime.now(UTC)
+    me = settings.node.name
+    rows: list[dict[str, Any]] = []
+    for group in settings.groups:
+        for ip in group.egress_ips:
+            r = records.get(str(ip))
+            holder = r.holder if r else None
+            role = "owner" if holder == me else "candidate" if me in group.candidates else "steering"
+            age = (now - r.renew_time).total_seconds() if r and r.renew_time and holder else None
+            row: dict[str, Any] = {
+                "egressIP": str(ip),
+                "group": group.name,
+                "holder": holder,
+                "holderAddress": r.holder_address if r else None,
+                "epoch": r.transitions if r else None,
+                "renewedSecondsAgo": round(age, 3) if age is not None else None,
+                "role": role,
+                "daemon": members.get(str(ip)),
+            }
+            if kview is not None:
+                row["kernel"] = _kernel_row(str(ip), role, r, kview)
+            rows.append(row)
+    report = {
+        "node": me,
+        "daemon": {k: v for k, v in daemon.items() if k != "members"} if daemon else None,
+        "kernelReadable": kview is not None,
+        "leases": rows,
+    }
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_table(report)
+    return 0
+
+
+def _kernel_row(ip: str, role: str, record: LeaseRecord | None, k: dict[str, Any]) -> dict[str, Any]:
+    address, snat, via = ip in k["addresses"], ip in k["snat"], k["steering"].get(ip)
+    problems = []
+    if role == "owner":
+        if not address:
+            problems.append("address missing")
+        if not snat:
+            problems.append("SNAT missing")
+    else:
+        if address:
+            problems.append("address present but not owner")
+        if snat:
+            problems.append("SNAT active but not owner")
+    if role == "steering":
+        expected = record.holder_address if record and record.holder else None
+        if via != expected:
+            problems.append(f"steering via {via or 'nothing'}, lease says {expected or 'nobody'}")
+    return {"address": address, "snat": snat, "steeringVia": via, "consistent": not problems, "problems": problems}
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    header = ("EGRESS IP", "GROUP", "HOLDER", "EPOCH", "RENEWED", "THIS NODE", "KERNEL", "LAST TRANSITION")
+    table: list[tuple[str, ...]] = [header]
+    for row in report["leases"]:
+        kernel = row.get("kernel")
+        if kernel is None:
+            kcell = "?"
+        else:
+            parts = ["addr" if kernel["address"] else "", "snat" if kernel["snat"] else ""]
+            if kernel["steeringVia"]:
+                parts.append(f"via {kernel['steeringVia']}")
+            kcell = ("+".join(p for p in parts if p) or "-") + ("" if kernel["consistent"] else " (MISMATCH)")
+        member = row.get("daemon") or {}
+        transition = member.get("lastTransition") or "-"
+        table.append(
+            (
+                row["egressIP"],
+                row["group"],
+                row["holder"] or "<free>",
+                "-" if row["epoch"] is None else str(row["epoch"]),
+                "-" if row["renewedSecondsAgo"] is None else f"{row['renewedSecondsAgo']:.1f}s ago",
+                row["role"],
+                kcell,
+                transition,
+            )
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+    daemon = report["daemon"]
+    print()
+    if daemon is None:
+        print("daemon: not reachable on metrics.listen (stopped, or metrics turned off)")
+    else:
+        print(f"daemon: incarnation {daemon['incarnation']}, {'healthy' if daemon['healthy'] else 'UNHEALTHY'}")
+        for problem in daemon.get("problems", []):
+            print(f"  - {problem}")
+    if not report["kernelReadable"]:
+        print("kernel: not readable here (run as root in the node's network namespace)")
+    for row in report["leases"]:
+        for problem in (row.get("kernel") or {}).get("problems", []):
+            print(f"kernel: {row['egressIP']}: {problem}")
+
+
+# --- handoff and drain --------------------------------------------------------------
+
+
+def _group_of(settings: Settings, ip: IPAddress) -> EgressGroup:
+    for group in settings.groups:
+        if ip in group.egress_ips:
+            return group
+    raise OperationError(f"{ip} is not an egress IP of this config")
+
+
+async def _request_move(store: Any, clock: Any, ip: IPAddress, to: str) -> LeaseRecord:
+    """Write the handoff request, re-reading on a lost race (the owner renews meanwhile)."""
+    name = lease_name(str(ip))
+    for _ in range(10):
+        record: LeaseRecord | None = await store.get(name, deadline=clock.monotonic() + 2.0)
+        if record is None:
+            raise OperationError(f"{ip}: no lease yet (is any gateway running?)")
+        if record.holder == to:
+            return record
+        try:
+            written: LeaseRecord = await store.update(
+                replace(record, preferred_holder=to), deadline=clock.monotonic() + 2.0
+            )
+            return written
+        except LostRace:
+            await asyncio.sleep(0.02)
+    raise OperationError(f"{ip}: could not write the handoff request (the lease kept changing)")
+
+
+async def _wait_holder(store: Any, clock: Any, ip: IPAddress, to: str, limit: float) -> float:
+    started = time.monotonic()
+    name = lease_name(str(ip))
+    while time.monotonic() - started < limit:
+        record = await store.get(name, deadline=clock.monotonic() + 2.0)
+        if record is not None and record.holder == to:
+            return time.monotonic() - started
+        await asyncio.sleep(0.02)
+    raise OperationError(f"{ip}: {to} did not take it over within {limit:.0f}s (is its daemon running?)")
+
+
+async def move(settings: Settings, moves: list[tuple[IPAddress, str]], *, wait: bool, limit: float = 15.0) -> int:
+    from egressd.adapters.clock import SystemClock  # noqa: PLC0415
+    from egressd.adapters.kube import KubeLeaseStore, api_client  # noqa: PLC0415
+
+    clock = SystemClock()
+    store = KubeLeaseStore(api_client(settings.kubernetes), settings.kubernetes.namespace, clock=clock, api_timeout=2.0)
+    try:
+        for ip, to in moves:
+            record = await _request_move(store, clock, ip, to)
+            if record.holder == to:
+                print(f"{ip}: already held by {to}")
+                continue
+            print(f"{ip}: asked {record.holder or 'nobody (free lease)'} to hand off to {to}")
+        if wait:
+            results = await asyncio.gather(*(_wait_holder(store, clock, ip, to, limit) for ip, to in moves))
+            for (ip, to), seconds in zip(moves, results, strict=True):
+                print(f"{ip}: held by {to} after {seconds * 1000:.0f} ms")
+    except LeaseError as exc:
+        raise OperationError(f"lease API: {exc}") from exc
+    finally:
+        await store.close()
+    return 0
+
+
+def handoff_moves(settings: Settings, ip: IPAddress, to: str) -> list[tuple[IPAddress, str]]:
+    group = _group_of(settings, ip)
+    if group.candidates and to not in group.candidates:
+        raise OperationError(f"--to {to}: not a candidate of group {group.name} ({', '.join(group.candidates)})")
+    return [(ip, to)]
+
+
+async def drain_moves(settings: Settings) -> list[tuple[IPAddress, str]]:
+    """Every IP this node holds, to its next preferred candidate."""
+    from egressd.adapters.clock import SystemClock  # noqa: PLC0415
+    from egressd.adapters.kube import KubeLeaseStore, api_client  # noqa: PLC0415
+
+    clock = SystemClock()
+    store = KubeLeaseStore(api_client(settings.kubernetes), settings.kubernetes.namespace, clock=clock, api_timeout=2.0)
+    try:
+        records = {r.egress_ip: r for r in await store.list_leases(deadline=clock.monotonic() + 5.0)}
+    finally:
+        await store.close()
+    me = settings.node.name
+    moves = []
+    for group in settings.groups:
+        for ip in group.egress_ips:
+            record = records.get(str(ip))
+            if record is None or record.holder != me:
+                continue
+            others = [c for c in rendezvous_rank(str(ip), group.candidates) if c != me]
+            if not others:
+                raise OperationError(f"{ip}: no other candidate in group {group.name} to drain to")
+            moves.append((ip, others[0]))
+    return moves
