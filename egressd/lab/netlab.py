@@ -325,7 +325,12 @@ class Lab:
         data = state.read_json(state.state_file)
         if data is None:
             raise LabError(f"no lab state in {state.state_file} (is the lab up?)")
-        return cls(str(data["prefix"]), state_dir, dataplane=str(data.get("dataplane", "kernel")))
+        return cls(
+            str(data["prefix"]),
+            state_dir,
+            dataplane=str(data.get("dataplane", "kernel")),
+            log_level=str(data.get("logLevel", "info")),
+        )
 
     # --- names ------------------------------------------------------------------------------
 
@@ -404,6 +409,8 @@ class Lab:
                 "prefix": self.prefix,
                 "phase": phase,
                 "dataplane": self.dataplane,
+                "logLevel": self.log_level,
+                "supervisor": self.supervisor_pid(),
                 "namespaces": self.namespaces,
                 "processes": [p.to_json() for p in self.process_specs()],
             },
@@ -840,7 +847,16 @@ table inet {PARTITION_TABLE} {{
         removed: list[str] = []
         sup = self.supervisor_pid()
         if sup is not None and sup in lab_processes(self.prefix):
-            # The orderly way first: daemons stop before the API server and free their leases.
+            # The orderly way first: daemons stop before the API server and free their leases,
+            # so thaw whatever a drill froze (the API server above all), plug cables back in
+            # and lift partitions.
+            for pid in lab_processes(self.prefix):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+            for node in self.scenario.nodes:
+                with contextlib.suppress(LabError):
+                    self.link(node.name, up=True)
+                    self.block_api(node.name, blocked=False)
             os.kill(sup, signal.SIGTERM)
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline and _pid_alive(sup):

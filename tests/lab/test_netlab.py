@@ -8,6 +8,7 @@ addresses. The tests that tear a lab down build their own.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import secrets
@@ -23,6 +24,7 @@ import pytest
 
 from egressd.cli import lab as lab_cli
 from egressd.cli.main import load_settings
+from egressd.core.errors import ConfigError
 from egressd.lab.netlab import Lab, LabError, lab_processes, netns_list
 from egressd.lab.outpost import decode_echo, encode_probe, monotonic, read_log
 from egressd.lab.scenario import REFERENCE
@@ -260,7 +262,12 @@ def test_down_removes_everything(netlab: Lab) -> None:
     pids = [p for p in (netlab.pid(n) for n in (*(n.name for n in REFERENCE.nodes), "apiserver", "outpost")) if p]
     pids.append(netlab.supervisor_pid() or 0)
     assert len(pids) == len(REFERENCE.nodes) + 3
+    # a drill left the API frozen and a node cut off: down still stops everything in order, quickly
+    netlab.api_pause(paused=True)
+    netlab.link("kind-worker3", up=False)
+    start = time.monotonic()
     netlab.down()
+    assert time.monotonic() - start < 8
     assert not set(netlab.namespaces) & netns_list()
     assert _gone(pids)
     assert lab_processes(netlab.prefix) == []
@@ -303,3 +310,15 @@ def test_down_of_a_half_built_lab(tmp_path: Path) -> None:
         assert not set(half.namespaces) & netns_list()
     finally:
         half.down()
+
+
+def test_a_failed_up_removes_what_it_built(tmp_path: Path) -> None:
+    bad = dataclasses.replace(REFERENCE, timing={"leaseDuration": "1s"})  # violates (T1)
+    lab = Lab(_prefix(), tmp_path / "state", scenario=bad)
+    try:
+        with pytest.raises(ConfigError, match="T1"):
+            lab.up()
+        assert not set(lab.namespaces) & netns_list()
+        assert lab_processes(lab.prefix) == []
+    finally:
+        lab.down()
