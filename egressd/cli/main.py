@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from egressd import __version__
-from egressd.cli import lab as lab_cli
-from egressd.cli import drill, lab
+from egressd.cli import lab
 from egressd.core.errors import ConfigError, EgressdError, Problem
 from egressd.core.settings import IPAddress, Settings, parse_settings
 
@@ -91,9 +90,7 @@ def _parser() -> argparse.ArgumentParser:
 
     api = sub.add_parser("apiserver", help="run the lab Kubernetes API server (for labs and tests only)")
     api.add_argument("--listen", default="127.0.0.1:6443", help="HOST:PORT to listen on")
-    lab_cli.add_parser(sub)
     lab.add_parser(sub)
-    drill.add_parser(sub)
     return p
 
 
@@ -128,8 +125,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "lab":
-        return lab_cli.run(args)
     if args.command == "check-config":
         settings = load_settings(args.file)
         role = "gateway candidate" if settings.candidate_groups() else "steering only"
@@ -148,8 +143,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         run_apiserver(args.listen)
         return 0
-    if args.command in ("lab", "drill"):
-        return {"lab": lab.run, "drill": drill.run}[args.command](args)
+    if args.command == "lab":
+        return lab.run(args)
     raise UsageError(f"unknown command {args.command}")
 
 
