@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from egressd import __version__
-from egressd.cli import lab
+from egressd.cli import drill, lab
 from egressd.core.errors import ConfigError, EgressdError, Problem
 from egressd.core.settings import IPAddress, Settings, parse_settings
 
@@ -91,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     api = sub.add_parser("apiserver", help="run the lab Kubernetes API server (for labs and tests only)")
     api.add_argument("--listen", default="127.0.0.1:6443", help="HOST:PORT to listen on")
     lab.add_parser(sub)
+    drill.add_parser(sub)
     return p
 
 
@@ -145,6 +146,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "lab":
         return lab.run(args)
+    if args.command == "drill":
+        return drill.run(args)
     raise UsageError(f"unknown command {args.command}")
 
 

@@ -1,0 +1,118 @@
+"""``egressd drill``: chaos drills against the lab (needs root).
+
+    egressd drill --scenario NAME --rounds N [--json FILE] [--plot FILE] [--state-dir DIR] [--prefix P]
+
+Scenarios: graceful, kill, kill-restart, freeze, link-cut, api-partition,
+api-outage (see :mod:`egressd.lab.drill`). Uses the lab that is up in the state
+directory; when none is, brings one up and removes it at the end (also on
+Ctrl-C or error), so the lab is left as it was found. Prints one line per round
+and a summary; ``--json`` writes every round, ``--plot`` draws one round's
+timeline (the worst by default) as a PNG.
+
+Wiring only; the drill is :mod:`egressd.lab.drill`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from egressd.lab import drill
+from egressd.lab.netlab import DEFAULT_PREFIX, DEFAULT_STATE_DIR, Lab, LabError
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``drill`` to the ``egressd`` subparsers."""
+    p = subparsers.add_parser(
+        "drill",
+        help="chaos drills against the lab: fault an egress IP's owner, measure the gap, look for two owners",
+        description="Fault the gateway that owns xwing's egress IP, round after round, while pods probe the "
+        "outpost every 5 ms and a watcher on the lab's bridge records who answers ARP and who sends traffic "
+        "for each egress IP. Reports the outage gap, lost probes and any time two nodes served one IP.",
+    )
+    p.add_argument("--scenario", required=True, choices=drill.SCENARIOS)
+    p.add_argument("--rounds", type=int, default=1, help="rounds to run (default 1)")
+    p.add_argument("--json", metavar="FILE", help="write the settings, every round and the summary as JSON")
+    p.add_argument("--plot", metavar="FILE", help="draw one round's timeline as a PNG (needs matplotlib)")
+    p.add_argument("--plot-round", type=int, metavar="N", help="the round to draw (default: the worst)")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help=f"lab state directory (default {DEFAULT_STATE_DIR})")
+    p.add_argument(
+        "--prefix", default=None, help=f"namespace prefix of a lab brought up here (default {DEFAULT_PREFIX})"
+    )
+    p.add_argument(
+        "--outage-seconds", type=float, default=30.0, help="api-outage: how long the API server is paused (default 30)"
+    )
+    p.add_argument(
+        "--settle-timeout", type=float, default=60.0, help="seconds to wait for the lab to settle (default 60)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the drill in ``args``; 0 when no round saw two owners and every round settled."""
+    if args.rounds < 1:
+        print("egressd drill: --rounds must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        lab, ours = _lab(args)
+    except LabError as exc:
+        print(f"egressd drill: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if ours:
+            print(f"bringing the lab up (prefix {lab.prefix!r}, state {lab.state.path}) ...", flush=True)
+            lab.up()
+        with drill.Drill(lab, settle_timeout=args.settle_timeout, outage_seconds=args.outage_seconds) as d:
+            results = d.run(args.scenario, args.rounds, report=lambda line: print(line, flush=True))
+            timing = d.timing
+    except LabError as exc:
+        print(f"egressd drill: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if ours:
+            lab.down()
+    report = drill.report_json(
+        args.scenario, timing, results, outageSeconds=args.outage_seconds if args.scenario == "api-outage" else None
+    )
+    s = report["summary"]
+    gap = s["gap_ms"]
+    print(
+        f"{args.scenario}: {s['rounds']} round(s)  gap p50 {_fmt(gap['p50'])}  p99 {_fmt(gap['p99'])}  "
+        f"max {_fmt(gap['max'])}  unrecovered {s['unrecovered_rounds']}  lost probes {s['lost_probes']}/"
+        f"{s['probes_sent']}  dual-owner {s['dual_owner_ms']} ms ({s['double_answers']} doubly answered ARP requests)"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        print(f"rounds written to {args.json}")
+    if args.plot:
+        chosen = (
+            next((r for r in results if r.index == args.plot_round), None)
+            if args.plot_round
+            else drill.worst_round(results)
+        )
+        if chosen is None:
+            print(f"egressd drill: no round {args.plot_round} to plot", file=sys.stderr)
+            return 2
+        drill.plot_round(chosen, args.plot)
+        print(f"round {chosen.index} drawn in {args.plot}")
+    safe = s["dual_owner_ms"] == 0 and s["double_answers"] == 0
+    return 0 if safe and all(r.settled for r in results) else 1
+
+
+def _lab(args: argparse.Namespace) -> tuple[Lab, bool]:
+    """The lab that is up in the state directory, or a new one to bring up (then True)."""
+    try:
+        lab = Lab.attach(args.state_dir)
+    except LabError:
+        return Lab(args.prefix or DEFAULT_PREFIX, args.state_dir), True
+    if lab.supervisor_pid() is None:
+        raise LabError(f"{args.state_dir} describes lab {lab.prefix!r} but its supervisor is gone; 'egressd lab down'")
+    if args.prefix and args.prefix != lab.prefix:
+        raise LabError(f"{args.state_dir} holds the lab of prefix {lab.prefix!r}, not {args.prefix!r}")
+    return lab, False
+
+
+def _fmt(ms: float | None) -> str:
+    return "-" if ms is None else f"{ms:.1f} ms"
