@@ -35,13 +35,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyroute2.netns import setns
-from scapy.config import conf
-from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6
-from scapy.layers.l2 import ARP, Ether
 
 from egressd.core.errors import DataPlaneError
 from egressd.core.garp import GarpSchedule
 from egressd.core.settings import IPAddress
+
+# scapy is imported on first use (opening an interface), not with this module:
+# it costs ~0.4 s, and a restarted daemon must re-arm its fences before that.
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,9 @@ class ScapyAnnouncer:
 
     def _open(self, name: str) -> tuple[Any, str]:
         try:
+            import scapy.layers.l2  # noqa: PLC0415, F401 — see the module imports; loads scapy's arch layer
+            from scapy.config import conf  # noqa: PLC0415
+
             sender = conf.L2socket(iface=name)
             mac = ":".join(f"{b:02x}" for b in sender.ins.getsockname()[4][:6])
         except OSError as exc:
@@ -189,8 +192,13 @@ class ScapyAnnouncer:
             # request: target MAC zero (RFC 5227 announcement); reply: target MAC = sender MAC, which
             # Linux requires to treat a reply as gratuitous (and bypass its neighbour locktime)
             op = 1 if self._schedule.form == "request" else 2
+            from scapy.layers.l2 import ARP, Ether  # noqa: PLC0415 — loaded by _open already
+
             arp = ARP(op=op, hwsrc=mac, psrc=str(ip), pdst=str(ip), hwdst="00:00:00:00:00:00" if op == 1 else mac)
             return bytes(Ether(src=mac, dst=_BROADCAST) / arp)
+        from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6  # noqa: PLC0415
+        from scapy.layers.l2 import Ether  # noqa: PLC0415
+
         na = ICMPv6ND_NA(tgt=str(ip), R=0, S=0, O=1) / ICMPv6NDOptDstLLAddr(lladdr=mac)
         return bytes(Ether(src=mac, dst=_ALL_NODES_MAC) / IPv6(src=str(ip), dst="ff02::1", hlim=255) / na)
 

@@ -18,13 +18,16 @@ Both answer a line per problem.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +166,36 @@ class ObservabilityServer:
         self._ready = ready
         self._status = status
         self._runner: web.AppRunner | None = None
+        self._sock: socket.socket | None = None
         self.url = ""
 
-    async def start(self, host: str, port: int) -> str:
+    def bind(self, host: str, port: int) -> None:
+        """Take the listening socket now (errors surface at start-up), serve later."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            sock.listen(64)
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        self._sock = sock
+        bound = sock.getsockname()[1]
+        self.url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
+
+    async def start(self, host: str | None = None, port: int = 0) -> str:
+        """Serve on the socket taken by :meth:`bind` (or bind ``host``:``port`` now).
+
+        aiohttp is imported here, not with the module: it costs a third of a
+        second that a restarted daemon must not spend before adopting its IPs."""
+        from aiohttp import web  # noqa: PLC0415
+
+        if self._sock is None:
+            assert host is not None
+            self.bind(host, port)
+        assert self._sock is not None
         app = web.Application()
         app.router.add_get("/metrics", self._get_metrics)
         app.router.add_get("/healthz", self._check(self._health, "healthy"))
@@ -174,11 +204,8 @@ class ObservabilityServer:
             app.router.add_get("/status", self._get_status)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
+        await web.SockSite(runner, self._sock).start()
         self._runner = runner
-        bound = runner.addresses[0][1] if runner.addresses else port  # the real port when 0 was asked
-        self.url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
         log.info("metrics and health endpoints on %s", self.url)
         return self.url
 
@@ -186,17 +213,26 @@ class ObservabilityServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     async def _get_status(self, _: web.Request) -> web.Response:
+        from aiohttp import web  # noqa: PLC0415 — loaded by start()
+
         assert self._status is not None
         return web.json_response(self._status())
 
     async def _get_metrics(self, _: web.Request) -> web.Response:
+        from aiohttp import web  # noqa: PLC0415 — loaded by start()
+
         return web.Response(body=self._metrics.render(), content_type="text/plain", charset="utf-8")
 
     @staticmethod
     def _check(check: Check, word: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(_: web.Request) -> web.Response:
+            from aiohttp import web  # noqa: PLC0415 — loaded by start()
+
             ok, problems = check()
             if ok:
                 return web.Response(text=f"{word}\n")

@@ -23,7 +23,7 @@ from egressd.core.errors import ConfigError, EgressdError, Problem
 from egressd.core.settings import IPAddress, Settings, parse_settings
 
 if TYPE_CHECKING:
-    from egressd.adapters.observability import PrometheusMetrics
+    from egressd.adapters.observability import ObservabilityServer, PrometheusMetrics
     from egressd.runtime.daemon import Daemon
 
 log = logging.getLogger("egressd")
@@ -244,16 +244,25 @@ async def _serve(daemon: Daemon, metrics: PrometheusMetrics, settings: Settings)
         "when this passes renewDeadline.",
         daemon.renew_ages,
     )
-    server = None
+    server: ObservabilityServer | None = None
     if settings.metrics.listen is not None:
-        host, port = settings.metrics.listen
         server = ObservabilityServer(metrics, health=daemon.health, ready=daemon.readiness, status=daemon.status_report)
         try:
-            await server.start(host, port)
+            # bind now, so a taken port is an error at once; serve once the members
+            # settled (the HTTP stack loads then, not before a restart's adoption)
+            server.bind(*settings.metrics.listen)
         except OSError as exc:
+            host, port = settings.metrics.listen
             raise EgressdError(f"metrics.listen {host}:{port}: cannot listen: {exc.strerror or exc}") from exc
+    running = asyncio.create_task(daemon.run())
     try:
-        return await daemon.run()
+        if server is not None:
+            settled = asyncio.create_task(daemon.settled.wait())
+            await asyncio.wait({running, settled}, return_when=asyncio.FIRST_COMPLETED)
+            settled.cancel()
+            if not running.done():
+                await server.start()
+        return await running
     finally:
         if server is not None:
             await server.stop()

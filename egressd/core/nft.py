@@ -14,6 +14,12 @@ nft >= 0.9.1 support NAT in ``inet``, so a second ``ip6`` table is not needed)::
         ip saddr @g_web_src4 ip daddr @g_web_dst4 ip daddr != @g_web_excl4 jump g_web_v4
       chain g_web_v4      one rule per egress IP of the group this node owns now
         snat ip to 172.18.0.42
+      chain unnatted      type filter hook postrouting priority srcnat + 5
+        ip saddr @g_web_src4 ip daddr @g_web_dst4 ip daddr != @g_web_excl4 counter drop
+
+The ``unnatted`` chain makes the gateway fail closed: selected traffic that
+reaches it while it owns none of the group's IPs is dropped, never forwarded
+with the pod's own address.
 
 Staging (:func:`render_table`) writes the whole table, sets included, with the
 ``table X; delete table X; table X {...}`` idiom: the first line makes the
@@ -54,6 +60,10 @@ ARP_TABLE = "egressd_arp"
 
 #: Fixed seed of the source split: the split must not change across restarts.
 HASH_SEED = 0
+
+#: Priority of the fail-closed chain, relative to srcnat: after the NAT chains
+#: (srcnat), before the fence (srcnat + 10).
+GUARD_OFFSET = 5
 
 
 def ident(group: str) -> str:
@@ -133,6 +143,7 @@ def render_table(groups: Sequence[EgressGroup], owned: Mapping[IPAddress, str] |
     owned = owned or {}
     lines = [f"table {FAMILY} {TABLE}", f"delete table {FAMILY} {TABLE}", f"table {FAMILY} {TABLE} {{"]
     jumps: list[str] = []
+    guards: list[str] = []
     chains: list[str] = []
     for g in sorted(groups, key=lambda g: g.name):
         for v in families(g):
@@ -142,12 +153,20 @@ def render_table(groups: Sequence[EgressGroup], owned: Mapping[IPAddress, str] |
             lines += _set_block(dst, v, _elements(g.destination_cidrs, v))
             lines += _set_block(excl, v, _elements(g.excluded_cidrs, v))
             chain = group_chain(g.name, v)
-            jumps.append(f"\t\t{proto} saddr @{src} {proto} daddr @{dst} {proto} daddr != @{excl} jump {chain}")
+            selected = f"{proto} saddr @{src} {proto} daddr @{dst} {proto} daddr != @{excl}"
+            jumps.append(f"\t\t{selected} jump {chain}")
+            guards.append(f"\t\t{selected} counter drop")
             ips = [ip for ip, name in owned.items() if name == g.name]
             body = [f"\t\t{r}" for r in snat_rules(g.name, v, ips)] if ips else []
             chains += [f"\tchain {chain} {{", *body, "\t}"]
     lines += chains
     lines += ["\tchain postrouting {", "\t\ttype nat hook postrouting priority srcnat; policy accept;", *jumps, "\t}"]
+    # Fail closed: after source NAT, a packet that still carries a selected source
+    # to a selected destination was not NATed (this node owns none of the group's
+    # IPs right now, e.g. while steering still points here during a takeover).
+    # It is dropped rather than sent out with the pod's own address.
+    guard_hook = f"type filter hook postrouting priority srcnat + {GUARD_OFFSET}; policy accept;"
+    lines += ["\tchain unnatted {", f"\t\t{guard_hook}", *guards, "\t}"]
     lines.append("}")
     return "\n".join(lines) + "\n"
 

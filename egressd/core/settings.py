@@ -85,12 +85,15 @@ class Timing:
     trials (docs/kernel-fences.md), so 1.2 s leaves room. Used in (T1) when
     the nftables fence is off."""
 
-    fence_ttl: float = 1.0
+    fence_ttl: float = 1.3
     """Timeout of the nftables fence element of an owned IP (milliseconds
     precision), re-armed after every successful renew. While it has timed out
     the node sends nothing with the egress IP as source and answers no ARP for
-    it. Equal to the renew deadline, so it fires no earlier than the daemon
-    fence of a healthy daemon. 0 turns this fence off."""
+    it. 1.3 s: longer than the renew deadline, so a live daemon's own fence
+    acts first, and long enough for a daemon restarted after a crash to adopt
+    its IPs and re-arm the fence before it times out (about 0.8 s from kill to
+    adoption in the lab), while (T1) still holds: 1 + 1.3 + 0.05 + 0.1 = 2.45
+    < 2.5. 0 turns this fence off."""
 
     fence_slack: float = 0.05
     """How late the kernel drops a timed-out nftables set element (measured

@@ -27,7 +27,7 @@ from typing import Any
 
 from egressd.core.errors import DataPlaneError
 from egressd.core.lease import lease_name
-from egressd.core.settings import IPAddress, Settings
+from egressd.core.settings import EgressGroup, IPAddress, Settings
 from egressd.core.states import State
 from egressd.ports import Clock, EventSink, LeaseStore, Metrics, OwnershipEvent, Steering
 from egressd.runtime.member import DataPlane, Member
@@ -120,6 +120,9 @@ class Daemon:
         self.members: dict[IPAddress, Member] = {}
         self.steerer = Steerer(settings, self.view, steering) if steering is not None else None
         self.reconciled = asyncio.Event()
+        """Set once the start-up reconcile is done and the members run."""
+        self.settled = asyncio.Event()
+        """Set once every member made its first decision (adoptions included)."""
 
     async def run(self, *, install_signals: bool = True) -> int:
         """Run until a stop is requested; returns the process exit code."""
@@ -149,10 +152,8 @@ class Daemon:
         if groups:
             try:
                 await self.dataplane.snat.stage(groups)
-                for interface in sorted({g.interface for g in groups}):
-                    await self.dataplane.announcer.prepare(interface)
             except DataPlaneError as exc:
-                log.error("could not stage the data plane: %s", exc)
+                log.error("could not stage SNAT: %s", exc)
         adopt = await self._reconcile()
         for group in groups:
             for ip in group.egress_ips:
@@ -174,6 +175,7 @@ class Daemon:
                 self.supervisor.spawn(f"fence:{ip}", member.fence())
         self.reconciled.set()
         log.info("started %d member(s): %s", len(self.members), ", ".join(map(str, self.members)) or "-")
+        self.supervisor.spawn("settle", self._settle(groups), critical=False)
         if self.members:
             self.supervisor.spawn("drift-repair", self._repair_forever(), critical=False)
         if self.steerer is not None and self.steerer.groups:
@@ -269,6 +271,17 @@ class Daemon:
             )
         )
 
+    async def _settle(self, groups: tuple[EgressGroup, ...]) -> None:
+        """After every member's first decision (an adoption after a restart is one):
+        the work that may wait, so it does not delay re-arming the fences."""
+        await asyncio.gather(*(m.first_step.wait() for m in self.members.values()))
+        self.settled.set()
+        for interface in sorted({g.interface for g in groups}):
+            try:
+                await self.dataplane.announcer.prepare(interface)
+            except DataPlaneError as exc:
+                log.error("could not prepare announcements on %s: %s", interface, exc)
+
     async def repair_drift(self) -> list[str]:
         """One pass of drift repair: compare the kernel with the members and mend.
 
@@ -314,7 +327,10 @@ class Daemon:
         me = self.settings.node.name
         mine = {str(ip) for g in self.settings.candidate_groups() for ip in g.egress_ips}
         keep: set[IPAddress] = set()
-        for ip, _ in present:
+        # An egress IP still has kernel state here (its address, or its SNAT rule,
+        # which has no lifetime) only because a previous process of this node
+        # served it: a second daemon with our name elsewhere cannot put it here.
+        for ip in {ip for ip, _ in present} | snat_active:
             record = self.view.get(lease_name(str(ip))).record if leases_known else None
             if str(ip) in mine and record is not None and record.holder == me:
                 keep.add(ip)

@@ -85,6 +85,8 @@ class Member:
         self.last_decision: Decision | None = None
         self.last_transition = ""
         self._tenure_changed = asyncio.Event()
+        self.first_step = asyncio.Event()
+        """Set after the first decision and its action."""
         self._dp_lock = asyncio.Lock()
         self._hold_off_until = 0.0
         self._stopping = False
@@ -111,6 +113,7 @@ class Member:
         while not self._stopping:
             news.clear()
             wait = await self.step()
+            self.first_step.set()
             await wait_event(news, max(0.0, wait))
 
     async def step(self) -> float:

@@ -433,9 +433,9 @@ def test_address_lifetime_below_the_kernel_minimum() -> None:
 
 
 def test_t1_lease_must_outlast_the_daemon_and_nftables_fences() -> None:
-    message = message_of(changed("timing.leaseDuration", "2.1s"), "timing.leaseDuration")
+    message = message_of(changed("timing.leaseDuration", "2.4s"), "timing.leaseDuration")
     assert message.startswith("(T1) leaseDuration > renewDeadline + kernel fence + safetyMargin fails")
-    assert "2.1 <= 1 + (fenceTtl 1 + fenceSlack 0.05) + 0.1 = 2.15" in message
+    assert "2.4 <= 1 + (fenceTtl 1.3 + fenceSlack 0.05) + 0.1 = 2.45" in message
 
 
 def test_t1_without_the_nftables_fence_counts_the_address_lifetime_and_slack() -> None:

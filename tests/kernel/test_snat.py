@@ -89,7 +89,8 @@ def tables(ns: str) -> str:
 
 async def test_snat_only_selected_sources_to_selected_destinations(net: Net, snat: NftablesSnat) -> None:
     await snat.stage([GROUP])
-    assert seen(net, SELECTED) == SELECTED  # staged, not active: untouched
+    assert seen(net, SELECTED) == "timeout"  # staged, not active: fail closed, never out un-NATed
+    assert seen(net, UNSELECTED) == UNSELECTED
     await snat.activate(EGRESS, "web-a")
     assert await snat.active() == {EGRESS}
     assert seen(net, SELECTED) == str(EGRESS)
@@ -97,7 +98,9 @@ async def test_snat_only_selected_sources_to_selected_destinations(net: Net, sna
     assert seen(net, SELECTED, EXCLUDED) == SELECTED
     await snat.deactivate(EGRESS)
     assert await snat.active() == set()
-    assert seen(net, SELECTED) == SELECTED
+    assert seen(net, SELECTED) == "timeout"
+    await snat.clear()
+    assert seen(net, SELECTED) == SELECTED  # without egressd's table the node routes as before
 
 
 async def test_other_tables_are_untouched_and_clear_leaves_nothing(net: Net, snat: NftablesSnat) -> None:
