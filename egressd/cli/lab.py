@@ -4,6 +4,7 @@
     egressd lab status [--json]
     egressd lab exec HOST -- CMD...      (HOST: a node, a pod, outpost or switch)
     egressd lab down
+    egressd lab demo                     (up, a narrated walk through the scenario and a failover, down)
     egressd lab supervise --state-dir DIR   (started by 'up'; not for interactive use)
 
 Wiring only; the lab is :mod:`egressd.lab.netlab`. Wired into ``egressd`` by
@@ -21,6 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from egressd.lab.demo import demo
 from egressd.lab.netlab import DEFAULT_PREFIX, DEFAULT_STATE_DIR, Lab, LabError
 from egressd.lab.supervisor import supervise
 
@@ -67,6 +69,8 @@ def add_parser(subparsers: Any) -> None:
     ex.add_argument("host", help="kind-worker3, xwing, outpost, switch, ...")
     ex.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
 
+    common(sub.add_parser("demo", help="a narrated walk through the scenario and a failover, then down again"))
+
     sup = sub.add_parser("supervise", help="run the lab's process supervisor (started by 'up')")
     common(sup, prefix=False)
 
@@ -83,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
             return _status(args)
         if command == "exec":
             return _exec(args)
+        if command == "demo":
+            return demo(args.prefix or DEFAULT_PREFIX, args.state_dir)
         if command == "supervise":
             return supervise(args.state_dir)
     except LabError as exc:

@@ -1184,12 +1184,18 @@ def plot_round(result: RoundResult, path: str | Path, *, title: str | None = Non
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:purple"]
     colour = {p: colours[i % len(colours)] for i, p in enumerate(probers)}
     lanes = [*gateways, "outpost (good)"]
+    n = max(1, len(probers))
+
+    def sub(y: float, i: int) -> float:
+        """A sub-lane per prober, top to bottom, above the ARP marks."""
+        return y + 0.35 - (i + 0.5) * 0.6 / n
+
     fig, ax = plt.subplots(figsize=(13, 2.2 + 0.9 * len(lanes)))
     for y, gw in enumerate(gateways):
-        for p in probers:
+        for i, p in enumerate(probers):
             ts = [rel(c.t) for c in result.claims if c.node == gw and c.kind == "probe" and c.prober == p]
             if ts:
-                ax.eventplot(ts, lineoffsets=y + 0.1, linelengths=0.5, colors=colour[p], linewidths=0.6)
+                ax.eventplot(ts, lineoffsets=sub(y, i), linelengths=0.5 / n, colors=colour[p], linewidths=0.6)
         answers = [rel(c.t) for c in result.claims if c.node == gw and c.kind in ("answer", "arp")]
         garps = [rel(c.t) for c in result.claims if c.node == gw and c.kind == "garp"]
         if answers:
@@ -1197,10 +1203,10 @@ def plot_round(result: RoundResult, path: str | Path, *, title: str | None = Non
         if garps:
             ax.plot(garps, [y - 0.3] * len(garps), "v", color="black", markersize=5)
     y_out = len(gateways)
-    for p in probers:
+    for i, p in enumerate(probers):
         ts = [rel(a.t) for a in result.arrivals if a.prober == p and a.src in result.allowed]
         if ts:
-            ax.eventplot(ts, lineoffsets=y_out, linelengths=0.6, colors=colour[p], linewidths=0.6)
+            ax.eventplot(ts, lineoffsets=sub(y_out, i), linelengths=0.5 / n, colors=colour[p], linewidths=0.6)
     for p, g in result.gaps.items():
         if g.start is not None and g.end is not None and g.seconds and g.seconds > 0.05:
             ax.axvspan(rel(g.start), rel(g.end), color=colour[p], alpha=0.12)
@@ -1225,11 +1231,17 @@ def plot_round(result: RoundResult, path: str | Path, *, title: str | None = Non
             xytext=(3, 0),
             textcoords="offset points",
         )
+    labels: list[tuple[float, list[str]]] = []  # lease changes within 100 ms share one label
     for c in result.leases:
         x = rel(c.t)
         ax.axvline(x, color="0.6", linewidth=0.8, linestyle=":")
-        label = f"{c.ip.rsplit('.', 1)[-1]}: {c.holder or 'free'} e{c.epoch}"
-        ax.annotate(label, (x, -0.75), rotation=90, fontsize=7, color="0.3", va="bottom", ha="right")
+        text = f".{c.ip.rsplit('.', 1)[-1]} {c.holder or 'free'} e{c.epoch}"
+        if labels and x - labels[-1][0] < 0.1:
+            labels[-1][1].append(text)
+        else:
+            labels.append((x, [text]))
+    for x, texts in labels:
+        ax.annotate("\n".join(texts), (x, -0.85), rotation=90, fontsize=6.5, color="0.3", va="bottom", ha="right")
     for d in result.duals:
         ax.axvspan(rel(d.start), rel(d.end), color="red", alpha=0.35)
     takeover = [c for c in result.claims if c.kind == "probe" and c.node != result.target and c.t > result.fault]
