@@ -211,8 +211,8 @@ def test_one_round_never_has_two_owners(netlab: Lab, scenario: str, tmp_path: Pa
     assert r["settled"], r
     assert code == 0
     assert r["probes_sent"] > 500
-    assert r["timeline"]["lease"], "the lease poller saw no change"
     if scenario in ENDING:
+        assert r["timeline"]["lease"], "the lease poller saw no change"
         assert r["gap_ms"] is not None and 0 < r["gap_ms"] < 15_000, r["timeline"]["gaps"]
         assert r["carriers"], r
     if plot:
