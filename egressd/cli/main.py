@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ import yaml
 from egressd import __version__
 from egressd.cli import drill, lab
 from egressd.core.errors import ConfigError, EgressdError, Problem
-from egressd.core.settings import IPAddress, Settings, parse_settings
+from egressd.core.settings import IPAddress, Settings, expand_env, parse_settings
 
 if TYPE_CHECKING:
     from egressd.adapters.observability import ObservabilityServer, PrometheusMetrics
@@ -45,6 +46,9 @@ def load_settings(path: str) -> Settings:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
         raise ConfigError([Problem("file", f"not valid YAML{at}: {getattr(exc, 'problem', exc)}")], path) from exc
+    data, problems = expand_env(data, os.environ)
+    if problems:
+        raise ConfigError(problems, path)
     return parse_settings(data, source=path)
 
 

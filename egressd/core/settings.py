@@ -429,6 +429,38 @@ _GROUP_KEYS = (
 )
 
 
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(data: Any, env: Mapping[str, str], path: str = "") -> tuple[Any, list[Problem]]:
+    """Replace ``${NAME}`` in every string of a loaded config by ``env[NAME]``.
+
+    For a DaemonSet, one config serves every node: ``node: {name: ${NODE_NAME},
+    address: ${NODE_IP}}`` with both set from the downward API. A reference to
+    a variable that is not set is a problem naming the field; ``$${`` is not
+    special (write no literal ``${`` in a config)."""
+    problems: list[Problem] = []
+
+    def walk(value: Any, where: str) -> Any:
+        if isinstance(value, str):
+
+            def sub(match: re.Match[str]) -> str:
+                name = match.group(1)
+                if name not in env:
+                    problems.append(Problem(where or "config", f"environment variable {name} is not set"))
+                    return match.group(0)
+                return env[name]
+
+            return _ENV_REF.sub(sub, value)
+        if isinstance(value, Mapping):
+            return {k: walk(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    return walk(data, path), problems
+
+
 def parse_settings(data: Any, source: str = "config") -> Settings:
     """Build :class:`Settings` from a loaded YAML document, or raise
     :class:`ConfigError` listing every problem."""

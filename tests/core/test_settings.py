@@ -655,3 +655,12 @@ def test_metrics_listen(listen: str | None, expected: tuple[str, int] | None) ->
 def test_metrics_listen_rejects_bad_addresses(listen: object) -> None:
     with pytest.raises(ConfigError, match=r"metrics\.listen"):
         parse_settings(changed("metrics", {"listen": listen}))
+
+
+def test_environment_references_are_expanded_and_missing_ones_named() -> None:
+    from egressd.core.settings import expand_env  # noqa: PLC0415
+
+    data = {"node": {"name": "${NODE_NAME}", "address": "${NODE_IP}"}, "groups": [{"interface": "eth-${X}"}]}
+    expanded, problems = expand_env(data, {"NODE_NAME": "kind-worker3", "NODE_IP": "172.18.0.5"})
+    assert expanded["node"] == {"name": "kind-worker3", "address": "172.18.0.5"}
+    assert problems == [Problem("groups[0].interface", "environment variable X is not set")]

@@ -1,0 +1,130 @@
+"""The Kubernetes manifests in deploy/: valid against the API schemas, their
+config valid for egressd, and RBAC that allows every API call the daemon makes
+(and nothing it does not need)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from egressd.core.settings import expand_env, parse_settings
+
+ROOT = Path(__file__).parents[1]
+DEPLOY = ROOT / "deploy"
+KUBE_VERSION = "1.30"  # the oldest Kubernetes we support; the schemas of newer ones accept the same objects
+
+
+def documents() -> Iterator[tuple[str, dict[str, Any]]]:
+    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    for name in kustomization["resources"]:
+        for doc in yaml.safe_load_all((DEPLOY / name).read_text()):
+            if doc:
+                yield name, doc
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    listed = set(yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["resources"])
+    present = {p.name for p in DEPLOY.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == present
+
+
+@pytest.mark.parametrize(("name", "doc"), list(documents()), ids=lambda v: v if isinstance(v, str) else v["kind"])
+def test_manifest_is_valid_for_the_kubernetes_api(name: str, doc: dict[str, Any]) -> None:
+    kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+def by_kind(kind: str) -> list[dict[str, Any]]:
+    return [doc for _, doc in documents() if doc["kind"] == kind]
+
+
+def test_the_configmap_config_is_valid_on_every_node() -> None:
+    config = yaml.safe_load(by_kind("ConfigMap")[0]["data"]["egressd.yaml"])
+    expanded, problems = expand_env(config, {"NODE_NAME": "kind-worker3", "NODE_IP": "172.18.0.5"})
+    assert problems == []
+    settings = parse_settings(expanded)
+    assert settings.node.name == "kind-worker3" and str(settings.node.address) == "172.18.0.5"
+    assert settings.kubernetes.access == "in-cluster"
+
+
+def test_daemonset_runs_with_only_net_admin_and_net_raw() -> None:
+    ds = by_kind("DaemonSet")[0]["spec"]["template"]["spec"]
+    assert ds["hostNetwork"] is True
+    container = ds["containers"][0]
+    ctx = container["securityContext"]
+    assert ctx["privileged"] is False and ctx["allowPrivilegeEscalation"] is False
+    assert ctx["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
+    assert {t["key"] for t in ds["tolerations"]} >= {"egress-gw"}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"] if "valueFrom" in e}
+    assert env == {"NODE_NAME": "spec.nodeName", "NODE_IP": "status.hostIP"}
+
+
+# --- RBAC against the code -------------------------------------------------------------
+
+#: client method prefix -> verb
+_VERBS = {"read": "get", "create": "create", "replace": "update", "patch": "patch", "delete": "delete", "list": "list"}
+#: HTTP method of raw requests -> verb
+_HTTP = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete", "GET": "get"}
+#: singular names in client method names -> (API group, resource)
+_RESOURCES = {
+    "lease": ("coordination.k8s.io", "leases"),
+    "node": ("", "nodes"),
+    "pod": ("", "pods"),
+    "namespace": ("", "namespaces"),
+    "event": ("", "events"),
+}
+
+
+def api_calls() -> set[tuple[str, str, str]]:
+    """(group, resource, verb) of every Kubernetes API call in the adapters, read from the source."""
+    calls: set[tuple[str, str, str]] = set()
+    for path in (ROOT / "egressd" / "adapters").glob("*.py"):
+        text = path.read_text()
+        for match in re.finditer(r"\.(read|create|replace|patch|delete|list)_(?:namespaced_)?(\w+?)\(", text):
+            verb, name = _VERBS[match.group(1)], match.group(2)
+            if name not in _RESOURCES:
+                continue
+            group, resource = _RESOURCES[name]
+            calls.add((group, resource, verb))
+            call = text[match.end() : text.find(")", match.end()) + 200]
+            if verb == "list" and "watch=True" in call:
+                calls.add((group, resource, "watch"))
+        for match in re.finditer(r'_send\("(POST|PUT|PATCH|DELETE|GET)", path', text):
+            line_start = text.rfind("\n", 0, match.start())
+            context = text[text.rfind("path = ", 0, line_start) : match.start()]
+            by_plural = {resource: group for group, resource in _RESOURCES.values()}
+            segments = [seg for seg in re.findall(r"/(\w+)", context) if seg in by_plural]
+            if segments:  # the last resource of the path is the one acted on (".../namespaces/x/leases")
+                calls.add((by_plural[segments[-1]], segments[-1], _HTTP[match.group(1)]))
+    return calls
+
+
+def granted() -> set[tuple[str, str, str]]:
+    out: set[tuple[str, str, str]] = set()
+    for kind in ("Role", "ClusterRole"):
+        for role in by_kind(kind):
+            for rule in role["rules"]:
+                for group in rule["apiGroups"]:
+                    for resource in rule["resources"]:
+                        for verb in rule["verbs"]:
+                            out.add((group, resource, verb))
+    return out
+
+
+def test_rbac_allows_every_api_call_the_daemon_makes() -> None:
+    calls = api_calls()
+    assert ("coordination.k8s.io", "leases", "watch") in calls and ("", "nodes", "list") in calls  # the scan works
+    missing = calls - granted()
+    assert not missing, f"RBAC lacks {sorted(missing)}"
+
+
+def test_rbac_grants_nothing_the_daemon_does_not_use() -> None:
+    extra = {g for g in granted() if g[2] not in ("get", "watch")} - api_calls()
+    assert not extra, f"RBAC grants unused {sorted(extra)}"
