@@ -1031,13 +1031,16 @@ class Drill:
                 return False
             time.sleep(poll)
 
-    def settled(self, node: str | None, *, away_from: str | None = None) -> bool:
-        """Both IPs owned (by someone other than ``away_from``), ``node`` healthy, good probes."""
+    def settled(self, node: str | None, *, away_from: str | None = None, replaced: int | None = None) -> bool:
+        """Both IPs owned (by someone other than ``away_from``), ``node`` healthy (and, with
+        ``replaced``, running as a process other than that pid), good probes."""
         holders = self.holders()
         if any(h is None or h == away_from for h in holders.values()):
             return False
         if node is not None and not self.node_healthy(node):
             return False
+        if node is not None and replaced is not None and self.lab.pid(node) == replaced:
+            return False  # a daemon that ignored its signal: the fault did not happen
         return self.good_for(SETTLED_PROBES, monotonic())
 
     # --- rounds ---
@@ -1061,6 +1064,7 @@ class Drill:
         start = monotonic() - 1.0
         node_to_check: str | None = target
         settled = True
+        before = lab.pid(target)
         # The fault starts when the signal is sent, or when the ip/nft command that makes it returns.
         fault = monotonic()
         if scenario == "graceful":
@@ -1096,7 +1100,11 @@ class Drill:
         finally:  # also on Ctrl-C or an error: the lab is left as it was found
             recover_action = self._recover(scenario, target)
             recover = monotonic() if recover_action else None
-        settled = self.wait(lambda: self.settled(node_to_check), self.settle_timeout, at_least=0.5) and settled
+        replaced = before if scenario in ("graceful", "kill-restart", "kill") else None
+        settled = (
+            self.wait(lambda: self.settled(node_to_check, replaced=replaced), self.settle_timeout, at_least=0.5)
+            and settled
+        )
         end = monotonic()
         time.sleep(0.3)  # the outpost writes its log every 50 ms; echoes in flight
         assert self.tail is not None and self.watcher is not None and self.leases is not None
