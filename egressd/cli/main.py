@@ -25,6 +25,7 @@ from egressd.core.settings import IPAddress, Settings, expand_env, parse_setting
 
 if TYPE_CHECKING:
     from egressd.adapters.observability import ObservabilityServer, PrometheusMetrics
+    from egressd.ports import Clock, EventSink, LeaseStore
     from egressd.runtime.daemon import Daemon
 
 log = logging.getLogger("egressd")
@@ -166,9 +167,7 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
     from egressd.adapters.clock import SystemClock  # noqa: PLC0415
     from egressd.adapters.kube import KubeLeaseStore, api_client, nodes_matching  # noqa: PLC0415
     from egressd.adapters.observability import PrometheusMetrics  # noqa: PLC0415
-    from egressd.adapters.recording import RecordingDataPlane  # noqa: PLC0415
-    from egressd.runtime.daemon import Daemon  # noqa: PLC0415
-    from egressd.runtime.member import DataPlane  # noqa: PLC0415
+    from egressd.runtime.daemon import FanoutEvents, LogEvents  # noqa: PLC0415
 
     clock = SystemClock()
     api = api_client(settings.kubernetes)
@@ -184,6 +183,44 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
         settings = settings.with_selected_candidates(selected)
     store = KubeLeaseStore(api, settings.kubernetes.namespace, clock=clock, api_timeout=settings.timing.api_timeout)
     metrics = PrometheusMetrics()
+    sinks: list[EventSink] = [LogEvents()]
+    mqtt = None
+    if settings.mqtt is not None:
+        from egressd.adapters.mqtt import MqttEvents  # noqa: PLC0415
+
+        mqtt = MqttEvents(settings.mqtt, settings.node.name)
+        mqtt.start()
+        sinks.append(mqtt)
+        metrics.counter_per_ip(
+            "egressd_mqtt_messages",
+            "MQTT messages by outcome (ip label: published, dropped when the queue was full, coalesced).",
+            lambda: (
+                {"published": float(mqtt.published), "dropped": float(mqtt.dropped), "coalesced": float(mqtt.coalesced)}
+                if mqtt is not None
+                else {}
+            ),
+        )
+    events = FanoutEvents(sinks)
+    try:
+        return await _run_dataplane(settings, args, store=store, clock=clock, metrics=metrics, events=events)
+    finally:
+        if mqtt is not None:
+            await mqtt.close(2.0)  # after the daemon: its shutdown events go out first
+
+
+async def _run_dataplane(
+    settings: Settings,
+    args: argparse.Namespace,
+    *,
+    store: LeaseStore,
+    clock: Clock,
+    metrics: PrometheusMetrics,
+    events: EventSink,
+) -> int:
+    from egressd.adapters.recording import RecordingDataPlane  # noqa: PLC0415
+    from egressd.runtime.daemon import Daemon  # noqa: PLC0415
+    from egressd.runtime.member import DataPlane  # noqa: PLC0415
+
     if args.dataplane == "record":
         recorder = RecordingDataPlane(settings.node.name, Path(args.journal) if args.journal else None)
         try:
@@ -194,6 +231,7 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
                 steering=recorder,
                 clock=clock,
                 metrics=metrics,
+                events=events,
             )
             return await _serve(daemon, metrics, settings)
         finally:
@@ -229,6 +267,7 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
                 steering=steering,
                 clock=clock,
                 metrics=metrics,
+                events=events,
             )
         )
         return await _serve(daemons[0], metrics, settings)

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from egressd.core.errors import ConfigError, Problem
+from egressd.core.mqtt_settings import MqttSettings, parse_mqtt
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -281,6 +282,8 @@ class Settings:
     timing: Timing = field(default_factory=Timing)
     groups: tuple[EgressGroup, ...] = ()
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    mqtt: MqttSettings | None = None
+    """Ownership events to an MQTT broker; None (no ``mqtt`` section) turns them off."""
 
     def candidate_groups(self) -> tuple[EgressGroup, ...]:
         """Groups for which this node is a named candidate."""
@@ -401,7 +404,7 @@ def _closest(key: str, allowed: Sequence[str]) -> str:
     return f" (known keys: {', '.join(allowed)})"
 
 
-_TOP_KEYS = ("node", "kubernetes", "timing", "groups", "metrics")
+_TOP_KEYS = ("node", "kubernetes", "timing", "groups", "metrics", "mqtt")
 _NODE_KEYS = ("name", "address")
 _KUBE_KEYS = ("namespace", "access", "kubeconfig", "url", "tokenFile", "caFile")
 _TIMING_KEYS = (
@@ -474,12 +477,14 @@ def parse_settings(data: Any, source: str = "config") -> Settings:
     timing = _parse_timing(r, top.get("timing"))
     groups = _parse_groups(r, top.get("groups"))
     metrics = _parse_metrics(r, top.get("metrics"))
+    mqtt, mqtt_problems = parse_mqtt(top.get("mqtt"))
+    r.problems.extend(mqtt_problems)
     if not r.problems:
         _check_groups(r, groups, node)
     if r.problems:
         raise ConfigError(r.problems, source)
     assert node is not None
-    return Settings(node=node, kubernetes=kube, timing=timing, groups=groups, metrics=metrics)
+    return Settings(node=node, kubernetes=kube, timing=timing, groups=groups, metrics=metrics, mqtt=mqtt)
 
 
 def _parse_metrics(r: _Reader, value: Any) -> MetricsSettings:

@@ -350,7 +350,7 @@ def test_unknown_top_level_key() -> None:
     data = config()
     data["logging"] = {"level": "debug"}
     message = message_of(data, "logging")
-    assert message.startswith("unknown key (known keys: node, kubernetes, timing, groups, metrics)")
+    assert message.startswith("unknown key (known keys: node, kubernetes, timing, groups, metrics, mqtt)")
 
 
 def test_unknown_timing_key_in_snake_case_gets_a_hint() -> None:
@@ -664,3 +664,11 @@ def test_environment_references_are_expanded_and_missing_ones_named() -> None:
     expanded, problems = expand_env(data, {"NODE_NAME": "kind-worker3", "NODE_IP": "172.18.0.5"})
     assert expanded["node"] == {"name": "kind-worker3", "address": "172.18.0.5"}
     assert problems == [Problem("groups[0].interface", "environment variable X is not set")]
+
+
+def test_an_mqtt_section_is_parsed_and_its_problems_named() -> None:
+    settings = parse_settings(changed("mqtt", {"host": "127.0.0.1", "port": 1884, "cluster": "lab"}))
+    assert settings.mqtt is not None and settings.mqtt.port == 1884
+    assert parse_settings(changed("mqtt", None)).mqtt is None
+    with pytest.raises(ConfigError, match=r"mqtt\.qos"):
+        parse_settings(changed("mqtt", {"host": "x", "qos": 3}))

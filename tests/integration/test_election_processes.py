@@ -58,11 +58,14 @@ class Cluster:
     samples: list[tuple[float, dict[str, str | None]]] = field(default_factory=list)
     _sampling: bool = True
 
+    extra: dict[str, Any] = field(default_factory=dict)
+
     def start(self, node: str) -> None:
         cfg = self.tmp / f"{node}.yaml"
         cfg.write_text(
             json.dumps(
-                {
+                self.extra
+                | {
                     "node": {"name": node, "address": f"10.0.0.{NODES.index(node) + 3}"},
                     "kubernetes": {"access": "url", "url": self.url, "namespace": "egressd"},
                     "metrics": {"listen": ""},
@@ -140,17 +143,18 @@ class Cluster:
         assert not bad, f"two nodes served one IP at once: {bad}"
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+@contextlib.contextmanager
+def cluster_with(tmp_path: Path, extra: dict[str, Any] | None = None) -> Iterator[Cluster]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    tmp_path.mkdir(parents=True, exist_ok=True)
     with (tmp_path / "apiserver.log").open("ab") as api_log:
         api = subprocess.Popen(
             [sys.executable, "-m", "egressd.cli.main", "apiserver", "--listen", f"127.0.0.1:{port}"],
             stdout=api_log,
             stderr=api_log,
         )
-    c = Cluster(url=url, tmp=tmp_path, api=api)
+    c = Cluster(url=url, tmp=tmp_path, api=api, extra=extra or {})
     sampler = threading.Thread(target=c.sample_forever, daemon=True)
     try:
         end = time.monotonic() + 15
@@ -180,6 +184,12 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
                 proc.wait()
         if sampler.is_alive():
             sampler.join(2)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with cluster_with(tmp_path) as c:
+        yield c
 
 
 def test_every_ip_has_exactly_one_owner_at_every_sample(cluster: Cluster) -> None:
@@ -274,3 +284,30 @@ def test_handoff_and_drain_move_ips_without_overlap(cluster: Cluster) -> None:
     assert drained.returncode == 0, drained.stderr
     assert target not in cluster.holders().values()
     cluster.assert_safe()
+
+
+def test_ownership_reaches_a_real_mqtt_subscriber(tmp_path: Path) -> None:
+    """The daemons publish retained per-IP owners and an event stream (mosquitto from Debian)."""
+    import asyncio  # noqa: PLC0415
+
+    from tests.adapters.test_mqtt import retained, start_broker  # noqa: PLC0415
+
+    (tmp_path / "broker").mkdir()
+    broker = start_broker(tmp_path / "broker")
+    try:
+        port = broker.port
+        with cluster_with(tmp_path, {"mqtt": {"host": "127.0.0.1", "port": port, "cluster": "it"}}) as c:
+            owners = c.wait_owners()
+            time.sleep(1.0)
+            for ip in IPS:
+                body = asyncio.run(retained(port, f"egressd/it/ip/{ip}", wait=1.0))
+                assert body is not None and body["owner"] == owners[ip], body
+            victim = owners[IPS[0]]
+            assert victim is not None
+            c.daemons[victim].send_signal(signal.SIGTERM)
+            new, _ = c.wait_holder_change(IPS[0], victim, timeout=5)
+            time.sleep(1.0)
+            body = asyncio.run(retained(port, f"egressd/it/ip/{IPS[0]}", wait=1.0))
+            assert body is not None and body["owner"] == new, body
+    finally:
+        broker.stop()
