@@ -200,7 +200,8 @@ class MqttEvents:
             delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2**attempt) * random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not crypto)
             attempt += 1
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
+                async with asyncio.timeout(delay):  # not wait_for: it can swallow a cancellation on 3.11
+                    await self._stop.wait()
 
     async def _session(self) -> None:
         self.was_connected = False

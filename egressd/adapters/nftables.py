@@ -190,9 +190,11 @@ class NftablesSnat:
         except OSError as exc:
             raise DataPlaneError(f"nft {what}: cannot run {argv[0]}: {exc}") from exc
         try:
-            out, err = await asyncio.wait_for(
-                proc.communicate(stdin.encode() if stdin is not None else None), self._timeout
-            )
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that arrives as nft finishes, and a member being shut
+            # down would then carry on renewing
+            async with asyncio.timeout(self._timeout):
+                out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
         except TimeoutError as exc:
             proc.kill()
             await proc.wait()

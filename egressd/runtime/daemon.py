@@ -356,6 +356,8 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         sup = self.supervisor
+        for member in self.members.values():
+            member.stop_soon()  # ends the loop even if a cancellation were lost on the way
         for ip in self.members:
             await sup.cancel(f"member:{ip}")
             await sup.cancel(f"fence:{ip}")

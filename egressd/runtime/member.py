@@ -285,10 +285,15 @@ class Member:
             self._metrics.owned(str(self.ip), False)
 
     async def step_down(self, reason: str, detail: str = "") -> None:
-        """Withdraw now (deadline passed, lease lost, data plane failed)."""
+        """Withdraw now (deadline passed, lease lost, data plane failed).
+
+        The fence task and the member loop may both get here; whichever comes
+        second finds the state changed after its withdrawal and stops there."""
         if self.sm.state is not State.OWNER:
             return
         await self._withdraw(reason)
+        if not self._still_owner():
+            return
         self._fire(Event.STEPPED_DOWN, reason)
         self.last_renew = None
         self._tenure_changed.set()
@@ -300,6 +305,7 @@ class Member:
             return
         if self.sm.state is State.OWNER:
             await self._withdraw("handoff")
+        if self._still_owner():  # (the fence may have stepped down meanwhile)
             self._fire(Event.RELEASED, decision.reason)
             self.last_renew = None
             self._tenure_changed.set()
@@ -327,6 +333,7 @@ class Member:
     async def _fence_clash(self, decision: Decision) -> None:
         if self.sm.state is State.OWNER:
             await self._withdraw("identity-clash")
+        if self._still_owner():
             self._fire(Event.CLASH, decision.reason)
         self.last_renew = None
         self._tenure_changed.set()
@@ -393,11 +400,16 @@ class Member:
 
     # --- shutdown --------------------------------------------------------------------
 
+    def stop_soon(self) -> None:
+        """Make the loop end at its next turn (shutdown cancels it as well)."""
+        self._stopping = True
+
     async def shutdown(self) -> None:
         """Withdraw first, then free the lease for the next preferred candidate."""
         self._stopping = True
         if self.sm.state is State.OWNER:
             await self._withdraw("shutdown")
+        if self._still_owner():
             self._fire(Event.RELEASED, "shutdown")
             self.last_renew = None
         elif self.serving_locally:
@@ -410,6 +422,11 @@ class Member:
             self._fire(Event.STOP, "shutdown")
 
     # --- helpers ---------------------------------------------------------------------
+
+    def _still_owner(self) -> bool:
+        """The state now, after an await during which another task (the fence,
+        the member loop) may have stepped down."""
+        return self.sm.state is State.OWNER
 
     def _fire(self, event: Event, reason: str) -> None:
         before, after = self.sm.fire(event)

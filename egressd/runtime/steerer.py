@@ -3,9 +3,13 @@ group's traffic to the node that owns the IP now.
 
 The owner is read from the lease (holder and its ``egressd.io/holder-address``
 annotation), as the watch reports it, so steering follows a takeover within
-milliseconds of the lease write. A lease that is free, absent or unreadable
-removes the steering (traffic keeps the normal route rather than going to a
-node that may no longer serve the IP).
+milliseconds of the lease write.
+
+A lease that is *free* (released in a handoff or on shutdown) keeps the route
+to the last owner until the next owner writes the lease: that gateway no
+longer NATs the traffic and drops it (it fails closed), where removing the
+route would send selected traffic out with the pods' own addresses for those
+milliseconds. A lease that is absent or unreadable removes the steering.
 
 Steering stays in place when the daemon stops: a restart must not interrupt
 traffic, and the restarted daemon converges from what it finds. ``egressd
@@ -60,7 +64,10 @@ class Steerer:
         failed = False
         for group in self.groups:
             for ip in group.egress_ips:
-                via = owner_address(self._view.get(lease_name(str(ip))).record)
+                record = self._view.get(lease_name(str(ip))).record
+                if record is not None and record.free and self.current.get(ip) is not None:
+                    continue  # between owners: keep the last route (see the module doc)
+                via = owner_address(record)
                 if ip in self.current and self.current[ip] == via:
                     continue
                 try:

@@ -20,9 +20,9 @@ from egressd.adapters.clock import SystemClock
 from egressd.adapters.recording import RecordingDataPlane
 from egressd.core.election import rendezvous_rank
 from egressd.core.lease import lease_name
-from egressd.core.settings import EgressGroup, NodeSettings, Settings, Timing
+from egressd.core.settings import EgressGroup, IPAddress, NodeSettings, Settings, Timing
 from egressd.core.states import State
-from egressd.ports import OwnershipEvent
+from egressd.ports import LeaseEvent, OwnershipEvent
 from egressd.runtime.daemon import Daemon, FanoutEvents, LogEvents
 from egressd.runtime.member import DataPlane
 from tests.fakes import FakeLeaseStore
@@ -275,7 +275,7 @@ async def test_drift_repair_restores_a_deleted_address_and_a_flushed_table() -> 
         assert await owner.daemon.repair_drift() == []  # converged
 
 
-async def test_steering_follows_the_owner_and_is_removed_when_the_lease_is_free() -> None:
+async def test_steering_follows_the_owner_keeps_it_between_owners_and_is_removed_with_the_lease() -> None:
     async with cluster("gw-a", "gw-b", "worker") as (store, nodes):
         worker = nodes[2]
         await until(lambda: any(n.serving for n in nodes[:2]), 2.0)
@@ -286,6 +286,29 @@ async def test_steering_follows_the_owner_and_is_removed_when_the_lease_is_free(
         new = next(n for n in nodes[:2] if n is not owner)
         await until(lambda: new.serving, 2.0)
         await until(lambda: worker.plane.steering.get(IP) == ip_address(ADDRESSES[new.daemon.settings.node.name]), 1.0)
+        via_new = ip_address(ADDRESSES[new.daemon.settings.node.name])
         record = store.leases[lease_name(str(IP))]
-        store.put(replace(record, holder=None, holder_address=None, incarnation=None))
+        store.put(replace(record, holder=None, holder_address=None, incarnation=None))  # released
+        await asyncio.sleep(0.2)
+        assert worker.plane.steering.get(IP) == via_new, "a free lease keeps the route to the last owner"
+        store.leases.pop(lease_name(str(IP)))
+        store._publish(LeaseEvent(kind="delete", name=lease_name(str(IP))))
         await until(lambda: worker.plane.steering.get(IP, IP) is None, 1.0)
+
+
+async def test_fence_and_member_stepping_down_at_once_do_not_crash() -> None:
+    """Both paths withdraw; the second must find the state changed, not fire an illegal move."""
+    async with cluster("gw-a", "gw-b") as (_, nodes):
+        await until(lambda: any(n.serving for n in nodes), 2.0)
+        owner = next(n for n in nodes if n.serving)
+        member = owner.daemon.members[IP]
+        original = owner.plane.deactivate
+
+        async def slow_deactivate(ip: IPAddress) -> None:
+            await asyncio.sleep(0.05)
+            await original(ip)
+
+        owner.plane.deactivate = slow_deactivate  # type: ignore[method-assign]
+        await asyncio.gather(member.step_down("renew-deadline"), member.step_down("lost-lease"))
+        assert member.sm.state is State.STANDBY
+        assert not owner.daemon.supervisor.dead
