@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 import yaml
 
 from egressd import __version__
-from egressd.cli import drill, lab
 from egressd.core.errors import ConfigError, EgressdError, Problem
 from egressd.core.settings import IPAddress, Settings, expand_env, parse_settings
 
@@ -53,7 +52,16 @@ def load_settings(path: str) -> Settings:
     return parse_settings(data, source=path)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _wants_lab(argv: Sequence[str]) -> bool:
+    """Whether the command line is for the lab or the drills (or needs the full help).
+
+    Their modules are loaded only then: the daemon's start-up (a restart after a
+    crash races its fences) must not pay for code it never runs."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first in (None, "lab", "drill")
+
+
+def _parser(*, lab_commands: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="egressd", description="Highly available egress IPs for Kubernetes.")
     p.add_argument("--version", action="version", version=f"egressd {__version__}")
     p.add_argument("--debug", action="store_true", help="debug logging and tracebacks on errors")
@@ -95,13 +103,17 @@ def _parser() -> argparse.ArgumentParser:
 
     api = sub.add_parser("apiserver", help="run the lab Kubernetes API server (for labs and tests only)")
     api.add_argument("--listen", default="127.0.0.1:6443", help="HOST:PORT to listen on")
-    lab.add_parser(sub)
-    drill.add_parser(sub)
+    if lab_commands:
+        from egressd.cli import drill, lab  # noqa: PLC0415 — see _wants_lab
+
+        lab.add_parser(sub)
+        drill.add_parser(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser(lab_commands=_wants_lab(argv))
     args = parser.parse_args(argv)
     debug = bool(args.debug)
     if args.command is None:
@@ -149,10 +161,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         run_apiserver(args.listen)
         return 0
-    if args.command == "lab":
-        return lab.run(args)
-    if args.command == "drill":
-        return drill.run(args)
+    if args.command in ("lab", "drill"):
+        from egressd.cli import drill, lab  # noqa: PLC0415
+
+        return lab.run(args) if args.command == "lab" else drill.run(args)
     raise UsageError(f"unknown command {args.command}")
 
 
