@@ -241,3 +241,46 @@ def test_a_restart_while_owning_keeps_traffic_flowing(lab: Lab) -> None:
     # quiet machine no probe is lost; the bound leaves room for a loaded one (the
     # drills report the distribution).
     assert prober.gap() < 0.15, f"{prober.lost()} probes lost, longest gap {prober.gap() * 1000:.0f} ms"
+
+
+def test_status_json_matches_the_kernel_and_the_leases(lab: Lab) -> None:
+    def all_owned() -> dict[str, str | None] | None:
+        found = holders(lab)
+        return found if all(found.values()) else None
+
+    owners = wait(all_owned, 10, "owners")
+    for gw in GATEWAYS:
+        out = lab.exec(
+            gw,
+            [*egressd_argv(), "status", "--config", str(lab.config_file(gw)), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        report = json.loads(out.stdout)
+        assert report["kernelReadable"] is True and report["daemon"]["healthy"] is True
+        for row in report["leases"]:
+            ip = row["egressIP"]
+            assert row["holder"] == owners[ip]
+            mine = owners[ip] == gw
+            assert row["role"] == ("owner" if mine else "candidate")
+            assert row["kernel"]["address"] is mine and row["kernel"]["snat"] is mine
+            assert row["kernel"]["consistent"] is True, row["kernel"]["problems"]
+            assert row["daemon"]["state"] == ("owner" if mine else "standby")
+    # a worker steers each IP via its holder's node address
+    out = lab.exec(
+        "kind-worker",
+        [*egressd_argv(), "status", "--config", str(lab.config_file("kind-worker")), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    for row in json.loads(out.stdout)["leases"]:
+        assert row["role"] == "steering"
+        assert row["kernel"]["steeringVia"] == row["holderAddress"] and row["kernel"]["consistent"] is True
+
+
+def egressd_argv() -> list[str]:
+    return [sys.executable, "-m", "egressd.cli.main"]
