@@ -48,14 +48,15 @@ Diagnostics below the table split the phases further: the daemon's own
 ``egressd_takeover_phase_seconds`` (scraped from its metrics endpoint before and
 after each round), the time from the SNAT rule's arrival in the kernel to the
 daemon's return from ``Snat.activate``, and receipt lags of the recorders.
-``--snat-backend libnftables`` runs a variant of the daemon whose nftables
-transactions run in-process (``chaos/_bench_libnft_daemon.py``) for comparison;
+``--snat-backend nft-command`` runs a variant of the daemon that applies its
+nftables transactions with one ``nft`` process each (``chaos/_bench_nftcmd_daemon.py``,
+the adapter's fallback) for comparison with the shipped in-process libnftables;
 see "Takeover latency" in docs/kernel-fences.md for the figures and why.
 
 Measured on this machine (kernel 6.18, 2 busy cores, nftables 1.0.6), 60 rounds,
 p50 / p99 / max in ms::
 
-                                     nft-command (as shipped)   libnftables variant
+                                     nft-command               libnftables (now shipped)
     trigger -> lease acquired          3.6 /  7.3 /  8.4        4.4 /  7.5 /  7.5
     lease -> address present           2.6 /  5.7 / 39.0        3.0 /  5.3 /  5.7
     lease -> SNAT active               7.1 / 13.1 / 43.6        4.7 /  8.2 /  9.7
@@ -809,10 +810,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=None, help="seed of the random pauses")
     parser.add_argument(
         "--snat-backend",
-        choices=["nft-command", "libnftables"],
-        default="nft-command",
-        help="nft-command: the daemon as shipped (one nft process per transaction); libnftables: "
-        "a variant whose transactions run in-process (chaos/_bench_libnft_daemon.py), for comparison",
+        choices=["libnftables", "nft-command"],
+        default="libnftables",
+        help="libnftables: the daemon as shipped (transactions in process); nft-command: a variant with one "
+        "nft process per transaction (chaos/_bench_nftcmd_daemon.py), for comparison",
     )
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -921,8 +922,8 @@ def main() -> int:
         started = time.monotonic()
         with (tmp / "gw.log").open("wb") as log:
             run_argv = ["run", "--config", str(cfg), "--dataplane", "kernel"]
-            if args.snat_backend == "libnftables":
-                daemon = [sys.executable, str(Path(__file__).with_name("_bench_libnft_daemon.py")), *run_argv]
+            if args.snat_backend == "nft-command":
+                daemon = [sys.executable, str(Path(__file__).with_name("_bench_nftcmd_daemon.py")), *run_argv]
             else:
                 daemon = egressd_argv(*run_argv)
             procs["gw"] = subprocess.Popen(
