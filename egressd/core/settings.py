@@ -22,7 +22,7 @@ The timing defaults aim at a node-loss failover under 3 s. The safety argument
   default), else the address lifetime, ``addressLifetime + kernelSlack``.
   The kernel removes an expired IPv4 address up to about a second late (its
   expiry worker runs on whole-second boundaries), so the address fence alone
-  needs ``leaseDuration`` above 3.3 s; the nftables fence lets the default
+  needs ``leaseDuration`` above 3.1 s; the nftables fence lets the default
   2.5 s lease keep node-loss failover under 3 s.
 * (T2) ``renewDeadline > 1.2 * retryPeriod``: the owner gets at least one
   retry before it must step down, as client-go demands.
@@ -63,10 +63,11 @@ class Timing:
     this long. 2.5 s is the smallest value that satisfies (T1) for the defaults
     below with room to spare."""
 
-    renew_deadline: float = 1.0
+    renew_deadline: float = 0.8
     """The owner withdraws the IP (daemon fence) when its last successful renew
-    is older than this. 1 s allows three renew attempts at the default retry
-    period before stepping down."""
+    is older than this. 0.8 s still allows three renew attempts at the default
+    retry period before stepping down, and leaves room in (T1) for a fence that
+    outlasts a crashed daemon's restart (see ``fence_ttl``)."""
 
     retry_period: float = 0.25
     """Interval between renew attempts, and between acquire attempts of a
@@ -86,15 +87,16 @@ class Timing:
     trials (docs/kernel-fences.md), so 1.2 s leaves room. Used in (T1) when
     the nftables fence is off."""
 
-    fence_ttl: float = 1.3
+    fence_ttl: float = 1.5
     """Timeout of the nftables fence element of an owned IP (milliseconds
     precision), re-armed after every successful renew. While it has timed out
     the node sends nothing with the egress IP as source and answers no ARP for
-    it. 1.3 s: longer than the renew deadline, so a live daemon's own fence
+    it. 1.5 s: longer than the renew deadline, so a live daemon's own fence
     acts first, and long enough for a daemon restarted after a crash to adopt
-    its IPs and re-arm the fence before it times out (about 0.8 s from kill to
-    adoption in the lab), while (T1) still holds: 1 + 1.3 + 0.05 + 0.1 = 2.45
-    < 2.5. 0 turns this fence off."""
+    its IPs and re-arm the fence before it times out (0.7 to 1.2 s from kill
+    to adoption in the lab, the fence armed up to a retry period before the
+    kill), while (T1) still holds: 0.8 + 1.5 + 0.05 + 0.1 = 2.45 < 2.5.
+    0 turns this fence off."""
 
     fence_slack: float = 0.05
     """How late the kernel drops a timed-out nftables set element (measured
@@ -104,8 +106,8 @@ class Timing:
     """Extra room in (T1) for scheduling delays and clock rate differences."""
 
     api_timeout: float = 0.5
-    """Timeout of one API call (connect plus response). Half the renew deadline,
-    so a timed-out call still leaves one retry before the deadline (T3)."""
+    """Timeout of one API call (connect plus response). Below the renew
+    deadline (T3), so a timed-out call still leaves time for a retry."""
 
     non_preferred_delay: float = 0.5
     """Extra wait before a candidate that is not the rendezvous-preferred node

@@ -186,13 +186,13 @@ def test_holder_that_stepped_down_takes_its_untouched_lease_back() -> None:
 
 
 def test_renew_deadline_boundary_steps_down_only_after_the_deadline() -> None:
+    last = 100.0 - TIMING.renew_deadline
     clock = FakeClock(now=100.0)
-    me = member(PREFERRED, last_renew=99.0)
+    me = member(PREFERRED, last_renew=last)
     record = lease(PREFERRED, incarnation=me.incarnation)
-    observed = seen(record, 99.0)
+    observed = seen(record, last)
 
-    # exactly renew_deadline (1 s) since the last successful renew: still ours
-    assert TIMING.renew_deadline == 1.0
+    # exactly renew_deadline since the last successful renew: still ours
     assert_decision(decide(record, observed, clock.now, me, TIMING), Action.RENEW, "renew")
 
     clock.now = 100.001

@@ -435,20 +435,20 @@ def test_address_lifetime_below_the_kernel_minimum() -> None:
 def test_t1_lease_must_outlast_the_daemon_and_nftables_fences() -> None:
     message = message_of(changed("timing.leaseDuration", "2.4s"), "timing.leaseDuration")
     assert message.startswith("(T1) leaseDuration > renewDeadline + kernel fence + safetyMargin fails")
-    assert "2.4 <= 1 + (fenceTtl 1.3 + fenceSlack 0.05) + 0.1 = 2.45" in message
+    assert "2.4 <= 0.8 + (fenceTtl 1.5 + fenceSlack 0.05) + 0.1 = 2.45" in message
 
 
 def test_t1_without_the_nftables_fence_counts_the_address_lifetime_and_slack() -> None:
     data = changed("timing.fenceTtl", 0)
     message = message_of(data, "timing.leaseDuration")
-    assert "2.5 <= 1 + (addressLifetime 1 + kernelSlack 1.2 (fenceTtl is 0)) + 0.1 = 3.3" in message
+    assert "2.5 <= 0.8 + (addressLifetime 1 + kernelSlack 1.2 (fenceTtl is 0)) + 0.1 = 3.1" in message
     data["timing"]["leaseDuration"] = "3.4s"
     data["timing"]["handoffGrace"] = "3.4s"
     assert parse_settings(data).timing.fence_ttl == 0
 
 
 def test_t1_counts_a_longer_fence_ttl() -> None:
-    assert "(T1)" in message_of(changed("timing.fenceTtl", "1.5s"), "timing.leaseDuration")
+    assert "(T1)" in message_of(changed("timing.fenceTtl", "1.6s"), "timing.leaseDuration")
 
 
 def test_t2_renew_deadline_leaves_a_retry() -> None:
@@ -459,7 +459,7 @@ def test_t2_renew_deadline_leaves_a_retry() -> None:
 
 def test_t3_api_call_cannot_outlive_the_renew_deadline() -> None:
     message = message_of(changed("timing.apiTimeout", "1s"), "timing.apiTimeout")
-    assert message.startswith("(T3) apiTimeout < renewDeadline fails: 1 >= 1")
+    assert message.startswith("(T3) apiTimeout < renewDeadline fails: 1 >= 0.8")
 
 
 def test_all_three_inequalities_at_once() -> None:

@@ -237,10 +237,11 @@ def test_a_restart_while_owning_keeps_traffic_flowing(lab: Lab) -> None:
         wait(lambda: holders(lab)[ip] is not None, 10, "an owner")
         time.sleep(2.0)
     assert holders(lab)[ip] == owner, "the restarted daemon should have adopted its IP"
-    # No failover: the restarted daemon adopts its IP before the fences expire. On a
-    # quiet machine no probe is lost; the bound leaves room for a loaded one (the
-    # drills report the distribution).
-    assert prober.gap() < 0.15, f"{prober.lost()} probes lost, longest gap {prober.gap() * 1000:.0f} ms"
+    # No failover: the restarted daemon adopts its IP, in most runs before its fences
+    # expire (no probe lost; the kill-restart drill reports the distribution). A slow
+    # start on a loaded machine may cost a few hundred ms, never a failover (which
+    # would take leaseDuration - fenceTtl, a second).
+    assert prober.gap() < 0.5, f"{prober.lost()} probes lost, longest gap {prober.gap() * 1000:.0f} ms"
 
 
 def test_status_json_matches_the_kernel_and_the_leases(lab: Lab) -> None:
