@@ -96,6 +96,7 @@ class KubeLeaseStore:
         api_timeout: float,
         workers: int = 4,
         watch_timeout: int = 240,
+        watch_idle: float = 10.0,
         label_selector: str = LABEL_SELECTOR,
     ) -> None:
         self._api = api
@@ -105,6 +106,13 @@ class KubeLeaseStore:
         self._api_timeout = api_timeout
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="egressd-api")
         self._watch_timeout = watch_timeout
+        self._watch_idle = watch_idle
+        """A watch stream silent this long is reconnected (from its last
+        resourceVersion). A partition can leave the TCP connection of a watch
+        dead without an error; unnoticed, the node's view stops moving and its
+        next takeover waits for a lease expiry it computes from stale
+        observations. Owners renew every retry period, so a healthy stream is
+        rarely silent; reconnecting an idle one costs one request."""
         self._selector = label_selector
         self._closed = threading.Event()
         self._watch_up = False
@@ -272,6 +280,12 @@ class KubeLeaseStore:
             except LeaseExpired:
                 log.info("lease watch: resourceVersion %s expired; listing again", rv)
                 rv = ""
+            except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
+                # silent for watch_idle: reconnect at once, quietly (an idle watch is normal)
+                log.debug(
+                    "lease watch silent for %.1fs (%s); reconnecting from resourceVersion %s", self._watch_idle, exc, rv
+                )
+                continue
             except (LeaseError, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
                 self._watch_up = False
                 if stop.is_set():
@@ -307,7 +321,7 @@ class KubeLeaseStore:
                 allow_watch_bookmarks=True,
                 timeout_seconds=self._watch_timeout,
                 _preload_content=False,
-                _request_timeout=(max(self._api_timeout, 1.0), self._watch_timeout + 10),
+                _request_timeout=(max(self._api_timeout, 1.0), self._watch_idle),
             )
         except ApiException as exc:
             raise _translate(exc, "watch") from exc

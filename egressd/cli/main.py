@@ -193,7 +193,13 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
         for name, nodes in selected.items():
             log.info("group %s: nodeSelector matches %s", name, ", ".join(nodes) or "no node")
         settings = settings.with_selected_candidates(selected)
-    store = KubeLeaseStore(api, settings.kubernetes.namespace, clock=clock, api_timeout=settings.timing.api_timeout)
+    store = KubeLeaseStore(
+        api,
+        settings.kubernetes.namespace,
+        clock=clock,
+        api_timeout=settings.timing.api_timeout,
+        watch_idle=settings.timing.lease_duration,
+    )
     metrics = PrometheusMetrics()
     sinks: list[EventSink] = [LogEvents()]
     mqtt = None

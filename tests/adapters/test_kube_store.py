@@ -197,3 +197,25 @@ async def test_nodes_matching_a_label_selector(lab: LabApiServer) -> None:
         assert await nodes_matching(api, {"egress-gw": "true"}, request_timeout=2) == ["kind-worker3", "kind-worker4"]
     finally:
         api.close()  # type: ignore[no-untyped-call]
+
+
+async def test_an_idle_watch_reconnects_quietly_and_keeps_delivering(
+    lab: LabApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A silent stream is reconnected after watch_idle (a dead connection after a partition
+    looks the same); changes made afterwards still arrive, and no warning is logged."""
+    store = KubeLeaseStore(
+        api_client(KubeSettings(access="url", url=lab.url)), NS, clock=CLOCK, api_timeout=0.5, watch_idle=0.3
+    )
+    try:
+        events = store.watch()
+        await next_event(events, "sync")
+        await asyncio.sleep(1.0)  # three idle periods
+        created = await store.create(fresh("kind-worker3"), deadline=deadline())
+        change = await next_event(events, "upsert")
+        assert change.record is not None and change.record.resource_version == created.resource_version
+        assert store.connected()
+        assert not [r for r in caplog.records if r.levelname == "WARNING" and "watch" in r.getMessage()]
+        await events.aclose()  # type: ignore[attr-defined]
+    finally:
+        await store.close()
