@@ -172,7 +172,8 @@ class KubeLeaseStore:
         return records
 
     def connected(self) -> bool:
-        """The watch is established and the latest call, if any, succeeded."""
+        """The watch is established and the latest call (the watch's requests
+        included) succeeded."""
         return self._watch_up and self._last_ok >= self._last_failed
 
     async def close(self) -> None:
@@ -273,6 +274,7 @@ class KubeLeaseStore:
                     emit(LeaseEvent(kind="sync", records=tuple(records)))
                 for event in self._watch_once(rv, stop):
                     self._watch_up = True
+                    self._last_ok = self._clock.monotonic()
                     backoff = 0.05
                     rv = event.pop("_rv", rv)
                     if event:
@@ -326,6 +328,7 @@ class KubeLeaseStore:
         except ApiException as exc:
             raise _translate(exc, "watch") from exc
         self._watch_up = True
+        self._last_ok = self._clock.monotonic()  # an established watch is an API call that worked
         try:
             buf = b""
             for chunk in resp.stream(4096, decode_content=True):

@@ -219,3 +219,28 @@ async def test_an_idle_watch_reconnects_quietly_and_keeps_delivering(
         await events.aclose()  # type: ignore[attr-defined]
     finally:
         await store.close()
+
+
+async def test_connected_recovers_through_the_watch_alone(lab: LabApiServer) -> None:
+    """A standby makes no calls: after an API failure its readiness must come back
+    when the watch works again, not wait for a call of its own."""
+    store = KubeLeaseStore(
+        api_client(KubeSettings(access="url", url=lab.url)), NS, clock=CLOCK, api_timeout=0.5, watch_idle=0.3
+    )
+    try:
+        events = store.watch()
+        await next_event(events, "sync")
+        async with asyncio.timeout(3):  # the watch request follows the sync's list
+            while not store.connected():
+                await asyncio.sleep(0.02)
+        lab.fail_with(503)
+        with pytest.raises(ApiUnavailable):
+            await store.get(lease_name("172.18.0.42"), deadline=deadline(0.2))
+        assert not store.connected()
+        lab.clear_fault()
+        async with asyncio.timeout(3):
+            while not store.connected():
+                await asyncio.sleep(0.05)
+        await events.aclose()  # type: ignore[attr-defined]
+    finally:
+        await store.close()
