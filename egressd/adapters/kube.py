@@ -189,13 +189,7 @@ class KubeLeaseStore:
                 self._namespace, label_selector=self._selector, _preload_content=False, _request_timeout=t
             ),
         )
-        records = []
-        for item in obj.get("items") or []:
-            try:
-                records.append(record_from_object(item))
-            except MalformedLease as exc:
-                log.warning("ignoring unreadable lease in list: %s", exc)
-        return records, str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        return _records(obj)
 
     async def _call(self, verb: str, deadline: float, fn: Callable[[float], Any]) -> dict[str, Any]:
         """Run ``fn(timeout)`` in the pool, retried on unavailability until the deadline."""
@@ -303,13 +297,7 @@ class KubeLeaseStore:
             ),
             max(self._api_timeout, 2.0),
         )
-        records = []
-        for item in obj.get("items") or []:
-            try:
-                records.append(record_from_object(item))
-            except MalformedLease as exc:
-                log.warning("ignoring unreadable lease in list: %s", exc)
-        return records, str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        return _records(obj)
 
     def _watch_once(self, rv: str, stop: threading.Event) -> Iterator[dict[str, Any]]:
         """One watch request; yields raw events, each with ``_rv`` (the
@@ -341,6 +329,17 @@ class KubeLeaseStore:
                         yield _decode_watch_line(line)
         finally:
             resp.release_conn()
+
+
+def _records(obj: dict[str, Any]) -> tuple[list[LeaseRecord], str]:
+    """The readable leases of a list response, and the list's resourceVersion."""
+    records = []
+    for item in obj.get("items") or []:
+        try:
+            records.append(record_from_object(item))
+        except MalformedLease as exc:
+            log.warning("ignoring unreadable lease in list: %s", exc)
+    return records, str((obj.get("metadata") or {}).get("resourceVersion") or "")
 
 
 def _decode_watch_line(line: bytes) -> dict[str, Any]:

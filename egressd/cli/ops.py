@@ -24,12 +24,16 @@ import urllib.error
 import urllib.request
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from egressd.core.election import rendezvous_rank
 from egressd.core.errors import EgressdError, LeaseError, LostRace
 from egressd.core.lease import LeaseRecord, lease_name
 from egressd.core.settings import EgressGroup, IPAddress, Settings
+
+if TYPE_CHECKING:
+    from egressd.adapters.kube import KubeLeaseStore
+    from egressd.ports import Clock
 
 
 class OperationError(EgressdError):
@@ -37,6 +41,13 @@ class OperationError(EgressdError):
 
 
 # --- status ---------------------------------------------------------------------
+
+
+def _store(settings: Settings, clock: Clock) -> KubeLeaseStore:
+    """A lease store for one operator command (generous timeouts: no fence depends on it)."""
+    from egressd.adapters.kube import KubeLeaseStore, api_client  # noqa: PLC0415
+
+    return KubeLeaseStore(api_client(settings.kubernetes), settings.kubernetes.namespace, clock=clock, api_timeout=2.0)
 
 
 def _daemon_view(settings: Settings) -> dict[str, Any] | None:
@@ -73,10 +84,9 @@ async def _kernel_view() -> dict[str, Any] | None:
 
 async def status(settings: Settings, *, as_json: bool, kernel: bool = True) -> int:
     from egressd.adapters.clock import SystemClock  # noqa: PLC0415
-    from egressd.adapters.kube import KubeLeaseStore, api_client  # noqa: PLC0415
 
     clock = SystemClock()
-    store = KubeLeaseStore(api_client(settings.kubernetes), settings.kubernetes.namespace, clock=clock, api_timeout=2.0)
+    store = _store(settings, clock)
     try:
         records = {r.egress_ip: r for r in await store.list_leases(deadline=clock.monotonic() + 5.0)}
     finally:
@@ -225,10 +235,9 @@ async def _wait_holder(store: Any, clock: Any, ip: IPAddress, to: str, limit: fl
 
 async def move(settings: Settings, moves: list[tuple[IPAddress, str]], *, wait: bool, limit: float = 15.0) -> int:
     from egressd.adapters.clock import SystemClock  # noqa: PLC0415
-    from egressd.adapters.kube import KubeLeaseStore, api_client  # noqa: PLC0415
 
     clock = SystemClock()
-    store = KubeLeaseStore(api_client(settings.kubernetes), settings.kubernetes.namespace, clock=clock, api_timeout=2.0)
+    store = _store(settings, clock)
     try:
         for ip, to in moves:
             record = await _request_move(store, clock, ip, to)
@@ -257,10 +266,9 @@ def handoff_moves(settings: Settings, ip: IPAddress, to: str) -> list[tuple[IPAd
 async def drain_moves(settings: Settings) -> list[tuple[IPAddress, str]]:
     """Every IP this node holds, to its next preferred candidate."""
     from egressd.adapters.clock import SystemClock  # noqa: PLC0415
-    from egressd.adapters.kube import KubeLeaseStore, api_client  # noqa: PLC0415
 
     clock = SystemClock()
-    store = KubeLeaseStore(api_client(settings.kubernetes), settings.kubernetes.namespace, clock=clock, api_timeout=2.0)
+    store = _store(settings, clock)
     try:
         records = {r.egress_ip: r for r in await store.list_leases(deadline=clock.monotonic() + 5.0)}
     finally:

@@ -272,17 +272,21 @@ class Member:
     async def _withdraw(self, reason: str) -> None:
         """Stop serving: announcements, SNAT, address — each attempted even if one fails."""
         async with self._dp_lock:
-            steps: tuple[tuple[str, Callable[[], Awaitable[None]]], ...] = (
-                ("announcer", lambda: self._dp.announcer.stop(self.ip)),
-                ("snat", lambda: self._dp.snat.deactivate(self.ip)),
-                ("address", lambda: self._dp.addresses.release(self.ip, self.group.interface)),
-            )
-            for what, op in steps:
-                try:
-                    await op()
-                except DataPlaneError as exc:
-                    self.log.error("withdraw (%s): %s failed: %s", reason, what, exc)
-            self._metrics.owned(str(self.ip), False)
+            await self._withdraw_locked(reason)
+
+    async def _withdraw_locked(self, reason: str) -> None:
+        """:meth:`_withdraw` for callers that hold the data-plane lock already."""
+        steps: tuple[tuple[str, Callable[[], Awaitable[None]]], ...] = (
+            ("announcer", lambda: self._dp.announcer.stop(self.ip)),
+            ("snat", lambda: self._dp.snat.deactivate(self.ip)),
+            ("address", lambda: self._dp.addresses.release(self.ip, self.group.interface)),
+        )
+        for what, op in steps:
+            try:
+                await op()
+            except DataPlaneError as exc:
+                self.log.error("withdraw (%s): %s failed: %s", reason, what, exc)
+        self._metrics.owned(str(self.ip), False)
 
     async def step_down(self, reason: str, detail: str = "") -> None:
         """Withdraw now (deadline passed, lease lost, data plane failed).
@@ -371,9 +375,7 @@ class Member:
                 if repaired:
                     await self._dp.announcer.start(self.ip, self.group.interface)
             elif self.ip in present or self.ip in active:
-                await self._dp.announcer.stop(self.ip)
-                await self._dp.snat.deactivate(self.ip)
-                await self._dp.addresses.release(self.ip, self.group.interface)
+                await self._withdraw_locked("stale-state")
                 repaired.append("stale-state")
         for what in repaired:
             self.log.warning("drift repaired: %s", what)
