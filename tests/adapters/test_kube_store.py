@@ -221,12 +221,27 @@ async def test_an_idle_watch_reconnects_quietly_and_keeps_delivering(
         await store.close()
 
 
-async def test_connected_recovers_through_the_watch_alone(lab: LabApiServer) -> None:
+@pytest.fixture
+def quiet_lab() -> Iterator[LabApiServer]:
+    """A lab server without frequent bookmarks: an open watch stays silent unless something changes."""
+    server = LabApiServer(LabSettings(bookmark_interval=60.0, auto_create_namespaces=True))
+    server.start_in_thread()
+    try:
+        yield server
+    finally:
+        server.clear_fault()
+        server.stop_in_thread()
+
+
+async def test_connected_recovers_through_the_watch_alone(quiet_lab: LabApiServer) -> None:
     """A standby makes no calls: after an API failure its readiness must come back
-    when the watch works again, not wait for a call of its own."""
+    when the watch works again (here: an event written by another client), not
+    wait for a call of its own."""
+    lab = quiet_lab
     store = KubeLeaseStore(
-        api_client(KubeSettings(access="url", url=lab.url)), NS, clock=CLOCK, api_timeout=0.5, watch_idle=0.3
+        api_client(KubeSettings(access="url", url=lab.url)), NS, clock=CLOCK, api_timeout=0.5, watch_idle=30
     )
+    other = KubeLeaseStore(api_client(KubeSettings(access="url", url=lab.url)), NS, clock=CLOCK, api_timeout=0.5)
     try:
         events = store.watch()
         await next_event(events, "sync")
@@ -238,9 +253,11 @@ async def test_connected_recovers_through_the_watch_alone(lab: LabApiServer) -> 
             await store.get(lease_name("172.18.0.42"), deadline=deadline(0.2))
         assert not store.connected()
         lab.clear_fault()
+        await other.create(fresh("kind-worker4"), deadline=deadline())
         async with asyncio.timeout(3):
             while not store.connected():
                 await asyncio.sleep(0.05)
         await events.aclose()  # type: ignore[attr-defined]
     finally:
         await store.close()
+        await other.close()
