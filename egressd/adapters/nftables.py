@@ -8,6 +8,14 @@ command is run as an asyncio subprocess, so the event loop never blocks.
 (tests and tools drive a namespace from the root process); the daemon itself
 normally runs inside the namespace it manages and leaves it None.
 
+``stage`` remembers what it staged: when only the groups' sources change, it
+applies the element changes to the source sets in one small transaction
+instead of rewriting the table (see :mod:`egressd.core.nft`), and runs nothing
+when nothing changed. The fence's list of egress IPs is re-staged only when the
+egress IPs change. :meth:`NftablesSnat.active` compares the kernel with what
+the adapter wrote; if they differ (someone flushed the table), the next
+``stage`` rewrites the table whatever changed.
+
 Optional sub-second fence (``fence_ttl``): see :mod:`egressd.core.nft`. When it
 is enabled, ``activate`` arms the fence of the IP for ``fence_ttl`` and the
 runtime MUST call :meth:`NftablesSnat.refresh_fence` after every successful
@@ -28,7 +36,7 @@ from typing import Any
 
 from egressd.core import nft
 from egressd.core.errors import DataPlaneError
-from egressd.core.settings import EgressGroup, IPAddress
+from egressd.core.settings import EgressGroup, IPAddress, IPNetwork
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +119,18 @@ class NftablesSnat:
         self._nft = nft_binary
         self._timeout = timeout
         self._groups: dict[str, EgressGroup] = {}
+        self._staged: tuple[EgressGroup, ...] | None = None
+        """The groups as the kernel's table holds them now; None: unknown (rewrite)."""
+        self._sets: dict[str, dict[str, tuple[str, ...]]] = {}
+        """The elements of the staged groups' source sets, by group name."""
+        self._owners: dict[str, dict[IPNetwork, IPAddress]] = {}
+        """The egress IP of each staged source, by group name (hashing thousands
+        of sources costs more than the transaction that adds one)."""
+        self._fenced: frozenset[IPAddress] | None = None
+        """The egress IPs the fence tables list now; None: unknown (re-stage)."""
         self._owned: dict[IPAddress, str] = {}
+        self._changes = 0
+        """Count of transactions applied, to tell a stale read-back from drift."""
         self._loaded = False
         self._lock = asyncio.Lock()
         self._lib = _open_libnftables(netns) if library else None
@@ -119,18 +138,36 @@ class NftablesSnat:
     # -- the port ---------------------------------------------------------
 
     async def stage(self, groups: Sequence[EgressGroup]) -> None:
-        """Write the whole SNAT table (sets of every group, SNAT rules of the IPs
-        owned now) in one transaction, and the fence's list of egress IPs."""
+        """Bring the SNAT table to ``groups`` (sets of every group, SNAT rules of
+        the IPs owned now) in one transaction, and the fence's list of egress IPs.
+
+        1. Nothing changed since the last stage: nothing to run.
+        2. Only sources changed: add and delete set elements (no rule, chain or
+           conntrack entry is touched); if that fails, go on with 3.
+        3. Otherwise: rewrite the whole table, keeping the rules of owned IPs.
+        """
+        groups = tuple(groups)
         async with self._lock:
             await self._load()
-            self._groups = {g.name: g for g in groups}
-            owned = {ip: g for ip, g in self._owned.items() if g in self._groups}
-            script = nft.render_table(list(self._groups.values()), owned)
-            if self._fence_ms is not None:
-                script += nft.render_fence_stage(ip for g in groups for ip in g.egress_ips)
+            ips = frozenset(ip for g in groups for ip in g.egress_ips)
+            fence = "" if self._fence_ms is None or ips == self._fenced else nft.render_fence_stage(ips)
+            staged = self._staged
+            if staged is not None and nft.same_layout(staged, groups) and await self._apply_delta(groups, ips, fence):
+                return
+            by_name = {g.name: g for g in groups}
+            owned = {ip: g for ip, g in self._owned.items() if g in by_name and ip in by_name[g].egress_ips}
+            for ip in set(self._owned) - set(owned):
+                log.info("SNAT to %s dropped from the table: no longer an egress IP of group %s", ip, self._owned[ip])
             started = time.monotonic()
+            try:
+                owners = {g.name: nft.source_owners(g) for g in groups}
+                sets = {g.name: nft.group_source_sets(g, owners[g.name]) for g in groups}
+                script = nft.render_table(groups, owned, sets=sets) + fence
+            except ValueError as exc:  # a group name nftables cannot carry
+                raise DataPlaneError(f"nft stage: {exc}") from exc
             await self._run(script, what="stage")
-            self._owned = owned
+            self._changes += 1
+            self._remember(groups, sets, owners, owned, ips if fence else self._fenced)
             log.info(
                 "staged SNAT table for %d group(s), %d active egress IP(s) in %.3fs",
                 len(groups),
@@ -138,12 +175,49 @@ class NftablesSnat:
                 time.monotonic() - started,
             )
 
+    async def _apply_delta(self, groups: tuple[EgressGroup, ...], ips: frozenset[IPAddress], fence: str) -> bool:
+        """Steps 1 and 2 of :meth:`stage`; False when the table must be rewritten."""
+        assert self._staged is not None
+        started = time.monotonic()
+        before = {g.name: g for g in self._staged}
+        sets, owners = dict(self._sets), dict(self._owners)
+        deltas: list[nft.SetDelta] = []
+        for g in groups:
+            if g.source_cidrs != before[g.name].source_cidrs:
+                owners[g.name] = nft.source_owners(g, self._owners[g.name])  # same IPs: reuse
+                sets[g.name] = nft.group_source_sets(g, owners[g.name])
+                deltas += nft.diff_source_sets(self._sets[g.name], sets[g.name])
+        script = nft.render_set_deltas(deltas) + fence
+        if not script:
+            self._remember(groups, sets, owners, self._owned, self._fenced)
+            log.debug("stage: SNAT table already up to date")
+            return True
+        try:
+            await self._run(script, what="stage sources")
+        except DataPlaneError as exc:
+            log.warning("source update failed, rewriting the SNAT table instead: %s", exc)
+            self._staged = None
+            return False
+        self._changes += 1
+        self._remember(groups, sets, owners, self._owned, ips if fence else self._fenced)
+        log.debug(
+            "stage: %d element(s) added and %d deleted in %d source set(s) in %.3fs%s",
+            sum(len(d.added) for d in deltas),
+            sum(len(d.deleted) for d in deltas),
+            len(deltas),
+            time.monotonic() - started,
+            ", fence list re-staged" if fence else "",
+        )
+        return True
+
     async def activate(self, ip: IPAddress, group: str) -> None:
         """Add the SNAT rule of ``ip`` (and arm its fence) in one transaction."""
         async with self._lock:
             await self._load()
             if group not in self._groups:
                 raise DataPlaneError(f"snat {ip}: group {group!r} is not staged")
+            if ip not in self._groups[group].egress_ips:
+                raise DataPlaneError(f"snat {ip}: not an egress IP of group {group!r} as staged")
             owned = dict(self._owned)
             owned[ip] = group
             script = self._chain_script(group, ip.version, owned)
@@ -151,6 +225,7 @@ class NftablesSnat:
                 script += nft.render_fence_refresh([ip], self._fence_ms)
             await self._run(script, what=f"activate {ip}")
             self._owned = owned
+            self._changes += 1
             log.info("SNAT to %s active for group %s", ip, group)
 
     async def deactivate(self, ip: IPAddress) -> None:
@@ -169,12 +244,22 @@ class NftablesSnat:
                 return
             await self._run(script, what=f"deactivate {ip}")
             self._owned = owned
+            self._changes += 1
             log.info("SNAT to %s removed (group %s)", ip, group)
 
     async def active(self) -> set[IPAddress]:
-        """Egress IPs with a SNAT rule in the kernel now (read back, not remembered)."""
+        """Egress IPs with a SNAT rule in the kernel now (read back, not remembered).
+
+        If the kernel does not hold what this adapter wrote (the table is gone,
+        or its SNAT rules differ), the next :meth:`stage` rewrites the table."""
+        changes = self._changes
         listing = await self._list()
-        return set(nft.parse_active(listing))
+        found = nft.parse_active(listing)
+        drifted = not listing or found != self._owned
+        if drifted and self._staged is not None and changes == self._changes:
+            log.info("the SNAT table differs from what was staged; the next stage rewrites it")
+            self._staged = None
+        return set(found)
 
     # -- beyond the port --------------------------------------------------
 
@@ -204,10 +289,30 @@ class NftablesSnat:
             await self._run(nft.render_delete(fence=True), what="clear")
             self._owned = {}
             self._groups = {}
+            self._staged = None
+            self._sets = {}
+            self._owners = {}
+            self._fenced = None
+            self._changes += 1
             self._loaded = True
             log.info("removed egressd nftables tables")
 
     # -- internals --------------------------------------------------------
+
+    def _remember(
+        self,
+        groups: tuple[EgressGroup, ...],
+        sets: dict[str, dict[str, tuple[str, ...]]],
+        owners: dict[str, dict[IPNetwork, IPAddress]],
+        owned: dict[IPAddress, str],
+        fenced: frozenset[IPAddress] | None,
+    ) -> None:
+        self._groups = {g.name: g for g in groups}
+        self._staged = groups
+        self._sets = sets
+        self._owners = owners
+        self._owned = owned
+        self._fenced = fenced
 
     def _chain_script(self, group: str, version: int, owned: dict[IPAddress, str]) -> str:
         return nft.render_group_chain(group, version, [ip for ip, g in owned.items() if g == group])

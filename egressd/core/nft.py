@@ -8,32 +8,58 @@ Layout (``inet`` family: one table serves IPv4 and IPv6 NAT; kernel >= 5.2 and
 nft >= 0.9.1 support NAT in ``inet``, so a second ``ip6`` table is not needed)::
 
     table inet egressd
-      set g_<group>_src4 / _dst4 / _excl4     interval sets (auto-merge), per group and family
-      set g_<group>_src6 / _dst6 / _excl6
+      set g_<group>_src4 / _dst4 / _excl4     interval sets, per group and family;
+      set g_<group>_src6 / _dst6 / _excl6     src: every source of the group
+      set g_<group>_s_<ip>                    interval set per egress IP: the sources
+                                              that use that IP (steering.sources_for)
       chain postrouting   type nat hook postrouting priority srcnat
         ip saddr @g_web_src4 ip daddr @g_web_dst4 ip daddr != @g_web_excl4 jump g_web_v4
       chain g_web_v4      one rule per egress IP of the group this node owns now
-        snat ip to 172.18.0.42
+        ip saddr @g_web_s_172_18_0_42 snat ip to 172.18.0.42
       chain unnatted      type filter hook postrouting priority srcnat + 5
         ip saddr @g_web_src4 ip daddr @g_web_dst4 ip daddr != @g_web_excl4 counter drop
 
 The ``unnatted`` chain makes the gateway fail closed: selected traffic that
-reaches it while it owns none of the group's IPs is dropped, never forwarded
-with the pod's own address.
+leaves postrouting's NAT un-NATed is dropped, never forwarded with the pod's
+own address.
+
+**Which source uses which IP.** A source leaves with the egress IP that
+:func:`egressd.core.steering.sources_for` gives it (rendezvous hashing of the
+source CIDR and the group's IPs of its family), on every gateway, whatever
+the gateway owns: the steering nodes send it to that IP's owner, and a pod
+keeps its IP as long as the group's IPs stay the same. A gateway NATs a source
+only to that IP; if the IP is not owned here (a takeover still under way,
+steering not yet moved), the source matches no rule of the group chain and the
+``unnatted`` chain drops it. It is never NATed to another IP of the group.
+When source CIDRs overlap, the most specific one decides (longest prefix): the
+per-IP sets partition the union set, so an address is in exactly one of them.
+
+**Names.** ``g_`` and the group name with ``-`` written as ``_`` (group names
+are Kubernetes object names, ``[a-z0-9.-]``; nft accepts ``.`` in names), so
+names map back to groups one-to-one; an egress IP in a set name has its ``.``
+or ``:`` written as ``_`` (:func:`ip_ident`). nft accepts at most 255
+characters; a group name that would need more raises ValueError.
+
+**Elements.** Sets have ``flags interval`` and no ``auto-merge``; every set
+holds the canonical form of its addresses (the fewest CIDRs that cover them,
+as :func:`ipaddress.collapse_addresses` gives, sorted, a /32 or /128 as a bare
+address), so what the kernel holds is exactly what :func:`source_sets`
+computes. A change of sources is then the difference of two canonical lists
+(:func:`source_delta`): every ``delete element`` names an element that exists,
+and every ``add element`` overlaps nothing that stays (nft rejects overlapping
+elements in an interval set without auto-merge; with auto-merge the kernel
+would hold merged ranges that no longer match the elements a later delete
+names). Deletes precede adds within a set, so a /24 may replace two /25s in
+one transaction.
 
 Staging (:func:`render_table`) writes the whole table, sets included, with the
 ``table X; delete table X; table X {...}`` idiom: the first line makes the
 delete valid when the table does not exist yet, and the three lines are one
 transaction. Activation (:func:`render_group_chain`) only flushes and refills
-one small group chain, so the takeover path does not re-send the sets.
-
-Several owned IPs of one group: the sources are split between the group's IPs
-this node owns *now*, sorted, by ``jhash <saddr> mod N seed 0 == i``. The split
-is deterministic for a given owned set (the same source always gets the same IP
-on every node and after a restart); when the owned set changes, new connections
-may map differently, established ones keep their conntrack NAT binding. Any
-traffic that reaches the node for the group is SNATed to *some* owned IP of the
-group, never left with the node address.
+one small group chain, so the takeover path does not re-send the sets. When
+only sources change (same groups, egress IPs, destinations and exclusions,
+:func:`same_layout`), :func:`render_source_delta` changes the elements of the
+affected sets in place: no chain, rule or conntrack entry is touched.
 
 Optional sub-second fence (:func:`render_fence_stage`): a timeout set of the IPs
 the daemon has recently confirmed it owns; packets leaving with an egress IP as
@@ -47,29 +73,42 @@ runs out. The fence lives in tables of its own (``inet egressd_fence`` and
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from egressd.core.settings import EgressGroup, IPAddress, IPNetwork
+from egressd.core.steering import sources_for
 
 FAMILY = "inet"
 TABLE = "egressd"
 FENCE_TABLE = "egressd_fence"
 ARP_TABLE = "egressd_arp"
 
-#: Fixed seed of the source split: the split must not change across restarts.
-HASH_SEED = 0
+#: Longest name nft accepts for a table, chain or set (NFT_NAME_MAXLEN is 256
+#: bytes with the terminating NUL; 256 characters fail with ERANGE).
+MAX_NAME = 255
 
 #: Priority of the fail-closed chain, relative to srcnat: after the NAT chains
 #: (srcnat), before the fence (srcnat + 10).
 GUARD_OFFSET = 5
 
+_GROUP_NAME = re.compile(r"[a-z0-9.-]+")
+
 
 def ident(group: str) -> str:
-    """The nft identifier part for a group name. Group names are DNS labels
-    (``[a-z0-9-]``), which cannot contain ``_``, so mapping ``-`` to ``_`` is
-    one-to-one; the ``g_`` prefix keeps identifiers starting with a letter."""
+    """The nft identifier part for a group name.
+
+    Group names are Kubernetes object names (DNS subdomains, ``[a-z0-9.-]``),
+    which cannot contain ``_``: mapping ``-`` to ``_`` and keeping ``.`` (nft
+    accepts it in names) is one-to-one. The ``g_`` prefix keeps identifiers
+    starting with a letter. Raises ValueError for any other name.
+    """
+    if not _GROUP_NAME.fullmatch(group):
+        raise ValueError(f"group name {group!r} must consist of a-z, 0-9, '.' and '-'")
     return "g_" + group.replace("-", "_")
 
 
@@ -77,16 +116,44 @@ def group_from_ident(name: str) -> str | None:
     """Inverse of :func:`ident` for a group chain name ``g_<x>_v4``/``_v6``."""
     if not name.startswith("g_") or not name.endswith(("_v4", "_v6")):
         return None
-    return name[2:-3].replace("_", "-")
+    group = name[2:-3].replace("_", "-")
+    return group if _GROUP_NAME.fullmatch(group) else None
+
+
+def _checked(name: str, group: str) -> str:
+    if len(name) > MAX_NAME:
+        raise ValueError(
+            f"group name {group!r} is too long for nftables: the name {name[:32]}... would have "
+            f"{len(name)} characters, nft accepts at most {MAX_NAME}"
+        )
+    return name
 
 
 def set_name(group: str, kind: str, version: int) -> str:
     """``kind`` is ``src``, ``dst`` or ``excl``."""
-    return f"{ident(group)}_{kind}{version}"
+    return _checked(f"{ident(group)}_{kind}{version}", group)
+
+
+def ip_ident(ip: IPAddress) -> str:
+    """An egress IP as a name part: ``172_18_0_42``; IPv6 as its eight groups
+    in hex without leading zeros, ``fd00_0_0_0_0_0_0_42`` (never compressed,
+    so the form does not depend on how Python prints the address)."""
+    if ip.version == 4:
+        return str(ip).replace(".", "_")
+    value = int(ip)
+    return "_".join(f"{(value >> (112 - 16 * i)) & 0xFFFF:x}" for i in range(8))
+
+
+def ip_set_name(group: str, ip: IPAddress) -> str:
+    """The set of the group's sources that use ``ip``. The IP part holds only
+    hex digits and ``_`` (never ``s``), so the last ``_s_`` separates it from
+    the group part: names of different groups or IPs never collide, nor
+    with the ``src``/``dst``/``excl`` sets (whose suffixes are not hex)."""
+    return _checked(f"{ident(group)}_s_{ip_ident(ip)}", group)
 
 
 def group_chain(group: str, version: int) -> str:
-    return f"{ident(group)}_v{version}"
+    return _checked(f"{ident(group)}_v{version}", group)
 
 
 def _proto(version: int) -> str:
@@ -97,20 +164,62 @@ def _addr_type(version: int) -> str:
     return "ipv4_addr" if version == 4 else "ipv6_addr"
 
 
-def _elements(nets: Iterable[IPNetwork], version: int) -> list[str]:
-    """Sorted, collapsed elements of one family (a /32 or /128 as a bare address)."""
-    same = sorted((n for n in nets if n.version == version), key=lambda n: (int(n.network_address), n.prefixlen))
-    out: list[str] = []
-    for net in ipaddress.collapse_addresses(same):  # type: ignore[type-var]
-        out.append(str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net))
+Span = tuple[int, int]
+"""First and last address of a range, as integers."""
+
+
+def _bits(version: int) -> int:
+    return 32 if version == 4 else 128
+
+
+def _merge(spans: Iterable[Span]) -> list[Span]:
+    """Sorted ranges, overlapping and adjacent ones joined."""
+    out: list[Span] = []
+    for first, last in sorted(spans):
+        if out and first <= out[-1][1] + 1:
+            if last > out[-1][1]:
+                out[-1] = (out[-1][0], last)
+        else:
+            out.append((first, last))
     return out
 
 
-def _set_block(name: str, version: int, elements: Sequence[str], *, interval: bool = True) -> list[str]:
-    lines = [f"\tset {name} {{", f"\t\ttype {_addr_type(version)}"]
-    if interval:
-        lines.append("\t\tflags interval")
-        lines.append("\t\tauto-merge")
+def _spans(nets: Iterable[IPNetwork], version: int) -> list[Span]:
+    """The addresses of ``nets`` of one family as merged ranges."""
+    return _merge((int(n.network_address), int(n.broadcast_address)) for n in nets if n.version == version)
+
+
+def _cidrs(spans: Iterable[Span], version: int) -> Iterator[tuple[int, int]]:
+    """The fewest CIDRs (address, prefix length) that cover ``spans`` exactly,
+    in address order: the form :func:`ipaddress.collapse_addresses` gives, at a
+    fraction of its cost for thousands of sources."""
+    bits = _bits(version)
+    for first, last in spans:
+        address = first
+        while address <= last:
+            aligned = (address & -address).bit_length() - 1 if address else bits
+            size = min(aligned, (last - address + 1).bit_length() - 1)
+            yield address, bits - size
+            address += 1 << size
+
+
+def _element(address: int, prefixlen: int, version: int) -> str:
+    """A set element: ``10.0.0.0/24``, a /32 or /128 as a bare address."""
+    text = str(ipaddress.IPv4Address(address) if version == 4 else ipaddress.IPv6Address(address))
+    return text if prefixlen == _bits(version) else f"{text}/{prefixlen}"
+
+
+def _format(spans: Iterable[Span], version: int) -> list[str]:
+    return [_element(a, p, version) for a, p in _cidrs(spans, version)]
+
+
+def _elements(nets: Iterable[IPNetwork], version: int) -> list[str]:
+    """Sorted, collapsed elements of one family (a /32 or /128 as a bare address)."""
+    return _format(_spans(nets, version), version)
+
+
+def _set_block(name: str, version: int, elements: Sequence[str]) -> list[str]:
+    lines = [f"\tset {name} {{", f"\t\ttype {_addr_type(version)}", "\t\tflags interval"]
     if elements:
         lines.append("\t\telements = { " + ", ".join(elements) + " }")
     lines.append("\t}")
@@ -122,25 +231,124 @@ def families(group: EgressGroup) -> list[int]:
     return sorted({ip.version for ip in group.egress_ips})
 
 
+def _egress_ips(group: EgressGroup, version: int) -> list[IPAddress]:
+    return sorted({ip for ip in group.egress_ips if ip.version == version}, key=int)
+
+
+def _minus(span: Span, holes: Sequence[Span]) -> list[Span]:
+    """``span`` without ``holes`` (merged ranges inside it)."""
+    out: list[Span] = []
+    cursor, end = span
+    for first, last in holes:
+        if first > cursor:
+            out.append((cursor, first - 1))
+        cursor = max(cursor, last + 1)
+    if cursor <= end:
+        out.append((cursor, end))
+    return out
+
+
+Owners = Mapping[IPNetwork, IPAddress]
+"""Source CIDR -> the egress IP it uses (:func:`source_owners`)."""
+
+
+def source_owners(group: EgressGroup, known: Owners | None = None) -> dict[IPNetwork, IPAddress]:
+    """Each source of the group -> the egress IP :func:`sources_for` gives it
+    (sources of a family without egress IPs are left out).
+
+    A source's IP depends only on the source and the group's egress IPs, so
+    ``known``, the answer for an earlier version of the group with the same
+    egress IPs, is reused and only new sources are hashed."""
+    known = known or {}
+    out: dict[IPNetwork, IPAddress] = {}
+    missing: dict[IPNetwork, None] = {}
+    for src in group.source_cidrs:
+        ip = known.get(src)
+        if ip is None:
+            missing[src] = None
+        else:
+            out[src] = ip
+    if missing:
+        new = replace(group, source_cidrs=tuple(missing))
+        for ip in dict.fromkeys(group.egress_ips):
+            out.update(dict.fromkeys(sources_for(new, ip), ip))
+    return out
+
+
+def _split(group: EgressGroup, version: int, owners: Owners | None = None) -> dict[IPAddress, list[Span]]:
+    """The group's addresses of one family partitioned between its egress IPs,
+    as merged ranges (see :func:`split_sources`)."""
+    owners = owners if owners is not None else source_owners(group)
+    ips = _egress_ips(group, version)
+    owner: dict[Span, IPAddress] = {
+        (int(src.network_address), int(src.broadcast_address)): ip
+        for src, ip in owners.items()
+        if src.version == version
+    }
+    # widest first among equal starts, so what a CIDR contains follows it
+    spans = sorted(owner, key=lambda s: (s[0], -s[1]))
+    starts = [first for first, _ in spans]
+    parts: dict[IPAddress, list[Span]] = {ip: [] for ip in ips}
+    for i, span in enumerate(spans):
+        mine = owner[span]
+        end = bisect.bisect_right(starts, span[1], lo=i + 1)
+        holes = [s for s in spans[i + 1 : end] if owner[s] != mine]
+        parts[mine] += _minus(span, _merge(holes)) if holes else [span]
+    return {ip: _merge(p) for ip, p in parts.items()}
+
+
+def split_sources(group: EgressGroup, version: int) -> dict[IPAddress, list[IPNetwork]]:
+    """The group's addresses of one family, partitioned between its egress IPs.
+
+    Each source CIDR goes to its :func:`sources_for` IP; where CIDRs of
+    different IPs overlap, the most specific one wins, so every address is in
+    exactly one part. Parts are canonical (sorted, collapsed)."""
+    return {
+        ip: [ipaddress.ip_network((a, p)) for a, p in _cidrs(spans, version)]
+        for ip, spans in _split(group, version).items()
+    }
+
+
+def source_sets(group: EgressGroup, version: int, owners: Owners | None = None) -> dict[str, list[str]]:
+    """Name and canonical elements of every source set of one family: the
+    union set, then one set per egress IP. ``owners``: the group's
+    :func:`source_owners`, if the caller has them."""
+    out = {set_name(group.name, "src", version): _elements(group.source_cidrs, version)}
+    for ip, spans in _split(group, version, owners).items():
+        out[ip_set_name(group.name, ip)] = _format(spans, version)
+    return out
+
+
+def group_source_sets(group: EgressGroup, owners: Owners | None = None) -> dict[str, tuple[str, ...]]:
+    """:func:`source_sets` of every family of the group."""
+    owners = owners if owners is not None else source_owners(group)
+    return {name: tuple(e) for v in families(group) for name, e in source_sets(group, v, owners).items()}
+
+
 def snat_rules(group: str, version: int, ips: Iterable[IPAddress]) -> list[str]:
-    """Rule bodies of a group chain for the owned ``ips`` of that family."""
-    own = sorted((ip for ip in ips if ip.version == version), key=int)
+    """Rule bodies of a group chain for the owned ``ips`` of that family: each
+    IP NATs its own sources only."""
+    own = sorted({ip for ip in ips if ip.version == version}, key=int)
     proto = _proto(version)
-    if len(own) == 1:
-        return [f"snat {proto} to {own[0]}"]
-    return [
-        f"jhash {proto} saddr mod {len(own)} seed {HASH_SEED:#x} == {i} snat {proto} to {ip}"
-        for i, ip in enumerate(own)
-    ]
+    return [f"{proto} saddr @{ip_set_name(group, ip)} snat {proto} to {ip}" for ip in own]
 
 
-def render_table(groups: Sequence[EgressGroup], owned: Mapping[IPAddress, str] | None = None) -> str:
+def render_table(
+    groups: Sequence[EgressGroup],
+    owned: Mapping[IPAddress, str] | None = None,
+    *,
+    sets: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+) -> str:
     """The whole SNAT table as one transaction that replaces it atomically.
 
     ``owned`` maps egress IPs this node owns now to their group name; their
-    SNAT rules are included so that re-staging never drops active SNAT.
+    SNAT rules are included so that re-staging never drops active SNAT. An
+    owned IP that is no longer an egress IP of its group gets no rule (its
+    set is gone). ``sets``: the :func:`group_source_sets` of the groups by
+    group name, when the caller has them already (computed here otherwise).
     """
     owned = owned or {}
+    sets = sets if sets is not None else {g.name: group_source_sets(g) for g in groups}
     lines = [f"table {FAMILY} {TABLE}", f"delete table {FAMILY} {TABLE}", f"table {FAMILY} {TABLE} {{"]
     jumps: list[str] = []
     guards: list[str] = []
@@ -149,21 +357,23 @@ def render_table(groups: Sequence[EgressGroup], owned: Mapping[IPAddress, str] |
         for v in families(g):
             proto = _proto(v)
             src, dst, excl = (set_name(g.name, k, v) for k in ("src", "dst", "excl"))
-            lines += _set_block(src, v, _elements(g.source_cidrs, v))
+            names = [set_name(g.name, "src", v), *(ip_set_name(g.name, ip) for ip in _egress_ips(g, v))]
+            for name in names:
+                lines += _set_block(name, v, sets[g.name][name])
             lines += _set_block(dst, v, _elements(g.destination_cidrs, v))
             lines += _set_block(excl, v, _elements(g.excluded_cidrs, v))
             chain = group_chain(g.name, v)
             selected = f"{proto} saddr @{src} {proto} daddr @{dst} {proto} daddr != @{excl}"
             jumps.append(f"\t\t{selected} jump {chain}")
             guards.append(f"\t\t{selected} counter drop")
-            ips = [ip for ip, name in owned.items() if name == g.name]
-            body = [f"\t\t{r}" for r in snat_rules(g.name, v, ips)] if ips else []
+            ips = [ip for ip, name in owned.items() if name == g.name and ip in g.egress_ips]
+            body = [f"\t\t{r}" for r in snat_rules(g.name, v, ips)]
             chains += [f"\tchain {chain} {{", *body, "\t}"]
     lines += chains
     lines += ["\tchain postrouting {", "\t\ttype nat hook postrouting priority srcnat; policy accept;", *jumps, "\t}"]
     # Fail closed: after source NAT, a packet that still carries a selected source
-    # to a selected destination was not NATed (this node owns none of the group's
-    # IPs right now, e.g. while steering still points here during a takeover).
+    # to a selected destination was not NATed (this node does not own the source's
+    # IP right now, e.g. while steering still points here during a takeover).
     # It is dropped rather than sent out with the pod's own address.
     guard_hook = f"type filter hook postrouting priority srcnat + {GUARD_OFFSET}; policy accept;"
     lines += ["\tchain unnatted {", f"\t\t{guard_hook}", *guards, "\t}"]
@@ -172,13 +382,96 @@ def render_table(groups: Sequence[EgressGroup], owned: Mapping[IPAddress, str] |
 
 
 def render_group_chain(group: str, version: int, ips: Iterable[IPAddress]) -> str:
-    """Replace the SNAT rules of one group chain (the takeover fast path)."""
+    """Replace the SNAT rules of one group chain (the takeover fast path):
+    one rule per owned IP of the family, NATing that IP's sources."""
     chain = group_chain(group, version)
     lines = [f"flush chain {FAMILY} {TABLE} {chain}"]
-    own = [ip for ip in ips if ip.version == version]
-    if own:
-        lines += [f"add rule {FAMILY} {TABLE} {chain} {r}" for r in snat_rules(group, version, own)]
+    lines += [f"add rule {FAMILY} {TABLE} {chain} {r}" for r in snat_rules(group, version, ips)]
     return "\n".join(lines) + "\n"
+
+
+# -- source updates -------------------------------------------------------------
+
+
+def _layout(group: EgressGroup) -> tuple[frozenset[IPAddress], tuple[tuple[str, ...], ...]]:
+    """What a group contributes to the table besides its sources."""
+    nets = tuple(
+        tuple(_elements(cidrs, v)) for v in (4, 6) for cidrs in (group.destination_cidrs, group.excluded_cidrs)
+    )
+    return frozenset(group.egress_ips), nets
+
+
+def same_layout(old: Sequence[EgressGroup], new: Sequence[EgressGroup]) -> bool:
+    """True when ``old`` and ``new`` differ at most in their sources: the same
+    groups with the same egress IPs (hence families), destinations and
+    exclusions, so the same sets and rules exist and only elements differ."""
+    before = {g.name: _layout(g) for g in old}
+    after = {g.name: _layout(g) for g in new}
+    return len(before) == len(old) and len(after) == len(new) and before == after
+
+
+@dataclass(frozen=True)
+class SetDelta:
+    """Elements to delete from and add to one source set."""
+
+    name: str
+    deleted: tuple[str, ...]
+    added: tuple[str, ...]
+
+
+def diff_source_sets(old: Mapping[str, Sequence[str]], new: Mapping[str, Sequence[str]]) -> tuple[SetDelta, ...]:
+    """The element changes from ``old`` to ``new`` (set name -> canonical
+    elements, as :func:`group_source_sets` gives; the same names on both sides),
+    sets in name order, sets without change left out."""
+    if old.keys() != new.keys():
+        raise ValueError("the source sets differ in their names: the table must be rewritten")
+    out: list[SetDelta] = []
+    for name in sorted(new):
+        had, has = old[name], new[name]
+        had_set, has_set = set(had), set(has)
+        deleted = tuple(e for e in had if e not in has_set)
+        added = tuple(e for e in has if e not in had_set)
+        if deleted or added:
+            out.append(SetDelta(name, deleted, added))
+    return tuple(out)
+
+
+def source_delta(old: Sequence[EgressGroup], new: Sequence[EgressGroup]) -> tuple[SetDelta, ...]:
+    """The element changes that turn the source sets of ``old`` into those of
+    ``new``, sets in name order, sets without change left out. Raises
+    ValueError unless :func:`same_layout`."""
+    if not same_layout(old, new):
+        raise ValueError("the groups differ in more than their sources: the table must be rewritten")
+    before = {g.name: g for g in old}
+    out: list[SetDelta] = []
+    for g in sorted(new, key=lambda g: g.name):
+        was = before[g.name]
+        if was.source_cidrs != g.source_cidrs:
+            out += diff_source_sets(group_source_sets(was), group_source_sets(g))
+    return tuple(out)
+
+
+def render_set_deltas(deltas: Iterable[SetDelta]) -> str:
+    """One transaction that applies ``deltas``; deletes come before adds in
+    each set (a new element may cover one that goes). "" when there is nothing
+    to change."""
+    lines: list[str] = []
+    for d in deltas:
+        if d.deleted:
+            lines.append(f"delete element {FAMILY} {TABLE} {d.name} {{ {', '.join(d.deleted)} }}")
+        if d.added:
+            lines.append(f"add element {FAMILY} {TABLE} {d.name} {{ {', '.join(d.added)} }}")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def render_source_delta(old: Sequence[EgressGroup], new: Sequence[EgressGroup]) -> str:
+    """The transaction that turns the source sets staged for ``old`` into those
+    of ``new`` without rewriting the table ("" when no element changes).
+    Raises ValueError unless :func:`same_layout` (then use :func:`render_table`)."""
+    return render_set_deltas(source_delta(old, new))
+
+
+# -- removal and the fence ------------------------------------------------------
 
 
 def render_delete(*, fence: bool = True) -> str:
@@ -269,7 +562,12 @@ def render_fence_remove(ips: Iterable[IPAddress]) -> str:
 
 
 def parse_active(listing: Mapping[str, Any]) -> dict[IPAddress, str]:
-    """Egress IPs with a SNAT rule, mapped to their group, from ``nft -j list table``."""
+    """Egress IPs with a SNAT rule, mapped to their group, from ``nft -j list table``.
+
+    A rule counts if it is in a group chain and NATs to an address: today's
+    ``ip saddr @g_<group>_s_<ip> snat ip to <ip>``, and also a rule of an earlier
+    layout (without the match), so that a restarted daemon of a newer version
+    keeps the SNAT that an older one left active and re-stages it."""
     out: dict[IPAddress, str] = {}
     for item in listing.get("nftables", []):
         rule = item.get("rule") if isinstance(item, dict) else None

@@ -2,21 +2,30 @@
 
 cl (10.98.0.10 selected, 10.98.0.11 not) -- lan0 gw net0 -- switch -- net0 srv
                                             10.99.0.2 (+ .42 egress IP)    10.99.0.100, .101 (excluded)
+
+Tests with two egress IPs add 10.99.0.43 to gw and more client addresses to cl.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
+import json
+import logging
 import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import pytest
 
 from egressd.adapters.nftables import NftablesSnat
+from egressd.core import nft
 from egressd.core.errors import DataPlaneError
-from egressd.core.settings import EgressGroup
+from egressd.core.settings import EgressGroup, IPAddress, IPNetwork
+from egressd.core.steering import sources_for
 from tests.kernel.netns import Lab, ns_exec, probe, sh, start_echo_server
 
 pytestmark = pytest.mark.kernel
@@ -176,3 +185,227 @@ async def test_sub_second_fence_stops_serving_when_not_refreshed(net: Net) -> No
     finally:
         await snat.clear()
     assert "egressd" not in tables(net.gw)
+
+
+# -- two egress IPs: each source leaves with its own ---------------------------------
+
+EGRESS2 = ipaddress.ip_address("10.99.0.43")
+TWO = dataclasses.replace(GROUP, egress_ips=(EGRESS, EGRESS2), source_cidrs=())
+
+
+def host(address: str) -> IPNetwork:
+    return ipaddress.ip_network(f"{address}/32")
+
+
+def ip_of(source: str, group: EgressGroup = TWO) -> IPAddress:
+    """The egress IP ``sources_for`` gives ``source`` (a CIDR) in ``group``."""
+    one = dataclasses.replace(group, source_cidrs=(ipaddress.ip_network(source),))
+    return next(ip for ip in group.egress_ips if sources_for(one, ip))
+
+
+def client_for(ip: IPAddress, *, exclude: tuple[str, ...] = ()) -> str:
+    """A client address in 10.98.0.20-.99 whose source uses ``ip``."""
+    for i in range(20, 100):
+        address = f"10.98.0.{i}"
+        if address not in exclude and ip_of(f"{address}/32") == ip:
+            return address
+    raise AssertionError(f"no client address uses {ip}")
+
+
+def add_clients(net: Net, *addresses: str) -> None:
+    for a in addresses:
+        sh("ip", "-n", net.cl, "addr", "add", f"{a}/24", "dev", "eth0")
+
+
+def table_handle(ns: str) -> int:
+    """The kernel's handle of egressd's table: a rewrite (delete and create) changes it."""
+    listing = json.loads(ns_exec(ns, "nft", "-j", "list", "table", nft.FAMILY, nft.TABLE))
+    return int(next(item["table"]["handle"] for item in listing["nftables"] if "table" in item))
+
+
+def guard_drops(ns: str) -> int:
+    """Packets the fail-closed chain dropped so far."""
+    listing = json.loads(ns_exec(ns, "nft", "-j", "list", "chain", nft.FAMILY, nft.TABLE, "unnatted"))
+    return sum(
+        expr["counter"]["packets"]
+        for item in listing["nftables"]
+        if "rule" in item
+        for expr in item["rule"]["expr"]
+        if "counter" in expr
+    )
+
+
+FLOW = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(0.5)
+s.sendto(b"who am i", (sys.argv[3], 9000))
+try:
+    print(s.recvfrom(2048)[0].decode())
+except TimeoutError:
+    print("timeout")
+"""
+
+
+def flow(net: Net, src: str, port: int) -> str:
+    """Like :func:`seen`, from a fixed source port: every call is the same flow
+    (one conntrack entry, NATed once, when it began)."""
+    return ns_exec(net.cl, sys.executable, "-c", FLOW, src, str(port), SERVER).strip()
+
+
+@pytest.fixture
+def two(net: Net) -> Net:
+    sh("ip", "-n", net.gw, "addr", "add", f"{EGRESS2}/32", "dev", "net0")
+    return net
+
+
+async def test_each_source_leaves_with_its_own_ip_and_only_with_it(two: Net, snat: NftablesSnat) -> None:
+    a, b = client_for(EGRESS), client_for(EGRESS2)
+    add_clients(two, a, b)
+    group = dataclasses.replace(TWO, source_cidrs=(host(a), host(b)))
+    await snat.stage([group])
+    await snat.activate(EGRESS, "web-a")
+    await snat.activate(EGRESS2, "web-a")
+    assert await snat.active() == {EGRESS, EGRESS2}
+    for _ in range(3):  # new flows each time: the choice is by source, not by flow
+        assert seen(two, a) == str(EGRESS)
+        assert seen(two, b) == str(EGRESS2)
+    assert seen(two, UNSELECTED) == UNSELECTED
+
+    # only EGRESS owned here: b's traffic is dropped, neither NATed to EGRESS nor leaked as b
+    await snat.deactivate(EGRESS2)
+    drops = guard_drops(two.gw)
+    assert seen(two, a) == str(EGRESS)
+    assert seen(two, b) == "timeout"
+    assert guard_drops(two.gw) > drops  # dropped by the fail-closed chain, after NAT left it alone
+
+    # and the other way round
+    await snat.deactivate(EGRESS)
+    await snat.activate(EGRESS2, "web-a")
+    assert seen(two, a) == "timeout"
+    assert seen(two, b) == str(EGRESS2)
+
+
+async def test_sources_are_added_and_removed_without_rewriting_the_table(two: Net, snat: NftablesSnat) -> None:
+    a, b = client_for(EGRESS), client_for(EGRESS2)
+    add_clients(two, a, b)
+    await snat.stage([dataclasses.replace(TWO, source_cidrs=(host(a),))])
+    await snat.activate(EGRESS, "web-a")
+    await snat.activate(EGRESS2, "web-a")
+    handle = table_handle(two.gw)
+    assert flow(two, a, 40001) == str(EGRESS)
+    assert seen(two, b) == b  # not selected yet
+
+    await snat.stage([dataclasses.replace(TWO, source_cidrs=(host(b),))])  # b comes, a goes
+    assert table_handle(two.gw) == handle  # elements changed in place
+    assert await snat.active() == {EGRESS, EGRESS2}
+    assert seen(two, b) == str(EGRESS2)
+    assert seen(two, a) == a  # a new flow of a is not selected any more
+    assert flow(two, a, 40001) == str(EGRESS)  # the flow that began before keeps its NAT
+
+    await snat.stage([dataclasses.replace(TWO, source_cidrs=(host(b),))])  # nothing changed
+    assert table_handle(two.gw) == handle
+
+    # anything but sources changing rewrites the table, keeping the active rule
+    await snat.stage([dataclasses.replace(TWO, source_cidrs=(host(b),), excluded_cidrs=())])
+    assert table_handle(two.gw) != handle
+    assert await snat.active() == {EGRESS, EGRESS2}
+    assert seen(two, b) == str(EGRESS2)
+
+
+async def test_overlapping_sources_change_in_place(two: Net, snat: NftablesSnat) -> None:
+    """A /24 and a /32 inside it that uses the other IP: adding and removing
+    either is a delta the kernel accepts, and the most specific source decides."""
+    wide = "10.98.0.0/24"
+    inner = client_for(EGRESS2 if ip_of(wide) == EGRESS else EGRESS)
+    other = client_for(ip_of(wide), exclude=(inner,))
+    add_clients(two, inner, other)
+    both = dataclasses.replace(TWO, source_cidrs=(ipaddress.ip_network(wide), host(inner)))
+    await snat.stage([both])
+    await snat.activate(EGRESS, "web-a")
+    await snat.activate(EGRESS2, "web-a")
+    handle = table_handle(two.gw)
+    assert seen(two, inner) == str(ip_of(f"{inner}/32"))
+    assert seen(two, other) == str(ip_of(wide))
+
+    steps: list[tuple[tuple[str, ...], dict[str, str]]] = [
+        ((wide,), {inner: str(ip_of(wide)), other: str(ip_of(wide))}),  # the /32 goes
+        ((wide, f"{inner}/32"), {inner: str(ip_of(f"{inner}/32")), other: str(ip_of(wide))}),  # and comes back
+        ((f"{inner}/32",), {inner: str(ip_of(f"{inner}/32")), other: other}),  # the /24 goes
+        ((f"{inner}/32", wide), {inner: str(ip_of(f"{inner}/32")), other: str(ip_of(wide))}),  # and comes back
+        ((), {inner: inner, other: other}),
+        ((wide,), {inner: str(ip_of(wide)), other: str(ip_of(wide))}),
+    ]
+    for sources, expected in steps:
+        await snat.stage([dataclasses.replace(TWO, source_cidrs=tuple(ipaddress.ip_network(s) for s in sources))])
+        assert table_handle(two.gw) == handle, sources  # a failed delta would have rewritten the table
+        assert {src: seen(two, src) for src in expected} == expected, sources
+
+
+async def test_a_table_removed_behind_the_adapters_back_is_rewritten(two: Net, snat: NftablesSnat) -> None:
+    group = dataclasses.replace(GROUP, source_cidrs=(host(SELECTED),))
+    await snat.stage([group])
+    await snat.activate(EGRESS, "web-a")
+    ns_exec(two.gw, "nft", "delete", "table", nft.FAMILY, nft.TABLE)
+    assert await snat.active() == set()  # what the daemon's drift repair sees before it stages again
+    await snat.stage([group])  # the same groups: still a rewrite
+    assert await snat.active() == {EGRESS}
+    assert seen(two, SELECTED) == str(EGRESS)
+    # a delta that meets a table changed behind the adapter's back falls back to a rewrite
+    ns_exec(two.gw, "nft", "flush", "set", nft.FAMILY, nft.TABLE, nft.set_name("web-a", "src", 4))
+    await snat.stage([dataclasses.replace(group, source_cidrs=(host(UNSELECTED),))])
+    assert await snat.active() == {EGRESS}
+    assert seen(two, UNSELECTED) == str(EGRESS)
+
+
+async def test_the_fence_list_is_staged_again_only_when_the_egress_ips_change(two: Net) -> None:
+    snat = NftablesSnat(netns=two.gw, fence_ttl=5.0)
+
+    def fence_rules() -> list[int]:
+        out = ns_exec(two.gw, "nft", "-j", "list", "chain", nft.FAMILY, nft.FENCE_TABLE, "postrouting")
+        return [item["rule"]["handle"] for item in json.loads(out)["nftables"] if "rule" in item]
+
+    try:
+        await snat.stage([dataclasses.replace(GROUP, source_cidrs=(host(SELECTED),))])
+        first = fence_rules()
+        await snat.stage([dataclasses.replace(GROUP, source_cidrs=(host(UNSELECTED),))])  # a delta
+        await snat.stage([dataclasses.replace(GROUP, source_cidrs=(host(UNSELECTED),), excluded_cidrs=())])
+        assert fence_rules() == first  # a rewrite with the same IPs leaves the fence alone
+        await snat.stage([dataclasses.replace(TWO, source_cidrs=(host(UNSELECTED),))])
+        assert fence_rules() != first
+        listing = ns_exec(two.gw, "nft", "list", "set", nft.FAMILY, nft.FENCE_TABLE, "egress4")
+        assert str(EGRESS2) in listing
+    finally:
+        await snat.clear()
+
+
+# -- a big stage, and one source more -----------------------------------------------
+
+MANY = 5000
+
+
+async def test_five_thousand_sources_and_a_delta_of_one(
+    two: Net, snat: NftablesSnat, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = int(ipaddress.IPv4Address("10.64.0.0"))
+    # every other address, so the sets hold MANY separate elements
+    pods = tuple(ipaddress.ip_network(ipaddress.IPv4Address(base + 2 * i)) for i in range(MANY))
+    group = dataclasses.replace(TWO, source_cidrs=pods)
+    started = time.monotonic()
+    await snat.stage([group])
+    staged = time.monotonic() - started
+    await snat.activate(EGRESS, "web-a")
+    await snat.activate(EGRESS2, "web-a")
+    handle = table_handle(two.gw)
+
+    started = time.monotonic()
+    with caplog.at_level(logging.DEBUG, logger="egressd.adapters.nftables"):
+        await snat.stage([dataclasses.replace(group, source_cidrs=(*pods, host(SELECTED)))])
+    delta = time.monotonic() - started
+    assert table_handle(two.gw) == handle
+    assert "2 element(s) added and 0 deleted in 2 source set(s)" in caplog.text  # the union set and one IP's
+    assert seen(two, SELECTED) == str(ip_of(f"{SELECTED}/32"))
+    union = ns_exec(two.gw, "nft", "list", "set", nft.FAMILY, nft.TABLE, nft.set_name("web-a", "src", 4))
+    assert union.count(",") + 1 == MANY + 1
+    print(f"\nstage of {MANY} sources (2 egress IPs): {staged:.3f} s; delta of 1 source on top: {delta:.3f} s")
