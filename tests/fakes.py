@@ -10,13 +10,15 @@ ApiUnavailable.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import copy
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
-from egressd.core.errors import ApiTimeout, ApiUnavailable, LostRace
+from egressd.core.errors import ApiTimeout, ApiUnavailable, LeaseNotFound, LostRace
 from egressd.core.lease import LeaseRecord, released
-from egressd.ports import LeaseEvent
+from egressd.ports import ClusterEvent, LeaseEvent
 
 
 class FakeLeaseStore:
@@ -107,5 +109,108 @@ class FakeLeaseStore:
         pass
 
     def _publish(self, event: LeaseEvent) -> None:
+        for queue in self._watchers:
+            queue.put_nowait(event)
+
+
+class FakeCluster:
+    """:class:`egressd.ports.ClusterSource` in memory: objects per resource,
+    watchers that get a ``RELISTED`` of each resource and then every change,
+    status writes with the API server's optimistic concurrency, and the Events
+    created."""
+
+    RESOURCES = ("policies", "nodes", "namespaces", "pods")
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, dict[str, Any]]] = {r: {} for r in self.RESOURCES}
+        self.rv = 0
+        self.events: list[dict[str, Any]] = []
+        self.status_writes = 0
+        self._watchers: list[asyncio.Queue[ClusterEvent]] = []
+
+    @staticmethod
+    def key(obj: dict[str, Any]) -> str:
+        meta = obj["metadata"]
+        return f"{meta.get('namespace', '')}/{meta['name']}"
+
+    def put(self, resource: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create or replace an object (spec changes bump a policy's generation)."""
+        stored = copy.deepcopy(obj)
+        meta = stored.setdefault("metadata", {})
+        old = self.objects[resource].get(self.key(stored))
+        self.rv += 1
+        meta["resourceVersion"] = str(self.rv)
+        meta.setdefault("uid", f"uid-{meta['name']}")
+        meta.setdefault("creationTimestamp", f"2026-11-24T10:00:{self.rv:02d}Z")
+        if old is not None:
+            meta["creationTimestamp"] = old["metadata"]["creationTimestamp"]
+            generation = old["metadata"].get("generation", 1)
+            meta["generation"] = generation + (1 if old.get("spec") != stored.get("spec") else 0)
+            stored.setdefault("status", old.get("status", {}))
+        else:
+            meta["generation"] = 1
+        self.objects[resource][self.key(stored)] = stored
+        self._publish(ClusterEvent(resource, "MODIFIED" if old else "ADDED", copy.deepcopy(stored)))  # type: ignore[arg-type]
+        return stored
+
+    def get(self, resource: str, name: str, namespace: str = "") -> dict[str, Any]:
+        return self.objects[resource][f"{namespace}/{name}"]
+
+    def delete(self, resource: str, name: str, namespace: str = "") -> None:
+        obj = self.objects[resource].pop(f"{namespace}/{name}")
+        self._publish(ClusterEvent(resource, "DELETED", obj))  # type: ignore[arg-type]
+
+    def relabel(self, resource: str, name: str, labels: Mapping[str, str | None], namespace: str = "") -> None:
+        obj = copy.deepcopy(self.get(resource, name, namespace))
+        current = obj["metadata"].setdefault("labels", {})
+        for k, v in labels.items():
+            if v is None:
+                current.pop(k, None)
+            else:
+                current[k] = v
+        self.put(resource, obj)
+
+    async def watch(self) -> AsyncIterator[ClusterEvent]:
+        queue: asyncio.Queue[ClusterEvent] = asyncio.Queue()
+        for resource in self.RESOURCES:
+            objs = tuple(copy.deepcopy(o) for o in self.objects[resource].values())
+            queue.put_nowait(ClusterEvent(resource, "RELISTED", objects=objs))  # type: ignore[arg-type]
+        self._watchers.append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._watchers.remove(queue)
+
+    async def write_policy_status(
+        self, name: str, status: Mapping[str, Any], resource_version: str, *, deadline: float
+    ) -> Mapping[str, Any]:
+        current = self.objects["policies"].get(f"/{name}")
+        if current is None:
+            raise LeaseNotFound(f"policy {name} not found")
+        if current["metadata"]["resourceVersion"] != resource_version:
+            raise LostRace(f"policy {name}: resourceVersion {resource_version} is stale")
+        self.status_writes += 1
+        updated = copy.deepcopy(current)
+        updated["status"] = copy.deepcopy(dict(status))
+        self.rv += 1
+        updated["metadata"]["resourceVersion"] = str(self.rv)
+        self.objects["policies"][f"/{name}"] = updated
+        self._publish(ClusterEvent("policies", "MODIFIED", copy.deepcopy(updated)))
+        return copy.deepcopy(updated)
+
+    async def create_event(self, event: Mapping[str, Any], *, deadline: float) -> None:
+        self.events.append(dict(event))
+
+    def reasons(self, kind: str | None = None, name: str | None = None) -> list[str]:
+        """Reasons of the Events created, optionally only those about one object."""
+        return [
+            e["reason"]
+            for e in self.events
+            if (kind is None or e["involvedObject"]["kind"] == kind)
+            and (name is None or e["involvedObject"]["name"] == name)
+        ]
+
+    def _publish(self, event: ClusterEvent) -> None:
         for queue in self._watchers:
             queue.put_nowait(event)

@@ -85,6 +85,10 @@ class KernelAddresses:
         """egressd-marked addresses present now, as (ip, interface)."""
         return {(ip, ifname) for ip, ifname, _ in await self._call(self._owned)}
 
+    async def has_interface(self, interface: str) -> bool:
+        """Whether a link called ``interface`` exists in this namespace."""
+        return await self._call(self._has_interface, interface)
+
     # -- beyond the port --------------------------------------------------
 
     async def lifetimes(self) -> dict[tuple[IPAddress, str], int]:
@@ -121,6 +125,12 @@ class KernelAddresses:
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
+
+    def _has_interface(self, interface: str) -> bool:
+        try:
+            return bool(self._sock().link_lookup(ifname=interface))
+        except NetlinkError as exc:
+            raise DataPlaneError(f"interface {interface}: lookup failed: {exc}") from exc
 
     def _index(self, interface: str) -> int:
         try:

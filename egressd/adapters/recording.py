@@ -36,6 +36,7 @@ class RecordingDataPlane:
         self.snat: dict[IPAddress, str] = {}
         self.announcing: set[IPAddress] = set()
         self.staged: tuple[str, ...] = ()
+        self.staged_groups: tuple[EgressGroup, ...] = ()
         self.steering: dict[IPAddress, IPAddress | None] = {}
         self.ops: list[dict[str, Any]] = []
 
@@ -66,9 +67,13 @@ class RecordingDataPlane:
             await self.release(ip, interface)
         return removed
 
+    async def has_interface(self, interface: str) -> bool:
+        return True
+
     # Snat
     async def stage(self, groups: Sequence[EgressGroup]) -> None:
         self.staged = tuple(g.name for g in groups)
+        self.staged_groups = tuple(groups)
         self._record("stage", groups=list(self.staged))
 
     async def activate(self, ip: IPAddress, group: str) -> None:

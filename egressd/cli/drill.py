@@ -43,6 +43,12 @@ def add_parser(subparsers: Any) -> None:
         "--prefix", default=None, help=f"namespace prefix of a lab brought up here (default {DEFAULT_PREFIX})"
     )
     p.add_argument(
+        "--mode",
+        choices=["static", "kubernetes"],
+        default="static",
+        help="mode of a lab brought up here: static groups, or policies and pods in the API server",
+    )
+    p.add_argument(
         "--outage-seconds", type=float, default=30.0, help="api-outage: how long the API server is paused (default 30)"
     )
     p.add_argument(
@@ -74,7 +80,11 @@ def run(args: argparse.Namespace) -> int:
         if ours:
             lab.down()
     report = drill.report_json(
-        args.scenario, timing, results, outageSeconds=args.outage_seconds if args.scenario == "api-outage" else None
+        args.scenario,
+        timing,
+        results,
+        mode=lab.mode,
+        outageSeconds=args.outage_seconds if args.scenario == "api-outage" else None,
     )
     s = report["summary"]
     gap = s["gap_ms"]
@@ -106,7 +116,7 @@ def _lab(args: argparse.Namespace) -> tuple[Lab, bool]:
     try:
         lab = Lab.attach(args.state_dir)
     except LabError:
-        return Lab(args.prefix or DEFAULT_PREFIX, args.state_dir), True
+        return Lab(args.prefix or DEFAULT_PREFIX, args.state_dir, mode=args.mode), True
     if lab.supervisor_pid() is None:
         raise LabError(f"{args.state_dir} describes lab {lab.prefix!r} but its supervisor is gone; 'egressd lab down'")
     if args.prefix and args.prefix != lab.prefix:

@@ -1,6 +1,8 @@
 """``egressd lab``: the reference scenario in network namespaces on this machine.
 
     egressd lab up [--prefix egl-] [--state-dir /run/egressd-lab] [--dataplane kernel|record]
+                   [--mode static|kubernetes]
+    egressd lab label POD KEY=VALUE... KEY-...   (Kubernetes mode: relabel a pod's Pod object)
     egressd lab status [--json]
     egressd lab exec HOST -- CMD...      (HOST: a node, a pod, outpost or switch)
     egressd lab down
@@ -54,6 +56,13 @@ def add_parser(subparsers: Any) -> None:
         default="kernel",
         help="data plane of the daemons: kernel (default) or record (touch nothing, journal)",
     )
+    up.add_argument(
+        "--mode",
+        choices=["static", "kubernetes"],
+        default="static",
+        help="static (default): groups in the daemons' configs; kubernetes: the EgressGatewayPolicy CRD, "
+        "the walkthrough's policy and the pods' labels in the lab API server",
+    )
     up.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], dest="daemon_log")
     up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for every process (default 30)")
 
@@ -68,6 +77,16 @@ def add_parser(subparsers: Any) -> None:
     common(ex)
     ex.add_argument("host", help="kind-worker3, xwing, outpost, switch, ...")
     ex.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
+
+    label = sub.add_parser(
+        "label",
+        help="set or remove labels of a pod's Pod object (Kubernetes mode), like kubectl label",
+        description="KEY=VALUE sets a label, KEY- removes it. In the Kubernetes mode the daemons follow "
+        "at once: a pod that gets org=alliance is steered and SNATed, one that loses it is not.",
+    )
+    common(label)
+    label.add_argument("pod", help="xwing, ywing or tiefighter")
+    label.add_argument("labels", nargs="+", metavar="KEY=VALUE|KEY-")
 
     common(sub.add_parser("demo", help="a narrated walk through the scenario and a failover, then down again"))
 
@@ -87,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
             return _status(args)
         if command == "exec":
             return _exec(args)
+        if command == "label":
+            return _label(args)
         if command == "demo":
             return demo(args.prefix or DEFAULT_PREFIX, args.state_dir)
         if command == "supervise":
@@ -94,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     except LabError as exc:
         print(f"egressd lab: {exc}", file=sys.stderr)
         return 1
-    print("egressd lab: a subcommand is needed: up, down, status, exec", file=sys.stderr)
+    print("egressd lab: a subcommand is needed: up, down, status, exec, label, demo", file=sys.stderr)
     return 2
 
 
@@ -110,11 +131,45 @@ def _lab(args: argparse.Namespace) -> Lab:
 
 
 def _up(args: argparse.Namespace) -> int:
-    lab = Lab(args.prefix or DEFAULT_PREFIX, args.state_dir, dataplane=args.dataplane, log_level=args.daemon_log)
+    lab = Lab(
+        args.prefix or DEFAULT_PREFIX,
+        args.state_dir,
+        dataplane=args.dataplane,
+        log_level=args.daemon_log,
+        mode=args.mode,
+    )
     lab.up(timeout=args.timeout)
-    print(f"lab {lab.prefix!r} is up: {len(lab.namespaces)} namespaces, state and logs in {lab.state.path}")
+    print(
+        f"lab {lab.prefix!r} is up ({lab.mode} mode): {len(lab.namespaces)} namespaces, "
+        f"state and logs in {lab.state.path}"
+    )
     print(f"  egressd lab status --state-dir {lab.state.path}")
     print(f"  egressd lab exec --state-dir {lab.state.path} xwing -- curl -s http://172.18.0.7:8000")
+    return 0
+
+
+def parse_label_args(items: Sequence[str]) -> dict[str, str | None]:
+    """``KEY=VALUE`` and ``KEY-`` arguments -> labels to set (None: remove)."""
+    out: dict[str, str | None] = {}
+    for item in items:
+        if item.endswith("-") and "=" not in item:
+            out[item[:-1]] = None
+        elif "=" in item:
+            key, _, value = item.partition("=")
+            out[key] = value
+        else:
+            raise LabError(f"label {item!r}: must be KEY=VALUE or KEY- (to remove)")
+        if not next(reversed(out)):
+            raise LabError(f"label {item!r}: the key is empty")
+    return out
+
+
+def _label(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    if lab.mode != "kubernetes":
+        raise LabError("pods are selected by labels in the Kubernetes mode only: 'egressd lab up --mode kubernetes'")
+    labels = lab.label_pod(args.pod, parse_label_args(args.labels))
+    print(f"pod {args.pod}: " + ",".join(f"{k}={v}" for k, v in sorted(labels.items())))
     return 0
 
 

@@ -24,8 +24,8 @@ from egressd.core.settings import IPAddress, Settings, expand_env, parse_setting
 
 if TYPE_CHECKING:
     from egressd.adapters.observability import ObservabilityServer, PrometheusMetrics
-    from egressd.ports import Clock, EventSink, LeaseStore
-    from egressd.runtime.daemon import Daemon
+    from egressd.ports import Clock, ClusterSource, EventSink, LeaseStore
+    from egressd.runtime.daemon import Daemon, FanoutEvents
 
 log = logging.getLogger("egressd")
 
@@ -219,8 +219,15 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
             ),
         )
     events = FanoutEvents(sinks)
+    cluster: ClusterSource | None = None
+    if settings.mode == "kubernetes":
+        from egressd.adapters.kube.cluster import KubeCluster  # noqa: PLC0415
+
+        cluster = KubeCluster(api, clock=clock)
     try:
-        return await _run_dataplane(settings, args, store=store, clock=clock, metrics=metrics, events=events)
+        return await _run_dataplane(
+            settings, args, store=store, clock=clock, metrics=metrics, events=events, cluster=cluster
+        )
     finally:
         if mqtt is not None:
             await mqtt.close(2.0)  # after the daemon: its shutdown events go out first
@@ -233,7 +240,8 @@ async def _run_dataplane(
     store: LeaseStore,
     clock: Clock,
     metrics: PrometheusMetrics,
-    events: EventSink,
+    events: FanoutEvents,
+    cluster: ClusterSource | None,
 ) -> int:
     from egressd.adapters.recording import RecordingDataPlane  # noqa: PLC0415
     from egressd.runtime.daemon import Daemon  # noqa: PLC0415
@@ -251,6 +259,7 @@ async def _run_dataplane(
                 metrics=metrics,
                 events=events,
             )
+            _attach_controller(daemon, cluster, events, clock)
             return await _serve(daemon, metrics, settings)
         finally:
             recorder.close()
@@ -270,11 +279,10 @@ async def _run_dataplane(
     snat = NftablesSnat(fence_ttl=settings.timing.fence_ttl or None)
     announcer = ScapyAnnouncer(on_conflict=on_conflict, guard=lambda ip: any(d.may_announce(ip) for d in daemons))
     steering = PolicySteering()
-    owned_ips = [ip for g in settings.candidate_groups() for ip in g.egress_ips]
     metrics.counter_per_ip(
         "egressd_gratuitous_arp_frames",
         "Gratuitous ARP / unsolicited NA frames sent for the egress IP (takeover burst and refresh).",
-        lambda: {str(ip): float(announcer.sent(ip)) for ip in owned_ips},
+        lambda: {str(ip): float(announcer.sent(ip)) for d in daemons for ip in d.members},
     )
     try:
         daemons.append(
@@ -288,11 +296,24 @@ async def _run_dataplane(
                 events=events,
             )
         )
+        _attach_controller(daemons[0], cluster, events, clock)
         return await _serve(daemons[0], metrics, settings)
     finally:
         await announcer.close()
         await addresses.close()
         await steering.close()
+
+
+def _attach_controller(daemon: Daemon, cluster: ClusterSource | None, events: FanoutEvents, clock: Clock) -> None:
+    """Kubernetes mode: the controller feeds the daemon its groups and turns its
+    ownership events into Kubernetes Events."""
+    if cluster is None:
+        return
+    from egressd.runtime.controller import Controller  # noqa: PLC0415
+
+    controller = Controller(daemon.settings, cluster, daemon, clock=clock)
+    controller.attach()
+    events.sinks.append(controller)
 
 
 async def _serve(daemon: Daemon, metrics: PrometheusMetrics, settings: Settings) -> int:

@@ -26,7 +26,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from egressd.core.election import rendezvous_rank
+from egressd.core.election import spread_rank
 from egressd.core.errors import EgressdError, LeaseError, LostRace
 from egressd.core.lease import LeaseRecord, lease_name
 from egressd.core.settings import EgressGroup, IPAddress, Settings
@@ -280,7 +280,8 @@ async def drain_moves(settings: Settings) -> list[tuple[IPAddress, str]]:
             record = records.get(str(ip))
             if record is None or record.holder != me:
                 continue
-            others = [c for c in rendezvous_rank(str(ip), group.candidates) if c != me]
+            ranking = spread_rank(str(ip), [str(x) for x in group.egress_ips], group.candidates)
+            others = [c for c in ranking if c != me]
             if not others:
                 raise OperationError(f"{ip}: no other candidate in group {group.name} to drain to")
             moves.append((ip, others[0]))

@@ -91,6 +91,9 @@ class Me:
     None when we do not hold the IP (no tenure)."""
     serving_locally: bool = False
     """The kernel still serves this IP from a previous process of this node."""
+    preference: tuple[str, ...] = ()
+    """The candidates from most to least preferred for this IP (see
+    :func:`spread_rank`); empty: by :func:`rendezvous_rank` of the IP alone."""
 
 
 def rendezvous_rank(ip: str, candidates: Iterable[str]) -> list[str]:
@@ -103,6 +106,29 @@ def rendezvous_rank(ip: str, candidates: Iterable[str]) -> list[str]:
         return hashlib.sha256(f"{ip}|{node}".encode()).digest()
 
     return sorted(set(candidates), key=weight, reverse=True)
+
+
+def spread_rank(ip: str, group_ips: Iterable[str], candidates: Iterable[str]) -> list[str]:
+    """Candidates from most to least preferred for ``ip``, one of a group's IPs,
+    so that the group's IPs spread evenly over its candidates.
+
+    The group's IPs are taken in a fixed order; each prefers, among the
+    candidates with the fewest IPs preferring them so far, the one its
+    rendezvous ranking puts first; the rest follow in rendezvous order. Pure
+    rendezvous hashing puts two IPs on one of two nodes half of the time;
+    this never does, and every node computes the same from the same group."""
+    nodes = sorted(set(candidates))
+    if not nodes:
+        return []
+    load = dict.fromkeys(nodes, 0)
+    ordered = sorted(set(group_ips) | {ip}, key=lambda x: hashlib.sha256(x.encode()).digest())
+    for other in ordered:
+        ranking = rendezvous_rank(other, nodes)
+        first = min(ranking, key=lambda c: (load[c], ranking.index(c)))
+        if other == ip:
+            return [first, *(c for c in ranking if c != first)]
+        load[first] += 1
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def decide(
@@ -203,7 +229,8 @@ def _wait_for_expiry(record: LeaseRecord, age: float, me: Me, timing: Timing, ho
 def _by_preference(waited: float, me: Me, timing: Timing, exclude: Sequence[str], reason: str) -> Decision:
     if me.identity not in me.candidates:
         return Decision(Action.STANDBY, "not-a-candidate")
-    ranking = [c for c in rendezvous_rank(me.egress_ip, me.candidates) if c not in exclude]
+    order = me.preference or rendezvous_rank(me.egress_ip, me.candidates)
+    ranking = [c for c in order if c not in exclude and c in me.candidates]
     if ranking[0] == me.identity:
         return Decision(Action.ACQUIRE, reason)
     if waited >= timing.non_preferred_delay:

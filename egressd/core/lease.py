@@ -37,6 +37,8 @@ ANN_HOLDER_ADDRESS = "egressd.io/holder-address"
 ANN_INCARNATION = "egressd.io/incarnation"
 ANN_DURATION_MS = "egressd.io/lease-duration-ms"
 ANN_PREFERRED_HOLDER = "egressd.io/preferred-holder"
+TRANSITION_REASON = "egressd.io/transition-reason"
+"""Annotation: why the holder last changed (shown in policy status)."""
 LABEL_SELECTOR = f"{MANAGED_BY[0]}={MANAGED_BY[1]}"
 
 
@@ -86,6 +88,10 @@ class LeaseRecord:
     annotation, or ``spec.preferredHolder``."""
     holder_address: str | None = None
     incarnation: str | None = None
+    transition_reason: str | None = None
+    """Why the holder last changed (the ``egressd.io/transition-reason``
+    annotation): the new holder's reason for taking it (``free``, ``expired``,
+    ``handoff``...) or ``released``; shown in the policies' status."""
 
     @property
     def free(self) -> bool:
@@ -134,6 +140,7 @@ def record_from_object(obj: Mapping[str, Any]) -> LeaseRecord:
         preferred_holder=preferred or None,
         holder_address=_opt_str(annotations.get(ANN_HOLDER_ADDRESS)),
         incarnation=_opt_str(annotations.get(ANN_INCARNATION)),
+        transition_reason=_opt_str(annotations.get(TRANSITION_REASON)),
     )
 
 
@@ -149,6 +156,8 @@ def object_from_record(record: LeaseRecord, namespace: str) -> dict[str, Any]:
         annotations[ANN_INCARNATION] = record.incarnation
     if record.preferred_holder:
         annotations[ANN_PREFERRED_HOLDER] = record.preferred_holder
+    if record.transition_reason:
+        annotations[TRANSITION_REASON] = record.transition_reason
     metadata: dict[str, Any] = {
         "name": record.name,
         "namespace": namespace,
@@ -179,8 +188,10 @@ def held_by(
     incarnation: str,
     lease_duration: float,
     now: datetime,
+    reason: str = "",
 ) -> LeaseRecord:
-    """The record to write when ``holder`` acquires or renews. ``leaseTransitions``
+    """The record to write when ``holder`` acquires or renews (``reason``: why
+    it acquires, kept as the transition reason while the tenure lasts). ``leaseTransitions``
     (the epoch) goes up when the holder changes, as in client-go. A requested
     successor (``preferred_holder``) is kept while the holder renews and dropped
     when the holder changes: the request was then either fulfilled or given up
@@ -197,6 +208,7 @@ def held_by(
             renew_time=now,
             holder_address=holder_address,
             incarnation=incarnation,
+            transition_reason=reason or None,
         )
     same_tenure = base.holder == holder and base.incarnation == incarnation
     changed_holder = base.holder != holder
@@ -210,6 +222,7 @@ def held_by(
         holder_address=holder_address,
         incarnation=incarnation,
         preferred_holder=None if changed_holder or base.preferred_holder == holder else base.preferred_holder,
+        transition_reason=base.transition_reason if same_tenure else (reason or None),
     )
 
 
@@ -224,6 +237,7 @@ def released(base: LeaseRecord, *, successor: str | None, now: datetime) -> Leas
         renew_time=now,
         acquire_time=None,
         preferred_holder=successor,
+        transition_reason="released" if successor is None else f"released-to-{successor}",
     )
 
 

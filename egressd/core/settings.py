@@ -225,6 +225,12 @@ class KubeSettings:
     ca_file: str | None = None
     """CA bundle for ``url`` access over https (optional)."""
 
+    exclude_cordoned: bool = False
+    """Kubernetes mode: a cordoned node (``spec.unschedulable``) stops being a
+    gateway candidate and hands its egress IPs off, as when it loses the label
+    of the policy's nodeSelector. Off by default: cordoning usually precedes a
+    drain, and the DaemonSet's own shutdown hands off then."""
+
 
 @dataclass(frozen=True)
 class MetricsSettings:
@@ -275,11 +281,19 @@ class EgressGroup:
     """Destinations inside ``destination_cidrs`` that keep the normal route."""
 
 
+Mode = Literal["static", "kubernetes"]
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything one egressd node needs."""
 
     node: NodeSettings
+    mode: Mode = "static"
+    """``static``: the egress groups are the ``groups`` of this file (systemd
+    mode). ``kubernetes``: they come from ``EgressGatewayPolicy`` objects, the
+    pods they select and the nodes their nodeSelector matches, all watched
+    (DaemonSet mode); ``groups`` must then be absent."""
     kubernetes: KubeSettings = field(default_factory=KubeSettings)
     timing: Timing = field(default_factory=Timing)
     groups: tuple[EgressGroup, ...] = ()
@@ -406,9 +420,9 @@ def _closest(key: str, allowed: Sequence[str]) -> str:
     return f" (known keys: {', '.join(allowed)})"
 
 
-_TOP_KEYS = ("node", "kubernetes", "timing", "groups", "metrics", "mqtt")
+_TOP_KEYS = ("node", "mode", "kubernetes", "timing", "groups", "metrics", "mqtt")
 _NODE_KEYS = ("name", "address")
-_KUBE_KEYS = ("namespace", "access", "kubeconfig", "url", "tokenFile", "caFile")
+_KUBE_KEYS = ("namespace", "access", "kubeconfig", "url", "tokenFile", "caFile", "excludeCordoned")
 _TIMING_KEYS = (
     "leaseDuration",
     "renewDeadline",
@@ -475,6 +489,15 @@ def parse_settings(data: Any, source: str = "config") -> Settings:
         raise ConfigError(r.problems, source)
 
     node = _parse_node(r, top.get("node"))
+    mode = top.get("mode", "static")
+    if mode not in ("static", "kubernetes"):
+        r.problem("mode", f"must be static or kubernetes, got {mode!r}")
+        mode = "static"
+    elif mode == "kubernetes":
+        if top.get("groups"):
+            r.problem("groups", "must be absent in mode kubernetes: the groups come from EgressGatewayPolicy objects")
+        if node is not None and node.address is None:
+            r.problem("node.address", "is required in mode kubernetes: any node may become a gateway candidate")
     kube = _parse_kube(r, top.get("kubernetes"))
     timing = _parse_timing(r, top.get("timing"))
     groups = _parse_groups(r, top.get("groups"))
@@ -486,7 +509,7 @@ def parse_settings(data: Any, source: str = "config") -> Settings:
     if r.problems:
         raise ConfigError(r.problems, source)
     assert node is not None
-    return Settings(node=node, kubernetes=kube, timing=timing, groups=groups, metrics=metrics, mqtt=mqtt)
+    return Settings(node=node, mode=mode, kubernetes=kube, timing=timing, groups=groups, metrics=metrics, mqtt=mqtt)
 
 
 def _parse_metrics(r: _Reader, value: Any) -> MetricsSettings:
@@ -541,6 +564,10 @@ def _parse_kube(r: _Reader, value: Any) -> KubeSettings:
         r.problem("kubernetes.kubeconfig", f"is set but access is {access}")
     if access != "url" and url is not None:
         r.problem("kubernetes.url", f"is set but access is {access}")
+    exclude_cordoned = m.get("excludeCordoned", False)
+    if not isinstance(exclude_cordoned, bool):
+        r.problem("kubernetes.excludeCordoned", f"must be true or false, got {exclude_cordoned!r}")
+        exclude_cordoned = False
     return KubeSettings(
         namespace=namespace,
         access=access,
@@ -548,6 +575,7 @@ def _parse_kube(r: _Reader, value: Any) -> KubeSettings:
         url=url,
         token_file=r.string(m.get("tokenFile"), "kubernetes.tokenFile"),
         ca_file=r.string(m.get("caFile"), "kubernetes.caFile"),
+        exclude_cordoned=exclude_cordoned,
     )
 
 

@@ -32,9 +32,10 @@ daemon. (The anchor is also correct routing: the owner holds the egress IP.)
 the IPs of the source's address family by rendezvous hashing: source ``S`` uses
 the IP with the highest ``sha256(f"{S}|{ip}")``. The choice is the same on every
 node and after restarts; adding or removing an IP moves only the sources of
-that IP. With one IP, every source uses it. The gateway SNATs whatever reaches
-it for the group to an IP it owns, so the split need not agree with the SNAT
-split.
+that IP. With one IP, every source uses it. The gateways use the same split
+(:mod:`egressd.core.nft`: one source set per egress IP), so a pod always leaves
+with the same egress IP, whichever gateway owns it; a source that reaches a
+gateway not owning its IP is dropped there, never NATed to another IP.
 
 **Diff.** :func:`diff` orders the operations so that the data path never sees
 a half-built state: routes are written (replace) before any rule points at

@@ -111,6 +111,9 @@ class GroupSpec:
     source_cidrs: tuple[str, ...]
     destination_cidrs: tuple[str, ...]
     excluded_cidrs: tuple[str, ...] = ()
+    pod_selector: Mapping[str, str] = field(default_factory=dict)
+    """Kubernetes mode: the policy's podSelector (matchLabels), which selects
+    the pods whose addresses are ``source_cidrs`` in the static mode."""
 
 
 @dataclass(frozen=True)
@@ -171,15 +174,21 @@ class Scenario:
         """Every host of the lab by role name: nodes, the outpost, pods."""
         return (*(n.name for n in self.nodes), self.outpost.name, *(p.name for p in self.pods))
 
-    def daemon_config(self, node: str) -> dict[str, Any]:
-        """The static-mode egressd config of ``node`` (camelCase, as in the YAML file)."""
+    def daemon_config(self, node: str, mode: str = "static") -> dict[str, Any]:
+        """The egressd config of ``node`` (camelCase, as in the YAML file): with
+        the groups in ``static`` mode, without them in ``kubernetes`` mode (the
+        daemons read :meth:`policy_object` from the API server then)."""
         spec = self.node(node)
         config: dict[str, Any] = {
             "node": {"name": spec.name, "address": spec.address},
             "kubernetes": {"namespace": EGRESSD_NAMESPACE, "access": "url", "url": self.api_url},
         }
+        if mode == "kubernetes":
+            config["mode"] = "kubernetes"
         if self.timing:
             config["timing"] = dict(self.timing)
+        if mode == "kubernetes":
+            return config
         config["groups"] = [
             {
                 "name": g.name,
@@ -193,6 +202,27 @@ class Scenario:
             for g in self.groups
         ]
         return config
+
+    def policy_object(self, group: str) -> dict[str, Any]:
+        """The ``EgressGatewayPolicy`` that says what the static group ``group`` says."""
+        g = next(g for g in self.groups if g.name == group)
+        spec: dict[str, Any] = {
+            "selectors": [{"podSelector": {"matchLabels": dict(g.pod_selector)}}],
+            "destinationCIDRs": list(g.destination_cidrs),
+            "egressGateway": {
+                "nodeSelector": {"matchLabels": {GATEWAY_LABEL[0]: GATEWAY_LABEL[1]}},
+                "interface": g.interface,
+                "egressIPs": list(g.egress_ips),
+            },
+        }
+        if g.excluded_cidrs:
+            spec["excludedCIDRs"] = list(g.excluded_cidrs)
+        return {
+            "apiVersion": "egressd.io/v1alpha1",
+            "kind": "EgressGatewayPolicy",
+            "metadata": {"name": g.name},
+            "spec": spec,
+        }
 
     def node_object(self, node: str) -> dict[str, Any]:
         """The Kubernetes Node object of ``node``."""
@@ -265,6 +295,7 @@ REFERENCE = Scenario(
             destination_cidrs=(str(NODE_NETWORK),),
             # The bottom of the node network, around the control plane (illustrative).
             excluded_cidrs=("172.18.0.0/30",),
+            pod_selector={"org": "alliance"},
         ),
     ),
     outpost=OutpostSpec(name="outpost", address="172.18.0.7", short="op", allowed=("172.18.0.42", "172.18.0.43")),

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from egressd.core.lease import LeaseRecord
 from egressd.core.settings import EgressGroup, IPAddress
@@ -104,6 +104,11 @@ class Addresses(Protocol):
         """Remove every egressd address (``egressd cleanup``); returns what it removed."""
         ...
 
+    async def has_interface(self, interface: str) -> bool:
+        """Whether this node has a link called ``interface`` (a policy naming an
+        interface the node lacks cannot be served by it)."""
+        ...
+
 
 class Snat(Protocol):
     """Source NAT to the egress IPs this node owns, in egressd's own table."""
@@ -163,6 +168,44 @@ class OwnershipEvent:
     at: float = 0.0
     """Monotonic time."""
     extra: Mapping[str, str] = field(default_factory=dict)
+
+
+ClusterResource = Literal["policies", "nodes", "namespaces", "pods"]
+
+
+@dataclass(frozen=True)
+class ClusterEvent:
+    """One change seen by a watch of the Kubernetes-mode inputs.
+
+    ``RELISTED`` carries the full list of ``resource`` after a (re)connect or a
+    410 resync, in ``objects``; consumers replace what they know of that
+    resource. The others carry one object as the API server sent it."""
+
+    resource: ClusterResource
+    type: Literal["ADDED", "MODIFIED", "DELETED", "RELISTED"]
+    object: Mapping[str, Any] | None = None
+    objects: tuple[Mapping[str, Any], ...] = ()
+
+
+class ClusterSource(Protocol):
+    """The Kubernetes objects of the Kubernetes mode: EgressGatewayPolicies,
+    Nodes, Namespaces and Pods, watched; policy status and Events written."""
+
+    def watch(self) -> AsyncIterator[ClusterEvent]:
+        """Every resource listed (a ``RELISTED`` each), then their changes; reconnects by itself."""
+        ...
+
+    async def write_policy_status(
+        self, name: str, status: Mapping[str, Any], resource_version: str, *, deadline: float
+    ) -> Mapping[str, Any]:
+        """Replace the status of policy ``name`` (status subresource) if its
+        resourceVersion is still ``resource_version``; returns the written
+        object. LostRace on a conflict, LeaseNotFound if the policy is gone."""
+        ...
+
+    async def create_event(self, event: Mapping[str, Any], *, deadline: float) -> None:
+        """Create a ``v1`` Event in the daemon's namespace."""
+        ...
 
 
 class EventSink(Protocol):

@@ -1,6 +1,12 @@
 """The daemon of one node: lease watch, start-up reconcile, one member per
 egress IP this node is a candidate for, and an orderly shutdown.
 
+The groups come from the static config, or (Kubernetes mode) from the
+controller, which calls :meth:`Daemon.apply` with every new resolution of the
+policies: members start for IPs this node became a candidate of, hand off for
+IPs it is no longer one of, and take the new candidate lists and sources in
+place otherwise.
+
 Start-up, in order:
 
 1. Stage SNAT for the groups this node may serve (so takeover is short).
@@ -21,8 +27,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from egressd.core.errors import DataPlaneError
@@ -118,7 +124,19 @@ class Daemon:
         self.supervisor = Supervisor()
         self.view = LeaseView(clock)
         self.members: dict[IPAddress, Member] = {}
-        self.steerer = Steerer(settings, self.view, steering) if steering is not None else None
+        self.groups: tuple[EgressGroup, ...] = settings.groups
+        """The egress groups as known now (static config, or the policies' resolution)."""
+        self.inputs_ready = asyncio.Event()
+        """Set once the groups are known: at once in static mode, after the
+        first resolution of the policies in Kubernetes mode."""
+        if settings.mode == "static":
+            self.inputs_ready.set()
+        self._apply_lock = asyncio.Lock()
+        self._prepared: set[str] = set()
+        self._extra_tasks: list[tuple[str, Coroutine[Any, Any, None]]] = []
+        self.ready_checks: list[Callable[[], list[str]]] = []
+        """More readiness checks (the controller's), each returning its problems."""
+        self.steerer = Steerer(Steerer.for_node(settings), self.view, steering) if steering is not None else None
         self.reconciled = asyncio.Event()
         """Set once the start-up reconcile is done and the members run."""
         self.settled = asyncio.Event()
@@ -136,50 +154,137 @@ class Daemon:
             ",".join(g.name for g in self.settings.groups) or "-",
         )
         sup.spawn("lease-watch", self._watch())
+        for name, coro in self._extra_tasks:
+            sup.spawn(name, coro)
         try:
-            await self._start()
+            if await self._inputs():
+                await self._start()
             await sup.stop_requested.wait()
         finally:
             await self._shutdown()
         return 1 if sup.dead else 0
+
+    def add_task(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as a supervised task of the daemon (the controller)."""
+        self._extra_tasks.append((name, coro))
+
+    async def _inputs(self) -> bool:
+        """Wait until the groups are known; False if a stop came first."""
+        if self.inputs_ready.is_set():
+            return True
+        log.info("waiting for the first resolution of the policies")
+        stop = asyncio.create_task(self.supervisor.stop_requested.wait())
+        ready = asyncio.create_task(self.inputs_ready.wait())
+        try:
+            await asyncio.wait({stop, ready}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            ready.cancel()
+        return self.inputs_ready.is_set()
+
+    def candidate_groups(self) -> tuple[EgressGroup, ...]:
+        """Groups of which this node is a candidate now."""
+        return tuple(g for g in self.groups if self.settings.node.name in g.candidates)
+
+    async def apply(self, groups: Sequence[EgressGroup], steering: Sequence[EgressGroup] | None = None) -> None:
+        """Make ``groups`` the egress groups (Kubernetes mode), and ``steering``
+        the groups this node steers (None: those it is no candidate of).
+
+        IPs this node is no longer a candidate of (label removed, policy
+        deleted or changed) are handed off first: withdrawn, then their lease
+        written free for the next preferred candidate. Then the SNAT table is
+        staged again (sources only, when nothing else changed), and members
+        start for the IPs this node became a candidate of."""
+        async with self._apply_lock:
+            self.groups = tuple(groups)
+            me = self.settings.node.name
+            if self.steerer is not None:
+                self.steerer.set_groups(
+                    steering if steering is not None else tuple(g for g in groups if me not in g.candidates)
+                )
+            if not self.reconciled.is_set():
+                self.inputs_ready.set()
+                return
+            wanted = {ip: g for g in self.candidate_groups() for ip in g.egress_ips}
+            for ip, member in list(self.members.items()):
+                group = wanted.get(ip)
+                if group is None or (group.name, group.interface) != (member.group.name, member.group.interface):
+                    await self._leave(ip, member, group)
+            try:
+                await self.dataplane.snat.stage(self.candidate_groups())
+            except DataPlaneError as exc:
+                log.error("could not stage SNAT: %s", exc)
+            for ip, group in wanted.items():
+                existing = self.members.get(ip)
+                if existing is None:
+                    log.info("ip=%s node=%s now a candidate (group %s); starting its member", ip, me, group.name)
+                    self._add_member(ip, group, adopt=False)
+                elif existing.group != group:
+                    existing.group = group
+            for interface in sorted({g.interface for g in self.candidate_groups()} - self._prepared):
+                if self.settled.is_set():
+                    await self._prepare(interface)
+            if self.members and "drift-repair" not in self.supervisor.running():
+                self.supervisor.spawn("drift-repair", self._repair_forever(), critical=False)
+            if self.steerer is not None and "steering" not in self.supervisor.running():
+                self.supervisor.spawn("steering", self.steerer.run())
+
+    async def _leave(self, ip: IPAddress, member: Member, group: EgressGroup | None) -> None:
+        """Hand ``ip`` off: this node is no longer a candidate (or the IP moved)."""
+        me = self.settings.node.name
+        if group is None:
+            reason = "no longer a candidate (node selector, policy or interface changed)"
+            member.group = replace(member.group, candidates=tuple(c for c in member.group.candidates if c != me))
+        else:
+            reason = f"group or interface changed to {group.name}/{group.interface}"
+        log.info("ip=%s node=%s epoch=%d handing off: %s", ip, me, member.epoch, reason)
+        member.stop_soon()
+        await self.supervisor.cancel(f"member:{ip}")
+        await self.supervisor.cancel(f"fence:{ip}")
+        await member.shutdown(reason="not-candidate")
+        del self.members[ip]
+
+    def _add_member(self, ip: IPAddress, group: EgressGroup, *, adopt: bool) -> None:
+        member = Member(
+            ip,
+            group,
+            self.settings,
+            store=self.store,
+            view=self.view,
+            dataplane=self.dataplane,
+            clock=self.clock,
+            incarnation=self.incarnation,
+            events=self.events,
+            metrics=self.metrics,
+            serving_locally=adopt,
+        )
+        self.members[ip] = member
+        self.supervisor.spawn(f"member:{ip}", member.run())
+        self.supervisor.spawn(f"fence:{ip}", member.fence())
 
     async def _watch(self) -> None:
         async for event in self.store.watch():
             self.view.apply(event)
 
     async def _start(self) -> None:
-        groups = self.settings.candidate_groups()
-        if groups:
-            try:
-                await self.dataplane.snat.stage(groups)
-            except DataPlaneError as exc:
-                log.error("could not stage SNAT: %s", exc)
-        adopt = await self._reconcile()
-        for group in groups:
-            for ip in group.egress_ips:
-                member = Member(
-                    ip,
-                    group,
-                    self.settings,
-                    store=self.store,
-                    view=self.view,
-                    dataplane=self.dataplane,
-                    clock=self.clock,
-                    incarnation=self.incarnation,
-                    events=self.events,
-                    metrics=self.metrics,
-                    serving_locally=ip in adopt,
-                )
-                self.members[ip] = member
-                self.supervisor.spawn(f"member:{ip}", member.run())
-                self.supervisor.spawn(f"fence:{ip}", member.fence())
-        self.reconciled.set()
-        log.info("started %d member(s): %s", len(self.members), ", ".join(map(str, self.members)) or "-")
-        self.supervisor.spawn("settle", self._settle(groups), critical=False)
-        if self.members:
-            self.supervisor.spawn("drift-repair", self._repair_forever(), critical=False)
-        if self.steerer is not None and self.steerer.groups:
-            self.supervisor.spawn("steering", self.steerer.run())
+        async with self._apply_lock:
+            groups = self.candidate_groups()
+            if groups:
+                try:
+                    await self.dataplane.snat.stage(groups)
+                except DataPlaneError as exc:
+                    log.error("could not stage SNAT: %s", exc)
+            adopt = await self._reconcile()
+            for group in groups:
+                for ip in group.egress_ips:
+                    self._add_member(ip, group, adopt=ip in adopt)
+            self.reconciled.set()
+            log.info("started %d member(s): %s", len(self.members), ", ".join(map(str, self.members)) or "-")
+            self.supervisor.spawn("settle", self._settle(groups), critical=False)
+            if self.members:
+                self.supervisor.spawn("drift-repair", self._repair_forever(), critical=False)
+            if self.steerer is not None and (self.steerer.groups or self.settings.mode == "kubernetes"):
+                self.supervisor.spawn("steering", self.steerer.run())
 
     def health(self) -> tuple[bool, list[str]]:
         """Liveness: fails when the daemon should have stepped down but has not,
@@ -205,6 +310,8 @@ class Daemon:
             problems.append("initial reconcile not done")
         if not self.store.connected():
             problems.append("Kubernetes API not reachable")
+        for check in self.ready_checks:
+            problems += check()
         return not problems, problems
 
     def status_report(self) -> dict[str, Any]:
@@ -277,10 +384,14 @@ class Daemon:
         await asyncio.gather(*(m.first_step.wait() for m in self.members.values()))
         self.settled.set()
         for interface in sorted({g.interface for g in groups}):
-            try:
-                await self.dataplane.announcer.prepare(interface)
-            except DataPlaneError as exc:
-                log.error("could not prepare announcements on %s: %s", interface, exc)
+            await self._prepare(interface)
+
+    async def _prepare(self, interface: str) -> None:
+        self._prepared.add(interface)
+        try:
+            await self.dataplane.announcer.prepare(interface)
+        except DataPlaneError as exc:
+            log.error("could not prepare announcements on %s: %s", interface, exc)
 
     async def repair_drift(self) -> list[str]:
         """One pass of drift repair: compare the kernel with the members and mend.
@@ -293,7 +404,7 @@ class Daemon:
         serving_without_snat = [ip for ip, m in self.members.items() if m.serving and ip not in active]
         if serving_without_snat:
             log.warning("drift: SNAT of %s missing; staging the table again", ", ".join(map(str, serving_without_snat)))
-            await dp.snat.stage(self.settings.candidate_groups())
+            await dp.snat.stage(self.candidate_groups())
         repaired: list[str] = []
         for ip, member in self.members.items():
             repaired += [f"{ip}:{what}" for what in await member.reconcile(present, active)]
@@ -325,7 +436,7 @@ class Daemon:
             log.error("reconcile: cannot read the kernel state: %s", exc)
             return set()
         me = self.settings.node.name
-        mine = {str(ip) for g in self.settings.candidate_groups() for ip in g.egress_ips}
+        mine = {str(ip) for g in self.candidate_groups() for ip in g.egress_ips}
         keep: set[IPAddress] = set()
         # An egress IP still has kernel state here (its address, or its SNAT rule,
         # which has no lifetime) only because a previous process of this node

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from egressd.core.election import Action, Decision, Me, Observation, decide, rendezvous_rank
+from egressd.core.election import Action, Decision, Me, Observation, decide, spread_rank
 from egressd.core.errors import DataPlaneError, LeaseError, LostRace, MalformedLease
 from egressd.core.lease import LeaseRecord, held_by, lease_name
 from egressd.core.settings import EgressGroup, IPAddress, Settings
@@ -104,7 +104,12 @@ class Member:
             candidates=self.group.candidates,
             last_renew=self.last_renew if self.sm.state is State.OWNER else None,
             serving_locally=self.serving_locally,
+            preference=tuple(self.preference()),
         )
+
+    def preference(self) -> list[str]:
+        """The candidates of this IP, most preferred first (spread over the group's IPs)."""
+        return spread_rank(str(self.ip), [str(ip) for ip in self.group.egress_ips], self.group.candidates)
 
     async def run(self) -> None:
         """Decide and act until stopped (cancellation)."""
@@ -163,7 +168,7 @@ class Member:
     def _deadline(self, started: float) -> float:
         return started + self._timing.renew_deadline
 
-    async def _write_holder(self, base: LeaseRecord | None) -> LeaseRecord | None:
+    async def _write_holder(self, base: LeaseRecord | None, reason: str = "") -> LeaseRecord | None:
         """Write ourselves as holder; returns the written record, or None if we
         lost a race or the API failed (the view is refreshed on a lost race)."""
         node = self._settings.node
@@ -176,6 +181,7 @@ class Member:
             incarnation=self._incarnation,
             lease_duration=self._timing.lease_duration,
             now=self._clock.wall(),
+            reason=reason,
         )
         started = self._clock.monotonic()
         try:
@@ -213,7 +219,7 @@ class Member:
             self._view.observe(self.name, record)
 
     async def _acquire(self, base: LeaseRecord | None, decision: Decision) -> None:
-        written = await self._write_holder(base)
+        written = await self._write_holder(base, decision.reason)
         if written is None:
             return
         sent = self._sent
@@ -406,22 +412,24 @@ class Member:
         """Make the loop end at its next turn (shutdown cancels it as well)."""
         self._stopping = True
 
-    async def shutdown(self) -> None:
-        """Withdraw first, then free the lease for the next preferred candidate."""
+    async def shutdown(self, reason: str = "shutdown") -> None:
+        """Withdraw first, then free the lease for the next preferred candidate
+        (``reason``: ``shutdown``, or ``not-candidate`` when this node stopped
+        being a candidate of the IP)."""
         self._stopping = True
         if self.sm.state is State.OWNER:
-            await self._withdraw("shutdown")
+            await self._withdraw(reason)
         if self._still_owner():
-            self._fire(Event.RELEASED, "shutdown")
+            self._fire(Event.RELEASED, reason)
             self.last_renew = None
         elif self.serving_locally:
-            await self._withdraw("shutdown")
-        others = [c for c in rendezvous_rank(str(self.ip), self.group.candidates) if c != self._settings.node.name]
+            await self._withdraw(reason)
+        others = [c for c in self.preference() if c != self._settings.node.name]
         if await self._release(successor=others[0] if others else None):
-            self.log.info("released the lease on shutdown (successor %s)", others[0] if others else "-")
-            self._emit("released", "shutdown")
+            self.log.info("released the lease (%s; successor %s)", reason, others[0] if others else "-")
+            self._emit("released", reason, f"to {others[0]}" if others else "")
         if self.sm.state is State.FENCED or self.sm.state is State.STANDBY:
-            self._fire(Event.STOP, "shutdown")
+            self._fire(Event.STOP, reason)
 
     # --- helpers ---------------------------------------------------------------------
 

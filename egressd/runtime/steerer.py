@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Sequence
 
 from egressd.core.errors import DataPlaneError
 from egressd.core.lease import LeaseRecord, lease_name
@@ -43,51 +44,87 @@ def owner_address(record: LeaseRecord | None) -> IPAddress | None:
 
 
 class Steerer:
-    def __init__(self, settings: Settings, view: LeaseView, steering: Steering, *, retry: float = 1.0) -> None:
-        self.groups: tuple[EgressGroup, ...] = tuple(
-            g for g in settings.groups if settings.node.name not in g.candidates
-        )
+    """Steers the groups it is given (those whose sources live on this node and
+    for which it is not a gateway candidate); :meth:`set_groups` replaces them
+    (Kubernetes mode: pods come and go, policies change)."""
+
+    def __init__(
+        self, groups: Sequence[EgressGroup], view: LeaseView, steering: Steering, *, retry: float = 1.0
+    ) -> None:
+        self.groups: tuple[EgressGroup, ...] = tuple(groups)
         self._view = view
         self._steering = steering
         self._retry = retry
+        self._wake = view.listener()
         self.current: dict[IPAddress, IPAddress | None] = {}
+        """Egress IP -> the owner address it is steered to now (None: not steered)."""
+        self._routed: dict[IPAddress, EgressGroup] = {}
+        """Egress IP -> the group as it was when its steering was last written."""
+
+    @staticmethod
+    def for_node(settings: Settings) -> tuple[EgressGroup, ...]:
+        """The static config's groups this node steers: those it is no candidate of."""
+        return tuple(g for g in settings.groups if settings.node.name not in g.candidates)
+
+    def set_groups(self, groups: Sequence[EgressGroup]) -> None:
+        """Steer these groups from now on; the loop converges at once."""
+        self.groups = tuple(groups)
+        self._wake.set()
 
     async def run(self) -> None:
         await self._view.ready.wait()
         while True:
-            self._view.any_news.clear()
+            self._wake.clear()
             failed = await self.converge()
-            await wait_event(self._view.any_news, self._retry if failed else None)
+            await wait_event(self._wake, self._retry if failed else None)
 
     async def converge(self) -> bool:
-        """Bring every IP's steering to its current owner; returns whether something failed."""
+        """Bring every IP's steering to its current owner and group; returns whether something failed."""
         failed = False
-        for group in self.groups:
-            for ip in group.egress_ips:
-                record = self._view.get(lease_name(str(ip))).record
-                if record is not None and record.free and self.current.get(ip) is not None:
-                    continue  # between owners: keep the last route (see the module doc)
-                via = owner_address(record)
-                if ip in self.current and self.current[ip] == via:
-                    continue
-                try:
-                    await self._steering.route(group, ip, via)
-                except DataPlaneError as exc:
-                    log.error("steering group=%s ip=%s via=%s failed: %s", group.name, ip, via, exc)
-                    failed = True
-                    continue
+        wanted = {ip: g for g in self.groups for ip in g.egress_ips}
+        for ip in [ip for ip in self._routed if ip not in wanted]:
+            group = self._routed[ip]
+            try:
+                await self._steering.route(group, ip, None)
+            except DataPlaneError as exc:
+                log.error("removing steering group=%s ip=%s failed: %s", group.name, ip, exc)
+                failed = True
+                continue
+            log.info("steering group=%s ip=%s removed (no longer steered here)", group.name, ip)
+            del self._routed[ip]
+            self.current.pop(ip, None)
+        for ip, group in wanted.items():
+            record = self._view.get(lease_name(str(ip))).record
+            same_group = self._routed.get(ip) == group
+            if record is not None and record.free and self.current.get(ip) is not None and same_group:
+                continue  # between owners: keep the last route (see the module doc)
+            via = owner_address(record)
+            if record is not None and record.free and self.current.get(ip) is not None:
+                via = self.current[ip]  # the group changed between owners: keep the last owner
+            if ip in self.current and self.current[ip] == via and same_group:
+                continue
+            try:
+                await self._steering.route(group, ip, via)
+            except DataPlaneError as exc:
+                log.error("steering group=%s ip=%s via=%s failed: %s", group.name, ip, via, exc)
+                failed = True
+                continue
+            if self.current.get(ip) != via or ip not in self.current:
                 log.info(
                     "steering group=%s ip=%s via=%s (was %s)", group.name, ip, via or "-", self.current.get(ip, "-")
                 )
-                self.current[ip] = via
+            else:
+                log.debug("steering group=%s ip=%s: sources or destinations updated", group.name, ip)
+            self.current[ip] = via
+            self._routed[ip] = group
         return failed
 
     async def withdraw(self) -> None:
         """Remove the steering of every IP (shutdown)."""
-        for group in self.groups:
-            for ip in group.egress_ips:
-                try:
-                    await self._steering.route(group, ip, None)
-                except DataPlaneError as exc:
-                    log.error("removing steering group=%s ip=%s failed: %s", group.name, ip, exc)
+        for ip, group in list(self._routed.items()):
+            try:
+                await self._steering.route(group, ip, None)
+            except DataPlaneError as exc:
+                log.error("removing steering group=%s ip=%s failed: %s", group.name, ip, exc)
         self.current.clear()
+        self._routed.clear()

@@ -50,8 +50,16 @@ class LeaseView:
         self._news: dict[str, asyncio.Event] = {}
         self.ready = asyncio.Event()
         """Set after the first full list (sync)."""
-        self.any_news = asyncio.Event()
-        """Set whenever any entry changes (for consumers of every lease, like steering)."""
+        self._listeners: list[asyncio.Event] = []
+        self.any_news = self.listener()
+        """Set whenever any entry changes (for steering)."""
+
+    def listener(self) -> asyncio.Event:
+        """A new event, set whenever any entry changes, for one more consumer of
+        every lease (each clears its own)."""
+        event = asyncio.Event()
+        self._listeners.append(event)
+        return event
 
     def news(self, name: str) -> asyncio.Event:
         """An event set whenever the entry for ``name`` changes."""
@@ -83,7 +91,8 @@ class LeaseView:
         self._entries[name] = Entry(record, self._clock.monotonic(), problem)
         if notify:
             self.news(name).set()
-        self.any_news.set()
+        for listener in self._listeners:
+            listener.set()
         return True
 
     def apply(self, event: LeaseEvent) -> None:

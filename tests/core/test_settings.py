@@ -350,7 +350,7 @@ def test_unknown_top_level_key() -> None:
     data = config()
     data["logging"] = {"level": "debug"}
     message = message_of(data, "logging")
-    assert message.startswith("unknown key (known keys: node, kubernetes, timing, groups, metrics, mqtt)")
+    assert message.startswith("unknown key (known keys: node, mode, kubernetes, timing, groups, metrics, mqtt)")
 
 
 def test_unknown_timing_key_in_snake_case_gets_a_hint() -> None:
@@ -672,3 +672,42 @@ def test_an_mqtt_section_is_parsed_and_its_problems_named() -> None:
     assert parse_settings(changed("mqtt", None)).mqtt is None
     with pytest.raises(ConfigError, match=r"mqtt\.qos"):
         parse_settings(changed("mqtt", {"host": "x", "qos": 3}))
+
+
+# --- Kubernetes mode -----------------------------------------------------------------
+
+
+def kubernetes_mode(**extra: Any) -> dict[str, Any]:
+    data = config()
+    del data["groups"]
+    data["mode"] = "kubernetes"
+    data.update(extra)
+    return data
+
+
+def test_kubernetes_mode_takes_its_groups_from_the_policies() -> None:
+    settings = parse_settings(kubernetes_mode())
+    assert settings.mode == "kubernetes" and settings.groups == ()
+    assert settings.kubernetes.exclude_cordoned is False
+
+
+def test_kubernetes_mode_rejects_static_groups() -> None:
+    data = kubernetes_mode()
+    data["groups"] = config()["groups"]
+    assert "must be absent in mode kubernetes" in message_of(data, "groups")
+
+
+def test_kubernetes_mode_needs_the_node_address() -> None:
+    data = kubernetes_mode()
+    del data["node"]["address"]
+    assert "is required in mode kubernetes" in message_of(data, "node.address")
+
+
+def test_unknown_mode_is_named() -> None:
+    assert message_of(kubernetes_mode(mode="dynamic"), "mode") == "must be static or kubernetes, got 'dynamic'"
+
+
+def test_exclude_cordoned_must_be_a_boolean() -> None:
+    data = kubernetes_mode()
+    data["kubernetes"] = {**data.get("kubernetes", {}), "excludeCordoned": "yes"}
+    assert message_of(data, "kubernetes.excludeCordoned") == "must be true or false, got 'yes'"

@@ -188,6 +188,7 @@ async def test_identity_clash_is_fenced() -> None:
     for incarnation in ("first", "second"):
         node = Node("gw-a", store, incarnation=incarnation)
         node.daemon.settings = replace(node.daemon.settings, groups=(solo,))
+        node.daemon.groups = (solo,)
         twins.append(node)
     twins[0].start()
     await until(lambda: twins[0].serving, 2.0)

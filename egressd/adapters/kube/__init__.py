@@ -218,7 +218,7 @@ class KubeLeaseStore:
                         raise unavailable  # the real reason, not the clock
                     raise ApiTimeout(f"lease {verb}: deadline passed before the call")
                 timeout = min(self._api_timeout, remaining)
-                future = loop.run_in_executor(self._executor, _blocking_json, fn, timeout)
+                future = loop.run_in_executor(self._executor, blocking_json, fn, timeout)
                 try:
                     async with asyncio.timeout(timeout + 0.05):
                         result = await future
@@ -291,7 +291,7 @@ class KubeLeaseStore:
                 backoff = min(backoff * 2, 1.0)
 
     def _list_blocking(self) -> tuple[list[LeaseRecord], str]:
-        obj = _blocking_json(
+        obj = blocking_json(
             lambda t: self._leases.list_namespaced_lease(
                 self._namespace, label_selector=self._selector, _preload_content=False, _request_timeout=t
             ),
@@ -314,21 +314,27 @@ class KubeLeaseStore:
                 _request_timeout=(max(self._api_timeout, 1.0), self._watch_idle),
             )
         except ApiException as exc:
-            raise _translate(exc, "watch") from exc
+            raise translate(exc, "watch") from exc
         self._watch_up = True
         self._last_ok = self._clock.monotonic()  # an established watch is an API call that worked
-        try:
-            buf = b""
-            for chunk in resp.stream(4096, decode_content=True):
-                if stop.is_set():
-                    return
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    if line.strip():
-                        yield _decode_watch_line(line)
-        finally:
-            resp.release_conn()
+        yield from watch_events(resp, stop)
+
+
+def watch_events(resp: Any, stop: threading.Event) -> Iterator[dict[str, Any]]:
+    """The decoded events of one watch response (see :func:`_decode_watch_line`),
+    until the stream ends or ``stop`` is set."""
+    try:
+        buf = b""
+        for chunk in resp.stream(4096, decode_content=True):
+            if stop.is_set():
+                return
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                if line.strip():
+                    yield _decode_watch_line(line)
+    finally:
+        resp.release_conn()
 
 
 def _records(obj: dict[str, Any]) -> tuple[list[LeaseRecord], str]:
@@ -369,14 +375,14 @@ def _to_lease_event(event: dict[str, Any]) -> LeaseEvent:
         return LeaseEvent(kind="invalid", name=name, problem=str(exc))
 
 
-def _blocking_json(fn: Callable[[float], Any], timeout: float) -> dict[str, Any]:
+def blocking_json(fn: Callable[[float], Any], timeout: float) -> dict[str, Any]:
     """Call the client with ``_request_timeout`` and decode its raw response."""
     started = time.monotonic()
     try:
         resp = fn(timeout)
         data = resp.data
     except ApiException as exc:
-        raise _translate(exc, "call") from exc
+        raise translate(exc, "call") from exc
     except (urllib3.exceptions.TimeoutError, TimeoutError) as exc:
         raise ApiTimeout(f"no answer within {timeout:.3f}s") from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -387,7 +393,7 @@ def _blocking_json(fn: Callable[[float], Any], timeout: float) -> dict[str, Any]
     if status >= 400:
         error = ApiException(status=status, reason=getattr(resp, "reason", ""))
         error.body = data
-        raise _translate(error, "call")
+        raise translate(error, "call")
     try:
         decoded = json.loads(data)
     except ValueError as exc:
@@ -397,7 +403,7 @@ def _blocking_json(fn: Callable[[float], Any], timeout: float) -> dict[str, Any]
     return decoded
 
 
-def _translate(exc: ApiException, verb: str) -> LeaseError:
+def translate(exc: ApiException, verb: str) -> LeaseError:
     status = exc.status or 0
     message = _status_message(exc)
     if status == 409:
@@ -430,7 +436,7 @@ async def nodes_matching(api: k8s.ApiClient, labels: Mapping[str, str], *, reque
     loop = asyncio.get_running_loop()
     obj = await loop.run_in_executor(
         None,
-        _blocking_json,
+        blocking_json,
         lambda t: core.list_node(label_selector=selector, _preload_content=False, _request_timeout=t),
         request_timeout,
     )

@@ -1,0 +1,217 @@
+"""The Kubernetes-mode inputs over the official client: EgressGatewayPolicies,
+Nodes, Namespaces and Pods watched; policy status and Events written.
+
+One thread per resource lists it (a ``RELISTED`` event with every object),
+then watches from the list's resourceVersion, reconnects from the last one it
+saw (bookmarks advance it) and lists again after 410 Expired, like an
+informer. The policies' CRD may not be installed yet: a 404 on their list is
+an empty list, retried every ``crd_retry`` seconds and logged once.
+
+Objects are passed on as the API server sent them (JSON); the core parses
+them (:mod:`egressd.core.cluster`), so an object egressd cannot read is
+reported where it is used, never dropped here in silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import urllib3
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from egressd.adapters.kube import blocking_json, translate, watch_events
+from egressd.core.errors import ApiTimeout, LeaseError, LeaseExpired, LeaseNotFound
+from egressd.core.kube_events import EVENT_NAMESPACE
+from egressd.ports import Clock, ClusterEvent, ClusterResource
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = "egressd.io", "v1alpha1", "egressgatewaypolicies"
+
+Emit = Callable[[ClusterEvent | BaseException], None]
+
+
+class KubeCluster:
+    """:class:`egressd.ports.ClusterSource` over the official client."""
+
+    def __init__(
+        self,
+        api: k8s.ApiClient,
+        *,
+        clock: Clock,
+        api_timeout: float = 5.0,
+        list_timeout: float = 30.0,
+        watch_timeout: int = 240,
+        watch_idle: float = 60.0,
+        crd_retry: float = 10.0,
+        workers: int = 2,
+    ) -> None:
+        self._core = k8s.CoreV1Api(api)
+        self._custom = k8s.CustomObjectsApi(api)
+        self._clock = clock
+        self._api_timeout = api_timeout
+        self._list_timeout = list_timeout
+        self._watch_timeout = watch_timeout
+        self._watch_idle = watch_idle
+        self._crd_retry = crd_retry
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="egressd-cluster-api")
+        self._closed = threading.Event()
+
+    # --- reads -------------------------------------------------------------
+
+    def _list_policies(self, **kw: Any) -> Any:
+        return self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, _preload_content=False, **kw)
+
+    def _list_nodes(self, **kw: Any) -> Any:
+        return self._core.list_node(_preload_content=False, **kw)
+
+    def _list_namespaces(self, **kw: Any) -> Any:
+        return self._core.list_namespace(_preload_content=False, **kw)
+
+    def _list_pods(self, **kw: Any) -> Any:
+        return self._core.list_pod_for_all_namespaces(_preload_content=False, **kw)
+
+    def _lister(self, resource: ClusterResource) -> Callable[..., Any]:
+        return {
+            "policies": self._list_policies,
+            "nodes": self._list_nodes,
+            "namespaces": self._list_namespaces,
+            "pods": self._list_pods,
+        }[resource]
+
+    async def watch(self) -> AsyncIterator[ClusterEvent]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[ClusterEvent | BaseException] = asyncio.Queue()
+        stop = threading.Event()
+
+        def emit(item: ClusterEvent | BaseException) -> None:
+            with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        resources: tuple[ClusterResource, ...] = ("policies", "nodes", "namespaces", "pods")
+        for resource in resources:
+            threading.Thread(
+                target=self._watch_thread, args=(resource, emit, stop), name=f"egressd-watch-{resource}", daemon=True
+            ).start()
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+
+    def _watch_thread(self, resource: ClusterResource, emit: Emit, stop: threading.Event) -> None:
+        rv = ""
+        backoff = 0.1
+        missing_crd = False
+        lister = self._lister(resource)
+        while not stop.is_set() and not self._closed.is_set():
+            try:
+                if not rv:
+                    try:
+                        listing = blocking_json(lambda t: lister(_request_timeout=t), self._list_timeout)
+                    except LeaseNotFound:
+                        if resource != "policies":
+                            raise
+                        if not missing_crd:
+                            log.warning(
+                                "the EgressGatewayPolicy CRD is not installed (404 on %s.%s); "
+                                "serving no policy, looking again every %.0fs",
+                                PLURAL,
+                                GROUP,
+                                self._crd_retry,
+                            )
+                            emit(ClusterEvent(resource=resource, type="RELISTED"))
+                        missing_crd = True
+                        stop.wait(self._crd_retry)
+                        continue
+                    if missing_crd:
+                        log.info("the EgressGatewayPolicy CRD is installed now")
+                        missing_crd = False
+                    items = tuple(item for item in listing.get("items") or [] if isinstance(item, Mapping))
+                    rv = str((listing.get("metadata") or {}).get("resourceVersion") or "")
+                    emit(ClusterEvent(resource=resource, type="RELISTED", objects=items))
+                    backoff = 0.1
+                for event in self._watch_once(lister, rv, stop):
+                    rv = event.pop("_rv", rv) or rv
+                    if event:
+                        emit(ClusterEvent(resource=resource, type=event["type"], object=event["object"]))
+                    backoff = 0.1
+            except LeaseExpired:
+                log.info("%s watch: resourceVersion %s expired; listing again", resource, rv)
+                rv = ""
+            except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
+                continue  # a quiet watch: reconnect from rv
+            except (LeaseError, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+                if stop.is_set():
+                    return
+                log.warning("%s watch interrupted (%s); reconnecting from resourceVersion %s", resource, exc, rv or "-")
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _watch_once(self, lister: Callable[..., Any], rv: str, stop: threading.Event) -> Any:
+        try:
+            resp = lister(
+                watch=True,
+                resource_version=rv,
+                allow_watch_bookmarks=True,
+                timeout_seconds=self._watch_timeout,
+                _request_timeout=(max(self._api_timeout, 1.0), self._watch_idle),
+            )
+        except ApiException as exc:
+            raise translate(exc, "watch") from exc
+        return watch_events(resp, stop)
+
+    # --- writes --------------------------------------------------------------
+
+    async def write_policy_status(
+        self, name: str, status: Mapping[str, Any], resource_version: str, *, deadline: float
+    ) -> Mapping[str, Any]:
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "EgressGatewayPolicy",
+            "metadata": {"name": name, "resourceVersion": resource_version},
+            "status": dict(status),
+        }
+        return await self._call(
+            deadline,
+            lambda t: self._custom.replace_cluster_custom_object_status(
+                GROUP, VERSION, PLURAL, name, body, _preload_content=False, _request_timeout=t
+            ),
+        )
+
+    async def create_event(self, event: Mapping[str, Any], *, deadline: float) -> None:
+        await self._call(
+            deadline,
+            lambda t: self._core.create_namespaced_event(
+                EVENT_NAMESPACE,
+                dict(event),  # type: ignore[arg-type]  # a JSON object passes through as is
+                _preload_content=False,
+                _request_timeout=t,
+            ),
+        )
+
+    async def _call(self, deadline: float, fn: Callable[[float], Any]) -> dict[str, Any]:
+        remaining = deadline - self._clock.monotonic()
+        if remaining <= 0:
+            raise ApiTimeout("deadline passed before the call")
+        timeout = min(self._api_timeout, remaining)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout + 0.05):
+                return await loop.run_in_executor(self._executor, blocking_json, fn, timeout)
+        except TimeoutError as exc:
+            raise ApiTimeout(f"no answer within {timeout:.3f}s") from exc
+
+    async def close(self) -> None:
+        self._closed.set()
+        self._executor.shutdown(wait=False, cancel_futures=True)

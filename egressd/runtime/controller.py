@@ -1,0 +1,331 @@
+"""The Kubernetes mode: policies, pods and nodes in; groups, status and Events out.
+
+Every node runs this beside its daemon:
+
+* **watch** EgressGatewayPolicies, Nodes, Namespaces and Pods (a
+  :class:`~egressd.ports.ClusterSource`) into a :class:`~egressd.core.cluster.Cluster`;
+* **resolve** it (:func:`egressd.core.cluster.resolve`) after every relevant
+  change, debounced, and hand the daemon the groups of every valid policy —
+  selected pods as sources, nodes matching the nodeSelector as candidates — and
+  the groups this node steers (its own selected pods only). A policy naming an
+  interface this node lacks is not served by this node, and said so;
+* **status**: write each policy's ``.status`` (owner, epoch and last transition
+  of each egress IP from the leases; Ready and Degraded conditions) when what
+  is stored differs from what the leases say. Every candidate of the policy
+  computes the same status from the same leases, so whoever writes first wins
+  and the others find nothing to change; a 409 only means someone else wrote;
+* **Events**: ownership events of this node's members become Kubernetes
+  Events on the policy and the node, rate-limited per object and reason; a
+  policy turning invalid or conflicting becomes a Warning on the policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from egressd.core.cluster import Cluster, PolicyOutcome, Resolution, policy_status, resolve
+from egressd.core.errors import LeaseError, LeaseNotFound, LostRace
+from egressd.core.kube_events import (
+    OWNERSHIP_REASONS,
+    EventLimiter,
+    Involved,
+    node_ref,
+    ownership_message,
+    policy_ref,
+    render_event,
+)
+from egressd.core.lease import lease_name
+from egressd.core.settings import EgressGroup, Settings
+from egressd.ports import Clock, ClusterEvent, ClusterSource, OwnershipEvent
+from egressd.runtime.daemon import Daemon
+from egressd.runtime.supervisor import wait_event
+
+log = logging.getLogger(__name__)
+
+RESOURCES = ("policies", "nodes", "namespaces", "pods")
+
+
+class Controller:
+    def __init__(
+        self,
+        settings: Settings,
+        source: ClusterSource,
+        daemon: Daemon,
+        *,
+        clock: Clock,
+        debounce: float = 0.02,
+        status_debounce: float = 0.1,
+        limiter: EventLimiter | None = None,
+    ) -> None:
+        self.settings = settings
+        self.me = settings.node.name
+        self.source = source
+        self.daemon = daemon
+        self.clock = clock
+        self.debounce = debounce
+        self.status_debounce = status_debounce
+        self.cluster = Cluster()
+        self.resolution: Resolution | None = None
+        self.synced: set[str] = set()
+        self.unservable: dict[str, str] = {}
+        """Policy name -> why this node cannot serve it (its interface is missing here)."""
+        self._dirty = asyncio.Event()
+        self._status_dirty = asyncio.Event()
+        self._stored: dict[str, tuple[str, Mapping[str, Any]]] = {}
+        """Policy name -> (resourceVersion, status) as last seen or written."""
+        self._limiter = limiter or EventLimiter()
+        self._reported: dict[str, str] = {}
+        """Policy name -> the problem last reported in an Event (reported once per change)."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.resolved = asyncio.Event()
+        """Set after the first resolution was handed to the daemon."""
+
+    # --- wiring -------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Run as tasks of the daemon and receive its ownership events."""
+        self.daemon.add_task("cluster-watch", self.watch())
+        self.daemon.add_task("resolve", self.resolve_forever())
+        self.daemon.add_task("policy-status", self.status_forever())
+        self.daemon.ready_checks.append(self.readiness_problems)
+
+    def synced_all(self) -> bool:
+        return self.synced.issuperset(RESOURCES)
+
+    def readiness_problems(self) -> list[str]:
+        missing = [r for r in RESOURCES if r not in self.synced]
+        return [f"not yet listed: {', '.join(missing)}"] if missing else []
+
+    # --- watch ---------------------------------------------------------------
+
+    async def watch(self) -> None:
+        async for event in self.source.watch():
+            self.observe(event)
+
+    def observe(self, event: ClusterEvent) -> None:
+        """Apply one watch event to the index; wake the resolver if it mattered."""
+        if event.type == "RELISTED":
+            changed = self.cluster.replace(event.resource, list(event.objects))
+            if event.resource not in self.synced:
+                log.info("listed %d %s", len(event.objects), event.resource)
+            self.synced.add(event.resource)
+            if event.resource == "policies":
+                self._stored = {}
+                for obj in event.objects:
+                    self._remember(obj)
+                self._status_dirty.set()
+        else:
+            assert event.object is not None
+            changed = self.cluster.apply(event.resource, event.type, event.object)
+            if event.resource == "policies":
+                name = str((event.object.get("metadata") or {}).get("name") or "")
+                if event.type == "DELETED":
+                    self._stored.pop(name, None)
+                    self._reported.pop(name, None)
+                else:
+                    self._remember(event.object)
+                self._status_dirty.set()
+        if changed:
+            self._dirty.set()
+
+    def _remember(self, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        status = obj.get("status")
+        self._stored[str(meta.get("name") or "")] = (
+            str(meta.get("resourceVersion") or ""),
+            status if isinstance(status, Mapping) else {},
+        )
+
+    # --- resolve ---------------------------------------------------------------
+
+    async def resolve_forever(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(self.debounce)  # let a burst of watch events land first
+            self._dirty.clear()
+            if not self.synced_all():
+                continue
+            await self.resolve_once()
+
+    async def resolve_once(self) -> None:
+        """Resolve the cluster and hand the result to the daemon."""
+        started = self.clock.monotonic()
+        resolution = resolve(self.cluster, exclude_cordoned=self.settings.kubernetes.exclude_cordoned)
+        groups = list(resolution.groups)
+        for i, group in enumerate(groups):
+            if self.me in group.candidates:
+                why = await self._unservable(group)
+                if why:
+                    groups[i] = replace(group, candidates=tuple(c for c in group.candidates if c != self.me))
+        candidate_of = {g.name for g in resolution.groups if self.me in g.candidates}
+        steering = tuple(g for g in resolution.local_groups(self.me) if g.name not in candidate_of)
+        self._log_changes(self.resolution, resolution)
+        self.resolution = resolution
+        await self.daemon.apply(groups, steering)
+        self.resolved.set()
+        self._report_outcomes(resolution)
+        self._status_dirty.set()
+        log.debug(
+            "resolved %d polic(ies), %d group(s) in %.1f ms",
+            len(resolution.outcomes),
+            len(groups),
+            (self.clock.monotonic() - started) * 1000,
+        )
+
+    async def _unservable(self, group: EgressGroup) -> str:
+        """Why this node cannot serve ``group`` (empty if it can)."""
+        try:
+            present = await self.daemon.dataplane.addresses.has_interface(group.interface)
+        except Exception as exc:  # a failed lookup must not stop the resolution
+            log.error("policy %s: cannot look up interface %s: %s", group.name, group.interface, exc)
+            present = True
+        why = "" if present else f"interface {group.interface} does not exist on node {self.me}"
+        if why and self.unservable.get(group.name) != why:
+            log.error("policy %s: %s; this node will not serve its egress IPs", group.name, why)
+            self._event(policy_ref(group.name, self._uid(group.name)), "Warning", "InterfaceMissing", why)
+            self._event(node_ref(self.me), "Warning", "InterfaceMissing", f"policy {group.name}: {why}")
+        if why:
+            self.unservable[group.name] = why
+        elif self.unservable.pop(group.name, None):
+            log.info("policy %s: interface %s is present now", group.name, group.interface)
+        return why
+
+    def _log_changes(self, before: Resolution | None, after: Resolution) -> None:
+        old = {g.name: g for g in before.groups} if before else {}
+        for group in after.groups:
+            prev = old.pop(group.name, None)
+            if prev == group:
+                continue
+            outcome = after.outcomes.get(group.name)
+            log.info(
+                "policy %s: %d source(s), candidates %s, egress IPs %s%s",
+                group.name,
+                len(group.source_cidrs),
+                ",".join(group.candidates) or "none",
+                ",".join(map(str, group.egress_ips)),
+                f" ({outcome.reason})" if outcome and outcome.reason != "Ready" else "",
+            )
+        for name in old:
+            log.info("policy %s: no longer served (deleted, invalid or in conflict)", name)
+
+    def _report_outcomes(self, resolution: Resolution) -> None:
+        for name, outcome in resolution.outcomes.items():
+            problem = "" if outcome.served else f"{outcome.reason}: {outcome.message}"
+            if self._reported.get(name, "") == problem:
+                continue
+            self._reported[name] = problem
+            if not problem:
+                continue
+            log.error("policy %s is not served: %s", name, problem)
+            if self._writer(outcome):
+                self._event(policy_ref(name, self._uid(name)), "Warning", outcome.reason, outcome.message)
+
+    # --- status ------------------------------------------------------------------
+
+    async def status_forever(self) -> None:
+        leases = self.daemon.view.listener()
+        while True:
+            await asyncio.wait(
+                [asyncio.ensure_future(self._status_dirty.wait()), asyncio.ensure_future(leases.wait())],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            await asyncio.sleep(self.status_debounce)
+            self._status_dirty.clear()
+            leases.clear()
+            if self.resolution is None:
+                continue
+            if await self.write_statuses():
+                await wait_event(self._status_dirty, 1.0)  # back off a little after failures
+                self._status_dirty.set()
+
+    async def write_statuses(self) -> bool:
+        """Write every policy status that differs from the leases; whether a write failed."""
+        resolution = self.resolution
+        if resolution is None:
+            return False
+        failed = False
+        for name, outcome in sorted(resolution.outcomes.items()):
+            if not self._writer(outcome) or name not in self._stored:
+                continue
+            policy = self.cluster.policies.get(name)
+            records = (
+                {ip: self.daemon.view.get(lease_name(str(ip))).record for ip in policy.egress_ips} if policy else {}
+            )
+            rv, stored = self._stored[name]
+            reasons = {ip: r.transition_reason or "" for ip, r in records.items() if r is not None}
+            now = self.clock.wall().strftime("%Y-%m-%dT%H:%M:%SZ")
+            status = policy_status(policy, outcome, records, stored, now, transition_reasons=reasons)
+            if dict(status) == dict(stored):
+                continue
+            try:
+                written = await self.source.write_policy_status(name, status, rv, deadline=self.clock.monotonic() + 2.0)
+            except LostRace:
+                log.debug("policy %s: status changed meanwhile; comparing again", name)
+                self._status_dirty.set()
+            except LeaseNotFound:
+                self._stored.pop(name, None)
+            except LeaseError as exc:
+                log.warning("policy %s: could not write status: %s", name, exc)
+                failed = True
+            else:
+                self._remember(written)
+                log.debug("policy %s: status written", name)
+        return failed
+
+    def _writer(self, outcome: PolicyOutcome) -> bool:
+        """Whether this node keeps the status of the policy: its candidates do;
+        when there are none (no node matches, or the policy is invalid), every node."""
+        return not outcome.candidates or self.me in outcome.candidates
+
+    # --- Events --------------------------------------------------------------------
+
+    def emit(self, event: OwnershipEvent) -> None:
+        """:class:`~egressd.ports.EventSink`: an ownership event of this node's
+        members as Events on its policy and on this node."""
+        type_, reason, _ = OWNERSHIP_REASONS.get(event.kind, ("", "", ""))
+        if not reason:
+            return
+        message = ownership_message(
+            event.kind,
+            egress_ip=event.egress_ip,
+            node=event.node,
+            epoch=event.epoch,
+            reason=event.reason,
+            detail=event.detail,
+        )
+        policy = self._policy_of(event.egress_ip)
+        if policy:
+            self._event(policy_ref(policy, self._uid(policy)), type_, reason, message)
+        self._event(node_ref(self.me), type_, reason, message)
+
+    def _policy_of(self, egress_ip: str) -> str:
+        for group in self.daemon.groups:
+            if any(str(ip) == egress_ip for ip in group.egress_ips):
+                return group.name
+        return ""
+
+    def _uid(self, policy: str) -> str:
+        found = self.cluster.policies.get(policy)
+        return found.uid if found is not None else ""
+
+    def _event(self, involved: Involved, type_: str, reason: str, message: str) -> None:
+        allowed, held = self._limiter.allow((involved.kind, involved.name, reason), self.clock.monotonic())
+        if not allowed:
+            log.debug("event %s on %s/%s held back (rate limit)", reason, involved.kind, involved.name)
+            return
+        if held:
+            message = f"{message} ({held} similar event(s) held back)"
+        body = render_event(involved, type_=type_, reason=reason, message=message, node=self.me, now=self.clock.wall())
+        task = asyncio.get_running_loop().create_task(self._send(body), name=f"event:{reason}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, body: Mapping[str, Any]) -> None:
+        try:
+            await self.source.create_event(body, deadline=self.clock.monotonic() + 2.0)
+        except LeaseError as exc:
+            log.warning("could not record event %s: %s", body.get("reason"), exc)

@@ -1,0 +1,123 @@
+"""The reference scenario end to end in the Kubernetes mode: the lab API server
+holds the EgressGatewayPolicy CRD, the walkthrough's policy and the pods'
+Pod objects; the daemons select pods by label, with the kernel data plane.
+
+xwing and ywing (org=alliance) reach the outpost through an egress IP;
+tiefighter does not until it is labelled org=alliance, and stops again when
+the label goes; the policy's status names the owners; a gateway that loses
+its egress-gw label hands its IPs to the other one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from egressd.lab.netlab import Lab
+
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (network namespaces)"),
+]
+
+OUTPOST = "http://172.18.0.7:8000/"
+EGRESS = ("172.18.0.42", "172.18.0.43")
+GATEWAYS = ("kind-worker3", "kind-worker4")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    lab = Lab(f"egk{secrets.token_hex(2)}-", tmp_path_factory.mktemp("lab-state"), mode="kubernetes")
+    try:
+        lab.up()
+        wait(lambda: all(holders(lab).values()), 20, "owners for both egress IPs")
+        yield lab
+    finally:
+        lab.down()
+
+
+def wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def holders(lab: Lab) -> dict[str, str | None]:
+    status, body = lab.api("GET", "/apis/coordination.k8s.io/v1/namespaces/egressd/leases")
+    if status != 200:
+        return dict.fromkeys(EGRESS)
+    found = {
+        i["metadata"]["annotations"].get("egressd.io/egress-ip"): i["spec"].get("holderIdentity") for i in body["items"]
+    }
+    return {ip: found.get(ip) for ip in EGRESS}
+
+
+def source_seen(lab: Lab, pod: str) -> str | None:
+    """The source address the outpost saw for ``pod``'s request (None: no answer)."""
+    try:
+        _, raw = lab.http(pod, OUTPOST, timeout=2)
+    except OSError:
+        return None
+    return str(json.loads(raw).get("ip"))
+
+
+def test_selected_pods_leave_through_an_egress_ip(lab: Lab) -> None:
+    for pod in ("xwing", "ywing"):
+
+        def through_egress(pod: str = pod) -> bool:
+            return source_seen(lab, pod) in EGRESS
+
+        assert wait(through_egress, 10, f"{pod} through an egress IP")
+    assert source_seen(lab, "tiefighter") == "10.244.1.3"
+
+
+def test_labelling_a_pod_starts_and_stops_its_steering(lab: Lab) -> None:
+    lab.label_pod("tiefighter", {"org": "alliance"})
+    wait(lambda: source_seen(lab, "tiefighter") in EGRESS, 5, "tiefighter through an egress IP after labelling")
+    lab.label_pod("tiefighter", {"org": "empire"})
+    wait(lambda: source_seen(lab, "tiefighter") == "10.244.1.3", 5, "tiefighter back on its own address")
+
+
+def test_policy_status_names_the_owners(lab: Lab) -> None:
+    def ready() -> dict[str, Any] | None:
+        status = lab.policy("outpost").get("status") or {}
+        conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
+        return status if conditions.get("Ready") == "True" else None
+
+    status = wait(ready, 10, "the policy to be Ready")
+    owners = holders(lab)
+    assert {e["egressIP"]: e["node"] for e in status["egressIPs"]} == owners
+    assert all(e["epoch"] >= 1 for e in status["egressIPs"])
+    assert status["selectedPods"] == 2
+
+
+def test_a_gateway_losing_its_label_hands_off(lab: Lab) -> None:
+    owner = holders(lab)[EGRESS[0]]
+    assert owner in GATEWAYS
+    other = next(g for g in GATEWAYS if g != owner)
+    path = f"/api/v1/nodes/{owner}"
+    patch = {"metadata": {"labels": {"egress-gw": None}}}
+    status, body = lab.api("PATCH", path, patch, content_type="application/merge-patch+json")
+    assert status == 200, body
+    try:
+        wait(lambda: set(holders(lab).values()) == {other}, 10, f"{other} to hold both IPs")
+        assert lab.carriers(EGRESS[0]) == [other]
+        assert wait(lambda: source_seen(lab, "xwing") in EGRESS, 5, "xwing through the remaining gateway")
+        status, events = lab.api("GET", "/api/v1/namespaces/default/events")
+        assert status == 200
+        reasons = {(e["involvedObject"]["name"], e["reason"]) for e in events["items"]}
+        assert (owner, "EgressIPReleased") in reasons and (other, "EgressIPAcquired") in reasons
+    finally:
+        lab.api(
+            "PATCH", path, {"metadata": {"labels": {"egress-gw": "true"}}}, content_type="application/merge-patch+json"
+        )
