@@ -388,7 +388,7 @@ def _move(args: argparse.Namespace) -> int:
             ip = ipaddress.ip_address(args.ip)
         except ValueError:
             raise UsageError(f"IP: not an IP address: {args.ip!r}") from None
-        moves = ops.handoff_moves(settings, ip, args.to)
+        moves = ops.handoff_moves(asyncio.run(ops.with_policy_groups(settings)), ip, args.to)
     else:
         moves = asyncio.run(ops.drain_moves(settings))
         if not moves:

@@ -26,6 +26,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from egressd.core.cluster import Cluster, resolve
 from egressd.core.election import spread_rank
 from egressd.core.errors import EgressdError, LeaseError, LostRace
 from egressd.core.lease import LeaseRecord, lease_name
@@ -82,9 +83,31 @@ async def _kernel_view() -> dict[str, Any] | None:
         await steering.close()
 
 
+async def with_policy_groups(settings: Settings) -> Settings:
+    """In the Kubernetes mode, ``settings`` with the groups the policies, pods
+    and nodes amount to now (listed once); the settings as they are otherwise."""
+    if settings.mode != "kubernetes":
+        return settings
+    from egressd.adapters.clock import SystemClock  # noqa: PLC0415
+    from egressd.adapters.kube import api_client  # noqa: PLC0415
+    from egressd.adapters.kube.cluster import KubeCluster  # noqa: PLC0415
+
+    source = KubeCluster(api_client(settings.kubernetes), clock=SystemClock())
+    try:
+        snapshot = await source.snapshot()
+    finally:
+        await source.close()
+    index = Cluster()
+    for resource, objects in snapshot.items():
+        index.replace(resource, objects)
+    resolution = resolve(index, exclude_cordoned=settings.kubernetes.exclude_cordoned)
+    return replace(settings, groups=resolution.groups)
+
+
 async def status(settings: Settings, *, as_json: bool, kernel: bool = True) -> int:
     from egressd.adapters.clock import SystemClock  # noqa: PLC0415
 
+    settings = await with_policy_groups(settings)
     clock = SystemClock()
     store = _store(settings, clock)
     try:
@@ -267,6 +290,7 @@ async def drain_moves(settings: Settings) -> list[tuple[IPAddress, str]]:
     """Every IP this node holds, to its next preferred candidate."""
     from egressd.adapters.clock import SystemClock  # noqa: PLC0415
 
+    settings = await with_policy_groups(settings)
     clock = SystemClock()
     store = _store(settings, clock)
     try:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from egressd.lab.netlab import Lab
+from egressd.lab.netlab import Lab, egressd_command
 
 pytestmark = [
     pytest.mark.kernel,
@@ -113,7 +113,7 @@ def test_a_gateway_losing_its_label_hands_off(lab: Lab) -> None:
     assert status == 200, body
     try:
         wait(lambda: set(holders(lab).values()) == {other}, 10, f"{other} to hold both IPs")
-        assert lab.carriers(EGRESS[0]) == [other]
+        wait(lambda: lab.carriers(EGRESS[0]) == [other], 5, f"{EGRESS[0]} on {other} alone")
         assert wait(lambda: source_seen(lab, "xwing") in EGRESS, 5, "xwing through the remaining gateway")
         status, events = lab.api("GET", "/api/v1/namespaces/default/events")
         assert status == 200
@@ -123,3 +123,22 @@ def test_a_gateway_losing_its_label_hands_off(lab: Lab) -> None:
         lab.api(
             "PATCH", path, {"metadata": {"labels": {"egress-gw": "true"}}}, content_type="application/merge-patch+json"
         )
+
+
+def test_status_and_handoff_read_the_policies(lab: Lab) -> None:
+    owner = holders(lab)[EGRESS[1]]
+    assert owner in GATEWAYS
+    other = next(g for g in GATEWAYS if g != owner)
+    config = str(lab.config_file(owner))
+    out = lab.exec(
+        owner,
+        [*egressd_command(), "status", "--config", config, "--json", "--no-kernel"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = {row["egressIP"]: row for row in json.loads(out.stdout)["leases"]}
+    assert set(rows) == set(EGRESS) and rows[EGRESS[1]]["group"] == "outpost"
+    assert rows[EGRESS[1]]["role"] == "owner"
+    lab.exec(owner, [*egressd_command(), "handoff", EGRESS[1], "--to", other, "--config", config], check=True)
+    assert holders(lab)[EGRESS[1]] == other

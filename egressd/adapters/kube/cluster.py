@@ -171,6 +171,26 @@ class KubeCluster:
             raise translate(exc, "watch") from exc
         return watch_events(resp, stop)
 
+    async def snapshot(self) -> dict[ClusterResource, tuple[Mapping[str, Any], ...]]:
+        """Every object of each resource, listed once (for ``egressd status``,
+        ``handoff`` and ``drain`` in the Kubernetes mode). Policies are empty
+        when their CRD is not installed."""
+        loop = asyncio.get_running_loop()
+        out: dict[ClusterResource, tuple[Mapping[str, Any], ...]] = {}
+        resources: tuple[ClusterResource, ...] = ("policies", "nodes", "namespaces", "pods")
+        for resource in resources:
+            lister = self._lister(resource)
+            try:
+                listing = await loop.run_in_executor(
+                    self._executor, blocking_json, lambda t, fn=lister: fn(_request_timeout=t), self._list_timeout
+                )
+            except LeaseNotFound:
+                if resource != "policies":
+                    raise
+                listing = {}
+            out[resource] = tuple(item for item in listing.get("items") or [] if isinstance(item, Mapping))
+        return out
+
     # --- writes --------------------------------------------------------------
 
     async def write_policy_status(
