@@ -1,5 +1,6 @@
 """The Kubernetes manifests in deploy/: valid against the API schemas, their
-config valid for egressd, and RBAC that allows every API call the daemon makes
+config valid for egressd, a CRD whose schema takes the example policy and
+refuses broken ones, and RBAC that allows every API call the daemon makes
 (and nothing it does not need)."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from egressd.core.settings import expand_env, parse_settings
+from egressd.lab import openapi
 
 ROOT = Path(__file__).parents[1]
 DEPLOY = ROOT / "deploy"
@@ -64,6 +66,76 @@ def test_daemonset_runs_with_only_net_admin_and_net_raw() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"] if "valueFrom" in e}
     assert env == {"NODE_NAME": "spec.nodeName", "NODE_IP": "status.hostIP"}
+
+
+# --- the EgressGatewayPolicy CRD ---------------------------------------------------------
+
+POLICY_FILE = ROOT / "config" / "policy-outpost.yaml"
+
+
+def policy_schema() -> dict[str, Any]:
+    (crd,) = by_kind("CustomResourceDefinition")
+    (version,) = crd["spec"]["versions"]
+    assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
+    schema = version["schema"]["openAPIV3Schema"]
+    assert isinstance(schema, dict)
+    return schema
+
+
+def schema_errors(policy: dict[str, Any]) -> list[str]:
+    """What the API server would answer: unknown fields are pruned first, then validated."""
+    unknown = openapi.prune_object(policy, policy_schema())
+    found = openapi.validate(openapi.without_meta(policy), policy_schema())
+    found += openapi.validate_list_types(openapi.without_meta(policy), policy_schema())
+    return [f"unknown field {path}" for path in unknown] + [str(e) for e in found]
+
+
+def test_the_crd_names_the_policy_resource() -> None:
+    (crd,) = by_kind("CustomResourceDefinition")
+    spec = crd["spec"]
+    assert crd["metadata"]["name"] == "egressgatewaypolicies.egressd.io"
+    assert (spec["group"], spec["scope"]) == ("egressd.io", "Cluster")
+    assert spec["names"] == {
+        "kind": "EgressGatewayPolicy",
+        "listKind": "EgressGatewayPolicyList",
+        "plural": "egressgatewaypolicies",
+        "singular": "egressgatewaypolicy",
+        "shortNames": ["egp"],
+    }
+    (version,) = spec["versions"]
+    assert version["subresources"] == {"status": {}}
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Egress IPs", "Interface", "Ready", "Age"]
+
+
+def test_the_crd_schema_is_structural() -> None:
+    assert openapi.structural_errors(policy_schema(), "openAPIV3Schema") == []
+
+
+def test_the_crd_schema_accepts_the_example_policy() -> None:
+    policy = yaml.safe_load(POLICY_FILE.read_text())
+    assert policy["kind"] == "EgressGatewayPolicy" and policy["apiVersion"] == "egressd.io/v1alpha1"
+    assert schema_errors(policy) == []
+    assert policy == yaml.safe_load(POLICY_FILE.read_text())  # nothing pruned or defaulted
+
+
+def test_the_crd_schema_rejects_a_broken_policy() -> None:
+    policy = yaml.safe_load(POLICY_FILE.read_text())
+    gateway = policy["spec"]["egressGateway"]
+    gateway["egressIPs"] = ["172.18.0.42", "172.18.0.300", "172.18.0.42"]
+    gateway["interface"] = "net0:1"
+    policy["spec"]["excludedCIDRs"] = ["172.18.0.0/30", "172.18.0/30"]
+    policy["spec"]["egressGatway"] = {}
+    assert schema_errors(policy) == [
+        "unknown field spec.egressGatway",
+        'spec.excludedCIDRs[1]: Invalid value: "172.18.0/30": spec.excludedCIDRs[1] in body must be of type cidr: '
+        '"172.18.0/30"',
+        'spec.egressGateway.interface: Invalid value: "net0:1": '
+        "spec.egressGateway.interface in body should match '^[^/:\\s]+$'",
+        '<nil>: Invalid value: "": "spec.egressGateway.egressIPs[1]" must validate at least one schema (anyOf)',
+        'spec.egressGateway.egressIPs[1]: Invalid value: "172.18.0.300": '
+        'spec.egressGateway.egressIPs[1] in body must be of type ipv4: "172.18.0.300"',
+        'spec.egressGateway.egressIPs[2]: Duplicate value: "172.18.0.42"',
+    ]
 
 
 # --- RBAC against the code -------------------------------------------------------------

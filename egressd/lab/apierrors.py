@@ -14,9 +14,10 @@ validation, and ``details.group`` is omitted for the core group.
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 JsonObject = dict[str, Any]
@@ -29,32 +30,126 @@ def qualified(group: str, plural: str) -> str:
     return f"{plural}.{group}" if group else plural
 
 
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+
+
+def go_quote(text: str) -> str:
+    """``strconv.Quote``: double quotes, Go escapes, printable Unicode kept as is."""
+    out = ['"']
+    for char in text:
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif char in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[char])
+        elif char.isprintable():
+            out.append(char)
+        elif ord(char) < 0x80:
+            out.append(f"\\x{ord(char):02x}")
+        elif ord(char) <= 0xFFFF:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(f"\\U{ord(char):08x}")
+    out.append('"')
+    return "".join(out)
+
+
+def go_float(value: float) -> str:
+    """A float64 as Go's ``%v`` prints it: shortest digits, exponent from 1e+06 and below 1e-04."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value == 0:
+        return "-0" if math.copysign(1.0, value) < 0 else "0"
+    sign, digit_tuple, exponent = Decimal(repr(value)).as_tuple()
+    assert isinstance(exponent, int)
+    digits = "".join(map(str, digit_tuple)).lstrip("0")
+    stripped = digits.rstrip("0")
+    exponent += len(digits) - len(stripped)
+    point = len(stripped) + exponent  # digits before the decimal point (<= 0: leading zeros after it)
+    head = "-" if sign else ""
+    if not -4 <= point - 1 < 6:
+        mantissa = stripped[0] + ("." + stripped[1:] if len(stripped) > 1 else "")
+        return f"{head}{mantissa}e{'+' if point > 0 else '-'}{abs(point - 1):02d}"
+    if point <= 0:
+        return f"{head}0.{'0' * -point}{stripped}"
+    if point >= len(stripped):
+        return head + stripped + "0" * (point - len(stripped))
+    return f"{head}{stripped[:point]}.{stripped[point:]}"
+
+
+def _go_syntax(value: Any) -> str:
+    """Go's ``%#v`` of a decoded JSON value (``map[string]interface {}{...}``)."""
+    if value is None:
+        return "interface {}(nil)"
+    if isinstance(value, dict):
+        items = ", ".join(f"{go_quote(str(k))}:{_go_syntax(v)}" for k, v in sorted(value.items()))
+        return f"map[string]interface {{}}{{{items}}}"
+    if isinstance(value, list):
+        return f"[]interface {{}}{{{', '.join(_go_syntax(v) for v in value)}}}"
+    return go_value(value)
+
+
 def go_value(value: Any) -> str:
-    """Render a value the way Go's field errors print it (``%#v``-like)."""
+    """Render a value the way Go's field errors print it: ``%q`` for strings,
+    ``%v`` for numbers and booleans, ``%#v`` for maps and lists."""
     if isinstance(value, str):
-        return json.dumps(value)
+        return go_quote(value)
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float):
+        return go_float(value)
+    if isinstance(value, (dict, list)):
+        return _go_syntax(value)
     return str(value)
+
+
+#: Cause reasons of apimachinery's ``field.ErrorType`` and the words their messages start with.
+FIELD_ERROR_TYPES: Mapping[str, str] = {
+    "FieldValueNotFound": "Not found",
+    "FieldValueRequired": "Required value",
+    "FieldValueDuplicate": "Duplicate value",
+    "FieldValueInvalid": "Invalid value",
+    "FieldValueNotSupported": "Unsupported value",
+    "FieldValueForbidden": "Forbidden",
+    "FieldValueTooLong": "Too long",
+    "FieldValueTooMany": "Too many",
+    "InternalError": "Internal error",
+    "FieldValueTypeInvalid": "Invalid value",
+}
+#: Types whose message never shows the value.
+_VALUE_HIDDEN = frozenset({"FieldValueRequired", "FieldValueForbidden", "FieldValueTooLong", "InternalError"})
 
 
 @dataclass(frozen=True)
 class FieldError:
-    """One field problem, as apimachinery's ``field.Error``."""
+    """One field problem, as apimachinery's ``field.Error``.
+
+    ``type`` is the cause reason (a key of :data:`FIELD_ERROR_TYPES`); left
+    empty it is ``FieldValueRequired`` when ``value`` is None, else
+    ``FieldValueInvalid``. ``value`` is already rendered (:func:`go_value`);
+    None shows no value.
+    """
 
     field: str
     detail: str
-    value: str | None = None  # already rendered; None for "Required value" errors
+    value: str | None = None
+    type: str = ""
 
     @property
     def reason(self) -> str:
+        if self.type:
+            return self.type
         return "FieldValueRequired" if self.value is None else "FieldValueInvalid"
 
     @property
     def message(self) -> str:
-        head = "Required value" if self.value is None else f"Invalid value: {self.value}"
+        reason = self.reason
+        head = FIELD_ERROR_TYPES[reason]
+        if self.value is not None and reason not in _VALUE_HIDDEN:
+            head = f"{head}: {self.value}"
         return f"{head}: {self.detail}" if self.detail else head
 
     def __str__(self) -> str:
@@ -93,10 +188,12 @@ class ApiError(Exception):
 
 
 def _details(name: str, group: str, kind: str) -> JsonObject:
-    details: JsonObject = {"name": name}
+    """``metav1.StatusDetails``: empty name, group and kind are left out (omitempty)."""
+    details: JsonObject = {"name": name} if name else {}
     if group:
         details["group"] = group
-    details["kind"] = kind
+    if kind:
+        details["kind"] = kind
     return details
 
 
@@ -134,7 +231,8 @@ def invalid(group: str, kind: str, name: str, errors: Sequence[FieldError]) -> A
     resource plural instead for the missing-resourceVersion check, which then reads
     ``leases.coordination.k8s.io "x" is invalid: ...``.
     """
-    joined = str(errors[0]) if len(errors) == 1 else "[" + ", ".join(map(str, errors)) + "]"
+    distinct = list(dict.fromkeys(map(str, errors)))  # the real server's aggregate drops repeated messages
+    joined = distinct[0] if len(distinct) == 1 else "[" + ", ".join(distinct) + "]"
     details = _details(name, group, kind)
     details["causes"] = [{"reason": e.reason, "message": e.message, "field": e.field} for e in errors]
     return ApiError(

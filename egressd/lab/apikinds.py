@@ -4,7 +4,8 @@ Each :class:`ResourceKind` row says how the real kube-apiserver's storage
 strategy for that resource behaves (create-on-update, unconditional update,
 what DELETE answers, status subresource, typed fields, field labels). The
 server code is generic over this table; custom resources get a row built
-from their CustomResourceDefinition (:func:`kind_from_crd`).
+from their CustomResourceDefinition (:func:`kind_from_crd`), with the
+openAPIV3Schema of each version, which :mod:`egressd.lab.openapi` applies.
 
 Also here: the wire formats of ``metav1.Time`` and ``metav1.MicroTime``, the
 typed-field checks a real server does while decoding (400) and validating
@@ -21,6 +22,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Literal
 
 from egressd.lab.apierrors import ApiError, FieldError, JsonObject, bad_request, go_value
+from egressd.lab.openapi import structural_errors
 
 FieldType = Literal["int32", "string", "microtime", "time"]
 NameRule = Literal["subdomain", "label"]
@@ -62,6 +64,8 @@ class ResourceKind:
     field_labels: tuple[str, ...] = ()  # beyond metadata.name / metadata.namespace
     strategic_merge: bool = True  # built-ins accept strategic-merge-patch
     custom: bool = False
+    #: Custom resources: the openAPIV3Schema of each served version (egressd.lab.openapi applies it).
+    schemas: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -70,6 +74,16 @@ class ResourceKind:
     def api_version(self, version: str | None = None) -> str:
         v = version or self.versions[0]
         return f"{self.group}/{v}" if self.group else v
+
+    def schema(self, version: str) -> Mapping[str, Any] | None:
+        """The openAPIV3Schema of ``version`` (None: no schema, nothing validated)."""
+        return self.schemas.get(version)
+
+    def status_schema(self, version: str) -> Mapping[str, Any] | None:
+        """The part of the schema the status subresource validates against."""
+        properties = (self.schema(version) or {}).get("properties") or {}
+        status = properties.get("status")
+        return status if isinstance(status, Mapping) else None
 
     @property
     def selectable_fields(self) -> tuple[str, ...]:
@@ -250,9 +264,24 @@ def validate_crd(obj: Mapping[str, Any]) -> list[FieldError]:
         errors.append(
             FieldError("spec.versions", "must have exactly one version marked as storage version", go_value(""))
         )
+    if isinstance(versions, list):
+        errors += _version_schema_errors(versions)
     name = (obj.get("metadata") or {}).get("name", "")
     if not errors and name != f"{plural}.{group}":
         errors.append(FieldError("metadata.name", 'must be spec.names.plural+"."+spec.group', go_value(name)))
+    return errors
+
+
+def _version_schema_errors(versions: Sequence[Any]) -> list[FieldError]:
+    """apiextensions.k8s.io/v1 wants a structural openAPIV3Schema in every version."""
+    errors: list[FieldError] = []
+    for i, version in enumerate(versions):
+        path = f"spec.versions[{i}].schema.openAPIV3Schema"
+        schema = ((version.get("schema") or {}) if isinstance(version, Mapping) else {}).get("openAPIV3Schema")
+        if schema is None:
+            errors.append(FieldError(path, "schemas are required"))
+        else:
+            errors += structural_errors(schema, path)
     return errors
 
 
@@ -284,6 +313,11 @@ def kind_from_crd(crd: Mapping[str, Any]) -> ResourceKind:
         create_status="drop" if has_status else "keep",
         strategic_merge=False,
         custom=True,
+        schemas={
+            v["name"]: v["schema"]["openAPIV3Schema"]
+            for v in versions
+            if v.get("served", True) and isinstance((v.get("schema") or {}).get("openAPIV3Schema"), Mapping)
+        },
     )
 
 

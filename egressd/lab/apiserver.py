@@ -6,9 +6,12 @@ tell it from a kube-apiserver: Leases, Nodes, Pods, Namespaces, Events (core
 and events.k8s.io), CustomResourceDefinitions and the custom resources they
 define; list/get/create/update/patch/delete/deletecollection/watch; label and
 field selectors; one global resourceVersion; 409/410/422 with the real Status
-bodies; MicroTime wire format; bookmarks; pagination; discovery. Nothing is
-persisted, there is no authentication, no admission, no schema validation of
-custom resources, no server-side apply and no managedFields.
+bodies; MicroTime wire format; bookmarks; pagination; discovery. Custom
+resources are pruned and validated against their CRD's openAPIV3Schema on
+create, update, patch and status writes, with the real server's 422 bodies
+and ``?fieldValidation=Strict|Warn|Ignore`` (:mod:`egressd.lab.openapi`).
+Nothing is persisted, there is no authentication, no admission, no CEL
+validation rules, no server-side apply and no managedFields.
 
 Entry points (the CLI's ``egressd apiserver --listen HOST:PORT`` calls ``run``)::
 
@@ -55,9 +58,9 @@ import yaml
 from aiohttp import web
 
 from egressd.lab import apierrors
-from egressd.lab.apierrors import ApiError, JsonObject, bad_request
+from egressd.lab.apierrors import ApiError, FieldError, JsonObject, bad_request, go_quote
 from egressd.lab.apikinds import ResourceKind
-from egressd.lab.apistore import JSON_PATCH, Store, Watcher, iter_kinds
+from egressd.lab.apistore import JSON_PATCH, Store, Watcher, WriteOptions, iter_kinds
 from egressd.lab.selectors import Selection, parse_field_selector, parse_label_selector
 
 logger = logging.getLogger(__name__)
@@ -65,6 +68,8 @@ logger = logging.getLogger(__name__)
 KUBE_VERSION = ("1", "31", "v1.31.0+egressd-lab")
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+#: The values of the ``fieldValidation`` query parameter ("" is Warn), sorted as the real server lists them.
+FIELD_VALIDATIONS = ("", "Ignore", "Strict", "Warn")
 
 
 @dataclass(frozen=True)
@@ -341,9 +346,10 @@ class LabApiServer:
             if method == "GET":
                 return self._list(request, t)
             if method == "POST" and (t.namespace is not None or not t.kind.namespaced):
+                options = _write_options(query, "CreateOptions")
                 body = await _read_body(request)
-                new = store.create(t.kind, t.namespace, body, t.version)
-                return _json_response(_present(t.kind, new, t.version), 201)
+                new = store.create(t.kind, t.namespace, body, t.version, options)
+                return _warned(_json_response(_present(t.kind, new, t.version), 201), options)
             if method == "DELETE":
                 deleted = store.delete_collection(t.kind, t.namespace, _selection(query, t.kind))
                 return _json_response(self._list_body(t, deleted, store.resource_version))
@@ -351,10 +357,14 @@ class LabApiServer:
         if method == "GET":
             return _json_response(_present(t.kind, store.get(t.kind, t.namespace, t.name), t.version))
         if method == "PUT":
+            options = _write_options(query, "UpdateOptions")
             body = await _read_body(request)
-            obj, created = store.update(t.kind, t.namespace, t.name, body, version=t.version, subresource=t.subresource)
-            return _json_response(_present(t.kind, obj, t.version), 201 if created else 200)
+            obj, created = store.update(
+                t.kind, t.namespace, t.name, body, version=t.version, subresource=t.subresource, options=options
+            )
+            return _warned(_json_response(_present(t.kind, obj, t.version), 201 if created else 200), options)
         if method == "PATCH":
+            options = _write_options(query, "PatchOptions")
             body = await _read_body(request)
             content_type = request.content_type
             obj = store.patch(
@@ -365,14 +375,15 @@ class LabApiServer:
                 content_type=content_type,
                 version=t.version,
                 subresource=t.subresource,
+                options=options,
             )
-            return _json_response(_present(t.kind, obj, t.version))
+            return _warned(_json_response(_present(t.kind, obj, t.version)), options)
         if method == "DELETE" and not t.subresource:
             raw = await request.read()
-            options = await _read_body(request) if raw.strip() else None
-            if options is not None and not isinstance(options, Mapping):
+            delete_options = await _read_body(request) if raw.strip() else None
+            if delete_options is not None and not isinstance(delete_options, Mapping):
                 raise bad_request("DeleteOptions must be an object")
-            answer = store.delete(t.kind, t.namespace, t.name, options)
+            answer = store.delete(t.kind, t.namespace, t.name, delete_options)
             if answer.get("kind") != "Status":
                 answer = _present(t.kind, answer, t.version)
             return _json_response(answer)
@@ -567,6 +578,26 @@ def _selection(query: Mapping[str, str], kind: ResourceKind) -> Selection:
         parse_label_selector(query.get("labelSelector")),
         parse_field_selector(query.get("fieldSelector"), kind.selectable_fields),
     )
+
+
+def _write_options(query: Mapping[str, str], kind: str) -> WriteOptions:
+    """The ``fieldValidation`` of a write; an unknown value is 422, as the real
+    server's validation of Create/Update/PatchOptions answers."""
+    mode = query.get("fieldValidation", "")
+    if mode not in FIELD_VALIDATIONS:
+        supported = ", ".join(go_quote(v) for v in FIELD_VALIDATIONS)
+        problem = FieldError(
+            "fieldValidation", f"supported values: {supported}", go_quote(mode), "FieldValueNotSupported"
+        )
+        raise apierrors.invalid("meta.k8s.io", kind, "", [problem])
+    return WriteOptions(field_validation=mode)
+
+
+def _warned(response: web.Response, options: WriteOptions) -> web.Response:
+    """``Warning: 299 - "..."`` headers, as the real server sends for dropped unknown fields."""
+    for text in options.warnings:
+        response.headers.add("Warning", f"299 - {go_quote(text)}")
+    return response
 
 
 def _int_param(query: Mapping[str, str], name: str) -> int:

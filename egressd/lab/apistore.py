@@ -25,12 +25,12 @@ import logging
 import random
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from egressd.lab import apierrors
-from egressd.lab.apierrors import ApiError, FieldError, JsonObject, bad_request, go_value
+from egressd.lab import apierrors, openapi
+from egressd.lab.apierrors import ApiError, FieldError, JsonObject, bad_request, go_quote, go_value
 from egressd.lab.apikinds import (
     BUILTIN_KINDS,
     JsonPatchError,
@@ -76,6 +76,17 @@ class HistoryEntry:
     key: ObjKey
     obj: JsonObject
     prev: JsonObject | None
+
+
+@dataclass
+class WriteOptions:
+    """What a create, update or patch request asks beyond its body, and the warnings it gets back."""
+
+    #: ``Strict``: unknown fields of a custom resource fail the request; ``Warn``
+    #: (the default, also ""): they are dropped with a warning; ``Ignore``: dropped.
+    field_validation: str = ""
+    #: Texts for the answer's ``Warning: 299 - "..."`` headers.
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -394,8 +405,11 @@ class Store:
         if kind.namespaced and body_ns and body_ns != namespace:
             raise bad_request("the namespace of the provided object does not match the namespace sent on the request")
 
-    def create(self, kind: ResourceKind, namespace: str | None, body: Any, version: str) -> JsonObject:
+    def create(
+        self, kind: ResourceKind, namespace: str | None, body: Any, version: str, options: WriteOptions | None = None
+    ) -> JsonObject:
         obj = self._decode_body(kind, body, version)
+        self._prune(kind, obj, version, options)
         self._check_body_namespace(kind, obj, namespace)
         meta = obj.setdefault("metadata", {})
         errors = normalise(kind, obj, version)
@@ -412,6 +426,7 @@ class Store:
         errors = validate_name(kind, name) + errors
         if kind.key == CRDS:
             errors += validate_crd(obj)
+        errors += self._schema_errors(kind, version, obj, None, "")
         if errors:
             raise apierrors.invalid(kind.group, kind.kind, name, errors)
         key = self._key(kind, namespace, name)
@@ -436,10 +451,19 @@ class Store:
         return obj
 
     def update(
-        self, kind: ResourceKind, namespace: str | None, name: str, body: Any, *, version: str, subresource: str = ""
+        self,
+        kind: ResourceKind,
+        namespace: str | None,
+        name: str,
+        body: Any,
+        *,
+        version: str,
+        subresource: str = "",
+        options: WriteOptions | None = None,
     ) -> tuple[JsonObject, bool]:
         """PUT; returns (object, created)."""
         obj = self._decode_body(kind, body, version)
+        self._prune(kind, obj, version, options)
         body_name = _meta(obj).get("name")
         if body_name != name:
             raise bad_request(f"the name of the object ({body_name or ''}) does not match the name on the URL ({name})")
@@ -449,12 +473,58 @@ class Store:
         old = self._objects[kind.key].get(key)
         if old is None:
             if kind.create_on_update and not subresource:
-                return self.create(kind, namespace, body, version), True
+                return self.create(kind, namespace, body, version, options), True
             raise apierrors.not_found(kind.group, kind.plural, name)
         self._check_rv(kind, name, obj, old)
-        if errors:
-            raise apierrors.invalid(kind.group, kind.kind, name, errors)
-        return self._commit_update(kind, key, old, obj, subresource), False
+        return self._commit_update(kind, key, old, obj, subresource, version=version, errors=errors), False
+
+    def _prune(
+        self, kind: ResourceKind, obj: JsonObject, version: str, options: WriteOptions | None, *, patch: bool = False
+    ) -> None:
+        """Drop the unknown fields of a custom resource as the real server's decoder
+        does; with fieldValidation=Strict they fail the request instead (400, or
+        422 for a patch), by default each becomes a warning."""
+        if not kind.custom:
+            return
+        patched = json.dumps(obj, sort_keys=True, separators=(",", ":")) if patch else ""
+        unknown = openapi.prune_object(obj, kind.schema(version))
+        if not unknown:
+            return
+        texts = [f"unknown field {go_quote(path)}" for path in unknown]
+        mode = options.field_validation if options is not None else ""
+        if mode == "Strict":
+            why = "strict decoding error: " + ", ".join(texts)
+            if patch:
+                raise apierrors.invalid("", "", "", [FieldError("patch", why, go_quote(patched))])
+            raise decode_error(kind, version, why)
+        if mode != "Ignore" and options is not None:
+            options.warnings.extend(texts)
+
+    def _schema_errors(
+        self, kind: ResourceKind, version: str, new: JsonObject, old: JsonObject | None, subresource: str
+    ) -> list[FieldError]:
+        """A custom resource against its version's schema: the whole object on
+        create and update (without status on create, which drops it first), only
+        the status through the status subresource. On updates, unchanged values
+        keep their errors to themselves (ratcheting) and list types are checked
+        only if the old object passed them."""
+        schema = kind.schema(version)
+        if not kind.custom or schema is None:
+            return []
+        view = openapi.without_meta(new)
+        if old is None and kind.status_subresource:
+            view.pop("status", None)
+        if subresource == "status":
+            errors = []
+            if "status" in new:
+                before = old.get("status", openapi.MISSING) if old is not None else openapi.MISSING
+                errors = openapi.validate(new["status"], kind.status_schema(version), path="status", old=before)
+        else:
+            before = openapi.without_meta(old) if old is not None else openapi.MISSING
+            errors = openapi.validate(view, schema, old=before)
+        if old is None or not openapi.validate_list_types(openapi.without_meta(old), schema):
+            errors += openapi.validate_list_types(view, schema)
+        return errors
 
     def _check_rv(self, kind: ResourceKind, name: str, new: JsonObject, old: JsonObject) -> None:
         new_rv = _meta(new).get("resourceVersion") or ""
@@ -471,7 +541,15 @@ class Store:
             raise apierrors.conflict(kind.group, kind.plural, name)
 
     def _commit_update(
-        self, kind: ResourceKind, key: ObjKey, old: JsonObject, new: JsonObject, subresource: str
+        self,
+        kind: ResourceKind,
+        key: ObjKey,
+        old: JsonObject,
+        new: JsonObject,
+        subresource: str,
+        *,
+        version: str,
+        errors: Sequence[FieldError] = (),
     ) -> JsonObject:
         if subresource == "status":
             result = copy.deepcopy(old)
@@ -508,10 +586,11 @@ class Store:
         result["apiVersion"], result["kind"] = old["apiVersion"], old["kind"]
         if kind.tracks_generation and _spec_part(kind, result) != _spec_part(kind, old):
             meta["generation"] = int(old_meta.get("generation", 1)) + 1
+        problems = [*errors, *self._schema_errors(kind, version, result, old, subresource)]
         if kind.key == CRDS and subresource != "status":
-            errors = validate_crd(result)
-            if errors:
-                raise apierrors.invalid(kind.group, kind.kind, meta["name"], errors)
+            problems += validate_crd(result)
+        if problems:
+            raise apierrors.invalid(kind.group, kind.kind, meta["name"], problems)
         if result == old:
             return old  # a no-op write keeps its RV and sends no event, as on a real server
         stored = self._write(kind, "MODIFIED", key, result, old)
@@ -529,6 +608,7 @@ class Store:
         content_type: str,
         version: str,
         subresource: str = "",
+        options: WriteOptions | None = None,
     ) -> JsonObject:
         accepted = [
             JSON_PATCH,
@@ -564,11 +644,10 @@ class Store:
                 f"does not match the name on the URL ({name})"
             )
         errors = normalise(kind, patched, version)
+        self._prune(kind, patched, version, options, patch=True)
         if (_meta(patched).get("resourceVersion") or "") != _meta(old)["resourceVersion"]:
             self._check_rv(kind, name, patched, old)
-        if errors:
-            raise apierrors.invalid(kind.group, kind.kind, name, errors)
-        return self._commit_update(kind, key, old, patched, subresource)
+        return self._commit_update(kind, key, old, patched, subresource, version=version, errors=errors)
 
     def delete(
         self, kind: ResourceKind, namespace: str | None, name: str, options: Mapping[str, Any] | None = None
