@@ -201,7 +201,7 @@ def scale(args: argparse.Namespace) -> int:
             rng = random.Random(1)
             changes = 0
             while time.monotonic() - t0 < seconds:
-                if churn > 0:
+                if churn > 0 and args.pods:
                     i = rng.randrange(args.pods)
                     ns, name = f"ns-{i % 50}", f"pod-{i}"
                     app = f"app-{rng.randrange(args.policies)}"
