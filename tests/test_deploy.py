@@ -5,10 +5,13 @@ refuses broken ones, and RBAC that allows every API call the daemon makes
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from egressd.adapters.clock import SystemClock
+from egressd.adapters.kube.cluster import PATHS, KubeCluster
 from egressd.core.settings import expand_env, parse_settings
 from egressd.lab import openapi
 
@@ -151,9 +156,6 @@ _HTTP = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"
 #: singular names in client method names -> (API group, resource)
 _RESOURCES = {
     "lease": ("coordination.k8s.io", "leases"),
-    "pod_for_all_namespaces": ("", "pods"),
-    "cluster_custom_object": ("egressd.io", "egressgatewaypolicies"),
-    "cluster_custom_object_status": ("egressd.io", "egressgatewaypolicies/status"),
     "node": ("", "nodes"),
     "pod": ("", "pods"),
     "namespace": ("", "namespaces"),
@@ -162,7 +164,13 @@ _RESOURCES = {
 
 
 def api_calls() -> set[tuple[str, str, str]]:
-    """(group, resource, verb) of every Kubernetes API call in the adapters, read from the source."""
+    """(group, resource, verb) of every Kubernetes API call in the adapters: the
+    lease store's, read from the source, and the cluster watch's, recorded."""
+    return scanned_calls() | recorded_cluster_calls()
+
+
+def scanned_calls() -> set[tuple[str, str, str]]:
+    """The calls of typed client methods and ``_send`` in the adapters' source."""
     calls: set[tuple[str, str, str]] = set()
     for path in sorted((ROOT / "egressd" / "adapters").rglob("*.py")):
         text = path.read_text()
@@ -172,9 +180,7 @@ def api_calls() -> set[tuple[str, str, str]]:
                 continue
             group, resource = _RESOURCES[name]
             calls.add((group, resource, verb))
-            # the modules that watch pass watch=True to their list calls, directly or
-            # through a lister function (the cluster watch threads): their lists are watched
-            if verb == "list" and "watch=True" in text:
+            if verb == "list" and "watch=True" in text:  # the lease store watches what it lists
                 calls.add((group, resource, "watch"))
         for match in re.finditer(r'_send\("(POST|PUT|PATCH|DELETE|GET)", path', text):
             line_start = text.rfind("\n", 0, match.start())
@@ -184,6 +190,84 @@ def api_calls() -> set[tuple[str, str, str]]:
             if segments:  # the last resource of the path is the one acted on (".../namespaces/x/leases")
                 calls.add((by_plural[segments[-1]], segments[-1], _HTTP[match.group(1)]))
     return calls
+
+
+class _Response:
+    status, reason = 200, "OK"
+    data = b'{"items": [], "metadata": {"resourceVersion": "7"}}'
+
+    def read(self) -> bytes:
+        return self.data
+
+    @property
+    def response(self) -> _Response:
+        return self
+
+    def stream(self, *_: Any, **__: Any) -> Iterator[bytes]:
+        yield b'{"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "8"}}}\n'
+
+    def release_conn(self) -> None:
+        pass
+
+
+class RecordingApiClient:
+    """Stands in for the client's ApiClient under KubeCluster, which sends raw
+    requests through it: records (method, path, query) of every request."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, dict[str, Any]]] = []
+
+    def param_serialize(self, *, method: str, resource_path: str, query_params: Any, **_: Any) -> tuple[Any, ...]:
+        return (method, resource_path, dict(query_params))
+
+    def call_api(self, method: str, path: str, query: dict[str, Any], **_: Any) -> _Response:
+        self.requests.append((method, path, query))
+        return _Response()
+
+
+def _resource_of(method: str, path: str, query: dict[str, Any]) -> tuple[str, str, str]:
+    parts = path.strip("/").split("/")
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    if rest[0] == "namespaces" and len(rest) > 2:
+        rest = rest[2:]  # namespaced: /namespaces/NS/RESOURCE/...
+    resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+    if method == "GET":
+        verb = "get" if len(rest) > 1 else "watch" if str(query.get("watch")) == "true" else "list"
+    else:
+        verb = _HTTP[method]
+    return group, resource, verb
+
+
+def recorded_cluster_calls() -> set[tuple[str, str, str]]:
+    """Every request KubeCluster sends: the lists, the watches, a status write and an Event."""
+    api = RecordingApiClient()
+    cluster = KubeCluster(api, clock=SystemClock())  # type: ignore[arg-type]
+
+    async def drive() -> None:
+        await cluster.snapshot()
+        await cluster.write_policy_status("outpost", {"selectedPods": 0}, "7", deadline=time.monotonic() + 5)
+        await cluster.create_event({"reason": "EgressIPAcquired"}, deadline=time.monotonic() + 5)
+        await cluster.close()
+
+    asyncio.run(drive())
+    for resource in PATHS:
+        list(cluster._watch_once(resource, "7", threading.Event()))
+    return {_resource_of(*request) for request in api.requests}
+
+
+def test_the_cluster_calls_are_recorded() -> None:
+    assert recorded_cluster_calls() == {
+        ("egressd.io", "egressgatewaypolicies", "list"),
+        ("egressd.io", "egressgatewaypolicies", "watch"),
+        ("egressd.io", "egressgatewaypolicies/status", "update"),
+        ("", "nodes", "list"),
+        ("", "nodes", "watch"),
+        ("", "namespaces", "list"),
+        ("", "namespaces", "watch"),
+        ("", "pods", "list"),
+        ("", "pods", "watch"),
+        ("", "events", "create"),
+    }
 
 
 def granted() -> set[tuple[str, str, str]]:

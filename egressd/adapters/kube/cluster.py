@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -34,6 +34,14 @@ from egressd.ports import Clock, ClusterEvent, ClusterResource
 log = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "egressd.io", "v1alpha1", "egressgatewaypolicies"
+
+#: The collection of each resource, cluster-wide (list and watch).
+PATHS: Mapping[ClusterResource, str] = {
+    "policies": f"/apis/{GROUP}/{VERSION}/{PLURAL}",
+    "nodes": "/api/v1/nodes",
+    "namespaces": "/api/v1/namespaces",
+    "pods": "/api/v1/pods",
+}
 
 Emit = Callable[[ClusterEvent | BaseException], None]
 
@@ -53,8 +61,7 @@ class KubeCluster:
         crd_retry: float = 10.0,
         workers: int = 2,
     ) -> None:
-        self._core = k8s.CoreV1Api(api)
-        self._custom = k8s.CustomObjectsApi(api)
+        self._api = api
         self._clock = clock
         self._api_timeout = api_timeout
         self._list_timeout = list_timeout
@@ -64,27 +71,47 @@ class KubeCluster:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="egressd-cluster-api")
         self._closed = threading.Event()
 
-    # --- reads -------------------------------------------------------------
+    # --- requests -----------------------------------------------------------
+    #
+    # Raw requests through the client's transport (auth, TLS, pool), not the
+    # typed CoreV1Api: that module alone takes the best part of a second to
+    # import, which a restarted daemon cannot spare before it re-arms the
+    # fences of the IPs it still serves.
 
-    def _list_policies(self, **kw: Any) -> Any:
-        return self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, _preload_content=False, **kw)
+    def _request(
+        self, method: str, path: str, timeout: Any, *, query: Sequence[tuple[str, Any]] = (), body: Any = None
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        params = self._api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=list(query),
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        return self._api.call_api(*params, _request_timeout=timeout)
 
-    def _list_nodes(self, **kw: Any) -> Any:
-        return self._core.list_node(_preload_content=False, **kw)
+    def _read(self, method: str, path: str, timeout: float, **kw: Any) -> Any:
+        response = self._request(method, path, timeout, **kw)
+        response.read()
+        return response
 
-    def _list_namespaces(self, **kw: Any) -> Any:
-        return self._core.list_namespace(_preload_content=False, **kw)
-
-    def _list_pods(self, **kw: Any) -> Any:
-        return self._core.list_pod_for_all_namespaces(_preload_content=False, **kw)
-
-    def _lister(self, resource: ClusterResource) -> Callable[..., Any]:
-        return {
-            "policies": self._list_policies,
-            "nodes": self._list_nodes,
-            "namespaces": self._list_namespaces,
-            "pods": self._list_pods,
-        }[resource]
+    def _watch_once(self, resource: ClusterResource, rv: str, stop: threading.Event) -> Any:
+        query = [
+            ("watch", "true"),
+            ("resourceVersion", rv),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", self._watch_timeout),
+        ]
+        response = self._request("GET", PATHS[resource], (max(self._api_timeout, 1.0), self._watch_idle), query=query)
+        if response.status >= 400:
+            error = ApiException(status=response.status, reason=response.reason)
+            error.body = response.read()
+            raise translate(error, "watch")
+        return watch_events(response.response, stop)
 
     async def watch(self) -> AsyncIterator[ClusterEvent]:
         loop = asyncio.get_running_loop()
@@ -113,12 +140,12 @@ class KubeCluster:
         rv = ""
         backoff = 0.1
         missing_crd = False
-        lister = self._lister(resource)
+        path = PATHS[resource]
         while not stop.is_set() and not self._closed.is_set():
             try:
                 if not rv:
                     try:
-                        listing = blocking_json(lambda t: lister(_request_timeout=t), self._list_timeout)
+                        listing = blocking_json(lambda t: self._read("GET", path, t), self._list_timeout)
                     except LeaseNotFound:
                         if resource != "policies":
                             raise
@@ -141,7 +168,7 @@ class KubeCluster:
                     rv = str((listing.get("metadata") or {}).get("resourceVersion") or "")
                     emit(ClusterEvent(resource=resource, type="RELISTED", objects=items))
                     backoff = 0.1
-                for event in self._watch_once(lister, rv, stop):
+                for event in self._watch_once(resource, rv, stop):
                     rv = event.pop("_rv", rv) or rv
                     if event:
                         emit(ClusterEvent(resource=resource, type=event["type"], object=event["object"]))
@@ -158,19 +185,6 @@ class KubeCluster:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    def _watch_once(self, lister: Callable[..., Any], rv: str, stop: threading.Event) -> Any:
-        try:
-            resp = lister(
-                watch=True,
-                resource_version=rv,
-                allow_watch_bookmarks=True,
-                timeout_seconds=self._watch_timeout,
-                _request_timeout=(max(self._api_timeout, 1.0), self._watch_idle),
-            )
-        except ApiException as exc:
-            raise translate(exc, "watch") from exc
-        return watch_events(resp, stop)
-
     async def snapshot(self) -> dict[ClusterResource, tuple[Mapping[str, Any], ...]]:
         """Every object of each resource, listed once (for ``egressd status``,
         ``handoff`` and ``drain`` in the Kubernetes mode). Policies are empty
@@ -179,10 +193,12 @@ class KubeCluster:
         out: dict[ClusterResource, tuple[Mapping[str, Any], ...]] = {}
         resources: tuple[ClusterResource, ...] = ("policies", "nodes", "namespaces", "pods")
         for resource in resources:
-            lister = self._lister(resource)
             try:
                 listing = await loop.run_in_executor(
-                    self._executor, blocking_json, lambda t, fn=lister: fn(_request_timeout=t), self._list_timeout
+                    self._executor,
+                    blocking_json,
+                    lambda t, path=PATHS[resource]: self._read("GET", path, t),
+                    self._list_timeout,
                 )
             except LeaseNotFound:
                 if resource != "policies":
@@ -202,23 +218,12 @@ class KubeCluster:
             "metadata": {"name": name, "resourceVersion": resource_version},
             "status": dict(status),
         }
-        return await self._call(
-            deadline,
-            lambda t: self._custom.replace_cluster_custom_object_status(
-                GROUP, VERSION, PLURAL, name, body, _preload_content=False, _request_timeout=t
-            ),
-        )
+        path = f"{PATHS['policies']}/{name}/status"
+        return await self._call(deadline, lambda t: self._read("PUT", path, t, body=body))
 
     async def create_event(self, event: Mapping[str, Any], *, deadline: float) -> None:
-        await self._call(
-            deadline,
-            lambda t: self._core.create_namespaced_event(
-                EVENT_NAMESPACE,
-                dict(event),  # type: ignore[arg-type]  # a JSON object passes through as is
-                _preload_content=False,
-                _request_timeout=t,
-            ),
-        )
+        path = f"/api/v1/namespaces/{EVENT_NAMESPACE}/events"
+        await self._call(deadline, lambda t: self._read("POST", path, t, body=dict(event)))
 
     async def _call(self, deadline: float, fn: Callable[[float], Any]) -> dict[str, Any]:
         remaining = deadline - self._clock.monotonic()
