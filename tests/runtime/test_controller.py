@@ -15,7 +15,7 @@ from typing import Any
 
 from egressd.adapters.clock import SystemClock
 from egressd.adapters.recording import RecordingDataPlane
-from egressd.core.settings import IPAddress, NodeSettings, Settings, Timing
+from egressd.core.settings import IPAddress, KubeSettings, NodeSettings, Settings, Timing
 from egressd.core.steering import sources_for
 from egressd.ports import ClusterEvent, OwnershipEvent
 from egressd.runtime.controller import Controller
@@ -94,7 +94,10 @@ class Node:
         self, name: str, store: FakeLeaseStore, source: FakeCluster, *, plane: RecordingDataPlane | None = None
     ) -> None:
         settings = Settings(
-            node=NodeSettings(name=name, address=ip_address(ADDRESSES[name])), mode="kubernetes", timing=TIMING
+            node=NodeSettings(name=name, address=ip_address(ADDRESSES[name])),
+            mode="kubernetes",
+            timing=TIMING,
+            kubernetes=KubeSettings(exclude_cordoned=True),
         )
         self.plane = plane or RecordingDataPlane(name)
         self.events = Recorder()
@@ -349,3 +352,16 @@ async def test_daemon_waits_for_the_first_resolution() -> None:
         assert node.daemon.members == {} and node.plane.ops == []
     finally:
         await node.stop()
+
+
+async def test_a_cordoned_gateway_hands_off_when_so_configured() -> None:
+    async with lab("gw-a", "gw-b") as (source, nodes):
+        await until(lambda: len(owners(nodes, IP1)) == 1)
+        leaving = owners(nodes, IP1)[0]
+        staying = "gw-b" if leaving == "gw-a" else "gw-a"
+        cordoned = source.get("nodes", leaving)
+        cordoned["spec"] = {"unschedulable": True}
+        source.put("nodes", cordoned)
+        await until(lambda: owners(nodes, IP1) == [staying] and owners(nodes, IP2) == [staying])
+        await until(lambda: nodes[leaving].daemon.members == {})
+        assert_safe(nodes)
