@@ -52,36 +52,46 @@ up() {
   # kindnet masquerades pod traffic that leaves the pod network; the selected
   # pods' traffic must reach the gateway with the pod address for SNAT to
   # select it, so their nodes skip that masquerade for the kind network.
-  local sources=() pod node ip
+  local pod node ip
   for pod in xwing ywing; do
     node=$(kubectl get pod "$pod" -o jsonpath='{.spec.nodeName}')
     ip=$(kubectl get pod "$pod" -o jsonpath='{.status.podIP}')
-    sources+=("$ip/32")
     docker exec "$node" iptables -t nat -I KIND-MASQ-AGENT 1 -s "$ip/32" -d "$net" -j RETURN
   done
   log "egressd: the DaemonSet of deploy/ with a config for this cluster"
   kubectl apply -k "$root/deploy"
   local cp_ip
   cp_ip=$(node_ip "$CP")
+  # Kubernetes mode, as deploy/ ships it; on kind the egress IPs live on eth0
   cat >"$STATE/egressd.yaml" <<EOF
 node:
   name: \${NODE_NAME}
   address: \${NODE_IP}
+mode: kubernetes
 kubernetes:
   access: in-cluster
   namespace: egressd
 metrics:
   listen: \${NODE_IP}:9464
-groups:
-  - name: outpost
-    egressIPs: [${ips//,/, }]
-    interface: eth0
+EOF
+  kubectl apply -f - <<EOF
+apiVersion: egressd.io/v1alpha1
+kind: EgressGatewayPolicy
+metadata:
+  name: outpost
+spec:
+  selectors:
+    - podSelector:
+        matchLabels:
+          org: alliance
+  destinationCIDRs: [$net]
+  excludedCIDRs: [$cp_ip/32]
+  egressGateway:
     nodeSelector:
       matchLabels:
         egress-gw: "true"
-    sourceCIDRs: [$(IFS=,; joined="${sources[*]}"; echo "${joined//,/, }")]
-    destinationCIDRs: [$net]
-    excludedCIDRs: [$cp_ip/32]
+    interface: eth0
+    egressIPs: [${ips//,/, }]
 EOF
   kubectl -n egressd create configmap egressd --from-file=egressd.yaml="$STATE/egressd.yaml" \
     --dry-run=client -o yaml | kubectl apply -f -
