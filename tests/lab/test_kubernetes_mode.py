@@ -13,53 +13,23 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from egressd.lab.netlab import Lab, egressd_command
+from tests.lab.reference import EGRESS, GATEWAYS, OUTPOST, holders, running, wait
 
 pytestmark = [
     pytest.mark.kernel,
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (network namespaces)"),
 ]
 
-OUTPOST = "http://172.18.0.7:8000/"
-EGRESS = ("172.18.0.42", "172.18.0.43")
-GATEWAYS = ("kind-worker3", "kind-worker4")
-
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = Lab(f"egk{secrets.token_hex(2)}-", tmp_path_factory.mktemp("lab-state"), mode="kubernetes")
-    try:
-        lab.up()
-        wait(lambda: all(holders(lab).values()), 20, "owners for both egress IPs")
-        yield lab
-    finally:
-        lab.down()
-
-
-def wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def holders(lab: Lab) -> dict[str, str | None]:
-    status, body = lab.api("GET", "/apis/coordination.k8s.io/v1/namespaces/egressd/leases")
-    if status != 200:
-        return dict.fromkeys(EGRESS)
-    found = {
-        i["metadata"]["annotations"].get("egressd.io/egress-ip"): i["spec"].get("holderIdentity") for i in body["items"]
-    }
-    return {ip: found.get(ip) for ip in EGRESS}
+    yield from running(Lab(f"egk{secrets.token_hex(2)}-", tmp_path_factory.mktemp("lab-state"), mode="kubernetes"))
 
 
 def source_seen(lab: Lab, pod: str) -> str | None:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,47 +28,19 @@ import pytest
 from egressd.core.settings import Timing
 from egressd.lab.netlab import Lab
 from egressd.lab.outpost import decode_echo, encode_probe
+from tests.lab.reference import EGRESS, GATEWAYS, OUTPOST, holders, running, wait
 
 pytestmark = [
     pytest.mark.kernel,
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (network namespaces)"),
 ]
 
-OUTPOST = "http://172.18.0.7:8000/"
-EGRESS = ("172.18.0.42", "172.18.0.43")
-GATEWAYS = ("kind-worker3", "kind-worker4")
 T = Timing()
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = Lab(f"egs{secrets.token_hex(2)}-", tmp_path_factory.mktemp("lab-state"), dataplane="kernel")
-    try:
-        lab.up()
-        wait(lambda: all(holders(lab).values()), 20, "owners for both egress IPs")
-        yield lab
-    finally:
-        lab.down()
-
-
-def wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def holders(lab: Lab) -> dict[str, str | None]:
-    status, body = lab.api("GET", "/apis/coordination.k8s.io/v1/namespaces/egressd/leases")
-    if status != 200:
-        return dict.fromkeys(EGRESS)
-    found = {
-        i["metadata"]["annotations"].get("egressd.io/egress-ip"): i["spec"].get("holderIdentity") for i in body["items"]
-    }
-    return {ip: found.get(ip) for ip in EGRESS}
+    yield from running(Lab(f"egs{secrets.token_hex(2)}-", tmp_path_factory.mktemp("lab-state"), dataplane="kernel"))
 
 
 def outpost_answer(lab: Lab, pod: str) -> tuple[int, dict[str, Any]]:

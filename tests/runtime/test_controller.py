@@ -7,8 +7,7 @@ Two gateways (gw-a, gw-b, labelled egress-gw=true) and a worker with pods.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from ipaddress import ip_address, ip_network
 from typing import Any
@@ -22,7 +21,7 @@ from egressd.runtime.controller import Controller
 from egressd.runtime.daemon import Daemon, FanoutEvents, LogEvents
 from egressd.runtime.member import DataPlane
 from tests.fakes import FakeCluster, FakeLeaseStore
-from tests.journal import intervals, overlaps
+from tests.runtime.support import RunsDaemon, assert_no_two_owners, until
 
 IP1, IP2 = ip_address("172.18.0.42"), ip_address("172.18.0.43")
 TIMING = Timing(
@@ -89,7 +88,7 @@ class NoInterface(RecordingDataPlane):
         return False
 
 
-class Node:
+class Node(RunsDaemon):
     def __init__(
         self, name: str, store: FakeLeaseStore, source: FakeCluster, *, plane: RecordingDataPlane | None = None
     ) -> None:
@@ -115,14 +114,6 @@ class Node:
         self.controller.attach()
         fanout.sinks.append(self.controller)
         self.task: asyncio.Task[int] | None = None
-
-    def start(self) -> None:
-        self.task = asyncio.create_task(self.daemon.run(install_signals=False))
-
-    async def stop(self) -> None:
-        self.daemon.supervisor.request_stop("test")
-        assert self.task is not None
-        await asyncio.wait_for(self.task, 5)
 
     def serving(self, ip: IPAddress) -> bool:
         return ip in self.plane.snat
@@ -156,19 +147,8 @@ async def lab(
                 await asyncio.gather(node.task, return_exceptions=True)
 
 
-async def until(cond: Callable[[], bool], timeout: float = 3.0, step: float = 0.005) -> float:
-    started = time.monotonic()
-    while not cond():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(step)
-    return time.monotonic() - started
-
-
 def assert_safe(nodes: dict[str, Node]) -> None:
-    ops = [op for n in nodes.values() for op in n.plane.ops]
-    bad = overlaps(intervals(ops, until=time.monotonic()))
-    assert not bad, f"two nodes served one IP: {bad}"
+    assert_no_two_owners(n.plane for n in nodes.values())
 
 
 def owners(nodes: dict[str, Node], ip: IPAddress) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from ipaddress import ip_address
@@ -26,7 +26,7 @@ from egressd.ports import LeaseEvent, OwnershipEvent
 from egressd.runtime.daemon import Daemon, FanoutEvents, LogEvents
 from egressd.runtime.member import DataPlane
 from tests.fakes import FakeLeaseStore
-from tests.journal import intervals, overlaps
+from tests.runtime.support import RunsDaemon, assert_no_two_owners, until
 
 IP = ip_address("172.18.0.42")
 TIMING = Timing(
@@ -59,7 +59,7 @@ class Recorder:
 ADDRESSES = {"gw-a": "10.0.0.1", "gw-b": "10.0.0.2", "gw-c": "10.0.0.3", "worker": "10.0.0.9"}
 
 
-class Node:
+class Node(RunsDaemon):
     def __init__(self, name: str, store: FakeLeaseStore, incarnation: str | None = None) -> None:
         settings = Settings(
             node=NodeSettings(name=name, address=ip_address(ADDRESSES[name])), timing=TIMING, groups=(GROUP,)
@@ -77,14 +77,6 @@ class Node:
             repair_interval=3600,
         )
         self.task: asyncio.Task[int] | None = None
-
-    def start(self) -> None:
-        self.task = asyncio.create_task(self.daemon.run(install_signals=False))
-
-    async def stop(self) -> None:
-        self.daemon.supervisor.request_stop("test")
-        assert self.task is not None
-        await asyncio.wait_for(self.task, 5)
 
     async def crash(self) -> None:
         """Vanish without withdrawing: what SIGKILL does (the address expires by itself)."""
@@ -115,19 +107,8 @@ async def cluster(*names: str) -> AsyncIterator[tuple[FakeLeaseStore, list[Node]
                 await asyncio.gather(node.task, return_exceptions=True)
 
 
-async def until(cond: Callable[[], bool], timeout: float, step: float = 0.005) -> float:
-    started = time.monotonic()
-    while not cond():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(step)
-    return time.monotonic() - started
-
-
 def assert_safe(nodes: list[Node]) -> None:
-    ops = [op for n in nodes for op in n.plane.ops]
-    bad = overlaps(intervals(ops, until=time.monotonic()))
-    assert not bad, f"two nodes served one IP: {bad}"
+    assert_no_two_owners(n.plane for n in nodes)
 
 
 async def test_exactly_one_owner_and_it_is_the_preferred() -> None:
