@@ -129,14 +129,27 @@ class PrometheusMetrics:
     def counter_per_ip(self, name: str, documentation: str, values: Callable[[], dict[str, float]]) -> None:
         self.registry.register(_Callback(lambda: [_family(CounterMetricFamily, name, documentation, values())]))
 
+    def gauge_per_label(
+        self, name: str, documentation: str, label: str, values: Callable[[], dict[str, float]]
+    ) -> None:
+        """A gauge with one sample per value of ``label`` (e.g. per policy)."""
+        self.registry.register(
+            _Callback(lambda: [_family(GaugeMetricFamily, name, documentation, values(), label=label)])
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
 def _family(
-    kind: type[GaugeMetricFamily] | type[CounterMetricFamily], name: str, doc: str, values: dict[str, float]
+    kind: type[GaugeMetricFamily] | type[CounterMetricFamily],
+    name: str,
+    doc: str,
+    values: dict[str, float],
+    *,
+    label: str = "ip",
 ) -> Metric:
-    family = kind(name, doc, labels=["ip"])
+    family = kind(name, doc, labels=[label])
     for ip, value in sorted(values.items()):
         family.add_metric([ip], value)
     return family

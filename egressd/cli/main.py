@@ -259,7 +259,7 @@ async def _run_dataplane(
                 metrics=metrics,
                 events=events,
             )
-            _attach_controller(daemon, cluster, events, clock)
+            _attach_controller(daemon, cluster, events, clock, metrics)
             return await _serve(daemon, metrics, settings)
         finally:
             recorder.close()
@@ -296,7 +296,7 @@ async def _run_dataplane(
                 events=events,
             )
         )
-        _attach_controller(daemons[0], cluster, events, clock)
+        _attach_controller(daemons[0], cluster, events, clock, metrics)
         return await _serve(daemons[0], metrics, settings)
     finally:
         await announcer.close()
@@ -304,7 +304,9 @@ async def _run_dataplane(
         await steering.close()
 
 
-def _attach_controller(daemon: Daemon, cluster: ClusterSource | None, events: FanoutEvents, clock: Clock) -> None:
+def _attach_controller(
+    daemon: Daemon, cluster: ClusterSource | None, events: FanoutEvents, clock: Clock, metrics: PrometheusMetrics
+) -> None:
     """Kubernetes mode: the controller feeds the daemon its groups and turns its
     ownership events into Kubernetes Events."""
     if cluster is None:
@@ -314,6 +316,15 @@ def _attach_controller(daemon: Daemon, cluster: ClusterSource | None, events: Fa
     controller = Controller(daemon.settings, cluster, daemon, clock=clock)
     controller.attach()
     events.sinks.append(controller)
+    metrics.gauge_per_label(
+        "egressd_policy_selected_pods", "Pods each EgressGatewayPolicy serves now.", "policy", controller.selected_pods
+    )
+    metrics.gauge_per_label(
+        "egressd_policy_served",
+        "1 if the EgressGatewayPolicy is served, 0 if it is invalid or in conflict (see its status).",
+        "policy",
+        controller.served,
+    )
 
 
 async def _serve(daemon: Daemon, metrics: PrometheusMetrics, settings: Settings) -> int:

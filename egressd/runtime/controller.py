@@ -92,6 +92,32 @@ class Controller:
         self.daemon.add_task("resolve", self.resolve_forever())
         self.daemon.add_task("policy-status", self.status_forever())
         self.daemon.ready_checks.append(self.readiness_problems)
+        self.daemon.status_parts["policies"] = self.policies_report
+
+    def policies_report(self) -> dict[str, Any]:
+        """What became of each policy, as this node sees it (``egressd status``, /status)."""
+        if self.resolution is None:
+            return {}
+        return {
+            name: {
+                "reason": outcome.reason,
+                "message": outcome.message,
+                "selectedPods": outcome.selected_pods,
+                "candidates": list(outcome.candidates),
+                "notServedHere": self.unservable.get(name) or None,
+            }
+            for name, outcome in sorted(self.resolution.outcomes.items())
+        }
+
+    def selected_pods(self) -> dict[str, float]:
+        """Policy -> pods it serves (a metric)."""
+        outcomes = self.resolution.outcomes if self.resolution else {}
+        return {name: float(o.selected_pods) for name, o in outcomes.items()}
+
+    def served(self) -> dict[str, float]:
+        """Policy -> 1 if served (valid and not in conflict), else 0 (a metric)."""
+        outcomes = self.resolution.outcomes if self.resolution else {}
+        return {name: 1.0 if o.served else 0.0 for name, o in outcomes.items()}
 
     def synced_all(self) -> bool:
         return self.synced.issuperset(RESOURCES)

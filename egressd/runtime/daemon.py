@@ -134,6 +134,8 @@ class Daemon:
         self._apply_lock = asyncio.Lock()
         self._prepared: set[str] = set()
         self._extra_tasks: list[tuple[str, Coroutine[Any, Any, None]]] = []
+        self.status_parts: dict[str, Callable[[], Any]] = {}
+        """More sections of :meth:`status_report` (the controller's ``policies``)."""
         self.ready_checks: list[Callable[[], list[str]]] = []
         """More readiness checks (the controller's), each returning its problems."""
         self.steerer = Steerer(Steerer.for_node(settings), self.view, steering) if steering is not None else None
@@ -342,7 +344,7 @@ class Daemon:
             "problems": problems,
             "members": members,
             "steering": steering,
-        }
+        } | {name: part() for name, part in self.status_parts.items()}
 
     def renew_ages(self) -> dict[str, float]:
         """Seconds since the last successful renew of each IP this node owns."""

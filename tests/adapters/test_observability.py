@@ -12,7 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from egressd.adapters.observability import ObservabilityServer, PrometheusMetrics
 from egressd.core.states import State
 from tests.fakes import FakeLeaseStore
-from tests.runtime.test_daemon import IP, TIMING, Node, until
+from tests.runtime.support import until
+from tests.runtime.test_daemon import IP, TIMING, Node
 
 
 def samples(metrics: PrometheusMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -136,3 +137,12 @@ async def test_health_fails_when_an_owner_should_have_stepped_down(
     assert status == 503
     assert "should have stepped down" in text and f"task fence:{IP} is not running" in text
     store.resume()
+
+
+def test_a_gauge_per_policy_has_a_policy_label() -> None:
+    metrics = PrometheusMetrics()
+    values = {"outpost": 2.0}
+    metrics.gauge_per_label("egressd_policy_selected_pods", "pods", "policy", lambda: values)
+    assert 'egressd_policy_selected_pods{policy="outpost"} 2.0' in metrics.render().decode()
+    values["outpost"] = 3.0
+    assert 'egressd_policy_selected_pods{policy="outpost"} 3.0' in metrics.render().decode()

@@ -345,3 +345,20 @@ async def test_a_cordoned_gateway_hands_off_when_so_configured() -> None:
         await until(lambda: owners(nodes, IP1) == [staying] and owners(nodes, IP2) == [staying])
         await until(lambda: nodes[leaving].daemon.members == {})
         assert_safe(nodes)
+
+
+async def test_status_report_and_metrics_show_the_policies() -> None:
+    async with lab("gw-a", "worker") as (source, nodes):
+        gw = nodes["gw-a"]
+        await until(lambda: gw.controller.selected_pods() == {"outpost": 1.0})
+        assert gw.controller.served() == {"outpost": 1.0}
+        report = gw.daemon.status_report()["policies"]["outpost"]
+        assert report == {
+            "reason": "Ready",
+            "message": report["message"],
+            "selectedPods": 1,
+            "candidates": ["gw-a", "gw-b"],
+            "notServedHere": None,
+        }
+        source.put("policies", policy_object("copycat", ips=("172.18.0.42",)))
+        await until(lambda: gw.controller.served().get("copycat") == 0.0)
