@@ -88,7 +88,14 @@ def add_parser(subparsers: Any) -> None:
     label.add_argument("pod", help="xwing, ywing or tiefighter")
     label.add_argument("labels", nargs="+", metavar="KEY=VALUE|KEY-")
 
-    common(sub.add_parser("demo", help="a narrated walk through the scenario and a failover, then down again"))
+    demo_parser = sub.add_parser("demo", help="a narrated walk through the scenario and a failover, then down again")
+    common(demo_parser)
+    demo_parser.add_argument(
+        "--mode",
+        choices=["static", "kubernetes"],
+        default="static",
+        help="kubernetes: the policy and pods in the API server, and a pod labelled into the policy and out",
+    )
 
     sup = sub.add_parser("supervise", help="run the lab's process supervisor (started by 'up')")
     common(sup, prefix=False)
@@ -109,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         if command == "label":
             return _label(args)
         if command == "demo":
-            return demo(args.prefix or DEFAULT_PREFIX, args.state_dir)
+            return demo(args.prefix or DEFAULT_PREFIX, args.state_dir, mode=args.mode)
         if command == "supervise":
             return supervise(args.state_dir)
     except LabError as exc:

@@ -25,6 +25,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from egressd.lab.drill import Drill, egress_ip_of
 from egressd.lab.netlab import DEFAULT_PREFIX, DEFAULT_STATE_DIR, Lab, LabError, egressd_command
@@ -48,23 +49,37 @@ class _Steps:
 
 
 def demo(
-    prefix: str = DEFAULT_PREFIX, state_dir: str | Path = DEFAULT_STATE_DIR, out: Callable[[str], None] = print
+    prefix: str = DEFAULT_PREFIX,
+    state_dir: str | Path = DEFAULT_STATE_DIR,
+    out: Callable[[str], None] = print,
+    *,
+    mode: str = "static",
 ) -> int:
-    """Run the demo on a fresh lab of ``prefix`` in ``state_dir``; the exit code."""
+    """Run the demo on a fresh lab of ``prefix`` in ``state_dir``; the exit code.
+    ``mode="kubernetes"``: the policy and the pods live in the lab API server,
+    and the demo also labels tiefighter into the policy and out again."""
     steps = _Steps(out)
     steps.say("Remove any lab left over in the state directory")
     _teardown_leftovers(prefix, state_dir, out)
-    lab = Lab(prefix, state_dir)
+    lab = Lab(prefix, state_dir, mode=mode)
     try:
         steps.say(
             "Build Cilium's egress-gateway walkthrough in network namespaces: an API server, four workers "
             "(kind-worker3/4 are the gateways), the pods xwing, ywing, tiefighter and the outpost 172.18.0.7"
+            + (
+                "; the EgressGatewayPolicy 'outpost' (org=alliance pods, egress-gw=true gateways) and the "
+                "Pod objects are in the API server"
+                if mode == "kubernetes"
+                else ""
+            )
         )
         started = time.monotonic()
         lab.up()
         out(f"   lab {prefix!r} is up in {time.monotonic() - started:.1f} s (state and logs in {lab.state.path})")
         _owners(lab, steps)
         _curl(lab, steps)
+        if mode == "kubernetes":
+            _relabel(lab, steps)
         steps.say("The leases, one per egress IP, and who holds them (egressd lab status)")
         status = subprocess.run(
             [*egressd_command(), "lab", "status", "--state-dir", str(lab.state.path)],
@@ -144,6 +159,43 @@ def _curl(lab: Lab, steps: _Steps) -> None:
                 status == 403 and answer.get("ip") == spec.ip and answer.get("allowed") is False,
                 f"{pod} is seen with its pod address {answer.get('ip')} and refused",
             )
+
+
+def _relabel(lab: Lab, steps: _Steps) -> None:
+    url = f"http://{lab.scenario.outpost.address}:{lab.scenario.outpost.http_port}/"
+    allowed = set(lab.scenario.outpost.allowed)
+
+    def seen(until: Callable[[int, dict[str, Any]], bool]) -> tuple[int, dict[str, Any], float]:
+        started = time.monotonic()
+        status, answer = 0, {}
+        while time.monotonic() - started < 10.0:
+            with contextlib.suppress(OSError, http.client.HTTPException, ValueError):
+                status, body = lab.http("tiefighter", url, timeout=0.2)
+                answer = json.loads(body)
+                if until(status, answer):
+                    break
+            time.sleep(0.005)
+        return status, answer, time.monotonic() - started
+
+    steps.say("Label tiefighter org=alliance, as kubectl label would (egressd lab label tiefighter org=alliance)")
+    lab.label_pod("tiefighter", {"org": "alliance"})
+    status, answer, took = seen(lambda code, a: code == 200 and a.get("ip") in allowed)
+    steps.out(f"   {status} {json.dumps(answer)}")
+    steps.check(
+        status == 200 and answer.get("ip") in allowed,
+        f"tiefighter is selected now, seen as {answer.get('ip')} {took * 1000:.0f} ms after the label",
+    )
+    policy = lab.policy("outpost").get("status") or {}
+    for entry in policy.get("egressIPs", []):
+        steps.out(f"   policy status: {entry.get('egressIP')} on {entry.get('node')} (epoch {entry.get('epoch')})")
+    steps.say("Label it org=empire again")
+    lab.label_pod("tiefighter", {"org": "empire"})
+    spec = lab.scenario.pod("tiefighter")
+    status, answer, took = seen(lambda code, a: a.get("ip") == spec.ip)
+    steps.check(
+        status == 403 and answer.get("ip") == spec.ip,
+        f"tiefighter leaves with its pod address {answer.get('ip')} again ({took * 1000:.0f} ms) and is refused",
+    )
 
 
 def _get(lab: Lab, pod: str, url: str) -> tuple[int, bytes]:

@@ -233,11 +233,12 @@ def test_drill_leaves_the_lab_as_it_found_it(netlab: Lab) -> None:
 
 @pytest.mark.kernel
 @pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (network namespaces)")
-def test_demo_runs_end_to_end_and_removes_its_lab(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["static", "kubernetes"])
+def test_demo_runs_end_to_end_and_removes_its_lab(tmp_path: Path, mode: str) -> None:
     prefix = f"egm{secrets.token_hex(2)}-"
     lines: list[str] = []
     try:
-        code = demo(prefix, tmp_path / "state", out=lines.append)
+        code = demo(prefix, tmp_path / "state", out=lines.append, mode=mode)
     finally:
         Lab(prefix, tmp_path / "state").down()
     text = "\n".join(lines)
@@ -246,5 +247,7 @@ def test_demo_runs_end_to_end_and_removes_its_lab(tmp_path: Path) -> None:
     assert "403" in text and "10.244.1.3" in text
     assert "the traffic moved from" in text
     assert "UNEXPECTED" not in text
+    if mode == "kubernetes":
+        assert "tiefighter is selected now" in text and "policy status: 172.18.0.42 on kind-worker" in text
     assert not any(ns.startswith(prefix) for ns in netns_list())
     assert lab_processes(prefix) == []
