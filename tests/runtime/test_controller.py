@@ -306,7 +306,7 @@ async def test_policy_deleted_releases_its_ips() -> None:
         await until(lambda: gw.serving(IP1))
         source.delete("policies", "outpost")
         await until(lambda: not gw.serving(IP1) and not gw.serving(IP2))
-        assert gw.daemon.members == {}
+        await until(lambda: gw.daemon.members == {})
         await until(lambda: gw.plane.staged_groups == ())
 
 
