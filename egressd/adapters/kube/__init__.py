@@ -28,7 +28,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -149,19 +149,11 @@ class KubeLeaseStore:
         return record_from_object(obj)
 
     def _send(self, method: str, path: str, body: dict[str, Any], timeout: float) -> Any:
-        """Write an exact JSON body through the client's transport (auth, TLS,
-        pool). The typed methods would turn MicroTime strings into datetimes
-        and back with ``isoformat()``, which drops the fraction when the
-        microseconds are zero: a real API server rejects that."""
-        params = self._api.param_serialize(
-            method=method,
-            resource_path=path,
-            header_params={"Accept": "application/json", "Content-Type": "application/json"},
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        response = self._api.call_api(*params, _request_timeout=timeout)
-        response.read()  # type: ignore[no-untyped-call]
+        """Write an exact JSON body. The typed methods would turn MicroTime
+        strings into datetimes and back with ``isoformat()``, which drops the
+        fraction when the microseconds are zero: a real API server rejects that."""
+        response = raw_request(self._api, method, path, timeout, body=body)
+        response.read()
         return response
 
     async def release(self, record: LeaseRecord, *, successor: str | None, deadline: float) -> LeaseRecord:
@@ -318,6 +310,31 @@ class KubeLeaseStore:
         self._watch_up = True
         self._last_ok = self._clock.monotonic()  # an established watch is an API call that worked
         yield from watch_events(resp, stop)
+
+
+def raw_request(
+    api: k8s.ApiClient,
+    method: str,
+    path: str,
+    timeout: Any,
+    *,
+    query: Sequence[tuple[str, Any]] = (),
+    body: Any = None,
+) -> Any:
+    """One request through the client's transport (auth, TLS, pool) with an
+    exact JSON body; the response unread (a watch streams it)."""
+    headers = {"Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    params = api.param_serialize(
+        method=method,
+        resource_path=path,
+        query_params=list(query),
+        header_params=headers,
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    return api.call_api(*params, _request_timeout=timeout)
 
 
 def watch_events(resp: Any, stop: threading.Event) -> Iterator[dict[str, Any]]:

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,7 +26,7 @@ import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from egressd.adapters.kube import blocking_json, translate, watch_events
+from egressd.adapters.kube import blocking_json, raw_request, translate, watch_events
 from egressd.core.errors import ApiTimeout, LeaseError, LeaseExpired, LeaseNotFound
 from egressd.core.kube_events import EVENT_NAMESPACE
 from egressd.ports import Clock, ClusterEvent, ClusterResource
@@ -78,24 +78,8 @@ class KubeCluster:
     # import, which a restarted daemon cannot spare before it re-arms the
     # fences of the IPs it still serves.
 
-    def _request(
-        self, method: str, path: str, timeout: Any, *, query: Sequence[tuple[str, Any]] = (), body: Any = None
-    ) -> Any:
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        params = self._api.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=list(query),
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        return self._api.call_api(*params, _request_timeout=timeout)
-
     def _read(self, method: str, path: str, timeout: float, **kw: Any) -> Any:
-        response = self._request(method, path, timeout, **kw)
+        response = raw_request(self._api, method, path, timeout, **kw)
         response.read()
         return response
 
@@ -106,7 +90,8 @@ class KubeCluster:
             ("allowWatchBookmarks", "true"),
             ("timeoutSeconds", self._watch_timeout),
         ]
-        response = self._request("GET", PATHS[resource], (max(self._api_timeout, 1.0), self._watch_idle), query=query)
+        timeout = (max(self._api_timeout, 1.0), self._watch_idle)
+        response = raw_request(self._api, "GET", PATHS[resource], timeout, query=query)
         if response.status >= 400:
             error = ApiException(status=response.status, reason=response.reason)
             error.body = response.read()
