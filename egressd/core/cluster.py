@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from egressd.core.errors import ConfigError
-from egressd.core.lease import TRANSITION_REASON, LeaseRecord, format_microtime
+from egressd.core.lease import LeaseRecord, format_microtime
 from egressd.core.policy import Policy, parse_policy, policy_name, problems_text
 from egressd.core.selector import LabelSelector
 from egressd.core.settings import EgressGroup, IPAddress, IPNetwork
@@ -645,35 +645,23 @@ def _list(names: Sequence[str]) -> str:
 # --- status ------------------------------------------------------------------------
 
 
-def transition_reason(lease: Mapping[str, Any]) -> str:
-    """The ``egressd.io/transition-reason`` annotation of a Lease object (why
-    its holder last changed), ``""`` if absent."""
-    annotations = _mapping(_mapping(lease.get("metadata")).get("annotations"))
-    value = annotations.get(TRANSITION_REASON)
-    return value if isinstance(value, str) else ""
-
-
 def policy_status(
     policy: Policy | None,
     outcome: PolicyOutcome,
     leases: Mapping[IPAddress, LeaseRecord | None],
     previous: Mapping[str, Any] | None,
     now: str,
-    *,
-    transition_reasons: Mapping[IPAddress, str] | None = None,
 ) -> dict[str, Any]:
     """The ``.status`` egressd writes for a policy.
 
     ``leases`` holds the lease of each egress IP (None or missing: no lease
-    yet); ``transition_reasons`` the ``egressd.io/transition-reason``
-    annotation of each (:func:`transition_reason`), which :class:`LeaseRecord`
-    does not carry. ``previous`` is the stored status: a condition whose status
-    did not change keeps its ``lastTransitionTime``, so the same inputs give the
-    same object and a node writes only when something changed. ``now`` is the
+    yet); its ``transition_reason`` says why the holder last changed.
+    ``previous`` is the stored status: a condition whose status did not change
+    keeps its ``lastTransitionTime``, so the same inputs give the same object
+    and a node writes only when something changed. ``now`` is the
     RFC 3339 time stamped on conditions that did change. Only served policies
     list their egress IPs.
     """
-    reasons = transition_reasons or {}
     generation = policy.generation if policy is not None else outcome.generation
     entries: list[dict[str, Any]] = []
     owners: list[str] = []
@@ -689,7 +677,7 @@ def policy_status(
             }
             if record is not None and record.acquire_time is not None:
                 entry["lastTransitionTime"] = format_microtime(record.acquire_time)
-            entry["reason"] = reasons.get(ip, "")
+            entry["reason"] = (record.transition_reason if record is not None else None) or ""
             entries.append(entry)
             if holder:
                 owners.append(f"{ip} on {holder}")

@@ -282,9 +282,8 @@ class Controller:
                 {ip: self.daemon.view.get(lease_name(str(ip))).record for ip in policy.egress_ips} if policy else {}
             )
             rv, stored = self._stored[name]
-            reasons = {ip: r.transition_reason or "" for ip, r in records.items() if r is not None}
             now = self.clock.wall().strftime("%Y-%m-%dT%H:%M:%SZ")
-            status = policy_status(policy, outcome, records, stored, now, transition_reasons=reasons)
+            status = policy_status(policy, outcome, records, stored, now)
             if dict(status) == dict(stored):
                 continue
             try:

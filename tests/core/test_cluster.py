@@ -7,6 +7,7 @@ import ipaddress
 import random
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,9 +24,8 @@ from egressd.core.cluster import (
     parse_pod,
     policy_status,
     resolve,
-    transition_reason,
 )
-from egressd.core.lease import TRANSITION_REASON, LeaseRecord
+from egressd.core.lease import LeaseRecord
 from egressd.core.policy import parse_policy
 from egressd.core.settings import EgressGroup, IPAddress
 from egressd.core.steering import sources_for
@@ -866,8 +866,10 @@ def test_status_of_a_ready_policy() -> None:
     c = walkthrough()
     status = status_of(
         c,
-        {IP42: lease("172.18.0.42", "kind-worker3", 4), IP43: lease("172.18.0.43", "kind-worker4", 1)},
-        transition_reasons={IP42: "renew-deadline"},
+        {
+            IP42: replace(lease("172.18.0.42", "kind-worker3", 4), transition_reason="renew-deadline"),
+            IP43: lease("172.18.0.43", "kind-worker4", 1),
+        },
     )
     assert status == {
         "observedGeneration": 1,
@@ -1017,11 +1019,6 @@ def test_status_ignores_malformed_previous_conditions() -> None:
     status = status_of(c, owned, previous, NOW2)
     assert [x["lastTransitionTime"] for x in status["conditions"]] == [NOW2, "t0"]
 
-
-def test_transition_reason_of_a_lease_object() -> None:
-    assert transition_reason({"metadata": {"annotations": {TRANSITION_REASON: "lost-lease"}}}) == "lost-lease"
-    assert transition_reason({"metadata": {"annotations": {}}}) == ""
-    assert transition_reason({}) == ""
 
 
 # --- speed ------------------------------------------------------------------------------

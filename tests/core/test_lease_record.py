@@ -19,6 +19,7 @@ from egressd.core.lease import (
     ANN_PREFERRED_HOLDER,
     LABEL_SELECTOR,
     MANAGED_BY,
+    TRANSITION_REASON,
     LeaseRecord,
     format_microtime,
     held_by,
@@ -434,3 +435,39 @@ def test_released_lease_is_written_with_an_empty_holder() -> None:
     assert "acquireTime" not in obj["spec"]
     assert ANN_HOLDER_ADDRESS not in obj["metadata"]["annotations"]
     assert obj["metadata"]["annotations"][ANN_PREFERRED_HOLDER] == "kind-worker4"
+
+
+# --- why the holder last changed ---------------------------------------------------------
+
+
+def test_the_transition_reason_annotation_is_read_and_written() -> None:
+    obj = held_object()
+    obj["metadata"]["annotations"][TRANSITION_REASON] = "lost-lease"
+    rec = record_from_object(obj)
+    assert rec.transition_reason == "lost-lease"
+    assert object_from_record(rec, "egressd")["metadata"]["annotations"][TRANSITION_REASON] == "lost-lease"
+    del obj["metadata"]["annotations"][TRANSITION_REASON]
+    assert record_from_object(obj).transition_reason is None
+    assert TRANSITION_REASON not in object_from_record(record_from_object(obj), "egressd")["metadata"]["annotations"]
+
+
+def test_a_new_tenure_records_its_reason_and_renewals_keep_it() -> None:
+    def acquire(base: LeaseRecord | None, holder: str, incarnation: str, reason: str) -> LeaseRecord:
+        return held_by(
+            base,
+            name="egressd-172-18-0-42",
+            egress_ip="172.18.0.42",
+            holder=holder,
+            holder_address=None,
+            incarnation=incarnation,
+            lease_duration=2.5,
+            now=T1,
+            reason=reason,
+        )
+
+    first = acquire(None, "kind-worker3", "3f9c2b", "free")
+    assert first.transition_reason == "free"
+    assert acquire(first, "kind-worker3", "3f9c2b", "renew").transition_reason == "free"
+    assert acquire(first, "kind-worker4", "77aa01", "expired").transition_reason == "expired"
+    assert released(first, successor=None, now=T1).transition_reason == "released"
+    assert released(first, successor="kind-worker4", now=T1).transition_reason == "released-to-kind-worker4"
