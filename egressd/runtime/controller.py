@@ -75,8 +75,6 @@ class Controller:
         """Policy name -> why this node cannot serve it (its interface is missing here)."""
         self._dirty = asyncio.Event()
         self._status_dirty = asyncio.Event()
-        self._stored: dict[str, tuple[str, Mapping[str, Any]]] = {}
-        """Policy name -> (resourceVersion, status) as last seen or written."""
         self._limiter = limiter or EventLimiter()
         self._reported: dict[str, str] = {}
         """Policy name -> the problem last reported in an Event (reported once per change)."""
@@ -139,32 +137,15 @@ class Controller:
             if event.resource not in self.synced:
                 log.info("listed %d %s", len(event.objects), event.resource)
             self.synced.add(event.resource)
-            if event.resource == "policies":
-                self._stored = {}
-                for obj in event.objects:
-                    self._remember(obj)
-                self._status_dirty.set()
         else:
             assert event.object is not None
             changed = self.cluster.apply(event.resource, event.type, event.object)
-            if event.resource == "policies":
-                name = str((event.object.get("metadata") or {}).get("name") or "")
-                if event.type == "DELETED":
-                    self._stored.pop(name, None)
-                    self._reported.pop(name, None)
-                else:
-                    self._remember(event.object)
-                self._status_dirty.set()
+            if event.resource == "policies" and event.type == "DELETED":
+                self._reported.pop(str((event.object.get("metadata") or {}).get("name") or ""), None)
+        if event.resource == "policies":
+            self._status_dirty.set()  # a status written elsewhere may differ from the leases
         if changed:
             self._dirty.set()
-
-    def _remember(self, obj: Mapping[str, Any]) -> None:
-        meta = obj.get("metadata") or {}
-        status = obj.get("status")
-        self._stored[str(meta.get("name") or "")] = (
-            str(meta.get("resourceVersion") or ""),
-            status if isinstance(status, Mapping) else {},
-        )
 
     # --- resolve ---------------------------------------------------------------
 
@@ -253,15 +234,11 @@ class Controller:
     # --- status ------------------------------------------------------------------
 
     async def status_forever(self) -> None:
-        leases = self.daemon.view.listener()
+        self.daemon.view.listener(self._status_dirty)  # a lease change can change a status too
         while True:
-            await asyncio.wait(
-                [asyncio.ensure_future(self._status_dirty.wait()), asyncio.ensure_future(leases.wait())],
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            await self._status_dirty.wait()
             await asyncio.sleep(self.status_debounce)
             self._status_dirty.clear()
-            leases.clear()
             if self.resolution is None:
                 continue
             if await self.write_statuses():
@@ -275,13 +252,13 @@ class Controller:
             return False
         failed = False
         for name, outcome in sorted(resolution.outcomes.items()):
-            if not self._writer(outcome) or name not in self._stored:
+            if not self._writer(outcome) or name not in self.cluster.resource_versions:
                 continue
             policy = self.cluster.policies.get(name)
             records = (
                 {ip: self.daemon.view.get(lease_name(str(ip))).record for ip in policy.egress_ips} if policy else {}
             )
-            rv, stored = self._stored[name]
+            rv, stored = self.cluster.resource_versions[name], self.cluster.statuses[name]
             now = self.clock.wall().strftime("%Y-%m-%dT%H:%M:%SZ")
             status = policy_status(policy, outcome, records, stored, now)
             if dict(status) == dict(stored):
@@ -292,12 +269,12 @@ class Controller:
                 log.debug("policy %s: status changed meanwhile; comparing again", name)
                 self._status_dirty.set()
             except LeaseNotFound:
-                self._stored.pop(name, None)
+                pass  # deleted meanwhile: its DELETED event is on the way
             except LeaseError as exc:
                 log.warning("policy %s: could not write status: %s", name, exc)
                 failed = True
             else:
-                self._remember(written)
+                self.cluster.apply("policies", "MODIFIED", written)  # the new resourceVersion, before the watch
                 log.debug("policy %s: status written", name)
         return failed
 

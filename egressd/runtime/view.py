@@ -54,10 +54,11 @@ class LeaseView:
         self.any_news = self.listener()
         """Set whenever any entry changes (for steering)."""
 
-    def listener(self) -> asyncio.Event:
-        """A new event, set whenever any entry changes, for one more consumer of
-        every lease (each clears its own)."""
-        event = asyncio.Event()
+    def listener(self, event: asyncio.Event | None = None) -> asyncio.Event:
+        """An event (``event``, or a new one) set whenever any entry changes, for
+        one more consumer of every lease (each clears its own). A consumer that
+        also waits for other news passes its own event, so it waits on one."""
+        event = event or asyncio.Event()
         self._listeners.append(event)
         return event
 
