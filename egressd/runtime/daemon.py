@@ -138,7 +138,11 @@ class Daemon:
         """More sections of :meth:`status_report` (the controller's ``policies``)."""
         self.ready_checks: list[Callable[[], list[str]]] = []
         """More readiness checks (the controller's), each returning its problems."""
-        self.steerer = Steerer(Steerer.for_node(settings), self.view, steering) if steering is not None else None
+        self.steerer = (
+            Steerer(Steerer.for_node(settings.groups, settings.node.name), self.view, steering)
+            if steering is not None
+            else None
+        )
         self.reconciled = asyncio.Event()
         """Set once the start-up reconcile is done and the members run."""
         self.settled = asyncio.Event()
@@ -201,9 +205,7 @@ class Daemon:
             self.groups = tuple(groups)
             me = self.settings.node.name
             if self.steerer is not None:
-                self.steerer.set_groups(
-                    steering if steering is not None else tuple(g for g in groups if me not in g.candidates)
-                )
+                self.steerer.set_groups(steering if steering is not None else Steerer.for_node(groups, me))
             if not self.reconciled.is_set():
                 self.inputs_ready.set()
                 return

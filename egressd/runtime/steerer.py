@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from egressd.core.errors import DataPlaneError
 from egressd.core.lease import LeaseRecord, lease_name
-from egressd.core.settings import EgressGroup, IPAddress, Settings
+from egressd.core.settings import EgressGroup, IPAddress
 from egressd.ports import Steering
 from egressd.runtime.supervisor import wait_event
 from egressd.runtime.view import LeaseView
@@ -62,9 +62,9 @@ class Steerer:
         """Egress IP -> the group as it was when its steering was last written."""
 
     @staticmethod
-    def for_node(settings: Settings) -> tuple[EgressGroup, ...]:
-        """The static config's groups this node steers: those it is no candidate of."""
-        return tuple(g for g in settings.groups if settings.node.name not in g.candidates)
+    def for_node(groups: Sequence[EgressGroup], node: str) -> tuple[EgressGroup, ...]:
+        """The groups ``node`` steers when nothing narrower is known: those it is no candidate of."""
+        return tuple(g for g in groups if node not in g.candidates)
 
     def set_groups(self, groups: Sequence[EgressGroup]) -> None:
         """Steer these groups from now on; the loop converges at once."""
@@ -95,13 +95,10 @@ class Steerer:
             self.current.pop(ip, None)
         for ip, group in wanted.items():
             record = self._view.get(lease_name(str(ip))).record
-            same_group = self._routed.get(ip) == group
-            if record is not None and record.free and self.current.get(ip) is not None and same_group:
-                continue  # between owners: keep the last route (see the module doc)
             via = owner_address(record)
             if record is not None and record.free and self.current.get(ip) is not None:
-                via = self.current[ip]  # the group changed between owners: keep the last owner
-            if ip in self.current and self.current[ip] == via and same_group:
+                via = self.current[ip]  # between owners: keep the last route (see the module doc)
+            if ip in self.current and self.current[ip] == via and self._routed.get(ip) == group:
                 continue
             try:
                 await self._steering.route(group, ip, via)
