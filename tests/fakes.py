@@ -16,6 +16,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from egressd.core.cluster import RESOURCES
 from egressd.core.errors import ApiTimeout, ApiUnavailable, LeaseNotFound, LostRace
 from egressd.core.lease import LeaseRecord, released
 from egressd.ports import ClusterEvent, LeaseEvent
@@ -119,7 +120,7 @@ class FakeCluster:
     status writes with the API server's optimistic concurrency, and the Events
     created."""
 
-    RESOURCES = ("policies", "nodes", "namespaces", "pods")
+    RESOURCES = RESOURCES
 
     def __init__(self) -> None:
         self.objects: dict[str, dict[str, dict[str, Any]]] = {r: {} for r in self.RESOURCES}
@@ -174,7 +175,7 @@ class FakeCluster:
         queue: asyncio.Queue[ClusterEvent] = asyncio.Queue()
         for resource in self.RESOURCES:
             objs = tuple(copy.deepcopy(o) for o in self.objects[resource].values())
-            queue.put_nowait(ClusterEvent(resource, "RELISTED", objects=objs))  # type: ignore[arg-type]
+            queue.put_nowait(ClusterEvent(resource, "RELISTED", objects=objs))
         self._watchers.append(queue)
         try:
             while True:

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from egressd.core.lease import format_microtime
-
 EVENT_NAMESPACE = "default"
 COMPONENT = "egressd"
 
@@ -116,8 +114,3 @@ class EventLimiter:
             return False, 0
         self._tokens[key] = (tokens - 1.0, now)
         return True, self._held.pop(key, 0)
-
-
-def microtime(now: datetime) -> str:
-    """MicroTime text of ``now`` (for status fields)."""
-    return format_microtime(now)

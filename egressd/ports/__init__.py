@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from egressd.core.cluster import Resource
 from egressd.core.lease import LeaseRecord
 from egressd.core.settings import EgressGroup, IPAddress
 
@@ -170,7 +171,8 @@ class OwnershipEvent:
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
-ClusterResource = Literal["policies", "nodes", "namespaces", "pods"]
+ClusterResource = Resource
+"""``policies``, ``nodes``, ``namespaces`` or ``pods``."""
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from egressd.core.cluster import Cluster, PolicyOutcome, Resolution, policy_status, resolve
+from egressd.core.cluster import RESOURCES, Cluster, PolicyOutcome, Resolution, policy_status, resolve
 from egressd.core.errors import LeaseError, LeaseNotFound, LostRace
 from egressd.core.kube_events import (
     OWNERSHIP_REASONS,
@@ -45,8 +45,6 @@ from egressd.runtime.daemon import Daemon
 from egressd.runtime.supervisor import wait_event
 
 log = logging.getLogger(__name__)
-
-RESOURCES = ("policies", "nodes", "namespaces", "pods")
 
 
 class Controller:

@@ -107,8 +107,7 @@ class KubeCluster:
             with contextlib.suppress(RuntimeError):  # loop closed during shutdown
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        resources: tuple[ClusterResource, ...] = ("policies", "nodes", "namespaces", "pods")
-        for resource in resources:
+        for resource in PATHS:
             threading.Thread(
                 target=self._watch_thread, args=(resource, emit, stop), name=f"egressd-watch-{resource}", daemon=True
             ).start()
@@ -176,8 +175,7 @@ class KubeCluster:
         when their CRD is not installed."""
         loop = asyncio.get_running_loop()
         out: dict[ClusterResource, tuple[Mapping[str, Any], ...]] = {}
-        resources: tuple[ClusterResource, ...] = ("policies", "nodes", "namespaces", "pods")
-        for resource in resources:
+        for resource in PATHS:
             try:
                 listing = await loop.run_in_executor(
                     self._executor,
