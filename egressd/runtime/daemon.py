@@ -18,8 +18,12 @@ Start-up, in order:
    can prove ownership, so everything is withdrawn.
 4. Start the members and their fences.
 
-Shutdown (SIGTERM/SIGINT): every member withdraws, then frees its lease for
-the next preferred candidate; bounded by ``shutdown_grace``.
+Shutdown (SIGTERM, SIGINT or SIGHUP): every member withdraws, then frees its
+lease for the next preferred candidate; bounded by ``shutdown_grace``.
+
+Every task (the lease watch, the members and their fences, drift repair,
+steering, the controller's) is supervised: one that ends unexpectedly is
+logged, fails ``/healthz`` and is started again with backoff.
 """
 
 from __future__ import annotations
@@ -121,7 +125,7 @@ class Daemon:
         self.shutdown_grace = shutdown_grace
         self.repair_interval = repair_interval
         """Seconds between drift-repair passes."""
-        self.supervisor = Supervisor()
+        self.supervisor = Supervisor(now=clock.monotonic)
         self.view = LeaseView(clock)
         self.members: dict[IPAddress, Member] = {}
         self.groups: tuple[EgressGroup, ...] = settings.groups
@@ -133,7 +137,7 @@ class Daemon:
             self.inputs_ready.set()
         self._apply_lock = asyncio.Lock()
         self._prepared: set[str] = set()
-        self._extra_tasks: list[tuple[str, Coroutine[Any, Any, None]]] = []
+        self._extra_tasks: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         self.status_parts: dict[str, Callable[[], Any]] = {}
         """More sections of :meth:`status_report` (the controller's ``policies``)."""
         self.ready_checks: list[Callable[[], list[str]]] = []
@@ -159,20 +163,21 @@ class Daemon:
             self.incarnation,
             ",".join(g.name for g in self.settings.groups) or "-",
         )
-        sup.spawn("lease-watch", self._watch())
-        for name, coro in self._extra_tasks:
-            sup.spawn(name, coro)
+        sup.spawn("lease-watch", self._watch)
+        for name, factory in self._extra_tasks:
+            sup.spawn(name, factory)
         try:
-            if await self._inputs():
+            if not sup.stop_requested.is_set() and await self._inputs():
                 await self._start()
             await sup.stop_requested.wait()
         finally:
             await self._shutdown()
-        return 1 if sup.dead else 0
+        return 0
 
-    def add_task(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` as a supervised task of the daemon (the controller)."""
-        self._extra_tasks.append((name, coro))
+    def add_task(self, name: str, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``factory()`` as a supervised task of the daemon (the controller's),
+        started again if it ends unexpectedly."""
+        self._extra_tasks.append((name, factory))
 
     async def _inputs(self) -> bool:
         """Wait until the groups are known; False if a stop came first."""
@@ -229,9 +234,9 @@ class Daemon:
                 if self.settled.is_set():
                     await self._prepare(interface)
             if self.members and "drift-repair" not in self.supervisor.running():
-                self.supervisor.spawn("drift-repair", self._repair_forever(), critical=False)
+                self.supervisor.spawn("drift-repair", self._repair_forever)
             if self.steerer is not None and "steering" not in self.supervisor.running():
-                self.supervisor.spawn("steering", self.steerer.run())
+                self.supervisor.spawn("steering", self.steerer.run)
 
     async def _leave(self, ip: IPAddress, member: Member, group: EgressGroup | None) -> None:
         """Hand ``ip`` off: this node is no longer a candidate (or the IP moved)."""
@@ -263,8 +268,9 @@ class Daemon:
             serving_locally=adopt,
         )
         self.members[ip] = member
-        self.supervisor.spawn(f"member:{ip}", member.run())
-        self.supervisor.spawn(f"fence:{ip}", member.fence())
+        # the loop returns only after stop_soon(); a failure starts it again
+        self.supervisor.spawn(f"member:{ip}", member.run, one_shot=True)
+        self.supervisor.spawn(f"fence:{ip}", member.fence)
 
     async def _watch(self) -> None:
         async for event in self.store.watch():
@@ -284,16 +290,17 @@ class Daemon:
                     self._add_member(ip, group, adopt=ip in adopt)
             self.reconciled.set()
             log.info("started %d member(s): %s", len(self.members), ", ".join(map(str, self.members)) or "-")
-            self.supervisor.spawn("settle", self._settle(groups), critical=False)
+            self.supervisor.spawn("settle", lambda: self._settle(groups), one_shot=True)
             if self.members:
-                self.supervisor.spawn("drift-repair", self._repair_forever(), critical=False)
+                self.supervisor.spawn("drift-repair", self._repair_forever)
             if self.steerer is not None and (self.steerer.groups or self.settings.mode == "kubernetes"):
-                self.supervisor.spawn("steering", self.steerer.run())
+                self.supervisor.spawn("steering", self.steerer.run)
 
     def health(self) -> tuple[bool, list[str]]:
         """Liveness: fails when the daemon should have stepped down but has not,
-        or when a supervised task died. A restart is the cure for both."""
-        problems = [f"task {name} died: {exc!r}" for name, exc in sorted(self.supervisor.dead.items())]
+        or when a supervised task ended unexpectedly and is down or keeps
+        dying. A restart is the cure for both."""
+        problems = self.supervisor.problems()
         now = self.clock.monotonic()
         overdue = self.settings.timing.renew_deadline + 0.5
         for ip, member in sorted(self.members.items(), key=lambda kv: str(kv[0])):
@@ -304,7 +311,8 @@ class Daemon:
         if self.reconciled.is_set() and not self.supervisor.stop_requested.is_set():
             missing = {"lease-watch"} | {f"{kind}:{ip}" for ip in self.members for kind in ("member", "fence")}
             missing -= set(self.supervisor.running())
-            problems += [f"task {name} is not running" for name in sorted(missing) if name not in self.supervisor.dead]
+            missing -= set(self.supervisor.states)  # ended unexpectedly: listed by the supervisor
+            problems += [f"task {name} is not running" for name in sorted(missing)]
         return not problems, problems
 
     def readiness(self) -> tuple[bool, list[str]]:
