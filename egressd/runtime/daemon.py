@@ -35,8 +35,9 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from egressd.core.errors import DataPlaneError
-from egressd.core.lease import lease_name
+from egressd.core.election import Action, Me, Observation, retire
+from egressd.core.errors import DataPlaneError, LeaseError, LostRace
+from egressd.core.lease import LeaseRecord, lease_name
 from egressd.core.settings import EgressGroup, IPAddress, Settings
 from egressd.core.states import State
 from egressd.ports import Clock, EventSink, LeaseStore, Metrics, OwnershipEvent, Steering
@@ -151,6 +152,10 @@ class Daemon:
         """Set once the start-up reconcile is done and the members run."""
         self.settled = asyncio.Event()
         """Set once every member made its first decision (adoptions included)."""
+        self.retiring: dict[str, str] = {}
+        """Claims to delete (lease name -> egress IP): IPs no group lists any more."""
+        self._retire_news = self.view.listener()
+        self._retire_said: dict[str, str] = {}
 
     async def run(self, *, install_signals: bool = True) -> int:
         """Run until a stop is requested; returns the process exit code."""
@@ -215,10 +220,14 @@ class Daemon:
                 self.inputs_ready.set()
                 return
             wanted = {ip: g for g in self.candidate_groups() for ip in g.egress_ips}
+            listed = {ip for g in self.groups for ip in g.egress_ips}
             for ip, member in list(self.members.items()):
                 group = wanted.get(ip)
                 if group is None or (group.name, group.interface) != (member.group.name, member.group.interface):
                     await self._leave(ip, member, group)
+                    if ip not in listed:
+                        self.retiring[member.name] = str(ip)
+                        self._retire_news.set()
             try:
                 await self.dataplane.snat.stage(self.candidate_groups())
             except DataPlaneError as exc:
@@ -288,6 +297,11 @@ class Daemon:
             for group in groups:
                 for ip in group.egress_ips:
                     self._add_member(ip, group, adopt=ip in adopt)
+            listed = {str(ip) for g in self.groups for ip in g.egress_ips}
+            for record in self.view.records():
+                if record.egress_ip not in listed:  # left by a policy deleted or an IP removed meanwhile
+                    self.retiring[record.name] = record.egress_ip
+            self.supervisor.spawn("retire-claims", self._retire_forever)
             self.reconciled.set()
             log.info("started %d member(s): %s", len(self.members), ", ".join(map(str, self.members)) or "-")
             self.supervisor.spawn("settle", lambda: self._settle(groups), one_shot=True)
@@ -427,6 +441,75 @@ class Daemon:
                     await dp.addresses.release(address, interface)
             repaired.append(f"{ip}:foreign-address")
         return repaired
+
+    async def _retire_forever(self) -> None:
+        while True:
+            self._retire_news.clear()
+            await wait_event(self._retire_news, await self.retire_claims())
+
+    async def retire_claims(self) -> float | None:
+        """Delete the claims of IPs that no group lists any more, where
+        :func:`~egressd.core.election.retire` says so (each delete is
+        conditional on the resourceVersion it decided on). Returns when to
+        look again without news (None: on news only)."""
+        listed = {str(ip) for g in self.groups for ip in g.egress_ips}
+        serving = {m.name for m in self.members.values()}
+        me = self.settings.node.name
+        recheck: float | None = None
+        for name, ip in sorted(self.retiring.items()):
+            entry = self.view.get(name)
+            if ip in listed or name in serving:
+                del self.retiring[name]  # listed again
+                continue
+            if entry.problem:
+                continue  # never act on a claim we cannot read
+            now = self.clock.monotonic()
+            decision = retire(
+                entry.record,
+                Observation(entry.resource_version, entry.observed_at),
+                now,
+                Me(identity=me, incarnation=self.incarnation, egress_ip=ip, candidates=()),
+                self.settings.timing,
+            )
+            if self._retire_said.get(name) != decision.reason:
+                self._retire_said[name] = decision.reason
+                log.info(
+                    "ip=%s node=%s claim of an IP no longer configured: %s %s %s",
+                    ip,
+                    me,
+                    decision.action.value,
+                    decision.reason,
+                    decision.detail,
+                )
+            if decision.action is Action.DELETE and entry.record is not None:
+                await self._delete_claim(name, ip, entry.record)
+            elif decision.reason == "already-gone":
+                del self.retiring[name]
+            elif decision.recheck is not None:
+                recheck = decision.recheck if recheck is None else min(recheck, decision.recheck)
+        if not self.retiring:
+            self._retire_said.clear()
+        return recheck
+
+    async def _delete_claim(self, name: str, ip: str, record: LeaseRecord) -> None:
+        me = self.settings.node.name
+        try:
+            existed = await self.store.delete(
+                record, deadline=self.clock.monotonic() + self.settings.timing.renew_deadline
+            )
+        except LostRace as exc:
+            # written since we decided (an acquire by a daemon that still lists the IP,
+            # or a renew): kept; decided again on the news of that write
+            log.info("ip=%s node=%s claim not deleted, it changed meanwhile: %s", ip, me, exc)
+            return
+        except LeaseError as exc:
+            log.warning("ip=%s node=%s could not delete the claim: %s", ip, me, exc)
+            return
+        del self.retiring[name]
+        if existed:
+            log.info("ip=%s node=%s deleted the claim %s (resourceVersion %s)", ip, me, name, record.resource_version)
+        else:
+            log.info("ip=%s node=%s claim %s was already deleted", ip, me, name)
 
     async def _repair_forever(self) -> None:
         while True:

@@ -93,6 +93,17 @@ async def test_release_clears_holder_and_names_successor(store: KubeLeaseStore) 
     assert freed.transitions == created.transitions
 
 
+async def test_delete_is_conditional_on_the_resource_version(store: KubeLeaseStore) -> None:
+    created = await store.create(fresh("kind-worker3"), deadline=deadline())
+    freed = await store.release(created, successor=None, deadline=deadline())
+    with pytest.raises(LostRace):
+        await store.delete(created, deadline=deadline())  # written since: not deleted
+    assert await store.get(created.name, deadline=deadline()) == freed
+    assert await store.delete(freed, deadline=deadline()) is True
+    assert await store.get(created.name, deadline=deadline()) is None
+    assert await store.delete(freed, deadline=deadline()) is False  # 404: already gone
+
+
 async def test_paused_server_times_out_within_the_deadline(store: KubeLeaseStore, lab: LabApiServer) -> None:
     await store.create(fresh("kind-worker3"), deadline=deadline())
     lab.pause()

@@ -159,6 +159,21 @@ class KubeLeaseStore:
     async def release(self, record: LeaseRecord, *, successor: str | None, deadline: float) -> LeaseRecord:
         return await self.update(released(record, successor=successor, now=self._clock.wall()), deadline=deadline)
 
+    async def delete(self, record: LeaseRecord, *, deadline: float) -> bool:
+        if not record.resource_version:
+            raise LeaseError(f"{record.name}: delete needs a resourceVersion")
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "preconditions": {"resourceVersion": record.resource_version},
+        }
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{self._namespace}/leases/{record.name}"
+        try:
+            await self._call("delete", deadline, lambda t: self._send("DELETE", path, body, t))
+        except LeaseNotFound:
+            return False
+        return True
+
     async def list_leases(self, *, deadline: float) -> list[LeaseRecord]:
         records, _ = await self._list(deadline)
         return records
