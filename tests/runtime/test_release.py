@@ -193,3 +193,61 @@ def test_a_delete_racing_an_acquire_keeps_the_new_holders_claim(caplog: pytest.L
         run_virtual(main)
     assert "claim not deleted, it changed meanwhile" in caplog.text
     assert "held-by-other" in caplog.text
+
+
+def test_claims_left_by_ips_removed_while_down_are_deleted_at_start_up() -> None:
+    """A restart with a config that no longer lists an IP: its free claim, and
+    the one our previous process left held once it expired, are deleted; a
+    claim another node holds alive is left to that node."""
+    removed = [ip_address(f"172.18.0.{n}") for n in (50, 51, 52)]
+
+    def claim(ip: object, holder: str | None, incarnation: str) -> LeaseRecord:
+        record = held_by(
+            None,
+            name=lease_name(str(ip)),
+            egress_ip=str(ip),
+            holder=holder or "gw-x",
+            holder_address=None,
+            incarnation=incarnation,
+            lease_duration=TIMING.lease_duration,
+            now=EPOCH,
+        )
+        return released(record, successor=None, now=EPOCH) if holder is None else record
+
+    async def main() -> None:
+        store = FakeLeaseStore()
+        store.put(claim(removed[0], None, ""))
+        store.put(claim(removed[1], "gw-a", "previous-process"))
+        store.put(claim(removed[2], "gw-b", "inc-b"))
+
+        async def gw_b_renews() -> None:  # a daemon that still lists the IP
+            name = lease_name(str(removed[2]))
+            while True:
+                await asyncio.sleep(TIMING.retry_period)
+                record = store.leases[name]
+                renewed = held_by(
+                    record,
+                    name=name,
+                    egress_ip=record.egress_ip,
+                    holder="gw-b",
+                    holder_address=None,
+                    incarnation="inc-b",
+                    lease_duration=TIMING.lease_duration,
+                    now=EPOCH,
+                )
+                await store.update(renewed, deadline=asyncio.get_running_loop().time() + 1)
+
+        renewer = asyncio.create_task(gw_b_renews())
+        d = daemon("gw-a", store)
+        task = asyncio.create_task(d.run(install_signals=False))
+        await until(lambda: lease_name(str(removed[0])) not in store.leases, 1.0)
+        assert lease_name(str(removed[1])) in store.leases, "not before it expired"
+        await until(lambda: lease_name(str(removed[1])) not in store.leases, TIMING.lease_duration + 0.1)
+        await asyncio.sleep(TIMING.lease_duration * 5)
+        assert lease_name(str(removed[2])) in store.leases, "a live holder's claim is left to it"
+        assert {lease_name(str(IP)), lease_name(str(OTHER))} <= set(store.leases), "configured IPs keep theirs"
+        renewer.cancel()
+        d.supervisor.request_stop("test")
+        await task
+
+    run_virtual(main)
