@@ -86,6 +86,19 @@ class FakeLeaseStore:
             released(record, successor=successor, now=now + timedelta(seconds=1)), deadline=deadline
         )
 
+    async def delete(self, record: LeaseRecord, *, deadline: float) -> bool:
+        await self._gate(deadline)
+        current = self.leases.get(record.name)
+        if current is None:
+            return False
+        if current.resource_version != record.resource_version:
+            raise LostRace(f"{record.name}: precondition failed: resourceVersion {record.resource_version}")
+        self.writes.append(("delete", record))
+        self.rv += 1
+        del self.leases[record.name]
+        self._publish(LeaseEvent(kind="delete", name=record.name))
+        return True
+
     async def list_leases(self, *, deadline: float) -> list[LeaseRecord]:
         await self._gate(deadline)
         return list(self.leases.values())

@@ -9,6 +9,10 @@ present only until ``claimed_at + lifetime`` unless refreshed, exactly like an
 address with ``valid_lft`` whose owner froze. Each journal line is a JSON
 object with ``t`` (CLOCK_MONOTONIC seconds, comparable between processes on
 one machine), ``node``, ``op`` and the operation's fields.
+
+The journal is a record, not the data path: a line that cannot be written
+(disk full, file removed) is counted in ``journal_errors`` and logged once
+per run of failures; the daemon carries on.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ class RecordingDataPlane:
 
     def __init__(self, node: str, journal: Path | None = None) -> None:
         self.node = node
-        self._journal = journal.open("a", encoding="utf-8") if journal else None
+        # unbuffered: a line is one write(2), and a failed one leaves nothing behind to fail again
+        self._journal = journal.open("ab", buffering=0) if journal else None
         self.addresses: dict[tuple[IPAddress, str], float] = {}
         """(ip, interface) -> monotonic expiry time."""
         self.snat: dict[IPAddress, str] = {}
@@ -39,13 +44,25 @@ class RecordingDataPlane:
         self.staged_groups: tuple[EgressGroup, ...] = ()
         self.steering: dict[IPAddress, IPAddress | None] = {}
         self.ops: list[dict[str, Any]] = []
+        self.journal_errors = 0
+        """Journal lines that could not be written."""
+        self._journal_failing = False
 
     def _record(self, op: str, **fields: Any) -> None:
         entry = {"t": time.monotonic(), "node": self.node, "op": op, **fields}
         self.ops.append(entry)
         if self._journal is not None:
-            self._journal.write(json.dumps(entry) + "\n")
-            self._journal.flush()
+            try:
+                self._journal.write((json.dumps(entry) + "\n").encode())
+            except OSError as exc:
+                self.journal_errors += 1
+                if not self._journal_failing:
+                    log.error("journal: cannot write (%s); carrying on without it, counting lost lines", exc)
+                self._journal_failing = True
+            else:
+                if self._journal_failing:
+                    log.warning("journal: writable again after %d lost line(s)", self.journal_errors)
+                self._journal_failing = False
 
     # Addresses
     async def claim(self, ip: IPAddress, interface: str, lifetime: int) -> None:

@@ -67,7 +67,9 @@ def _parser(*, lab_commands: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="debug logging and tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the daemon")
+    run = sub.add_parser(
+        "run", help="run the daemon (SIGTERM, SIGINT or SIGHUP: withdraw, hand the IPs over, exit 0)"
+    )
     run.add_argument("--config", "-c", required=True, help="config file (YAML)")
     run.add_argument(
         "--dataplane",
@@ -125,6 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "run":
+        # First thing: a stop signal during start-up (loading the config and the
+        # Kubernetes client takes a few hundred ms) must not kill by its default action.
+        from egressd.runtime.supervisor import catch_stop_signals  # noqa: PLC0415
+
+        catch_stop_signals()
+        log.debug("stop signals (SIGTERM, SIGINT, SIGHUP) held until the event loop handles them")
     try:
         return int(_dispatch(args))
     except ConfigError as exc:

@@ -29,6 +29,10 @@ Beyond client-go:
   with the previous process's token. If our kernel still serves the IP (the
   start-up reconcile found the address), the new process adopts the tenure at
   once so traffic is not interrupted; otherwise it waits like any standby.
+* **Hold-off.** A node whose takeover failed (its data plane refused) or that
+  found its identity claimed by another process takes nothing for a while
+  (:func:`hold_off`), in whatever state it is, so a healthy standby serves
+  instead of the node flapping between acquire and release.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ class Action(Enum):
     """Release to the requested successor: withdraw first, then write the lease free."""
     FENCE = "fence"
     """Identity clash: withdraw and stay out for a while."""
+    DELETE = "delete"
+    """The IP is no longer configured: delete its claim (see :func:`retire`)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,34 @@ class Me:
     preference: tuple[str, ...] = ()
     """The candidates from most to least preferred for this IP (see
     :func:`spread_rank`); empty: by :func:`rendezvous_rank` of the IP alone."""
+    hold_off_until: float | None = None
+    """Monotonic time before which we take nothing (see :func:`hold_off`)."""
+    hold_off_reason: str = ""
+    """Why we hold off (``dataplane-failed``, ``identity-clash``)."""
+
+
+HOLD_OFF_GROWTH_CAP = 16
+"""A hold-off after failed takeovers grows up to this many lease durations
+(40 s with the default 2.5 s): long enough that a node whose data plane keeps
+failing costs the API a write every 40 s at most, short enough that it serves
+again soon after it is mended."""
+
+CLASH_HOLD_OFF = 4
+"""Lease durations a node stays fenced after an identity clash."""
+
+
+def hold_off(reason: str, failures: int, timing: Timing) -> float:
+    """Seconds to take nothing after ``failures`` (1, 2, ...) failed takeovers
+    in a row (``reason`` ``dataplane-failed``), or after an identity clash.
+
+    After a failed takeover the node released the IP, ideally to the next
+    candidate; holding off a lease duration lets that candidate (or, after
+    the non-preferred delay, any other) take it first. Doubling with every
+    failure in a row stops a broken node from taking the IP back again and
+    again when nobody else can serve it either."""
+    if reason == "identity-clash":
+        return CLASH_HOLD_OFF * timing.lease_duration
+    return timing.lease_duration * min(2.0 ** max(0, failures - 1), HOLD_OFF_GROWTH_CAP)
 
 
 def rendezvous_rank(ip: str, candidates: Iterable[str]) -> list[str]:
@@ -139,6 +173,21 @@ def decide(
     timing: Timing,
 ) -> Decision:
     """What to do about one egress IP now. Pure: same inputs, same answer."""
+    decision = _decide(record, observation, now, me, timing)
+    # 5. A hold-off forbids taking the IP, whatever the state; everything else
+    #    (renewing, stepping down, releasing) goes on as decided.
+    if decision.action is Action.ACQUIRE and me.hold_off_until is not None and now < me.hold_off_until:
+        return Decision(
+            Action.STANDBY,
+            "hold-off",
+            recheck=me.hold_off_until - now,
+            detail=f"after {me.hold_off_reason or 'a failure'}, for {me.hold_off_until - now:.3f}s more "
+            f"(would acquire: {decision.reason})",
+        )
+    return decision
+
+
+def _decide(record: LeaseRecord | None, observation: Observation, now: float, me: Me, timing: Timing) -> Decision:
     age = now - observation.observed_at
     holding = me.last_renew is not None
 
@@ -180,24 +229,73 @@ def decide(
                 return Decision(Action.ACQUIRE, "adopt-previous-incarnation")
             # 3c. Unknown writer of our name and nothing local: wait it out like any holder.
             return _wait_for_expiry(record, age, me, timing, holder_desc=f"{me.identity} (other incarnation)")
+        # A successor that is not a candidate of this IP could never take it:
+        # handing off to it would leave the IP unowned, so the request is ignored.
+        successor = record.preferred_holder if record.preferred_holder != me.identity else None
         if not holding:
-            if record.preferred_holder and record.preferred_holder != me.identity:
+            if successor and successor in me.candidates:
                 # 3d. We withdrew for a handoff but the release did not land: release again.
-                return Decision(
-                    Action.HANDOFF, "handoff-release-retry", detail=f"preferredHolder={record.preferred_holder}"
-                )
+                return Decision(Action.HANDOFF, "handoff-release-retry", detail=f"preferredHolder={successor}")
             # 3e. We wrote it, then stepped down; nobody took it since. Take it back.
             return Decision(Action.ACQUIRE, "reacquire-own-lease")
-        if record.preferred_holder and record.preferred_holder != me.identity:
-            # 3f. An operator asked for a move.
-            return Decision(Action.HANDOFF, "handoff-requested", detail=f"preferredHolder={record.preferred_holder}")
-        # 3g. Fast path of the leader: renew.
+        if successor and successor not in me.candidates:
+            # 3f. A move to a node that is not a candidate: ignored, we keep serving.
+            return Decision(
+                Action.RENEW,
+                "handoff-target-not-candidate",
+                recheck=timing.retry_period,
+                detail=f"preferredHolder={successor} is not a candidate of {me.egress_ip} "
+                f"(candidates: {', '.join(me.candidates)}); ignoring the handoff request",
+            )
+        if successor:
+            # 3g. An operator asked for a move.
+            return Decision(Action.HANDOFF, "handoff-requested", detail=f"preferredHolder={successor}")
+        # 3h. Fast path of the leader: renew.
         return Decision(Action.RENEW, "renew", recheck=timing.retry_period)
 
     # 4. Someone else holds it.
     if holding:
         return Decision(Action.STEP_DOWN, "lost-lease", detail=f"lease now held by {record.holder}")
     return _wait_for_expiry(record, age, me, timing, holder_desc=str(record.holder))
+
+
+def retire(record: LeaseRecord | None, observation: Observation, now: float, me: Me, timing: Timing) -> Decision:
+    """Whether to delete the claim of an IP that no egress group lists any
+    more (policy deleted, IP removed from the config), ``me`` having withdrawn
+    from it. The delete carries the record's resourceVersion as a
+    precondition, so whatever is decided here cannot destroy a claim written
+    since (a concurrent acquire): the API refuses, and the claim stays.
+
+    1. Nothing to delete when it is gone already.
+    2. A free claim: delete, unless a handoff to a named node is still within
+       its grace (a daemon that still lists the IP may be taking it).
+    3. A claim naming this process whose release did not land: we were the
+       last holder, and we no longer serve it.
+    4. A claim another node (or another process of ours) holds: its holder
+       deletes it when it withdraws; unless it has expired by our own
+       observation (its holder is gone, as for a takeover)."""
+    if record is None:
+        return Decision(Action.STANDBY, "already-gone")
+    age = now - observation.observed_at
+    if record.free:
+        if record.preferred_holder and age < timing.handoff_grace:
+            return Decision(
+                Action.STANDBY,
+                "handoff-pending",
+                recheck=timing.handoff_grace - age,
+                detail=f"released to {record.preferred_holder}",
+            )
+        return Decision(Action.DELETE, "free")
+    if record.holder == me.identity and record.incarnation == me.incarnation and me.last_renew is None:
+        return Decision(Action.DELETE, "last-held-by-us")
+    if age >= record.lease_duration:
+        return Decision(Action.DELETE, "expired", detail=f"held by {record.holder}, silent for {age:.3f}s")
+    return Decision(
+        Action.STANDBY,
+        "held-by-other",
+        recheck=record.lease_duration - age,
+        detail=f"held by {record.holder}, who deletes it when it withdraws",
+    )
 
 
 def _take_free(record: LeaseRecord | None, age: float, me: Me, timing: Timing) -> Decision:

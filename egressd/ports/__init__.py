@@ -71,6 +71,12 @@ class LeaseStore(Protocol):
         """Write the lease free (holder cleared), optionally naming a successor."""
         ...
 
+    async def delete(self, record: LeaseRecord, *, deadline: float) -> bool:
+        """Delete the lease if it is still at ``record.resource_version`` (a
+        precondition: a lease written meanwhile, by an acquire say, is never
+        deleted; LostRace instead). False if it was already gone."""
+        ...
+
     async def list_leases(self, *, deadline: float) -> list[LeaseRecord]: ...
 
     def watch(self) -> AsyncIterator[LeaseEvent]:

@@ -84,9 +84,9 @@ class Controller:
 
     def attach(self) -> None:
         """Run as tasks of the daemon and receive its ownership events."""
-        self.daemon.add_task("cluster-watch", self.watch())
-        self.daemon.add_task("resolve", self.resolve_forever())
-        self.daemon.add_task("policy-status", self.status_forever())
+        self.daemon.add_task("cluster-watch", self.watch)
+        self.daemon.add_task("resolve", self.resolve_forever)
+        self.daemon.add_task("policy-status", self.status_forever)
         self.daemon.ready_checks.append(self.readiness_problems)
         self.daemon.status_parts["policies"] = self.policies_report
 

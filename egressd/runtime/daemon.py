@@ -18,8 +18,12 @@ Start-up, in order:
    can prove ownership, so everything is withdrawn.
 4. Start the members and their fences.
 
-Shutdown (SIGTERM/SIGINT): every member withdraws, then frees its lease for
-the next preferred candidate; bounded by ``shutdown_grace``.
+Shutdown (SIGTERM, SIGINT or SIGHUP): every member withdraws, then frees its
+lease for the next preferred candidate; bounded by ``shutdown_grace``.
+
+Every task (the lease watch, the members and their fences, drift repair,
+steering, the controller's) is supervised: one that ends unexpectedly is
+logged, fails ``/healthz`` and is started again with backoff.
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from egressd.core.errors import DataPlaneError
-from egressd.core.lease import lease_name
+from egressd.core.election import Action, Me, Observation, retire
+from egressd.core.errors import DataPlaneError, LeaseError, LostRace
+from egressd.core.lease import LeaseRecord, lease_name
 from egressd.core.settings import EgressGroup, IPAddress, Settings
 from egressd.core.states import State
 from egressd.ports import Clock, EventSink, LeaseStore, Metrics, OwnershipEvent, Steering
@@ -121,7 +126,7 @@ class Daemon:
         self.shutdown_grace = shutdown_grace
         self.repair_interval = repair_interval
         """Seconds between drift-repair passes."""
-        self.supervisor = Supervisor()
+        self.supervisor = Supervisor(now=clock.monotonic)
         self.view = LeaseView(clock)
         self.members: dict[IPAddress, Member] = {}
         self.groups: tuple[EgressGroup, ...] = settings.groups
@@ -133,7 +138,7 @@ class Daemon:
             self.inputs_ready.set()
         self._apply_lock = asyncio.Lock()
         self._prepared: set[str] = set()
-        self._extra_tasks: list[tuple[str, Coroutine[Any, Any, None]]] = []
+        self._extra_tasks: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         self.status_parts: dict[str, Callable[[], Any]] = {}
         """More sections of :meth:`status_report` (the controller's ``policies``)."""
         self.ready_checks: list[Callable[[], list[str]]] = []
@@ -147,6 +152,10 @@ class Daemon:
         """Set once the start-up reconcile is done and the members run."""
         self.settled = asyncio.Event()
         """Set once every member made its first decision (adoptions included)."""
+        self.retiring: dict[str, str] = {}
+        """Claims to delete (lease name -> egress IP): IPs no group lists any more."""
+        self._retire_news = self.view.listener()
+        self._retire_said: dict[str, str] = {}
 
     async def run(self, *, install_signals: bool = True) -> int:
         """Run until a stop is requested; returns the process exit code."""
@@ -159,20 +168,21 @@ class Daemon:
             self.incarnation,
             ",".join(g.name for g in self.settings.groups) or "-",
         )
-        sup.spawn("lease-watch", self._watch())
-        for name, coro in self._extra_tasks:
-            sup.spawn(name, coro)
+        sup.spawn("lease-watch", self._watch)
+        for name, factory in self._extra_tasks:
+            sup.spawn(name, factory)
         try:
-            if await self._inputs():
+            if not sup.stop_requested.is_set() and await self._inputs():
                 await self._start()
             await sup.stop_requested.wait()
         finally:
             await self._shutdown()
-        return 1 if sup.dead else 0
+        return 0
 
-    def add_task(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` as a supervised task of the daemon (the controller)."""
-        self._extra_tasks.append((name, coro))
+    def add_task(self, name: str, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``factory()`` as a supervised task of the daemon (the controller's),
+        started again if it ends unexpectedly."""
+        self._extra_tasks.append((name, factory))
 
     async def _inputs(self) -> bool:
         """Wait until the groups are known; False if a stop came first."""
@@ -210,10 +220,14 @@ class Daemon:
                 self.inputs_ready.set()
                 return
             wanted = {ip: g for g in self.candidate_groups() for ip in g.egress_ips}
+            listed = {ip for g in self.groups for ip in g.egress_ips}
             for ip, member in list(self.members.items()):
                 group = wanted.get(ip)
                 if group is None or (group.name, group.interface) != (member.group.name, member.group.interface):
                     await self._leave(ip, member, group)
+                    if ip not in listed:
+                        self.retiring[member.name] = str(ip)
+                        self._retire_news.set()
             try:
                 await self.dataplane.snat.stage(self.candidate_groups())
             except DataPlaneError as exc:
@@ -229,9 +243,9 @@ class Daemon:
                 if self.settled.is_set():
                     await self._prepare(interface)
             if self.members and "drift-repair" not in self.supervisor.running():
-                self.supervisor.spawn("drift-repair", self._repair_forever(), critical=False)
+                self.supervisor.spawn("drift-repair", self._repair_forever)
             if self.steerer is not None and "steering" not in self.supervisor.running():
-                self.supervisor.spawn("steering", self.steerer.run())
+                self.supervisor.spawn("steering", self.steerer.run)
 
     async def _leave(self, ip: IPAddress, member: Member, group: EgressGroup | None) -> None:
         """Hand ``ip`` off: this node is no longer a candidate (or the IP moved)."""
@@ -263,8 +277,9 @@ class Daemon:
             serving_locally=adopt,
         )
         self.members[ip] = member
-        self.supervisor.spawn(f"member:{ip}", member.run())
-        self.supervisor.spawn(f"fence:{ip}", member.fence())
+        # the loop returns only after stop_soon(); a failure starts it again
+        self.supervisor.spawn(f"member:{ip}", member.run, one_shot=True)
+        self.supervisor.spawn(f"fence:{ip}", member.fence)
 
     async def _watch(self) -> None:
         async for event in self.store.watch():
@@ -282,18 +297,24 @@ class Daemon:
             for group in groups:
                 for ip in group.egress_ips:
                     self._add_member(ip, group, adopt=ip in adopt)
+            listed = {str(ip) for g in self.groups for ip in g.egress_ips}
+            for record in self.view.records():
+                if record.egress_ip not in listed:  # left by a policy deleted or an IP removed meanwhile
+                    self.retiring[record.name] = record.egress_ip
+            self.supervisor.spawn("retire-claims", self._retire_forever)
             self.reconciled.set()
             log.info("started %d member(s): %s", len(self.members), ", ".join(map(str, self.members)) or "-")
-            self.supervisor.spawn("settle", self._settle(groups), critical=False)
+            self.supervisor.spawn("settle", lambda: self._settle(groups), one_shot=True)
             if self.members:
-                self.supervisor.spawn("drift-repair", self._repair_forever(), critical=False)
+                self.supervisor.spawn("drift-repair", self._repair_forever)
             if self.steerer is not None and (self.steerer.groups or self.settings.mode == "kubernetes"):
-                self.supervisor.spawn("steering", self.steerer.run())
+                self.supervisor.spawn("steering", self.steerer.run)
 
     def health(self) -> tuple[bool, list[str]]:
         """Liveness: fails when the daemon should have stepped down but has not,
-        or when a supervised task died. A restart is the cure for both."""
-        problems = [f"task {name} died: {exc!r}" for name, exc in sorted(self.supervisor.dead.items())]
+        or when a supervised task ended unexpectedly and is down or keeps
+        dying. A restart is the cure for both."""
+        problems = self.supervisor.problems()
         now = self.clock.monotonic()
         overdue = self.settings.timing.renew_deadline + 0.5
         for ip, member in sorted(self.members.items(), key=lambda kv: str(kv[0])):
@@ -304,7 +325,8 @@ class Daemon:
         if self.reconciled.is_set() and not self.supervisor.stop_requested.is_set():
             missing = {"lease-watch"} | {f"{kind}:{ip}" for ip in self.members for kind in ("member", "fence")}
             missing -= set(self.supervisor.running())
-            problems += [f"task {name} is not running" for name in sorted(missing) if name not in self.supervisor.dead]
+            missing -= set(self.supervisor.states)  # ended unexpectedly: listed by the supervisor
+            problems += [f"task {name} is not running" for name in sorted(missing)]
         return not problems, problems
 
     def readiness(self) -> tuple[bool, list[str]]:
@@ -419,6 +441,75 @@ class Daemon:
                     await dp.addresses.release(address, interface)
             repaired.append(f"{ip}:foreign-address")
         return repaired
+
+    async def _retire_forever(self) -> None:
+        while True:
+            self._retire_news.clear()
+            await wait_event(self._retire_news, await self.retire_claims())
+
+    async def retire_claims(self) -> float | None:
+        """Delete the claims of IPs that no group lists any more, where
+        :func:`~egressd.core.election.retire` says so (each delete is
+        conditional on the resourceVersion it decided on). Returns when to
+        look again without news (None: on news only)."""
+        listed = {str(ip) for g in self.groups for ip in g.egress_ips}
+        serving = {m.name for m in self.members.values()}
+        me = self.settings.node.name
+        recheck: float | None = None
+        for name, ip in sorted(self.retiring.items()):
+            entry = self.view.get(name)
+            if ip in listed or name in serving:
+                del self.retiring[name]  # listed again
+                continue
+            if entry.problem:
+                continue  # never act on a claim we cannot read
+            now = self.clock.monotonic()
+            decision = retire(
+                entry.record,
+                Observation(entry.resource_version, entry.observed_at),
+                now,
+                Me(identity=me, incarnation=self.incarnation, egress_ip=ip, candidates=()),
+                self.settings.timing,
+            )
+            if self._retire_said.get(name) != decision.reason:
+                self._retire_said[name] = decision.reason
+                log.info(
+                    "ip=%s node=%s claim of an IP no longer configured: %s %s %s",
+                    ip,
+                    me,
+                    decision.action.value,
+                    decision.reason,
+                    decision.detail,
+                )
+            if decision.action is Action.DELETE and entry.record is not None:
+                await self._delete_claim(name, ip, entry.record)
+            elif decision.reason == "already-gone":
+                del self.retiring[name]
+            elif decision.recheck is not None:
+                recheck = decision.recheck if recheck is None else min(recheck, decision.recheck)
+        if not self.retiring:
+            self._retire_said.clear()
+        return recheck
+
+    async def _delete_claim(self, name: str, ip: str, record: LeaseRecord) -> None:
+        me = self.settings.node.name
+        try:
+            existed = await self.store.delete(
+                record, deadline=self.clock.monotonic() + self.settings.timing.renew_deadline
+            )
+        except LostRace as exc:
+            # written since we decided (an acquire by a daemon that still lists the IP,
+            # or a renew): kept; decided again on the news of that write
+            log.info("ip=%s node=%s claim not deleted, it changed meanwhile: %s", ip, me, exc)
+            return
+        except LeaseError as exc:
+            log.warning("ip=%s node=%s could not delete the claim: %s", ip, me, exc)
+            return
+        del self.retiring[name]
+        if existed:
+            log.info("ip=%s node=%s deleted the claim %s (resourceVersion %s)", ip, me, name, record.resource_version)
+        else:
+            log.info("ip=%s node=%s claim %s was already deleted", ip, me, name)
 
     async def _repair_forever(self) -> None:
         while True:

@@ -22,8 +22,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from egressd.core.election import Action, Decision, Me, Observation, decide, spread_rank
-from egressd.core.errors import DataPlaneError, LeaseError, LostRace, MalformedLease
+from egressd.core.election import Action, Decision, Me, Observation, decide, hold_off, spread_rank
+from egressd.core.errors import ApiTimeout, DataPlaneError, LeaseError, LostRace, MalformedLease
 from egressd.core.lease import LeaseRecord, held_by, lease_name
 from egressd.core.settings import EgressGroup, IPAddress, Settings
 from egressd.core.states import Event, State, StateMachine
@@ -88,10 +88,16 @@ class Member:
         self.first_step = asyncio.Event()
         """Set after the first decision and its action."""
         self._dp_lock = asyncio.Lock()
-        self._hold_off_until = 0.0
+        self._hold_off_until: float | None = None
+        self._hold_off_reason = ""
+        self._takeover_failures = 0
+        """Takeovers in a row whose data plane failed (the hold-off grows with it)."""
         self._stopping = False
         self._sent = 0.0
         """Monotonic send time of the last successful lease write."""
+        self._write_unsure = False
+        """A write naming us was sent and its answer never came (cancelled,
+        timed out): it may have landed, so a release must read the lease back."""
         self.log = ContextLog(log, {"egress_ip": str(ip), "node": settings.node.name, "epoch": 0})
 
     # --- the loop ------------------------------------------------------------------
@@ -105,6 +111,8 @@ class Member:
             last_renew=self.last_renew if self.sm.state is State.OWNER else None,
             serving_locally=self.serving_locally,
             preference=tuple(self.preference()),
+            hold_off_until=self._hold_off_until,
+            hold_off_reason=self._hold_off_reason,
         )
 
     def preference(self) -> list[str]:
@@ -125,9 +133,7 @@ class Member:
         """One decision and its action; returns how long to wait for news at most."""
         entry = self._view.get(self.name)
         now = self._clock.monotonic()
-        if self.sm.state is State.FENCED:
-            if now < self._hold_off_until:
-                return self._hold_off_until - now
+        if self.sm.state is State.FENCED and (self._hold_off_until is None or now >= self._hold_off_until):
             self._fire(Event.HOLD_OFF_OVER, "hold-off-over")
         if entry.problem:
             # Never act on a lease we cannot read; the fence ends a tenure if renews fail.
@@ -159,7 +165,9 @@ class Member:
     def _note(self, decision: Decision) -> None:
         last = self.last_decision
         if last is None or (last.action, last.reason) != (decision.action, decision.reason):
-            level = logging.DEBUG if decision.action is Action.RENEW else logging.INFO
+            level = logging.DEBUG if decision.reason == "renew" else logging.INFO
+            if decision.reason == "handoff-target-not-candidate":
+                level = logging.WARNING
             self.log.log(level, "decision %s (%s) %s", decision.action.value, decision.reason, decision.detail)
         self.last_decision = decision
 
@@ -184,21 +192,25 @@ class Member:
             reason=reason,
         )
         started = self._clock.monotonic()
+        self._write_unsure = True  # stays so if this task is cancelled before the answer
         try:
             if base is None:
                 written = await self._store.create(record, deadline=self._deadline(started))
             else:
                 written = await self._store.update(record, deadline=self._deadline(started))
         except LostRace as exc:
+            self._write_unsure = False
             self.log.info("lost race for the lease (%s); reading it again", exc)
             self._metrics.api_error("LostRace")
             await self._refresh()
             return None
         except LeaseError as exc:
+            self._write_unsure = isinstance(exc, ApiTimeout)  # a timed-out write may have landed
             self.log.warning("lease write failed: %s", exc)
             self._metrics.renew(str(self.ip), self._clock.monotonic() - started, ok=False, error=type(exc).__name__)
             self._metrics.api_error(type(exc).__name__)
             return None
+        self._write_unsure = False
         self._metrics.renew(str(self.ip), self._clock.monotonic() - started, ok=True)
         self._view.observe(self.name, written, notify=False)
         if self._view.get(self.name).resource_version == written.resource_version:
@@ -208,7 +220,8 @@ class Member:
         self._sent = started
         return written
 
-    async def _refresh(self) -> None:
+    async def _refresh(self) -> bool:
+        """Read the lease into the view; whether that worked."""
         try:
             record = await self._store.get(self.name, deadline=self._clock.monotonic() + self._timing.api_timeout)
         except MalformedLease as exc:
@@ -217,6 +230,8 @@ class Member:
             self.log.warning("could not read the lease: %s", exc)
         else:
             self._view.observe(self.name, record)
+            return True
+        return False
 
     async def _acquire(self, base: LeaseRecord | None, decision: Decision) -> None:
         written = await self._write_holder(base, decision.reason)
@@ -236,10 +251,20 @@ class Member:
         try:
             await self._serve(sent)
         except DataPlaneError as exc:
-            self.log.error("cannot serve: %s; giving the lease back", exc)
+            self._takeover_failures += 1
+            self._hold(hold_off("dataplane-failed", self._takeover_failures, self._timing), "dataplane-failed")
+            successor = self._next_candidate()
+            self.log.error(
+                "cannot serve: %s; giving the lease back to %s and holding off %.1fs (failure %d in a row)",
+                exc,
+                successor or "whoever takes it",
+                (self._hold_off_until or 0.0) - self._clock.monotonic(),
+                self._takeover_failures,
+            )
             await self.step_down("dataplane-failed", str(exc))
-            await self._release(successor=None)
-            self._hold_off_until = self._clock.monotonic() + self._timing.lease_duration
+            await self._release(successor=successor)
+        else:
+            self._takeover_failures = 0
 
     async def _renew(self, base: LeaseRecord | None) -> None:
         written = await self._write_holder(base)
@@ -323,22 +348,49 @@ class Member:
             self.log.info("handed off to %s (%s)", record.preferred_holder, decision.reason)
             self._emit("released", decision.reason, f"to {record.preferred_holder}")
 
+    def _names_us(self, record: LeaseRecord | None) -> bool:
+        return (
+            record is not None and record.holder == self._settings.node.name and record.incarnation == self._incarnation
+        )
+
     async def _release(self, *, successor: str | None, base: LeaseRecord | None = None) -> bool:
+        """Write the lease free if it names this process; whether it did.
+
+        The view may be behind our own last write (its answer never came: the
+        loop was cancelled in flight, or it timed out): then the lease is read
+        back first, so a write that landed is released, not left held by
+        nobody alive. A lease changed under us (409) is read back and released
+        once more if it still names us (our own renew landed meanwhile)."""
         record = base or self._view.get(self.name).record
-        if record is None or record.holder != self._settings.node.name or record.incarnation != self._incarnation:
-            return False
-        try:
-            written = await self._store.release(
-                record, successor=successor, deadline=self._clock.monotonic() + self._timing.renew_deadline
-            )
-        except LostRace:
-            await self._refresh()
-            return False
-        except LeaseError as exc:
-            self.log.warning("release failed: %s", exc)
-            return False
-        self._view.observe(self.name, written, notify=False)
-        return True
+        deadline = self._clock.monotonic() + self._timing.renew_deadline
+        for attempt in range(2):
+            if not self._names_us(record) and self._write_unsure:
+                self.log.info("release: our last write may have landed unseen; reading the lease back")
+                if await self._refresh():
+                    self._write_unsure = False
+                record = self._view.get(self.name).record
+            if not self._names_us(record):
+                why = "it does not exist" if record is None else f"it is held by {record.holder or 'nobody'}"
+                if record is not None and record.holder == self._settings.node.name:
+                    why += f" (incarnation {record.incarnation}, ours is {self._incarnation})"
+                self.log.info("release not needed: %s", why)
+                return False
+            assert record is not None
+            try:
+                written = await self._store.release(record, successor=successor, deadline=deadline)
+            except LostRace:
+                self.log.info("release lost a race (attempt %d); reading the lease back", attempt + 1)
+                await self._refresh()
+                record = self._view.get(self.name).record
+                continue
+            except LeaseError as exc:
+                self._write_unsure = self._write_unsure or isinstance(exc, ApiTimeout)
+                self.log.warning("release failed: %s", exc)
+                return False
+            self._view.observe(self.name, written, notify=False)
+            return True
+        self.log.warning("release gave up: the lease kept changing under us")
+        return False
 
     async def _fence_clash(self, decision: Decision) -> None:
         if self.sm.state is State.OWNER:
@@ -347,7 +399,7 @@ class Member:
             self._fire(Event.CLASH, decision.reason)
         self.last_renew = None
         self._tenure_changed.set()
-        self._hold_off_until = self._clock.monotonic() + 4 * self._timing.lease_duration
+        self._hold(hold_off("identity-clash", 1, self._timing), "identity-clash")
         self.log.error("identity clash: another daemon writes this node's name (%s); fenced", decision.detail)
         self._emit("fenced", decision.reason, decision.detail)
 
@@ -424,14 +476,24 @@ class Member:
             self.last_renew = None
         elif self.serving_locally:
             await self._withdraw(reason)
-        others = [c for c in self.preference() if c != self._settings.node.name]
-        if await self._release(successor=others[0] if others else None):
-            self.log.info("released the lease (%s; successor %s)", reason, others[0] if others else "-")
-            self._emit("released", reason, f"to {others[0]}" if others else "")
+        successor = self._next_candidate()
+        if await self._release(successor=successor):
+            self.log.info("released the lease (%s; successor %s)", reason, successor or "-")
+            self._emit("released", reason, f"to {successor}" if successor else "")
         if self.sm.state is State.FENCED or self.sm.state is State.STANDBY:
             self._fire(Event.STOP, reason)
 
     # --- helpers ---------------------------------------------------------------------
+
+    def _next_candidate(self) -> str | None:
+        """The most preferred other candidate of this IP (a release names it)."""
+        others = [c for c in self.preference() if c != self._settings.node.name]
+        return others[0] if others else None
+
+    def _hold(self, seconds: float, reason: str) -> None:
+        """Take nothing for ``seconds`` (read by :func:`decide` in every state)."""
+        self._hold_off_until = self._clock.monotonic() + seconds
+        self._hold_off_reason = reason
 
     def _still_owner(self) -> bool:
         """The state now, after an await during which another task (the fence,

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from egressd.adapters import kube
 from egressd.adapters.clock import SystemClock
 from egressd.adapters.kube import KubeLeaseStore, api_client
 from egressd.core.errors import ApiTimeout, ApiUnavailable, LostRace
@@ -93,6 +94,17 @@ async def test_release_clears_holder_and_names_successor(store: KubeLeaseStore) 
     assert freed.transitions == created.transitions
 
 
+async def test_delete_is_conditional_on_the_resource_version(store: KubeLeaseStore) -> None:
+    created = await store.create(fresh("kind-worker3"), deadline=deadline())
+    freed = await store.release(created, successor=None, deadline=deadline())
+    with pytest.raises(LostRace):
+        await store.delete(created, deadline=deadline())  # written since: not deleted
+    assert await store.get(created.name, deadline=deadline()) == freed
+    assert await store.delete(freed, deadline=deadline()) is True
+    assert await store.get(created.name, deadline=deadline()) is None
+    assert await store.delete(freed, deadline=deadline()) is False  # 404: already gone
+
+
 async def test_paused_server_times_out_within_the_deadline(store: KubeLeaseStore, lab: LabApiServer) -> None:
     await store.create(fresh("kind-worker3"), deadline=deadline())
     lab.pause()
@@ -129,6 +141,26 @@ async def test_watch_syncs_then_streams_changes(store: KubeLeaseStore) -> None:
     second = await store.update(fresh("kind-worker4", first), deadline=deadline())
     change = await next_event(events, "upsert")
     assert change.record is not None and change.record.resource_version == second.resource_version
+    await events.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_watch_thread_that_dies_ends_the_watch_with_its_error(
+    store: KubeLeaseStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error the watch loop does not handle must not leave a silent, frozen
+    watch: the stream raises it, so its supervised task ends and is restarted."""
+    first = await store.create(fresh("kind-worker3"), deadline=deadline())
+    events = store.watch()
+    await next_event(events, "sync")
+
+    def poisoned(event: dict[str, object]) -> LeaseEvent:
+        raise OverflowError("int too large to convert to float")
+
+    monkeypatch.setattr(kube, "_to_lease_event", poisoned)
+    await store.update(fresh("kind-worker4", first), deadline=deadline())
+    with pytest.raises(OverflowError):
+        async with asyncio.timeout(5):
+            await events.__anext__()
     await events.aclose()  # type: ignore[attr-defined]
 
 

@@ -116,7 +116,7 @@ async def test_health_fails_when_a_task_died(pair: tuple[FakeLeaseStore, list[Ob
     async def broken() -> None:
         raise RuntimeError("boom")
 
-    node.daemon.supervisor.spawn("probe", broken(), critical=False)
+    node.daemon.supervisor.spawn("probe", broken())
     await asyncio.sleep(0.05)
     status, text = await get(node.server.url + "/healthz")
     assert status == 503 and "task probe died: RuntimeError('boom')" in text

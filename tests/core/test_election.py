@@ -16,7 +16,17 @@ from datetime import UTC, datetime
 
 import pytest
 
-from egressd.core.election import Action, Decision, Me, Observation, decide, rendezvous_rank
+from egressd.core.election import (
+    HOLD_OFF_GROWTH_CAP,
+    Action,
+    Decision,
+    Me,
+    Observation,
+    decide,
+    hold_off,
+    rendezvous_rank,
+    retire,
+)
 from egressd.core.lease import LeaseRecord, held_by, released
 from egressd.core.settings import Timing
 
@@ -349,6 +359,18 @@ def test_a_handoff_release_that_did_not_land_is_retried_not_reacquired() -> None
     assert SECOND in d.detail
 
 
+def test_a_handoff_to_a_node_that_is_not_a_candidate_is_ignored() -> None:
+    """Handing off to a node that can never take the IP would leave it unowned."""
+    me = member(PREFERRED, last_renew=1000.0)
+    record = lease(PREFERRED, incarnation=me.incarnation, preferred="kind-worker9")
+    d = decide(record, seen(record, 1000.0), 1000.1, me, TIMING)
+    assert_decision(d, Action.RENEW, "handoff-target-not-candidate")
+    assert "kind-worker9 is not a candidate" in d.detail
+    # after a step-down, our own lease with that request is simply taken back
+    d = decide(record, seen(record, 1000.0), 1000.1, replace(me, last_renew=None), TIMING)
+    assert_decision(d, Action.ACQUIRE, "reacquire-own-lease")
+
+
 def test_holder_named_as_preferred_holder_just_renews() -> None:
     me = member(PREFERRED, last_renew=1000.0)
     record = lease(PREFERRED, incarnation=me.incarnation, preferred=PREFERRED)
@@ -645,3 +667,74 @@ def test_decide_never_acquires_a_lease_another_holder_has_not_let_expire() -> No
             acquisitions += d.action is Action.ACQUIRE
             sim.carry_out(d)
     assert acquisitions > 500  # the random walk really exercises the acquiring paths
+
+
+# --- hold-off ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        (None, "free"),
+        (lease(None), "free"),
+        (lease(PREFERRED, incarnation="inc-me"), "reacquire-own-lease"),
+        (lease(SECOND, preferred=PREFERRED), "expired"),
+    ],
+)
+def test_a_hold_off_stops_every_acquire_until_it_ends(record: LeaseRecord | None, reason: str) -> None:
+    clock = FakeClock()
+    observed = seen(record, clock.now)
+    clock.advance(TIMING.lease_duration + 0.1)  # past any expiry
+    me = replace(member(PREFERRED), hold_off_until=clock.now + 2.0, hold_off_reason="dataplane-failed")
+    d = decide(record, observed, clock.now, me, TIMING)
+    assert_decision(d, Action.STANDBY, "hold-off")
+    assert d.recheck == pytest.approx(2.0)
+    assert "dataplane-failed" in d.detail and reason in d.detail
+    clock.advance(2.0)
+    assert_decision(decide(record, observed, clock.now, me, TIMING), Action.ACQUIRE, reason)
+
+
+def test_a_hold_off_does_not_stop_a_holder_renewing() -> None:
+    me = replace(member(PREFERRED, last_renew=1000.0), hold_off_until=1010.0)
+    record = lease(PREFERRED, incarnation=me.incarnation)
+    assert_decision(decide(record, seen(record, 1000.0), 1000.1, me, TIMING), Action.RENEW, "renew")
+
+
+def test_the_hold_off_after_failed_takeovers_grows_and_is_capped() -> None:
+    ld = TIMING.lease_duration
+    got = [hold_off("dataplane-failed", n, TIMING) for n in range(1, 9)]
+    assert got == [ld, 2 * ld, 4 * ld, 8 * ld, 16 * ld, 16 * ld, 16 * ld, 16 * ld]
+    assert HOLD_OFF_GROWTH_CAP == 16
+    assert hold_off("identity-clash", 1, TIMING) == 4 * ld
+
+
+# --- claims of IPs no longer configured ---------------------------------------------------
+
+
+def test_retire_deletes_a_free_claim_but_not_one_handed_to_a_node_still_within_the_grace() -> None:
+    me = member(PREFERRED, candidates=())
+    assert_decision(retire(lease(None), seen(lease(None), 1000.0), 1000.0, me, TIMING), Action.DELETE, "free")
+    handed = lease(None, preferred=SECOND)
+    d = retire(handed, seen(handed, 1000.0), 1000.1, me, TIMING)
+    assert_decision(d, Action.STANDBY, "handoff-pending")
+    later = 1000.0 + TIMING.handoff_grace
+    assert_decision(retire(handed, seen(handed, 1000.0), later, me, TIMING), Action.DELETE, "free")
+
+
+def test_retire_leaves_a_live_holders_claim_to_it_until_it_expires() -> None:
+    me = member(PREFERRED, candidates=())
+    held = lease(SECOND)
+    d = retire(held, seen(held, 1000.0), 1000.1, me, TIMING)
+    assert_decision(d, Action.STANDBY, "held-by-other")
+    assert d.recheck == pytest.approx(TIMING.lease_duration - 0.1)
+    expired = 1000.0 + TIMING.lease_duration
+    assert_decision(retire(held, seen(held, 1000.0), expired, me, TIMING), Action.DELETE, "expired")
+
+
+def test_retire_deletes_our_own_unreleased_claim_but_not_another_process_of_our_name() -> None:
+    me = member(PREFERRED, candidates=())
+    ours = lease(PREFERRED, incarnation=me.incarnation)
+    assert_decision(retire(ours, seen(ours, 1000.0), 1000.0, me, TIMING), Action.DELETE, "last-held-by-us")
+    twin = lease(PREFERRED, incarnation="inc-other")
+    assert_decision(retire(twin, seen(twin, 1000.0), 1000.0, me, TIMING), Action.STANDBY, "held-by-other")
+    assert_decision(retire(None, seen(None, 1000.0), 1000.0, me, TIMING), Action.STANDBY, "already-gone")

@@ -159,6 +159,21 @@ class KubeLeaseStore:
     async def release(self, record: LeaseRecord, *, successor: str | None, deadline: float) -> LeaseRecord:
         return await self.update(released(record, successor=successor, now=self._clock.wall()), deadline=deadline)
 
+    async def delete(self, record: LeaseRecord, *, deadline: float) -> bool:
+        if not record.resource_version:
+            raise LeaseError(f"{record.name}: delete needs a resourceVersion")
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "preconditions": {"resourceVersion": record.resource_version},
+        }
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{self._namespace}/leases/{record.name}"
+        try:
+            await self._call("delete", deadline, lambda t: self._send("DELETE", path, body, t))
+        except LeaseNotFound:
+            return False
+        return True
+
     async def list_leases(self, *, deadline: float) -> list[LeaseRecord]:
         records, _ = await self._list(deadline)
         return records
@@ -239,8 +254,7 @@ class KubeLeaseStore:
             with contextlib.suppress(RuntimeError):  # loop closed during shutdown
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        thread = threading.Thread(target=self._watch_thread, args=(emit, stop), name="egressd-lease-watch", daemon=True)
-        thread.start()
+        start_watch_thread("egressd-lease-watch", lambda: self._watch_thread(emit, stop), emit, stop)
         try:
             while True:
                 item = await queue.get()
@@ -310,6 +324,29 @@ class KubeLeaseStore:
         self._watch_up = True
         self._last_ok = self._clock.monotonic()  # an established watch is an API call that worked
         yield from watch_events(resp, stop)
+
+
+def start_watch_thread(
+    name: str, target: Callable[[], None], emit: Callable[[BaseException], None], stop: threading.Event
+) -> None:
+    """Run a watch loop in a daemon thread. If it ends before ``stop`` is set
+    (an exception it does not handle, or a return), the error is sent through
+    ``emit``, so the asyncio side of the watch raises it: the watch's task then
+    ends unexpectedly, which its supervisor reports and restarts. A thread
+    that died silently would leave the view frozen and the daemon "healthy"."""
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:
+            if not stop.is_set():
+                log.error("%s: thread died: %r", name, exc)
+                emit(exc)
+            return
+        if not stop.is_set():
+            emit(EgressdError(f"{name}: thread ended"))
+
+    threading.Thread(target=run, name=name, daemon=True).start()
 
 
 def raw_request(

@@ -20,13 +20,14 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from egressd.adapters.kube import blocking_json, raw_request, translate, watch_events
+from egressd.adapters.kube import blocking_json, raw_request, start_watch_thread, translate, watch_events
 from egressd.core.errors import ApiTimeout, LeaseError, LeaseExpired, LeaseNotFound
 from egressd.core.kube_events import EVENT_NAMESPACE
 from egressd.ports import Clock, ClusterEvent, ClusterResource
@@ -108,9 +109,9 @@ class KubeCluster:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
         for resource in PATHS:
-            threading.Thread(
-                target=self._watch_thread, args=(resource, emit, stop), name=f"egressd-watch-{resource}", daemon=True
-            ).start()
+            start_watch_thread(
+                f"egressd-watch-{resource}", partial(self._watch_thread, resource, emit, stop), emit, stop
+            )
         try:
             while True:
                 item = await queue.get()

@@ -1,0 +1,73 @@
+"""A handoff request naming a node that is not a candidate of the IP is
+ignored by the owner: it keeps serving (on the fake clock)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from ipaddress import ip_address
+
+import pytest
+
+from egressd.adapters.recording import RecordingDataPlane
+from egressd.core.lease import lease_name
+from egressd.core.settings import EgressGroup, NodeSettings, Settings, Timing
+from egressd.runtime.daemon import Daemon
+from egressd.runtime.member import DataPlane
+from tests.fakes import FakeLeaseStore
+from tests.virtual_time import VirtualClock, run_virtual, until
+
+IP = ip_address("172.18.0.42")
+NAME = lease_name(str(IP))
+TIMING = Timing(
+    lease_duration=0.6,
+    renew_deadline=0.25,
+    retry_period=0.05,
+    address_lifetime=1,
+    api_timeout=0.1,
+    non_preferred_delay=0.1,
+    handoff_grace=0.6,
+)
+GROUP = EgressGroup(
+    name="outpost",
+    egress_ips=(IP,),
+    interface="net0",
+    candidates=("gw-a", "gw-b"),
+    source_cidrs=(),
+    destination_cidrs=(),
+)
+
+
+def test_a_handoff_to_a_node_that_is_not_a_candidate_is_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        store = FakeLeaseStore()
+        planes = {name: RecordingDataPlane(name) for name in ("gw-a", "gw-b")}
+        daemons = [
+            Daemon(
+                Settings(node=NodeSettings(name=name, address=ip_address("10.0.0.1")), timing=TIMING, groups=(GROUP,)),
+                store=store,
+                dataplane=DataPlane(plane, plane, plane),
+                clock=VirtualClock(),
+                repair_interval=3600,
+            )
+            for name, plane in planes.items()
+        ]
+        tasks = [asyncio.create_task(d.run(install_signals=False)) for d in daemons]
+        await until(lambda: any(IP in p.snat for p in planes.values()), 2.0)
+        owner = next(name for name, p in planes.items() if IP in p.snat)
+        store.put(replace(store.leases[NAME], preferred_holder="gw-z"))  # `egressd handoff --to gw-z`, say
+        served = []
+        for _ in range(200):  # 2 s, sampled every 10 ms
+            await asyncio.sleep(0.01)
+            served.append(IP in planes[owner].snat)
+        assert all(served), "the owner stopped serving"
+        assert store.leases[NAME].holder == owner
+        assert "release" not in [op["op"] for op in planes[owner].ops]
+        for d in daemons:
+            d.supervisor.request_stop("test")
+        await asyncio.gather(*tasks)
+
+    with caplog.at_level(logging.WARNING):
+        run_virtual(main)
+    assert "decision renew (handoff-target-not-candidate) preferredHolder=gw-z is not a candidate" in caplog.text
