@@ -16,10 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
-
 from egressd import __version__
-from egressd.core.errors import ConfigError, EgressdError, Problem
+from egressd.cli.configfile import read_config
+from egressd.core.errors import ConfigError, EgressdError
 from egressd.core.settings import IPAddress, Settings, expand_env, parse_settings
 
 if TYPE_CHECKING:
@@ -35,17 +34,10 @@ class UsageError(EgressdError):
 
 
 def load_settings(path: str) -> Settings:
-    """Read and validate a config file; ConfigError lists every problem."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([Problem("file", f"cannot read {path}: {exc.strerror or exc}")], path) from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
-        raise ConfigError([Problem("file", f"not valid YAML{at}: {getattr(exc, 'problem', exc)}")], path) from exc
+    """Read and validate a config file; ConfigError lists every problem. The
+    file's rules (UTF-8, YAML 1.2 scalars, no aliases, no duplicate keys,
+    bounded nesting) are :mod:`egressd.cli.configfile`'s."""
+    data = read_config(path)
     data, problems = expand_env(data, os.environ)
     if problems:
         raise ConfigError(problems, path)

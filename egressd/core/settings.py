@@ -604,16 +604,22 @@ _GROUP_KEYS = (
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+ENV_DEPTH_MAX = 64
+"""Deepest nesting :func:`expand_env` walks (egressd's schema needs 6); below
+it a value is left as it is and reported, so no input can exhaust the stack."""
+
+
 def expand_env(data: Any, env: Mapping[str, str], path: str = "") -> tuple[Any, list[Problem]]:
     """Replace ``${NAME}`` in every string of a loaded config by ``env[NAME]``.
 
     For a DaemonSet, one config serves every node: ``node: {name: ${NODE_NAME},
     address: ${NODE_IP}}`` with both set from the downward API. A reference to
     a variable that is not set is a problem naming the field; ``$${`` is not
-    special (write no literal ``${`` in a config)."""
+    special (write no literal ``${`` in a config). Nesting deeper than
+    :data:`ENV_DEPTH_MAX` is a problem too."""
     problems: list[Problem] = []
 
-    def walk(value: Any, where: str) -> Any:
+    def walk(value: Any, where: str, depth: int) -> Any:
         if isinstance(value, str):
 
             def sub(match: re.Match[str]) -> str:
@@ -624,13 +630,16 @@ def expand_env(data: Any, env: Mapping[str, str], path: str = "") -> tuple[Any, 
                 return env[name]
 
             return _ENV_REF.sub(sub, value)
+        if isinstance(value, Mapping | list) and depth >= ENV_DEPTH_MAX:
+            problems.append(Problem(where or "config", f"nested deeper than {ENV_DEPTH_MAX} levels"))
+            return value
         if isinstance(value, Mapping):
-            return {k: walk(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+            return {k: walk(v, f"{where}.{k}" if where else str(k), depth + 1) for k, v in value.items()}
         if isinstance(value, list):
-            return [walk(v, f"{where}[{i}]") for i, v in enumerate(value)]
+            return [walk(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
         return value
 
-    return walk(data, path), problems
+    return walk(data, path, 0), problems
 
 
 def parse_settings(data: Any, source: str = "config") -> Settings:

@@ -11,7 +11,16 @@ import pytest
 import yaml
 
 from egressd.core.errors import ConfigError, Problem
-from egressd.core.settings import EgressGroup, KubeSettings, NodeSettings, Settings, Timing, parse_settings
+from egressd.core.settings import (
+    ENV_DEPTH_MAX,
+    EgressGroup,
+    KubeSettings,
+    NodeSettings,
+    Settings,
+    Timing,
+    expand_env,
+    parse_settings,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "egressd.yaml"
 
@@ -885,3 +894,17 @@ def test_exclude_cordoned_must_be_a_boolean() -> None:
     data = kubernetes_mode()
     data["kubernetes"] = {**data.get("kubernetes", {}), "excludeCordoned": "yes"}
     assert message_of(data, "kubernetes.excludeCordoned") == "must be true or false, got 'yes'"
+
+
+# --- environment references ---------------------------------------------------------
+
+
+def test_expand_env_bounds_its_walk() -> None:
+    deep: Any = "${NODE_NAME}"
+    for _ in range(5000):  # deeper than the interpreter's recursion limit
+        deep = [deep]
+    data, problems = expand_env({"node": deep}, {"NODE_NAME": "gw-a"})
+    assert [str(p) for p in problems] == [f"node{'[0]' * (ENV_DEPTH_MAX - 1)}: nested deeper than 64 levels"]
+    assert data["node"] is not deep  # what lies within the bound is still expanded
+    shallow, none = expand_env({"node": {"name": "${NODE_NAME}"}}, {"NODE_NAME": "gw-a"})
+    assert (shallow, none) == ({"node": {"name": "gw-a"}}, [])
