@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from egressd import __version__
 from egressd.cli.configfile import read_config
+from egressd.cli.filechecks import secret_file_warnings
 from egressd.core.errors import ConfigError, EgressdError
 from egressd.core.settings import IPAddress, Settings, expand_env, parse_settings
 
@@ -137,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         settings = load_settings(args.file)
+        for warning in secret_file_warnings(settings):
+            print(f"egressd: warning: {warning}", file=sys.stderr)
         role = "gateway candidate" if settings.candidate_groups() else "steering only"
         print(f"{args.file}: ok (node {settings.node.name}, {len(settings.groups)} group(s), {role})")
         return 0
@@ -162,6 +165,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
+    for warning in secret_file_warnings(settings):
+        log.warning("%s", warning)
     if args.journal and args.dataplane != "record":
         raise UsageError("--journal needs --dataplane record")
     return asyncio.run(_run_async(settings, args))
