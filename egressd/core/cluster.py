@@ -760,7 +760,12 @@ def policy_status(
     else:
         degraded = ("False", AS_EXPECTED, "not served (see condition Ready)")
 
-    before = {c.get("type"): c for c in (previous or {}).get("conditions") or () if isinstance(c, Mapping)}
+    stored = (previous or {}).get("conditions")  # written by anyone: read defensively
+    before = {
+        c["type"]: c
+        for c in (stored if isinstance(stored, list) else ())
+        if isinstance(c, Mapping) and isinstance(c.get("type"), str)
+    }
     conditions = []
     for kind, (status, reason, message) in (("Ready", ready), ("Degraded", degraded)):
         old = before.get(kind)

@@ -1073,6 +1073,18 @@ def test_status_ignores_malformed_previous_conditions() -> None:
     assert [x["lastTransitionTime"] for x in status["conditions"]] == [NOW2, "t0"]
 
 
+@pytest.mark.parametrize(
+    "previous",
+    [{"conditions": 1}, {"conditions": "Ready"}, {"conditions": [{"type": ["Ready"], "status": "True"}]}],
+    ids=["a-number", "a-string", "an-unhashable-type"],
+)
+def test_status_survives_a_stored_status_of_any_shape(previous: dict[str, Any]) -> None:
+    c = walkthrough()
+    owned = {IP42: lease("172.18.0.42", "kind-worker3"), IP43: lease("172.18.0.43", "kind-worker4")}
+    status = status_of(c, owned, previous, NOW2)
+    assert [x["lastTransitionTime"] for x in status["conditions"]] == [NOW2, NOW2]
+
+
 # --- speed ------------------------------------------------------------------------------
 
 
