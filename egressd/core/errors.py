@@ -31,8 +31,9 @@ MESSAGE_MAX = 400
 """Longest problem message, in characters; longer ones are cut (a 100 kB bad
 value must not be echoed whole into a terminal, a log line or a status)."""
 
-FIELD_MAX = 200
-"""Longest field path (a key can be a bad value too)."""
+FIELD_MAX = 400
+"""Longest field path (a key can be a bad value too). The longest valid one, a
+label key of 317 characters below a policy's selector, fits."""
 
 
 def clip(text: str, limit: int) -> str:
