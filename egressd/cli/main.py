@@ -12,14 +12,15 @@ import ipaddress
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from egressd import __version__
 from egressd.cli.configfile import read_config
 from egressd.cli.filechecks import secret_file_warnings
-from egressd.core.errors import ConfigError, EgressdError
+from egressd.core.addressing import canonical, subnet_edge_problem
+from egressd.core.errors import ConfigError, EgressdError, Problem
 from egressd.core.settings import IPAddress, Settings, expand_env, parse_settings
 
 if TYPE_CHECKING:
@@ -273,6 +274,13 @@ async def _run_dataplane(
             daemon.report_conflict(ip, mac)
 
     addresses = KernelAddresses()
+    interfaces = {g.interface for g in settings.candidate_groups()}
+    problems = egress_ips_on_interfaces(
+        settings, {name: await addresses.interface_addresses(name) for name in sorted(interfaces)}
+    )
+    if problems:
+        await addresses.close()
+        raise ConfigError(problems, f"{args.config} on this node")
     snat = NftablesSnat(fence_ttl=settings.timing.fence_ttl or None)
     announcer = ScapyAnnouncer(on_conflict=on_conflict, guard=lambda ip: any(d.may_announce(ip) for d in daemons))
     steering = PolicySteering()
@@ -299,6 +307,27 @@ async def _run_dataplane(
         await announcer.close()
         await addresses.close()
         await steering.close()
+
+
+def egress_ips_on_interfaces(
+    settings: Settings, found: Mapping[str, Sequence[ipaddress.IPv4Interface | ipaddress.IPv6Interface]]
+) -> list[Problem]:
+    """Static mode, at start: the egress IPs of the groups this node is a
+    candidate of against the addresses its interfaces already have (``found``:
+    interface -> addresses, egressd's own left out). An egress IP must not be
+    one of them, nor the network or broadcast address of their subnets."""
+    problems: list[Problem] = []
+    for gi, group in enumerate(settings.groups):
+        if group not in settings.candidate_groups():
+            continue
+        on_link = found.get(group.interface, ())
+        for ii, ip in enumerate(group.egress_ips):
+            where = f"groups[{gi}].egressIPs[{ii}]"
+            if any(canonical(a.ip) == canonical(ip) for a in on_link):
+                problems.append(Problem(where, f"{ip} is already an address of this node on {group.interface}"))
+            elif (why := subnet_edge_problem(ip, [a.network for a in on_link])) is not None:
+                problems.append(Problem(where, f"{why} on {group.interface}; it cannot be an egress IP"))
+    return problems
 
 
 def _attach_controller(
