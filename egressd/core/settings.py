@@ -40,8 +40,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from egressd.core.addressing import (
-    IPAddress,
-    IPNetwork,
     canonical,
     egress_ip_problem,
     interface_name_problem,
@@ -51,7 +49,8 @@ from egressd.core.addressing import (
 from egressd.core.errors import ConfigError, Problem
 from egressd.core.mqtt_settings import MqttSettings, parse_mqtt
 
-__all__ = ["IPAddress", "IPNetwork"]  # re-exported: the rest of egressd imports them from here
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
