@@ -232,6 +232,10 @@ class Timing:
             if fence_on
             else " (with the address fence alone: the kernel removes an expired address up to ~1 s late)",
         )
+        self._check_lifetime(problems, path)
+        return problems
+
+    def _check_lifetime(self, problems: list[Problem], path: str) -> None:
         lifetime = self.address_lifetime
         if isinstance(lifetime, bool) or not isinstance(lifetime, int):
             problems.append(Problem(f"{path}.addressLifetime", f"must be whole seconds, got {lifetime!r}"))
@@ -251,7 +255,6 @@ class Timing:
                     f"the address only after a successful renew, so a shorter lifetime lapses while it still serves",
                 )
             )
-        return problems
 
     def _check_fence(self, problems: list[Problem], path: str, *, retry_ok: bool) -> None:
         ms = self.fence_ttl * 1000
