@@ -83,3 +83,28 @@ def test_check_config_warns_about_a_world_readable_password_file(tmp_path: Path)
     assert out.returncode == 0, out.stderr
     assert f"egressd: warning: mqtt.passwordFile: {secret} is readable by every user (mode 0644)" in out.stderr
     assert "s3cret" not in out.stderr + out.stdout
+
+
+def test_run_logs_the_warning_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from egressd.cli import main as cli  # noqa: PLC0415
+
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o604)
+    config = tmp_path / "egressd.yaml"
+    config.write_text(
+        EXAMPLE.read_text()
+        + f"mqtt:\n  host: broker.example.net\n  username: egressd\n  passwordFile: {secret}\n  tls: true\n"
+    )
+    started: list[Settings] = []
+
+    async def run_async(settings: Settings, args: object) -> int:
+        started.append(settings)
+        return 0
+
+    monkeypatch.setattr(cli, "_run_async", run_async)
+    assert cli.main(["run", "--config", str(config), "--dataplane", "record"]) == 0
+    assert started, "the daemon still starts"
+    assert f"mqtt.passwordFile: {secret} is readable by every user (mode 0604)" in caplog.text
