@@ -91,6 +91,13 @@ class KernelAddresses:
 
     # -- beyond the port --------------------------------------------------
 
+    async def interface_addresses(self, interface: str) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+        """The addresses (with their prefix) on ``interface`` that are not
+        egressd's own, empty if there is no such link: the node's addresses
+        there, whose subnets tell the network and broadcast addresses no egress
+        IP may be."""
+        return await self._call(self._interface_addresses, interface)
+
     async def lifetimes(self) -> dict[tuple[IPAddress, str], int]:
         """Remaining ``valid_lft`` (seconds, as the kernel reports it) of egressd's addresses."""
         return {(ip, ifname): valid for ip, ifname, valid in await self._call(self._owned)}
@@ -175,6 +182,22 @@ class KernelAddresses:
                 return
             raise DataPlaneError(f"release {ip} on {interface} failed: {exc}") from exc
         log.info("released %s on %s", ip, interface)
+
+    def _interface_addresses(self, interface: str) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
+        try:
+            sock = self._sock()
+            found = sock.link_lookup(ifname=interface)
+            if not found:
+                return []
+            out: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = []
+            for msg in sock.get_addr(index=int(found[0])):
+                raw = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
+                if raw is None or msg.get("IFA_PROTO") == self._proto:
+                    continue
+                out.append(ipaddress.ip_interface(f"{raw}/{int(msg['prefixlen'])}"))
+            return out
+        except NetlinkError as exc:
+            raise DataPlaneError(f"interface {interface}: listing addresses failed: {exc}") from exc
 
     def _owned(self) -> list[tuple[IPAddress, str, int]]:
         try:

@@ -12,13 +12,14 @@ import ipaddress
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
-
 from egressd import __version__
+from egressd.cli.configfile import read_config
+from egressd.cli.filechecks import secret_file_warnings
+from egressd.core.addressing import canonical, subnet_edge_problem
 from egressd.core.errors import ConfigError, EgressdError, Problem
 from egressd.core.settings import IPAddress, Settings, expand_env, parse_settings
 
@@ -35,17 +36,10 @@ class UsageError(EgressdError):
 
 
 def load_settings(path: str) -> Settings:
-    """Read and validate a config file; ConfigError lists every problem."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([Problem("file", f"cannot read {path}: {exc.strerror or exc}")], path) from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
-        raise ConfigError([Problem("file", f"not valid YAML{at}: {getattr(exc, 'problem', exc)}")], path) from exc
+    """Read and validate a config file; ConfigError lists every problem. The
+    file's rules (UTF-8, YAML 1.2 scalars, no aliases, no duplicate keys,
+    bounded nesting) are :mod:`egressd.cli.configfile`'s."""
+    data = read_config(path)
     data, problems = expand_env(data, os.environ)
     if problems:
         raise ConfigError(problems, path)
@@ -154,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         settings = load_settings(args.file)
+        for warning in secret_file_warnings(settings):
+            print(f"egressd: warning: {warning}", file=sys.stderr)
         role = "gateway candidate" if settings.candidate_groups() else "steering only"
         print(f"{args.file}: ok (node {settings.node.name}, {len(settings.groups)} group(s), {role})")
         return 0
@@ -179,6 +175,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
+    for warning in secret_file_warnings(settings):
+        log.warning("%s", warning)
     if args.journal and args.dataplane != "record":
         raise UsageError("--journal needs --dataplane record")
     return asyncio.run(_run_async(settings, args))
@@ -285,6 +283,13 @@ async def _run_dataplane(
             daemon.report_conflict(ip, mac)
 
     addresses = KernelAddresses()
+    interfaces = {g.interface for g in settings.candidate_groups()}
+    problems = egress_ips_on_interfaces(
+        settings, {name: await addresses.interface_addresses(name) for name in sorted(interfaces)}
+    )
+    if problems:
+        await addresses.close()
+        raise ConfigError(problems, f"{args.config} on this node")
     snat = NftablesSnat(fence_ttl=settings.timing.fence_ttl or None)
     announcer = ScapyAnnouncer(on_conflict=on_conflict, guard=lambda ip: any(d.may_announce(ip) for d in daemons))
     steering = PolicySteering()
@@ -311,6 +316,27 @@ async def _run_dataplane(
         await announcer.close()
         await addresses.close()
         await steering.close()
+
+
+def egress_ips_on_interfaces(
+    settings: Settings, found: Mapping[str, Sequence[ipaddress.IPv4Interface | ipaddress.IPv6Interface]]
+) -> list[Problem]:
+    """Static mode, at start: the egress IPs of the groups this node is a
+    candidate of against the addresses its interfaces already have (``found``:
+    interface -> addresses, egressd's own left out). An egress IP must not be
+    one of them, nor the network or broadcast address of their subnets."""
+    problems: list[Problem] = []
+    for gi, group in enumerate(settings.groups):
+        if group not in settings.candidate_groups():
+            continue
+        on_link = found.get(group.interface, ())
+        for ii, ip in enumerate(group.egress_ips):
+            where = f"groups[{gi}].egressIPs[{ii}]"
+            if any(canonical(a.ip) == canonical(ip) for a in on_link):
+                problems.append(Problem(where, f"{ip} is already an address of this node on {group.interface}"))
+            elif (why := subnet_edge_problem(ip, [a.network for a in on_link])) is not None:
+                problems.append(Problem(where, f"{why} on {group.interface}; it cannot be an egress IP"))
+    return problems
 
 
 def _attach_controller(

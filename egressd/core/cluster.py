@@ -11,7 +11,10 @@ egressd-relevant change.
 :func:`resolve` turns the index into what the rest of egressd consumes, the
 same on every node given the same inputs:
 
-1. Invalid policies get the outcome ``Invalid`` and are not served.
+1. Invalid policies get the outcome ``Invalid`` and are not served; so does a
+   valid policy with an egress IP that is the address of a Node (any
+   InternalIP or ExternalIP) or of a Pod: a gateway would take that address
+   from its owner. The reason names the IP and the object.
 2. Policies claim their egress IPs oldest first, by (creationTimestamp, name).
    A policy with an egress IP an older one claimed gets ``EgressIPConflict``
    and is not served at all; the older one keeps its IPs.
@@ -37,6 +40,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from egressd.core.addressing import canonical
 from egressd.core.errors import ConfigError
 from egressd.core.lease import LeaseRecord, format_microtime
 from egressd.core.policy import Policy, parse_policy, policy_name, problems_text
@@ -97,6 +101,9 @@ class NodeInfo:
     be a gateway (steering nodes route to this address)."""
     unschedulable: bool = False
     """``spec.unschedulable`` (cordoned)."""
+    addresses: tuple[IPAddress, ...] = ()
+    """Every ``InternalIP`` and ``ExternalIP`` of ``status.addresses``: none of
+    them may be an egress IP."""
 
 
 def parse_pod(obj: Mapping[str, Any]) -> PodInfo | None:
@@ -140,18 +147,24 @@ def parse_node(obj: Mapping[str, Any]) -> NodeInfo:
     spec = _mapping(obj.get("spec"))
     status = _mapping(obj.get("status"))
     address: IPAddress | None = None
+    owned: list[IPAddress] = []
     addresses = status.get("addresses")
     for item in addresses if isinstance(addresses, list) else ():
-        if isinstance(item, Mapping) and item.get("type") == "InternalIP":
-            address = _ip(item.get("address"))
-            if address is not None:
-                break
+        if not isinstance(item, Mapping) or item.get("type") not in ("InternalIP", "ExternalIP"):
+            continue
+        parsed = _ip(item.get("address"))
+        if parsed is None:
+            continue
+        owned.append(parsed)
+        if address is None and item.get("type") == "InternalIP":
+            address = parsed
     name = meta.get("name")
     return NodeInfo(
         name=name if isinstance(name, str) else "",
         labels=_labels(meta),
         address=address,
         unschedulable=spec.get("unschedulable") is True,
+        addresses=tuple(dict.fromkeys(owned)),
     )
 
 
@@ -234,6 +247,9 @@ class Cluster:
         """Per family: pod -> (sort key, host network of its address)."""
         self._addresses: dict[int, dict[PodKey, tuple[IPAddress, str]]] = {4: {}, 6: {}}
         """Per family: pod -> (its address, its node)."""
+        self._pods_by_ip: dict[IPAddress, set[PodKey]] = {}
+        """Every address of every pod (IPv4-mapped ones as IPv4) -> the pods
+        that have it: an egress IP must not be one."""
 
     # -- events ---------------------------------------------------------------
 
@@ -365,6 +381,8 @@ class Cluster:
         for label, value in pod.labels.items():
             self._by_key.setdefault(label, set()).add(key)
             self._by_label.setdefault((label, value), set()).add(key)
+        for ip in pod.ips:
+            self._pods_by_ip.setdefault(canonical(ip), set()).add(key)
         for ip in pod.ips:  # Kubernetes gives a pod at most one address per family
             if key not in self._hosts[ip.version]:
                 self._hosts[ip.version][key] = (_order(ip), _host(ip))
@@ -374,6 +392,8 @@ class Cluster:
     def _remove_pod(self, key: PodKey) -> None:
         pod = self.pods.pop(key)
         _discard(self._by_namespace, pod.namespace, key)
+        for ip in pod.ips:
+            _discard(self._pods_by_ip, canonical(ip), key)
         for label, value in pod.labels.items():
             _discard(self._by_key, label, key)
             _discard(self._by_label, (label, value), key)
@@ -491,10 +511,29 @@ def resolve(cluster: Cluster, *, exclude_cordoned: bool = False) -> Resolution:
             name, False, INVALID, problems_text(error.problems), generation=cluster.generations.get(name, 0)
         )
 
-    # 2. Egress IPs go to the oldest policy that lists them.
+    # 1b. An egress IP must not be a node's or a pod's address.
+    node_ips: dict[IPAddress, list[str]] = {}
+    for node in cluster.nodes.values():
+        for address in node.addresses:
+            node_ips.setdefault(canonical(address), []).append(node.name)
     served: list[Policy] = []
     claimed: dict[IPAddress, str] = {}
     for policy in sorted(cluster.policies.values(), key=lambda p: p.age_order):
+        in_use = [
+            f"egress IP {ip} is the address of {owner}"
+            for ip in policy.egress_ips
+            if (owner := _owner_of(cluster, node_ips, ip)) is not None
+        ]
+        if in_use:
+            outcomes[policy.name] = PolicyOutcome(
+                policy.name,
+                False,
+                INVALID,
+                "; ".join(in_use) + "; an egress IP must not belong to a node or a pod; this policy is not served",
+                generation=policy.generation,
+            )
+            continue
+        # 2. Egress IPs go to the oldest policy that lists them.
         clashes = [(ip, claimed[ip]) for ip in policy.egress_ips if ip in claimed]
         if clashes:
             if len(clashes) == 1:
@@ -591,6 +630,15 @@ def resolve(cluster: Cluster, *, exclude_cordoned: bool = False) -> Resolution:
     for family, members in steered.items():
         pod_nodes.update(map(cluster._addresses[family].__getitem__, members))
     return Resolution(groups=tuple(groups), outcomes=outcomes, pod_nodes=pod_nodes)
+
+
+def _owner_of(cluster: Cluster, node_ips: Mapping[IPAddress, list[str]], ip: IPAddress) -> str | None:
+    """What ``ip`` is the address of (``node kind-worker3``, ``pod default/xwing``),
+    or None."""
+    key = canonical(ip)
+    owners = [f"node {name}" for name in sorted(node_ips.get(key, ()))]
+    owners += [f"pod {ns}/{name}" for ns, name in sorted(cluster._pods_by_ip.get(key, ()))]
+    return _list(owners) if owners else None
 
 
 def _served_outcome(
@@ -712,7 +760,12 @@ def policy_status(
     else:
         degraded = ("False", AS_EXPECTED, "not served (see condition Ready)")
 
-    before = {c.get("type"): c for c in (previous or {}).get("conditions") or () if isinstance(c, Mapping)}
+    stored = (previous or {}).get("conditions")  # written by anyone: read defensively
+    before = {
+        c["type"]: c
+        for c in (stored if isinstance(stored, list) else ())
+        if isinstance(c, Mapping) and isinstance(c.get("type"), str)
+    }
     conditions = []
     for kind, (status, reason, message) in (("Ready", ready), ("Degraded", degraded)):
         old = before.get(kind)

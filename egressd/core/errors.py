@@ -27,12 +27,34 @@ class EgressdError(Exception):
     """Base of every error egressd raises on purpose."""
 
 
+MESSAGE_MAX = 400
+"""Longest problem message, in characters; longer ones are cut (a 100 kB bad
+value must not be echoed whole into a terminal, a log line or a status)."""
+
+FIELD_MAX = 400
+"""Longest field path (a key can be a bad value too). The longest valid one, a
+label key of 317 characters below a policy's selector, fits."""
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with an input, located by a dotted field path."""
+    """One thing wrong with an input, located by a dotted field path. Both are
+    clipped (:data:`MESSAGE_MAX`, :data:`FIELD_MAX`) where they are made, so
+    no message built from a value can grow with it."""
 
     field: str
     message: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "field", clip(self.field, FIELD_MAX))
+        object.__setattr__(self, "message", clip(self.message, MESSAGE_MAX))
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}"

@@ -16,7 +16,11 @@ section is optional; absent (or ``null``) means no MQTT::
         caFile: /etc/egressd/mqtt-ca.pem
 
 Passwords are only read from a file (``passwordFile``), never written in the
-config, so they stay out of ConfigMaps, logs and ``ps``.
+config, so they stay out of ConfigMaps, logs and ``ps``; and they are only
+sent over TLS, unless ``allowInsecurePassword: true`` says, in the config,
+that the link to the broker is trusted (a broker on the same host, a lab).
+Whether the password file is readable by others is checked where files are
+read (the command line), not here.
 
 Pure: file paths are checked for shape here, for existence by the adapter
 when it connects (and a missing file is a connection error it logs and retries).
@@ -101,6 +105,12 @@ class MqttSettings:
     tls: MqttTls | None = None
     """TLS settings; None means plain TCP."""
 
+    allow_insecure_password: bool = False
+    """Send ``username``/``passwordFile`` credentials over plain TCP. Off by
+    default: without TLS anyone on the path reads the password (MQTT's
+    CONNECT carries it in clear text), so a password without ``tls`` is
+    refused unless this says the link is trusted, e.g. a broker on loopback."""
+
     keepalive: int = 10
     """MQTT keepalive, whole seconds (1-65535). The broker publishes this
     node's last will (offline) about 1.5 keepalives after it last heard from
@@ -137,6 +147,7 @@ _KEYS = (
     "username",
     "passwordFile",
     "tls",
+    "allowInsecurePassword",
     "keepalive",
     "qos",
     "queueSize",
@@ -195,6 +206,17 @@ def parse_mqtt(data: Any, path: str = "mqtt") -> tuple[MqttSettings | None, list
     if password_file is not None and username is None:
         problem("passwordFile", "needs username (MQTT sends a password only with a user name)")
 
+    allow_insecure = data.get("allowInsecurePassword", False)
+    if not isinstance(allow_insecure, bool):
+        problem("allowInsecurePassword", f"must be true or false, got {allow_insecure!r}")
+        allow_insecure = False
+    if password_file is not None and data.get("tls") in (None, False) and not allow_insecure:
+        problem(
+            "passwordFile",
+            "a password without tls crosses the network in clear text; set tls, or allowInsecurePassword: true "
+            "if the link to the broker is trusted (a broker on this host, a lab)",
+        )
+
     keepalive = _integer(data.get("keepalive"), "keepalive", problem, 10, low=1, high=65535)
     qos = _integer(data.get("qos"), "qos", problem, 1, low=0, high=2)
     queue_size = _integer(data.get("queueSize"), "queueSize", problem, 1000, low=1, high=None)
@@ -213,6 +235,7 @@ def parse_mqtt(data: Any, path: str = "mqtt") -> tuple[MqttSettings | None, list
             username=username,
             password_file=password_file,
             tls=tls,
+            allow_insecure_password=allow_insecure,
             keepalive=keepalive,
             qos=qos,
             queue_size=queue_size,

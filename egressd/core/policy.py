@@ -28,10 +28,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from egressd.core.addressing import canonical, egress_ip_problem, subnet_edge_problem
 from egressd.core.errors import ConfigError, Problem
 from egressd.core.selector import DNS_SUBDOMAIN, LabelSelector, parse_selector
 from egressd.core.settings import (
-    _IFNAME,
     EgressGroup,
     IPAddress,
     IPNetwork,
@@ -159,23 +159,20 @@ def parse_policy(obj: Mapping[str, Any]) -> Policy:
     r.problems.extend(problems)
     if has_gateway and gateway.get("nodeSelector") is None:
         r.problem(f"{gw_path}.nodeSelector", "is required ({} selects every node)")
-    interface = r.string(gateway.get("interface"), f"{gw_path}.interface", required=has_gateway) or ""
-    if interface and not _IFNAME.match(interface):
-        r.problem(
-            f"{gw_path}.interface",
-            f"is not a valid interface name (max 15 chars, no '/', ':' or spaces): {interface!r}",
-        )
-    egress_ips = _egress_ips(r, gateway.get("egressIPs"), f"{gw_path}.egressIPs", required=has_gateway)
+    interface = r.interface(gateway.get("interface"), f"{gw_path}.interface", required=has_gateway)
+    egress_ips = _egress_ips(
+        r, gateway.get("egressIPs"), f"{gw_path}.egressIPs", (*destinations, *excluded), required=has_gateway
+    )
 
-    if not r.problems:
-        draft = EgressGroup(
-            name=name,
-            egress_ips=egress_ips,
-            interface=interface,
-            destination_cidrs=destinations,
-            excluded_cidrs=excluded,
-        )
-        _check_networks(r, "spec", draft)
+    # relations between fields, on whatever parsed: every problem in one report
+    draft = EgressGroup(
+        name=name,
+        egress_ips=egress_ips,
+        interface=interface,
+        destination_cidrs=destinations,
+        excluded_cidrs=excluded,
+    )
+    _check_networks(r, "spec", draft)
     if r.problems:
         raise ConfigError(r.problems, f"{KIND} {name or '<unnamed>'}")
     assert node_selector is not None
@@ -210,19 +207,27 @@ def _selectors(r: _Reader, value: Any) -> tuple[PolicySelector, ...]:
     return tuple(out)
 
 
-def _egress_ips(r: _Reader, value: Any, path: str, *, required: bool) -> tuple[IPAddress, ...]:
+def _egress_ips(
+    r: _Reader, value: Any, path: str, networks: Sequence[IPNetwork], *, required: bool
+) -> tuple[IPAddress, ...]:
     seen: dict[IPAddress, str] = {}
+    out: list[IPAddress] = []
     for where, item in r.items(value, path, required=required):
         ip = r.ip(item, where)
         if ip is None:
             continue
-        if ip in seen:
-            r.problem(where, f"{ip} is listed twice (also at {seen[ip]})")
+        key = canonical(ip)
+        if key in seen:
+            twin = "" if key == ip else f" (the IPv4-mapped form of {key})"
+            r.problem(where, f"{ip}{twin} is listed twice (also at {seen[key]})")
             continue
-        if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
-            r.problem(where, f"{ip} cannot be an egress IP (unspecified, multicast or loopback)")
-        seen[ip] = where
-    return tuple(seen)
+        if (why := egress_ip_problem(ip)) is not None:
+            r.problem(where, why)
+        elif (why := subnet_edge_problem(ip, networks)) is not None:
+            r.problem(where, f"{why}; it cannot be an egress IP")
+        seen[key] = where
+        out.append(ip)
+    return tuple(out)
 
 
 def _text(value: Any) -> str:

@@ -39,6 +39,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from egressd.core.addressing import (
+    canonical,
+    egress_ip_problem,
+    interface_name_problem,
+    node_address_problem,
+    subnet_edge_problem,
+)
 from egressd.core.errors import ConfigError, Problem
 from egressd.core.mqtt_settings import MqttSettings, parse_mqtt
 
@@ -49,43 +56,89 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-_IFNAME = re.compile(r"^[^/\s:]{1,15}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+
+
+DURATION_MAX = 300.0
+"""Upper bound of every duration below, in seconds. A standby waits
+``leaseDuration`` after an owner's death before it takes the IP over; past five
+minutes that is no longer high availability, and a typo (``1e12``) must not
+pass. 300 also fits the Lease's int32 ``leaseDurationSeconds`` many times over."""
+
+ADDRESS_LIFETIME_MAX = 2**32 - 2
+"""Largest ``addressLifetime``: the kernel's ``valid_lft`` is an unsigned
+32-bit number of seconds and ``2**32 - 1`` means "forever" (no fence at all)."""
+
+RETRY_PERIOD_MIN = 0.01
+"""Smallest ``retryPeriod``: each attempt is an API request; more than 100
+per second per IP floods the API server, and the event loop's timers are not
+that precise."""
+
+API_TIMEOUT_MIN = 0.01
+"""Smallest ``apiTimeout``: one API call is a TCP (and TLS) round trip plus the
+server's write; below 10 ms every call to a real server would time out."""
+
+RENEW_DEADLINE_MIN = 0.05
+"""Smallest ``renewDeadline``: the owner must get a renew through, with a
+retry (T2), inside it."""
+
+FENCE_TTL_MIN = 0.001
+"""Smallest non-zero ``fenceTtl``: nftables set timeouts are whole milliseconds."""
+
+FENCE_SLACK_MIN = 0.01
+"""Smallest ``fenceSlack`` with the nftables fence on: the kernel drops a
+timed-out element up to 6 ms late (measured, docs/kernel-fences.md)."""
+
+KERNEL_SLACK_MIN = 1.0
+"""Smallest ``kernelSlack`` with the address fence alone: the kernel's address
+expiry worker runs on whole-second boundaries, so it removes an expired
+address up to about 1 s late (measured 0.95 s, docs/kernel-fences.md)."""
 
 
 @dataclass(frozen=True)
 class Timing:
-    """How fast egressd elects, renews and fences. All values in seconds."""
+    """How fast egressd elects, renews and fences. All values in seconds.
+
+    Every field has bounds (below, and in :meth:`bounds`); the constructor
+    raises :class:`ConfigError` naming each field out of them, so no code
+    path, config or test, can build a Timing the runtime cannot honour. The
+    inequalities of the safety argument, (T1) to (T3), are :meth:`check`'s."""
 
     lease_duration: float = 2.5
     """How long a standby waits, from its own observation of the last lease
     change, before it may take an IP over. Failover after node loss takes about
     this long. 2.5 s is the smallest value that satisfies (T1) for the defaults
-    below with room to spare."""
+    below with room to spare. At most :data:`DURATION_MAX`; at least what (T1)
+    needs."""
 
     renew_deadline: float = 0.8
     """The owner withdraws the IP (daemon fence) when its last successful renew
     is older than this. 0.8 s still allows three renew attempts at the default
     retry period before stepping down, and leaves room in (T1) for a fence that
-    outlasts a crashed daemon's restart (see ``fence_ttl``)."""
+    outlasts a crashed daemon's restart (see ``fence_ttl``). At least
+    :data:`RENEW_DEADLINE_MIN`, at most :data:`DURATION_MAX`."""
 
     retry_period: float = 0.25
     """Interval between renew attempts, and between acquire attempts of a
     standby that is not woken by a watch event. 0.25 s keeps API load to four
-    writes per second per IP."""
+    writes per second per IP. At least :data:`RETRY_PERIOD_MIN`, at most
+    :data:`DURATION_MAX`."""
 
     address_lifetime: int = 1
     """``valid_lft``/``preferred_lft`` of the egress IP, whole seconds (the
     kernel's granularity). The owner refreshes it after every successful renew;
     a frozen or crashed daemon loses the address this long after its last
-    refresh (kernel fence). 1 s is the kernel's minimum."""
+    refresh (kernel fence). 1 s is the kernel's minimum. Longer than
+    ``renew_deadline`` (the owner may go that long between refreshes while it
+    still serves), at most :data:`ADDRESS_LIFETIME_MAX`."""
 
     kernel_slack: float = 1.2
     """How late after ``valid_lft`` the kernel really removes an expired
     address. The IPv4 expiry worker is scheduled on whole-second boundaries,
     so the analytical bound is about 1 s; measured here up to 0.95 s over 120
     trials (docs/kernel-fences.md), so 1.2 s leaves room. Used in (T1) when
-    the nftables fence is off."""
+    the nftables fence is off, and then at least :data:`KERNEL_SLACK_MIN`;
+    at most :data:`DURATION_MAX`."""
 
     fence_ttl: float = 1.5
     """Timeout of the nftables fence element of an owned IP (milliseconds
@@ -96,56 +149,142 @@ class Timing:
     its IPs and re-arm the fence before it times out (0.7 to 1.2 s from kill
     to adoption in the lab, the fence armed up to a retry period before the
     kill), while (T1) still holds: 0.8 + 1.5 + 0.05 + 0.1 = 2.45 < 2.5.
-    0 turns this fence off."""
+    0 turns this fence off. Otherwise whole milliseconds, at least
+    :data:`FENCE_TTL_MIN` and ``retry_period`` (a shorter fence lapses between
+    two renews of a healthy owner), at most :data:`DURATION_MAX`."""
 
     fence_slack: float = 0.05
     """How late the kernel drops a timed-out nftables set element (measured
-    0 to 6 ms, docs/kernel-fences.md), with room to spare."""
+    0 to 6 ms, docs/kernel-fences.md), with room to spare. With the fence on,
+    at least :data:`FENCE_SLACK_MIN`; at most :data:`DURATION_MAX`."""
 
     safety_margin: float = 0.1
-    """Extra room in (T1) for scheduling delays and clock rate differences."""
+    """Extra room in (T1) for scheduling delays and clock rate differences.
+    0 to :data:`DURATION_MAX`."""
 
     api_timeout: float = 0.5
     """Timeout of one API call (connect plus response). Below the renew
-    deadline (T3), so a timed-out call still leaves time for a retry."""
+    deadline (T3), so a timed-out call still leaves time for a retry. At least
+    :data:`API_TIMEOUT_MIN`."""
 
     non_preferred_delay: float = 0.5
     """Extra wait before a candidate that is not the rendezvous-preferred node
     takes a free or expired lease, so the preferred node usually wins and IPs
     spread evenly. Two retry periods: long enough for the preferred node's
-    watch event and write, short enough not to matter after node loss."""
+    watch event and write, short enough not to matter after node loss.
+    0 to :data:`DURATION_MAX`."""
 
     handoff_grace: float = 2.5
     """How long other candidates leave a lease released to a named successor
     (``egressd handoff IP --to NODE``) for that successor before taking it
     themselves. One lease duration: if the successor is dead, the IP moves as
-    after node loss."""
+    after node loss. 0 to :data:`DURATION_MAX`."""
 
-    def check(self, path: str = "timing") -> list[Problem]:
-        """The inequalities of the safety argument, each problem naming which."""
+    def __post_init__(self) -> None:
+        problems = self.bounds()
+        if problems:
+            raise ConfigError(problems, "Timing")
+
+    def bounds(self, path: str = "timing") -> list[Problem]:
+        """Every field within its own bounds (see the field docs), each
+        problem naming the field, the bound and why."""
         problems: list[Problem] = []
+
+        def within(name: str, value: object, low: float, high: float, why: str = "") -> bool:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                problems.append(Problem(f"{path}.{name}", f"must be a number of seconds, got {value!r}"))
+                return False
+            if not low <= value <= high:
+                problems.append(Problem(f"{path}.{name}", f"must be {low:g} to {high:g} s{why}, got {value:g}"))
+                return False
+            return True
+
+        within(
+            "leaseDuration", self.lease_duration, 0.001, DURATION_MAX, " (a standby waits this long after a failure)"
+        )
+        within("renewDeadline", self.renew_deadline, RENEW_DEADLINE_MIN, DURATION_MAX, " (a renew must fit inside)")
+        retry_ok = within(
+            "retryPeriod", self.retry_period, RETRY_PERIOD_MIN, DURATION_MAX, " (each attempt is an API request)"
+        )
+        within("apiTimeout", self.api_timeout, API_TIMEOUT_MIN, DURATION_MAX, " (one API round trip must fit inside)")
         for name, value in (
-            ("leaseDuration", self.lease_duration),
-            ("renewDeadline", self.renew_deadline),
-            ("retryPeriod", self.retry_period),
-            ("apiTimeout", self.api_timeout),
-        ):
-            if not value > 0:
-                problems.append(Problem(f"{path}.{name}", f"must be positive, got {value}"))
-        if self.address_lifetime < 1:
-            problems.append(
-                Problem(f"{path}.addressLifetime", "must be at least 1 (whole seconds, the kernel's granularity)")
-            )
-        for name, value in (
-            ("kernelSlack", self.kernel_slack),
-            ("fenceTtl", self.fence_ttl),
-            ("fenceSlack", self.fence_slack),
             ("safetyMargin", self.safety_margin),
             ("nonPreferredDelay", self.non_preferred_delay),
             ("handoffGrace", self.handoff_grace),
         ):
-            if value < 0:
-                problems.append(Problem(f"{path}.{name}", f"must not be negative, got {value}"))
+            within(name, value, 0, DURATION_MAX)
+        fence_on = isinstance(self.fence_ttl, int | float) and self.fence_ttl != 0
+        if within("fenceTtl", self.fence_ttl, 0, DURATION_MAX, " (0 turns the nftables fence off)") and fence_on:
+            self._check_fence(problems, path, retry_ok=retry_ok)
+        within(
+            "fenceSlack",
+            self.fence_slack,
+            FENCE_SLACK_MIN if fence_on else 0,
+            DURATION_MAX,
+            " (with the nftables fence on: the kernel drops a timed-out element up to 6 ms late)" if fence_on else "",
+        )
+        within(
+            "kernelSlack",
+            self.kernel_slack,
+            0 if fence_on else KERNEL_SLACK_MIN,
+            DURATION_MAX,
+            ""
+            if fence_on
+            else " (with the address fence alone: the kernel removes an expired address up to ~1 s late)",
+        )
+        self._check_lifetime(problems, path)
+        return problems
+
+    def _check_lifetime(self, problems: list[Problem], path: str) -> None:
+        lifetime = self.address_lifetime
+        if isinstance(lifetime, bool) or not isinstance(lifetime, int):
+            problems.append(Problem(f"{path}.addressLifetime", f"must be whole seconds, got {lifetime!r}"))
+        elif not 1 <= lifetime <= ADDRESS_LIFETIME_MAX:
+            problems.append(
+                Problem(
+                    f"{path}.addressLifetime",
+                    f"must be 1 to {ADDRESS_LIFETIME_MAX} whole seconds (the kernel's valid_lft is 32 bits and "
+                    f"{ADDRESS_LIFETIME_MAX + 1} means forever), got {lifetime}",
+                )
+            )
+        elif isinstance(self.renew_deadline, int | float) and not lifetime > self.renew_deadline:
+            problems.append(
+                Problem(
+                    f"{path}.addressLifetime",
+                    f"must be longer than renewDeadline ({lifetime} <= {self.renew_deadline:g}): the owner refreshes "
+                    f"the address only after a successful renew, so a shorter lifetime lapses while it still serves",
+                )
+            )
+
+    def _check_fence(self, problems: list[Problem], path: str, *, retry_ok: bool) -> None:
+        ms = self.fence_ttl * 1000
+        if self.fence_ttl < FENCE_TTL_MIN:
+            problems.append(
+                Problem(
+                    f"{path}.fenceTtl",
+                    f"must be 0 (off) or at least 1 ms (nftables timeouts are whole milliseconds), "
+                    f"got {self.fence_ttl:g}",
+                )
+            )
+        elif abs(ms - round(ms)) > 1e-6:
+            problems.append(
+                Problem(
+                    f"{path}.fenceTtl", f"must be whole milliseconds (nftables timeouts are), got {self.fence_ttl:g}"
+                )
+            )
+        elif retry_ok and self.fence_ttl < self.retry_period:
+            problems.append(
+                Problem(
+                    f"{path}.fenceTtl",
+                    f"must be at least retryPeriod ({self.fence_ttl:g} < {self.retry_period:g}): the owner re-arms "
+                    f"the fence after each renew, so a shorter one lapses between renews",
+                )
+            )
+
+    def check(self, path: str = "timing") -> list[Problem]:
+        """The bounds of every field, then the inequalities of the safety
+        argument, each problem naming which."""
+        problems = self.bounds(path)
         if problems:
             return problems
         if self.fence_ttl > 0:
@@ -355,24 +494,40 @@ class _Reader:
         return value
 
     def duration(self, value: Any, path: str, default: float) -> float:
+        """Seconds from a number or a string with a unit; always finite (a
+        value out of range is a problem and gives ``default``)."""
         if value is None:
             return default
+        seconds: float | None = None
         if isinstance(value, bool):
             self.problem(path, f"must be a duration, got {value!r}")
             return default
         if isinstance(value, int | float):
-            if not math.isfinite(value):
-                self.problem(path, f"must be finite, got {value!r}")
-                return default
-            return float(value)
-        if isinstance(value, str):
-            m = _DURATION.match(value)
-            if m:
-                number = float(m.group(1))
-                unit = m.group(2) or "s"
-                return number * {"ms": 0.001, "s": 1.0, "m": 60.0}[unit]
-        self.problem(path, f"must be seconds or a string like '250ms', '2.5s', got {value!r}")
-        return default
+            try:
+                seconds = float(value)
+            except OverflowError:
+                seconds = math.inf
+        elif isinstance(value, str) and (m := _DURATION.match(value)):
+            seconds = float(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[m.group(2) or "s"]
+        if seconds is None:
+            self.problem(path, f"must be seconds or a string like '250ms', '2.5s', got {value!r}")
+            return default
+        if not math.isfinite(seconds):
+            self.problem(path, f"must be finite, got {value!r}")
+            return default
+        return seconds
+
+    def clean(self, path: str) -> bool:
+        """Whether no problem was found at ``path`` or below it."""
+        return not any(p.field == path or p.field.startswith((f"{path}.", f"{path}[")) for p in self.problems)
+
+    def interface(self, value: Any, path: str, *, required: bool) -> str:
+        """An interface name the kernel and nftables accept (``""`` if absent or bad)."""
+        name = self.string(value, path, required=required) or ""
+        if name and (why := interface_name_problem(name)) is not None:
+            self.problem(path, f"is not a valid interface name ({why}): {name!r}")
+            return ""
+        return name
 
     def ip(self, value: Any, path: str) -> IPAddress | None:
         try:
@@ -451,16 +606,22 @@ _GROUP_KEYS = (
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+ENV_DEPTH_MAX = 64
+"""Deepest nesting :func:`expand_env` walks (egressd's schema needs 6); below
+it a value is left as it is and reported, so no input can exhaust the stack."""
+
+
 def expand_env(data: Any, env: Mapping[str, str], path: str = "") -> tuple[Any, list[Problem]]:
     """Replace ``${NAME}`` in every string of a loaded config by ``env[NAME]``.
 
     For a DaemonSet, one config serves every node: ``node: {name: ${NODE_NAME},
     address: ${NODE_IP}}`` with both set from the downward API. A reference to
     a variable that is not set is a problem naming the field; ``$${`` is not
-    special (write no literal ``${`` in a config)."""
+    special (write no literal ``${`` in a config). Nesting deeper than
+    :data:`ENV_DEPTH_MAX` is a problem too."""
     problems: list[Problem] = []
 
-    def walk(value: Any, where: str) -> Any:
+    def walk(value: Any, where: str, depth: int) -> Any:
         if isinstance(value, str):
 
             def sub(match: re.Match[str]) -> str:
@@ -471,13 +632,16 @@ def expand_env(data: Any, env: Mapping[str, str], path: str = "") -> tuple[Any, 
                 return env[name]
 
             return _ENV_REF.sub(sub, value)
+        if isinstance(value, Mapping | list) and depth >= ENV_DEPTH_MAX:
+            problems.append(Problem(where or "config", f"nested deeper than {ENV_DEPTH_MAX} levels"))
+            return value
         if isinstance(value, Mapping):
-            return {k: walk(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+            return {k: walk(v, f"{where}.{k}" if where else str(k), depth + 1) for k, v in value.items()}
         if isinstance(value, list):
-            return [walk(v, f"{where}[{i}]") for i, v in enumerate(value)]
+            return [walk(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
         return value
 
-    return walk(data, path), problems
+    return walk(data, path, 0), problems
 
 
 def parse_settings(data: Any, source: str = "config") -> Settings:
@@ -500,12 +664,11 @@ def parse_settings(data: Any, source: str = "config") -> Settings:
             r.problem("node.address", "is required in mode kubernetes: any node may become a gateway candidate")
     kube = _parse_kube(r, top.get("kubernetes"))
     timing = _parse_timing(r, top.get("timing"))
-    groups = _parse_groups(r, top.get("groups"))
+    groups, egress_paths = _parse_groups(r, top.get("groups"))
     metrics = _parse_metrics(r, top.get("metrics"))
     mqtt, mqtt_problems = parse_mqtt(top.get("mqtt"))
     r.problems.extend(mqtt_problems)
-    if not r.problems:
-        _check_groups(r, groups, node)
+    _check_groups(r, groups, egress_paths, node)
     if r.problems:
         raise ConfigError(r.problems, source)
     assert node is not None
@@ -538,6 +701,9 @@ def _parse_node(r: _Reader, value: Any) -> NodeSettings | None:
     if name is not None and not _DNS_SUBDOMAIN.match(name):
         r.problem("node.name", f"must be a DNS subdomain name like a Kubernetes node name, got {name!r}")
     address = r.ip(m["address"], "node.address") if m.get("address") is not None else None
+    if address is not None and (why := node_address_problem(address)) is not None:
+        r.problem("node.address", why)
+        address = None
     return NodeSettings(name=name or "", address=address)
 
 
@@ -590,41 +756,46 @@ def _parse_timing(r: _Reader, value: Any) -> Timing:
             r.problem("timing.addressLifetime", f"must be whole seconds (kernel granularity), got {seconds:g}")
         lifetime = int(seconds)
     lease = r.duration(m.get("leaseDuration"), "timing.leaseDuration", d.lease_duration)
-    timing = Timing(
-        lease_duration=lease,
-        renew_deadline=r.duration(m.get("renewDeadline"), "timing.renewDeadline", d.renew_deadline),
-        retry_period=r.duration(m.get("retryPeriod"), "timing.retryPeriod", d.retry_period),
-        address_lifetime=lifetime,
-        kernel_slack=r.duration(m.get("kernelSlack"), "timing.kernelSlack", d.kernel_slack),
-        fence_ttl=r.duration(m.get("fenceTtl"), "timing.fenceTtl", d.fence_ttl),
-        fence_slack=r.duration(m.get("fenceSlack"), "timing.fenceSlack", d.fence_slack),
-        safety_margin=r.duration(m.get("safetyMargin"), "timing.safetyMargin", d.safety_margin),
-        api_timeout=r.duration(m.get("apiTimeout"), "timing.apiTimeout", d.api_timeout),
-        non_preferred_delay=r.duration(m.get("nonPreferredDelay"), "timing.nonPreferredDelay", d.non_preferred_delay),
-        handoff_grace=r.duration(m.get("handoffGrace"), "timing.handoffGrace", lease),
-    )
+    try:
+        timing = Timing(
+            lease_duration=lease,
+            renew_deadline=r.duration(m.get("renewDeadline"), "timing.renewDeadline", d.renew_deadline),
+            retry_period=r.duration(m.get("retryPeriod"), "timing.retryPeriod", d.retry_period),
+            address_lifetime=lifetime,
+            kernel_slack=r.duration(m.get("kernelSlack"), "timing.kernelSlack", d.kernel_slack),
+            fence_ttl=r.duration(m.get("fenceTtl"), "timing.fenceTtl", d.fence_ttl),
+            fence_slack=r.duration(m.get("fenceSlack"), "timing.fenceSlack", d.fence_slack),
+            safety_margin=r.duration(m.get("safetyMargin"), "timing.safetyMargin", d.safety_margin),
+            api_timeout=r.duration(m.get("apiTimeout"), "timing.apiTimeout", d.api_timeout),
+            non_preferred_delay=r.duration(
+                m.get("nonPreferredDelay"), "timing.nonPreferredDelay", d.non_preferred_delay
+            ),
+            handoff_grace=r.duration(m.get("handoffGrace"), "timing.handoffGrace", lease),
+        )
+    except ConfigError as exc:  # out of a field's bounds: the inequalities would mean nothing
+        r.problems.extend(exc.problems)
+        return d
     r.problems.extend(timing.check())
     return timing
 
 
-def _parse_groups(r: _Reader, value: Any) -> tuple[EgressGroup, ...]:
+def _parse_groups(r: _Reader, value: Any) -> tuple[tuple[EgressGroup, ...], list[list[tuple[str, IPAddress]]]]:
+    """The groups, and for each the egress IPs that parsed with their field paths."""
     groups: list[EgressGroup] = []
+    egress_paths: list[list[tuple[str, IPAddress]]] = []
     for path, item in r.items(value, "groups"):
         m = r.mapping(item, path, _GROUP_KEYS)
         name = r.string(m.get("name"), f"{path}.name", required=True) or ""
         if name and not _DNS_LABEL.match(name):
             r.problem(f"{path}.name", f"must be a DNS label (lower case, digits, '-'), got {name!r}")
-        ips = tuple(
-            ip
+        parsed = [
+            (p, ip)
             for p, v in r.items(m.get("egressIPs"), f"{path}.egressIPs", required=True)
             if (ip := r.ip(v, p)) is not None
-        )
-        interface = r.string(m.get("interface"), f"{path}.interface", required=True) or ""
-        if interface and not _IFNAME.match(interface):
-            r.problem(
-                f"{path}.interface",
-                f"is not a valid interface name (max 15 chars, no '/', ':' or spaces): {interface!r}",
-            )
+        ]
+        egress_paths.append(parsed)
+        ips = tuple(ip for _, ip in parsed)
+        interface = r.interface(m.get("interface"), f"{path}.interface", required=True)
         candidates: list[str] = []
         for p, v in r.items(m.get("candidates"), f"{path}.candidates"):
             c = r.string(v, p)
@@ -647,7 +818,7 @@ def _parse_groups(r: _Reader, value: Any) -> tuple[EgressGroup, ...]:
                 excluded_cidrs=_cidrs(r, m.get("excludedCIDRs"), f"{path}.excludedCIDRs"),
             )
         )
-    return tuple(groups)
+    return tuple(groups), egress_paths
 
 
 def _parse_selector(r: _Reader, value: Any, path: str) -> dict[str, str]:
@@ -675,26 +846,29 @@ def _cidrs(r: _Reader, value: Any, path: str, *, required: bool = False) -> tupl
     return tuple(net for p, v in r.items(value, path, required=required) if (net := r.cidr(v, p)) is not None)
 
 
-def _check_groups(r: _Reader, groups: Sequence[EgressGroup], node: NodeSettings | None) -> None:
-    """Rules that relate fields to each other (run only once every field parsed)."""
+def _check_groups(
+    r: _Reader,
+    groups: Sequence[EgressGroup],
+    egress_paths: Sequence[Sequence[tuple[str, IPAddress]]],
+    node: NodeSettings | None,
+) -> None:
+    """Rules that relate fields to each other, run on whatever parsed (a field
+    that did not parse is already a problem and is left out here), so one run
+    reports every problem."""
     seen_ips: dict[IPAddress, str] = {}
     seen_names: dict[str, int] = {}
+    address_reported = any(p.field == "node.address" for p in r.problems)
     for gi, g in enumerate(groups):
         path = f"groups[{gi}]"
-        if g.name in seen_names:
+        if g.name and g.name in seen_names:
             r.problem(f"{path}.name", f"{g.name!r} is already the name of groups[{seen_names[g.name]}]")
-        seen_names[g.name] = gi
-        for ii, ip in enumerate(g.egress_ips):
-            where = f"{path}.egressIPs[{ii}]"
-            if ip in seen_ips:
-                r.problem(where, f"{ip} is listed twice (also at {seen_ips[ip]})")
-            else:
-                seen_ips[ip] = where
-            if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
-                r.problem(where, f"{ip} cannot be an egress IP (unspecified, multicast or loopback)")
+        seen_names.setdefault(g.name, gi)
         _check_networks(r, path, g)
-        if node is not None and node.name in g.candidates and node.address is None:
+        for where, ip in egress_paths[gi]:
+            _check_egress_ip(r, where, ip=ip, seen=seen_ips, node=node, group=g)
+        if node is not None and node.name in g.candidates and node.address is None and not address_reported:
             r.problem("node.address", f"is required on a gateway candidate (this node is a candidate of {path})")
+            address_reported = True
     for gi, a in enumerate(groups):
         for gj in range(gi + 1, len(groups)):
             b = groups[gj]
@@ -706,17 +880,53 @@ def _check_groups(r: _Reader, groups: Sequence[EgressGroup], node: NodeSettings 
                 )
 
 
+def _check_egress_ip(
+    r: _Reader,
+    where: str,
+    *,
+    ip: IPAddress,
+    seen: dict[IPAddress, str],
+    node: NodeSettings | None,
+    group: EgressGroup,
+) -> None:
+    key = canonical(ip)
+    if key in seen:
+        twin = "" if key == ip else f" (the IPv4-mapped form of {key})"
+        r.problem(where, f"{ip}{twin} is listed twice (also at {seen[key]})")
+    else:
+        seen[key] = where
+    if (why := egress_ip_problem(ip)) is not None:
+        r.problem(where, why)
+    if node is not None and node.address is not None and canonical(node.address) == key:
+        r.problem(where, f"{ip} is this node's own address (node.address); an egress IP must float, a node's must not")
+    for i, net in enumerate(group.source_cidrs):
+        if net.version == key.version and key in net:
+            r.problem(where, f"{ip} is inside sourceCIDRs[{i}] {net}, the addresses of the pods it would serve")
+    if (why := subnet_edge_problem(key, (*group.destination_cidrs, *group.excluded_cidrs))) is not None:
+        r.problem(where, f"{why}; it cannot be an egress IP")
+
+
 def _check_networks(r: _Reader, path: str, g: EgressGroup) -> None:
-    families = {ip.version for ip in g.egress_ips}
+    """Rules between a group's address lists, each run only when the lists it
+    relates parsed without a problem (a dropped item would shift the indices
+    and its absence would make the rule guess)."""
+    clean = {
+        name: r.clean(f"{path}.{name}") for name in ("egressIPs", "sourceCIDRs", "destinationCIDRs", "excludedCIDRs")
+    }
+    families = {ip.version for ip in g.egress_ips} if clean["egressIPs"] else set()
     for name, nets in (("sourceCIDRs", g.source_cidrs), ("destinationCIDRs", g.destination_cidrs)):
-        for i, net in enumerate(nets):
+        for i, net in enumerate(nets if clean[name] else ()):
             if families and net.version not in families:
                 r.problem(f"{path}.{name}[{i}]", f"IPv{net.version} but the group's egress IPs are not")
+    if not clean["destinationCIDRs"]:
+        return
     for i, a in enumerate(g.destination_cidrs):
         for j in range(i + 1, len(g.destination_cidrs)):
             b = g.destination_cidrs[j]
             if a.version == b.version and a.overlaps(b):
                 r.problem(f"{path}.destinationCIDRs[{j}]", f"{b} overlaps destinationCIDRs[{i}] {a}")
+    if not clean["excludedCIDRs"]:
+        return
     for i, ex in enumerate(g.excluded_cidrs):
         if not any(ex.version == d.version and ex.subnet_of(d) for d in g.destination_cidrs):  # type: ignore[arg-type]
             r.problem(f"{path}.excludedCIDRs[{i}]", f"{ex} is not inside any of destinationCIDRs")

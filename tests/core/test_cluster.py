@@ -203,7 +203,16 @@ def test_parse_node() -> None:
     obj = node("kind-worker3", {"egress-gw": "true"}, ip="172.18.0.5")
     obj["status"]["addresses"].append({"type": "InternalIP", "address": "fd00:18::5"})
     obj["spec"]["unschedulable"] = True
-    assert parse_node(obj) == NodeInfo("kind-worker3", {"egress-gw": "true"}, ip("172.18.0.5"), True)
+    obj["status"]["addresses"].append({"type": "ExternalIP", "address": "203.0.113.5"})
+    obj["status"]["addresses"].append({"type": "InternalDNS", "address": "10.9.9.9"})
+    obj["status"]["addresses"].append({"type": "ExternalIP", "address": "not an address"})
+    assert parse_node(obj) == NodeInfo(
+        "kind-worker3",
+        {"egress-gw": "true"},
+        ip("172.18.0.5"),
+        True,
+        (ip("172.18.0.5"), ip("fd00:18::5"), ip("203.0.113.5")),
+    )
     assert parse_node(node("kind-worker")) == NodeInfo("kind-worker", {}, None, False)
 
 
@@ -642,6 +651,50 @@ def test_an_invalid_policy_does_not_affect_the_others() -> None:
     assert r.outcomes["outpost"].reason == "EgressIPConflict"
 
 
+@pytest.mark.parametrize(
+    ("kind", "address"),
+    [("InternalIP", "172.18.0.43"), ("ExternalIP", "172.18.0.43"), ("ExternalIP", "::ffff:172.18.0.43")],
+)
+def test_an_egress_ip_of_a_node_makes_the_policy_invalid(kind: str, address: str) -> None:
+    c = walkthrough()
+    worker = node("kind-worker2", ip="172.18.0.4")
+    worker["status"]["addresses"].append({"type": kind, "address": address})
+    assert c.apply("nodes", "MODIFIED", worker)
+    r = resolve(c)
+    assert r.groups == ()
+    outcome = r.outcomes["outpost"]
+    assert (outcome.valid, outcome.reason, outcome.served) == (False, "Invalid", False)
+    assert outcome.message.startswith("egress IP 172.18.0.43 is the address of node kind-worker2;")
+    status = status_of(c, {})
+    assert conditions(status)["Ready"] == ("False", "Invalid")
+    assert "egress IP 172.18.0.43 is the address of node kind-worker2" in status["conditions"][0]["message"]
+    assert status["egressIPs"] == []
+    # the node gives the address up: the policy is served again
+    assert c.apply("nodes", "MODIFIED", node("kind-worker2", ip="172.18.0.4"))
+    assert resolve(c).outcomes["outpost"].reason == "Ready"
+
+
+def test_an_egress_ip_of_a_pod_makes_the_policy_invalid() -> None:
+    c = walkthrough()
+    assert c.apply("pods", "ADDED", pod("rogue", ns="kube-system", ip="172.18.0.42", node="kind-worker4"))
+    r = resolve(c)
+    assert [g.name for g in r.groups] == []
+    outcome = r.outcomes["outpost"]
+    assert outcome.reason == "Invalid"
+    assert "egress IP 172.18.0.42 is the address of pod kube-system/rogue" in outcome.message
+    assert c.apply("pods", "DELETED", pod("rogue", ns="kube-system", ip="172.18.0.42"))
+    assert [g.name for g in resolve(c).groups] == ["outpost"]
+
+
+def test_an_invalid_policy_claims_no_egress_ip() -> None:
+    c = walkthrough()
+    older = policy("older", created="2026-11-24T08:00:00Z", ips=("172.18.0.42", "172.18.0.6"))
+    assert c.apply("policies", "ADDED", older)
+    r = resolve(c)
+    assert "172.18.0.6 is the address of node kind-worker4" in r.outcomes["older"].message
+    assert r.outcomes["outpost"].reason == "Ready"  # 172.18.0.42 was not taken by the invalid one
+
+
 def test_resolution_is_independent_of_event_order() -> None:
     objs = {
         "nodes": [node(f"n{i}", {"egress-gw": "true"} if i % 2 else {}, ip=f"172.18.1.{i}") for i in range(6)],
@@ -1019,6 +1072,17 @@ def test_status_ignores_malformed_previous_conditions() -> None:
     status = status_of(c, owned, previous, NOW2)
     assert [x["lastTransitionTime"] for x in status["conditions"]] == [NOW2, "t0"]
 
+
+@pytest.mark.parametrize(
+    "previous",
+    [{"conditions": 1}, {"conditions": "Ready"}, {"conditions": [{"type": ["Ready"], "status": "True"}]}],
+    ids=["a-number", "a-string", "an-unhashable-type"],
+)
+def test_status_survives_a_stored_status_of_any_shape(previous: dict[str, Any]) -> None:
+    c = walkthrough()
+    owned = {IP42: lease("172.18.0.42", "kind-worker3"), IP43: lease("172.18.0.43", "kind-worker4")}
+    status = status_of(c, owned, previous, NOW2)
+    assert [x["lastTransitionTime"] for x in status["conditions"]] == [NOW2, NOW2]
 
 
 # --- speed ------------------------------------------------------------------------------

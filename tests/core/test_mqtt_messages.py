@@ -319,3 +319,23 @@ def test_hosts_accepted(host: str) -> None:
 @pytest.mark.parametrize("host", ["-bad", "a..b", "tcp://broker", "broker:1883", " "])
 def test_hosts_refused(host: str) -> None:
     assert parse_mqtt({"host": host})[1][0].field == "mqtt.host"
+
+
+def test_a_password_without_tls_is_refused() -> None:
+    s, problems = parse_mqtt({"host": "broker", "username": "egressd", "passwordFile": "/etc/egressd/mqtt-password"})
+    assert s is None
+    assert [p.field for p in problems] == ["mqtt.passwordFile"]
+    assert problems[0].message.startswith("a password without tls crosses the network in clear text")
+    assert "allowInsecurePassword: true" in problems[0].message
+
+
+@pytest.mark.parametrize(("extra", "insecure"), [({"tls": True}, False), ({"allowInsecurePassword": True}, True)])
+def test_a_password_with_tls_or_the_explicit_opt_in(extra: dict[str, Any], insecure: bool) -> None:
+    s, problems = parse_mqtt({"host": "broker", "username": "egressd", "passwordFile": "/p", **extra})
+    assert problems == []
+    assert s is not None and s.allow_insecure_password is insecure
+
+
+def test_allow_insecure_password_is_a_boolean() -> None:
+    _, problems = parse_mqtt({"host": "broker", "allowInsecurePassword": "yes"})
+    assert [str(p) for p in problems] == ["mqtt.allowInsecurePassword: must be true or false, got 'yes'"]

@@ -213,7 +213,7 @@ def test_error_names_the_policy_and_lists_every_problem() -> None:
         ),
         ("spec.egressGateway.interface", ..., "spec.egressGateway.interface", "is required"),
         ("spec.egressGateway.interface", "net0:1", "spec.egressGateway.interface", "not a valid interface name"),
-        ("spec.egressGateway.interface", "x" * 16, "spec.egressGateway.interface", "max 15"),
+        ("spec.egressGateway.interface", "x" * 16, "spec.egressGateway.interface", "Linux allows at most 15"),
         ("spec.egressGateway.interface", 7, "spec.egressGateway.interface", "non-empty string"),
         ("spec.egressGateway.egressIP", "172.18.0.42", "spec.egressGateway.egressIP", "unknown key"),
         ("spec.egressGateway.egressIPs", ..., "spec.egressGateway.egressIPs", "is required"),
@@ -244,6 +244,12 @@ def test_network_checks_run_once_the_fields_parse() -> None:
     assert [p.field for p in problems_of(obj)] == ["spec.destinationCIDRs[1]"]
     obj["spec"]["destinationCIDRs"] = ["10.0.0.0/8"]
     assert [p.field for p in problems_of(obj)] == ["spec.excludedCIDRs[0]"]
+
+
+def test_a_malformed_cidr_and_a_duplicate_egress_ip_are_reported_together() -> None:
+    obj = changed("spec.egressGateway.egressIPs.1", "172.18.0.42")
+    obj["spec"]["excludedCIDRs"] = ["172.18.0.0/33"]
+    assert [p.field for p in problems_of(obj)] == ["spec.excludedCIDRs[0]", "spec.egressGateway.egressIPs[1]"]
 
 
 def test_parsing_does_not_modify_the_object() -> None:

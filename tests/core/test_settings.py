@@ -11,7 +11,16 @@ import pytest
 import yaml
 
 from egressd.core.errors import ConfigError, Problem
-from egressd.core.settings import EgressGroup, KubeSettings, NodeSettings, Settings, Timing, parse_settings
+from egressd.core.settings import (
+    ENV_DEPTH_MAX,
+    EgressGroup,
+    KubeSettings,
+    NodeSettings,
+    Settings,
+    Timing,
+    expand_env,
+    parse_settings,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "egressd.yaml"
 
@@ -275,6 +284,111 @@ def test_unusable_egress_ip(ip: str) -> None:
     assert "cannot be an egress IP" in message_of(changed("groups.0.egressIPs", [ip]), "groups[0].egressIPs[0]")
 
 
+@pytest.mark.parametrize(
+    ("ip", "why"),
+    [
+        ("169.254.10.1", "link-local"),
+        ("fe80::42", "link-local"),
+        ("240.0.0.1", "reserved"),
+        ("255.255.255.255", "broadcast"),
+        ("100.64.0.42", "neither global nor private"),
+        ("fec0::42", "site-local"),
+        ("::ffff:172.18.0.50", "IPv4-mapped IPv6 address; write 172.18.0.50"),
+    ],
+)
+def test_addresses_that_must_never_float(ip: str, why: str) -> None:
+    message = message_of(changed("groups.0.egressIPs", ["172.18.0.42", ip]), "groups[0].egressIPs[1]")
+    assert message.startswith(f"{ipaddress.ip_address(ip)} cannot be an egress IP: it is") and why in message
+
+
+@pytest.mark.parametrize(
+    ("ip", "why"),
+    [
+        ("172.18.255.255", "172.18.255.255 is the broadcast address of 172.18.0.0/16"),
+        ("192.0.2.0", "192.0.2.0 is the network address of 192.0.2.0/24"),
+    ],
+)
+def test_network_and_broadcast_addresses_of_a_configured_prefix(ip: str, why: str) -> None:
+    data = changed("groups.0.destinationCIDRs", ["172.18.0.0/16", "192.0.2.0/24"])
+    data["groups"][0]["egressIPs"] = ["172.18.0.42", ip]
+    assert message_of(data, "groups[0].egressIPs[1]") == f"{why}; it cannot be an egress IP"
+
+
+def test_an_ipv4_address_and_its_mapped_twin_are_duplicates() -> None:
+    data = changed("groups.0.egressIPs", ["172.18.0.42", "::ffff:172.18.0.42"])
+    messages = [p.message for p in problems_of(data) if p.field == "groups[0].egressIPs[1]"]
+    assert (
+        "::ffff:ac12:2a (the IPv4-mapped form of 172.18.0.42) is listed twice (also at groups[0].egressIPs[0])"
+        in messages
+    )
+
+
+def test_the_nodes_own_address_is_not_an_egress_ip() -> None:
+    data = changed("groups.0.egressIPs", ["172.18.0.42", "172.18.0.5"])
+    assert message_of(data, "groups[0].egressIPs[1]").startswith("172.18.0.5 is this node's own address (node.address)")
+
+
+def test_a_pod_address_is_not_an_egress_ip() -> None:
+    data = changed("groups.0.egressIPs", ["10.244.2.9"])
+    data["groups"][0]["destinationCIDRs"] = ["172.18.0.0/16"]
+    assert message_of(data, "groups[0].egressIPs[0]") == (
+        "10.244.2.9 is inside sourceCIDRs[1] 10.244.2.0/24, the addresses of the pods it would serve"
+    )
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "127.0.0.2", "224.0.0.5", "::1", "169.254.0.9"])
+def test_unusable_node_address(address: str) -> None:
+    assert message_of(changed("node.address", address), "node.address").startswith(
+        f"{address} cannot be a node address: it is"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        (".", "'.' and '..' are directory names"),
+        ("..", "'.' and '..' are directory names"),
+        ("net'0", 'contains "\'"'),
+        ('net"0', "contains '\"'"),
+        ("net;0", "contains ';'"),
+        ("net 0", "contains ' '"),
+        ("net\t0", "contains '\\t'"),
+        ("net/0", "contains '/'"),
+        ("net:0", "contains ':'"),
+        ("éééééééé", "16 bytes in UTF-8; Linux allows at most 15"),
+    ],
+)
+def test_interface_names_the_kernel_or_nftables_refuse(name: str, why: str) -> None:
+    message = message_of(changed("groups.0.interface", name), "groups[0].interface")
+    assert message.startswith("is not a valid interface name (") and why in message
+
+
+def test_an_interface_name_of_15_bytes_is_fine() -> None:
+    assert parse_settings(changed("groups.0.interface", "ééééééé0")).groups[0].interface == "ééééééé0"
+
+
+def test_a_malformed_cidr_and_a_duplicate_egress_ip_are_reported_together() -> None:
+    data = changed("groups.0.egressIPs", ["172.18.0.42", "172.18.0.42"])
+    data["groups"][0]["sourceCIDRs"] = ["10.244.1.0/24", "10.244.2.0/33"]
+    assert fields_of(data) == {"groups[0].egressIPs[1]", "groups[0].sourceCIDRs[1]"}
+
+
+def test_relations_are_not_guessed_from_half_parsed_lists() -> None:
+    # destinationCIDRs[0] does not parse: excludedCIDRs[0] is not "outside every destination"
+    data = changed("groups.0.destinationCIDRs", ["172.18.0.0/33"])
+    assert fields_of(data) == {"groups[0].destinationCIDRs[0]"}
+
+
+def test_a_huge_bad_value_is_not_echoed_whole() -> None:
+    huge = "x" * 100_000
+    data = changed("groups.0.interface", huge)
+    data["kubernetes"] = {huge: 1}
+    problems = problems_of(data)
+    assert all(len(p.message) < 500 and len(p.field) < 500 for p in problems)
+    assert any("more characters)" in p.message for p in problems)
+    assert len(str(ConfigError(problems))) < 2000
+
+
 def test_overlapping_destinations_in_one_group() -> None:
     data = changed("groups.0.destinationCIDRs", ["172.18.0.0/16", "192.0.2.0/24", "172.18.5.0/24"])
     assert (
@@ -404,7 +518,13 @@ def test_bad_durations(value: Any) -> None:
 def test_timing_from_strings() -> None:
     data = changed(
         "timing",
-        {"leaseDuration": "4s", "renewDeadline": "1500ms", "retryPeriod": 0.5, "apiTimeout": "0.75s"},
+        {
+            "leaseDuration": "4s",
+            "renewDeadline": "1500ms",
+            "retryPeriod": 0.5,
+            "apiTimeout": "0.75s",
+            "addressLifetime": 2,
+        },
     )
     timing = parse_settings(data).timing
     assert (timing.lease_duration, timing.renew_deadline, timing.retry_period, timing.api_timeout) == (
@@ -429,7 +549,7 @@ def test_address_lifetime_in_whole_seconds(value: Any) -> None:
 
 
 def test_address_lifetime_below_the_kernel_minimum() -> None:
-    assert "at least 1" in message_of(changed("timing.addressLifetime", 0), "timing.addressLifetime")
+    assert "must be 1 to" in message_of(changed("timing.addressLifetime", 0), "timing.addressLifetime")
 
 
 def test_t1_lease_must_outlast_the_daemon_and_nftables_fences() -> None:
@@ -468,20 +588,83 @@ def test_all_three_inequalities_at_once() -> None:
     assert messages == ["(T1)", "(T2)", "(T3)"]
 
 
-@pytest.mark.parametrize("key", ["leaseDuration", "renewDeadline", "retryPeriod", "apiTimeout"])
-def test_non_positive_timing(key: str) -> None:
-    assert "must be positive" in message_of(changed(f"timing.{key}", 0), f"timing.{key}")
-
-
 @pytest.mark.parametrize(
-    "key", ["kernelSlack", "fenceTtl", "fenceSlack", "safetyMargin", "nonPreferredDelay", "handoffGrace"]
+    ("timing", "field", "fragment"),
+    [
+        # the findings of the issue: each passed check-config before
+        ({"leaseDuration": 1e12}, "leaseDuration", "must be 0.001 to 300 s (a standby waits this long"),
+        ({"renewDeadline": 1e-9}, "renewDeadline", "must be 0.05 to 300 s (a renew must fit inside)"),
+        ({"apiTimeout": 1e-6}, "apiTimeout", "must be 0.01 to 300 s (one API round trip must fit inside)"),
+        ({"retryPeriod": "1ms"}, "retryPeriod", "must be 0.01 to 300 s (each attempt is an API request)"),
+        ({"fenceTtl": 0.0001}, "fenceTtl", "must be 0 (off) or at least 1 ms (nftables timeouts are whole"),
+        ({"fenceTtl": 0.2}, "fenceTtl", "must be at least retryPeriod (0.2 < 0.25)"),
+        ({"fenceTtl": 1.2345}, "fenceTtl", "must be whole milliseconds"),
+        ({"addressLifetime": 2**32}, "addressLifetime", "the kernel's valid_lft is 32 bits"),
+        ({"addressLifetime": 2**32 - 1}, "addressLifetime", "means forever"),
+        (
+            {"fenceTtl": 0, "kernelSlack": 0, "leaseDuration": 5, "handoffGrace": 5},
+            "kernelSlack",
+            "must be 1 to 300 s (with the address fence alone",
+        ),
+        ({"fenceSlack": 0}, "fenceSlack", "must be 0.01 to 300 s (with the nftables fence on"),
+        ({"handoffGrace": "10m"}, "handoffGrace", "must be 0 to 300 s"),
+        ({"nonPreferredDelay": -0.1}, "nonPreferredDelay", "must be 0 to 300 s"),
+        ({"safetyMargin": 1000}, "safetyMargin", "must be 0 to 300 s"),
+        (
+            {"renewDeadline": "1500ms", "leaseDuration": 4, "handoffGrace": 4},
+            "addressLifetime",
+            "must be longer than renewDeadline (1 <= 1.5)",
+        ),
+    ],
 )
-def test_negative_timing(key: str) -> None:
-    assert "must not be negative" in message_of(changed(f"timing.{key}", -0.1), f"timing.{key}")
+def test_every_timing_has_bounds_with_a_reason(timing: dict[str, Any], field: str, fragment: str) -> None:
+    data = changed("timing", timing)
+    assert fragment in message_of(data, f"timing.{field}")
 
 
-def test_inequalities_are_not_checked_on_nonsense_values() -> None:
-    assert [p.field for p in Timing(renew_deadline=-1).check()] == ["timing.renewDeadline"]
+def test_a_huge_integer_duration_is_a_problem_not_an_overflow() -> None:
+    assert message_of(changed("timing.leaseDuration", 10**400), "timing.leaseDuration").startswith("must be finite")
+    assert message_of(changed("timing.addressLifetime", "9" * 400), "timing.addressLifetime").startswith(
+        "must be finite"
+    )
+
+
+def test_the_bounds_hold_at_their_edges() -> None:
+    data = changed(
+        "timing",
+        {
+            "leaseDuration": 300,
+            "renewDeadline": 0.05,
+            "retryPeriod": 0.01,
+            "apiTimeout": 0.01,
+            "fenceTtl": 0.01,
+            "fenceSlack": 0.01,
+            "handoffGrace": 300,
+        },
+    )
+    timing = parse_settings(data).timing
+    assert (timing.lease_duration, timing.retry_period, timing.fence_ttl) == (300, 0.01, 0.01)
+    data = changed("timing", {"fenceTtl": 0, "kernelSlack": 1, "leaseDuration": 3.0, "handoffGrace": 3})
+    assert parse_settings(data).timing.kernel_slack == 1
+
+
+def test_the_constructor_rejects_out_of_bounds_timings() -> None:
+    with pytest.raises(ConfigError) as info:
+        Timing(renew_deadline=-1, fence_ttl=0.0001, address_lifetime=2**32)
+    assert [p.field for p in info.value.problems] == [
+        "timing.renewDeadline",
+        "timing.fenceTtl",
+        "timing.addressLifetime",
+    ]
+    with pytest.raises(ConfigError, match=r"timing\.retryPeriod: must be a number of seconds"):
+        Timing(retry_period="fast")  # type: ignore[arg-type]
+
+
+def test_the_inequalities_are_checked_apart_from_the_constructor() -> None:
+    # a fast timing for fake-clock tests is within every bound but fails (T1)
+    fast = Timing(lease_duration=0.6, renew_deadline=0.25, retry_period=0.05, api_timeout=0.1)
+    assert fast.bounds() == []
+    assert [p.message[:4] for p in fast.check()] == ["(T1)"]
 
 
 # --- node ------------------------------------------------------------------------------
@@ -711,3 +894,17 @@ def test_exclude_cordoned_must_be_a_boolean() -> None:
     data = kubernetes_mode()
     data["kubernetes"] = {**data.get("kubernetes", {}), "excludeCordoned": "yes"}
     assert message_of(data, "kubernetes.excludeCordoned") == "must be true or false, got 'yes'"
+
+
+# --- environment references ---------------------------------------------------------
+
+
+def test_expand_env_bounds_its_walk() -> None:
+    deep: Any = "${NODE_NAME}"
+    for _ in range(5000):  # deeper than the interpreter's recursion limit
+        deep = [deep]
+    data, problems = expand_env({"node": deep}, {"NODE_NAME": "gw-a"})
+    assert [str(p) for p in problems] == [f"node{'[0]' * (ENV_DEPTH_MAX - 1)}: nested deeper than 64 levels"]
+    assert data["node"] is not deep  # what lies within the bound is still expanded
+    shallow, none = expand_env({"node": {"name": "${NODE_NAME}"}}, {"NODE_NAME": "gw-a"})
+    assert (shallow, none) == ({"node": {"name": "gw-a"}}, [])

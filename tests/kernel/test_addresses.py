@@ -55,6 +55,14 @@ async def test_claim_sets_lifetime_and_refresh_resets_it(gw: Host, addrs: Kernel
     assert await addrs.lifetimes() == {(IP, gw.ifname): 3}
 
 
+async def test_interface_addresses_are_the_nodes_own_with_their_prefix(gw: Host, addrs: KernelAddresses) -> None:
+    await addrs.claim(IP, gw.ifname, 5)  # egressd's own address is left out
+    found = await addrs.interface_addresses(gw.ifname)
+    assert ipaddress.ip_interface("10.99.0.2/24") in found
+    assert not any(a.ip == IP for a in found)
+    assert await addrs.interface_addresses("no-such-link") == []
+
+
 async def test_ipv6_claim_is_marked_and_released(gw: Host, addrs: KernelAddresses) -> None:
     await addrs.claim(IP6, gw.ifname, 4)
     assert await addrs.owned() == {(IP6, gw.ifname)}
