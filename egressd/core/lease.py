@@ -143,7 +143,8 @@ class LeaseRecord:
     lease_duration: float
     """Seconds, from the ms annotation if present, else ``leaseDurationSeconds``."""
     transitions: int
-    """``spec.leaseTransitions``: holder changes so far, the ownership epoch."""
+    """``spec.leaseTransitions``: holder changes so far, the ownership epoch;
+    ``0 .. 2**31 - 1``, wrapping to 0 (:func:`next_epoch`, :func:`epoch_order`)."""
     resource_version: str
     acquire_time: datetime | None = None
     renew_time: datetime | None = None
