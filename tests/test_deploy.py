@@ -70,6 +70,7 @@ def test_daemonset_runs_with_only_net_admin_and_net_raw() -> None:
     ctx = container["securityContext"]
     assert ctx["privileged"] is False and ctx["allowPrivilegeEscalation"] is False
     assert ctx["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
+    assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
     assert {t["key"] for t in ds["tolerations"]} >= {"egress-gw"}
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"

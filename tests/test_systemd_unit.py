@@ -49,3 +49,35 @@ def test_unit_keeps_capabilities_minimal_and_restarts_fast() -> None:
 def test_cleanup_runs_only_on_a_real_stop() -> None:
     stop_post = unit()["Service"]["ExecStopPost"]
     assert '"$SERVICE_RESULT" = success' in stop_post and "egressd cleanup" in stop_post
+
+
+def lines(key: str) -> list[str]:
+    """Every value of a key that may repeat (configparser keeps only the last)."""
+    return [line.split("=", 1)[1].strip() for line in UNIT.read_text().splitlines() if line.startswith(f"{key}=")]
+
+
+def test_the_system_call_filter_drops_privileged_and_resource_calls() -> None:
+    assert lines("SystemCallFilter") == ["@system-service", "~@privileged @resources"]
+    service = unit()["Service"]
+    assert service["SystemCallErrorNumber"] == "EPERM"
+    assert service["SystemCallArchitectures"] == "native"
+
+
+def test_proc_shows_processes_only() -> None:
+    service = unit()["Service"]
+    assert service["ProcSubset"] == "pid"
+    assert service["ProtectProc"] == "invisible"
+
+
+def test_a_bad_config_is_not_restarted_ten_times_a_second(tmp_path: Path) -> None:
+    """systemd restarts a failed ExecStartPre like a crash, whatever
+    RestartPreventExitStatus says: so no check may sit there. The config is
+    checked by ExecStart itself, whose exit code 2 stops the restarts."""
+    service = unit()["Service"]
+    assert "ExecStartPre" not in service
+    bad = tmp_path / "egressd.yaml"
+    bad.write_text("node: {name: Not_A_Name}\ngroups: 7\n")
+    argv = service["ExecStart"].replace("/etc/egressd/egressd.yaml", str(bad)).split()
+    argv[0:1] = [sys.executable, "-m", "egressd.cli.main"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+    assert str(out.returncode) in service["RestartPreventExitStatus"].split(), out.stderr

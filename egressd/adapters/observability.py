@@ -7,7 +7,11 @@ error kinds come from fixed vocabularies). docs/metrics.md lists them with
 example alerts.
 
 ``/status`` (JSON) is the daemon's own view for ``egressd status``: each
-member's state, epoch, last transition and decision with its reason.
+member's state, epoch, last transition and decision with its reason. The
+process's incarnation token (what tells its lease writes from those of a
+second daemon with the same node name) is in it only for a client on the
+loopback interface: ``metrics.listen`` is often the node address, open to
+the whole node network.
 
 ``/healthz`` fails (503) when the daemon should have stepped down but has not,
 or a supervised task died: a reason to restart it. ``/readyz`` fails until
@@ -17,9 +21,10 @@ Both answer a line per problem.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -32,6 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Check = Callable[[], tuple[bool, list[str]]]
+
+LOOPBACK_ONLY = frozenset({"incarnation"})
+"""Fields of ``/status`` served only to clients on the loopback interface."""
 
 _FAST = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
@@ -163,6 +171,24 @@ class _Callback(Collector):
         return self._collect()
 
 
+def status_for(peer: str | None, report: dict[str, Any], private: Collection[str] = LOOPBACK_ONLY) -> dict[str, Any]:
+    """``report`` as served to ``peer`` (the client's address): without the
+    ``private`` fields unless the client is on the loopback interface."""
+    if _is_loopback(peer):
+        return report
+    return {key: value for key, value in report.items() if key not in private}
+
+
+def _is_loopback(peer: str | None) -> bool:
+    try:
+        address = ipaddress.ip_address((peer or "").split("%", 1)[0])
+    except ValueError:
+        return False  # no address (a Unix socket, or unknown): not known to be local
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
 class ObservabilityServer:
     """``/metrics``, ``/healthz`` and ``/readyz`` on one listener."""
 
@@ -230,11 +256,11 @@ class ObservabilityServer:
             self._sock.close()
             self._sock = None
 
-    async def _get_status(self, _: web.Request) -> web.Response:
+    async def _get_status(self, request: web.Request) -> web.Response:
         from aiohttp import web  # noqa: PLC0415 — loaded by start()
 
         assert self._status is not None
-        return web.json_response(self._status())
+        return web.json_response(status_for(request.remote, self._status()))
 
     async def _get_metrics(self, _: web.Request) -> web.Response:
         from aiohttp import web  # noqa: PLC0415 — loaded by start()

@@ -206,7 +206,9 @@ def _print_table(report: dict[str, Any]) -> None:
     if daemon is None:
         print("daemon: not reachable on metrics.listen (stopped, or metrics turned off)")
     else:
-        print(f"daemon: incarnation {daemon['incarnation']}, {'healthy' if daemon['healthy'] else 'UNHEALTHY'}")
+        # the incarnation is served only on loopback (see adapters/observability.py)
+        process = f"incarnation {daemon['incarnation']}, " if daemon.get("incarnation") else ""
+        print(f"daemon: {process}{'healthy' if daemon['healthy'] else 'UNHEALTHY'}")
         for problem in daemon.get("problems", []):
             print(f"  - {problem}")
     if not report["kernelReadable"]:

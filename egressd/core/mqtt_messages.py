@@ -12,8 +12,9 @@ sets the owner to this node; ``released``, ``stepped-down``, ``lost`` and
 ``fenced`` clear it (owner null). Each node publishes on its own connection,
 so the clear of the old owner and the claim of the new one can reach the
 broker in either order. Two rules, with the epoch (``leaseTransitions``,
-which grows with every holder change) as the tie-breaker, make the retained
-state converge on the lease:
+which grows with every holder change and wraps from int32 max to 0, so it is
+compared with :func:`egressd.core.lease.epoch_order`) as the tie-breaker,
+make the retained state converge on the lease:
 
 1. :func:`clear_decision`: a node does not clear a retained message that
    names another owner at an epoch at least its own.
@@ -29,6 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
+
+from egressd.core.lease import epoch_order
 
 
 class OwnershipEvent(Protocol):
@@ -214,7 +217,7 @@ def clear_decision(clear: IpState, retained: IpState | None, node: str) -> str:
 
     ``newer-owner``: the retained message names another node at an epoch at
     least ours; that node took the IP after us and the message is right."""
-    if retained is not None and retained.owner not in (None, node) and retained.epoch >= clear.epoch:
+    if retained is not None and retained.owner not in (None, node) and epoch_order(retained.epoch, clear.epoch) >= 0:
         return "newer-owner"
     return ""
 
@@ -230,7 +233,7 @@ def defend_decision(mine: IpState, seen: IpState | None, node: str) -> str:
         return "retained-missing"
     if seen.owner == node and seen.epoch == mine.epoch:
         return ""
-    if seen.epoch < mine.epoch:
+    if epoch_order(seen.epoch, mine.epoch) < 0:
         return "older-epoch"
     if seen.epoch == mine.epoch and seen.owner is None:
         return "cleared-at-our-epoch"

@@ -39,10 +39,11 @@ class LeaseEvent:
     """One change seen by a lease watch.
 
     ``sync`` carries the full list after a (re)connect or a 410 resync, in
-    ``records``; consumers replace their view. ``upsert``/``delete`` carry one
-    lease. ``invalid`` reports a lease someone wrote that egressd cannot read
-    (``problem`` names the field); it is treated as absent, never acted on
-    beyond reporting.
+    ``records``, and the leases in it that egressd cannot read, in
+    ``problems`` (name, problem); consumers replace their view.
+    ``upsert``/``delete`` carry one lease. ``invalid`` reports a lease someone
+    wrote that egressd cannot read (``problem`` names the field); it is
+    treated as absent, never acted on beyond reporting.
     """
 
     kind: Literal["sync", "upsert", "delete", "invalid"]
@@ -50,6 +51,7 @@ class LeaseEvent:
     record: LeaseRecord | None = None
     records: tuple[LeaseRecord, ...] = ()
     problem: str = ""
+    problems: tuple[tuple[str, str], ...] = ()
 
 
 class LeaseStore(Protocol):

@@ -96,22 +96,34 @@ class LeaseView:
             listener.set()
         return True
 
+    def problems(self) -> dict[str, str]:
+        """The leases seen but unreadable now, by name: what is wrong with each."""
+        return {name: e.problem for name, e in self._entries.items() if e.problem}
+
     def apply(self, event: LeaseEvent) -> None:
         if event.kind == "sync":
-            self._sync(event.records)
+            self._sync(event.records, event.problems)
         elif event.kind == "upsert" and event.record is not None:
             self.observe(event.name, event.record)
         elif event.kind == "delete":
             self.observe(event.name, None)
         elif event.kind == "invalid":
-            log.error("lease %s is unreadable and will not be acted on: %s", event.name, event.problem)
-            self.observe(event.name, None, problem=event.problem)
+            self._unreadable(event.name, event.problem)
 
-    def _sync(self, records: Iterable[LeaseRecord]) -> None:
+    def _unreadable(self, name: str, problem: str) -> None:
+        current = self._entries.get(name)
+        if current is None or current.problem != problem:
+            log.error("lease %s is unreadable and will not be acted on: %s", name or "-", problem)
+        self.observe(name, None, problem=problem)
+
+    def _sync(self, records: Iterable[LeaseRecord], problems: Iterable[tuple[str, str]] = ()) -> None:
         present = {r.name: r for r in records}
+        unreadable = dict(problems)
         for name in list(self._entries):
-            if name not in present:
+            if name not in present and name not in unreadable:
                 self.observe(name, None)
         for name, record in present.items():
             self.observe(name, record)
+        for name, problem in unreadable.items():
+            self._unreadable(name, problem)
         self.ready.set()

@@ -8,14 +8,17 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from egressd.adapters import kube
 from egressd.adapters.clock import SystemClock
-from egressd.adapters.kube import KubeLeaseStore, api_client
-from egressd.core.errors import ApiTimeout, ApiUnavailable, LostRace
-from egressd.core.lease import LeaseRecord, held_by, lease_name
+from egressd.adapters.kube import KubeLeaseStore, _decode_watch_line, _records, _to_lease_event, api_client
+from egressd.core.errors import ApiTimeout, ApiUnavailable, LeaseError, LeaseExpired, LostRace, MalformedLease
+from egressd.core.lease import ANN_DURATION_MS, LeaseRecord, held_by, lease_name, object_from_record
 from egressd.core.settings import KubeSettings
 from egressd.lab.apiserver import LabApiServer, LabSettings
 from egressd.ports import LeaseEvent
@@ -206,6 +209,185 @@ async def test_malformed_lease_is_reported_as_invalid(store: KubeLeaseStore, lab
     event = await next_event(events, "invalid")
     assert "egress-ip" in event.problem and "not-an-ip" in event.problem
     await events.aclose()  # type: ignore[attr-defined]
+
+
+POISON = "9" * 400
+"""A ``lease-duration-ms`` of 400 digits: it once raised OverflowError in the parser
+and killed the lease-watch thread of every daemon."""
+
+
+def poisoned_lease(ip: str = "172.18.0.43") -> dict[str, Any]:
+    obj = object_from_record(fresh("someone", ip=ip), NS)
+    obj["metadata"]["annotations"][ANN_DURATION_MS] = POISON
+    return obj
+
+
+def post_lease(lab: LabApiServer, body: dict[str, Any]) -> None:
+    req = urllib.request.Request(
+        f"{lab.url}/apis/coordination.k8s.io/v1/namespaces/{NS}/leases",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    urllib.request.urlopen(req, timeout=5).close()
+
+
+def delete_lease(lab: LabApiServer, name: str) -> None:
+    req = urllib.request.Request(
+        f"{lab.url}/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{name}", method="DELETE"
+    )
+    urllib.request.urlopen(req, timeout=5).close()
+
+
+async def test_a_poisoned_lease_neither_spoils_a_list_nor_stops_the_watch(
+    store: KubeLeaseStore, lab: LabApiServer
+) -> None:
+    """One unreadable Lease is reported (sync problems, an invalid event, MalformedLease
+    on get), the others are read, and the watch goes on delivering, the deletion included."""
+    post_lease(lab, poisoned_lease())
+    good = await store.create(fresh("kind-worker3"), deadline=deadline())
+    assert [r.name for r in await store.list_leases(deadline=deadline())] == [good.name]
+    with pytest.raises(
+        MalformedLease, match=r"^egressd-172-18-0-43: metadata\.annotations\[egressd\.io/lease-duration-ms\]"
+    ):
+        await store.get(lease_name("172.18.0.43"), deadline=deadline())
+    events = store.watch()
+    sync = await next_event(events, "sync")
+    assert [r.name for r in sync.records] == [good.name]
+    assert [name for name, _ in sync.problems] == ["egressd-172-18-0-43"]
+    assert "must be at most" in sync.problems[0][1]
+    post_lease(lab, poisoned_lease("172.18.0.44"))
+    invalid = await next_event(events, "invalid")
+    assert invalid.name == "egressd-172-18-0-44" and "lease-duration-ms" in invalid.problem
+    taken = await store.update(fresh("kind-worker4", good), deadline=deadline())
+    change = await next_event(events, "upsert")
+    assert change.record is not None and change.record.resource_version == taken.resource_version
+    delete_lease(lab, "egressd-172-18-0-43")
+    deleted = await next_event(events, "delete")
+    assert deleted.name == "egressd-172-18-0-43"
+    await events.aclose()  # type: ignore[attr-defined]
+
+
+# --- decoding: any answer is a value or a LeaseError --------------------------------------
+
+json_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(10**400), max_value=10**400),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=20),
+        st.sampled_from(["ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR", POISON, "egressd-172-18-0-42"]),
+    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)),
+    max_leaves=16,
+)
+
+
+@st.composite
+def watch_lines(draw: st.DrawFn) -> bytes:
+    """Lines of a watch stream: mostly events shaped like the API's with parts
+    replaced by arbitrary JSON, sometimes arbitrary JSON or bytes."""
+    choice = draw(st.integers(0, 9))
+    if choice == 0:
+        return draw(st.binary(max_size=40))
+    if choice == 1:
+        return json.dumps(draw(json_values)).encode()
+    obj: Any = object_from_record(fresh("kind-worker3"), NS)
+    obj["metadata"]["resourceVersion"] = "7"
+    for path in draw(st.lists(st.sampled_from(["metadata", "metadata.name", "metadata.resourceVersion", "spec"]))):
+        head, _, leaf = path.partition(".")
+        if leaf and isinstance(obj.get(head), dict):
+            obj[head][leaf] = draw(json_values)
+        elif not leaf:
+            obj[head] = draw(json_values)
+    if draw(st.booleans()):
+        obj = draw(json_values)
+    event = {"type": draw(st.sampled_from(["ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"]) | json_values)}
+    event["object"] = obj
+    return json.dumps(event).encode()
+
+
+@given(watch_lines())
+@settings(max_examples=400, deadline=None)
+def test_any_watch_line_is_an_event_or_a_lease_error(line: bytes) -> None:
+    try:
+        decoded = _decode_watch_line(line)
+    except LeaseError:
+        return
+    assert isinstance(decoded, dict)
+    assert isinstance(decoded.get("_rv", ""), str)
+    if "type" in decoded:
+        assert decoded["type"] in {"ADDED", "MODIFIED", "DELETED"} and isinstance(decoded["object"], dict)
+        event = _to_lease_event(decoded)
+        assert event.kind in {"upsert", "delete", "invalid"} and isinstance(event.name, str)
+        assert (event.record is not None) == (event.kind == "upsert")
+
+
+@given(st.dictionaries(st.sampled_from(["items", "metadata", "kind"]), json_values | st.lists(json_values)))
+@settings(max_examples=300, deadline=None)
+def test_any_list_answer_is_records_and_problems_or_api_unavailable(obj: dict[str, Any]) -> None:
+    try:
+        records, rv, problems = _records(obj)
+    except ApiUnavailable:
+        return
+    assert isinstance(rv, str)
+    assert all(isinstance(r, LeaseRecord) for r in records)
+    assert all(isinstance(name, str) and problem for name, problem in problems)
+    items = obj.get("items") or []
+    assert len(records) + len(problems) == len(items)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"type": "ADDED", "object": ["not", "an", "object"]}',
+        b'{"type": "MODIFIED", "object": {"metadata": "x"}}',
+        b'{"type": "ADDED", "object": {"metadata": {"name": 7, "resourceVersion": 8}}}',
+        b'{"type": "SURPRISE", "object": {"metadata": {"resourceVersion": "9"}}}',
+    ],
+    ids=["object-not-a-map", "metadata-not-a-map", "name-and-rv-not-strings", "unknown-type"],
+)
+def test_a_misshapen_watch_event_is_skipped_or_reported_not_raised(line: bytes) -> None:
+    decoded = _decode_watch_line(line)
+    if "type" in decoded:
+        event = _to_lease_event(decoded)
+        assert event.kind == "invalid" and event.problem
+    assert decoded.get("_rv", "9") == "9"  # an event without a usable resourceVersion keeps the last one
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        (b"[1, 2]", ApiUnavailable),
+        (b"\xff\xfe", ApiUnavailable),
+        (b"[" * 100_000 + b"]" * 100_000, ApiUnavailable),
+        (b'{"type": "ERROR", "object": [410]}', ApiUnavailable),
+        (b'{"type": "ERROR", "object": {"code": 410, "message": "too old"}}', LeaseExpired),
+    ],
+    ids=["array", "not-utf8", "nested-too-deep", "error-without-status", "error-410"],
+)
+def test_a_watch_line_that_is_no_event_is_a_lease_error(line: bytes, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        _decode_watch_line(line)
+
+
+@pytest.mark.parametrize("items", ["abc", 5, {"a": 1}], ids=["str", "int", "map"])
+def test_a_list_whose_items_are_not_a_list_is_api_unavailable(items: Any) -> None:
+    with pytest.raises(ApiUnavailable, match="items is not a list"):
+        _records({"items": items})
+
+
+def test_a_list_with_a_poisoned_lease_keeps_the_others_and_names_the_bad_one() -> None:
+    good = object_from_record(fresh("kind-worker3"), NS)
+    good["metadata"]["resourceVersion"] = "5"
+    bad = poisoned_lease()
+    bad["metadata"]["resourceVersion"] = "6"
+    records, rv, problems = _records({"metadata": {"resourceVersion": "6"}, "items": [bad, good, "junk"]})
+    assert [r.name for r in records] == [good["metadata"]["name"]]
+    assert rv == "6"
+    assert [name for name, _ in problems] == ["egressd-172-18-0-43", ""]
+    assert "lease-duration-ms" in problems[0][1]
 
 
 async def test_nodes_matching_a_label_selector(lab: LabApiServer) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import json
+import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from egressd.adapters.observability import ObservabilityServer, PrometheusMetrics
+from egressd.adapters.observability import ObservabilityServer, PrometheusMetrics, status_for
 from egressd.core.states import State
 from tests.fakes import FakeLeaseStore
 from tests.runtime.support import until
@@ -25,7 +28,11 @@ def samples(metrics: PrometheusMetrics) -> dict[tuple[str, tuple[tuple[str, str]
 
 
 def value(metrics: PrometheusMetrics, name: str, **labels: str) -> float:
-    return samples(metrics).get((name, tuple(sorted(labels.items()))), 0.0)
+    """The sample's value; a missing sample fails (it does not read as 0)."""
+    key = (name, tuple(sorted(labels.items())))
+    found = samples(metrics)
+    assert key in found, f"no sample {name}{labels}"
+    return found[key]
 
 
 class Observed(Node):
@@ -63,7 +70,6 @@ async def test_every_metric_moves_in_a_takeover(pair: tuple[FakeLeaseStore, list
     store, nodes = pair
     await until(lambda: any(n.serving for n in nodes), 2.0)
     owner = next(n for n in nodes if n.serving)
-    other = next(n for n in nodes if n is not owner)
     m = owner.metrics
     ip = str(IP)
     assert value(m, "egressd_egress_ip_owned", ip=ip) == 1
@@ -93,7 +99,8 @@ async def test_every_metric_moves_in_a_takeover(pair: tuple[FakeLeaseStore, list
     assert value(m, "egressd_ownership_transitions_total", ip=ip, event="stepped-down", reason="renew-deadline") == 1
     store.fail(False)
     await until(lambda: any(n.serving for n in nodes), 3.0)
-    assert other.metrics is not m
+    serving = next(n for n in nodes if n.serving)  # whichever node won after the outage
+    assert value(serving.metrics, "egressd_egress_ip_owned", ip=ip) == 1
 
 
 async def test_readiness_needs_the_reconcile_and_the_api(pair: tuple[FakeLeaseStore, list[Observed]]) -> None:
@@ -146,3 +153,53 @@ def test_a_gauge_per_policy_has_a_policy_label() -> None:
     assert 'egressd_policy_selected_pods{policy="outpost"} 2.0' in metrics.render().decode()
     values["outpost"] = 3.0
     assert 'egressd_policy_selected_pods{policy="outpost"} 3.0' in metrics.render().decode()
+
+
+# --- /status: the incarnation token only on loopback ----------------------------------------
+
+REPORT = {"node": "gw-a", "incarnation": "3f9c2b0d11aa4e57", "healthy": True, "members": []}
+
+
+@pytest.mark.parametrize("peer", ["127.0.0.1", "127.0.1.1", "::1", "::ffff:127.0.0.1"])
+def test_status_keeps_the_incarnation_for_a_client_on_loopback(peer: str) -> None:
+    assert status_for(peer, REPORT) == REPORT
+
+
+@pytest.mark.parametrize("peer", ["192.0.2.2", "10.0.0.5", "fd00::2", "::ffff:10.0.0.5", "fe80::1%eth0", "", None])
+def test_status_leaves_the_incarnation_out_for_any_other_client(peer: str | None) -> None:
+    served = status_for(peer, REPORT)
+    assert "incarnation" not in served
+    assert served == {k: v for k, v in REPORT.items() if k != "incarnation"}
+
+
+def local_non_loopback_address() -> str | None:
+    """An address of this host that is not loopback (the source of a route out), if any."""
+    for target in ("198.51.100.1", "192.0.2.1", "10.255.255.1"):  # no packet is sent: connect picks a source
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.connect((target, 9))
+            except OSError:
+                continue
+            address = str(s.getsockname()[0])
+        if not ipaddress.ip_address(address).is_loopback and address != "0.0.0.0":
+            return address
+    return None
+
+
+@pytest.mark.parametrize("where", ["loopback", "node-address"])
+async def test_status_over_http_shows_the_incarnation_only_on_loopback(where: str) -> None:
+    host = "127.0.0.1" if where == "loopback" else local_non_loopback_address()
+    if host is None:
+        pytest.skip("this host has no address besides loopback")
+    server = ObservabilityServer(
+        PrometheusMetrics(), health=lambda: (True, []), ready=lambda: (True, []), status=lambda: dict(REPORT)
+    )
+    await server.start(host, 0)
+    try:
+        status, text = await get(server.url + "/status")
+    finally:
+        await server.stop()
+    assert status == 200
+    body = json.loads(text)
+    assert body["node"] == "gw-a"
+    assert ("incarnation" in body) == (where == "loopback")

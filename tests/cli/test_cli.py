@@ -157,3 +157,19 @@ def test_handoff_refuses_an_unknown_ip_and_a_non_candidate() -> None:
     assert out.returncode == 1 and "--to kind-worker: not a candidate of group outpost" in out.stderr
     out = egressd("handoff", "not-an-ip", "--to", "kind-worker4", "--config", str(EXAMPLE))
     assert out.returncode == 2 and "not an IP address" in out.stderr
+
+
+@pytest.mark.parametrize("incarnation", [None, "3f9c2b0d11aa4e57"], ids=["node-address", "loopback"])
+def test_status_prints_the_daemon_with_or_without_its_incarnation(
+    incarnation: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A daemon's /status on the node address leaves the incarnation out; the table still prints."""
+    from egressd.cli.ops import _print_table  # noqa: PLC0415
+
+    daemon = {"node": "kind-worker3", "healthy": True, "problems": []}
+    if incarnation:
+        daemon["incarnation"] = incarnation
+    _print_table({"node": "kind-worker3", "daemon": daemon, "kernelReadable": True, "leases": []})
+    out = capsys.readouterr().out
+    expected = f"daemon: incarnation {incarnation}, healthy" if incarnation else "daemon: healthy"
+    assert expected in out.splitlines()

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import copy
+import json
+import math
 import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from egressd.core.errors import MalformedLease
 from egressd.core.lease import (
@@ -17,13 +21,17 @@ from egressd.core.lease import (
     ANN_HOLDER_ADDRESS,
     ANN_INCARNATION,
     ANN_PREFERRED_HOLDER,
+    EPOCH_MODULUS,
     LABEL_SELECTOR,
     MANAGED_BY,
+    MAX_LEASE_DURATION,
     TRANSITION_REASON,
     LeaseRecord,
+    epoch_order,
     format_microtime,
     held_by,
     lease_name,
+    next_epoch,
     object_from_record,
     parse_time,
     record_from_object,
@@ -233,7 +241,11 @@ MALFORMED: dict[str, tuple[str, Any, str]] = {
     "bad-renew-time": ("spec.renewTime", "yesterday", r"spec\.renewTime: not a MicroTime: 'yesterday'"),
     "renew-time-without-zone": ("spec.renewTime", "2025-03-01T09:30:00.123456", r"spec\.renewTime: not a MicroTime"),
     "numeric-acquire-time": ("spec.acquireTime", 1740821400, r"spec\.acquireTime: must be a MicroTime string"),
-    "preferred-holder-not-a-string": ("spec.preferredHolder", ["kind-worker4"], r"preferred holder: must be a string"),
+    "preferred-holder-not-a-string": (
+        "spec.preferredHolder",
+        ["kind-worker4"],
+        r"spec\.preferredHolder: must be a string, got a list",
+    ),
 }
 
 
@@ -269,6 +281,280 @@ def test_held_lease_needs_a_positive_whole_lease_duration(seconds: Any) -> None:
 def test_malformed_lease_message_starts_with_the_lease_name() -> None:
     with pytest.raises(MalformedLease, match=r"^egressd-172-18-0-42: spec\.leaseTransitions"):
         record_from_object(with_changes(held_object(), "spec.leaseTransitions", -1))
+
+
+# --- what a lease may claim, and values that used to escape as other exceptions ------------
+
+HUGE = "9" * 400
+"""The 400-digit ``lease-duration-ms`` that once raised OverflowError in every gateway."""
+
+
+def malformed(obj: Any) -> str:
+    """The message of the MalformedLease that reading ``obj`` must raise."""
+    with pytest.raises(MalformedLease) as info:
+        record_from_object(obj)
+    return str(info.value)
+
+
+def with_duration_ms(ms: Any) -> dict[str, Any]:
+    obj = held_object()
+    obj["metadata"]["annotations"][ANN_DURATION_MS] = ms
+    return obj
+
+
+def with_seconds(seconds: Any) -> dict[str, Any]:
+    obj = held_object()
+    del obj["metadata"]["annotations"][ANN_DURATION_MS]
+    obj["spec"]["leaseDurationSeconds"] = seconds
+    return obj
+
+
+def test_a_400_digit_duration_annotation_is_malformed_and_not_echoed() -> None:
+    message = malformed(with_duration_ms(HUGE))
+    assert message.startswith(f"egressd-172-18-0-42: metadata.annotations[{ANN_DURATION_MS}]: must be at most")
+    assert "(400 characters)" in message
+    assert len(message) < 200
+
+
+@pytest.mark.parametrize(
+    "ms",
+    [str(MAX_LEASE_DURATION * 1000 + 1), str(365 * 24 * 3600 * 1000), "1" + "0" * 30, "+" + HUGE],
+    ids=["just-above", "a-year", "30-digits", "signed-400-digits"],
+)
+def test_a_duration_annotation_above_the_maximum_is_malformed(ms: str) -> None:
+    assert f"must be at most {MAX_LEASE_DURATION * 1000} ms" in malformed(with_duration_ms(ms))
+
+
+def test_the_maximum_duration_itself_is_accepted() -> None:
+    assert record_from_object(with_duration_ms(str(MAX_LEASE_DURATION * 1000))).lease_duration == MAX_LEASE_DURATION
+    assert record_from_object(with_seconds(MAX_LEASE_DURATION)).lease_duration == MAX_LEASE_DURATION
+
+
+@pytest.mark.parametrize(
+    "ms",
+    ["\u0663\u0660\u0660\u0660", "2_500", "2500.0", "0x9c4", "", " ", 2500, 2.5, None, True, ["2500"]],
+    ids=[
+        "arabic-indic-digits",
+        "underscore",
+        "decimal",
+        "hex",
+        "empty",
+        "blank",
+        "int",
+        "float",
+        "null",
+        "bool",
+        "list",
+    ],
+)
+def test_a_duration_annotation_that_is_not_ascii_digits_is_malformed(ms: Any) -> None:
+    obj = with_duration_ms(ms)
+    if ms is None:  # an annotation is a string: null is not one
+        obj["metadata"]["annotations"][ANN_DURATION_MS] = None
+        del obj["spec"]["leaseDurationSeconds"]
+    assert re.search(rf"annotations\[{re.escape(ANN_DURATION_MS)}\]|leaseDurationSeconds", malformed(obj))
+
+
+@pytest.mark.parametrize(
+    "seconds",
+    [MAX_LEASE_DURATION + 1, 2**31, 10**400, math.inf, -math.inf, math.nan, 1e309],
+    ids=["above-maximum", "int32-overflow", "400-digits", "inf", "-inf", "nan", "1e309"],
+)
+def test_a_huge_or_non_finite_lease_duration_seconds_is_malformed(seconds: Any) -> None:
+    message = malformed(with_seconds(seconds))
+    assert message.startswith("egressd-172-18-0-42: spec.leaseDurationSeconds: must be")
+    assert len(message) < 200
+
+
+def test_lease_duration_seconds_of_1e309_as_the_api_sends_it() -> None:
+    obj = json.loads(json.dumps(with_seconds(0)).replace('"leaseDurationSeconds": 0', '"leaseDurationSeconds": 1e309'))
+    assert "spec.leaseDurationSeconds: must be a positive integer, got inf" in malformed(obj)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0001-01-01T00:00:00.000000+01:00",
+        "0001-01-01T00:30:00+00:31",
+        "9999-12-31T23:59:59.999999-01:00",
+        "9999-12-31T23:30:00-00:31",
+    ],
+    ids=["before-year-1", "before-year-1-by-a-minute", "after-year-9999", "after-year-9999-by-a-minute"],
+)
+@pytest.mark.parametrize("key", ["renewTime", "acquireTime"])
+def test_a_time_whose_offset_leaves_the_years_1_to_9999_is_malformed(key: str, text: str) -> None:
+    assert f"spec.{key}: not a MicroTime" in malformed(with_changes(held_object(), f"spec.{key}", text))
+
+
+def test_parse_time_turns_an_overflow_into_value_error() -> None:
+    with pytest.raises(ValueError, match="outside the years 1 to 9999"):
+        parse_time("9999-12-31T23:59:59-01:00")
+
+
+def test_a_parsed_time_that_leaves_the_years_1_to_9999_is_malformed() -> None:
+    late = datetime(9999, 12, 31, 23, 59, tzinfo=timezone(timedelta(hours=-1)))
+    assert "spec.renewTime: " in malformed(with_changes(held_object(), "spec.renewTime", late))
+    naive = datetime(2025, 3, 1, 9, 30)
+    assert "spec.renewTime: a time without a time zone" in malformed(
+        with_changes(held_object(), "spec.renewTime", naive)
+    )
+
+
+@pytest.mark.parametrize(
+    "key", [ANN_EGRESS_IP, ANN_HOLDER_ADDRESS, ANN_INCARNATION, ANN_PREFERRED_HOLDER, TRANSITION_REASON]
+)
+@pytest.mark.parametrize(
+    "value", [42, ["172.18.0.5"], {"a": 1}, 1.5, False], ids=["int", "list", "map", "float", "bool"]
+)
+def test_an_annotation_that_is_not_a_string_is_malformed(key: str, value: Any) -> None:
+    obj = held_object()
+    obj["metadata"]["annotations"][key] = value
+    assert f"metadata.annotations[{key}]: must be a string" in malformed(obj)
+
+
+@pytest.mark.parametrize("obj", [None, [], "lease", 42, 1e309], ids=["null", "list", "str", "int", "float"])
+def test_an_object_that_is_not_a_mapping_is_malformed(obj: Any) -> None:
+    message = malformed(obj)
+    assert message.startswith(("object: must be an object", "metadata.name: missing"))
+
+
+def test_a_name_longer_than_any_object_name_is_malformed_and_not_echoed() -> None:
+    message = malformed(with_changes(held_object(), "metadata", {**held_object()["metadata"], "name": "x" * 10_000}))
+    assert message == "metadata.name: longer than 253 characters (10000)"
+
+
+# --- the epoch is an int32 and wraps ---------------------------------------------------
+
+INT32_MAX = 2**31 - 1
+
+
+def test_the_largest_int32_epoch_is_read() -> None:
+    assert record_from_object(with_changes(held_object(), "spec.leaseTransitions", INT32_MAX)).transitions == INT32_MAX
+
+
+@pytest.mark.parametrize(
+    "value", [INT32_MAX + 1, 2**32, 10**400, -1, -(2**31)], ids=["int32+1", "uint32", "400-digits", "-1", "int32-min"]
+)
+def test_an_epoch_outside_int32_from_the_api_is_malformed(value: int) -> None:
+    message = malformed(with_changes(held_object(), "spec.leaseTransitions", value))
+    assert message.startswith("egressd-172-18-0-42: spec.leaseTransitions: must be a non-negative integer")
+    assert len(message) < 200
+
+
+def test_taking_over_at_the_largest_epoch_wraps_to_zero_and_can_be_written_and_read() -> None:
+    rec = take(record(transitions=INT32_MAX), "kind-worker4", "77aa01")
+    assert rec.transitions == 0
+    obj = object_from_record(rec, "egressd")
+    assert obj["spec"]["leaseTransitions"] == 0
+    assert record_from_object({**obj, "metadata": {**obj["metadata"], "resourceVersion": "1"}}).transitions == 0
+
+
+def test_renewing_at_the_largest_epoch_keeps_it() -> None:
+    assert take(record(transitions=INT32_MAX), "kind-worker3", "3f9c2b").transitions == INT32_MAX
+
+
+def test_a_new_holder_after_release_at_the_largest_epoch_wraps_too() -> None:
+    free = released(record(transitions=INT32_MAX), successor=None, now=T1)
+    assert take(free, "kind-worker3", "3f9c2b").transitions == 0
+
+
+@pytest.mark.parametrize(
+    ("newer", "older"),
+    [(5, 4), (0, INT32_MAX), (3, INT32_MAX - 2), (2**30 - 1, 0)],
+    ids=["plain", "wrapped", "wrapped-by-a-few", "just-under-half-the-range"],
+)
+def test_epoch_order_survives_the_wrap(newer: int, older: int) -> None:
+    assert epoch_order(newer, older) == 1
+    assert epoch_order(older, newer) == -1
+    assert epoch_order(newer, newer) == epoch_order(older, older) == 0
+
+
+@given(st.integers(min_value=0, max_value=EPOCH_MODULUS - 1), st.integers(min_value=1, max_value=2**30 - 1))
+@settings(max_examples=300, deadline=None)
+def test_a_later_epoch_is_newer_across_the_wrap(epoch: int, changes: int) -> None:
+    later = epoch
+    for _ in range(min(changes, 3)):
+        later = next_epoch(later)
+        assert 0 <= later <= INT32_MAX
+    assert epoch_order(later, epoch) == 1
+    far = (epoch + changes) % EPOCH_MODULUS
+    assert epoch_order(far, epoch) == 1
+    assert epoch_order(epoch, far) == -1
+
+
+# --- any input: a record or MalformedLease, never anything else ----------------------
+
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=-(10**400), max_value=10**400),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.from_regex(r"[+-]?[0-9]{1,400}", fullmatch=True),
+    st.from_regex(r"-?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)?", fullmatch=True),
+    st.sampled_from(["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-23:59", "172.18.0.42", "fd00::42", HUGE]),
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12,
+)
+FIELDS = [
+    "metadata",
+    "metadata.name",
+    "metadata.resourceVersion",
+    "metadata.annotations",
+    *(f"metadata.annotations.{key}" for key in (ANN_EGRESS_IP, ANN_DURATION_MS, ANN_HOLDER_ADDRESS, ANN_INCARNATION)),
+    *(f"metadata.annotations.{key}" for key in (ANN_PREFERRED_HOLDER, TRANSITION_REASON)),
+    "spec",
+    *(f"spec.{key}" for key in ("holderIdentity", "leaseDurationSeconds", "leaseTransitions", "preferredHolder")),
+    *(f"spec.{key}" for key in ("acquireTime", "renewTime")),
+]
+
+
+def set_field(obj: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``path`` (dots between keys; an annotation key's own dots are kept) if its parents are objects."""
+    head, _, rest = path.partition(".")
+    if not rest:
+        obj[head] = value
+        return
+    if head == "annotations":
+        obj[head] = obj.get(head) if isinstance(obj.get(head), dict) else {}
+        obj[head][rest] = value
+        return
+    if isinstance(obj.get(head), dict):
+        set_field(obj[head], rest, value)
+
+
+@st.composite
+def lease_like_objects(draw: st.DrawFn) -> Any:
+    """Mostly a real Lease with some fields replaced by arbitrary JSON values
+    (so the checks deep inside are reached), sometimes anything at all."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(json_values)
+    obj = held_object()
+    for path in draw(st.lists(st.sampled_from(FIELDS), max_size=4, unique=True)):
+        set_field(obj, path, draw(json_values))
+    return obj
+
+
+@given(lease_like_objects())
+@settings(max_examples=600, deadline=None)
+def test_any_object_is_a_record_or_malformed(obj: Any) -> None:
+    try:
+        rec = record_from_object(obj)
+    except MalformedLease as exc:
+        assert str(exc)
+        assert len(str(exc)) < 600  # bad values are quoted cut short
+        return
+    assert isinstance(rec, LeaseRecord)
+    assert 0 <= rec.transitions < EPOCH_MODULUS
+    assert 0 <= rec.lease_duration <= MAX_LEASE_DURATION
+    assert all(t is None or t.tzinfo is UTC for t in (rec.acquire_time, rec.renew_time))
+    assert all(v is None or isinstance(v, str) for v in (rec.holder, rec.holder_address, rec.preferred_holder))
+    if rec.holder is not None:
+        assert rec.lease_duration > 0
 
 
 # --- writing -----------------------------------------------------------------------

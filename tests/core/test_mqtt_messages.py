@@ -174,6 +174,21 @@ def test_the_owner_yields_to_newer_epochs_and_never_fights_an_equal_claim() -> N
     assert defend_decision(mine, state("gw-b", 5), "gw-a") == ""  # two claimants of one epoch: no ping-pong
 
 
+INT32_MAX = 2**31 - 1
+
+
+def test_the_epoch_rules_hold_across_the_wrap_of_the_epoch() -> None:
+    """The holder change after int32 max writes epoch 0: the new owner at 0
+    is newer than the old one at 2147483647, in both rules."""
+    clear = state(None, INT32_MAX)
+    assert clear_decision(clear, state("gw-b", 0), "gw-a") == "newer-owner"
+    assert clear_decision(state(None, 0), state("gw-b", INT32_MAX), "gw-a") == ""
+    mine = state("gw-a", 0)
+    assert defend_decision(mine, state("gw-b", INT32_MAX), "gw-a") == "older-epoch"
+    assert defend_decision(mine, state(None, INT32_MAX - 3), "gw-a") == "older-epoch"
+    assert defend_decision(state("gw-a", INT32_MAX), state("gw-b", 1), "gw-a") == ""
+
+
 def test_late_clear_and_new_claim_converge_in_either_order() -> None:
     """The old owner's clear and the new owner's claim reach the broker in
     both orders; after each node applies its rule, the broker names the new owner."""

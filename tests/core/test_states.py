@@ -1,4 +1,6 @@
-"""The per-IP member state machine: the table is the specification."""
+"""The per-IP member state machine, specified by what a member may do: named
+scenarios of legal moves and where they lead, and the moves each rule of
+``core/states.py`` forbids. A move no scenario uses must raise."""
 
 from __future__ import annotations
 
@@ -9,62 +11,93 @@ import pytest
 from egressd.core.errors import IllegalTransition
 from egressd.core.states import SERVING, TRANSITIONS, Event, State, StateMachine, next_state
 
-EXPECTED = {
-    (State.STANDBY, Event.ACQUIRED): State.OWNER,
-    (State.OWNER, Event.RENEWED): State.OWNER,
-    (State.OWNER, Event.STEPPED_DOWN): State.STANDBY,
-    (State.OWNER, Event.RELEASED): State.STANDBY,
-    (State.OWNER, Event.CLASH): State.FENCED,
-    (State.FENCED, Event.HOLD_OFF_OVER): State.STANDBY,
-    (State.STANDBY, Event.STOP): State.STOPPED,
-    (State.FENCED, Event.STOP): State.STOPPED,
-    (State.STOPPED, Event.STOP): State.STOPPED,
+S, E = State, Event
+
+SCENARIOS: dict[str, tuple[State, list[tuple[Event, State]]]] = {
+    "a standby wins the lease and serves": (S.STANDBY, [(E.ACQUIRED, S.OWNER)]),
+    "an owner renews and keeps serving": (S.OWNER, [(E.RENEWED, S.OWNER), (E.RENEWED, S.OWNER)]),
+    "an owner past its renew deadline steps down and may win again": (
+        S.OWNER,
+        [(E.STEPPED_DOWN, S.STANDBY), (E.ACQUIRED, S.OWNER)],
+    ),
+    "an owner hands off, then the daemon stops": (S.OWNER, [(E.RELEASED, S.STANDBY), (E.STOP, S.STOPPED)]),
+    "an identity clash fences the owner until the hold-off is over": (
+        S.OWNER,
+        [(E.CLASH, S.FENCED), (E.HOLD_OFF_OVER, S.STANDBY), (E.ACQUIRED, S.OWNER)],
+    ),
+    "a fenced member stops without serving": (S.FENCED, [(E.STOP, S.STOPPED)]),
+    "stopping a stopped member again changes nothing": (S.STOPPED, [(E.STOP, S.STOPPED)]),
 }
 
-ALL_MOVES = list(itertools.product(State, Event))
-ILLEGAL = [move for move in ALL_MOVES if move not in EXPECTED]
-
-
-def _id(move: tuple[State, Event]) -> str:
-    return f"{move[0].value}-{move[1].value}"
-
-
-def test_the_table_is_exactly_the_documented_one() -> None:
-    assert TRANSITIONS == EXPECTED
-
-
-@pytest.mark.parametrize(("move", "after"), list(EXPECTED.items()), ids=[_id(m) for m in EXPECTED])
-def test_every_table_entry(move: tuple[State, Event], after: State) -> None:
-    state, event = move
-    assert next_state(state, event) is after
-    sm = StateMachine(state)
-    assert sm.fire(event) == (state, after)
-    assert sm.state is after
-
-
-@pytest.mark.parametrize("move", ILLEGAL, ids=[_id(m) for m in ILLEGAL])
-def test_every_move_outside_the_table_raises(move: tuple[State, Event]) -> None:
-    state, event = move
-    with pytest.raises(IllegalTransition, match=f"from {state.value} on {event.value}"):
-        next_state(state, event)
-
-
-@pytest.mark.parametrize(
-    ("state", "event"),
-    [
-        (State.OWNER, Event.STOP),
-        (State.STANDBY, Event.RENEWED),
-        (State.FENCED, Event.ACQUIRED),
-        (State.STOPPED, Event.ACQUIRED),
-        (State.OWNER, Event.ACQUIRED),
-        (State.STANDBY, Event.STEPPED_DOWN),
+FORBIDDEN: dict[str, list[tuple[State, Event]]] = {
+    "an owner never stops while serving (it releases or steps down first)": [(S.OWNER, E.STOP)],
+    "an owner does not acquire what it holds": [(S.OWNER, E.ACQUIRED)],
+    "a standby has no tenure to renew, end or clash over": [
+        (S.STANDBY, E.RENEWED),
+        (S.STANDBY, E.STEPPED_DOWN),
+        (S.STANDBY, E.RELEASED),
+        (S.STANDBY, E.CLASH),
     ],
-)
-def test_illegal_move_leaves_the_machine_where_it_was(state: State, event: Event) -> None:
-    sm = StateMachine(state)
-    with pytest.raises(IllegalTransition):
-        sm.fire(event)
-    assert sm.state is state
+    "a fenced member never serves nor writes before its hold-off ends": [
+        (S.FENCED, E.ACQUIRED),
+        (S.FENCED, E.RENEWED),
+        (S.FENCED, E.STEPPED_DOWN),
+        (S.FENCED, E.RELEASED),
+        (S.FENCED, E.CLASH),
+    ],
+    "only a fence has a hold-off to end": [(S.STANDBY, E.HOLD_OFF_OVER), (S.OWNER, E.HOLD_OFF_OVER)],
+    "a stopped member never comes back": [
+        (S.STOPPED, E.ACQUIRED),
+        (S.STOPPED, E.RENEWED),
+        (S.STOPPED, E.STEPPED_DOWN),
+        (S.STOPPED, E.RELEASED),
+        (S.STOPPED, E.CLASH),
+        (S.STOPPED, E.HOLD_OFF_OVER),
+    ],
+}
+
+
+def legal_moves() -> set[tuple[State, Event]]:
+    moves = set()
+    for start, steps in SCENARIOS.values():
+        state = start
+        for event, after in steps:
+            moves.add((state, event))
+            state = after
+    return moves
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_scenario(name: str) -> None:
+    start, steps = SCENARIOS[name]
+    sm = StateMachine(start)
+    for event, after in steps:
+        before = sm.state
+        assert sm.fire(event) == (before, after), f"{name}: {before.value} --{event.value}-->"
+        assert sm.serving == (after is S.OWNER)
+
+
+@pytest.mark.parametrize("rule", list(FORBIDDEN))
+def test_forbidden_moves_raise_and_leave_the_machine_where_it_was(rule: str) -> None:
+    for state, event in FORBIDDEN[rule]:
+        sm = StateMachine(state)
+        with pytest.raises(IllegalTransition, match=f"from {state.value} on {event.value}"):
+            sm.fire(event)
+        assert sm.state is state, rule
+
+
+def test_every_move_is_either_in_a_scenario_or_forbidden_by_a_rule() -> None:
+    """The specification is complete: a new transition needs a scenario, and a
+    move dropped from the table fails its scenario."""
+    forbidden = {move for moves in FORBIDDEN.values() for move in moves}
+    assert legal_moves().isdisjoint(forbidden)
+    assert legal_moves() | forbidden == set(itertools.product(State, Event))
+
+
+def test_every_move_no_scenario_uses_raises() -> None:
+    for state, event in set(itertools.product(State, Event)) - legal_moves():
+        with pytest.raises(IllegalTransition):
+            next_state(state, event)
 
 
 def test_a_new_machine_starts_in_standby_and_does_not_serve() -> None:

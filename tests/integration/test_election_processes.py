@@ -318,3 +318,76 @@ def test_ownership_reaches_a_real_mqtt_subscriber(tmp_path: Path) -> None:
             assert body is not None and body["owner"] == new, body
     finally:
         broker.stop()
+
+
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/egressd/leases"
+
+
+def lease_url(cluster: Cluster, ip: str) -> str:
+    return f"{cluster.url}{LEASES}/egressd-{ip.replace('.', '-')}"
+
+
+def rewrite_lease(cluster: Cluster, ip: str, change: Any) -> float:
+    """Apply ``change`` to the IP's Lease as another client would (retrying lost
+    races with the renewing owner); when it was written (monotonic)."""
+    for _ in range(100):
+        obj = http("GET", lease_url(cluster, ip))
+        change(obj)
+        try:
+            http("PUT", lease_url(cluster, ip), obj)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 409:
+                continue
+            raise
+        return time.monotonic()
+    raise AssertionError(f"could not rewrite the lease of {ip}")
+
+
+def test_a_poisoned_lease_kills_no_daemon_and_its_ip_is_owned_once_deleted(cluster: Cluster) -> None:
+    """A 400-digit lease-duration-ms once killed every gateway's member and lease watch."""
+    owners = cluster.wait_owners()
+    time.sleep(0.5)
+    poisoned, other = IPS
+    owner = owners[poisoned]
+
+    def poison(obj: dict[str, Any]) -> None:
+        obj["metadata"]["annotations"]["egressd.io/lease-duration-ms"] = "9" * 400
+
+    poisoned_at = rewrite_lease(cluster, poisoned, poison)
+    time.sleep(T.lease_duration + 1.0)
+    ops = [op for op in cluster.ops() if op.get("ip") == poisoned and op["t"] > poisoned_at]
+    released = [op for op in ops if op["op"] == "release"]
+    assert [op["node"] for op in released] == [owner], f"the owner did not step down alone: {released}"
+    assert released[0]["t"] - poisoned_at <= T.renew_deadline + 0.3
+    assert not [op for op in ops if op["op"] == "claim"], "someone served an IP whose lease it cannot read"
+    assert all(proc.poll() is None for proc in cluster.daemons.values()), "a daemon exited"
+    assert cluster.holders()[other] == owners[other]
+    deleted_at = time.monotonic()
+    http("DELETE", lease_url(cluster, poisoned))
+    cluster.wait_owners(timeout=T.lease_duration + 2.0)
+    claims = [op for op in cluster.ops() if op.get("ip") == poisoned and op["op"] == "claim" and op["t"] > deleted_at]
+    assert claims, "nobody served the IP after its poisoned lease was deleted"
+    assert all(proc.poll() is None for proc in cluster.daemons.values())
+    cluster.assert_safe()
+
+
+def test_a_takeover_at_the_largest_int32_epoch_wraps_and_succeeds(cluster: Cluster) -> None:
+    """leaseTransitions = 2147483647 written by another client: the next holder
+    writes 0 (the API refuses 2147483648) and the IP is owned again."""
+    owners = cluster.wait_owners()
+    time.sleep(0.5)
+    ip = IPS[0]
+    victim = owners[ip]
+    assert victim is not None
+
+    def at_int32_max(obj: dict[str, Any]) -> None:
+        obj["spec"]["leaseTransitions"] = 2**31 - 1
+
+    rewrite_lease(cluster, ip, at_int32_max)
+    time.sleep(2 * T.retry_period)  # renewals keep the epoch
+    assert http("GET", lease_url(cluster, ip))["spec"]["leaseTransitions"] == 2**31 - 1
+    cluster.daemons[victim].send_signal(signal.SIGTERM)
+    new, _ = cluster.wait_holder_change(ip, victim, timeout=T.lease_duration + 2.0)
+    assert new != victim
+    assert http("GET", lease_url(cluster, ip))["spec"]["leaseTransitions"] == 0
+    cluster.assert_safe()

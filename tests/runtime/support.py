@@ -1,14 +1,21 @@
 """What the runtime tests share: a daemon run as a task, waiting on conditions,
-and the check that no two recorded data planes served one IP at once."""
+the check that no two recorded data planes served one IP at once, and a lease
+store that holds Lease objects egressd may not be able to read."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import replace
+from typing import Any
 
 from egressd.adapters.recording import RecordingDataPlane
+from egressd.core.errors import LostRace, MalformedLease
+from egressd.core.lease import ANN_DURATION_MS, LeaseRecord, lease_name, object_from_record, record_from_object
+from egressd.ports import LeaseEvent
 from egressd.runtime.daemon import Daemon
+from tests.fakes import FakeLeaseStore
 from tests.journal import intervals, overlaps
 
 
@@ -41,3 +48,101 @@ def assert_no_two_owners(planes: Iterable[RecordingDataPlane]) -> None:
     ops = [op for plane in planes for op in plane.ops]
     bad = overlaps(intervals(ops, until=time.monotonic()))
     assert not bad, f"two nodes served one IP: {bad}"
+
+
+class ObjectLeaseStore(FakeLeaseStore):
+    """The fake store, plus Lease *objects* written by another client. Like the
+    API server it stores an object whatever it holds; like the Kubernetes
+    adapter, readers decode it with :func:`record_from_object` (the watch per
+    event and per sync, ``get`` per call), so whatever the parser raises
+    reaches the daemon where the adapter's would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.objects: dict[str, dict[str, Any]] = {}
+        """Objects the parser refused when they were written, by name."""
+        self.attempts: list[tuple[str, str]] = []
+        """Every create/update/release asked for, by verb and lease name (won or not)."""
+
+    ROUND_TRIP = 0.002
+    """Seconds a call about an unreadable object takes, as over a network: a
+    member that kept writing one would spin without time passing otherwise."""
+
+    def put_object(self, obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        try:
+            record = record_from_object({**obj, "metadata": {**obj["metadata"], "resourceVersion": "0"}})
+        except Exception:  # stored as it is, whatever it holds; the readers find out
+            self.rv += 1
+            self.leases.pop(name, None)
+            self.objects[name] = {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(self.rv)}}
+            self._publish(LeaseEvent(kind="upsert", name=name))  # no record: each watch decodes the object
+            return
+        self.objects.pop(name, None)
+        self.put(record)
+
+    def delete(self, name: str) -> None:
+        self.leases.pop(name, None)
+        self.objects.pop(name, None)
+        self._publish(LeaseEvent(kind="delete", name=name))
+
+    async def get(self, name: str, *, deadline: float) -> LeaseRecord | None:
+        record = await super().get(name, deadline=deadline)
+        if name in self.objects:
+            await asyncio.sleep(self.ROUND_TRIP)
+            return record_from_object(self.objects[name])
+        return record
+
+    async def create(self, record: LeaseRecord, *, deadline: float) -> LeaseRecord:
+        self.attempts.append(("create", record.name))
+        if record.name in self.objects:
+            await self._gate(deadline)
+            await asyncio.sleep(self.ROUND_TRIP)
+            raise LostRace(f"{record.name} already exists")
+        return await super().create(record, deadline=deadline)
+
+    async def update(self, record: LeaseRecord, *, deadline: float) -> LeaseRecord:
+        self.attempts.append(("update", record.name))
+        if record.name in self.objects:
+            await self._gate(deadline)
+            await asyncio.sleep(self.ROUND_TRIP)
+            raise LostRace(f"{record.name}: stale resourceVersion {record.resource_version}")
+        return await super().update(record, deadline=deadline)
+
+    async def watch(self) -> AsyncIterator[LeaseEvent]:
+        async for event in super().watch():
+            if event.kind == "sync":
+                records, problems = list(event.records), []
+                for name, obj in self.objects.items():
+                    try:
+                        records.append(record_from_object(obj))
+                    except MalformedLease as exc:
+                        problems.append((name, str(exc)))
+                yield replace(event, records=tuple(records), problems=tuple(problems))
+            elif event.kind == "upsert" and event.record is None:
+                if event.name in self.objects:
+                    try:
+                        record = record_from_object(self.objects[event.name])
+                    except MalformedLease as exc:
+                        yield LeaseEvent(kind="invalid", name=event.name, problem=str(exc))
+                    else:
+                        yield LeaseEvent(kind="upsert", name=event.name, record=record)
+            else:
+                yield event
+
+
+def poisoned(ip: str, holder: str | None = "someone") -> dict[str, Any]:
+    """A Lease for ``ip`` whose duration annotation has 400 digits."""
+    record = LeaseRecord(
+        name=lease_name(ip),
+        egress_ip=ip,
+        holder=holder,
+        lease_duration=2.5,
+        transitions=3,
+        resource_version="",
+        holder_address="10.0.0.7",
+        incarnation="elsewhere",
+    )
+    obj = object_from_record(record, "egressd")
+    obj["metadata"]["annotations"][ANN_DURATION_MS] = "9" * 400
+    return obj

@@ -196,7 +196,10 @@ class KubeLeaseStore:
                 self._namespace, label_selector=self._selector, _preload_content=False, _request_timeout=t
             ),
         )
-        return _records(obj)
+        records, rv, problems = _records(obj)
+        for name, problem in problems:
+            log.warning("lease %s is unreadable and left out of the list: %s", name or "-", problem)
+        return records, rv
 
     async def _call(self, verb: str, deadline: float, fn: Callable[[float], Any]) -> dict[str, Any]:
         """Run ``fn(timeout)`` in the pool, retried on unavailability until the deadline."""
@@ -270,8 +273,8 @@ class KubeLeaseStore:
         while not stop.is_set() and not self._closed.is_set():
             try:
                 if not rv:
-                    records, rv = self._list_blocking()
-                    emit(LeaseEvent(kind="sync", records=tuple(records)))
+                    records, rv, problems = self._list_blocking()
+                    emit(LeaseEvent(kind="sync", records=tuple(records), problems=problems))
                 for event in self._watch_once(rv, stop):
                     self._watch_up = True
                     self._last_ok = self._clock.monotonic()
@@ -296,7 +299,7 @@ class KubeLeaseStore:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 1.0)
 
-    def _list_blocking(self) -> tuple[list[LeaseRecord], str]:
+    def _list_blocking(self) -> tuple[list[LeaseRecord], str, tuple[tuple[str, str], ...]]:
         obj = blocking_json(
             lambda t: self._leases.list_namespaced_lease(
                 self._namespace, label_selector=self._selector, _preload_content=False, _request_timeout=t
@@ -391,42 +394,100 @@ def watch_events(resp: Any, stop: threading.Event) -> Iterator[dict[str, Any]]:
         resp.release_conn()
 
 
-def _records(obj: dict[str, Any]) -> tuple[list[LeaseRecord], str]:
-    """The readable leases of a list response, and the list's resourceVersion."""
-    records = []
-    for item in obj.get("items") or []:
+def _records(obj: dict[str, Any]) -> tuple[list[LeaseRecord], str, tuple[tuple[str, str], ...]]:
+    """The readable leases of a list response, the list's resourceVersion, and
+    the unreadable leases as (name, problem) pairs: one bad Lease spoils
+    neither the list nor the watch. A response that is no list at all raises
+    ApiUnavailable (the server answered with garbage)."""
+    items = obj.get("items")
+    if items is None:
+        items = []
+    if not isinstance(items, list):
+        raise ApiUnavailable(f"lease list: items is not a list but a {type(items).__name__}")
+    records: list[LeaseRecord] = []
+    problems: list[tuple[str, str]] = []
+    for item in items:
         try:
             records.append(record_from_object(item))
         except MalformedLease as exc:
-            log.warning("ignoring unreadable lease in list: %s", exc)
-    return records, str((obj.get("metadata") or {}).get("resourceVersion") or "")
+            problems.append((_object_name(item), str(exc)))
+    return records, _resource_version(obj), tuple(problems)
+
+
+_WATCH_TYPES = frozenset({"ADDED", "MODIFIED", "DELETED"})
 
 
 def _decode_watch_line(line: bytes) -> dict[str, Any]:
-    event = json.loads(line)
+    """One line of a watch stream: ``{"_rv": rv}`` for a bookmark, else
+    ``{"_rv": rv, "type": ..., "object": ...}``, with ``_rv`` left out when
+    the object carries no resourceVersion (the stream resumes from the last
+    good one), and ``{}`` for an event that names nothing to act on (logged).
+    An ERROR event raises the LeaseError its status names; a line that is no
+    JSON object raises ApiUnavailable (the stream is reconnected). Nothing
+    else escapes, whatever the line holds."""
+    try:
+        event = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        raise ApiUnavailable(f"watch: a line that is not JSON: {_cut(line)}") from exc
+    if not isinstance(event, dict):
+        raise ApiUnavailable(f"watch: an event that is not a JSON object: {_cut(line)}")
     kind = event.get("type")
-    obj = event.get("object") or {}
+    obj = event.get("object")
     if kind == "ERROR":
-        code = obj.get("code")
-        message = obj.get("message", "")
+        status = obj if isinstance(obj, dict) else {}
+        code = status.get("code")
+        message = _cut(status.get("message", ""))
         if code == 410:
             raise LeaseExpired(f"watch: {message}")
-        raise ApiUnavailable(f"watch error {code}: {message}")
-    rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        raise ApiUnavailable(f"watch error {_cut(code)}: {message}")
+    if not isinstance(obj, dict):
+        log.warning("watch: ignoring a %s event whose object is not a JSON object: %s", _cut(kind), _cut(line))
+        return {}
+    rv = _resource_version(obj)
     if kind == "BOOKMARK":
         return {"_rv": rv} if rv else {}
-    return {"_rv": rv, "type": kind, "object": obj}
+    if not isinstance(kind, str) or kind not in _WATCH_TYPES:
+        log.warning("watch: ignoring an event of unknown type %s (%s)", _cut(kind), _object_name(obj) or "no name")
+        return {"_rv": rv} if rv else {}
+    return ({"_rv": rv} if rv else {}) | {"type": kind, "object": obj}
 
 
 def _to_lease_event(event: dict[str, Any]) -> LeaseEvent:
+    """A decoded watch event (see :func:`_decode_watch_line`) as a LeaseEvent;
+    an unreadable Lease becomes an ``invalid`` event naming it, its field and
+    the problem."""
     obj = event["object"]
-    name = str((obj.get("metadata") or {}).get("name") or "")
+    name = _object_name(obj)
     if event["type"] == "DELETED":
         return LeaseEvent(kind="delete", name=name)
     try:
         return LeaseEvent(kind="upsert", name=name, record=record_from_object(obj))
     except MalformedLease as exc:
         return LeaseEvent(kind="invalid", name=name, problem=str(exc))
+
+
+_MAX_NAME = 253
+"""The longest object name the API accepts."""
+
+
+def _object_name(obj: Any) -> str:
+    """``metadata.name`` of an object that may be shaped any way ("" if none)."""
+    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+    name = meta.get("name") if isinstance(meta, Mapping) else None
+    return name[:_MAX_NAME] if isinstance(name, str) else ""
+
+
+def _resource_version(obj: Mapping[str, Any]) -> str:
+    """``metadata.resourceVersion`` ("" unless a non-empty string)."""
+    meta = obj.get("metadata")
+    rv = meta.get("resourceVersion") if isinstance(meta, Mapping) else None
+    return rv if isinstance(rv, str) else ""
+
+
+def _cut(value: Any, limit: int = 120) -> str:
+    """A value for a log line or an error, cut to ``limit`` characters."""
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def blocking_json(fn: Callable[[float], Any], timeout: float) -> dict[str, Any]:
@@ -450,7 +511,7 @@ def blocking_json(fn: Callable[[float], Any], timeout: float) -> dict[str, Any]:
         raise translate(error, "call")
     try:
         decoded = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ApiUnavailable(f"API server sent something that is not JSON: {data[:80]!r}") from exc
     if not isinstance(decoded, dict):
         raise ApiUnavailable("API server sent JSON that is not an object")
