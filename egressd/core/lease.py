@@ -46,6 +46,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from egressd.core.errors import MalformedLease
+from egressd.core.settings import DURATION_MAX
 
 MANAGED_BY = ("app.kubernetes.io/managed-by", "egressd")
 ANN_EGRESS_IP = "egressd.io/egress-ip"
@@ -57,7 +58,7 @@ TRANSITION_REASON = "egressd.io/transition-reason"
 """Annotation: why the holder last changed (shown in policy status)."""
 LABEL_SELECTOR = f"{MANAGED_BY[0]}={MANAGED_BY[1]}"
 
-MAX_LEASE_DURATION = 300
+MAX_LEASE_DURATION = int(DURATION_MAX)
 """Seconds: the longest lease duration a lease may claim (annotation or
 ``leaseDurationSeconds``); a longer one makes the lease malformed. A standby
 waits one lease duration, from its own observation, before it takes an IP
@@ -65,8 +66,8 @@ over; without a bound a holder (or anyone who can write Leases) could claim
 years and keep every standby waiting for good. egressd's failover is measured
 in seconds (default 2.5 s) and leader-election leases elsewhere in Kubernetes
 are 15 to 60 s, so five minutes leaves ample room. ``timing.leaseDuration``
-must not exceed it (the settings' upper bound), so that egressd's own leases
-always stay readable by its peers."""
+is bounded by the same constant (the settings' upper bound), so egressd's own
+leases always stay readable by its peers."""
 
 EPOCH_MODULUS = 2**31
 """``spec.leaseTransitions`` is an int32 the API keeps at 0 or more: epochs
