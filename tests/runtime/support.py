@@ -81,7 +81,8 @@ class ObjectLeaseStore(FakeLeaseStore):
         self.objects.pop(name, None)
         self.put(record)
 
-    def delete(self, name: str) -> None:
+    def remove_object(self, name: str) -> None:
+        """Delete a Lease as another writer would (no precondition)."""
         self.leases.pop(name, None)
         self.objects.pop(name, None)
         self._publish(LeaseEvent(kind="delete", name=name))

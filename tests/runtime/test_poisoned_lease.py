@@ -116,7 +116,7 @@ def test_a_poisoned_lease_kills_nothing_and_the_ip_is_owned_once_it_is_deleted_o
             assert_all_up(daemons, tasks)
 
             # 3. the poisoned lease is deleted: its IP gets owned, and the worker steers to the owner
-            store.delete(poisoned_name)
+            store.remove_object(poisoned_name)
             await until(lambda: len(serving(planes, POISONED)) == 1, 2 * TIMING.lease_duration)
             new_owner = serving(planes, POISONED)[0]
             await until(lambda: planes["worker"].steering.get(POISONED) == ip_address(ADDRESSES[new_owner]), 1.0)
