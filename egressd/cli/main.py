@@ -362,16 +362,28 @@ def _attach_controller(
     )
 
 
-async def _serve(daemon: Daemon, metrics: PrometheusMetrics, settings: Settings) -> int:
-    """Run the daemon with its metrics and health endpoints."""
-    from egressd.adapters.observability import ObservabilityServer  # noqa: PLC0415
-
+def daemon_gauges(daemon: Daemon, metrics: PrometheusMetrics) -> None:
+    """The gauges read off the daemon's state when scraped."""
     metrics.gauge_per_ip(
         "egressd_lease_renew_age_seconds",
         "Seconds since the last successful renew of each egress IP this node owns; the owner steps down "
         "when this passes renewDeadline.",
         daemon.renew_ages,
     )
+    metrics.gauge_per_label(
+        "egressd_unreadable_leases",
+        "1 for each Lease with egressd's label that cannot be read (malformed; never acted on, the log names "
+        "the field and the problem).",
+        "lease",
+        lambda: dict.fromkeys(daemon.view.problems(), 1.0),
+    )
+
+
+async def _serve(daemon: Daemon, metrics: PrometheusMetrics, settings: Settings) -> int:
+    """Run the daemon with its metrics and health endpoints."""
+    from egressd.adapters.observability import ObservabilityServer  # noqa: PLC0415
+
+    daemon_gauges(daemon, metrics)
     server: ObservabilityServer | None = None
     if settings.metrics.listen is not None:
         server = ObservabilityServer(metrics, health=daemon.health, ready=daemon.readiness, status=daemon.status_report)

@@ -13,9 +13,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from egressd.adapters.observability import ObservabilityServer, PrometheusMetrics, status_for
+from egressd.cli.main import daemon_gauges
 from egressd.core.states import State
 from tests.fakes import FakeLeaseStore
-from tests.runtime.support import until
+from tests.runtime.support import ObjectLeaseStore, poisoned, until
 from tests.runtime.test_daemon import IP, TIMING, Node
 
 
@@ -40,7 +41,7 @@ class Observed(Node):
         super().__init__(name, store)
         self.metrics = PrometheusMetrics()
         self.daemon.metrics = self.metrics
-        self.metrics.gauge_per_ip("egressd_lease_renew_age_seconds", "age", self.daemon.renew_ages)
+        daemon_gauges(self.daemon, self.metrics)
         self.server = ObservabilityServer(self.metrics, health=self.daemon.health, ready=self.daemon.readiness)
 
 
@@ -203,3 +204,23 @@ async def test_status_over_http_shows_the_incarnation_only_on_loopback(where: st
     body = json.loads(text)
     assert body["node"] == "gw-a"
     assert ("incarnation" in body) == (where == "loopback")
+
+
+async def test_an_unreadable_lease_shows_in_a_gauge_until_it_is_gone() -> None:
+    store = ObjectLeaseStore()
+    node = Observed("gw-a", store)
+    node.start()
+    try:
+        await until(lambda: node.serving, 2.0)
+        bad = poisoned("172.18.0.99")
+        name = bad["metadata"]["name"]
+        store.put_object(bad)
+        await until(lambda: ("egressd_unreadable_leases", (("lease", name),)) in samples(node.metrics), 2.0)
+        assert value(node.metrics, "egressd_unreadable_leases", lease=name) == 1
+        store.remove_object(name)
+        await until(lambda: ("egressd_unreadable_leases", (("lease", name),)) not in samples(node.metrics), 2.0)
+        assert node.serving
+    finally:
+        assert node.task is not None
+        node.task.cancel()
+        await asyncio.gather(node.task, return_exceptions=True)
