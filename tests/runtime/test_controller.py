@@ -362,3 +362,35 @@ async def test_status_report_and_metrics_show_the_policies() -> None:
         }
         source.put("policies", policy_object("copycat", ips=("172.18.0.42",)))
         await until(lambda: gw.controller.served().get("copycat") == 0.0)
+
+
+async def test_node_events_name_the_node_with_its_uid() -> None:
+    """``kubectl describe node`` shows only Events whose involvedObject carries the Node's uid."""
+    async with lab("gw-a", "gw-b") as (source, nodes):
+        await until(lambda: len(owners(nodes, IP1)) == 1)
+        owner = owners(nodes, IP1)[0]
+        await until(lambda: "EgressIPAcquired" in source.reasons("Node", owner))
+        event = next(e for e in source.events if e["involvedObject"]["kind"] == "Node")
+        assert event["involvedObject"] == {"apiVersion": "v1", "kind": "Node", "name": owner, "uid": f"uid-{owner}"}
+
+
+async def test_a_broken_policy_is_one_warning_per_cluster() -> None:
+    """Every node sees an invalid policy at once; the cluster gets one Warning
+    about it, not one per node (and it names the policy's uid)."""
+    async with lab("gw-a", "gw-b", "worker") as (source, nodes):
+        await until(lambda: all(n.controller.resolved.is_set() for n in nodes.values()))
+        source.put("policies", policy_object("broken", ips=("not-an-ip",)))
+        await until(
+            lambda: all(
+                n.controller.policies_report().get("broken", {}).get("reason") == "Invalid" for n in nodes.values()
+            )
+        )
+        await asyncio.sleep(0.1)  # let every node's Event request finish
+        warnings = [e for e in source.events if e["involvedObject"]["name"] == "broken"]
+        assert [e["reason"] for e in warnings] == ["Invalid"]
+        assert warnings[0]["involvedObject"]["uid"] == "uid-broken"
+        # an edit that breaks it differently is news: one more Event
+        source.put("policies", policy_object("broken", ips=("not-an-ip-either",)))
+        await until(lambda: len([e for e in source.events if e["involvedObject"]["name"] == "broken"]) == 2)
+        await asyncio.sleep(0.1)
+        assert len([e for e in source.events if e["involvedObject"]["name"] == "broken"]) == 2
