@@ -79,6 +79,8 @@ class Controller:
         self._limiter = limiter or EventLimiter()
         self._reported: dict[str, str] = {}
         """Policy name -> the problem last reported in an Event (reported once per change)."""
+        self._conflicts: dict[str, tuple[str, float]] = {}
+        """Policy name -> (resourceVersion, monotonic time) of its last status write that lost a race."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._uids: dict[tuple[str, str], str] = {}
         """(resource, name) -> metadata.uid of every policy (valid or not) and
@@ -146,7 +148,9 @@ class Controller:
             assert event.object is not None
             changed = self.cluster.apply(event.resource, event.type, event.object)
             if event.resource == "policies" and event.type == "DELETED":
-                self._reported.pop(str((event.object.get("metadata") or {}).get("name") or ""), None)
+                name = str((event.object.get("metadata") or {}).get("name") or "")
+                self._reported.pop(name, None)
+                self._conflicts.pop(name, None)
         if event.resource == "policies":
             self._status_dirty.set()  # a status written elsewhere may differ from the leases
         if changed:
@@ -275,7 +279,8 @@ class Controller:
                 self._status_dirty.set()
 
     async def write_statuses(self) -> bool:
-        """Write every policy status that differs from the leases; whether a write failed."""
+        """Write every policy status that differs from the leases; whether a
+        write failed or lost a race (then the caller waits for news)."""
         resolution = self.resolution
         if resolution is None:
             return False
@@ -288,6 +293,9 @@ class Controller:
                 {ip: self.daemon.view.get(lease_name(str(ip))).record for ip in policy.egress_ips} if policy else {}
             )
             rv, stored = self.cluster.resource_versions[name], self.cluster.statuses[name]
+            conflict = self._conflicts.get(name)
+            if conflict is not None and conflict[0] == rv and self.clock.monotonic() - conflict[1] < 1.0:
+                continue  # lost a race with this version just now: wait for the newer one
             now = self.clock.wall().strftime("%Y-%m-%dT%H:%M:%SZ")
             status = policy_status(policy, outcome, records, stored, now)
             if dict(status) == dict(stored):
@@ -295,14 +303,20 @@ class Controller:
             try:
                 written = await self.source.write_policy_status(name, status, rv, deadline=self.clock.monotonic() + 2.0)
             except LostRace:
-                log.debug("policy %s: status changed meanwhile; comparing again", name)
-                self._status_dirty.set()
+                # the policy changed meanwhile: its watch event brings the new
+                # version; until then (or for a second) this version is not
+                # written again, so a storm of 409s is not answered with a
+                # write per lease renew
+                log.debug("policy %s: status changed meanwhile; comparing again when the change arrives", name)
+                self._conflicts[name] = (rv, self.clock.monotonic())
+                failed = True
             except LeaseNotFound:
                 pass  # deleted meanwhile: its DELETED event is on the way
             except LeaseError as exc:
                 log.warning("policy %s: could not write status: %s", name, exc)
                 failed = True
             else:
+                self._conflicts.pop(name, None)
                 self.cluster.apply("policies", "MODIFIED", written)  # the new resourceVersion, before the watch
                 log.debug("policy %s: status written", name)
         return failed

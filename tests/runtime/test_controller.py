@@ -7,13 +7,14 @@ Two gateways (gw-a, gw-b, labelled egress-gw=true) and a worker with pods.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from ipaddress import ip_address, ip_network
 from typing import Any
 
 from egressd.adapters.clock import SystemClock
 from egressd.adapters.recording import RecordingDataPlane
+from egressd.core.errors import LostRace
 from egressd.core.settings import IPAddress, KubeSettings, NodeSettings, Settings, Timing
 from egressd.core.steering import sources_for
 from egressd.ports import ClusterEvent, OwnershipEvent
@@ -124,9 +125,9 @@ class Node(RunsDaemon):
 
 @asynccontextmanager
 async def lab(
-    *names: str, planes: dict[str, RecordingDataPlane] | None = None
+    *names: str, planes: dict[str, RecordingDataPlane] | None = None, source: FakeCluster | None = None
 ) -> AsyncIterator[tuple[FakeCluster, dict[str, Node]]]:
-    source = FakeCluster()
+    source = source or FakeCluster()
     for name in ("gw-a", "gw-b"):
         source.put("nodes", node_object(name, GATEWAY))
     source.put("nodes", node_object("worker"))
@@ -394,3 +395,24 @@ async def test_a_broken_policy_is_one_warning_per_cluster() -> None:
         await until(lambda: len([e for e in source.events if e["involvedObject"]["name"] == "broken"]) == 2)
         await asyncio.sleep(0.1)
         assert len([e for e in source.events if e["involvedObject"]["name"] == "broken"]) == 2
+
+
+class ConflictingCluster(FakeCluster):
+    """Every status write loses a race: a storm of 409s."""
+
+    async def write_policy_status(
+        self, name: str, status: Mapping[str, Any], resource_version: str, *, deadline: float
+    ) -> Mapping[str, Any]:
+        self.status_writes += 1
+        raise LostRace(f"policy {name}: the object has been modified")
+
+
+async def test_a_storm_of_409s_on_the_status_is_not_answered_with_a_write_per_debounce() -> None:
+    """A 409 means a newer policy is on its way through the watch: the status
+    loop waits for it (or a second), it does not write again after each 20 ms debounce."""
+    async with lab("gw-a", source=ConflictingCluster()) as (source, nodes):
+        await until(lambda: nodes["gw-a"].serving(IP1) and nodes["gw-a"].serving(IP2))
+        await until(lambda: source.status_writes >= 1)
+        before = source.status_writes
+        await asyncio.sleep(0.5)  # 25 debounce periods
+        assert source.status_writes - before <= 1
