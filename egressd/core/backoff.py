@@ -66,12 +66,15 @@ class Backoff:
         return d / 2 + d / 2 * min(max(draw, 0.0), 1.0)
 
 
-WATCH_BACKOFF = Backoff(initial=0.1, cap=30.0)
+WATCH_BACKOFF = Backoff(initial=0.1, cap=30.0, factor=4.0)
 """Relists and watch restarts: the first retry after a healthy watch comes
-within 0.1 s (a 410 after compaction is routine and must resync fast); the
-cap is client-go's reflector cap. It is this long because a watch-only node
-makes about one request per watch per minute when all is well: at a cap of a
-few seconds a storm of refused watches would multiply that rate by ten."""
+within 0.1 s (a 410 after compaction is routine and must resync fast). The
+ceiling quadruples (0.1, 0.4, 1.6, 6.4, 25.6 s): a daemon has five watches,
+and with doubling the first 20 s of a storm cost each of them eight relists,
+twice a gateway's steady request rate; this way five. The cap is client-go's
+reflector cap; it is this long because a watch-only node makes about one
+request per watch per minute when all is well: at a cap of a few seconds a
+storm of refused watches would multiply that rate by ten."""
 
 WATCH_HEALTHY_AFTER = 10.0
 """A watch that stayed open this long was not refused: the streak ends."""
