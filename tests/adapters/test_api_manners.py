@@ -136,6 +136,8 @@ class FakeTransport:
             answer = status(429, "TooManyRequests", "Too many requests, please try again later.")
             answer["details"] = {"retryAfterSeconds": 1}
             return FakeResponse(429, answer, {"Retry-After": "1"})
+        if fault == "503-hour":
+            return FakeResponse(503, status(503, "ServiceUnavailable", "come back later"), {"Retry-After": "3600"})
         if fault == "409" and method in ("PUT", "POST"):
             return FakeResponse(409, status(409, "Conflict", "the object has been modified"))
         if watch:
@@ -304,3 +306,18 @@ def test_the_cluster_watches_under_a_storm_stay_within_twice_the_steady_rate(
     stormy = cluster_watch_rate(fault, resource)
     assert steady == pytest.approx(1 / WATCH_IDLE, rel=0.05)
     assert stormy <= 2 * steady, f"{fault}: {stormy:.3f} requests/s against {steady:.3f} steady"
+
+
+async def test_a_retry_after_of_an_hour_holds_the_store_back_for_at_most_the_backoff_cap() -> None:
+    store, transport, clock, _ = make_store("503-hour", DEFAULT)
+    try:
+        with pytest.raises(ApiUnavailable):
+            await store.update(RECORD, deadline=clock.now + DEFAULT.renew_deadline)
+        transport.fault = "steady"
+        await clock.sleep(29.0)
+        with pytest.raises(ApiUnavailable, match="Retry-After"):
+            await store.update(RECORD, deadline=clock.now + DEFAULT.renew_deadline)
+        await clock.sleep(1.1)
+        assert (await store.update(RECORD, deadline=clock.now + DEFAULT.renew_deadline)).holder == "gw-a"
+    finally:
+        await store.close()

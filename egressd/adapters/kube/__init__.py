@@ -310,7 +310,9 @@ class KubeLeaseStore:
         now = self._clock.monotonic()
         self._last_failed = now
         if exc.retry_after is not None:
-            self._not_before = max(self._not_before, now + exc.retry_after)
+            # honoured up to the watch backoff's cap: a proxy asking for an hour
+            # must not keep every lease of this node unrenewable for an hour
+            self._not_before = max(self._not_before, now + min(exc.retry_after, WATCH_BACKOFF.cap))
 
     # --- watch ----------------------------------------------------------------
 
