@@ -568,7 +568,7 @@ def _retry_after(exc: ApiException) -> float | None:
     if isinstance(body, bytes | str):
         try:
             status = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         details = status.get("details") if isinstance(status, dict) else None
         seconds_field = details.get("retryAfterSeconds") if isinstance(details, dict) else None
