@@ -214,6 +214,9 @@ class FakeCluster:
         return copy.deepcopy(updated)
 
     async def create_event(self, event: Mapping[str, Any], *, deadline: float) -> None:
+        name = event["metadata"]["name"]
+        if any(e["metadata"]["name"] == name for e in self.events):
+            raise LostRace(f'events "{name}" already exists')  # 409 AlreadyExists, as the API server answers
         self.events.append(dict(event))
 
     def reasons(self, kind: str | None = None, name: str | None = None) -> list[str]:

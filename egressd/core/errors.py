@@ -12,7 +12,7 @@ stays in the traceback::
     │   ├── LeaseNotFound      404
     │   ├── LeaseExpired       410: a watch resourceVersion is too old; resync
     │   ├── ApiTimeout         the call did not finish within its deadline
-    │   ├── ApiUnavailable     connection refused/reset, 5xx
+    │   ├── ApiUnavailable     connection refused/reset, 5xx, 429 (with the Retry-After asked for)
     │   └── MalformedLease     a lease written by someone else that we cannot read
     └── DataPlaneError         the kernel refused an address, rule or frame
 """
@@ -95,7 +95,13 @@ class ApiTimeout(LeaseError):
 
 
 class ApiUnavailable(LeaseError):
-    """The API server could not be reached or answered with a server error."""
+    """The API server could not be reached or answered with a server error
+    (or 429); ``retry_after`` is the wait it asked for (``Retry-After``), in
+    seconds, if it did."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class MalformedLease(LeaseError):

@@ -12,10 +12,17 @@ that is where they go (:data:`EVENT_NAMESPACE`).
 A burst of failovers must not flood the API: :class:`EventLimiter` is a token
 bucket per (object, reason), like client-go's event spam filter; what it holds
 back is counted and said in the next Event that passes.
+
+An Event every node would write alike (a policy turning invalid is seen by
+every daemon at once) gets a name derived from what it says
+(:func:`shared_event_name`): the first daemon creates it, the others' creates
+answer 409 AlreadyExists and are done. One Event per cluster, without any
+daemon having to know which of them is alive.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -64,16 +71,17 @@ def node_ref(name: str, uid: str = "") -> Involved:
 
 
 def render_event(
-    involved: Involved, *, type_: str, reason: str, message: str, node: str, now: datetime
+    involved: Involved, *, type_: str, reason: str, message: str, node: str, now: datetime, name: str = ""
 ) -> dict[str, Any]:
     """A ``v1`` Event object (``count`` 1, first and last timestamp now), named
-    as client-go names them: ``<object>.<unix nanoseconds in hex>``."""
+    ``name`` or, by default, as client-go names them: ``<object>.<unix
+    nanoseconds in hex>``."""
     stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     nanos = int(now.timestamp() * 1_000_000) * 1000
     return {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"name": f"{involved.name}.{nanos:x}", "namespace": EVENT_NAMESPACE},
+        "metadata": {"name": name or f"{involved.name}.{nanos:x}", "namespace": EVENT_NAMESPACE},
         "involvedObject": involved.reference(),
         "type": type_,
         "reason": reason,
@@ -85,6 +93,15 @@ def render_event(
         "lastTimestamp": stamp,
         "count": 1,
     }
+
+
+def shared_event_name(involved: Involved, *, reason: str, message: str, generation: int) -> str:
+    """The name every daemon gives the Event that says ``message`` about
+    ``involved`` at its ``generation``: ``<object>.<16 hex digits>``. A new
+    generation of the object (an edit) or a different message is a new Event."""
+    key = "\x00".join((involved.kind, involved.name, involved.uid, str(generation), reason, message))
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return f"{involved.name[: 253 - 17]}.{digest}"
 
 
 def ownership_message(kind: str, *, egress_ip: str, node: str, epoch: int, reason: str, detail: str) -> str:

@@ -252,7 +252,26 @@ def bad_request(message: str) -> ApiError:
 
 
 def resource_not_found() -> ApiError:
+    """An unknown resource of an API group version the server itself serves
+    (``/api/v1/things``): a Status."""
     return ApiError(404, "NotFound", "the server could not find the requested resource", {})
+
+
+PAGE_NOT_FOUND = "404 page not found\n"
+
+
+class PathNotFound(ApiError):
+    """A path no API serves: an unknown group or version, or the resource of
+    a CustomResourceDefinition that does not exist (or was deleted). The real
+    server hands these to Go's ``http.NotFound``, which answers plain text
+    :data:`PAGE_NOT_FOUND`, not a Status."""
+
+    def __init__(self) -> None:
+        super().__init__(404, "NotFound", PAGE_NOT_FOUND.strip())
+
+
+def path_not_found() -> PathNotFound:
+    return PathNotFound()
 
 
 def method_not_allowed() -> ApiError:

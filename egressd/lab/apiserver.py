@@ -111,6 +111,14 @@ def _json_response(body: Any, status: int = 200) -> web.Response:
 
 
 def _error_response(error: ApiError) -> web.Response:
+    if isinstance(error, apierrors.PathNotFound):
+        return web.Response(
+            text=apierrors.PAGE_NOT_FOUND,
+            status=404,
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
     return _json_response(error.status(), error.code)
 
 
@@ -296,13 +304,13 @@ class LabApiServer:
             return _json_response(self._version())
         segments = [s for s in path.split("/") if s]
         if not segments or segments[0] not in ("api", "apis"):
-            raise apierrors.resource_not_found()
+            raise apierrors.path_not_found()
         if segments[0] == "api":
             if len(segments) == 1:
                 return _json_response(self._api_versions(request))
             group, version, rest = "", segments[1], segments[2:]
             if version != "v1":
-                raise apierrors.resource_not_found()
+                raise apierrors.path_not_found()
         else:
             if len(segments) == 1:
                 return _json_response(self._group_list())
@@ -326,6 +334,10 @@ class LabApiServer:
         if not rest or len(rest) > 3:
             raise apierrors.resource_not_found()
         kind = self.store.resolve(group, version, rest[0])
+        if kind is None and not any(not k.custom for k in iter_kinds(self.store.kinds(), group, version)):
+            # no built-in API serves this group version: a custom resource
+            # without its CRD (deleted, or never installed), or no API at all
+            raise apierrors.path_not_found()
         if kind is None or (namespace is not None and not kind.namespaced):
             raise apierrors.resource_not_found()
         name = rest[1] if len(rest) > 1 else None
@@ -519,7 +531,7 @@ class LabApiServer:
     def _group(self, name: str) -> JsonObject:
         versions = self._groups().get(name)
         if versions is None:
-            raise apierrors.resource_not_found()
+            raise apierrors.path_not_found()
         entries = [{"groupVersion": f"{name}/{v}", "version": v} for v in versions]
         return {
             "kind": "APIGroup",
@@ -538,7 +550,7 @@ class LabApiServer:
     def _resource_list(self, group: str, version: str) -> JsonObject:
         kinds = iter_kinds(self.store.kinds(), group, version)
         if not kinds:
-            raise apierrors.resource_not_found()
+            raise apierrors.path_not_found()
         resources: list[JsonObject] = []
         for kind in kinds:
             entry: JsonObject = {

@@ -15,8 +15,10 @@ Every node runs this beside its daemon:
   computes the same status from the same leases, so whoever writes first wins
   and the others find nothing to change; a 409 only means someone else wrote;
 * **Events**: ownership events of this node's members become Kubernetes
-  Events on the policy and the node, rate-limited per object and reason; a
-  policy turning invalid or conflicting becomes a Warning on the policy.
+  Events on the policy and the node (with the objects' uids, without which
+  ``kubectl describe`` does not show them), rate-limited per object and
+  reason; a policy turning invalid or conflicting becomes one Warning on the
+  policy per cluster (see :func:`~egressd.core.kube_events.shared_event_name`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from egressd.core.kube_events import (
     ownership_message,
     policy_ref,
     render_event,
+    shared_event_name,
 )
 from egressd.core.lease import lease_name
 from egressd.core.settings import EgressGroup, Settings
@@ -76,7 +79,12 @@ class Controller:
         self._limiter = limiter or EventLimiter()
         self._reported: dict[str, str] = {}
         """Policy name -> the problem last reported in an Event (reported once per change)."""
+        self._conflicts: dict[str, tuple[str, float]] = {}
+        """Policy name -> (resourceVersion, monotonic time) of its last status write that lost a race."""
         self._tasks: set[asyncio.Task[None]] = set()
+        self._uids: dict[tuple[str, str], str] = {}
+        """(resource, name) -> metadata.uid of every policy (valid or not) and
+        of this node: the involvedObject.uid of the Events about them."""
         self.resolved = asyncio.Event()
         """Set after the first resolution was handed to the daemon."""
 
@@ -130,6 +138,7 @@ class Controller:
 
     def observe(self, event: ClusterEvent) -> None:
         """Apply one watch event to the index; wake the resolver if it mattered."""
+        self._note_uids(event)
         if event.type == "RELISTED":
             changed = self.cluster.replace(event.resource, list(event.objects))
             if event.resource not in self.synced:
@@ -139,11 +148,30 @@ class Controller:
             assert event.object is not None
             changed = self.cluster.apply(event.resource, event.type, event.object)
             if event.resource == "policies" and event.type == "DELETED":
-                self._reported.pop(str((event.object.get("metadata") or {}).get("name") or ""), None)
+                name = str((event.object.get("metadata") or {}).get("name") or "")
+                self._reported.pop(name, None)
+                self._conflicts.pop(name, None)
         if event.resource == "policies":
             self._status_dirty.set()  # a status written elsewhere may differ from the leases
         if changed:
             self._dirty.set()
+
+    def _note_uids(self, event: ClusterEvent) -> None:
+        if event.resource not in ("policies", "nodes"):
+            return
+        if event.type == "RELISTED":
+            for key in [k for k in self._uids if k[0] == event.resource]:
+                del self._uids[key]
+        for obj in event.objects if event.type == "RELISTED" else (event.object or {},):
+            meta = obj.get("metadata")
+            meta = meta if isinstance(meta, Mapping) else {}
+            name, uid = meta.get("name"), meta.get("uid")
+            if not isinstance(name, str) or (event.resource == "nodes" and name != self.me):
+                continue
+            if event.type == "DELETED" or not isinstance(uid, str) or not uid:
+                self._uids.pop((event.resource, name), None)
+            else:
+                self._uids[(event.resource, name)] = uid
 
     # --- resolve ---------------------------------------------------------------
 
@@ -192,7 +220,7 @@ class Controller:
         if why and self.unservable.get(group.name) != why:
             log.error("policy %s: %s; this node will not serve its egress IPs", group.name, why)
             self._event(policy_ref(group.name, self._uid(group.name)), "Warning", "InterfaceMissing", why)
-            self._event(node_ref(self.me), "Warning", "InterfaceMissing", f"policy {group.name}: {why}")
+            self._event(self._node(), "Warning", "InterfaceMissing", f"policy {group.name}: {why}")
         if why:
             self.unservable[group.name] = why
         elif self.unservable.pop(group.name, None):
@@ -227,7 +255,14 @@ class Controller:
                 continue
             log.error("policy %s is not served: %s", name, problem)
             if self._writer(outcome):
-                self._event(policy_ref(name, self._uid(name)), "Warning", outcome.reason, outcome.message)
+                # every node sees the same problem at once: one Event, by name
+                self._event(
+                    policy_ref(name, self._uid(name)),
+                    "Warning",
+                    outcome.reason,
+                    outcome.message,
+                    shared_generation=outcome.generation,
+                )
 
     # --- status ------------------------------------------------------------------
 
@@ -244,7 +279,8 @@ class Controller:
                 self._status_dirty.set()
 
     async def write_statuses(self) -> bool:
-        """Write every policy status that differs from the leases; whether a write failed."""
+        """Write every policy status that differs from the leases; whether a
+        write failed or lost a race (then the caller waits for news)."""
         resolution = self.resolution
         if resolution is None:
             return False
@@ -257,6 +293,9 @@ class Controller:
                 {ip: self.daemon.view.get(lease_name(str(ip))).record for ip in policy.egress_ips} if policy else {}
             )
             rv, stored = self.cluster.resource_versions[name], self.cluster.statuses[name]
+            conflict = self._conflicts.get(name)
+            if conflict is not None and conflict[0] == rv and self.clock.monotonic() - conflict[1] < 1.0:
+                continue  # lost a race with this version just now: wait for the newer one
             now = self.clock.wall().strftime("%Y-%m-%dT%H:%M:%SZ")
             status = policy_status(policy, outcome, records, stored, now)
             if dict(status) == dict(stored):
@@ -264,14 +303,20 @@ class Controller:
             try:
                 written = await self.source.write_policy_status(name, status, rv, deadline=self.clock.monotonic() + 2.0)
             except LostRace:
-                log.debug("policy %s: status changed meanwhile; comparing again", name)
-                self._status_dirty.set()
+                # the policy changed meanwhile: its watch event brings the new
+                # version; until then (or for a second) this version is not
+                # written again, so a storm of 409s is not answered with a
+                # write per lease renew
+                log.debug("policy %s: status changed meanwhile; comparing again when the change arrives", name)
+                self._conflicts[name] = (rv, self.clock.monotonic())
+                failed = True
             except LeaseNotFound:
                 pass  # deleted meanwhile: its DELETED event is on the way
             except LeaseError as exc:
                 log.warning("policy %s: could not write status: %s", name, exc)
                 failed = True
             else:
+                self._conflicts.pop(name, None)
                 self.cluster.apply("policies", "MODIFIED", written)  # the new resourceVersion, before the watch
                 log.debug("policy %s: status written", name)
         return failed
@@ -300,7 +345,7 @@ class Controller:
         policy = self._policy_of(event.egress_ip)
         if policy:
             self._event(policy_ref(policy, self._uid(policy)), type_, reason, message)
-        self._event(node_ref(self.me), type_, reason, message)
+        self._event(self._node(), type_, reason, message)
 
     def _policy_of(self, egress_ip: str) -> str:
         for group in self.daemon.groups:
@@ -309,17 +354,28 @@ class Controller:
         return ""
 
     def _uid(self, policy: str) -> str:
-        found = self.cluster.policies.get(policy)
-        return found.uid if found is not None else ""
+        return self._uids.get(("policies", policy), "")
 
-    def _event(self, involved: Involved, type_: str, reason: str, message: str) -> None:
+    def _node(self) -> Involved:
+        return node_ref(self.me, self._uids.get(("nodes", self.me), ""))
+
+    def _event(
+        self, involved: Involved, type_: str, reason: str, message: str, *, shared_generation: int | None = None
+    ) -> None:
+        """Create an Event; ``shared_generation`` (the object's generation)
+        makes it one Event per cluster: every node names it alike."""
         allowed, held = self._limiter.allow((involved.kind, involved.name, reason), self.clock.monotonic())
         if not allowed:
             log.debug("event %s on %s/%s held back (rate limit)", reason, involved.kind, involved.name)
             return
-        if held:
+        name = ""
+        if shared_generation is not None:
+            name = shared_event_name(involved, reason=reason, message=message, generation=shared_generation)
+        elif held:
             message = f"{message} ({held} similar event(s) held back)"
-        body = render_event(involved, type_=type_, reason=reason, message=message, node=self.me, now=self.clock.wall())
+        body = render_event(
+            involved, type_=type_, reason=reason, message=message, node=self.me, now=self.clock.wall(), name=name
+        )
         task = asyncio.get_running_loop().create_task(self._send(body), name=f"event:{reason}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -327,5 +383,8 @@ class Controller:
     async def _send(self, body: Mapping[str, Any]) -> None:
         try:
             await self.source.create_event(body, deadline=self.clock.monotonic() + 2.0)
+        except LostRace:
+            # 409 AlreadyExists: another node recorded this shared Event first
+            log.debug("event %s: already recorded by another node", (body.get("metadata") or {}).get("name"))
         except LeaseError as exc:
             log.warning("could not record event %s: %s", body.get("reason"), exc)

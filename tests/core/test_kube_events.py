@@ -11,6 +11,7 @@ from egressd.core.kube_events import (
     ownership_message,
     policy_ref,
     render_event,
+    shared_event_name,
 )
 
 NOW = datetime(2026, 11, 24, 17, 40, 2, 118342, tzinfo=UTC)
@@ -64,3 +65,21 @@ def test_limiter_refills_up_to_the_burst_only() -> None:
     assert limiter.allow(key, 0.0)[0] and limiter.allow(key, 0.0)[0]
     results = [limiter.allow(key, 1000.0)[0] for _ in range(3)]
     assert results == [True, True, False]
+
+
+def test_shared_event_name_is_the_same_on_every_node_and_new_for_news() -> None:
+    ref = policy_ref("outpost", "uid-1")
+    name = shared_event_name(ref, reason="Invalid", message="bad IP", generation=3)
+    assert name == shared_event_name(policy_ref("outpost", "uid-1"), reason="Invalid", message="bad IP", generation=3)
+    assert name.startswith("outpost.") and len(name) == len("outpost.") + 16
+    others = {
+        shared_event_name(ref, reason="Invalid", message="bad IP", generation=4),
+        shared_event_name(ref, reason="Invalid", message="other", generation=3),
+        shared_event_name(ref, reason="EgressIPConflict", message="bad IP", generation=3),
+        shared_event_name(policy_ref("outpost", "uid-2"), reason="Invalid", message="bad IP", generation=3),
+    }
+    assert name not in others and len(others) == 4
+    long = shared_event_name(policy_ref("p" * 253), reason="Invalid", message="m", generation=1)
+    assert len(long) == 253
+    body = render_event(ref, type_="Warning", reason="Invalid", message="m", node="n", now=NOW, name=name)
+    assert body["metadata"]["name"] == name

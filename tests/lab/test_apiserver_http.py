@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from egressd.lab.apiserver import LabApiServer, LabSettings, parse_listen
 
 NS = "default"
 LEASES = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
+CRD_FILE = Path(__file__).resolve().parents[2] / "deploy" / "crd.yaml"
 
 
 async def _call(http: aiohttp.ClientSession, method: str, path: str, body: Any = None,
@@ -31,11 +34,35 @@ def _lease(name: str) -> dict[str, Any]:
 
 
 async def test_unknown_resource_is_404_with_the_real_body(http: aiohttp.ClientSession) -> None:
-    status, body = await _call(http, "GET", "/apis/nope.io/v1/things")
+    """A resource the server's own group version lacks is a Status; a path no
+    API serves (an unknown group, a custom resource without its CRD) is Go's
+    plain-text ``404 page not found``, as a real kube-apiserver answers."""
+    status, body = await _call(http, "GET", "/api/v1/things")
     assert status == 404
     assert body == {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                     "message": "the server could not find the requested resource",
                     "reason": "NotFound", "details": {}, "code": 404}
+    for path in ("/apis/nope.io/v1/things", "/apis/nope.io/v1", "/apis/nope.io", "/api/v2/pods", "/nope"):
+        async with http.get(path) as response:
+            assert response.status == 404, path
+            assert response.headers["Content-Type"] == "text/plain; charset=utf-8", path
+            assert await response.text() == "404 page not found\n", path
+
+
+async def test_a_deleted_crds_resources_are_404_page_not_found(http: aiohttp.ClientSession) -> None:
+    crd = yaml.safe_load(CRD_FILE.read_text())
+    path = "/apis/egressd.io/v1alpha1/egressgatewaypolicies"
+    status, _ = await _call(http, "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+    assert status == 201
+    status, body = await _call(http, "GET", path)
+    assert status == 200 and body["items"] == []
+    crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    status, _ = await _call(http, "DELETE", f"{crds}/{crd['metadata']['name']}")
+    assert status == 200
+    for url in (path, f"{path}?watch=true", f"{path}/outpost"):
+        async with http.get(url) as response:
+            assert response.status == 404, url
+            assert await response.text() == "404 page not found\n", url
 
 
 async def test_method_not_allowed(http: aiohttp.ClientSession) -> None:

@@ -7,13 +7,14 @@ Two gateways (gw-a, gw-b, labelled egress-gw=true) and a worker with pods.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from ipaddress import ip_address, ip_network
 from typing import Any
 
 from egressd.adapters.clock import SystemClock
 from egressd.adapters.recording import RecordingDataPlane
+from egressd.core.errors import LostRace
 from egressd.core.settings import IPAddress, KubeSettings, NodeSettings, Settings, Timing
 from egressd.core.steering import sources_for
 from egressd.ports import ClusterEvent, OwnershipEvent
@@ -124,9 +125,9 @@ class Node(RunsDaemon):
 
 @asynccontextmanager
 async def lab(
-    *names: str, planes: dict[str, RecordingDataPlane] | None = None
+    *names: str, planes: dict[str, RecordingDataPlane] | None = None, source: FakeCluster | None = None
 ) -> AsyncIterator[tuple[FakeCluster, dict[str, Node]]]:
-    source = FakeCluster()
+    source = source or FakeCluster()
     for name in ("gw-a", "gw-b"):
         source.put("nodes", node_object(name, GATEWAY))
     source.put("nodes", node_object("worker"))
@@ -362,3 +363,56 @@ async def test_status_report_and_metrics_show_the_policies() -> None:
         }
         source.put("policies", policy_object("copycat", ips=("172.18.0.42",)))
         await until(lambda: gw.controller.served().get("copycat") == 0.0)
+
+
+async def test_node_events_name_the_node_with_its_uid() -> None:
+    """``kubectl describe node`` shows only Events whose involvedObject carries the Node's uid."""
+    async with lab("gw-a", "gw-b") as (source, nodes):
+        await until(lambda: len(owners(nodes, IP1)) == 1)
+        owner = owners(nodes, IP1)[0]
+        await until(lambda: "EgressIPAcquired" in source.reasons("Node", owner))
+        event = next(e for e in source.events if e["involvedObject"]["kind"] == "Node")
+        assert event["involvedObject"] == {"apiVersion": "v1", "kind": "Node", "name": owner, "uid": f"uid-{owner}"}
+
+
+async def test_a_broken_policy_is_one_warning_per_cluster() -> None:
+    """Every node sees an invalid policy at once; the cluster gets one Warning
+    about it, not one per node (and it names the policy's uid)."""
+    async with lab("gw-a", "gw-b", "worker") as (source, nodes):
+        await until(lambda: all(n.controller.resolved.is_set() for n in nodes.values()))
+        source.put("policies", policy_object("broken", ips=("not-an-ip",)))
+        await until(
+            lambda: all(
+                n.controller.policies_report().get("broken", {}).get("reason") == "Invalid" for n in nodes.values()
+            )
+        )
+        await asyncio.sleep(0.1)  # let every node's Event request finish
+        warnings = [e for e in source.events if e["involvedObject"]["name"] == "broken"]
+        assert [e["reason"] for e in warnings] == ["Invalid"]
+        assert warnings[0]["involvedObject"]["uid"] == "uid-broken"
+        # an edit that breaks it differently is news: one more Event
+        source.put("policies", policy_object("broken", ips=("not-an-ip-either",)))
+        await until(lambda: len([e for e in source.events if e["involvedObject"]["name"] == "broken"]) == 2)
+        await asyncio.sleep(0.1)
+        assert len([e for e in source.events if e["involvedObject"]["name"] == "broken"]) == 2
+
+
+class ConflictingCluster(FakeCluster):
+    """Every status write loses a race: a storm of 409s."""
+
+    async def write_policy_status(
+        self, name: str, status: Mapping[str, Any], resource_version: str, *, deadline: float
+    ) -> Mapping[str, Any]:
+        self.status_writes += 1
+        raise LostRace(f"policy {name}: the object has been modified")
+
+
+async def test_a_storm_of_409s_on_the_status_is_not_answered_with_a_write_per_debounce() -> None:
+    """A 409 means a newer policy is on its way through the watch: the status
+    loop waits for it (or a second), it does not write again after each 20 ms debounce."""
+    async with lab("gw-a", source=ConflictingCluster()) as (source, nodes):
+        await until(lambda: nodes["gw-a"].serving(IP1) and nodes["gw-a"].serving(IP2))
+        await until(lambda: source.status_writes >= 1)
+        before = source.status_writes
+        await asyncio.sleep(0.5)  # 25 debounce periods
+        assert source.status_writes - before <= 1

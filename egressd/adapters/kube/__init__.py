@@ -3,13 +3,18 @@
 * Every call runs in a small bounded thread pool (the client blocks) with a
   per-call timeout no longer than ``api_timeout`` and never past the caller's
   deadline; urllib3's own retries are off.
-* Retries live here and only here (tenacity): connection failures and 5xx are
-  retried with a short jittered backoff while the deadline allows; a retry
-  never outlives the deadline it serves. Timeouts are not retried (the write
-  may have happened; the caller re-reads).
+* Retries live here and only here (tenacity): connection failures, 429 and
+  5xx are retried, at most twice per call, after a jittered wait of a quarter
+  then half of the call's time (:data:`_MAX_ATTEMPTS`), and never past the
+  deadline the call serves. A ``Retry-After`` is honoured: the store sends
+  nothing before that time, also in later calls, and a call whose deadline
+  comes first gives up at once (a renew after its renew deadline is
+  useless). Timeouts are not retried (the write may have happened; the
+  caller re-reads).
 * Errors become egressd's own (see :mod:`egressd.core.errors`): 409 → LostRace,
   404 → LeaseNotFound, 410 → LeaseExpired, timeouts → ApiTimeout, refused /
-  reset / 5xx → ApiUnavailable, each chained to the library's exception.
+  reset / 429 / 5xx → ApiUnavailable (with the ``Retry-After`` asked for),
+  each chained to the library's exception.
 * Responses are read as raw JSON (``_preload_content=False``) and validated by
   :func:`egressd.core.lease.record_from_object`; writes send the exact JSON
   egressd renders (MicroTime with six digits and ``Z``) through the client's
@@ -17,7 +22,10 @@
 * The watch runs in a thread of its own, bridged to the event loop by a
   queue. It lists first (a ``sync`` event), then watches from the list's
   resourceVersion, reconnects from the last seen one (bookmarks advance it),
-  and lists again after 410 Expired.
+  and lists again after 410 Expired. A watch refused, failed or ended early
+  is retried after :data:`egressd.core.backoff.WATCH_BACKOFF` (a storm of
+  410s must not become a storm of relists), and logged once per change of
+  problem, not once per try.
 """
 
 from __future__ import annotations
@@ -26,18 +34,21 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type
 
+from egressd.core.backoff import WATCH_BACKOFF, Backoff, RetryWait, Step, Streak, retry_after, retry_wait
 from egressd.core.errors import (
     ApiTimeout,
     ApiUnavailable,
@@ -58,6 +69,23 @@ T = TypeVar("T")
 
 #: Shortest useful remaining time for one more attempt.
 _MIN_ATTEMPT = 0.02
+
+_MAX_ATTEMPTS = 3
+"""Attempts per call. With the waits between them (at least a quarter, then
+half of the call's time) a call that keeps failing makes 3 requests in at
+least 3/4 of its time, so a member that renews every ``retryPeriod`` with
+``renewDeadline`` > 1.2 x ``retryPeriod`` (T2) makes at most 3 requests per
+3/4 x 1.2 + 1 = 1.9 retry periods under a storm of 5xx: below twice its
+steady rate of one per retry period."""
+
+Wait = Callable[[threading.Event, float], object]
+"""How a watch thread waits out a backoff: ``stop.wait(seconds)`` (a fake
+clock's in tests)."""
+
+
+def wait_on(stop: threading.Event, seconds: float) -> bool:
+    """The real :data:`Wait`."""
+    return stop.wait(seconds)
 
 
 def api_client(settings: KubeSettings, *, pool_size: int = 8) -> k8s.ApiClient:
@@ -98,6 +126,8 @@ class KubeLeaseStore:
         watch_timeout: int = 240,
         watch_idle: float = 10.0,
         label_selector: str = LABEL_SELECTOR,
+        draw: Callable[[], float] = random.random,
+        wait: Wait = wait_on,
     ) -> None:
         self._api = api
         self._leases = k8s.CoordinationV1Api(api)
@@ -118,6 +148,10 @@ class KubeLeaseStore:
         self._watch_up = False
         self._last_ok = 0.0
         self._last_failed = 0.0
+        self._draw = draw
+        self._wait = wait
+        self._not_before = 0.0
+        """Monotonic time before which the server asked us (Retry-After) not to call."""
 
     # --- calls --------------------------------------------------------------
 
@@ -202,49 +236,101 @@ class KubeLeaseStore:
         return records, rv
 
     async def _call(self, verb: str, deadline: float, fn: Callable[[float], Any]) -> dict[str, Any]:
-        """Run ``fn(timeout)`` in the pool, retried on unavailability until the deadline."""
+        """Run ``fn(timeout)`` in the pool, retried on unavailability within the deadline."""
         loop = asyncio.get_running_loop()
+        budget = deadline - self._clock.monotonic()
+        backoff = Backoff(initial=max(budget, _MIN_ATTEMPT) / 2, cap=max(budget, _MIN_ATTEMPT))
+        decisions: dict[int, RetryWait] = {}
+        unavailable: list[ApiUnavailable] = []
 
-        backoff = wait_random_exponential(multiplier=0.02, max=0.2)
-        unavailable: ApiUnavailable | None = None
+        def decide(state: RetryCallState) -> RetryWait:
+            # tenacity asks for the wait before it asks whether to stop: decide once per attempt
+            if state.attempt_number not in decisions:
+                error = state.outcome.exception() if state.outcome is not None else None
+                asks = error.retry_after if isinstance(error, ApiUnavailable) else None
+                if isinstance(error, ApiUnavailable):
+                    unavailable[:] = [error]
+                remaining = deadline - self._clock.monotonic()
+                delay = backoff.delay(state.attempt_number, self._draw())
+                decisions[state.attempt_number] = (
+                    RetryWait(None, f"{_MAX_ATTEMPTS} attempts failed")
+                    if state.attempt_number >= _MAX_ATTEMPTS
+                    else retry_wait(delay, asks, remaining, _MIN_ATTEMPT)
+                )
+            return decisions[state.attempt_number]
 
         def stop(state: RetryCallState) -> bool:
-            return deadline - self._clock.monotonic() < 2 * _MIN_ATTEMPT
+            return decide(state).delay is None
 
         def wait(state: RetryCallState) -> float:
-            # never sleep into the time the next attempt needs
-            return min(backoff(state), max(0.0, deadline - self._clock.monotonic() - _MIN_ATTEMPT))
+            return decide(state).delay or 0.0
 
-        async for attempt in AsyncRetrying(
-            stop=stop,
-            wait=wait,
-            retry=retry_if_exception_type(ApiUnavailable),
-            reraise=True,
-        ):
-            with attempt:
-                remaining = deadline - self._clock.monotonic()
-                if remaining < _MIN_ATTEMPT:
-                    if unavailable is not None:
-                        raise unavailable  # the real reason, not the clock
-                    raise ApiTimeout(f"lease {verb}: deadline passed before the call")
-                timeout = min(self._api_timeout, remaining)
-                future = loop.run_in_executor(self._executor, blocking_json, fn, timeout)
-                try:
-                    async with asyncio.timeout(timeout + 0.05):
-                        result = await future
-                except TimeoutError as exc:
-                    self._last_failed = self._clock.monotonic()
-                    raise ApiTimeout(f"lease {verb}: no answer within {timeout:.3f}s") from exc
-                except ApiUnavailable as exc:
-                    self._last_failed = self._clock.monotonic()
-                    unavailable = exc
-                    raise
-                except ApiTimeout:
-                    self._last_failed = self._clock.monotonic()
-                    raise
-                self._last_ok = self._clock.monotonic()
-                return result
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop,
+                wait=wait,
+                sleep=self._clock.sleep,
+                retry=retry_if_exception_type(ApiUnavailable),
+            ):
+                with attempt:
+                    return await self._attempt(loop, verb, deadline, fn, unavailable[0] if unavailable else None)
+        except RetryError as exc:
+            last = exc.last_attempt.exception()
+            assert isinstance(last, ApiUnavailable)
+            decision = decisions[exc.last_attempt.attempt_number]
+            if decision.reason.startswith("the server asks"):
+                # report the wait that did not fit, not only the last error
+                raise ApiUnavailable(f"{last}; gave up: {decision.reason}", retry_after=last.retry_after) from last
+            raise last from last.__cause__
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        verb: str,
+        deadline: float,
+        fn: Callable[[float], Any],
+        unavailable: ApiUnavailable | None,
+    ) -> dict[str, Any]:
+        """One request, after the wait the server asked for if there is one;
+        ``unavailable`` is the previous attempt's error, if any."""
+        remaining = deadline - self._clock.monotonic()
+        hold = self._not_before - self._clock.monotonic()
+        if hold > 0:
+            if hold > remaining - _MIN_ATTEMPT:
+                raise ApiUnavailable(
+                    f"lease {verb}: the API server asked to wait {hold:.3f}s more (Retry-After)", retry_after=hold
+                )
+            await self._clock.sleep(hold)
+            remaining = deadline - self._clock.monotonic()
+        if remaining < _MIN_ATTEMPT:
+            if unavailable is not None:
+                raise unavailable  # the real reason, not the clock
+            raise ApiTimeout(f"lease {verb}: deadline passed before the call")
+        timeout = min(self._api_timeout, remaining)
+        future = loop.run_in_executor(self._executor, blocking_json, fn, timeout)
+        try:
+            async with asyncio.timeout(timeout + 0.05):
+                result = await future
+        except TimeoutError as exc:
+            self._last_failed = self._clock.monotonic()
+            raise ApiTimeout(f"lease {verb}: no answer within {timeout:.3f}s") from exc
+        except ApiUnavailable as exc:
+            self._failed_unavailable(exc)
+            raise
+        except ApiTimeout:
+            self._last_failed = self._clock.monotonic()
+            raise
+        self._last_ok = self._clock.monotonic()
+        return result
+
+    def _failed_unavailable(self, exc: ApiUnavailable) -> None:
+        now = self._clock.monotonic()
+        self._last_failed = now
+        if exc.retry_after is not None:
+            # honoured up to the watch backoff's cap: a proxy asking for an hour
+            # must not keep every lease of this node unrenewable for an hour
+            self._not_before = max(self._not_before, now + min(exc.retry_after, WATCH_BACKOFF.cap))
 
     # --- watch ----------------------------------------------------------------
 
@@ -269,35 +355,49 @@ class KubeLeaseStore:
 
     def _watch_thread(self, emit: Callable[[LeaseEvent | BaseException], None], stop: threading.Event) -> None:
         rv = ""
-        backoff = 0.05
+        streak = Streak(WATCH_BACKOFF, self._draw)
         while not stop.is_set() and not self._closed.is_set():
+            started = self._clock.monotonic()
+            problem: BaseException | None = None
+            idle = False
             try:
                 if not rv:
                     records, rv, problems = self._list_blocking()
                     emit(LeaseEvent(kind="sync", records=tuple(records), problems=problems))
+                    started = self._clock.monotonic()
                 for event in self._watch_once(rv, stop):
                     self._watch_up = True
                     self._last_ok = self._clock.monotonic()
-                    backoff = 0.05
                     rv = event.pop("_rv", rv)
                     if event:
                         emit(_to_lease_event(event))
-            except LeaseExpired:
-                log.info("lease watch: resourceVersion %s expired; listing again", rv)
+            except LeaseExpired as exc:
                 rv = ""
+                problem = exc
             except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
                 # silent for watch_idle: reconnect at once, quietly (an idle watch is normal)
                 log.debug(
                     "lease watch silent for %.1fs (%s); reconnecting from resourceVersion %s", self._watch_idle, exc, rv
                 )
-                continue
+                idle = True
             except (LeaseError, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
                 self._watch_up = False
-                if stop.is_set():
-                    return
-                log.warning("lease watch interrupted (%s); reconnecting from resourceVersion %s", exc, rv or "-")
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 1.0)
+                if isinstance(exc, ApiUnavailable):
+                    self._failed_unavailable(exc)
+                problem = exc
+            if stop.is_set():
+                return
+            ran = self._clock.monotonic() - started
+            ended = streak.ran(ran)
+            if ended:
+                log.info("lease watch healthy again after %d failed attempt(s)", ended)
+            if problem is None and not idle and ran < min(streak.healthy_after, self._watch_timeout):
+                problem = EOFError(f"the watch ended after {ran:.1f}s")
+            if problem is None:
+                continue  # a watch that ran its course, or sat idle: reconnect at once
+            step = streak.failed(type(problem).__name__, retry_after=getattr(problem, "retry_after", None))
+            log_step(log, "lease watch", problem, step, rv)
+            self._wait(stop, step.delay)
 
     def _list_blocking(self) -> tuple[list[LeaseRecord], str, tuple[tuple[str, str], ...]]:
         obj = blocking_json(
@@ -350,6 +450,26 @@ def start_watch_thread(
             emit(EgressdError(f"{name}: thread ended"))
 
     threading.Thread(target=run, name=name, daemon=True).start()
+
+
+def log_step(logger: logging.Logger, what: str, problem: BaseException, step: Step, rv: str) -> None:
+    """One line per change of problem and per doubling of the streak (see
+    :class:`egressd.core.backoff.Streak`); the other tries at debug level."""
+    level = logging.WARNING
+    action = "listing again" if not rv else f"reconnecting from resourceVersion {rv}"
+    if isinstance(problem, LeaseNotFound):
+        level = logging.INFO  # the collection is gone: what the list finds is reported there
+    elif isinstance(problem, LeaseExpired | EOFError) and step.failures == 1:
+        level = logging.INFO  # routine once (a compacted history, a server closing a stream), not in a row
+    logger.log(
+        level if step.report else logging.DEBUG,
+        "%s: %s (%d in a row); %s in %.1fs",
+        what,
+        problem,
+        step.failures,
+        action,
+        step.delay,
+    )
 
 
 def raw_request(
@@ -508,6 +628,7 @@ def blocking_json(fn: Callable[[float], Any], timeout: float) -> dict[str, Any]:
     if status >= 400:
         error = ApiException(status=status, reason=getattr(resp, "reason", ""))
         error.body = data
+        error.headers = getattr(resp, "headers", None)
         raise translate(error, "call")
     try:
         decoded = json.loads(data)
@@ -528,8 +649,30 @@ def translate(exc: ApiException, verb: str) -> LeaseError:
     if status == 410:
         return LeaseExpired(f"{verb}: {message}")
     if status == 429 or status >= 500 or status == 0:
-        return ApiUnavailable(f"{verb}: HTTP {status}: {message}")
+        return ApiUnavailable(f"{verb}: HTTP {status}: {message}", retry_after=_retry_after(exc))
     return LeaseError(f"{verb}: HTTP {status}: {message}")
+
+
+def _retry_after(exc: ApiException) -> float | None:
+    """The wait a 429/5xx asks for: the ``Retry-After`` header, else the
+    Status's ``details.retryAfterSeconds`` (a real server sends both)."""
+    headers = getattr(exc, "headers", None)
+    header = headers.get("Retry-After") if headers is not None and hasattr(headers, "get") else None
+    if header is not None:
+        seconds = retry_after(str(header), datetime.now(UTC))
+        if seconds is not None:
+            return seconds
+    body = exc.body
+    if isinstance(body, bytes | str):
+        try:
+            status = json.loads(body)
+        except (ValueError, RecursionError):
+            return None
+        details = status.get("details") if isinstance(status, dict) else None
+        seconds_field = details.get("retryAfterSeconds") if isinstance(details, dict) else None
+        if isinstance(seconds_field, int) and not isinstance(seconds_field, bool) and seconds_field > 0:
+            return float(min(seconds_field, 10**9))
+    return None
 
 
 def _status_message(exc: ApiException) -> str:

@@ -4,8 +4,14 @@ Nodes, Namespaces and Pods watched; policy status and Events written.
 One thread per resource lists it (a ``RELISTED`` event with every object),
 then watches from the list's resourceVersion, reconnects from the last one it
 saw (bookmarks advance it) and lists again after 410 Expired, like an
-informer. The policies' CRD may not be installed yet: a 404 on their list is
-an empty list, retried every ``crd_retry`` seconds and logged once.
+informer. A watch refused, failed or ended early is retried after
+:data:`egressd.core.backoff.WATCH_BACKOFF` (longer if the server asks with
+``Retry-After``), and logged once per change of problem, not once per try.
+
+The policies' CRD may not be installed yet, or be deleted: a 404 on their
+list or watch, whether a Status or the plain-text ``404 page not found`` a
+real server answers for a path no API serves, is an empty list, looked at
+again every ``crd_retry`` seconds and logged once.
 
 Objects are passed on as the API server sent them (JSON); the core parses
 them (:mod:`egressd.core.cluster`), so an object egressd cannot read is
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +34,17 @@ import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from egressd.adapters.kube import blocking_json, raw_request, start_watch_thread, translate, watch_events
+from egressd.adapters.kube import (
+    Wait,
+    blocking_json,
+    log_step,
+    raw_request,
+    start_watch_thread,
+    translate,
+    wait_on,
+    watch_events,
+)
+from egressd.core.backoff import WATCH_BACKOFF, Streak
 from egressd.core.errors import ApiTimeout, LeaseError, LeaseExpired, LeaseNotFound
 from egressd.core.kube_events import EVENT_NAMESPACE
 from egressd.ports import Clock, ClusterEvent, ClusterResource
@@ -61,6 +78,8 @@ class KubeCluster:
         watch_idle: float = 60.0,
         crd_retry: float = 10.0,
         workers: int = 2,
+        draw: Callable[[], float] = random.random,
+        wait: Wait = wait_on,
     ) -> None:
         self._api = api
         self._clock = clock
@@ -71,6 +90,8 @@ class KubeCluster:
         self._crd_retry = crd_retry
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="egressd-cluster-api")
         self._closed = threading.Event()
+        self._draw = draw
+        self._wait = wait
 
     # --- requests -----------------------------------------------------------
     #
@@ -123,10 +144,13 @@ class KubeCluster:
 
     def _watch_thread(self, resource: ClusterResource, emit: Emit, stop: threading.Event) -> None:
         rv = ""
-        backoff = 0.1
+        streak = Streak(WATCH_BACKOFF, self._draw)
         missing_crd = False
         path = PATHS[resource]
         while not stop.is_set() and not self._closed.is_set():
+            started = self._clock.monotonic()
+            problem: BaseException | None = None
+            idle = False
             try:
                 if not rv:
                     try:
@@ -144,7 +168,8 @@ class KubeCluster:
                             )
                             emit(ClusterEvent(resource=resource, type="RELISTED"))
                         missing_crd = True
-                        stop.wait(self._crd_retry)
+                        streak.reset()  # not a failure of the watch: a state, logged above
+                        self._wait(stop, self._crd_retry)
                         continue
                     if missing_crd:
                         log.info("the EgressGatewayPolicy CRD is installed now")
@@ -152,23 +177,36 @@ class KubeCluster:
                     items = tuple(item for item in listing.get("items") or [] if isinstance(item, Mapping))
                     rv = str((listing.get("metadata") or {}).get("resourceVersion") or "")
                     emit(ClusterEvent(resource=resource, type="RELISTED", objects=items))
-                    backoff = 0.1
+                    started = self._clock.monotonic()
                 for event in self._watch_once(resource, rv, stop):
                     rv = event.pop("_rv", rv) or rv
                     if event:
                         emit(ClusterEvent(resource=resource, type=event["type"], object=event["object"]))
-                    backoff = 0.1
-            except LeaseExpired:
-                log.info("%s watch: resourceVersion %s expired; listing again", resource, rv)
+            except LeaseExpired as exc:
                 rv = ""
+                problem = exc
+            except LeaseNotFound as exc:
+                # the collection is gone (the CRD deleted under an open watch):
+                # list again, which takes the "not installed" path above
+                rv = ""
+                problem = exc
             except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
-                continue  # a quiet watch: reconnect from rv
+                idle = True  # a quiet watch: reconnect from rv
             except (LeaseError, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
-                if stop.is_set():
-                    return
-                log.warning("%s watch interrupted (%s); reconnecting from resourceVersion %s", resource, exc, rv or "-")
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                problem = exc
+            if stop.is_set():
+                return
+            ran = self._clock.monotonic() - started
+            ended = streak.ran(ran)
+            if ended:
+                log.info("%s watch healthy again after %d failed attempt(s)", resource, ended)
+            if problem is None and not idle and ran < min(streak.healthy_after, self._watch_timeout):
+                problem = EOFError(f"the watch ended after {ran:.1f}s")
+            if problem is None:
+                continue  # a watch that ran its course, or sat idle: reconnect at once
+            step = streak.failed(type(problem).__name__, retry_after=getattr(problem, "retry_after", None))
+            log_step(log, f"{resource} watch", problem, step, rv)
+            self._wait(stop, step.delay)
 
     async def snapshot(self) -> dict[ClusterResource, tuple[Mapping[str, Any], ...]]:
         """Every object of each resource, listed once (for ``egressd status``,
