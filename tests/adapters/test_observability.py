@@ -16,8 +16,8 @@ from egressd.adapters.observability import ObservabilityServer, PrometheusMetric
 from egressd.cli.main import daemon_gauges
 from egressd.core.states import State
 from tests.fakes import FakeLeaseStore
-from tests.runtime.support import ObjectLeaseStore, poisoned, until
-from tests.runtime.test_daemon import IP, TIMING, Node
+from tests.runtime.support import TIMING, ObjectLeaseStore, poisoned, until
+from tests.runtime.test_daemon import IP, Node
 
 
 def samples(metrics: PrometheusMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -13,11 +13,24 @@ from typing import Any
 from egressd.adapters.recording import RecordingDataPlane
 from egressd.core.errors import LostRace, MalformedLease
 from egressd.core.lease import ANN_DURATION_MS, LeaseRecord, lease_name, object_from_record, record_from_object
+from egressd.core.settings import Timing
 from egressd.ports import LeaseEvent
 from egressd.runtime.daemon import Daemon
 from tests.fakes import FakeLeaseStore
 from tests.journal import intervals, overlaps
 
+TIMING = Timing(
+    lease_duration=0.6,
+    renew_deadline=0.25,
+    retry_period=0.05,
+    address_lifetime=1,
+    api_timeout=0.1,
+    non_preferred_delay=0.1,
+    handoff_grace=0.6,
+    fence_ttl=0.15,
+)
+"""Timings of the runtime tests: a takeover within a second of virtual or real
+time, with the protocol's inequalities kept (T1: 0.6 > 0.25 + 0.15 + 0.05 + 0.1)."""
 
 class RunsDaemon:
     """A test node: ``daemon`` run as ``task``."""

@@ -15,25 +15,16 @@ from typing import Any
 from egressd.adapters.clock import SystemClock
 from egressd.adapters.recording import RecordingDataPlane
 from egressd.core.errors import LostRace
-from egressd.core.settings import IPAddress, KubeSettings, NodeSettings, Settings, Timing
+from egressd.core.settings import IPAddress, KubeSettings, NodeSettings, Settings
 from egressd.core.steering import sources_for
 from egressd.ports import ClusterEvent, OwnershipEvent
 from egressd.runtime.controller import Controller
 from egressd.runtime.daemon import Daemon, FanoutEvents, LogEvents
 from egressd.runtime.member import DataPlane
 from tests.fakes import FakeCluster, FakeLeaseStore
-from tests.runtime.support import RunsDaemon, assert_no_two_owners, until
+from tests.runtime.support import TIMING, RunsDaemon, assert_no_two_owners, until
 
 IP1, IP2 = ip_address("172.18.0.42"), ip_address("172.18.0.43")
-TIMING = Timing(
-    lease_duration=0.6,
-    renew_deadline=0.25,
-    retry_period=0.05,
-    address_lifetime=1,
-    api_timeout=0.1,
-    non_preferred_delay=0.1,
-    handoff_grace=0.6,
-)
 ADDRESSES = {"gw-a": "10.0.0.1", "gw-b": "10.0.0.2", "gw-c": "10.0.0.3", "worker": "10.0.0.9"}
 GATEWAY = {"egress-gw": "true"}
 

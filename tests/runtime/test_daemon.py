@@ -18,24 +18,15 @@ from egressd.adapters.clock import SystemClock
 from egressd.adapters.recording import RecordingDataPlane
 from egressd.core.election import rendezvous_rank
 from egressd.core.lease import lease_name
-from egressd.core.settings import EgressGroup, IPAddress, NodeSettings, Settings, Timing
+from egressd.core.settings import EgressGroup, IPAddress, NodeSettings, Settings
 from egressd.core.states import State
 from egressd.ports import LeaseEvent, OwnershipEvent
 from egressd.runtime.daemon import Daemon, FanoutEvents, LogEvents
 from egressd.runtime.member import DataPlane
 from tests.fakes import FakeLeaseStore
-from tests.runtime.support import ObjectLeaseStore, RunsDaemon, assert_no_two_owners, poisoned, until
+from tests.runtime.support import TIMING, ObjectLeaseStore, RunsDaemon, assert_no_two_owners, poisoned, until
 
 IP = ip_address("172.18.0.42")
-TIMING = Timing(
-    lease_duration=0.6,
-    renew_deadline=0.25,
-    retry_period=0.05,
-    address_lifetime=1,
-    api_timeout=0.1,
-    non_preferred_delay=0.1,
-    handoff_grace=0.6,
-)
 GROUP = EgressGroup(
     name="outpost",
     egress_ips=(IP,),

@@ -12,23 +12,15 @@ import pytest
 
 from egressd.adapters.recording import RecordingDataPlane
 from egressd.core.lease import lease_name
-from egressd.core.settings import EgressGroup, NodeSettings, Settings, Timing
+from egressd.core.settings import EgressGroup, NodeSettings, Settings
 from egressd.runtime.daemon import Daemon
 from egressd.runtime.member import DataPlane
 from tests.fakes import FakeLeaseStore
+from tests.runtime.support import TIMING
 from tests.virtual_time import VirtualClock, run_virtual, until
 
 IP = ip_address("172.18.0.42")
 NAME = lease_name(str(IP))
-TIMING = Timing(
-    lease_duration=0.6,
-    renew_deadline=0.25,
-    retry_period=0.05,
-    address_lifetime=1,
-    api_timeout=0.1,
-    non_preferred_delay=0.1,
-    handoff_grace=0.6,
-)
 GROUP = EgressGroup(
     name="outpost",
     egress_ips=(IP,),

@@ -16,25 +16,16 @@ from typing import Any
 
 from egressd.adapters.recording import RecordingDataPlane
 from egressd.core.lease import LeaseRecord, lease_name, object_from_record
-from egressd.core.settings import EgressGroup, NodeSettings, Settings, Timing
+from egressd.core.settings import EgressGroup, NodeSettings, Settings
 from egressd.core.states import State
 from egressd.ports import LeaseEvent
 from egressd.runtime.daemon import Daemon
 from egressd.runtime.member import DataPlane
-from tests.runtime.support import ObjectLeaseStore, assert_no_two_owners, poisoned
+from tests.runtime.support import TIMING, ObjectLeaseStore, assert_no_two_owners, poisoned
 from tests.virtual_time import VirtualClock, run_virtual, until
 
 POISONED = ip_address("172.18.0.42")
 HEALTHY = ip_address("172.18.0.43")
-TIMING = Timing(
-    lease_duration=0.6,
-    renew_deadline=0.25,
-    retry_period=0.05,
-    address_lifetime=1,
-    api_timeout=0.1,
-    non_preferred_delay=0.1,
-    handoff_grace=0.6,
-)
 GROUP = EgressGroup(
     name="outpost",
     egress_ips=(POISONED, HEALTHY),

@@ -15,22 +15,14 @@ from egressd.adapters.recording import RecordingDataPlane
 from egressd.core.election import HOLD_OFF_GROWTH_CAP, spread_rank
 from egressd.core.errors import DataPlaneError
 from egressd.core.lease import lease_name
-from egressd.core.settings import EgressGroup, IPAddress, NodeSettings, Settings, Timing
+from egressd.core.settings import EgressGroup, IPAddress, NodeSettings, Settings
 from egressd.runtime.daemon import Daemon
 from egressd.runtime.member import DataPlane
 from tests.fakes import FakeLeaseStore
+from tests.runtime.support import TIMING
 from tests.virtual_time import VirtualClock, run_virtual, until
 
 IP = ip_address("172.18.0.42")
-TIMING = Timing(
-    lease_duration=0.6,
-    renew_deadline=0.25,
-    retry_period=0.05,
-    address_lifetime=1,
-    api_timeout=0.1,
-    non_preferred_delay=0.1,
-    handoff_grace=0.6,
-)
 
 
 class FailingPlane(RecordingDataPlane):
