@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from egressd.core.election import Action, Me, Observation, retire
-from egressd.core.errors import DataPlaneError, LeaseError, LostRace
+from egressd.core.errors import ConfigError, DataPlaneError, LeaseError, LostRace
 from egressd.core.lease import LeaseRecord, lease_name
 from egressd.core.settings import EgressGroup, IPAddress, Settings
 from egressd.core.states import State
@@ -116,6 +116,11 @@ class Daemon:
         shutdown_grace: float = 5.0,
         repair_interval: float = 2.0,
     ) -> None:
+        problems = settings.timing.check()
+        if problems:
+            # as client-go's NewLeaderElector: timings that break the safety
+            # argument are refused however the daemon is built, in tests too
+            raise ConfigError(problems, "timing")
         self.settings = settings
         self.store = store
         self.dataplane = dataplane

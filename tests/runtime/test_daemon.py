@@ -1,7 +1,8 @@
 """The runtime with in-memory fakes at its ports: several daemons, one store.
 
-These run on the real event loop with short timings (not the validated
-defaults: the fakes have no kernel, so the address lifetime is only modelled).
+These run on the real event loop with short timings that keep the safety
+inequalities (tests/runtime/support.py; the fakes have no kernel, so the
+address lifetime is only modelled).
 Assertions are about order and safety, with generous time bounds.
 """
 
@@ -14,9 +15,12 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from ipaddress import ip_address
 
+import pytest
+
 from egressd.adapters.clock import SystemClock
 from egressd.adapters.recording import RecordingDataPlane
 from egressd.core.election import rendezvous_rank
+from egressd.core.errors import ConfigError
 from egressd.core.lease import lease_name
 from egressd.core.settings import EgressGroup, IPAddress, NodeSettings, Settings
 from egressd.core.states import State
@@ -296,3 +300,14 @@ async def test_fence_and_member_stepping_down_at_once_do_not_crash() -> None:
         await asyncio.gather(member.step_down("renew-deadline"), member.step_down("lost-lease"))
         assert member.sm.state is State.STANDBY
         assert not owner.daemon.supervisor.dead
+
+
+def test_a_daemon_whose_timings_break_the_safety_argument_is_refused() -> None:
+    plane = RecordingDataPlane("gw-a")
+    settings = Settings(
+        node=NodeSettings(name="gw-a", address=ip_address(ADDRESSES["gw-a"])),
+        timing=replace(TIMING, fence_ttl=1.5),
+        groups=(GROUP,),
+    )
+    with pytest.raises(ConfigError, match=r"\(T1\) leaseDuration"):
+        Daemon(settings, store=FakeLeaseStore(), dataplane=DataPlane(plane, plane, plane), clock=SystemClock())
