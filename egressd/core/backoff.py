@@ -92,6 +92,30 @@ class Step:
     """Whether this failure deserves a log line (else a debug line)."""
 
 
+class Repeats:
+    """Failures of one kind of operation in a row, and which of them deserve a
+    log line: the first, one whose problem differs from the last, and then
+    every power of two (1, 2, 4, 8, ...), so a fault that lasts logs a handful
+    of lines whatever the number of tries; the others go to debug."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self._problem = ""
+
+    def failed(self, problem: str) -> bool:
+        """Count a failure of kind ``problem`` (a short, stable text such as the
+        error's class); whether it deserves a log line."""
+        self.failures += 1
+        changed = problem != self._problem
+        self._problem = problem
+        return changed or self.failures & (self.failures - 1) == 0
+
+    def succeeded(self) -> int:
+        """The operation worked: how many failures in a row this ended."""
+        ended, self.failures, self._problem = self.failures, 0, ""
+        return ended
+
+
 class Streak:
     """The failures in a row of one loop (a watch, a relist)."""
 
@@ -99,24 +123,24 @@ class Streak:
         self.backoff = backoff
         self.healthy_after = healthy_after
         self._draw = draw
-        self.failures = 0
-        self._problem = ""
+        self._repeats = Repeats()
+
+    @property
+    def failures(self) -> int:
+        return self._repeats.failures
 
     def failed(self, problem: str, *, retry_after: float | None = None) -> Step:
         """Record a failure of kind ``problem`` (a short, stable text such as
         the error's class); a ``retry_after`` the server asked for lengthens
         the wait, up to the backoff's cap."""
-        self.failures += 1
-        changed = problem != self._problem
-        self._problem = problem
+        report = self._repeats.failed(problem)
         delay = self.backoff.delay(self.failures, self._draw())
         if retry_after is not None and retry_after > delay:
             delay = min(retry_after, self.backoff.cap)
-        report = changed or self.failures & (self.failures - 1) == 0  # a power of two
         return Step(delay, self.failures, report)
 
     def reset(self) -> None:
-        self.failures, self._problem = 0, ""
+        self._repeats.succeeded()
 
     def ran(self, seconds: float) -> int:
         """A try ran ``seconds`` without failing: a long enough run ends the

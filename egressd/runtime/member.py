@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from egressd.core.backoff import Repeats
 from egressd.core.election import Action, Decision, Me, Observation, decide, hold_off, spread_rank
 from egressd.core.errors import ApiTimeout, DataPlaneError, LeaseError, LostRace, MalformedLease
 from egressd.core.lease import LeaseRecord, held_by, lease_name
@@ -92,6 +93,9 @@ class Member:
         self._hold_off_reason = ""
         self._takeover_failures = 0
         """Takeovers in a row whose data plane failed (the hold-off grows with it)."""
+        self._write_failures = Repeats()
+        """Lease writes failed in a row: a fault that lasts logs a handful of lines, not one per try."""
+        self._read_failures = Repeats()
         self._stopping = False
         self._sent = 0.0
         """Monotonic send time of the last successful lease write."""
@@ -200,17 +204,23 @@ class Member:
                 written = await self._store.update(record, deadline=self._deadline(started))
         except LostRace as exc:
             self._write_unsure = False
-            self.log.info("lost race for the lease (%s); reading it again", exc)
+            level = logging.INFO if self._write_failures.failed("LostRace") else logging.DEBUG
+            failures = self._write_failures.failures
+            self.log.log(level, "lost race for the lease (%s, %d in a row); reading it again", exc, failures)
             self._metrics.api_error("LostRace")
             await self._refresh()
             return None
         except LeaseError as exc:
             self._write_unsure = isinstance(exc, ApiTimeout)  # a timed-out write may have landed
-            self.log.warning("lease write failed: %s", exc)
+            level = logging.WARNING if self._write_failures.failed(type(exc).__name__) else logging.DEBUG
+            self.log.log(level, "lease write failed (%d in a row): %s", self._write_failures.failures, exc)
             self._metrics.renew(str(self.ip), self._clock.monotonic() - started, ok=False, error=type(exc).__name__)
             self._metrics.api_error(type(exc).__name__)
             return None
         self._write_unsure = False
+        ended = self._write_failures.succeeded()
+        if ended:
+            self.log.info("lease write worked after %d failure(s) in a row", ended)
         self._metrics.renew(str(self.ip), self._clock.monotonic() - started, ok=True)
         self._view.observe(self.name, written, notify=False)
         if self._view.get(self.name).resource_version == written.resource_version:
@@ -227,12 +237,13 @@ class Member:
         except MalformedLease as exc:
             self._view.observe(self.name, None, problem=str(exc))
         except LeaseError as exc:
-            self.log.warning("could not read the lease: %s", exc)
+            level = logging.WARNING if self._read_failures.failed(type(exc).__name__) else logging.DEBUG
+            self.log.log(level, "could not read the lease (%d in a row): %s", self._read_failures.failures, exc)
         else:
+            self._read_failures.succeeded()
             self._view.observe(self.name, record)
             return True
         return False
-
     async def _acquire(self, base: LeaseRecord | None, decision: Decision) -> None:
         written = await self._write_holder(base, decision.reason)
         if written is None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egressd.core.backoff import WATCH_BACKOFF, Backoff, Streak, retry_after, retry_wait
+from egressd.core.backoff import WATCH_BACKOFF, Backoff, Repeats, Streak, retry_after, retry_wait
 
 NOW = datetime(2026, 12, 4, 12, 0, 0, tzinfo=UTC)
 
@@ -102,3 +102,14 @@ def test_a_retry_after_within_the_deadline_is_waited_out() -> None:
 def test_backoff_never_sleeps_into_the_time_the_next_attempt_needs() -> None:
     assert retry_wait(1.0, None, remaining=0.5, min_attempt=0.02).delay == pytest.approx(0.48)
     assert retry_wait(0.1, None, remaining=0.03, min_attempt=0.02).delay is None
+
+
+def test_repeats_report_the_first_a_new_problem_and_powers_of_two() -> None:
+    r = Repeats()
+    reported = [n for n in range(1, 101) if r.failed("ApiUnavailable")]
+    assert reported == [1, 2, 4, 8, 16, 32, 64]
+    assert r.failed("ApiTimeout"), "a different problem is news"
+    assert not r.failed("ApiTimeout")  # 102: no power of two, same problem
+    assert r.succeeded() == 102
+    assert r.succeeded() == 0
+    assert r.failed("ApiTimeout"), "after a success the next failure is the first again"

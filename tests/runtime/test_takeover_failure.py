@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 from ipaddress import ip_address
 
 import pytest
@@ -114,3 +115,33 @@ def test_a_lone_failing_node_backs_off_with_growth_capped(caplog: pytest.LogCapt
     for gap, factor in zip(gaps, [1, 2, 4, 8, 16, 16, 16], strict=False):
         assert factor * ld - 0.02 <= gap <= factor * ld + 4 * TIMING.retry_period, gaps  # sampled every 10 ms
     assert max(gaps) <= HOLD_OFF_GROWTH_CAP * ld + 4 * TIMING.retry_period
+
+
+def test_a_lasting_api_fault_logs_a_handful_of_lines_not_one_per_write(caplog: pytest.LogCaptureFixture) -> None:
+    """A lone owner whose lease writes fail for a minute (500s) tries every
+    retry period, and logs the failure first, then at powers of two."""
+    lines: dict[str, int] = {}
+
+    async def main() -> None:
+        store = FakeLeaseStore()
+        plane = RecordingDataPlane("gw-a")
+        daemon = node("gw-a", ("gw-a",), store, plane)
+        task = asyncio.create_task(daemon.run(install_signals=False))
+        await until(lambda: IP in plane.snat, 5.0)
+        caplog.clear()
+        store.fail()
+        await asyncio.sleep(60.0)
+        store.fail(False)
+        await until(lambda: IP in plane.snat, 10.0)
+        failures = [r for r in caplog.records if "lease write failed" in r.getMessage()]
+        lines["warnings"] = sum(r.levelno >= logging.WARNING for r in failures)
+        lines["tries"] = len(failures)
+        lines["recovered"] = sum("lease write worked after" in r.getMessage() for r in caplog.records)
+        daemon.supervisor.request_stop("test")
+        await task
+
+    with caplog.at_level(logging.DEBUG, logger="egressd.runtime.member"):
+        run_virtual(main)
+    assert lines["tries"] >= 100, lines
+    assert lines["warnings"] <= math.log2(lines["tries"]) + 2, lines
+    assert lines["recovered"] == 1, lines
