@@ -89,14 +89,14 @@ class KernelAddresses:
         """Whether a link called ``interface`` exists in this namespace."""
         return await self._call(self._has_interface, interface)
 
-    # -- beyond the port --------------------------------------------------
-
     async def interface_addresses(self, interface: str) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
         """The addresses (with their prefix) on ``interface`` that are not
         egressd's own, empty if there is no such link: the node's addresses
         there, whose subnets tell the network and broadcast addresses no egress
         IP may be."""
         return await self._call(self._interface_addresses, interface)
+
+    # -- beyond the port --------------------------------------------------
 
     async def lifetimes(self) -> dict[tuple[IPAddress, str], int]:
         """Remaining ``valid_lft`` (seconds, as the kernel reports it) of egressd's addresses."""

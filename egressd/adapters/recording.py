@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from egressd.core.addressing import OnLink
 from egressd.core.settings import EgressGroup, IPAddress
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class RecordingDataPlane:
         self.staged_groups: tuple[EgressGroup, ...] = ()
         self.steering: dict[IPAddress, IPAddress | None] = {}
         self.ops: list[dict[str, Any]] = []
+        self.on_link: dict[str, list[OnLink]] = {}
+        """The node's own addresses per interface (none unless a test sets them)."""
         self.journal_errors = 0
         """Journal lines that could not be written."""
         self._journal_failing = False
@@ -86,6 +89,9 @@ class RecordingDataPlane:
 
     async def has_interface(self, interface: str) -> bool:
         return True
+
+    async def interface_addresses(self, interface: str) -> list[OnLink]:
+        return list(self.on_link.get(interface, ()))
 
     # Snat
     async def stage(self, groups: Sequence[EgressGroup]) -> None:

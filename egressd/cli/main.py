@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from egressd import __version__
 from egressd.cli.configfile import read_config
 from egressd.cli.filechecks import secret_file_warnings
-from egressd.core.addressing import canonical, subnet_edge_problem
+from egressd.core.addressing import on_link_problem
 from egressd.core.errors import ConfigError, EgressdError, Problem
 from egressd.core.settings import IPAddress, Settings, expand_env, parse_settings
 
@@ -331,11 +331,9 @@ def egress_ips_on_interfaces(
             continue
         on_link = found.get(group.interface, ())
         for ii, ip in enumerate(group.egress_ips):
-            where = f"groups[{gi}].egressIPs[{ii}]"
-            if any(canonical(a.ip) == canonical(ip) for a in on_link):
-                problems.append(Problem(where, f"{ip} is already an address of this node on {group.interface}"))
-            elif (why := subnet_edge_problem(ip, [a.network for a in on_link])) is not None:
-                problems.append(Problem(where, f"{why} on {group.interface}; it cannot be an egress IP"))
+            why = on_link_problem(ip, group.interface, on_link)
+            if why is not None:
+                problems.append(Problem(f"groups[{gi}].egressIPs[{ii}]", why))
     return problems
 
 

@@ -114,3 +114,19 @@ def interface_name_problem(name: str) -> str | None:
     if bad:
         return "contains " + ", ".join(map(repr, bad)) + " (no '/', ':', quotes, ';', backslash or white space)"
     return None
+
+
+OnLink = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+def on_link_problem(ip: IPAddress, interface: str, on_link: Iterable[OnLink]) -> str | None:
+    """Why ``ip`` cannot float on ``interface``, given the addresses the node
+    already has there (egressd's own left out), or None: it must be none of
+    them, nor the network or broadcast address of their subnets."""
+    addresses = list(on_link)
+    if any(canonical(a.ip) == canonical(ip) for a in addresses):
+        return f"{ip} is already an address of this node on {interface}"
+    why = subnet_edge_problem(ip, [a.network for a in addresses])
+    if why is not None:
+        return f"{why} on {interface}; it cannot be an egress IP"
+    return None

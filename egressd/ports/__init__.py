@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from egressd.core.addressing import OnLink
 from egressd.core.cluster import Resource
 from egressd.core.lease import LeaseRecord
 from egressd.core.settings import EgressGroup, IPAddress
@@ -116,6 +117,12 @@ class Addresses(Protocol):
     async def has_interface(self, interface: str) -> bool:
         """Whether this node has a link called ``interface`` (a policy naming an
         interface the node lacks cannot be served by it)."""
+        ...
+
+    async def interface_addresses(self, interface: str) -> list[OnLink]:
+        """The node's own addresses on ``interface`` with their prefixes
+        (egressd's left out; empty if there is no such link): no egress IP may
+        be one of them or the network or broadcast address of their subnets."""
         ...
 
 

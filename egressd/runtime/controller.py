@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from egressd.core.addressing import on_link_problem
 from egressd.core.cluster import RESOURCES, Cluster, PolicyOutcome, Resolution, policy_status, resolve
 from egressd.core.errors import LeaseError, LeaseNotFound, LostRace
 from egressd.core.kube_events import (
@@ -210,22 +211,38 @@ class Controller:
         )
 
     async def _unservable(self, group: EgressGroup) -> str:
-        """Why this node cannot serve ``group`` (empty if it can)."""
-        try:
-            present = await self.daemon.dataplane.addresses.has_interface(group.interface)
-        except Exception as exc:  # a failed lookup must not stop the resolution
-            log.error("policy %s: cannot look up interface %s: %s", group.name, group.interface, exc)
-            present = True
-        why = "" if present else f"interface {group.interface} does not exist on node {self.me}"
+        """Why this node cannot serve ``group`` (empty if it can): its
+        interface is missing, or one of its egress IPs is an address this node
+        already has there, or the network or broadcast address of its subnet
+        (announcing it would steal it from its owner)."""
+        reason, why = await self._interface_problem(group)
         if why and self.unservable.get(group.name) != why:
             log.error("policy %s: %s; this node will not serve its egress IPs", group.name, why)
-            self._event(policy_ref(group.name, self._uid(group.name)), "Warning", "InterfaceMissing", why)
-            self._event(self._node(), "Warning", "InterfaceMissing", f"policy {group.name}: {why}")
+            self._event(policy_ref(group.name, self._uid(group.name)), "Warning", reason, why)
+            self._event(self._node(), "Warning", reason, f"policy {group.name}: {why}")
         if why:
             self.unservable[group.name] = why
         elif self.unservable.pop(group.name, None):
-            log.info("policy %s: interface %s is present now", group.name, group.interface)
+            log.info("policy %s: interface %s can serve its egress IPs now", group.name, group.interface)
         return why
+
+    async def _interface_problem(self, group: EgressGroup) -> tuple[str, str]:
+        """(Event reason, why) for :meth:`_unservable`; ("", "") if none. A
+        failed lookup does not stop the resolution: the node then serves, as
+        it would have before the lookup."""
+        addresses = self.daemon.dataplane.addresses
+        try:
+            if not await addresses.has_interface(group.interface):
+                return "InterfaceMissing", f"interface {group.interface} does not exist on node {self.me}"
+            on_link = await addresses.interface_addresses(group.interface)
+        except Exception as exc:  # a failed lookup must not stop the resolution
+            log.error("policy %s: cannot look up interface %s: %s", group.name, group.interface, exc)
+            return "", ""
+        for ip in group.egress_ips:
+            why = on_link_problem(ip, group.interface, on_link)
+            if why is not None:
+                return "EgressIPOnLink", f"{why} (node {self.me})"
+        return "", ""
 
     def _log_changes(self, before: Resolution | None, after: Resolution) -> None:
         old = {g.name: g for g in before.groups} if before else {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from ipaddress import ip_address, ip_network
+from ipaddress import ip_address, ip_interface, ip_network
 from typing import Any
 
 from egressd.adapters.clock import SystemClock
@@ -290,6 +290,20 @@ async def test_a_node_without_the_interface_does_not_serve() -> None:
         await until(lambda: "InterfaceMissing" in source.reasons("Node", "gw-a"))
         assert nodes["gw-a"].daemon.members == {}
         assert "InterfaceMissing" in source.reasons("EgressGatewayPolicy", "outpost")
+
+
+async def test_a_node_where_an_egress_ip_is_the_broadcast_address_of_its_subnet_does_not_serve() -> None:
+    plane = RecordingDataPlane("gw-a")
+    plane.on_link["net0"] = [ip_interface("172.18.0.40/30")]  # 172.18.0.43 is its broadcast address
+    async with lab("gw-a", "gw-b", planes={"gw-a": plane}) as (source, nodes):
+        await until(lambda: owners(nodes, IP1) == ["gw-b"] and owners(nodes, IP2) == ["gw-b"])
+        await until(lambda: "EgressIPOnLink" in source.reasons("Node", "gw-a"))
+        assert nodes["gw-a"].daemon.members == {}
+        assert "EgressIPOnLink" in source.reasons("EgressGatewayPolicy", "outpost")
+        assert "broadcast address of 172.18.0.40/30" in nodes["gw-a"].controller.unservable["outpost"]
+        plane.on_link["net0"] = [ip_interface("172.18.0.5/16")]
+        source.put("pods", pod_object("ywing", "10.244.2.2", {"org": "alliance", "class": "ywing"}))
+        await until(lambda: "outpost" not in nodes["gw-a"].controller.unservable)
 
 
 async def test_policy_deleted_releases_its_ips() -> None:
