@@ -22,8 +22,8 @@ import yaml
 
 from egressd.adapters.clock import SystemClock
 from egressd.adapters.kube.cluster import PATHS, KubeCluster
+from egressd.apiserver import openapi
 from egressd.core.settings import expand_env, parse_settings
-from egressd.lab import openapi
 
 ROOT = Path(__file__).parents[1]
 DEPLOY = ROOT / "deploy"

@@ -162,7 +162,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "cleanup":
         return asyncio.run(_cleanup(quiet=bool(args.quiet)))
     if args.command == "apiserver":
-        from egressd.lab.apiserver import run as run_apiserver  # noqa: PLC0415 — aiohttp only when needed
+        from egressd.apiserver.server import run as run_apiserver  # noqa: PLC0415 — aiohttp only when needed
 
         run_apiserver(args.listen)
         return 0

@@ -18,9 +18,9 @@ from kubernetes.client.exceptions import ApiException
 from egressd.adapters.clock import SystemClock
 from egressd.adapters.kube import api_client, translate
 from egressd.adapters.kube.cluster import KubeCluster
+from egressd.apiserver.server import LabApiServer, LabSettings
 from egressd.core.errors import ApiUnavailable, LeaseNotFound
 from egressd.core.settings import KubeSettings
-from egressd.lab.apiserver import LabApiServer, LabSettings
 from egressd.ports import ClusterEvent
 
 CRD = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy" / "crd.yaml").read_text())

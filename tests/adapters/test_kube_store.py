@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from egressd.adapters import kube
 from egressd.adapters.clock import SystemClock
 from egressd.adapters.kube import KubeLeaseStore, _decode_watch_line, _records, _to_lease_event, api_client
+from egressd.apiserver.server import LabApiServer, LabSettings
 from egressd.core.errors import ApiTimeout, ApiUnavailable, LeaseError, LeaseExpired, LostRace, MalformedLease
 from egressd.core.lease import ANN_DURATION_MS, LeaseRecord, held_by, lease_name, object_from_record
 from egressd.core.settings import KubeSettings
-from egressd.lab.apiserver import LabApiServer, LabSettings
 from egressd.ports import LeaseEvent
 
 NS = "egressd"

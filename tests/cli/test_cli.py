@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from egressd import __version__
-from egressd.lab.apiserver import LabApiServer, LabSettings
+from egressd.apiserver.server import LabApiServer, LabSettings
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "egressd.yaml"
 

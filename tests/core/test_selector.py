@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from egressd.apiserver.selectors import parse_label_selector
 from egressd.core.errors import Problem
 from egressd.core.selector import OPERATORS, Expression, LabelSelector, parse_selector
-from egressd.lab.selectors import parse_label_selector
 
 WALKTHROUGH = {
     "matchLabels": {"org": "alliance"},

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from egressd.lab.apiserver import LabApiServer, LabSettings
+from egressd.apiserver.server import LabApiServer, LabSettings
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""egressd.lab.openapi on its own: kube-openapi's checks and wording, list
+"""egressd.apiserver.openapi on its own: kube-openapi's checks and wording, list
 types, pruning, ratcheting and the structural-schema rules."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from egressd.lab import openapi
-from egressd.lab.apierrors import FieldError, go_float, go_quote, go_value, invalid
+from egressd.apiserver import openapi
+from egressd.apiserver.errors import FieldError, go_float, go_quote, go_value, invalid
 
 
 def errors(value: Any, schema: dict[str, Any], **kwargs: Any) -> list[str]:

@@ -9,7 +9,7 @@ field selectors; one global resourceVersion; 409/410/422 with the real Status
 bodies; MicroTime wire format; bookmarks; pagination; discovery. Custom
 resources are pruned and validated against their CRD's openAPIV3Schema on
 create, update, patch and status writes, with the real server's 422 bodies
-and ``?fieldValidation=Strict|Warn|Ignore`` (:mod:`egressd.lab.openapi`).
+and ``?fieldValidation=Strict|Warn|Ignore`` (:mod:`egressd.apiserver.openapi`).
 Nothing is persisted, there is no authentication, no admission, no CEL
 validation rules, no server-side apply and no managedFields.
 
@@ -57,11 +57,11 @@ from typing import Any, Self
 import yaml
 from aiohttp import web
 
-from egressd.lab import apierrors
-from egressd.lab.apierrors import ApiError, FieldError, JsonObject, bad_request, go_quote
-from egressd.lab.apikinds import ResourceKind
-from egressd.lab.apistore import JSON_PATCH, Store, Watcher, WriteOptions, iter_kinds
-from egressd.lab.selectors import Selection, parse_field_selector, parse_label_selector
+from egressd.apiserver import errors as apierrors
+from egressd.apiserver.errors import ApiError, FieldError, JsonObject, bad_request, go_quote
+from egressd.apiserver.kinds import ResourceKind
+from egressd.apiserver.selectors import Selection, parse_field_selector, parse_label_selector
+from egressd.apiserver.store import JSON_PATCH, Store, Watcher, WriteOptions, iter_kinds
 
 logger = logging.getLogger(__name__)
 

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Final
 
-from egressd.lab.apierrors import FieldError, go_float, go_quote, go_value
+from egressd.apiserver.errors import FieldError, go_float, go_quote, go_value
 
 Schema = Mapping[str, Any]
 

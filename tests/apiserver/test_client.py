@@ -11,7 +11,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client import ApiClient, ApiException
 
-from egressd.lab.apiserver import LabApiServer
+from egressd.apiserver.server import LabApiServer
 
 NS = "default"
 UTC = dt.UTC

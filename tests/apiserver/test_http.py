@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 import yaml
 
-from egressd.lab.apiserver import LabApiServer, LabSettings, parse_listen
+from egressd.apiserver.server import LabApiServer, LabSettings, parse_listen
 
 NS = "default"
 LEASES = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"

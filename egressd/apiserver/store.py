@@ -29,9 +29,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from egressd.lab import apierrors, openapi
-from egressd.lab.apierrors import ApiError, FieldError, JsonObject, bad_request, go_quote, go_value
-from egressd.lab.apikinds import (
+from egressd.apiserver import errors as apierrors
+from egressd.apiserver import openapi
+from egressd.apiserver.errors import ApiError, FieldError, JsonObject, bad_request, go_quote, go_value
+from egressd.apiserver.kinds import (
     BUILTIN_KINDS,
     JsonPatchError,
     ResourceKind,
@@ -45,7 +46,7 @@ from egressd.lab.apikinds import (
     validate_crd,
     validate_name,
 )
-from egressd.lab.selectors import Selection
+from egressd.apiserver.selectors import Selection
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client import ApiClient, ApiException
 
-from egressd.lab.apiserver import LabApiServer
+from egressd.apiserver.server import LabApiServer
 
 NS = "default"
 LEASES = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"

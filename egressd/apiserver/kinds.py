@@ -5,7 +5,7 @@ strategy for that resource behaves (create-on-update, unconditional update,
 what DELETE answers, status subresource, typed fields, field labels). The
 server code is generic over this table; custom resources get a row built
 from their CustomResourceDefinition (:func:`kind_from_crd`), with the
-openAPIV3Schema of each version, which :mod:`egressd.lab.openapi` applies.
+openAPIV3Schema of each version, which :mod:`egressd.apiserver.openapi` applies.
 
 Also here: the wire formats of ``metav1.Time`` and ``metav1.MicroTime``, the
 typed-field checks a real server does while decoding (400) and validating
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Literal
 
-from egressd.lab.apierrors import ApiError, FieldError, JsonObject, bad_request, go_value
-from egressd.lab.openapi import structural_errors
+from egressd.apiserver.errors import ApiError, FieldError, JsonObject, bad_request, go_value
+from egressd.apiserver.openapi import structural_errors
 
 FieldType = Literal["int32", "string", "microtime", "time"]
 NameRule = Literal["subdomain", "label"]
@@ -64,7 +64,7 @@ class ResourceKind:
     field_labels: tuple[str, ...] = ()  # beyond metadata.name / metadata.namespace
     strategic_merge: bool = True  # built-ins accept strategic-merge-patch
     custom: bool = False
-    #: Custom resources: the openAPIV3Schema of each served version (egressd.lab.openapi applies it).
+    #: Custom resources: the openAPIV3Schema of each served version (egressd.apiserver.openapi applies it).
     schemas: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from kubernetes.client import ApiClient, Configuration
 
-from egressd.lab.apiserver import LabApiServer, LabSettings
+from egressd.apiserver.server import LabApiServer, LabSettings
 
 #: Short timings so that bookmark and history tests stay fast.
 TEST_SETTINGS = LabSettings(bookmark_interval=0.2, history_size=50, watch_queue_size=20)

@@ -9,7 +9,7 @@ real server. Field selectors support ``=``, ``==`` and ``!=`` on the field
 labels a resource declares (always ``metadata.name`` and
 ``metadata.namespace``); any other field is rejected with the real message
 ``field label not supported: <field>``. A parse failure raises
-:class:`~egressd.lab.apierrors.ApiError` 400 BadRequest.
+:class:`~egressd.apiserver.errors.ApiError` 400 BadRequest.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from egressd.lab.apierrors import bad_request
+from egressd.apiserver.errors import bad_request
 
 _KEY = re.compile(
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
