@@ -36,7 +36,7 @@ from typing import Any
 
 from egressd.core import nft
 from egressd.core.errors import DataPlaneError
-from egressd.core.settings import EgressGroup, IPAddress, IPNetwork
+from egressd.core.model import EgressGroup, IPAddress, IPNetwork
 
 log = logging.getLogger(__name__)
 

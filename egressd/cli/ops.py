@@ -30,7 +30,7 @@ from egressd.core.cluster import Cluster, resolve
 from egressd.core.election import spread_rank
 from egressd.core.errors import EgressdError, LeaseError, LostRace
 from egressd.core.lease import LeaseRecord, lease_name
-from egressd.core.settings import EgressGroup, IPAddress, Settings
+from egressd.core.model import EgressGroup, IPAddress, Settings
 
 if TYPE_CHECKING:
     from egressd.adapters.kube import KubeLeaseStore

@@ -43,9 +43,9 @@ from typing import Any, Literal
 from egressd.core.addressing import canonical
 from egressd.core.errors import ConfigError
 from egressd.core.lease import LeaseRecord, format_microtime
+from egressd.core.model import EgressGroup, IPAddress, IPNetwork
 from egressd.core.policy import Policy, parse_policy, policy_name, problems_text
 from egressd.core.selector import LabelSelector
-from egressd.core.settings import EgressGroup, IPAddress, IPNetwork
 
 Resource = Literal["policies", "nodes", "namespaces", "pods"]
 RESOURCES: tuple[Resource, ...] = ("policies", "nodes", "namespaces", "pods")

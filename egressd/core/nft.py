@@ -80,7 +80,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from egressd.core.settings import EgressGroup, IPAddress, IPNetwork
+from egressd.core.model import EgressGroup, IPAddress, IPNetwork
 from egressd.core.steering import sources_for
 
 FAMILY = "inet"

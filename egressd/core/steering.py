@@ -52,7 +52,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from egressd.core.settings import EgressGroup, IPAddress, IPNetwork
+from egressd.core.model import EgressGroup, IPAddress, IPNetwork
 
 #: ``main``: where excluded destinations are looked up.
 MAIN_TABLE = 254

@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 from egressd.core.addressing import OnLink
 from egressd.core.cluster import Resource
 from egressd.core.lease import LeaseRecord
-from egressd.core.settings import EgressGroup, IPAddress
+from egressd.core.model import EgressGroup, IPAddress
 
 
 class Clock(Protocol):

@@ -43,7 +43,7 @@ from egressd.core.kube_events import (
     shared_event_name,
 )
 from egressd.core.lease import lease_name
-from egressd.core.settings import EgressGroup, Settings
+from egressd.core.model import EgressGroup, Settings
 from egressd.ports import Clock, ClusterEvent, ClusterSource, OwnershipEvent
 from egressd.runtime.daemon import Daemon
 from egressd.runtime.supervisor import wait_event

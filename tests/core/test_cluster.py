@@ -26,8 +26,8 @@ from egressd.core.cluster import (
     resolve,
 )
 from egressd.core.lease import LeaseRecord
+from egressd.core.model import EgressGroup, IPAddress
 from egressd.core.policy import parse_policy
-from egressd.core.settings import EgressGroup, IPAddress
 from egressd.core.steering import sources_for
 
 ip = ipaddress.ip_address

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from egressd.core import nft
-from egressd.core.settings import EgressGroup, IPAddress
+from egressd.core.model import EgressGroup, IPAddress
 from egressd.core.steering import sources_for
 
 ip = ipaddress.ip_address

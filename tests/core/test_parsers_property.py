@@ -34,11 +34,12 @@ from egressd.core.cluster import (
     policy_status,
     resolve,
 )
+from egressd.core.config import expand_env, parse_settings
 from egressd.core.errors import ConfigError, Problem
 from egressd.core.lease import LeaseRecord
+from egressd.core.model import Settings, Timing
 from egressd.core.mqtt_settings import MqttSettings, parse_mqtt
 from egressd.core.policy import Policy, parse_policy
-from egressd.core.settings import Settings, Timing, expand_env, parse_settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "egressd.yaml"
 BOUNDED = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])

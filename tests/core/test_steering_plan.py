@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from egressd.core import steering as st
-from egressd.core.settings import EgressGroup
+from egressd.core.model import EgressGroup
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network

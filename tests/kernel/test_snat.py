@@ -24,7 +24,7 @@ import pytest
 from egressd.adapters.nftables import NftablesSnat
 from egressd.core import nft
 from egressd.core.errors import DataPlaneError
-from egressd.core.settings import EgressGroup, IPAddress, IPNetwork
+from egressd.core.model import EgressGroup, IPAddress, IPNetwork
 from egressd.core.steering import sources_for
 from tests.kernel.netns import Lab, ns_exec, probe, sh, start_echo_server
 

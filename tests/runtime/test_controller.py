@@ -15,7 +15,7 @@ from typing import Any
 from egressd.adapters.clock import SystemClock
 from egressd.adapters.recording import RecordingDataPlane
 from egressd.core.errors import LostRace
-from egressd.core.settings import IPAddress, KubeSettings, NodeSettings, Settings
+from egressd.core.model import IPAddress, KubeSettings, NodeSettings, Settings
 from egressd.core.steering import sources_for
 from egressd.ports import ClusterEvent, OwnershipEvent
 from egressd.runtime.controller import Controller

@@ -22,7 +22,7 @@ from egressd.adapters.recording import RecordingDataPlane
 from egressd.core.election import rendezvous_rank
 from egressd.core.errors import ConfigError
 from egressd.core.lease import lease_name
-from egressd.core.settings import EgressGroup, IPAddress, NodeSettings, Settings
+from egressd.core.model import EgressGroup, IPAddress, NodeSettings, Settings
 from egressd.core.states import State
 from egressd.ports import LeaseEvent, OwnershipEvent
 from egressd.runtime.daemon import Daemon, FanoutEvents, LogEvents
