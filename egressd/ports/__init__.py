@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from egressd.core.addressing import OnLink
-from egressd.core.cluster import Resource
+from egressd.core.kube_objects import Resource
 from egressd.core.lease import LeaseRecord
 from egressd.core.model import EgressGroup, IPAddress
 

@@ -13,21 +13,13 @@ from typing import Any
 
 import pytest
 
-from egressd.core.cluster import (
-    Cluster,
-    NodeInfo,
-    PodInfo,
-    PolicyOutcome,
-    Resolution,
-    parse_namespace,
-    parse_node,
-    parse_pod,
-    policy_status,
-    resolve,
-)
+from egressd.core.cluster_index import Cluster
+from egressd.core.kube_objects import NodeInfo, PodInfo, parse_namespace, parse_node, parse_pod
 from egressd.core.lease import LeaseRecord
 from egressd.core.model import EgressGroup, IPAddress
 from egressd.core.policy import parse_policy
+from egressd.core.policy_status import policy_status
+from egressd.core.resolution import PolicyOutcome, Resolution, resolve
 from egressd.core.steering import sources_for
 
 ip = ipaddress.ip_address
