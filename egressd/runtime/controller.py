@@ -45,9 +45,10 @@ from egressd.core.kube_events import (
 from egressd.core.kube_objects import RESOURCES
 from egressd.core.lease import lease_name
 from egressd.core.model import EgressGroup, Settings
+from egressd.core.ownership_events import OwnershipEvent
 from egressd.core.policy_status import policy_status
 from egressd.core.resolution import PolicyOutcome, Resolution, resolve
-from egressd.ports import Clock, ClusterEvent, ClusterSource, OwnershipEvent
+from egressd.ports import Clock, ClusterEvent, ClusterSource
 from egressd.runtime.daemon import Daemon
 from egressd.runtime.supervisor import wait_event
 
