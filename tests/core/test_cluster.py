@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from egressd.core.assignment import sources_for
 from egressd.core.cluster_index import Cluster
 from egressd.core.kube_objects import NodeInfo, PodInfo, parse_namespace, parse_node, parse_pod
 from egressd.core.lease import LeaseRecord
@@ -20,7 +21,6 @@ from egressd.core.model import EgressGroup, IPAddress
 from egressd.core.policy import parse_policy
 from egressd.core.policy_status import policy_status
 from egressd.core.resolution import PolicyOutcome, Resolution, resolve
-from egressd.core.steering import sources_for
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network
