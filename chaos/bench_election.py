@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from egressd.core.settings import Timing
+from egressd.core.model import Timing
 
 
 def http(method: str, url: str, body: dict[str, Any] | None = None) -> Any:

@@ -27,7 +27,8 @@ import time
 import tracemalloc
 from typing import Any
 
-from egressd.core.cluster import Cluster, resolve
+from egressd.core.cluster_index import Cluster
+from egressd.core.resolution import resolve
 
 NAMESPACES = 50
 CLASSES = ("xwing", "ywing", "tiefighter", "awing", "bwing")

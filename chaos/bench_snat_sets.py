@@ -40,7 +40,7 @@ import time
 
 from egressd.adapters.nftables import NftablesSnat
 from egressd.core import nft
-from egressd.core.settings import EgressGroup
+from egressd.core.model import EgressGroup
 
 
 def groups(sources: int, count: int, ips: int) -> list[EgressGroup]:

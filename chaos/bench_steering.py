@@ -45,7 +45,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE
 
 from egressd.adapters.steering import STEERING_PROTO, PolicySteering
-from egressd.core.settings import EgressGroup
+from egressd.core.model import EgressGroup
 
 GW_A, GW_B = ipaddress.ip_address("172.18.0.2"), ipaddress.ip_address("172.18.0.3")
 EGRESS = ipaddress.ip_address("172.18.0.42")

@@ -103,7 +103,7 @@ from pyroute2.netns import setns
 
 import egressd
 from egressd.core.lease import ANN_PREFERRED_HOLDER, lease_name, object_from_record, record_from_object, released
-from egressd.core.settings import Timing
+from egressd.core.model import Timing
 
 CP_ADDR, GW_ADDR, PEER_ADDR = "10.97.0.2", "10.97.0.5", "10.97.0.9"
 EGRESS_IP = "10.97.0.42"

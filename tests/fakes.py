@@ -16,8 +16,8 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from egressd.core.cluster import RESOURCES
 from egressd.core.errors import ApiTimeout, ApiUnavailable, LeaseNotFound, LostRace
+from egressd.core.kube_objects import RESOURCES
 from egressd.core.lease import LeaseRecord, released
 from egressd.ports import ClusterEvent, LeaseEvent
 

@@ -23,7 +23,7 @@ import yaml
 from egressd.adapters.clock import SystemClock
 from egressd.adapters.kube.cluster import PATHS, KubeCluster
 from egressd.apiserver import openapi
-from egressd.core.settings import expand_env, parse_settings
+from egressd.core.config import expand_env, parse_settings
 
 ROOT = Path(__file__).parents[1]
 DEPLOY = ROOT / "deploy"

@@ -174,7 +174,7 @@ drill() {
   done
   "$PY" - "$scenario" "$STATE/rounds.jsonl" "$out" <<'EOF'
 import json, sys
-from egressd.core.settings import Timing
+from egressd.core.model import Timing
 from egressd.lab.drill import percentile
 scenario, src, dst = sys.argv[1:4]
 rounds = [json.loads(line) for line in open(src) if line.strip()]

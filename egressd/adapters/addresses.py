@@ -35,7 +35,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from egressd.core.errors import DataPlaneError
-from egressd.core.settings import IPAddress
+from egressd.core.model import IPAddress
 
 log = logging.getLogger(__name__)
 

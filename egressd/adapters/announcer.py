@@ -38,7 +38,7 @@ from pyroute2.netns import setns
 
 from egressd.core.errors import DataPlaneError
 from egressd.core.garp import GarpSchedule
-from egressd.core.settings import IPAddress
+from egressd.core.model import IPAddress
 
 # scapy is imported on first use (opening an interface), not with this module:
 # it costs ~0.4 s, and a restarted daemon must re-arm its fences before that.

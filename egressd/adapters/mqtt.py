@@ -66,7 +66,7 @@ from egressd.core.mqtt_messages import (
     render_ip_state,
 )
 from egressd.core.mqtt_settings import MqttSettings
-from egressd.ports import OwnershipEvent
+from egressd.core.ownership_events import OwnershipEvent
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from egressd.core import nft
+from egressd.core.assignment import source_owners
 from egressd.core.errors import DataPlaneError
-from egressd.core.settings import EgressGroup, IPAddress, IPNetwork
+from egressd.core.model import EgressGroup, IPAddress, IPNetwork
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class NftablesSnat:
                 log.info("SNAT to %s dropped from the table: no longer an egress IP of group %s", ip, self._owned[ip])
             started = time.monotonic()
             try:
-                owners = {g.name: nft.source_owners(g) for g in groups}
+                owners = {g.name: source_owners(g) for g in groups}
                 sets = {g.name: nft.group_source_sets(g, owners[g.name]) for g in groups}
                 script = nft.render_table(groups, owned, sets=sets) + fence
             except ValueError as exc:  # a group name nftables cannot carry
@@ -184,7 +185,7 @@ class NftablesSnat:
         deltas: list[nft.SetDelta] = []
         for g in groups:
             if g.source_cidrs != before[g.name].source_cidrs:
-                owners[g.name] = nft.source_owners(g, self._owners[g.name])  # same IPs: reuse
+                owners[g.name] = source_owners(g, self._owners[g.name])  # same IPs: reuse
                 sets[g.name] = nft.group_source_sets(g, owners[g.name])
                 deltas += nft.diff_source_sets(self._sets[g.name], sets[g.name])
         script = nft.render_set_deltas(deltas) + fence

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from egressd.core.addressing import OnLink
-from egressd.core.settings import EgressGroup, IPAddress
+from egressd.core.model import EgressGroup, IPAddress
 
 log = logging.getLogger(__name__)
 

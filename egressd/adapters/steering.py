@@ -39,7 +39,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from egressd.core.errors import DataPlaneError
-from egressd.core.settings import EgressGroup, IPAddress, IPNetwork
+from egressd.core.model import EgressGroup, IPAddress, IPNetwork
 from egressd.core.steering import (
     ANCHOR_METRIC,
     ROUTE_METRIC,

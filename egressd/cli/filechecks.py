@@ -1,7 +1,7 @@
 """Checks of the files a config names that only the machine can answer:
 whether a secret file exists and who else may read or change it.
 
-The validation of the config itself is pure (:mod:`egressd.core.settings`);
+The validation of the config itself is pure (:mod:`egressd.core.config`);
 this is the I/O half, run by ``check-config`` and at the start of ``run``.
 Its findings are warnings, not errors: a Kubernetes Secret is mounted
 world-readable (mode 0644) unless the DaemonSet sets ``defaultMode``, and the
@@ -13,7 +13,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from egressd.core.settings import Settings
+from egressd.core.model import Settings
 
 
 def secret_file_warnings(settings: Settings) -> list[str]:

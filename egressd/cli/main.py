@@ -20,8 +20,9 @@ from egressd import __version__
 from egressd.cli.configfile import read_config
 from egressd.cli.filechecks import secret_file_warnings
 from egressd.core.addressing import on_link_problem
+from egressd.core.config import expand_env, parse_settings
 from egressd.core.errors import ConfigError, EgressdError, Problem
-from egressd.core.settings import IPAddress, Settings, expand_env, parse_settings
+from egressd.core.model import IPAddress, Settings
 
 if TYPE_CHECKING:
     from egressd.adapters.observability import ObservabilityServer, PrometheusMetrics

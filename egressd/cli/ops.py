@@ -26,11 +26,12 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from egressd.core.cluster import Cluster, resolve
+from egressd.core.cluster_index import Cluster
 from egressd.core.election import spread_rank
 from egressd.core.errors import EgressdError, LeaseError, LostRace
 from egressd.core.lease import LeaseRecord, lease_name
-from egressd.core.settings import EgressGroup, IPAddress, Settings
+from egressd.core.model import EgressGroup, IPAddress, Settings
+from egressd.core.resolution import resolve
 
 if TYPE_CHECKING:
     from egressd.adapters.kube import KubeLeaseStore

@@ -1,9 +1,9 @@
 """Which addresses may float as egress IPs, which may be a node's address, and
 which interface names the kernel and nftables accept.
 
-One place for these rules, shared by the static config (:mod:`egressd.core.settings`),
+One place for these rules, shared by the static config (:mod:`egressd.core.config`),
 the ``EgressGatewayPolicy`` parser (:mod:`egressd.core.policy`) and the
-Kubernetes-mode resolution (:mod:`egressd.core.cluster`). Each check returns
+Kubernetes-mode resolution (:mod:`egressd.core.resolution`). Each check returns
 None or the reason the value is refused, so callers name the field.
 
 An egress IP is added to a gateway's interface, answered for by ARP/NDP and

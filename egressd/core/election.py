@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from egressd.core.lease import LeaseRecord
-from egressd.core.settings import Timing
+from egressd.core.model import Timing
 
 
 class Action(Enum):

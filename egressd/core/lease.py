@@ -46,7 +46,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from egressd.core.errors import MalformedLease
-from egressd.core.settings import DURATION_MAX
+from egressd.core.model import DURATION_MAX
 
 MANAGED_BY = ("app.kubernetes.io/managed-by", "egressd")
 ANN_EGRESS_IP = "egressd.io/egress-ip"

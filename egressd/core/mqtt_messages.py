@@ -29,30 +29,10 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from egressd.core.lease import epoch_order
-
-
-class OwnershipEvent(Protocol):
-    """What this module reads of :class:`egressd.ports.OwnershipEvent` (the
-    core sits below the ports, so it names the shape, not the class)."""
-
-    @property
-    def kind(self) -> str: ...
-    @property
-    def egress_ip(self) -> str: ...
-    @property
-    def epoch(self) -> int: ...
-    @property
-    def reason(self) -> str: ...
-    @property
-    def detail(self) -> str: ...
-    @property
-    def at(self) -> float: ...
-    @property
-    def extra(self) -> Mapping[str, str]: ...
-
+from egressd.core.ownership_events import OwnershipEvent
 
 CLAIM_KINDS = frozenset({"acquired"})
 """Event kinds after which this node serves the IP: retained owner = node."""

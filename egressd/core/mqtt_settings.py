@@ -1,7 +1,7 @@
 """Settings of the MQTT event sink (the ``mqtt:`` section of the config), and
 their validation.
 
-Same conventions as :mod:`egressd.core.settings`: camelCase keys, every
+Same conventions as :mod:`egressd.core.config`: camelCase keys, every
 problem reported with its dotted field path (``mqtt.tls.keyFile``), frozen
 dataclasses whose fields say their unit, meaning and why the default. The
 section is optional; absent (or ``null``) means no MQTT::

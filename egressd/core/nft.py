@@ -11,7 +11,7 @@ nft >= 0.9.1 support NAT in ``inet``, so a second ``ip6`` table is not needed)::
       set g_<group>_src4 / _dst4 / _excl4     interval sets, per group and family;
       set g_<group>_src6 / _dst6 / _excl6     src: every source of the group
       set g_<group>_s_<ip>                    interval set per egress IP: the sources
-                                              that use that IP (steering.sources_for)
+                                              that use that IP (assignment.sources_for)
       chain postrouting   type nat hook postrouting priority srcnat
         ip saddr @g_web_src4 ip daddr @g_web_dst4 ip daddr != @g_web_excl4 jump g_web_v4
       chain g_web_v4      one rule per egress IP of the group this node owns now
@@ -24,7 +24,7 @@ leaves postrouting's NAT un-NATed is dropped, never forwarded with the pod's
 own address.
 
 **Which source uses which IP.** A source leaves with the egress IP that
-:func:`egressd.core.steering.sources_for` gives it (rendezvous hashing of the
+:func:`egressd.core.assignment.sources_for` gives it (rendezvous hashing of the
 source CIDR and the group's IPs of its family), on every gateway, whatever
 the gateway owns: the steering nodes send it to that IP's owner, and a pod
 keeps its IP as long as the group's IPs stay the same. A gateway NATs a source
@@ -77,11 +77,11 @@ import bisect
 import ipaddress
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-from egressd.core.settings import EgressGroup, IPAddress, IPNetwork
-from egressd.core.steering import sources_for
+from egressd.core.assignment import Owners, source_owners
+from egressd.core.model import EgressGroup, IPAddress, IPNetwork
 
 FAMILY = "inet"
 TABLE = "egressd"
@@ -248,33 +248,6 @@ def _minus(span: Span, holes: Sequence[Span]) -> list[Span]:
     return out
 
 
-Owners = Mapping[IPNetwork, IPAddress]
-"""Source CIDR -> the egress IP it uses (:func:`source_owners`)."""
-
-
-def source_owners(group: EgressGroup, known: Owners | None = None) -> dict[IPNetwork, IPAddress]:
-    """Each source of the group -> the egress IP :func:`sources_for` gives it
-    (sources of a family without egress IPs are left out).
-
-    A source's IP depends only on the source and the group's egress IPs, so
-    ``known``, the answer for an earlier version of the group with the same
-    egress IPs, is reused and only new sources are hashed."""
-    known = known or {}
-    out: dict[IPNetwork, IPAddress] = {}
-    missing: dict[IPNetwork, None] = {}
-    for src in group.source_cidrs:
-        ip = known.get(src)
-        if ip is None:
-            missing[src] = None
-        else:
-            out[src] = ip
-    if missing:
-        new = replace(group, source_cidrs=tuple(missing))
-        for ip in dict.fromkeys(group.egress_ips):
-            out.update(dict.fromkeys(sources_for(new, ip), ip))
-    return out
-
-
 def _split(group: EgressGroup, version: int, owners: Owners | None = None) -> dict[IPAddress, list[Span]]:
     """The group's addresses of one family partitioned between its egress IPs,
     as merged ranges (see :func:`split_sources`)."""
@@ -300,7 +273,7 @@ def _split(group: EgressGroup, version: int, owners: Owners | None = None) -> di
 def split_sources(group: EgressGroup, version: int) -> dict[IPAddress, list[IPNetwork]]:
     """The group's addresses of one family, partitioned between its egress IPs.
 
-    Each source CIDR goes to its :func:`sources_for` IP; where CIDRs of
+    Each source CIDR goes to its :func:`~egressd.core.assignment.sources_for` IP; where CIDRs of
     different IPs overlap, the most specific one wins, so every address is in
     exactly one part. Parts are canonical (sorted, collapsed)."""
     return {
@@ -312,7 +285,7 @@ def split_sources(group: EgressGroup, version: int) -> dict[IPAddress, list[IPNe
 def source_sets(group: EgressGroup, version: int, owners: Owners | None = None) -> dict[str, list[str]]:
     """Name and canonical elements of every source set of one family: the
     union set, then one set per egress IP. ``owners``: the group's
-    :func:`source_owners`, if the caller has them."""
+    :func:`~egressd.core.assignment.source_owners`, if the caller has them."""
     out = {set_name(group.name, "src", version): _elements(group.source_cidrs, version)}
     for ip, spans in _split(group, version, owners).items():
         out[ip_set_name(group.name, ip)] = _format(spans, version)

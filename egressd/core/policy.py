@@ -30,15 +30,9 @@ from typing import Any
 
 from egressd.core.addressing import canonical, egress_ip_problem, subnet_edge_problem
 from egressd.core.errors import ConfigError, Problem
+from egressd.core.fields import Reader, check_networks, cidrs
+from egressd.core.model import EgressGroup, IPAddress, IPNetwork
 from egressd.core.selector import DNS_SUBDOMAIN, LabelSelector, parse_selector
-from egressd.core.settings import (
-    EgressGroup,
-    IPAddress,
-    IPNetwork,
-    _check_networks,
-    _cidrs,
-    _Reader,
-)
 
 GROUP = "egressd.io"
 VERSION = "v1alpha1"
@@ -123,7 +117,7 @@ def parse_policy(obj: Mapping[str, Any]) -> Policy:
     """Validate an ``EgressGatewayPolicy`` object, or raise :class:`ConfigError`
     (source ``EgressGatewayPolicy <name>``) listing every problem with its
     field path (``spec.egressGateway.egressIPs[1]``)."""
-    r = _Reader()
+    r = Reader()
     meta = obj.get("metadata")
     meta = meta if isinstance(meta, Mapping) else {}
     name = meta.get("name")
@@ -147,8 +141,8 @@ def parse_policy(obj: Mapping[str, Any]) -> Policy:
         raise ConfigError(r.problems, f"{KIND} {name or '<unnamed>'}")
     spec = r.mapping(obj.get("spec"), "spec", _SPEC_KEYS)
     selectors = _selectors(r, spec.get("selectors"))
-    destinations = _cidrs(r, spec.get("destinationCIDRs"), "spec.destinationCIDRs", required=True)
-    excluded = _cidrs(r, spec.get("excludedCIDRs"), "spec.excludedCIDRs")
+    destinations = cidrs(r, spec.get("destinationCIDRs"), "spec.destinationCIDRs", required=True)
+    excluded = cidrs(r, spec.get("excludedCIDRs"), "spec.excludedCIDRs")
 
     gw_path = "spec.egressGateway"
     has_gateway = spec.get("egressGateway") is not None
@@ -172,7 +166,7 @@ def parse_policy(obj: Mapping[str, Any]) -> Policy:
         destination_cidrs=destinations,
         excluded_cidrs=excluded,
     )
-    _check_networks(r, "spec", draft)
+    check_networks(r, "spec", draft)
     if r.problems:
         raise ConfigError(r.problems, f"{KIND} {name or '<unnamed>'}")
     assert node_selector is not None
@@ -191,7 +185,7 @@ def parse_policy(obj: Mapping[str, Any]) -> Policy:
     )
 
 
-def _selectors(r: _Reader, value: Any) -> tuple[PolicySelector, ...]:
+def _selectors(r: Reader, value: Any) -> tuple[PolicySelector, ...]:
     out: list[PolicySelector] = []
     for path, item in r.items(value, "spec.selectors", required=True):
         if not isinstance(item, Mapping):
@@ -208,7 +202,7 @@ def _selectors(r: _Reader, value: Any) -> tuple[PolicySelector, ...]:
 
 
 def _egress_ips(
-    r: _Reader, value: Any, path: str, networks: Sequence[IPNetwork], *, required: bool
+    r: Reader, value: Any, path: str, networks: Sequence[IPNetwork], *, required: bool
 ) -> tuple[IPAddress, ...]:
     seen: dict[IPAddress, str] = {}
     out: list[IPAddress] = []

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from egressd.core.errors import Problem
-from egressd.core.settings import _Reader
+from egressd.core.fields import Reader
 
 Operator = Literal["In", "NotIn", "Exists", "DoesNotExist"]
 OPERATORS: tuple[Operator, ...] = ("In", "NotIn", "Exists", "DoesNotExist")
@@ -140,7 +140,7 @@ def parse_selector(value: Any, path: str) -> tuple[LabelSelector | None, list[Pr
     """
     if value is None:
         return None, []
-    r = _Reader()
+    r = Reader()
     m = r.mapping(value, path, _SELECTOR_KEYS)
     labels: dict[str, str] = {}
     raw_labels = m.get("matchLabels")
@@ -162,7 +162,7 @@ def parse_selector(value: Any, path: str) -> tuple[LabelSelector | None, list[Pr
     return LabelSelector(labels, expressions), []
 
 
-def _expression(r: _Reader, value: Any, path: str) -> Expression | None:
+def _expression(r: Reader, value: Any, path: str) -> Expression | None:
     if not isinstance(value, Mapping):
         r.problem(path, f"must be a mapping with key, operator and values, got {value!r}")
         return None

@@ -28,14 +28,9 @@ itself via the owner, with the distinctive metric :data:`ANCHOR_METRIC`; after a
 restart the adapter reads the anchors back, so the mapping survives the
 daemon. (The anchor is also correct routing: the owner holds the egress IP.)
 
-**Source split.** A group with several egress IPs splits its sources between
-the IPs of the source's address family by rendezvous hashing: source ``S`` uses
-the IP with the highest ``sha256(f"{S}|{ip}")``. The choice is the same on every
-node and after restarts; adding or removing an IP moves only the sources of
-that IP. With one IP, every source uses it. The gateways use the same split
-(:mod:`egressd.core.nft`: one source set per egress IP), so a pod always leaves
-with the same egress IP, whichever gateway owns it; a source that reaches a
-gateway not owning its IP is dropped there, never NATed to another IP.
+**Source split.** The rules of an egress IP match the sources that use it,
+as :mod:`egressd.core.assignment` decides (the same split the gateways' SNAT
+uses), so a pod always leaves with the same egress IP, whichever gateway owns it.
 
 **Diff.** :func:`diff` orders the operations so that the data path never sees
 a half-built state: routes are written (replace) before any rule points at
@@ -52,7 +47,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from egressd.core.settings import EgressGroup, IPAddress, IPNetwork
+from egressd.core.assignment import sources_for
+from egressd.core.model import EgressGroup, IPAddress, IPNetwork
 
 #: ``main``: where excluded destinations are looked up.
 MAIN_TABLE = 254
@@ -236,24 +232,7 @@ class Op:
         return f"{self.verb} {kind} {self.target}"
 
 
-# -- who uses which IP, and which slot ------------------------------------
-
-
-def _weight(source: IPNetwork, ip: IPAddress) -> bytes:
-    return hashlib.sha256(f"{source}|{ip}".encode()).digest()
-
-
-def sources_for(group: EgressGroup, ip: IPAddress) -> tuple[IPNetwork, ...]:
-    """The group's sources that use ``ip`` (rendezvous hashing among the
-    group's IPs of the same family), in the group's order."""
-    peers = [x for x in group.egress_ips if x.version == ip.version]
-    if ip not in peers:
-        return ()
-    return tuple(
-        src
-        for src in group.source_cidrs
-        if src.version == ip.version and max(peers, key=lambda x: _weight(src, x)) == ip
-    )
+# -- which slot an IP gets ---------------------------------------------------
 
 
 def preferred_slot(ip: IPAddress, layout: Layout) -> int:
@@ -402,5 +381,4 @@ __all__ = [
     "plan_ip",
     "preferred_slot",
     "removal",
-    "sources_for",
 ]

@@ -95,8 +95,9 @@ from typing import Any
 
 import yaml
 
-from egressd.core.settings import Timing, parse_settings
-from egressd.core.steering import sources_for
+from egressd.core.assignment import sources_for
+from egressd.core.config import parse_settings
+from egressd.core.model import Timing
 from egressd.lab.netlab import SWITCH, Lab, LabError
 from egressd.lab.outpost import decode_echo, encode_probe, monotonic
 from egressd.lab.scenario import BRIDGE, OUTPOST_UDP_PORT

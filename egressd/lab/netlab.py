@@ -74,9 +74,9 @@ from typing import Any
 
 import yaml
 
+from egressd.core.config import parse_settings
 from egressd.core.errors import EgressdError, MalformedLease
 from egressd.core.lease import LeaseRecord, record_from_object
-from egressd.core.settings import parse_settings
 from egressd.lab.scenario import API_PORT, BRIDGE, EGRESSD_NAMESPACE, REFERENCE, NodeSpec, Scenario
 from egressd.lab.supervisor import ENV_LAB, ProcessSpec, StateDir, write_json_atomic
 

@@ -11,14 +11,15 @@ takes a deadline never runs past it, retries included.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from egressd.core.addressing import OnLink
-from egressd.core.cluster import Resource
+from egressd.core.kube_objects import Resource
 from egressd.core.lease import LeaseRecord
-from egressd.core.settings import EgressGroup, IPAddress
+from egressd.core.model import EgressGroup, IPAddress
+from egressd.core.ownership_events import OwnershipEvent
 
 
 class Clock(Protocol):
@@ -169,21 +170,6 @@ class Steering(Protocol):
         """Steer the group's traffic for ``ip`` via the owner's node address, or
         remove the steering when ``via`` is None."""
         ...
-
-
-@dataclass(frozen=True)
-class OwnershipEvent:
-    """Something that happened to one egress IP on this node."""
-
-    kind: Literal["acquired", "renew-failed", "stepped-down", "released", "lost", "fenced", "conflict", "drift"]
-    egress_ip: str
-    node: str
-    epoch: int
-    reason: str
-    detail: str = ""
-    at: float = 0.0
-    """Monotonic time."""
-    extra: Mapping[str, str] = field(default_factory=dict)
 
 
 ClusterResource = Resource

@@ -30,7 +30,7 @@ from dataclasses import replace
 from typing import Any
 
 from egressd.core.addressing import on_link_problem
-from egressd.core.cluster import RESOURCES, Cluster, PolicyOutcome, Resolution, policy_status, resolve
+from egressd.core.cluster_index import Cluster
 from egressd.core.errors import LeaseError, LeaseNotFound, LostRace
 from egressd.core.kube_events import (
     OWNERSHIP_REASONS,
@@ -42,9 +42,13 @@ from egressd.core.kube_events import (
     render_event,
     shared_event_name,
 )
+from egressd.core.kube_objects import RESOURCES
 from egressd.core.lease import lease_name
-from egressd.core.settings import EgressGroup, Settings
-from egressd.ports import Clock, ClusterEvent, ClusterSource, OwnershipEvent
+from egressd.core.model import EgressGroup, Settings
+from egressd.core.ownership_events import OwnershipEvent
+from egressd.core.policy_status import policy_status
+from egressd.core.resolution import PolicyOutcome, Resolution, resolve
+from egressd.ports import Clock, ClusterEvent, ClusterSource
 from egressd.runtime.daemon import Daemon
 from egressd.runtime.supervisor import wait_event
 

@@ -38,9 +38,10 @@ from typing import Any
 from egressd.core.election import Action, Me, Observation, retire
 from egressd.core.errors import ConfigError, DataPlaneError, LeaseError, LostRace
 from egressd.core.lease import LeaseRecord, lease_name
-from egressd.core.settings import EgressGroup, IPAddress, Settings
+from egressd.core.model import EgressGroup, IPAddress, Settings
+from egressd.core.ownership_events import OwnershipEvent
 from egressd.core.states import State
-from egressd.ports import Clock, EventSink, LeaseStore, Metrics, OwnershipEvent, Steering
+from egressd.ports import Clock, EventSink, LeaseStore, Metrics, Steering
 from egressd.runtime.member import DataPlane, Member
 from egressd.runtime.steerer import Steerer
 from egressd.runtime.supervisor import Supervisor, wait_event

@@ -26,9 +26,10 @@ from egressd.core.backoff import Repeats
 from egressd.core.election import Action, Decision, Me, Observation, decide, hold_off, spread_rank
 from egressd.core.errors import ApiTimeout, DataPlaneError, LeaseError, LostRace, MalformedLease
 from egressd.core.lease import LeaseRecord, held_by, lease_name
-from egressd.core.settings import EgressGroup, IPAddress, Settings
+from egressd.core.model import EgressGroup, IPAddress, Settings
+from egressd.core.ownership_events import OwnershipEvent
 from egressd.core.states import Event, State, StateMachine
-from egressd.ports import Addresses, Announcer, Clock, EventSink, LeaseStore, Metrics, OwnershipEvent, Snat
+from egressd.ports import Addresses, Announcer, Clock, EventSink, LeaseStore, Metrics, Snat
 from egressd.runtime.supervisor import wait_event
 from egressd.runtime.view import LeaseView
 

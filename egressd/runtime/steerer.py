@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from egressd.core.errors import DataPlaneError
 from egressd.core.lease import LeaseRecord, lease_name
-from egressd.core.settings import EgressGroup, IPAddress
+from egressd.core.model import EgressGroup, IPAddress
 from egressd.ports import Steering
 from egressd.runtime.supervisor import wait_event
 from egressd.runtime.view import LeaseView

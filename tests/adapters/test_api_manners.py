@@ -28,7 +28,7 @@ from egressd.adapters.kube import KubeLeaseStore, api_client
 from egressd.adapters.kube.cluster import KubeCluster
 from egressd.core.errors import ApiUnavailable, LeaseError, LostRace
 from egressd.core.lease import held_by, lease_name, object_from_record
-from egressd.core.settings import KubeSettings, Timing
+from egressd.core.model import KubeSettings, Timing
 from egressd.ports import ClusterEvent, ClusterResource, LeaseEvent
 
 NS = "egressd"

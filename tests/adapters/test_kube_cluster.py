@@ -20,7 +20,7 @@ from egressd.adapters.kube import api_client, translate
 from egressd.adapters.kube.cluster import KubeCluster
 from egressd.apiserver.server import LabApiServer, LabSettings
 from egressd.core.errors import ApiUnavailable, LeaseNotFound
-from egressd.core.settings import KubeSettings
+from egressd.core.model import KubeSettings
 from egressd.ports import ClusterEvent
 
 CRD = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy" / "crd.yaml").read_text())

@@ -20,7 +20,7 @@ from egressd.adapters.kube import KubeLeaseStore, _decode_watch_line, _records, 
 from egressd.apiserver.server import LabApiServer, LabSettings
 from egressd.core.errors import ApiTimeout, ApiUnavailable, LeaseError, LeaseExpired, LostRace, MalformedLease
 from egressd.core.lease import ANN_DURATION_MS, LeaseRecord, held_by, lease_name, object_from_record
-from egressd.core.settings import KubeSettings
+from egressd.core.model import KubeSettings
 from egressd.ports import LeaseEvent
 
 NS = "egressd"

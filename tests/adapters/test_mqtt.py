@@ -29,7 +29,7 @@ import pytest
 
 from egressd.adapters.mqtt import MqttEvents
 from egressd.core.mqtt_settings import MqttSettings, MqttTls
-from egressd.ports import OwnershipEvent
+from egressd.core.ownership_events import OwnershipEvent
 
 pytestmark = [
     pytest.mark.integration,

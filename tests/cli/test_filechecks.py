@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from egressd.cli.filechecks import secret_file_warnings
+from egressd.core.model import NodeSettings, Settings
 from egressd.core.mqtt_settings import MqttSettings
-from egressd.core.settings import NodeSettings, Settings
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "egressd.yaml"
 

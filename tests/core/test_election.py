@@ -28,7 +28,7 @@ from egressd.core.election import (
     retire,
 )
 from egressd.core.lease import LeaseRecord, held_by, released
-from egressd.core.settings import Timing
+from egressd.core.model import Timing
 
 TIMING = Timing()
 IP = "172.18.0.42"

@@ -22,7 +22,7 @@ from egressd.core.mqtt_messages import (
     rfc3339,
 )
 from egressd.core.mqtt_settings import MqttSettings, MqttTls, parse_mqtt
-from egressd.ports import OwnershipEvent
+from egressd.core.ownership_events import OwnershipEvent
 
 T = Topics("egressd", "prod")
 WALL = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)

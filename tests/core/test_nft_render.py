@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from egressd.core import nft
-from egressd.core.settings import EgressGroup, IPAddress
-from egressd.core.steering import sources_for
+from egressd.core.assignment import sources_for
+from egressd.core.model import EgressGroup, IPAddress
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network

@@ -23,22 +23,16 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from egressd.core.cluster import (
-    RESOURCES,
-    Cluster,
-    NodeInfo,
-    PodInfo,
-    parse_namespace,
-    parse_node,
-    parse_pod,
-    policy_status,
-    resolve,
-)
+from egressd.core.cluster_index import Cluster
+from egressd.core.config import expand_env, parse_settings
 from egressd.core.errors import ConfigError, Problem
+from egressd.core.kube_objects import RESOURCES, NodeInfo, PodInfo, parse_namespace, parse_node, parse_pod
 from egressd.core.lease import LeaseRecord
+from egressd.core.model import Settings, Timing
 from egressd.core.mqtt_settings import MqttSettings, parse_mqtt
 from egressd.core.policy import Policy, parse_policy
-from egressd.core.settings import Settings, Timing, expand_env, parse_settings
+from egressd.core.policy_status import policy_status
+from egressd.core.resolution import resolve
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "egressd.yaml"
 BOUNDED = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])

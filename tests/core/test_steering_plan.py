@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from egressd.core import steering as st
-from egressd.core.settings import EgressGroup
+from egressd.core.assignment import sources_for
+from egressd.core.model import EgressGroup
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network
@@ -89,24 +90,6 @@ def test_onlink_interface_is_carried_by_every_route() -> None:
     assert all("dev net0 onlink" in str(r) for r in p.routes if not r.throw)
 
 
-def test_sources_split_by_rendezvous_hash_deterministically() -> None:
-    srcs = tuple(f"10.244.{i}.0/24" for i in range(40))
-    g = group(ips=("172.18.0.42", "172.18.0.43"), src=srcs)
-    first = st.sources_for(g, ip("172.18.0.42"))
-    second = st.sources_for(g, ip("172.18.0.43"))
-    assert set(first) | set(second) == set(g.source_cidrs)
-    assert not set(first) & set(second)
-    assert 10 <= len(first) <= 30, "roughly even"
-    assert st.sources_for(g, ip("172.18.0.42")) == first, "stable"
-    # a third IP takes sources only from the others, never moves them between them
-    g3 = group(ips=("172.18.0.42", "172.18.0.43", "172.18.0.44"), src=srcs)
-    assert set(st.sources_for(g3, ip("172.18.0.42"))) <= set(first)
-    assert set(st.sources_for(g3, ip("172.18.0.43"))) <= set(second)
-    assert st.sources_for(g3, ip("172.18.0.44"))
-    # one IP: all sources
-    assert st.sources_for(group(src=srcs), ip("172.18.0.42")) == g.source_cidrs
-
-
 def test_sources_split_per_family() -> None:
     g = group(
         ips=("172.18.0.42", "fd00::42"),
@@ -114,8 +97,8 @@ def test_sources_split_per_family() -> None:
         dst=("172.18.0.0/16", "fd20::/64"),
         excl=(),
     )
-    assert st.sources_for(g, ip("172.18.0.42")) == (net("10.244.1.0/24"),)
-    assert st.sources_for(g, ip("fd00::42")) == (net("fd10::/64"),)
+    assert sources_for(g, ip("172.18.0.42")) == (net("10.244.1.0/24"),)
+    assert sources_for(g, ip("fd00::42")) == (net("fd10::/64"),)
     p6 = st.plan_ip(g, ip("fd00::42"), ip("fd00::2"), 1, LAYOUT)
     assert {r.dst for r in p6.routes} == {net("fd20::/64"), net("fd00::42/128")}
     assert p6.rules == {st.Rule(7151, net("fd10::/64"), net("fd20::/64"), 7101)}

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from egressd.core.settings import Timing
+from egressd.core.model import Timing
 from tests.journal import intervals, overlaps, read_journals
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from scapy.layers.l2 import ARP, Ether
 
 from egressd.adapters.announcer import ScapyAnnouncer, parse_arp_claim
 from egressd.core.garp import GarpSchedule
-from egressd.core.settings import IPAddress
+from egressd.core.model import IPAddress
 from tests.kernel.netns import Host, Lab, neigh_mac, ns_exec, sh
 
 pytestmark = pytest.mark.kernel

@@ -20,7 +20,7 @@ SETUP = textwrap.dedent(
     from egressd.adapters.addresses import KernelAddresses
     from egressd.adapters.nftables import NftablesSnat
     from egressd.adapters.steering import PolicySteering
-    from egressd.core.settings import EgressGroup
+    from egressd.core.model import EgressGroup
 
     ip = ipaddress.ip_address("10.99.0.42")
     group = EgressGroup(

@@ -23,9 +23,9 @@ import pytest
 
 from egressd.adapters.nftables import NftablesSnat
 from egressd.core import nft
+from egressd.core.assignment import sources_for
 from egressd.core.errors import DataPlaneError
-from egressd.core.settings import EgressGroup, IPAddress, IPNetwork
-from egressd.core.steering import sources_for
+from egressd.core.model import EgressGroup, IPAddress, IPNetwork
 from tests.kernel.netns import Lab, ns_exec, probe, sh, start_echo_server
 
 pytestmark = pytest.mark.kernel

@@ -26,7 +26,7 @@ import pytest
 
 from egressd.adapters.steering import STEERING_PROTO, PolicySteering
 from egressd.core.errors import DataPlaneError
-from egressd.core.settings import EgressGroup
+from egressd.core.model import EgressGroup
 from egressd.core.steering import Plan
 from tests.kernel.netns import Lab, ns_exec, probe, sh, start_echo_server
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from egressd.core.settings import Timing
+from egressd.core.model import Timing
 from egressd.lab.netlab import Lab
 from egressd.lab.outpost import decode_echo, encode_probe
 from tests.lab.reference import EGRESS, GATEWAYS, OUTPOST, holders, running, wait

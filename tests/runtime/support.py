@@ -13,7 +13,7 @@ from typing import Any
 from egressd.adapters.recording import RecordingDataPlane
 from egressd.core.errors import LostRace, MalformedLease
 from egressd.core.lease import ANN_DURATION_MS, LeaseRecord, lease_name, object_from_record, record_from_object
-from egressd.core.settings import Timing
+from egressd.core.model import Timing
 from egressd.ports import LeaseEvent
 from egressd.runtime.daemon import Daemon
 from tests.fakes import FakeLeaseStore

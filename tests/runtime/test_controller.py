@@ -14,10 +14,11 @@ from typing import Any
 
 from egressd.adapters.clock import SystemClock
 from egressd.adapters.recording import RecordingDataPlane
+from egressd.core.assignment import sources_for
 from egressd.core.errors import LostRace
-from egressd.core.settings import IPAddress, KubeSettings, NodeSettings, Settings
-from egressd.core.steering import sources_for
-from egressd.ports import ClusterEvent, OwnershipEvent
+from egressd.core.model import IPAddress, KubeSettings, NodeSettings, Settings
+from egressd.core.ownership_events import OwnershipEvent
+from egressd.ports import ClusterEvent
 from egressd.runtime.controller import Controller
 from egressd.runtime.daemon import Daemon, FanoutEvents, LogEvents
 from egressd.runtime.member import DataPlane

@@ -22,9 +22,10 @@ from egressd.adapters.recording import RecordingDataPlane
 from egressd.core.election import rendezvous_rank
 from egressd.core.errors import ConfigError
 from egressd.core.lease import lease_name
-from egressd.core.settings import EgressGroup, IPAddress, NodeSettings, Settings
+from egressd.core.model import EgressGroup, IPAddress, NodeSettings, Settings
+from egressd.core.ownership_events import OwnershipEvent
 from egressd.core.states import State
-from egressd.ports import LeaseEvent, OwnershipEvent
+from egressd.ports import LeaseEvent
 from egressd.runtime.daemon import Daemon, FanoutEvents, LogEvents
 from egressd.runtime.member import DataPlane
 from tests.fakes import FakeLeaseStore

@@ -12,7 +12,7 @@ import pytest
 
 from egressd.adapters.recording import RecordingDataPlane
 from egressd.core.lease import lease_name
-from egressd.core.settings import EgressGroup, NodeSettings, Settings
+from egressd.core.model import EgressGroup, NodeSettings, Settings
 from egressd.runtime.daemon import Daemon
 from egressd.runtime.member import DataPlane
 from tests.fakes import FakeLeaseStore

@@ -16,7 +16,7 @@ from typing import Any
 
 from egressd.adapters.recording import RecordingDataPlane
 from egressd.core.lease import LeaseRecord, lease_name, object_from_record
-from egressd.core.settings import EgressGroup, NodeSettings, Settings
+from egressd.core.model import EgressGroup, NodeSettings, Settings
 from egressd.core.states import State
 from egressd.ports import LeaseEvent
 from egressd.runtime.daemon import Daemon

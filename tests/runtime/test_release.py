@@ -12,7 +12,7 @@ import pytest
 
 from egressd.adapters.recording import RecordingDataPlane
 from egressd.core.lease import LeaseRecord, held_by, lease_name, released
-from egressd.core.settings import EgressGroup, NodeSettings, Settings
+from egressd.core.model import EgressGroup, NodeSettings, Settings
 from egressd.core.states import State
 from egressd.ports import LeaseEvent
 from egressd.runtime.daemon import Daemon, NullMetrics

@@ -12,7 +12,7 @@ from ipaddress import ip_address
 
 import pytest
 
-from egressd.core.settings import EgressGroup, NodeSettings, Settings
+from egressd.core.model import EgressGroup, NodeSettings, Settings
 from egressd.core.states import State
 from egressd.ports import LeaseEvent
 from egressd.runtime.daemon import Daemon

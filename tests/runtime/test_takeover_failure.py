@@ -16,7 +16,7 @@ from egressd.adapters.recording import RecordingDataPlane
 from egressd.core.election import HOLD_OFF_GROWTH_CAP, spread_rank
 from egressd.core.errors import DataPlaneError
 from egressd.core.lease import lease_name
-from egressd.core.settings import EgressGroup, IPAddress, NodeSettings, Settings
+from egressd.core.model import EgressGroup, IPAddress, NodeSettings, Settings
 from egressd.runtime.daemon import Daemon
 from egressd.runtime.member import DataPlane
 from tests.fakes import FakeLeaseStore

@@ -60,7 +60,7 @@ from egressd.core.errors import (
     MalformedLease,
 )
 from egressd.core.lease import LABEL_SELECTOR, LeaseRecord, object_from_record, record_from_object, released
-from egressd.core.settings import KubeSettings
+from egressd.core.model import KubeSettings
 from egressd.ports import Clock, LeaseEvent
 
 log = logging.getLogger(__name__)
