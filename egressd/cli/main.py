@@ -184,7 +184,9 @@ def _run(args: argparse.Namespace) -> int:
 
 async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
     from egressd.adapters.clock import SystemClock  # noqa: PLC0415
-    from egressd.adapters.kube import KubeLeaseStore, api_client, nodes_matching  # noqa: PLC0415
+    from egressd.adapters.kube.client import api_client  # noqa: PLC0415
+    from egressd.adapters.kube.cluster import nodes_matching  # noqa: PLC0415
+    from egressd.adapters.kube.leases import KubeLeaseStore  # noqa: PLC0415
     from egressd.adapters.observability import PrometheusMetrics  # noqa: PLC0415
     from egressd.runtime.daemon import FanoutEvents, LogEvents  # noqa: PLC0415
 

@@ -33,7 +33,7 @@ from egressd.core.lease import LeaseRecord, lease_name
 from egressd.core.settings import EgressGroup, IPAddress, Settings
 
 if TYPE_CHECKING:
-    from egressd.adapters.kube import KubeLeaseStore
+    from egressd.adapters.kube.leases import KubeLeaseStore
     from egressd.ports import Clock
 
 
@@ -46,7 +46,8 @@ class OperationError(EgressdError):
 
 def _store(settings: Settings, clock: Clock) -> KubeLeaseStore:
     """A lease store for one operator command (generous timeouts: no fence depends on it)."""
-    from egressd.adapters.kube import KubeLeaseStore, api_client  # noqa: PLC0415
+    from egressd.adapters.kube.client import api_client  # noqa: PLC0415
+    from egressd.adapters.kube.leases import KubeLeaseStore  # noqa: PLC0415
 
     return KubeLeaseStore(api_client(settings.kubernetes), settings.kubernetes.namespace, clock=clock, api_timeout=2.0)
 
@@ -89,7 +90,7 @@ async def with_policy_groups(settings: Settings) -> Settings:
     if settings.mode != "kubernetes":
         return settings
     from egressd.adapters.clock import SystemClock  # noqa: PLC0415
-    from egressd.adapters.kube import api_client  # noqa: PLC0415
+    from egressd.adapters.kube.client import api_client  # noqa: PLC0415
     from egressd.adapters.kube.cluster import KubeCluster  # noqa: PLC0415
 
     source = KubeCluster(api_client(settings.kubernetes), clock=SystemClock())

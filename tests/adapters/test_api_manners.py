@@ -24,8 +24,9 @@ import pytest
 import urllib3
 from kubernetes.client.rest import RESTResponse
 
-from egressd.adapters.kube import KubeLeaseStore, api_client
+from egressd.adapters.kube.client import api_client
 from egressd.adapters.kube.cluster import KubeCluster
+from egressd.adapters.kube.leases import KubeLeaseStore
 from egressd.core.errors import ApiUnavailable, LeaseError, LostRace
 from egressd.core.lease import held_by, lease_name, object_from_record
 from egressd.core.settings import KubeSettings, Timing
@@ -236,7 +237,7 @@ def watch_rate(fault: str) -> float:
     store, transport, clock, stop = make_store(fault, DEFAULT)
     start = clock.now
     events: list[LeaseEvent | BaseException] = []
-    store._watch_thread(events.append, stop)  # the thread's body, on this thread
+    store._informer().run(events.append, stop)  # the thread's body, on this thread
     return transport.requests / (clock.now - start)
 
 
@@ -293,7 +294,7 @@ def cluster_watch_rate(fault: str, resource: ClusterResource) -> float:
     cluster = KubeCluster(api, clock=clock, watch_idle=WATCH_IDLE, draw=lambda: 0.0, wait=wait)
     start = clock.now
     events: list[ClusterEvent | BaseException] = []
-    cluster._watch_thread(resource, events.append, stop)  # the thread's body, on this thread
+    cluster._informer(resource).run(events.append, stop)  # the thread's body, on this thread
     return transport.requests / (clock.now - start)
 
 

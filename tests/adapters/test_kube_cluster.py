@@ -16,7 +16,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from egressd.adapters.clock import SystemClock
-from egressd.adapters.kube import api_client, translate
+from egressd.adapters.kube.client import api_client, translate
 from egressd.adapters.kube.cluster import KubeCluster
 from egressd.apiserver.server import LabApiServer, LabSettings
 from egressd.core.errors import ApiUnavailable, LeaseNotFound

@@ -14,9 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egressd.adapters import kube
 from egressd.adapters.clock import SystemClock
-from egressd.adapters.kube import KubeLeaseStore, _decode_watch_line, _records, _to_lease_event, api_client
+from egressd.adapters.kube import informer
+from egressd.adapters.kube.client import api_client
+from egressd.adapters.kube.informer import _decode_watch_line
+from egressd.adapters.kube.leases import KubeLeaseStore, _records, _to_lease_event
 from egressd.apiserver.server import LabApiServer, LabSettings
 from egressd.core.errors import ApiTimeout, ApiUnavailable, LeaseError, LeaseExpired, LostRace, MalformedLease
 from egressd.core.lease import ANN_DURATION_MS, LeaseRecord, held_by, lease_name, object_from_record
@@ -156,10 +158,10 @@ async def test_a_watch_thread_that_dies_ends_the_watch_with_its_error(
     events = store.watch()
     await next_event(events, "sync")
 
-    def poisoned(event: dict[str, object]) -> LeaseEvent:
+    def poisoned(line: bytes) -> dict[str, object]:
         raise OverflowError("int too large to convert to float")
 
-    monkeypatch.setattr(kube, "_to_lease_event", poisoned)
+    monkeypatch.setattr(informer, "_decode_watch_line", poisoned)
     await store.update(fresh("kind-worker4", first), deadline=deadline())
     with pytest.raises(OverflowError):
         async with asyncio.timeout(5):
@@ -391,7 +393,7 @@ def test_a_list_with_a_poisoned_lease_keeps_the_others_and_names_the_bad_one() -
 
 
 async def test_nodes_matching_a_label_selector(lab: LabApiServer) -> None:
-    from egressd.adapters.kube import nodes_matching  # noqa: PLC0415
+    from egressd.adapters.kube.cluster import nodes_matching  # noqa: PLC0415
 
     for name, labels in (
         ("kind-worker3", {"egress-gw": "true"}),
