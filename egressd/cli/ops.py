@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from egressd.core.cluster import Cluster, resolve
 from egressd.core.election import spread_rank
-from egressd.core.errors import EgressdError, LeaseError, LostRace
+from egressd.core.errors import ApiError, EgressdError, LostRace
 from egressd.core.lease import LeaseRecord, lease_name
 from egressd.core.settings import EgressGroup, IPAddress, Settings
 
@@ -275,7 +275,7 @@ async def move(settings: Settings, moves: list[tuple[IPAddress, str]], *, wait: 
             results = await asyncio.gather(*(_wait_holder(store, clock, ip, to, limit) for ip, to in moves))
             for (ip, to), seconds in zip(moves, results, strict=True):
                 print(f"{ip}: held by {to} after {seconds * 1000:.0f} ms")
-    except LeaseError as exc:
+    except ApiError as exc:
         raise OperationError(f"lease API: {exc}") from exc
     finally:
         await store.close()

@@ -31,7 +31,7 @@ from typing import Any
 
 from egressd.core.addressing import on_link_problem
 from egressd.core.cluster import RESOURCES, Cluster, PolicyOutcome, Resolution, policy_status, resolve
-from egressd.core.errors import LeaseError, LeaseNotFound, LostRace
+from egressd.core.errors import ApiError, LostRace, NotFound
 from egressd.core.kube_events import (
     OWNERSHIP_REASONS,
     EventLimiter,
@@ -327,9 +327,9 @@ class Controller:
                 log.debug("policy %s: status changed meanwhile; comparing again when the change arrives", name)
                 self._conflicts[name] = (rv, self.clock.monotonic())
                 failed = True
-            except LeaseNotFound:
+            except NotFound:
                 pass  # deleted meanwhile: its DELETED event is on the way
-            except LeaseError as exc:
+            except ApiError as exc:
                 log.warning("policy %s: could not write status: %s", name, exc)
                 failed = True
             else:
@@ -403,5 +403,5 @@ class Controller:
         except LostRace:
             # 409 AlreadyExists: another node recorded this shared Event first
             log.debug("event %s: already recorded by another node", (body.get("metadata") or {}).get("name"))
-        except LeaseError as exc:
+        except ApiError as exc:
             log.warning("could not record event %s: %s", body.get("reason"), exc)

@@ -27,7 +27,7 @@ from kubernetes.client.rest import RESTResponse
 from egressd.adapters.kube.client import api_client
 from egressd.adapters.kube.cluster import KubeCluster
 from egressd.adapters.kube.leases import KubeLeaseStore
-from egressd.core.errors import ApiUnavailable, LeaseError, LostRace
+from egressd.core.errors import ApiError, ApiUnavailable, LostRace
 from egressd.core.lease import held_by, lease_name, object_from_record
 from egressd.core.settings import KubeSettings, Timing
 from egressd.ports import ClusterEvent, ClusterResource, LeaseEvent
@@ -221,9 +221,9 @@ async def renew_rate(fault: str, timing: Timing) -> float:
             try:
                 await store.update(RECORD, deadline=started + timing.renew_deadline)
             except LostRace:
-                with contextlib.suppress(LeaseError):
+                with contextlib.suppress(ApiError):
                     await store.get(RECORD.name, deadline=clock.now + timing.api_timeout)
-            except LeaseError:
+            except ApiError:
                 pass
             await clock.sleep(timing.retry_period)
         return transport.requests / (clock.now - start)

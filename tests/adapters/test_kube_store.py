@@ -20,7 +20,7 @@ from egressd.adapters.kube.client import api_client
 from egressd.adapters.kube.informer import _decode_watch_line
 from egressd.adapters.kube.leases import KubeLeaseStore, _records, _to_lease_event
 from egressd.apiserver.server import LabApiServer, LabSettings
-from egressd.core.errors import ApiTimeout, ApiUnavailable, LeaseError, LeaseExpired, LostRace, MalformedLease
+from egressd.core.errors import ApiError, ApiTimeout, ApiUnavailable, LostRace, MalformedLease, ResourceExpired
 from egressd.core.lease import ANN_DURATION_MS, LeaseRecord, held_by, lease_name, object_from_record
 from egressd.core.settings import KubeSettings
 from egressd.ports import LeaseEvent
@@ -270,7 +270,7 @@ async def test_a_poisoned_lease_neither_spoils_a_list_nor_stops_the_watch(
     await events.aclose()  # type: ignore[attr-defined]
 
 
-# --- decoding: any answer is a value or a LeaseError --------------------------------------
+# --- decoding: any answer is a value or a ApiError --------------------------------------
 
 json_values = st.recursive(
     st.one_of(
@@ -315,7 +315,7 @@ def watch_lines(draw: st.DrawFn) -> bytes:
 def test_any_watch_line_is_an_event_or_a_lease_error(line: bytes) -> None:
     try:
         decoded = _decode_watch_line(line)
-    except LeaseError:
+    except ApiError:
         return
     assert isinstance(decoded, dict)
     assert isinstance(decoded.get("_rv", ""), str)
@@ -365,7 +365,7 @@ def test_a_misshapen_watch_event_is_skipped_or_reported_not_raised(line: bytes) 
         (b"\xff\xfe", ApiUnavailable),
         (b"[" * 100_000 + b"]" * 100_000, ApiUnavailable),
         (b'{"type": "ERROR", "object": [410]}', ApiUnavailable),
-        (b'{"type": "ERROR", "object": {"code": 410, "message": "too old"}}', LeaseExpired),
+        (b'{"type": "ERROR", "object": {"code": 410, "message": "too old"}}', ResourceExpired),
     ],
     ids=["array", "not-utf8", "nested-too-deep", "error-without-status", "error-410"],
 )

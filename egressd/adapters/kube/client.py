@@ -2,9 +2,10 @@
 ApiClient for the configured access mode, one raw request through its
 transport, a blocking call decoded from raw JSON, and the translation of the
 client's exceptions into egressd's own (see :mod:`egressd.core.errors`):
-409 → LostRace, 404 → LeaseNotFound, 410 → LeaseExpired, timeouts →
+409 → LostRace, 404 → NotFound, 410 → ResourceExpired, timeouts →
 ApiTimeout, refused / reset / 429 / 5xx → ApiUnavailable (with the
-``Retry-After`` asked for), each chained to the library's exception.
+``Retry-After`` asked for), 401 → Unauthorized, 403 → Forbidden, another 4xx
+→ Rejected, each chained to the library's exception.
 """
 
 from __future__ import annotations
@@ -22,13 +23,16 @@ from kubernetes.client.exceptions import ApiException
 
 from egressd.core.backoff import retry_after
 from egressd.core.errors import (
+    ApiError,
     ApiTimeout,
     ApiUnavailable,
     EgressdError,
-    LeaseError,
-    LeaseExpired,
-    LeaseNotFound,
+    Forbidden,
     LostRace,
+    NotFound,
+    Rejected,
+    ResourceExpired,
+    Unauthorized,
 )
 from egressd.core.settings import KubeSettings
 
@@ -111,18 +115,24 @@ def blocking_json(fn: Callable[[float], Any], timeout: float) -> dict[str, Any]:
     return decoded
 
 
-def translate(exc: ApiException, verb: str) -> LeaseError:
+def translate(exc: ApiException, verb: str) -> ApiError:
     status = exc.status or 0
     message = _status_message(exc)
     if status == 409:
         return LostRace(f"{verb}: {message}")
     if status == 404:
-        return LeaseNotFound(f"{verb}: {message}")
+        return NotFound(f"{verb}: {message}")
     if status == 410:
-        return LeaseExpired(f"{verb}: {message}")
+        return ResourceExpired(f"{verb}: {message}")
     if status == 429 or status >= 500 or status == 0:
         return ApiUnavailable(f"{verb}: HTTP {status}: {message}", retry_after=_retry_after(exc))
-    return LeaseError(f"{verb}: HTTP {status}: {message}")
+    if status == 401:
+        return Unauthorized(f"{verb}: HTTP {status}: {message}")
+    if status == 403:
+        return Forbidden(f"{verb}: HTTP {status}: {message}")
+    if 400 <= status < 500:
+        return Rejected(f"{verb}: HTTP {status}: {message}")
+    return ApiError(f"{verb}: HTTP {status}: {message}")
 
 
 def _retry_after(exc: ApiException) -> float | None:

@@ -31,7 +31,7 @@ from kubernetes.client.exceptions import ApiException
 
 from egressd.adapters.kube.client import blocking_json, raw_request, translate
 from egressd.adapters.kube.informer import Informer, Relist, Wait, stream, wait_on, watch_events
-from egressd.core.errors import ApiTimeout, LeaseNotFound
+from egressd.core.errors import ApiTimeout, NotFound
 from egressd.core.kube_events import EVENT_NAMESPACE
 from egressd.ports import Clock, ClusterEvent, ClusterResource
 
@@ -133,7 +133,7 @@ class KubeCluster:
             nonlocal missing_crd
             try:
                 listing = blocking_json(lambda t: self._read("GET", path, t), self._list_timeout)
-            except LeaseNotFound:
+            except NotFound:
                 if resource != "policies":
                     raise
                 if not missing_crd:
@@ -171,7 +171,7 @@ class KubeCluster:
                     lambda t, path=PATHS[resource]: self._read("GET", path, t),
                     self._list_timeout,
                 )
-            except LeaseNotFound:
+            except NotFound:
                 if resource != "policies":
                     raise
                 listing = {}

@@ -31,7 +31,7 @@ from typing import Any, Generic, TypeVar
 import urllib3
 
 from egressd.core.backoff import WATCH_BACKOFF, Step, Streak
-from egressd.core.errors import ApiUnavailable, EgressdError, LeaseError, LeaseExpired, LeaseNotFound
+from egressd.core.errors import ApiError, ApiUnavailable, EgressdError, NotFound, ResourceExpired
 from egressd.ports import Clock
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class Informer(Generic[T]):
                     rv = event.pop("_rv", rv) or rv
                     if event:
                         emit(self._convert(event))
-            except LeaseExpired as exc:
+            except ResourceExpired as exc:
                 rv = ""
                 problem = exc
             except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
@@ -123,8 +123,8 @@ class Informer(Generic[T]):
                     rv,
                 )
                 idle = True
-            except (LeaseError, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
-                if isinstance(exc, LeaseNotFound):
+            except (ApiError, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+                if isinstance(exc, NotFound):
                     # the collection is gone (the CRD deleted under an open watch):
                     # list again, which finds out what is left of it
                     rv = ""
@@ -196,9 +196,9 @@ def log_step(logger: logging.Logger, what: str, problem: BaseException, step: St
     :class:`egressd.core.backoff.Streak`); the other tries at debug level."""
     level = logging.WARNING
     action = "listing again" if not rv else f"reconnecting from resourceVersion {rv}"
-    if isinstance(problem, LeaseNotFound):
+    if isinstance(problem, NotFound):
         level = logging.INFO  # the collection is gone: what the list finds is reported there
-    elif isinstance(problem, LeaseExpired | EOFError) and step.failures == 1:
+    elif isinstance(problem, ResourceExpired | EOFError) and step.failures == 1:
         level = logging.INFO  # routine once (a compacted history, a server closing a stream), not in a row
     logger.log(
         level if step.report else logging.DEBUG,
@@ -236,7 +236,7 @@ def _decode_watch_line(line: bytes) -> dict[str, Any]:
     ``{"_rv": rv, "type": ..., "object": ...}``, with ``_rv`` left out when
     the object carries no resourceVersion (the stream resumes from the last
     good one), and ``{}`` for an event that names nothing to act on (logged).
-    An ERROR event raises the LeaseError its status names; a line that is no
+    An ERROR event raises the ApiError its status names; a line that is no
     JSON object raises ApiUnavailable (the stream is reconnected). Nothing
     else escapes, whatever the line holds."""
     try:
@@ -252,7 +252,7 @@ def _decode_watch_line(line: bytes) -> dict[str, Any]:
         code = status.get("code")
         message = _cut(status.get("message", ""))
         if code == 410:
-            raise LeaseExpired(f"watch: {message}")
+            raise ResourceExpired(f"watch: {message}")
         raise ApiUnavailable(f"watch error {_cut(code)}: {message}")
     if not isinstance(obj, dict):
         log.warning("watch: ignoring a %s event whose object is not a JSON object: %s", _cut(kind), _cut(line))

@@ -38,7 +38,7 @@ from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_excepti
 from egressd.adapters.kube.client import blocking_json, raw_request, translate
 from egressd.adapters.kube.informer import Informer, Wait, object_name, resource_version, stream, wait_on, watch_events
 from egressd.core.backoff import WATCH_BACKOFF, Backoff, RetryWait, retry_wait
-from egressd.core.errors import ApiTimeout, ApiUnavailable, LeaseError, LeaseNotFound, MalformedLease
+from egressd.core.errors import ApiTimeout, ApiUnavailable, MalformedLease, NotFound, Rejected
 from egressd.core.lease import LABEL_SELECTOR, LeaseRecord, object_from_record, record_from_object, released
 from egressd.ports import Clock, LeaseEvent
 
@@ -108,7 +108,7 @@ class KubeLeaseStore:
                     name, self._namespace, _preload_content=False, _request_timeout=t
                 ),
             )
-        except LeaseNotFound:
+        except NotFound:
             return None
         return record_from_object(obj)
 
@@ -120,7 +120,7 @@ class KubeLeaseStore:
 
     async def update(self, record: LeaseRecord, *, deadline: float) -> LeaseRecord:
         if not record.resource_version:
-            raise LeaseError(f"{record.name}: update needs a resourceVersion")
+            raise Rejected(f"{record.name}: update needs a resourceVersion")
         body = object_from_record(record, self._namespace)
         path = f"/apis/coordination.k8s.io/v1/namespaces/{self._namespace}/leases/{record.name}"
         obj = await self._call("update", deadline, lambda t: self._send("PUT", path, body, t))
@@ -139,7 +139,7 @@ class KubeLeaseStore:
 
     async def delete(self, record: LeaseRecord, *, deadline: float) -> bool:
         if not record.resource_version:
-            raise LeaseError(f"{record.name}: delete needs a resourceVersion")
+            raise Rejected(f"{record.name}: delete needs a resourceVersion")
         body = {
             "apiVersion": "v1",
             "kind": "DeleteOptions",
@@ -148,7 +148,7 @@ class KubeLeaseStore:
         path = f"/apis/coordination.k8s.io/v1/namespaces/{self._namespace}/leases/{record.name}"
         try:
             await self._call("delete", deadline, lambda t: self._send("DELETE", path, body, t))
-        except LeaseNotFound:
+        except NotFound:
             return False
         return True
 
