@@ -24,6 +24,7 @@ from egressd.core.errors import ConfigError, EgressdError, Problem
 from egressd.core.settings import IPAddress, Settings, expand_env, parse_settings
 
 if TYPE_CHECKING:
+    from egressd.adapters.mqtt import MqttEvents
     from egressd.adapters.observability import ObservabilityServer, PrometheusMetrics
     from egressd.ports import Clock, ClusterSource, EventSink, LeaseStore
     from egressd.runtime.daemon import Daemon, FanoutEvents
@@ -218,15 +219,7 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
         mqtt = MqttEvents(settings.mqtt, settings.node.name)
         mqtt.start()
         sinks.append(mqtt)
-        metrics.counter_per_ip(
-            "egressd_mqtt_messages",
-            "MQTT messages by outcome (ip label: published, dropped when the queue was full, coalesced).",
-            lambda: (
-                {"published": float(mqtt.published), "dropped": float(mqtt.dropped), "coalesced": float(mqtt.coalesced)}
-                if mqtt is not None
-                else {}
-            ),
-        )
+        mqtt_counters(mqtt, metrics)
     events = FanoutEvents(sinks)
     cluster: ClusterSource | None = None
     if settings.mode == "kubernetes":
@@ -376,6 +369,21 @@ def daemon_gauges(daemon: Daemon, metrics: PrometheusMetrics) -> None:
         "the field and the problem).",
         "lease",
         lambda: dict.fromkeys(daemon.view.problems(), 1.0),
+    )
+
+
+def mqtt_counters(mqtt: MqttEvents, metrics: PrometheusMetrics) -> None:
+    """The MQTT sink's counters, read when scraped."""
+    metrics.counter_per_label(
+        "egressd_mqtt_messages",
+        "MQTT messages by outcome: published (acknowledged by the broker), dropped (the queue was full, "
+        "or the publish failed), coalesced (an IP's retained state superseded before it was sent).",
+        "outcome",
+        lambda: {
+            "published": float(mqtt.published),
+            "dropped": float(mqtt.dropped),
+            "coalesced": float(mqtt.coalesced),
+        },
     )
 
 
