@@ -19,16 +19,8 @@ from egressd.adapters.clock import SystemClock
 from egressd.adapters.kube.client import api_client, translate
 from egressd.adapters.kube.cluster import KubeCluster
 from egressd.apiserver.server import LabApiServer, LabSettings
-from egressd.core.errors import (
-    ApiError,
-    ApiUnavailable,
-    Forbidden,
-    LostRace,
-    NotFound,
-    Rejected,
-    ResourceExpired,
-    Unauthorized,
-)
+from egressd.core import errors
+from egressd.core.errors import ApiUnavailable, NotFound
 from egressd.core.settings import KubeSettings
 from egressd.ports import ClusterEvent
 
@@ -76,17 +68,17 @@ def test_a_404_of_either_form_is_not_found() -> None:
 @pytest.mark.parametrize(
     ("status", "expected"),
     [
-        (401, Unauthorized),
-        (403, Forbidden),
-        (404, NotFound),
-        (409, LostRace),
-        (410, ResourceExpired),
-        (422, Rejected),
-        (429, ApiUnavailable),
-        (503, ApiUnavailable),
+        (401, errors.Unauthorized),
+        (403, errors.Forbidden),
+        (404, errors.NotFound),
+        (409, errors.LostRace),
+        (410, errors.ResourceExpired),
+        (422, errors.Rejected),
+        (429, errors.ApiUnavailable),
+        (503, errors.ApiUnavailable),
     ],
 )
-def test_each_status_is_the_error_named_for_it(status: int, expected: type[ApiError]) -> None:
+def test_each_status_is_the_error_named_for_it(status: int, expected: type[errors.ApiError]) -> None:
     error = translate(ApiException(status=status, reason="x"), "call")
     assert type(error) is expected
 

@@ -30,7 +30,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from egressd.adapters.kube.client import blocking_json, raw_request, translate
-from egressd.adapters.kube.informer import Informer, Relist, Wait, stream, wait_on, watch_events
+from egressd.adapters.kube.informer import Informer, Pacing, Relist, Wait, stream, wait_on, watch_events
 from egressd.core.errors import ApiTimeout, NotFound
 from egressd.core.kube_events import EVENT_NAMESPACE
 from egressd.ports import Clock, ClusterEvent, ClusterResource
@@ -74,8 +74,7 @@ class KubeCluster:
         self._crd_retry = crd_retry
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="egressd-cluster-api")
         self._closed = threading.Event()
-        self._draw = draw
-        self._wait = wait
+        self._pacing = Pacing(clock, watch_timeout, watch_idle, draw, wait)
 
     # --- requests -----------------------------------------------------------
     #
@@ -113,12 +112,8 @@ class KubeCluster:
             relist=self._relister(resource),
             watch=partial(self._watch_once, resource),
             convert=partial(_to_cluster_event, resource),
-            clock=self._clock,
+            pacing=self._pacing,
             closed=self._closed,
-            watch_timeout=self._watch_timeout,
-            watch_idle=self._watch_idle,
-            draw=self._draw,
-            wait=self._wait,
             logger=log,
         )
 
@@ -146,7 +141,7 @@ class KubeCluster:
                     )
                     emit(ClusterEvent(resource=resource, type="RELISTED"))
                 missing_crd = True
-                self._wait(stop, self._crd_retry)
+                self._pacing.wait(stop, self._crd_retry)
                 return None
             if missing_crd:
                 log.info("the EgressGatewayPolicy CRD is installed now")

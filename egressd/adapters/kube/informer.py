@@ -25,6 +25,7 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Generic, TypeVar
 
@@ -48,77 +49,74 @@ def wait_on(stop: threading.Event, seconds: float) -> bool:
     return stop.wait(seconds)
 
 
+@dataclass(frozen=True)
+class Pacing:
+    """The timing of an informer's loop."""
+
+    clock: Clock
+    watch_timeout: float
+    """Seconds a watch request asks the server to keep it open (``timeoutSeconds``)."""
+    watch_idle: float
+    """Seconds of silence after which a watch is reconnected."""
+    draw: Callable[[], float]
+    """The random source of the backoff's jitter."""
+    wait: Wait
+    """How the thread waits out a backoff."""
+
+
 Relist = Callable[[Callable[[T], None], threading.Event], "str | None"]
 """List the collection and emit what it holds; the list's resourceVersion,
 or None when there is nothing to watch yet (a CRD not installed): the relist
 has then waited, and is called again."""
 
 
+@dataclass(frozen=True)
 class Informer(Generic[T]):
     """List, then watch, one collection (see the module docstring)."""
 
-    def __init__(
-        self,
-        what: str,
-        *,
-        relist: Relist[T],
-        watch: Callable[[str, threading.Event], Iterator[dict[str, Any]]],
-        convert: Callable[[dict[str, Any]], T],
-        clock: Clock,
-        closed: threading.Event,
-        watch_timeout: float,
-        watch_idle: float,
-        draw: Callable[[], float],
-        wait: Wait,
-        logger: logging.Logger,
-        failed: Callable[[BaseException], None] = lambda exc: None,
-    ) -> None:
-        self._what = what
-        """For the logs: ``lease watch``, ``pods watch``."""
-        self._relist = relist
-        self._watch = watch
-        """One watch request from a resourceVersion: its decoded events (:func:`watch_events`)."""
-        self._convert = convert
-        """A decoded ADDED, MODIFIED or DELETED event as what the informer emits."""
-        self._clock = clock
-        self._closed = closed
-        self._watch_timeout = watch_timeout
-        self._watch_idle = watch_idle
-        self._draw = draw
-        self._wait = wait
-        self._log = logger
-        self._failed = failed
-        """Told of every failure but a 410 (routine: a relist follows at once)."""
+    what: str
+    """For the logs: ``lease watch``, ``pods watch``."""
+    relist: Relist[T]
+    watch: Callable[[str, threading.Event], Iterator[dict[str, Any]]]
+    """One watch request from a resourceVersion: its decoded events (:func:`watch_events`)."""
+    convert: Callable[[dict[str, Any]], T]
+    """A decoded ADDED, MODIFIED or DELETED event as what the informer emits."""
+    pacing: Pacing
+    closed: threading.Event
+    """Set by the informer's owner when it closes."""
+    logger: logging.Logger
+    failed: Callable[[BaseException], None] = lambda exc: None
+    """Told of each error of a list or watch request but a 410 (routine: a relist follows at once)."""
 
     def run(self, emit: Callable[[T], None], stop: threading.Event) -> None:
         """The loop of the informer's thread, until ``stop`` or its owner's ``closed`` is set."""
         rv = ""
-        streak = Streak(WATCH_BACKOFF, self._draw)
-        while not stop.is_set() and not self._closed.is_set():
-            started = self._clock.monotonic()
+        streak = Streak(WATCH_BACKOFF, self.pacing.draw)
+        while not stop.is_set() and not self.closed.is_set():
+            started = self.pacing.clock.monotonic()
             problem: BaseException | None = None
             idle = False
             try:
                 if not rv:
-                    listed = self._relist(emit, stop)
+                    listed = self.relist(emit, stop)
                     if listed is None:
                         streak.reset()  # not a failure of the watch: a state, logged by the relist
                         continue
                     rv = listed
-                    started = self._clock.monotonic()
-                for event in self._watch(rv, stop):
+                    started = self.pacing.clock.monotonic()
+                for event in self.watch(rv, stop):
                     rv = event.pop("_rv", rv) or rv
                     if event:
-                        emit(self._convert(event))
+                        emit(self.convert(event))
             except ResourceExpired as exc:
                 rv = ""
                 problem = exc
             except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
                 # silent for watch_idle: reconnect at once, quietly (an idle watch is normal)
-                self._log.debug(
+                self.logger.debug(
                     "%s silent for %.1fs (%s); reconnecting from resourceVersion %s",
-                    self._what,
-                    self._watch_idle,
+                    self.what,
+                    self.pacing.watch_idle,
                     exc,
                     rv,
                 )
@@ -128,21 +126,21 @@ class Informer(Generic[T]):
                     # the collection is gone (the CRD deleted under an open watch):
                     # list again, which finds out what is left of it
                     rv = ""
-                self._failed(exc)
+                self.failed(exc)
                 problem = exc
             if stop.is_set():
                 return
-            ran = self._clock.monotonic() - started
+            ran = self.pacing.clock.monotonic() - started
             ended = streak.ran(ran)
             if ended:
-                self._log.info("%s healthy again after %d failed attempt(s)", self._what, ended)
-            if problem is None and not idle and ran < min(streak.healthy_after, self._watch_timeout):
+                self.logger.info("%s healthy again after %d failed attempt(s)", self.what, ended)
+            if problem is None and not idle and ran < min(streak.healthy_after, self.pacing.watch_timeout):
                 problem = EOFError(f"the watch ended after {ran:.1f}s")
             if problem is None:
                 continue  # a watch that ran its course, or sat idle: reconnect at once
             step = streak.failed(type(problem).__name__, retry_after=getattr(problem, "retry_after", None))
-            log_step(self._log, self._what, problem, step, rv)
-            self._wait(stop, step.delay)
+            log_step(self.logger, self.what, problem, step, rv)
+            self.pacing.wait(stop, step.delay)
 
 
 async def stream(informers: Mapping[str, Informer[T]]) -> AsyncIterator[T]:

@@ -36,7 +36,16 @@ from kubernetes.client.exceptions import ApiException
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type
 
 from egressd.adapters.kube.client import blocking_json, raw_request, translate
-from egressd.adapters.kube.informer import Informer, Wait, object_name, resource_version, stream, wait_on, watch_events
+from egressd.adapters.kube.informer import (
+    Informer,
+    Pacing,
+    Wait,
+    object_name,
+    resource_version,
+    stream,
+    wait_on,
+    watch_events,
+)
 from egressd.core.backoff import WATCH_BACKOFF, Backoff, RetryWait, retry_wait
 from egressd.core.errors import ApiTimeout, ApiUnavailable, MalformedLease, NotFound, Rejected
 from egressd.core.lease import LABEL_SELECTOR, LeaseRecord, object_from_record, record_from_object, released
@@ -93,7 +102,7 @@ class KubeLeaseStore:
         self._last_ok = 0.0
         self._last_failed = 0.0
         self._draw = draw
-        self._wait = wait
+        self._pacing = Pacing(clock, watch_timeout, watch_idle, draw, wait)
         self._not_before = 0.0
         """Monotonic time before which the server asked us (Retry-After) not to call."""
 
@@ -287,12 +296,8 @@ class KubeLeaseStore:
             relist=self._relist,
             watch=self._watch_once,
             convert=_to_lease_event,
-            clock=self._clock,
+            pacing=self._pacing,
             closed=self._closed,
-            watch_timeout=self._watch_timeout,
-            watch_idle=self._watch_idle,
-            draw=self._draw,
-            wait=self._wait,
             logger=log,
             failed=self._watch_failed,
         )
