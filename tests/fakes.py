@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from egressd.core.errors import ApiTimeout, ApiUnavailable, LeaseNotFound, LostRace
+from egressd.core.errors import ApiTimeout, ApiUnavailable, LostRace, NotFound
 from egressd.core.kube_objects import RESOURCES
 from egressd.core.lease import LeaseRecord, released
 from egressd.ports import ClusterEvent, LeaseEvent
@@ -201,7 +201,7 @@ class FakeCluster:
     ) -> Mapping[str, Any]:
         current = self.objects["policies"].get(f"/{name}")
         if current is None:
-            raise LeaseNotFound(f"policy {name} not found")
+            raise NotFound(f"policy {name} not found")
         if current["metadata"]["resourceVersion"] != resource_version:
             raise LostRace(f"policy {name}: resourceVersion {resource_version} is stale")
         self.status_writes += 1

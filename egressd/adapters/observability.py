@@ -132,18 +132,32 @@ class PrometheusMetrics:
 
     # values that exist only at scrape time
     def gauge_per_ip(self, name: str, documentation: str, values: Callable[[], dict[str, float]]) -> None:
-        self.registry.register(_Callback(lambda: [_family(GaugeMetricFamily, name, documentation, values())]))
+        self.gauge_per_label(name, documentation, "ip", values)
 
     def counter_per_ip(self, name: str, documentation: str, values: Callable[[], dict[str, float]]) -> None:
-        self.registry.register(_Callback(lambda: [_family(CounterMetricFamily, name, documentation, values())]))
+        self.counter_per_label(name, documentation, "ip", values)
 
     def gauge_per_label(
         self, name: str, documentation: str, label: str, values: Callable[[], dict[str, float]]
     ) -> None:
         """A gauge with one sample per value of ``label`` (e.g. per policy)."""
-        self.registry.register(
-            _Callback(lambda: [_family(GaugeMetricFamily, name, documentation, values(), label=label)])
-        )
+        self._per_label(GaugeMetricFamily, name, documentation, label, values)
+
+    def counter_per_label(
+        self, name: str, documentation: str, label: str, values: Callable[[], dict[str, float]]
+    ) -> None:
+        """A counter with one sample per value of ``label`` (e.g. per outcome)."""
+        self._per_label(CounterMetricFamily, name, documentation, label, values)
+
+    def _per_label(
+        self,
+        kind: type[GaugeMetricFamily] | type[CounterMetricFamily],
+        name: str,
+        documentation: str,
+        label: str,
+        values: Callable[[], dict[str, float]],
+    ) -> None:
+        self.registry.register(_Callback(lambda: [_family(kind, name, documentation, values(), label=label)]))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -155,11 +169,11 @@ def _family(
     doc: str,
     values: dict[str, float],
     *,
-    label: str = "ip",
+    label: str,
 ) -> Metric:
     family = kind(name, doc, labels=[label])
-    for ip, value in sorted(values.items()):
-        family.add_metric([ip], value)
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
     return family
 
 

@@ -25,6 +25,7 @@ from egressd.core.errors import ConfigError, EgressdError, Problem
 from egressd.core.model import IPAddress, Settings
 
 if TYPE_CHECKING:
+    from egressd.adapters.mqtt import MqttEvents
     from egressd.adapters.observability import ObservabilityServer, PrometheusMetrics
     from egressd.ports import Clock, ClusterSource, EventSink, LeaseStore
     from egressd.runtime.daemon import Daemon, FanoutEvents
@@ -185,7 +186,9 @@ def _run(args: argparse.Namespace) -> int:
 
 async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
     from egressd.adapters.clock import SystemClock  # noqa: PLC0415
-    from egressd.adapters.kube import KubeLeaseStore, api_client, nodes_matching  # noqa: PLC0415
+    from egressd.adapters.kube.client import api_client  # noqa: PLC0415
+    from egressd.adapters.kube.cluster import nodes_matching  # noqa: PLC0415
+    from egressd.adapters.kube.leases import KubeLeaseStore  # noqa: PLC0415
     from egressd.adapters.observability import PrometheusMetrics  # noqa: PLC0415
     from egressd.runtime.daemon import FanoutEvents, LogEvents  # noqa: PLC0415
 
@@ -217,15 +220,7 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
         mqtt = MqttEvents(settings.mqtt, settings.node.name)
         mqtt.start()
         sinks.append(mqtt)
-        metrics.counter_per_ip(
-            "egressd_mqtt_messages",
-            "MQTT messages by outcome (ip label: published, dropped when the queue was full, coalesced).",
-            lambda: (
-                {"published": float(mqtt.published), "dropped": float(mqtt.dropped), "coalesced": float(mqtt.coalesced)}
-                if mqtt is not None
-                else {}
-            ),
-        )
+        mqtt_counters(mqtt, metrics)
     events = FanoutEvents(sinks)
     cluster: ClusterSource | None = None
     if settings.mode == "kubernetes":
@@ -375,6 +370,21 @@ def daemon_gauges(daemon: Daemon, metrics: PrometheusMetrics) -> None:
         "the field and the problem).",
         "lease",
         lambda: dict.fromkeys(daemon.view.problems(), 1.0),
+    )
+
+
+def mqtt_counters(mqtt: MqttEvents, metrics: PrometheusMetrics) -> None:
+    """The MQTT sink's counters, read when scraped."""
+    metrics.counter_per_label(
+        "egressd_mqtt_messages",
+        "MQTT messages by outcome: published (acknowledged by the broker), dropped (the queue was full, "
+        "or the publish failed), coalesced (an IP's retained state superseded before it was sent).",
+        "outcome",
+        lambda: {
+            "published": float(mqtt.published),
+            "dropped": float(mqtt.dropped),
+            "coalesced": float(mqtt.coalesced),
+        },
     )
 
 

@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 from egressd.core.cluster_index import Cluster
 from egressd.core.election import spread_rank
-from egressd.core.errors import EgressdError, LeaseError, LostRace
+from egressd.core.errors import ApiError, EgressdError, LostRace
 from egressd.core.lease import LeaseRecord, lease_name
 from egressd.core.model import EgressGroup, IPAddress, Settings
 from egressd.core.resolution import resolve
 
 if TYPE_CHECKING:
-    from egressd.adapters.kube import KubeLeaseStore
+    from egressd.adapters.kube.leases import KubeLeaseStore
     from egressd.ports import Clock
 
 
@@ -47,7 +47,8 @@ class OperationError(EgressdError):
 
 def _store(settings: Settings, clock: Clock) -> KubeLeaseStore:
     """A lease store for one operator command (generous timeouts: no fence depends on it)."""
-    from egressd.adapters.kube import KubeLeaseStore, api_client  # noqa: PLC0415
+    from egressd.adapters.kube.client import api_client  # noqa: PLC0415
+    from egressd.adapters.kube.leases import KubeLeaseStore  # noqa: PLC0415
 
     return KubeLeaseStore(api_client(settings.kubernetes), settings.kubernetes.namespace, clock=clock, api_timeout=2.0)
 
@@ -90,7 +91,7 @@ async def with_policy_groups(settings: Settings) -> Settings:
     if settings.mode != "kubernetes":
         return settings
     from egressd.adapters.clock import SystemClock  # noqa: PLC0415
-    from egressd.adapters.kube import api_client  # noqa: PLC0415
+    from egressd.adapters.kube.client import api_client  # noqa: PLC0415
     from egressd.adapters.kube.cluster import KubeCluster  # noqa: PLC0415
 
     source = KubeCluster(api_client(settings.kubernetes), clock=SystemClock())
@@ -275,7 +276,7 @@ async def move(settings: Settings, moves: list[tuple[IPAddress, str]], *, wait: 
             results = await asyncio.gather(*(_wait_holder(store, clock, ip, to, limit) for ip, to in moves))
             for (ip, to), seconds in zip(moves, results, strict=True):
                 print(f"{ip}: held by {to} after {seconds * 1000:.0f} ms")
-    except LeaseError as exc:
+    except ApiError as exc:
         raise OperationError(f"lease API: {exc}") from exc
     finally:
         await store.close()

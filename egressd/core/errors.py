@@ -7,14 +7,23 @@ stays in the traceback::
     EgressdError
     ├── ConfigError            bad settings; carries every problem found
     ├── IllegalTransition      the member state machine was asked for a move it forbids
-    ├── LeaseError             anything the lease store could not do
-    │   ├── LostRace           409: someone wrote the lease first (not a failure)
-    │   ├── LeaseNotFound      404
-    │   ├── LeaseExpired       410: a watch resourceVersion is too old; resync
-    │   ├── ApiTimeout         the call did not finish within its deadline
+    ├── ApiError               a call to the Kubernetes API did not do what was asked
     │   ├── ApiUnavailable     connection refused/reset, 5xx, 429 (with the Retry-After asked for)
-    │   └── MalformedLease     a lease written by someone else that we cannot read
+    │   ├── ApiTimeout         no answer within the call's deadline; its outcome is unknown
+    │   ├── LostRace           409: someone wrote first (a stale resourceVersion, or the
+    │   │                      object exists already); expected under contention
+    │   ├── NotFound           404: the object, or its collection (a CRD not installed)
+    │   ├── ResourceExpired    410: a list or watch asked for a resourceVersion the server
+    │   │                      no longer has; list again
+    │   ├── Unauthorized       401: the credentials were refused
+    │   ├── Forbidden          403: RBAC does not allow the call
+    │   ├── Rejected           any other 4xx: the request as sent was refused
+    │   └── MalformedLease     the API holds a Lease, written by someone else, that egressd
+    │                          cannot read
     └── DataPlaneError         the kernel refused an address, rule or frame
+
+An answer of the API server is named for what it said, not for the object
+the call was about: a missing Lease, Node or CRD is each a ``NotFound``.
 """
 
 from __future__ import annotations
@@ -74,27 +83,11 @@ class IllegalTransition(EgressdError):
     """The state machine was asked for a transition its table does not allow."""
 
 
-class LeaseError(EgressdError):
-    """The lease store could not complete a call."""
+class ApiError(EgressdError):
+    """A call to the Kubernetes API did not do what was asked."""
 
 
-class LostRace(LeaseError):
-    """Another writer changed the lease first (HTTP 409). Expected under contention."""
-
-
-class LeaseNotFound(LeaseError):
-    """The lease does not exist (HTTP 404)."""
-
-
-class LeaseExpired(LeaseError):
-    """A watch or list asked for a resourceVersion the server no longer has (HTTP 410)."""
-
-
-class ApiTimeout(LeaseError):
-    """The call did not complete within its deadline; its outcome is unknown."""
-
-
-class ApiUnavailable(LeaseError):
+class ApiUnavailable(ApiError):
     """The API server could not be reached or answered with a server error
     (or 429); ``retry_after`` is the wait it asked for (``Retry-After``), in
     seconds, if it did."""
@@ -104,7 +97,39 @@ class ApiUnavailable(LeaseError):
         self.retry_after = retry_after
 
 
-class MalformedLease(LeaseError):
+class ApiTimeout(ApiError):
+    """The call did not complete within its deadline; its outcome is unknown."""
+
+
+class LostRace(ApiError):
+    """Another writer changed the object first, or created it first (HTTP 409).
+    Expected under contention."""
+
+
+class NotFound(ApiError):
+    """The object, or the collection asked for, does not exist (HTTP 404): a
+    Lease deleted, a policy gone, a CRD not installed."""
+
+
+class ResourceExpired(ApiError):
+    """A watch or list asked for a resourceVersion the server no longer has (HTTP 410)."""
+
+
+class Unauthorized(ApiError):
+    """The API server refused the credentials (HTTP 401)."""
+
+
+class Forbidden(ApiError):
+    """The credentials are not allowed the call (HTTP 403): RBAC."""
+
+
+class Rejected(ApiError):
+    """The request as sent was refused: an HTTP 4xx without a class of its own
+    (400, 422, ...), or a write egressd will not send (one without the
+    resourceVersion it must be conditional on)."""
+
+
+class MalformedLease(ApiError):
     """A lease object that does not have the shape egressd needs."""
 
 

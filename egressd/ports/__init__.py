@@ -203,7 +203,7 @@ class ClusterSource(Protocol):
     ) -> Mapping[str, Any]:
         """Replace the status of policy ``name`` (status subresource) if its
         resourceVersion is still ``resource_version``; returns the written
-        object. LostRace on a conflict, LeaseNotFound if the policy is gone."""
+        object. LostRace on a conflict, NotFound if the policy is gone."""
         ...
 
     async def create_event(self, event: Mapping[str, Any], *, deadline: float) -> None:

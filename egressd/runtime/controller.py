@@ -3,8 +3,8 @@
 Every node runs this beside its daemon:
 
 * **watch** EgressGatewayPolicies, Nodes, Namespaces and Pods (a
-  :class:`~egressd.ports.ClusterSource`) into a :class:`~egressd.core.cluster.Cluster`;
-* **resolve** it (:func:`egressd.core.cluster.resolve`) after every relevant
+  :class:`~egressd.ports.ClusterSource`) into a :class:`~egressd.core.cluster_index.Cluster`;
+* **resolve** it (:func:`egressd.core.resolution.resolve`) after every relevant
   change, debounced, and hand the daemon the groups of every valid policy —
   selected pods as sources, nodes matching the nodeSelector as candidates — and
   the groups this node steers (its own selected pods only). A policy naming an
@@ -31,7 +31,7 @@ from typing import Any
 
 from egressd.core.addressing import on_link_problem
 from egressd.core.cluster_index import Cluster
-from egressd.core.errors import LeaseError, LeaseNotFound, LostRace
+from egressd.core.errors import ApiError, LostRace, NotFound
 from egressd.core.kube_events import (
     OWNERSHIP_REASONS,
     EventLimiter,
@@ -331,9 +331,9 @@ class Controller:
                 log.debug("policy %s: status changed meanwhile; comparing again when the change arrives", name)
                 self._conflicts[name] = (rv, self.clock.monotonic())
                 failed = True
-            except LeaseNotFound:
+            except NotFound:
                 pass  # deleted meanwhile: its DELETED event is on the way
-            except LeaseError as exc:
+            except ApiError as exc:
                 log.warning("policy %s: could not write status: %s", name, exc)
                 failed = True
             else:
@@ -407,5 +407,5 @@ class Controller:
         except LostRace:
             # 409 AlreadyExists: another node recorded this shared Event first
             log.debug("event %s: already recorded by another node", (body.get("metadata") or {}).get("name"))
-        except LeaseError as exc:
+        except ApiError as exc:
             log.warning("could not record event %s: %s", body.get("reason"), exc)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from egressd.core.election import Action, Me, Observation, retire
-from egressd.core.errors import ConfigError, DataPlaneError, LeaseError, LostRace
+from egressd.core.errors import ApiError, ConfigError, DataPlaneError, LostRace
 from egressd.core.lease import LeaseRecord, lease_name
 from egressd.core.model import EgressGroup, IPAddress, Settings
 from egressd.core.ownership_events import OwnershipEvent
@@ -508,7 +508,7 @@ class Daemon:
             # or a renew): kept; decided again on the news of that write
             log.info("ip=%s node=%s claim not deleted, it changed meanwhile: %s", ip, me, exc)
             return
-        except LeaseError as exc:
+        except ApiError as exc:
             log.warning("ip=%s node=%s could not delete the claim: %s", ip, me, exc)
             return
         del self.retiring[name]

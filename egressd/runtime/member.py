@@ -24,7 +24,7 @@ from typing import Any
 
 from egressd.core.backoff import Repeats
 from egressd.core.election import Action, Decision, Me, Observation, decide, hold_off, spread_rank
-from egressd.core.errors import ApiTimeout, DataPlaneError, LeaseError, LostRace, MalformedLease
+from egressd.core.errors import ApiError, ApiTimeout, DataPlaneError, LostRace, MalformedLease
 from egressd.core.lease import LeaseRecord, held_by, lease_name
 from egressd.core.model import EgressGroup, IPAddress, Settings
 from egressd.core.ownership_events import OwnershipEvent
@@ -211,7 +211,7 @@ class Member:
             self._metrics.api_error("LostRace")
             await self._refresh()
             return None
-        except LeaseError as exc:
+        except ApiError as exc:
             self._write_unsure = isinstance(exc, ApiTimeout)  # a timed-out write may have landed
             level = logging.WARNING if self._write_failures.failed(type(exc).__name__) else logging.DEBUG
             self.log.log(level, "lease write failed (%d in a row): %s", self._write_failures.failures, exc)
@@ -237,7 +237,7 @@ class Member:
             record = await self._store.get(self.name, deadline=self._clock.monotonic() + self._timing.api_timeout)
         except MalformedLease as exc:
             self._view.observe(self.name, None, problem=str(exc))
-        except LeaseError as exc:
+        except ApiError as exc:
             level = logging.WARNING if self._read_failures.failed(type(exc).__name__) else logging.DEBUG
             self.log.log(level, "could not read the lease (%d in a row): %s", self._read_failures.failures, exc)
         else:
@@ -395,7 +395,7 @@ class Member:
                 await self._refresh()
                 record = self._view.get(self.name).record
                 continue
-            except LeaseError as exc:
+            except ApiError as exc:
                 self._write_unsure = self._write_unsure or isinstance(exc, ApiTimeout)
                 self.log.warning("release failed: %s", exc)
                 return False

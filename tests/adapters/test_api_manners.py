@@ -24,9 +24,10 @@ import pytest
 import urllib3
 from kubernetes.client.rest import RESTResponse
 
-from egressd.adapters.kube import KubeLeaseStore, api_client
+from egressd.adapters.kube.client import api_client
 from egressd.adapters.kube.cluster import KubeCluster
-from egressd.core.errors import ApiUnavailable, LeaseError, LostRace
+from egressd.adapters.kube.leases import KubeLeaseStore
+from egressd.core.errors import ApiError, ApiUnavailable, LostRace
 from egressd.core.lease import held_by, lease_name, object_from_record
 from egressd.core.model import KubeSettings, Timing
 from egressd.ports import ClusterEvent, ClusterResource, LeaseEvent
@@ -220,9 +221,9 @@ async def renew_rate(fault: str, timing: Timing) -> float:
             try:
                 await store.update(RECORD, deadline=started + timing.renew_deadline)
             except LostRace:
-                with contextlib.suppress(LeaseError):
+                with contextlib.suppress(ApiError):
                     await store.get(RECORD.name, deadline=clock.now + timing.api_timeout)
-            except LeaseError:
+            except ApiError:
                 pass
             await clock.sleep(timing.retry_period)
         return transport.requests / (clock.now - start)
@@ -236,7 +237,7 @@ def watch_rate(fault: str) -> float:
     store, transport, clock, stop = make_store(fault, DEFAULT)
     start = clock.now
     events: list[LeaseEvent | BaseException] = []
-    store._watch_thread(events.append, stop)  # the thread's body, on this thread
+    store._informer().run(events.append, stop)  # the thread's body, on this thread
     return transport.requests / (clock.now - start)
 
 
@@ -293,7 +294,7 @@ def cluster_watch_rate(fault: str, resource: ClusterResource) -> float:
     cluster = KubeCluster(api, clock=clock, watch_idle=WATCH_IDLE, draw=lambda: 0.0, wait=wait)
     start = clock.now
     events: list[ClusterEvent | BaseException] = []
-    cluster._watch_thread(resource, events.append, stop)  # the thread's body, on this thread
+    cluster._informer(resource).run(events.append, stop)  # the thread's body, on this thread
     return transport.requests / (clock.now - start)
 
 

@@ -16,10 +16,11 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from egressd.adapters.clock import SystemClock
-from egressd.adapters.kube import api_client, translate
+from egressd.adapters.kube.client import api_client, translate
 from egressd.adapters.kube.cluster import KubeCluster
 from egressd.apiserver.server import LabApiServer, LabSettings
-from egressd.core.errors import ApiUnavailable, LeaseNotFound
+from egressd.core import errors
+from egressd.core.errors import ApiUnavailable, NotFound
 from egressd.core.model import KubeSettings
 from egressd.ports import ClusterEvent
 
@@ -55,13 +56,31 @@ async def relisted(events: AsyncIterator[ClusterEvent], resource: str) -> Cluste
 
 def test_a_404_of_either_form_is_not_found() -> None:
     """A real server answers a path no API serves with plain text, the lab's
-    Status for a missing object is JSON: both are LeaseNotFound."""
+    Status for a missing object is JSON: both are NotFound."""
     plain = ApiException(status=404, reason="Not Found")
     plain.body = "404 page not found\n"
     status = ApiException(status=404, reason="Not Found")
     status.body = json.dumps({"kind": "Status", "code": 404, "reason": "NotFound", "message": "gone"})
-    assert isinstance(translate(plain, "watch"), LeaseNotFound)
-    assert isinstance(translate(status, "watch"), LeaseNotFound)
+    assert isinstance(translate(plain, "watch"), NotFound)
+    assert isinstance(translate(status, "watch"), NotFound)
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (401, errors.Unauthorized),
+        (403, errors.Forbidden),
+        (404, errors.NotFound),
+        (409, errors.LostRace),
+        (410, errors.ResourceExpired),
+        (422, errors.Rejected),
+        (429, errors.ApiUnavailable),
+        (503, errors.ApiUnavailable),
+    ],
+)
+def test_each_status_is_the_error_named_for_it(status: int, expected: type[errors.ApiError]) -> None:
+    error = translate(ApiException(status=status, reason="x"), "call")
+    assert type(error) is expected
 
 
 def test_retry_after_is_read_from_the_header_or_the_status() -> None:

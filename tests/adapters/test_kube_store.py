@@ -14,11 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egressd.adapters import kube
 from egressd.adapters.clock import SystemClock
-from egressd.adapters.kube import KubeLeaseStore, _decode_watch_line, _records, _to_lease_event, api_client
+from egressd.adapters.kube import informer
+from egressd.adapters.kube.client import api_client
+from egressd.adapters.kube.informer import _decode_watch_line
+from egressd.adapters.kube.leases import KubeLeaseStore, _records, _to_lease_event
 from egressd.apiserver.server import LabApiServer, LabSettings
-from egressd.core.errors import ApiTimeout, ApiUnavailable, LeaseError, LeaseExpired, LostRace, MalformedLease
+from egressd.core.errors import ApiError, ApiTimeout, ApiUnavailable, LostRace, MalformedLease, ResourceExpired
 from egressd.core.lease import ANN_DURATION_MS, LeaseRecord, held_by, lease_name, object_from_record
 from egressd.core.model import KubeSettings
 from egressd.ports import LeaseEvent
@@ -156,10 +158,10 @@ async def test_a_watch_thread_that_dies_ends_the_watch_with_its_error(
     events = store.watch()
     await next_event(events, "sync")
 
-    def poisoned(event: dict[str, object]) -> LeaseEvent:
+    def poisoned(line: bytes) -> dict[str, object]:
         raise OverflowError("int too large to convert to float")
 
-    monkeypatch.setattr(kube, "_to_lease_event", poisoned)
+    monkeypatch.setattr(informer, "_decode_watch_line", poisoned)
     await store.update(fresh("kind-worker4", first), deadline=deadline())
     with pytest.raises(OverflowError):
         async with asyncio.timeout(5):
@@ -268,7 +270,7 @@ async def test_a_poisoned_lease_neither_spoils_a_list_nor_stops_the_watch(
     await events.aclose()  # type: ignore[attr-defined]
 
 
-# --- decoding: any answer is a value or a LeaseError --------------------------------------
+# --- decoding: any answer is a value or a ApiError --------------------------------------
 
 json_values = st.recursive(
     st.one_of(
@@ -313,7 +315,7 @@ def watch_lines(draw: st.DrawFn) -> bytes:
 def test_any_watch_line_is_an_event_or_a_lease_error(line: bytes) -> None:
     try:
         decoded = _decode_watch_line(line)
-    except LeaseError:
+    except ApiError:
         return
     assert isinstance(decoded, dict)
     assert isinstance(decoded.get("_rv", ""), str)
@@ -363,7 +365,7 @@ def test_a_misshapen_watch_event_is_skipped_or_reported_not_raised(line: bytes) 
         (b"\xff\xfe", ApiUnavailable),
         (b"[" * 100_000 + b"]" * 100_000, ApiUnavailable),
         (b'{"type": "ERROR", "object": [410]}', ApiUnavailable),
-        (b'{"type": "ERROR", "object": {"code": 410, "message": "too old"}}', LeaseExpired),
+        (b'{"type": "ERROR", "object": {"code": 410, "message": "too old"}}', ResourceExpired),
     ],
     ids=["array", "not-utf8", "nested-too-deep", "error-without-status", "error-410"],
 )
@@ -391,7 +393,7 @@ def test_a_list_with_a_poisoned_lease_keeps_the_others_and_names_the_bad_one() -
 
 
 async def test_nodes_matching_a_label_selector(lab: LabApiServer) -> None:
-    from egressd.adapters.kube import nodes_matching  # noqa: PLC0415
+    from egressd.adapters.kube.cluster import nodes_matching  # noqa: PLC0415
 
     for name, labels in (
         ("kind-worker3", {"egress-gw": "true"}),

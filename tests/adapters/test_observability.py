@@ -12,8 +12,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from egressd.adapters.mqtt import MqttEvents
 from egressd.adapters.observability import ObservabilityServer, PrometheusMetrics, status_for
-from egressd.cli.main import daemon_gauges
+from egressd.cli.main import daemon_gauges, mqtt_counters
+from egressd.core.mqtt_settings import MqttSettings
 from egressd.core.states import State
 from tests.fakes import FakeLeaseStore
 from tests.runtime.support import TIMING, ObjectLeaseStore, poisoned, until
@@ -154,6 +156,19 @@ def test_a_gauge_per_policy_has_a_policy_label() -> None:
     assert 'egressd_policy_selected_pods{policy="outpost"} 2.0' in metrics.render().decode()
     values["outpost"] = 3.0
     assert 'egressd_policy_selected_pods{policy="outpost"} 3.0' in metrics.render().decode()
+
+
+def test_mqtt_messages_are_counted_by_outcome() -> None:
+    metrics = PrometheusMetrics()
+    sink = MqttEvents(MqttSettings(host="127.0.0.1", cluster="lab"), "node-a")
+    mqtt_counters(sink, metrics)
+    sink.published, sink.dropped, sink.coalesced = 3, 1, 2
+    lines = [line for line in metrics.render().decode().splitlines() if line.startswith("egressd_mqtt_messages")]
+    assert sorted(lines) == [
+        'egressd_mqtt_messages_total{outcome="coalesced"} 2.0',
+        'egressd_mqtt_messages_total{outcome="dropped"} 1.0',
+        'egressd_mqtt_messages_total{outcome="published"} 3.0',
+    ]
 
 
 # --- /status: the incarnation token only on loopback ----------------------------------------

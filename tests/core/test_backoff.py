@@ -37,13 +37,13 @@ def test_a_bad_policy_is_refused(initial: float, cap: float, factor: float) -> N
 
 def test_a_streak_grows_reports_sparsely_and_ends_after_a_healthy_run() -> None:
     streak = Streak(Backoff(initial=0.1, cap=30.0), lambda: 0.0, healthy_after=10.0)
-    steps = [streak.failed("LeaseExpired") for _ in range(9)]
+    steps = [streak.failed("ResourceExpired") for _ in range(9)]
     assert [s.delay for s in steps] == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8])
     assert [s.failures for s in steps if s.report] == [1, 2, 4, 8]  # the first, then powers of two
     assert streak.failed("ApiUnavailable").report  # a different problem is news
     assert streak.ran(9.9) == 0 and streak.failures == 10  # too short to count as healthy
     assert streak.ran(10.0) == 10 and streak.failures == 0
-    assert streak.failed("LeaseExpired").delay == pytest.approx(0.05)  # starts small again
+    assert streak.failed("ResourceExpired").delay == pytest.approx(0.05)  # starts small again
     assert streak.ran(60.0) == 1
 
 

@@ -1,12 +1,9 @@
 """The Kubernetes-mode inputs over the official client: EgressGatewayPolicies,
 Nodes, Namespaces and Pods watched; policy status and Events written.
 
-One thread per resource lists it (a ``RELISTED`` event with every object),
-then watches from the list's resourceVersion, reconnects from the last one it
-saw (bookmarks advance it) and lists again after 410 Expired, like an
-informer. A watch refused, failed or ended early is retried after
-:data:`egressd.core.backoff.WATCH_BACKOFF` (longer if the server asks with
-``Retry-After``), and logged once per change of problem, not once per try.
+One :class:`egressd.adapters.kube.informer.Informer` per resource lists it
+(a ``RELISTED`` event with every object), then watches from the list's
+resourceVersion and lists again after 410 Expired.
 
 The policies' CRD may not be installed yet, or be deleted: a 404 on their
 list or watch, whether a Status or the plain-text ``404 page not found`` a
@@ -14,38 +11,27 @@ real server answers for a path no API serves, is an empty list, looked at
 again every ``crd_retry`` seconds and logged once.
 
 Objects are passed on as the API server sent them (JSON); the core parses
-them (:mod:`egressd.core.cluster`), so an object egressd cannot read is
+them (:mod:`egressd.core.kube_objects`), so an object egressd cannot read is
 reported where it is used, never dropped here in silence.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
-import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from egressd.adapters.kube import (
-    Wait,
-    blocking_json,
-    log_step,
-    raw_request,
-    start_watch_thread,
-    translate,
-    wait_on,
-    watch_events,
-)
-from egressd.core.backoff import WATCH_BACKOFF, Streak
-from egressd.core.errors import ApiTimeout, LeaseError, LeaseExpired, LeaseNotFound
+from egressd.adapters.kube.client import blocking_json, raw_request, translate
+from egressd.adapters.kube.informer import Informer, Pacing, Relist, Wait, stream, wait_on, watch_events
+from egressd.core.errors import ApiTimeout, NotFound
 from egressd.core.kube_events import EVENT_NAMESPACE
 from egressd.ports import Clock, ClusterEvent, ClusterResource
 
@@ -60,8 +46,6 @@ PATHS: Mapping[ClusterResource, str] = {
     "namespaces": "/api/v1/namespaces",
     "pods": "/api/v1/pods",
 }
-
-Emit = Callable[[ClusterEvent | BaseException], None]
 
 
 class KubeCluster:
@@ -90,8 +74,7 @@ class KubeCluster:
         self._crd_retry = crd_retry
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="egressd-cluster-api")
         self._closed = threading.Event()
-        self._draw = draw
-        self._wait = wait
+        self._pacing = Pacing(clock, watch_timeout, watch_idle, draw, wait)
 
     # --- requests -----------------------------------------------------------
     #
@@ -105,7 +88,7 @@ class KubeCluster:
         response.read()
         return response
 
-    def _watch_once(self, resource: ClusterResource, rv: str, stop: threading.Event) -> Any:
+    def _watch_once(self, resource: ClusterResource, rv: str, stop: threading.Event) -> Iterator[dict[str, Any]]:
         query = [
             ("watch", "true"),
             ("resourceVersion", rv),
@@ -120,93 +103,54 @@ class KubeCluster:
             raise translate(error, "watch")
         return watch_events(response.response, stop)
 
-    async def watch(self) -> AsyncIterator[ClusterEvent]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[ClusterEvent | BaseException] = asyncio.Queue()
-        stop = threading.Event()
+    def watch(self) -> AsyncIterator[ClusterEvent]:
+        return stream({f"egressd-watch-{resource}": self._informer(resource) for resource in PATHS})
 
-        def emit(item: ClusterEvent | BaseException) -> None:
-            with contextlib.suppress(RuntimeError):  # loop closed during shutdown
-                loop.call_soon_threadsafe(queue.put_nowait, item)
+    def _informer(self, resource: ClusterResource) -> Informer[ClusterEvent]:
+        return Informer[ClusterEvent](
+            f"{resource} watch",
+            relist=self._relister(resource),
+            watch=partial(self._watch_once, resource),
+            convert=partial(_to_cluster_event, resource),
+            pacing=self._pacing,
+            closed=self._closed,
+            logger=log,
+        )
 
-        for resource in PATHS:
-            start_watch_thread(
-                f"egressd-watch-{resource}", partial(self._watch_thread, resource, emit, stop), emit, stop
-            )
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-
-    def _watch_thread(self, resource: ClusterResource, emit: Emit, stop: threading.Event) -> None:
-        rv = ""
-        streak = Streak(WATCH_BACKOFF, self._draw)
+    def _relister(self, resource: ClusterResource) -> Relist[ClusterEvent]:
+        """The relist of one resource's informer: a ``RELISTED`` event with
+        every object. A missing policy CRD is an empty list, looked at again
+        every ``crd_retry`` seconds and logged once."""
         missing_crd = False
         path = PATHS[resource]
-        while not stop.is_set() and not self._closed.is_set():
-            started = self._clock.monotonic()
-            problem: BaseException | None = None
-            idle = False
+
+        def relist(emit: Callable[[ClusterEvent], None], stop: threading.Event) -> str | None:
+            nonlocal missing_crd
             try:
-                if not rv:
-                    try:
-                        listing = blocking_json(lambda t: self._read("GET", path, t), self._list_timeout)
-                    except LeaseNotFound:
-                        if resource != "policies":
-                            raise
-                        if not missing_crd:
-                            log.warning(
-                                "the EgressGatewayPolicy CRD is not installed (404 on %s.%s); "
-                                "serving no policy, looking again every %.0fs",
-                                PLURAL,
-                                GROUP,
-                                self._crd_retry,
-                            )
-                            emit(ClusterEvent(resource=resource, type="RELISTED"))
-                        missing_crd = True
-                        streak.reset()  # not a failure of the watch: a state, logged above
-                        self._wait(stop, self._crd_retry)
-                        continue
-                    if missing_crd:
-                        log.info("the EgressGatewayPolicy CRD is installed now")
-                        missing_crd = False
-                    items = tuple(item for item in listing.get("items") or [] if isinstance(item, Mapping))
-                    rv = str((listing.get("metadata") or {}).get("resourceVersion") or "")
-                    emit(ClusterEvent(resource=resource, type="RELISTED", objects=items))
-                    started = self._clock.monotonic()
-                for event in self._watch_once(resource, rv, stop):
-                    rv = event.pop("_rv", rv) or rv
-                    if event:
-                        emit(ClusterEvent(resource=resource, type=event["type"], object=event["object"]))
-            except LeaseExpired as exc:
-                rv = ""
-                problem = exc
-            except LeaseNotFound as exc:
-                # the collection is gone (the CRD deleted under an open watch):
-                # list again, which takes the "not installed" path above
-                rv = ""
-                problem = exc
-            except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
-                idle = True  # a quiet watch: reconnect from rv
-            except (LeaseError, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
-                problem = exc
-            if stop.is_set():
-                return
-            ran = self._clock.monotonic() - started
-            ended = streak.ran(ran)
-            if ended:
-                log.info("%s watch healthy again after %d failed attempt(s)", resource, ended)
-            if problem is None and not idle and ran < min(streak.healthy_after, self._watch_timeout):
-                problem = EOFError(f"the watch ended after {ran:.1f}s")
-            if problem is None:
-                continue  # a watch that ran its course, or sat idle: reconnect at once
-            step = streak.failed(type(problem).__name__, retry_after=getattr(problem, "retry_after", None))
-            log_step(log, f"{resource} watch", problem, step, rv)
-            self._wait(stop, step.delay)
+                listing = blocking_json(lambda t: self._read("GET", path, t), self._list_timeout)
+            except NotFound:
+                if resource != "policies":
+                    raise
+                if not missing_crd:
+                    log.warning(
+                        "the EgressGatewayPolicy CRD is not installed (404 on %s.%s); "
+                        "serving no policy, looking again every %.0fs",
+                        PLURAL,
+                        GROUP,
+                        self._crd_retry,
+                    )
+                    emit(ClusterEvent(resource=resource, type="RELISTED"))
+                missing_crd = True
+                self._pacing.wait(stop, self._crd_retry)
+                return None
+            if missing_crd:
+                log.info("the EgressGatewayPolicy CRD is installed now")
+                missing_crd = False
+            items = tuple(item for item in listing.get("items") or [] if isinstance(item, Mapping))
+            emit(ClusterEvent(resource=resource, type="RELISTED", objects=items))
+            return str((listing.get("metadata") or {}).get("resourceVersion") or "")
+
+        return relist
 
     async def snapshot(self) -> dict[ClusterResource, tuple[Mapping[str, Any], ...]]:
         """Every object of each resource, listed once (for ``egressd status``,
@@ -222,7 +166,7 @@ class KubeCluster:
                     lambda t, path=PATHS[resource]: self._read("GET", path, t),
                     self._list_timeout,
                 )
-            except LeaseNotFound:
+            except NotFound:
                 if resource != "policies":
                     raise
                 listing = {}
@@ -262,3 +206,22 @@ class KubeCluster:
     async def close(self) -> None:
         self._closed.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _to_cluster_event(resource: ClusterResource, event: dict[str, Any]) -> ClusterEvent:
+    """A decoded watch event (see :func:`egressd.adapters.kube.informer.watch_events`)."""
+    return ClusterEvent(resource=resource, type=event["type"], object=event["object"])
+
+
+async def nodes_matching(api: k8s.ApiClient, labels: Mapping[str, str], *, request_timeout: float) -> list[str]:
+    """Names of the Nodes whose labels include ``labels`` (a matchLabels selector)."""
+    selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    core = k8s.CoreV1Api(api)
+    loop = asyncio.get_running_loop()
+    obj = await loop.run_in_executor(
+        None,
+        blocking_json,
+        lambda t: core.list_node(label_selector=selector, _preload_content=False, _request_timeout=t),
+        request_timeout,
+    )
+    return sorted(str((item.get("metadata") or {}).get("name")) for item in obj.get("items") or [])
