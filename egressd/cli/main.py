@@ -437,6 +437,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _move(args: argparse.Namespace) -> int:
     from egressd.cli import ops  # noqa: PLC0415
+    from egressd.runtime import operations  # noqa: PLC0415
 
     settings = load_settings(args.config)
     if args.command == "handoff":
@@ -444,7 +445,7 @@ def _move(args: argparse.Namespace) -> int:
             ip = ipaddress.ip_address(args.ip)
         except ValueError:
             raise UsageError(f"IP: not an IP address: {args.ip!r}") from None
-        moves = ops.handoff_moves(asyncio.run(ops.with_policy_groups(settings)), ip, args.to)
+        moves = operations.handoff_moves(asyncio.run(ops.with_policy_groups(settings)).groups, ip, args.to)
     else:
         moves = asyncio.run(ops.drain_moves(settings))
         if not moves:
