@@ -26,7 +26,8 @@ from egressd.core.settings import IPAddress, Settings, expand_env, parse_setting
 if TYPE_CHECKING:
     from egressd.adapters.observability import ObservabilityServer, PrometheusMetrics
     from egressd.ports import Clock, ClusterSource, EventSink, LeaseStore
-    from egressd.runtime.daemon import Daemon, FanoutEvents
+    from egressd.runtime.daemon import Daemon
+    from egressd.runtime.sinks import FanoutEvents
 
 log = logging.getLogger("egressd")
 
@@ -186,7 +187,7 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
     from egressd.adapters.clock import SystemClock  # noqa: PLC0415
     from egressd.adapters.kube import KubeLeaseStore, api_client, nodes_matching  # noqa: PLC0415
     from egressd.adapters.observability import PrometheusMetrics  # noqa: PLC0415
-    from egressd.runtime.daemon import FanoutEvents, LogEvents  # noqa: PLC0415
+    from egressd.runtime.sinks import FanoutEvents, LogEvents  # noqa: PLC0415
 
     clock = SystemClock()
     api = api_client(settings.kubernetes)

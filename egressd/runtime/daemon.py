@@ -33,72 +33,21 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from egressd.core.errors import ConfigError, DataPlaneError
 from egressd.core.settings import EgressGroup, IPAddress, Settings
-from egressd.ports import Clock, EventSink, LeaseStore, Metrics, OwnershipEvent, Steering
+from egressd.ports import Clock, EventSink, LeaseStore, Metrics, Steering
 from egressd.runtime import health, reconcile
 from egressd.runtime.member import DataPlane, Member
 from egressd.runtime.reconcile import ClaimRetirement
+from egressd.runtime.sinks import FanoutEvents, LogEvents, NullMetrics
 from egressd.runtime.steerer import Steerer
 from egressd.runtime.supervisor import Supervisor
 from egressd.runtime.view import LeaseView
 
 log = logging.getLogger(__name__)
-
-
-class LogEvents:
-    """An EventSink that writes ownership events to the log."""
-
-    def emit(self, event: OwnershipEvent) -> None:
-        log.info(
-            "event %s ip=%s node=%s epoch=%d reason=%s %s",
-            event.kind,
-            event.egress_ip,
-            event.node,
-            event.epoch,
-            event.reason,
-            event.detail,
-        )
-
-
-@dataclass
-class FanoutEvents:
-    """Sends each event to every sink; a failing sink never affects the others."""
-
-    sinks: list[EventSink] = field(default_factory=list)
-
-    def emit(self, event: OwnershipEvent) -> None:
-        for sink in self.sinks:
-            try:
-                sink.emit(event)
-            except Exception:
-                log.exception("event sink %r failed", sink)
-
-
-class NullMetrics:
-    def owned(self, ip: str, owned: bool) -> None:
-        pass
-
-    def transition(self, ip: str, kind: str, reason: str) -> None:
-        pass
-
-    def renew(self, ip: str, seconds: float, ok: bool, error: str = "") -> None:
-        pass
-
-    def takeover_phase(self, ip: str, phase: str, seconds: float) -> None:
-        pass
-
-    def conflict(self, ip: str) -> None:
-        pass
-
-    def drift(self, ip: str, what: str) -> None:
-        pass
-
-    def api_error(self, kind: str) -> None:
-        pass
 
 
 class Daemon:

@@ -19,8 +19,9 @@ from egressd.core.settings import IPAddress, KubeSettings, NodeSettings, Setting
 from egressd.core.steering import sources_for
 from egressd.ports import ClusterEvent, OwnershipEvent
 from egressd.runtime.controller import Controller
-from egressd.runtime.daemon import Daemon, FanoutEvents, LogEvents
+from egressd.runtime.daemon import Daemon
 from egressd.runtime.member import DataPlane
+from egressd.runtime.sinks import FanoutEvents, LogEvents
 from tests.fakes import FakeCluster, FakeLeaseStore
 from tests.runtime.support import TIMING, RunsDaemon, assert_no_two_owners, until
 

@@ -25,8 +25,9 @@ from egressd.core.lease import lease_name
 from egressd.core.settings import EgressGroup, IPAddress, NodeSettings, Settings
 from egressd.core.states import State
 from egressd.ports import LeaseEvent, OwnershipEvent
-from egressd.runtime.daemon import Daemon, FanoutEvents, LogEvents, NullMetrics
+from egressd.runtime.daemon import Daemon
 from egressd.runtime.member import DataPlane, Member
+from egressd.runtime.sinks import FanoutEvents, LogEvents, NullMetrics
 from egressd.runtime.view import LeaseView
 from tests.fakes import FakeLeaseStore
 from tests.runtime.support import TIMING, ObjectLeaseStore, RunsDaemon, assert_no_two_owners, poisoned, until

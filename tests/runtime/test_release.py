@@ -15,8 +15,9 @@ from egressd.core.lease import LeaseRecord, held_by, lease_name, released
 from egressd.core.settings import EgressGroup, NodeSettings, Settings
 from egressd.core.states import State
 from egressd.ports import LeaseEvent
-from egressd.runtime.daemon import Daemon, NullMetrics
+from egressd.runtime.daemon import Daemon
 from egressd.runtime.member import DataPlane, Member
+from egressd.runtime.sinks import NullMetrics
 from egressd.runtime.view import LeaseView
 from tests.fakes import FakeLeaseStore
 from tests.runtime.support import TIMING
