@@ -185,7 +185,7 @@ class Daemon:
             for ip, member in list(self.members.items()):
                 group = wanted.get(ip)
                 if group is None or (group.name, group.interface) != (member.group.name, member.group.interface):
-                    await self._leave(ip, member, group)
+                    await self._remove_member(ip, member, group)
                     if ip not in listed:
                         self.retirement.add(member.name, str(ip))
             try:
@@ -207,7 +207,7 @@ class Daemon:
             if self.steerer is not None and "steering" not in self.supervisor.running():
                 self.supervisor.spawn("steering", self.steerer.run)
 
-    async def _leave(self, ip: IPAddress, member: Member, group: EgressGroup | None) -> None:
+    async def _remove_member(self, ip: IPAddress, member: Member, group: EgressGroup | None) -> None:
         """Hand ``ip`` off: this node is no longer a candidate (or the IP moved)."""
         me = self.settings.node.name
         if group is None:
