@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from egressd.adapters.mqtt import MqttEvents
     from egressd.adapters.observability import ObservabilityServer, PrometheusMetrics
     from egressd.ports import Clock, ClusterSource, EventSink, LeaseStore
-    from egressd.runtime.daemon import Daemon, FanoutEvents
+    from egressd.runtime.daemon import Daemon
+    from egressd.runtime.sinks import FanoutEvents
 
 log = logging.getLogger("egressd")
 
@@ -190,7 +191,7 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
     from egressd.adapters.kube.cluster import nodes_matching  # noqa: PLC0415
     from egressd.adapters.kube.leases import KubeLeaseStore  # noqa: PLC0415
     from egressd.adapters.observability import PrometheusMetrics  # noqa: PLC0415
-    from egressd.runtime.daemon import FanoutEvents, LogEvents  # noqa: PLC0415
+    from egressd.runtime.sinks import FanoutEvents, LogEvents  # noqa: PLC0415
 
     clock = SystemClock()
     api = api_client(settings.kubernetes)
@@ -448,6 +449,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _move(args: argparse.Namespace) -> int:
     from egressd.cli import ops  # noqa: PLC0415
+    from egressd.runtime import operations  # noqa: PLC0415
 
     settings = load_settings(args.config)
     if args.command == "handoff":
@@ -455,7 +457,7 @@ def _move(args: argparse.Namespace) -> int:
             ip = ipaddress.ip_address(args.ip)
         except ValueError:
             raise UsageError(f"IP: not an IP address: {args.ip!r}") from None
-        moves = ops.handoff_moves(asyncio.run(ops.with_policy_groups(settings)), ip, args.to)
+        moves = operations.handoff_moves(asyncio.run(ops.with_policy_groups(settings)).groups, ip, args.to)
     else:
         moves = asyncio.run(ops.drain_moves(settings))
         if not moves:

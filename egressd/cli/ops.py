@@ -12,14 +12,14 @@ be stopped.
 ``egressd.io/preferred-holder`` annotation; the owner withdraws, then releases
 the lease to NODE, which takes it at once. ``drain`` does that for every IP
 this node holds, each to its next preferred candidate. Both wait until the
-move is visible in the lease unless ``--no-wait``.
+move is visible in the lease unless ``--no-wait``. The protocol is
+:mod:`egressd.runtime.operations`; here the arguments meet the Kubernetes
+lease store, and the outcome is printed.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
@@ -27,19 +27,16 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from egressd.core.cluster_index import Cluster
-from egressd.core.election import spread_rank
-from egressd.core.errors import ApiError, EgressdError, LostRace
-from egressd.core.lease import LeaseRecord, lease_name
-from egressd.core.model import EgressGroup, IPAddress, Settings
+from egressd.core.errors import EgressdError
+from egressd.core.lease import LeaseRecord
+from egressd.core.model import Settings
 from egressd.core.resolution import resolve
+from egressd.runtime import operations
+from egressd.runtime.operations import Move
 
 if TYPE_CHECKING:
     from egressd.adapters.kube.leases import KubeLeaseStore
     from egressd.ports import Clock
-
-
-class OperationError(EgressdError):
-    """An operator command could not do what was asked."""
 
 
 # --- status ---------------------------------------------------------------------
@@ -223,74 +220,31 @@ def _print_table(report: dict[str, Any]) -> None:
 # --- handoff and drain --------------------------------------------------------------
 
 
-def _group_of(settings: Settings, ip: IPAddress) -> EgressGroup:
-    for group in settings.groups:
-        if ip in group.egress_ips:
-            return group
-    raise OperationError(f"{ip} is not an egress IP of this config")
-
-
-async def _request_move(store: Any, clock: Any, ip: IPAddress, to: str) -> LeaseRecord:
-    """Write the handoff request, re-reading on a lost race (the owner renews meanwhile)."""
-    name = lease_name(str(ip))
-    for _ in range(10):
-        record: LeaseRecord | None = await store.get(name, deadline=clock.monotonic() + 2.0)
-        if record is None:
-            raise OperationError(f"{ip}: no lease yet (is any gateway running?)")
-        if record.holder == to:
-            return record
-        try:
-            written: LeaseRecord = await store.update(
-                replace(record, preferred_holder=to), deadline=clock.monotonic() + 2.0
-            )
-            return written
-        except LostRace:
-            await asyncio.sleep(0.02)
-    raise OperationError(f"{ip}: could not write the handoff request (the lease kept changing)")
-
-
-async def _wait_holder(store: Any, clock: Any, ip: IPAddress, to: str, limit: float) -> float:
-    started = time.monotonic()
-    name = lease_name(str(ip))
-    while time.monotonic() - started < limit:
-        record = await store.get(name, deadline=clock.monotonic() + 2.0)
-        if record is not None and record.holder == to:
-            return time.monotonic() - started
-        await asyncio.sleep(0.02)
-    raise OperationError(f"{ip}: {to} did not take it over within {limit:.0f}s (is its daemon running?)")
-
-
-async def move(settings: Settings, moves: list[tuple[IPAddress, str]], *, wait: bool, limit: float = 15.0) -> int:
+async def move(settings: Settings, moves: list[Move], *, wait: bool, limit: float = 15.0) -> int:
+    """Request ``moves`` (:mod:`egressd.runtime.operations`) and, with ``wait``,
+    wait for them; both bounded by ``limit`` seconds."""
     from egressd.adapters.clock import SystemClock  # noqa: PLC0415
 
     clock = SystemClock()
     store = _store(settings, clock)
     try:
-        for ip, to in moves:
-            record = await _request_move(store, clock, ip, to)
-            if record.holder == to:
-                print(f"{ip}: already held by {to}")
+        deadline = clock.monotonic() + limit
+        for m in moves:
+            record = await operations.request_move(store, clock, m, deadline=deadline)
+            if record.holder == m.to:
+                print(f"{m.ip}: already held by {m.to}")
                 continue
-            print(f"{ip}: asked {record.holder or 'nobody (free lease)'} to hand off to {to}")
+            print(f"{m.ip}: asked {record.holder or 'nobody (free lease)'} to hand off to {m.to}")
         if wait:
-            results = await asyncio.gather(*(_wait_holder(store, clock, ip, to, limit) for ip, to in moves))
-            for (ip, to), seconds in zip(moves, results, strict=True):
-                print(f"{ip}: held by {to} after {seconds * 1000:.0f} ms")
-    except ApiError as exc:
-        raise OperationError(f"lease API: {exc}") from exc
+            results = await operations.wait_for_moves(store, clock, moves, deadline=clock.monotonic() + limit)
+            for m, seconds in zip(moves, results, strict=True):
+                print(f"{m.ip}: held by {m.to} after {seconds * 1000:.0f} ms")
     finally:
         await store.close()
     return 0
 
 
-def handoff_moves(settings: Settings, ip: IPAddress, to: str) -> list[tuple[IPAddress, str]]:
-    group = _group_of(settings, ip)
-    if group.candidates and to not in group.candidates:
-        raise OperationError(f"--to {to}: not a candidate of group {group.name} ({', '.join(group.candidates)})")
-    return [(ip, to)]
-
-
-async def drain_moves(settings: Settings) -> list[tuple[IPAddress, str]]:
+async def drain_moves(settings: Settings) -> list[Move]:
     """Every IP this node holds, to its next preferred candidate."""
     from egressd.adapters.clock import SystemClock  # noqa: PLC0415
 
@@ -298,19 +252,7 @@ async def drain_moves(settings: Settings) -> list[tuple[IPAddress, str]]:
     clock = SystemClock()
     store = _store(settings, clock)
     try:
-        records = {r.egress_ip: r for r in await store.list_leases(deadline=clock.monotonic() + 5.0)}
+        deadline = clock.monotonic() + 5.0
+        return await operations.drain_moves(store, clock, settings.groups, settings.node.name, deadline=deadline)
     finally:
         await store.close()
-    me = settings.node.name
-    moves = []
-    for group in settings.groups:
-        for ip in group.egress_ips:
-            record = records.get(str(ip))
-            if record is None or record.holder != me:
-                continue
-            ranking = spread_rank(str(ip), [str(x) for x in group.egress_ips], group.candidates)
-            others = [c for c in ranking if c != me]
-            if not others:
-                raise OperationError(f"{ip}: no other candidate in group {group.name} to drain to")
-            moves.append((ip, others[0]))
-    return moves

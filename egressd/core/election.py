@@ -130,6 +130,31 @@ def hold_off(reason: str, failures: int, timing: Timing) -> float:
     return timing.lease_duration * min(2.0 ** max(0, failures - 1), HOLD_OFF_GROWTH_CAP)
 
 
+UNREADABLE_RECHECK = 4
+"""Retry periods to wait before deciding again about a lease we cannot read:
+nothing is decided on it, the daemon fence ends a tenure whose renews fail,
+and the watch's news of a corrected lease wakes the loop sooner."""
+
+
+def next_look(decision: Decision | None, *, owner: bool, timing: Timing) -> float:
+    """Seconds to wait for news at most before deciding again, after acting
+    on ``decision`` (None: the lease could not be read, nothing was decided);
+    ``owner``: whether we hold the IP after the action.
+
+    1. An unreadable lease: :data:`UNREADABLE_RECHECK` retry periods.
+    2. After a write (acquire, renew, handoff; won, lost or failed), or while
+       we hold the IP: the retry period, when the next renew is due; a lost
+       race refreshed the view, whose news wakes the loop at once.
+    3. Otherwise the decision's own recheck; a decision that waits for news
+       only still looks again after a lease duration, so a missed watch event
+       costs at most that."""
+    if decision is None:
+        return timing.retry_period * UNREADABLE_RECHECK
+    if decision.action in (Action.ACQUIRE, Action.RENEW, Action.HANDOFF) or owner:
+        return timing.retry_period
+    return decision.recheck if decision.recheck is not None else timing.lease_duration
+
+
 def rendezvous_rank(ip: str, candidates: Iterable[str]) -> list[str]:
     """Candidates from most to least preferred for ``ip`` (highest random weight).
 

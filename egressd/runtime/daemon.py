@@ -11,19 +11,20 @@ Start-up, in order:
 
 1. Stage SNAT for the groups this node may serve (so takeover is short).
 2. Wait for the first full list of the leases (at most ``renewDeadline``).
-3. Reconcile the kernel with the leases: an egress IP present on this node
-   whose lease names this node is kept (a crash with a quick restart must not
-   interrupt traffic) and its member adopts the tenure; everything else
-   egressd finds is withdrawn. If the leases cannot be read in time, nothing
-   can prove ownership, so everything is withdrawn.
-4. Start the members and their fences.
+3. Reconcile the kernel with the leases
+   (:func:`egressd.runtime.reconcile.reconcile_at_start`): an egress IP this
+   node still serves and holds the lease of is adopted; everything else is
+   withdrawn.
+4. Start the members and their fences, drift repair and the retirement of
+   claims no group lists (:mod:`egressd.runtime.reconcile`).
 
 Shutdown (SIGTERM, SIGINT or SIGHUP): every member withdraws, then frees its
 lease for the next preferred candidate; bounded by ``shutdown_grace``.
 
 Every task (the lease watch, the members and their fences, drift repair,
 steering, the controller's) is supervised: one that ends unexpectedly is
-logged, fails ``/healthz`` and is started again with backoff.
+logged, fails ``/healthz`` and is started again with backoff. What the daemon
+says about itself (health, readiness, status) is :mod:`egressd.runtime.health`.
 """
 
 from __future__ import annotations
@@ -31,75 +32,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from typing import Any
 
-from egressd.core.election import Action, Me, Observation, retire
-from egressd.core.errors import ApiError, ConfigError, DataPlaneError, LostRace
-from egressd.core.lease import LeaseRecord, lease_name
+from egressd.core.errors import ConfigError, DataPlaneError
 from egressd.core.model import EgressGroup, IPAddress, Settings
-from egressd.core.ownership_events import OwnershipEvent
-from egressd.core.states import State
 from egressd.ports import Clock, EventSink, LeaseStore, Metrics, Steering
+from egressd.runtime import health, reconcile
 from egressd.runtime.member import DataPlane, Member
+from egressd.runtime.reconcile import ClaimRetirement
+from egressd.runtime.sinks import FanoutEvents, LogEvents, NullMetrics
 from egressd.runtime.steerer import Steerer
-from egressd.runtime.supervisor import Supervisor, wait_event
+from egressd.runtime.supervisor import Supervisor
 from egressd.runtime.view import LeaseView
 
 log = logging.getLogger(__name__)
-
-
-class LogEvents:
-    """An EventSink that writes ownership events to the log."""
-
-    def emit(self, event: OwnershipEvent) -> None:
-        log.info(
-            "event %s ip=%s node=%s epoch=%d reason=%s %s",
-            event.kind,
-            event.egress_ip,
-            event.node,
-            event.epoch,
-            event.reason,
-            event.detail,
-        )
-
-
-@dataclass
-class FanoutEvents:
-    """Sends each event to every sink; a failing sink never affects the others."""
-
-    sinks: list[EventSink] = field(default_factory=list)
-
-    def emit(self, event: OwnershipEvent) -> None:
-        for sink in self.sinks:
-            try:
-                sink.emit(event)
-            except Exception:
-                log.exception("event sink %r failed", sink)
-
-
-class NullMetrics:
-    def owned(self, ip: str, owned: bool) -> None:
-        pass
-
-    def transition(self, ip: str, kind: str, reason: str) -> None:
-        pass
-
-    def renew(self, ip: str, seconds: float, ok: bool, error: str = "") -> None:
-        pass
-
-    def takeover_phase(self, ip: str, phase: str, seconds: float) -> None:
-        pass
-
-    def conflict(self, ip: str) -> None:
-        pass
-
-    def drift(self, ip: str, what: str) -> None:
-        pass
-
-    def api_error(self, kind: str) -> None:
-        pass
 
 
 class Daemon:
@@ -158,10 +106,17 @@ class Daemon:
         """Set once the start-up reconcile is done and the members run."""
         self.settled = asyncio.Event()
         """Set once every member made its first decision (adoptions included)."""
-        self.retiring: dict[str, str] = {}
-        """Claims to delete (lease name -> egress IP): IPs no group lists any more."""
-        self._retire_news = self.view.listener()
-        self._retire_said: dict[str, str] = {}
+        self.retirement = ClaimRetirement(
+            view=self.view,
+            store=store,
+            clock=clock,
+            timing=settings.timing,
+            node=settings.node.name,
+            incarnation=self.incarnation,
+            listed=lambda: {str(ip) for g in self.groups for ip in g.egress_ips},
+            held=lambda: {m.name for m in self.members.values()},
+        )
+        """Claims to delete: IPs no group lists any more."""
 
     async def run(self, *, install_signals: bool = True) -> int:
         """Run until a stop is requested; returns the process exit code."""
@@ -230,10 +185,9 @@ class Daemon:
             for ip, member in list(self.members.items()):
                 group = wanted.get(ip)
                 if group is None or (group.name, group.interface) != (member.group.name, member.group.interface):
-                    await self._leave(ip, member, group)
+                    await self._remove_member(ip, member, group)
                     if ip not in listed:
-                        self.retiring[member.name] = str(ip)
-                        self._retire_news.set()
+                        self.retirement.add(member.name, str(ip))
             try:
                 await self.dataplane.snat.stage(self.candidate_groups())
             except DataPlaneError as exc:
@@ -253,7 +207,7 @@ class Daemon:
             if self.steerer is not None and "steering" not in self.supervisor.running():
                 self.supervisor.spawn("steering", self.steerer.run)
 
-    async def _leave(self, ip: IPAddress, member: Member, group: EgressGroup | None) -> None:
+    async def _remove_member(self, ip: IPAddress, member: Member, group: EgressGroup | None) -> None:
         """Hand ``ip`` off: this node is no longer a candidate (or the IP moved)."""
         me = self.settings.node.name
         if group is None:
@@ -299,15 +253,17 @@ class Daemon:
                     await self.dataplane.snat.stage(groups)
                 except DataPlaneError as exc:
                     log.error("could not stage SNAT: %s", exc)
-            adopt = await self._reconcile()
+            adopt = await reconcile.reconcile_at_start(
+                self.view, self.dataplane, self.settings.node.name, groups, self.settings.timing
+            )
             for group in groups:
                 for ip in group.egress_ips:
                     self._add_member(ip, group, adopt=ip in adopt)
             listed = {str(ip) for g in self.groups for ip in g.egress_ips}
             for record in self.view.records():
                 if record.egress_ip not in listed:  # left by a policy deleted or an IP removed meanwhile
-                    self.retiring[record.name] = record.egress_ip
-            self.supervisor.spawn("retire-claims", self._retire_forever)
+                    self.retirement.retiring[record.name] = record.egress_ip
+            self.supervisor.spawn("retire-claims", self.retirement.run)
             self.reconciled.set()
             log.info("started %d member(s): %s", len(self.members), ", ".join(map(str, self.members)) or "-")
             self.supervisor.spawn("settle", lambda: self._settle(groups), one_shot=True)
@@ -317,73 +273,36 @@ class Daemon:
                 self.supervisor.spawn("steering", self.steerer.run)
 
     def health(self) -> tuple[bool, list[str]]:
-        """Liveness: fails when the daemon should have stepped down but has not,
-        or when a supervised task ended unexpectedly and is down or keeps
-        dying. A restart is the cure for both."""
-        problems = self.supervisor.problems()
-        now = self.clock.monotonic()
-        overdue = self.settings.timing.renew_deadline + 0.5
-        for ip, member in sorted(self.members.items(), key=lambda kv: str(kv[0])):
-            if member.sm.state is State.OWNER and member.last_renew is not None and now - member.last_renew > overdue:
-                problems.append(
-                    f"{ip}: still owner {now - member.last_renew:.1f}s after its last renew (should have stepped down)"
-                )
-        if self.reconciled.is_set() and not self.supervisor.stop_requested.is_set():
-            missing = {"lease-watch"} | {f"{kind}:{ip}" for ip in self.members for kind in ("member", "fence")}
-            missing -= set(self.supervisor.running())
-            missing -= set(self.supervisor.states)  # ended unexpectedly: listed by the supervisor
-            problems += [f"task {name} is not running" for name in sorted(missing)]
-        return not problems, problems
+        """Liveness (:func:`egressd.runtime.health.liveness`)."""
+        return health.liveness(
+            self.members,
+            self.supervisor,
+            self.clock.monotonic(),
+            self.settings.timing,
+            started=self.reconciled.is_set(),
+        )
 
     def readiness(self) -> tuple[bool, list[str]]:
         """Readiness: the initial reconcile is done and the API is reachable."""
-        problems = []
-        if not self.reconciled.is_set():
-            problems.append("initial reconcile not done")
-        if not self.store.connected():
-            problems.append("Kubernetes API not reachable")
-        for check in self.ready_checks:
-            problems += check()
-        return not problems, problems
+        return health.readiness(
+            reconciled=self.reconciled.is_set(), connected=self.store.connected(), checks=self.ready_checks
+        )
 
     def status_report(self) -> dict[str, Any]:
         """This daemon's own view, for ``egressd status`` (served on /status)."""
-        now = self.clock.monotonic()
-        members = []
-        for ip, m in sorted(self.members.items(), key=lambda kv: str(kv[0])):
-            d = m.last_decision
-            members.append(
-                {
-                    "egressIP": str(ip),
-                    "group": m.group.name,
-                    "state": m.sm.state.value,
-                    "epoch": m.epoch,
-                    "lastTransition": m.last_transition or None,
-                    "lastDecision": {"action": d.action.value, "reason": d.reason, "detail": d.detail} if d else None,
-                    "lastRenewAgeSeconds": round(now - m.last_renew, 3) if m.last_renew is not None else None,
-                }
-            )
-        steering = (
-            {str(ip): str(via) if via else None for ip, via in self.steerer.current.items()} if self.steerer else {}
-        )
         ok, problems = self.health()
         return {
             "node": self.settings.node.name,
             "incarnation": self.incarnation,
             "healthy": ok,
             "problems": problems,
-            "members": members,
-            "steering": steering,
+            "members": health.members_report(self.members, self.clock.monotonic()),
+            "steering": health.steering_report(self.steerer),
         } | {name: part() for name, part in self.status_parts.items()}
 
     def renew_ages(self) -> dict[str, float]:
         """Seconds since the last successful renew of each IP this node owns."""
-        now = self.clock.monotonic()
-        return {
-            str(ip): now - m.last_renew
-            for ip, m in self.members.items()
-            if m.sm.state is State.OWNER and m.last_renew is not None
-        }
+        return health.renew_ages(self.members, self.clock.monotonic())
 
     def may_announce(self, ip: IPAddress) -> bool:
         """Whether this node may still claim ``ip`` on the wire right now."""
@@ -393,21 +312,14 @@ class Daemon:
     def report_conflict(self, ip: IPAddress, mac: str) -> None:
         """Another MAC claims an IP we serve (from the announcer's ARP listener)."""
         member = self.members.get(ip)
-        epoch = member.epoch if member else 0
-        log.warning(
-            "ip=%s node=%s epoch=%d ARP conflict: %s also claims this IP", ip, self.settings.node.name, epoch, mac
-        )
-        self.metrics.conflict(str(ip))
-        self.events.emit(
-            OwnershipEvent(
-                kind="conflict",
-                egress_ip=str(ip),
-                node=self.settings.node.name,
-                epoch=epoch,
-                reason="arp-conflict",
-                detail=f"claimed by {mac}",
-                at=self.clock.monotonic(),
-            )
+        health.report_conflict(
+            ip,
+            mac,
+            node=self.settings.node.name,
+            epoch=member.epoch if member else 0,
+            at=self.clock.monotonic(),
+            metrics=self.metrics,
+            events=self.events,
         )
 
     async def _settle(self, groups: tuple[EgressGroup, ...]) -> None:
@@ -426,145 +338,11 @@ class Daemon:
             log.error("could not prepare announcements on %s: %s", interface, exc)
 
     async def repair_drift(self) -> list[str]:
-        """One pass of drift repair: compare the kernel with the members and mend.
-
-        Someone flushing the ruleset or deleting an address must not leave an
-        owner that cannot serve, nor a non-owner that still does."""
-        dp = self.dataplane
-        present = {ip for ip, _ in await dp.addresses.owned()}
-        active = await dp.snat.active()
-        serving_without_snat = [ip for ip, m in self.members.items() if m.serving and ip not in active]
-        if serving_without_snat:
-            log.warning("drift: SNAT of %s missing; staging the table again", ", ".join(map(str, serving_without_snat)))
-            await dp.snat.stage(self.candidate_groups())
-        repaired: list[str] = []
-        for ip, member in self.members.items():
-            repaired += [f"{ip}:{what}" for what in await member.reconcile(present, active)]
-        for ip in present - set(self.members):
-            log.warning("drift: removing egress IP %s that this node has no member for", ip)
-            for address, interface in await dp.addresses.owned():
-                if address == ip:
-                    await dp.addresses.release(address, interface)
-            repaired.append(f"{ip}:foreign-address")
-        return repaired
-
-    async def _retire_forever(self) -> None:
-        while True:
-            self._retire_news.clear()
-            await wait_event(self._retire_news, await self.retire_claims())
-
-    async def retire_claims(self) -> float | None:
-        """Delete the claims of IPs that no group lists any more, where
-        :func:`~egressd.core.election.retire` says so (each delete is
-        conditional on the resourceVersion it decided on). Returns when to
-        look again without news (None: on news only)."""
-        listed = {str(ip) for g in self.groups for ip in g.egress_ips}
-        serving = {m.name for m in self.members.values()}
-        me = self.settings.node.name
-        recheck: float | None = None
-        for name, ip in sorted(self.retiring.items()):
-            entry = self.view.get(name)
-            if ip in listed or name in serving:
-                del self.retiring[name]  # listed again
-                continue
-            if entry.problem:
-                continue  # never act on a claim we cannot read
-            now = self.clock.monotonic()
-            decision = retire(
-                entry.record,
-                Observation(entry.resource_version, entry.observed_at),
-                now,
-                Me(identity=me, incarnation=self.incarnation, egress_ip=ip, candidates=()),
-                self.settings.timing,
-            )
-            if self._retire_said.get(name) != decision.reason:
-                self._retire_said[name] = decision.reason
-                log.info(
-                    "ip=%s node=%s claim of an IP no longer configured: %s %s %s",
-                    ip,
-                    me,
-                    decision.action.value,
-                    decision.reason,
-                    decision.detail,
-                )
-            if decision.action is Action.DELETE and entry.record is not None:
-                await self._delete_claim(name, ip, entry.record)
-            elif decision.reason == "already-gone":
-                del self.retiring[name]
-            elif decision.recheck is not None:
-                recheck = decision.recheck if recheck is None else min(recheck, decision.recheck)
-        if not self.retiring:
-            self._retire_said.clear()
-        return recheck
-
-    async def _delete_claim(self, name: str, ip: str, record: LeaseRecord) -> None:
-        me = self.settings.node.name
-        try:
-            existed = await self.store.delete(
-                record, deadline=self.clock.monotonic() + self.settings.timing.renew_deadline
-            )
-        except LostRace as exc:
-            # written since we decided (an acquire by a daemon that still lists the IP,
-            # or a renew): kept; decided again on the news of that write
-            log.info("ip=%s node=%s claim not deleted, it changed meanwhile: %s", ip, me, exc)
-            return
-        except ApiError as exc:
-            log.warning("ip=%s node=%s could not delete the claim: %s", ip, me, exc)
-            return
-        del self.retiring[name]
-        if existed:
-            log.info("ip=%s node=%s deleted the claim %s (resourceVersion %s)", ip, me, name, record.resource_version)
-        else:
-            log.info("ip=%s node=%s claim %s was already deleted", ip, me, name)
+        """One pass of drift repair (:func:`egressd.runtime.reconcile.repair_drift`)."""
+        return await reconcile.repair_drift(self.dataplane, self.members, self.candidate_groups())
 
     async def _repair_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.repair_interval)
-            try:
-                await self.repair_drift()
-            except DataPlaneError as exc:
-                log.error("drift repair failed: %s", exc)
-
-    async def _reconcile(self) -> set[IPAddress]:
-        """Withdraw what this node serves but does not hold; return what it may adopt."""
-        leases_known = await wait_event(self.view.ready, self.settings.timing.renew_deadline)
-        if not leases_known:
-            log.warning("reconcile: leases not readable within renewDeadline; withdrawing everything found")
-        try:
-            present = await self.dataplane.addresses.owned()
-            snat_active = await self.dataplane.snat.active()
-        except DataPlaneError as exc:
-            log.error("reconcile: cannot read the kernel state: %s", exc)
-            return set()
-        me = self.settings.node.name
-        mine = {str(ip) for g in self.candidate_groups() for ip in g.egress_ips}
-        keep: set[IPAddress] = set()
-        # An egress IP still has kernel state here (its address, or its SNAT rule,
-        # which has no lifetime) only because a previous process of this node
-        # served it: a second daemon with our name elsewhere cannot put it here.
-        for ip in {ip for ip, _ in present} | snat_active:
-            record = self.view.get(lease_name(str(ip))).record if leases_known else None
-            if str(ip) in mine and record is not None and record.holder == me:
-                keep.add(ip)
-        for ip, interface in present:
-            if ip not in keep:
-                log.info("reconcile: removing egress IP %s from %s (this node does not hold its lease)", ip, interface)
-                await self._quietly(self.dataplane.announcer.stop(ip))
-                await self._quietly(self.dataplane.snat.deactivate(ip))
-                await self._quietly(self.dataplane.addresses.release(ip, interface))
-        for ip in snat_active - keep:
-            log.info("reconcile: removing SNAT to %s (not held)", ip)
-            await self._quietly(self.dataplane.snat.deactivate(ip))
-        for ip in keep:
-            log.info("reconcile: keeping egress IP %s (lease names this node); adopting it", ip)
-        return keep
-
-    @staticmethod
-    async def _quietly(op: Awaitable[None]) -> None:
-        try:
-            await op
-        except DataPlaneError as exc:
-            log.error("reconcile: %s", exc)
+        await reconcile.repair_forever(self.repair_interval, self.repair_drift)
 
     async def _shutdown(self) -> None:
         sup = self.supervisor

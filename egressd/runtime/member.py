@@ -12,6 +12,10 @@ it through the ports. Order matters and is fixed here:
 The daemon fence is a separate task (:meth:`Member.fence`): it withdraws when
 the last successful renew is older than the renew deadline, whatever the loop
 is waiting for, so a hung API call can never keep an IP served.
+
+Every way out of OWNER (renew deadline, lost lease, failed takeover, handoff,
+identity clash, shutdown) goes through :meth:`Member._leave`, which keeps that
+order and records the reason in the state machine, metrics, events and log.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from egressd.core.backoff import Repeats
-from egressd.core.election import Action, Decision, Me, Observation, decide, hold_off, spread_rank
-from egressd.core.errors import ApiError, ApiTimeout, DataPlaneError, LostRace, MalformedLease
+from egressd.core.election import Action, Decision, Me, Observation, decide, hold_off, next_look, spread_rank
+from egressd.core.errors import ApiError, ApiTimeout, ConfigError, DataPlaneError, LostRace, MalformedLease
 from egressd.core.lease import LeaseRecord, held_by, lease_name
 from egressd.core.model import EgressGroup, IPAddress, Settings
 from egressd.core.ownership_events import OwnershipEvent
@@ -68,6 +72,10 @@ class Member:
         metrics: Metrics,
         serving_locally: bool = False,
     ) -> None:
+        problems = settings.timing.check()
+        if problems:
+            # as the daemon: a member never runs on timings that break the safety argument
+            raise ConfigError(problems, "timing")
         self.ip = ip
         self.group = group
         self.name = lease_name(str(ip))
@@ -142,7 +150,7 @@ class Member:
             self._fire(Event.HOLD_OFF_OVER, "hold-off-over")
         if entry.problem:
             # Never act on a lease we cannot read; the fence ends a tenure if renews fail.
-            return self._timing.retry_period * 4
+            return next_look(None, owner=self.sm.state is State.OWNER, timing=self._timing)
         decision = decide(
             entry.record, Observation(entry.resource_version, entry.observed_at), now, self._me(), self._timing
         )
@@ -161,11 +169,7 @@ class Member:
             await self._handoff(entry.record, decision)
         elif action is Action.FENCE:
             await self._fence_clash(decision)
-        if action in (Action.ACQUIRE, Action.RENEW, Action.HANDOFF) or self.sm.state is State.OWNER:
-            # After a write (won, lost or failed): retry period; a lost race
-            # refreshed the view, whose news wakes the loop at once.
-            return self._timing.retry_period
-        return decision.recheck if decision.recheck is not None else self._timing.lease_duration
+        return next_look(decision, owner=self.sm.state is State.OWNER, timing=self._timing)
 
     def _note(self, decision: Decision) -> None:
         last = self.last_decision
@@ -273,8 +277,7 @@ class Member:
                 (self._hold_off_until or 0.0) - self._clock.monotonic(),
                 self._takeover_failures,
             )
-            await self.step_down("dataplane-failed", str(exc))
-            await self._release(successor=successor)
+            await self._leave(Event.STEPPED_DOWN, "dataplane-failed", str(exc), release=True, successor=successor)
         else:
             self._takeover_failures = 0
 
@@ -331,34 +334,69 @@ class Member:
                 self.log.error("withdraw (%s): %s failed: %s", reason, what, exc)
         self._metrics.owned(str(self.ip), False)
 
-    async def step_down(self, reason: str, detail: str = "") -> None:
-        """Withdraw now (deadline passed, lease lost, data plane failed).
+    async def _leave(
+        self,
+        event: Event,
+        reason: str,
+        detail: str = "",
+        *,
+        withdraw_as: str | None = None,
+        release: bool = False,
+        successor: str | None = None,
+        base: LeaseRecord | None = None,
+    ) -> None:
+        """The one way out of OWNER: withdraw the data plane, fire ``event``
+        (STEPPED_DOWN, RELEASED or CLASH) with ``reason``, end the tenure, say
+        so (log, event; the transition metric comes with the event), and then,
+        with ``release``, write the lease free for ``successor``: always
+        withdraw first, release second.
 
         The fence task and the member loop may both get here; whichever comes
-        second finds the state changed after its withdrawal and stops there."""
-        if self.sm.state is not State.OWNER:
+        second finds the state changed after its withdrawal and fires nothing.
+        A release is written whatever the state (a handoff whose release did
+        not land, a write that landed unseen): :meth:`_release` writes only a
+        lease that names this process. ``withdraw_as`` names the withdrawal in
+        the log when it differs from ``reason``."""
+        left = False
+        if self.sm.state is State.OWNER:
+            await self._withdraw(withdraw_as or reason)
+            if self._still_owner():
+                self._fire(event, reason)
+                self.last_renew = None
+                left = True
+        if left or event is Event.CLASH:
+            self._tenure_changed.set()
+        if event is Event.STEPPED_DOWN and left:
+            self.log.warning("stepped down: %s %s", reason, detail)
+            self._emit("stepped-down" if reason != "lost-lease" else "lost", reason, detail)
+        elif event is Event.CLASH:
+            self.last_renew = None
+            self._hold(hold_off("identity-clash", 1, self._timing), "identity-clash")
+            self.log.error("identity clash: another daemon writes this node's name (%s); fenced", detail)
+            self._emit("fenced", reason, detail)
+        if not release:
             return
-        await self._withdraw(reason)
-        if not self._still_owner():
-            return
-        self._fire(Event.STEPPED_DOWN, reason)
-        self.last_renew = None
-        self._tenure_changed.set()
-        self.log.warning("stepped down: %s %s", reason, detail)
-        self._emit("stepped-down" if reason != "lost-lease" else "lost", reason, detail)
+        released = await self._release(successor=successor, base=base)
+        if released and event is Event.RELEASED:
+            # the release is the leaving itself (handoff, shutdown): it is what is announced
+            self.log.info("released the lease (%s; successor %s)", reason, successor or "-")
+            self._emit("released", reason, f"to {successor}" if successor else "")
+
+    async def step_down(self, reason: str, detail: str = "") -> None:
+        """Withdraw now (deadline passed, lease lost)."""
+        await self._leave(Event.STEPPED_DOWN, reason, detail)
 
     async def _handoff(self, record: LeaseRecord | None, decision: Decision) -> None:
         if record is None:
             return
-        if self.sm.state is State.OWNER:
-            await self._withdraw("handoff")
-        if self._still_owner():  # (the fence may have stepped down meanwhile)
-            self._fire(Event.RELEASED, decision.reason)
-            self.last_renew = None
-            self._tenure_changed.set()
-        if await self._release(successor=record.preferred_holder, base=record):
-            self.log.info("handed off to %s (%s)", record.preferred_holder, decision.reason)
-            self._emit("released", decision.reason, f"to {record.preferred_holder}")
+        await self._leave(
+            Event.RELEASED,
+            decision.reason,
+            withdraw_as="handoff",
+            release=True,
+            successor=record.preferred_holder,
+            base=record,
+        )
 
     def _names_us(self, record: LeaseRecord | None) -> bool:
         return (
@@ -405,15 +443,7 @@ class Member:
         return False
 
     async def _fence_clash(self, decision: Decision) -> None:
-        if self.sm.state is State.OWNER:
-            await self._withdraw("identity-clash")
-        if self._still_owner():
-            self._fire(Event.CLASH, decision.reason)
-        self.last_renew = None
-        self._tenure_changed.set()
-        self._hold(hold_off("identity-clash", 1, self._timing), "identity-clash")
-        self.log.error("identity clash: another daemon writes this node's name (%s); fenced", decision.detail)
-        self._emit("fenced", decision.reason, decision.detail)
+        await self._leave(Event.CLASH, decision.reason, decision.detail, withdraw_as="identity-clash")
 
     # --- drift repair ----------------------------------------------------------------
 
@@ -481,17 +511,9 @@ class Member:
         (``reason``: ``shutdown``, or ``not-candidate`` when this node stopped
         being a candidate of the IP)."""
         self._stopping = True
-        if self.sm.state is State.OWNER:
-            await self._withdraw(reason)
-        if self._still_owner():
-            self._fire(Event.RELEASED, reason)
-            self.last_renew = None
-        elif self.serving_locally:
-            await self._withdraw(reason)
-        successor = self._next_candidate()
-        if await self._release(successor=successor):
-            self.log.info("released the lease (%s; successor %s)", reason, successor or "-")
-            self._emit("released", reason, f"to {successor}" if successor else "")
+        if self.sm.state is not State.OWNER and self.serving_locally:
+            await self._withdraw(reason)  # adoption pending: the kernel serves without a tenure
+        await self._leave(Event.RELEASED, reason, release=True, successor=self._next_candidate())
         if self.sm.state is State.FENCED or self.sm.state is State.STANDBY:
             self._fire(Event.STOP, reason)
 

@@ -24,6 +24,7 @@ from egressd.core.election import (
     Observation,
     decide,
     hold_off,
+    next_look,
     rendezvous_rank,
     retire,
 )
@@ -738,3 +739,18 @@ def test_retire_deletes_our_own_unreleased_claim_but_not_another_process_of_our_
     twin = lease(PREFERRED, incarnation="inc-other")
     assert_decision(retire(twin, seen(twin, 1000.0), 1000.0, me, TIMING), Action.STANDBY, "held-by-other")
     assert_decision(retire(None, seen(None, 1000.0), 1000.0, me, TIMING), Action.STANDBY, "already-gone")
+
+
+# --- when to look again -----------------------------------------------------------------
+
+
+def test_next_look_after_a_write_or_while_owner_is_the_retry_period() -> None:
+    for action in (Action.ACQUIRE, Action.RENEW, Action.HANDOFF):
+        assert next_look(Decision(action, "x", recheck=9.0), owner=False, timing=TIMING) == TIMING.retry_period
+    assert next_look(Decision(Action.STANDBY, "x", recheck=9.0), owner=True, timing=TIMING) == TIMING.retry_period
+
+
+def test_next_look_otherwise_follows_the_decision_or_a_lease_duration_or_waits_out_an_unreadable_lease() -> None:
+    assert next_look(Decision(Action.STANDBY, "held-by-other", recheck=0.7), owner=False, timing=TIMING) == 0.7
+    assert next_look(Decision(Action.STEP_DOWN, "lost-lease"), owner=False, timing=TIMING) == TIMING.lease_duration
+    assert next_look(None, owner=False, timing=TIMING) == pytest.approx(4 * TIMING.retry_period)

@@ -20,8 +20,9 @@ from egressd.core.model import IPAddress, KubeSettings, NodeSettings, Settings
 from egressd.core.ownership_events import OwnershipEvent
 from egressd.ports import ClusterEvent
 from egressd.runtime.controller import Controller
-from egressd.runtime.daemon import Daemon, FanoutEvents, LogEvents
+from egressd.runtime.daemon import Daemon
 from egressd.runtime.member import DataPlane
+from egressd.runtime.sinks import FanoutEvents, LogEvents
 from tests.fakes import FakeCluster, FakeLeaseStore
 from tests.runtime.support import TIMING, RunsDaemon, assert_no_two_owners, until
 

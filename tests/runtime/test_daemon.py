@@ -26,8 +26,10 @@ from egressd.core.model import EgressGroup, IPAddress, NodeSettings, Settings
 from egressd.core.ownership_events import OwnershipEvent
 from egressd.core.states import State
 from egressd.ports import LeaseEvent
-from egressd.runtime.daemon import Daemon, FanoutEvents, LogEvents
-from egressd.runtime.member import DataPlane
+from egressd.runtime.daemon import Daemon
+from egressd.runtime.member import DataPlane, Member
+from egressd.runtime.sinks import FanoutEvents, LogEvents, NullMetrics
+from egressd.runtime.view import LeaseView
 from tests.fakes import FakeLeaseStore
 from tests.runtime.support import TIMING, ObjectLeaseStore, RunsDaemon, assert_no_two_owners, poisoned, until
 
@@ -312,3 +314,26 @@ def test_a_daemon_whose_timings_break_the_safety_argument_is_refused() -> None:
     )
     with pytest.raises(ConfigError, match=r"\(T1\) leaseDuration"):
         Daemon(settings, store=FakeLeaseStore(), dataplane=DataPlane(plane, plane, plane), clock=SystemClock())
+
+
+def test_a_member_whose_timings_break_the_safety_argument_is_refused() -> None:
+    plane = RecordingDataPlane("gw-a")
+    settings = Settings(
+        node=NodeSettings(name="gw-a", address=ip_address(ADDRESSES["gw-a"])),
+        timing=replace(TIMING, fence_ttl=1.5),
+        groups=(GROUP,),
+    )
+    clock = SystemClock()
+    with pytest.raises(ConfigError, match=r"\(T1\) leaseDuration"):
+        Member(
+            IP,
+            GROUP,
+            settings,
+            store=FakeLeaseStore(),
+            view=LeaseView(clock),
+            dataplane=DataPlane(plane, plane, plane),
+            clock=clock,
+            incarnation="inc-a",
+            events=FanoutEvents(),
+            metrics=NullMetrics(),
+        )

@@ -15,8 +15,9 @@ from egressd.core.lease import LeaseRecord, held_by, lease_name, released
 from egressd.core.model import EgressGroup, NodeSettings, Settings
 from egressd.core.states import State
 from egressd.ports import LeaseEvent
-from egressd.runtime.daemon import Daemon, NullMetrics
+from egressd.runtime.daemon import Daemon
 from egressd.runtime.member import DataPlane, Member
+from egressd.runtime.sinks import NullMetrics
 from egressd.runtime.view import LeaseView
 from tests.fakes import FakeLeaseStore
 from tests.runtime.support import TIMING
@@ -134,7 +135,7 @@ def test_the_claim_of_a_removed_ip_is_deleted_once_released() -> None:
         deletes = [record for op, record in store.writes if op == "delete"]
         assert [r.name for r in deletes] == [NAME]
         assert deletes[0].holder is None, "deleted once released"
-        assert all(not d.retiring for d in nodes)
+        assert all(not d.retirement.retiring for d in nodes)
         for d in nodes:
             d.supervisor.request_stop("test")
         await asyncio.gather(*tasks)
@@ -159,7 +160,7 @@ def test_a_delete_racing_an_acquire_keeps_the_new_holders_claim(caplog: pytest.L
         free = store.put(released(store.put(first), successor=None, now=EPOCH))
         d.view.apply(LeaseEvent(kind="sync", records=(free,)))  # what gw-a decided on
         d.groups = ()
-        d.retiring[NAME] = str(IP)
+        d.retirement.retiring[NAME] = str(IP)
         # meanwhile a daemon that still lists the IP took it
         store.put(
             held_by(
@@ -173,12 +174,12 @@ def test_a_delete_racing_an_acquire_keeps_the_new_holders_claim(caplog: pytest.L
                 now=EPOCH,
             )
         )
-        await d.retire_claims()
+        await d.retirement.retire_claims()
         assert store.leases[NAME].holder == "gw-b", "the new holder's claim was deleted"
-        assert NAME in d.retiring, "decided again on the news of that write"
+        assert NAME in d.retirement.retiring, "decided again on the news of that write"
         # once the view shows gw-b holding it, gw-a leaves it to gw-b
         d.view.observe(NAME, store.leases[NAME])
-        await d.retire_claims()
+        await d.retirement.retire_claims()
         assert store.leases[NAME].holder == "gw-b"
 
     with caplog.at_level(logging.INFO):
