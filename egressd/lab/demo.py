@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from egressd.lab.drill import Drill, egress_ip_of
+from egressd.drill.run import Drill, egress_ip_of
 from egressd.lab.netlab import DEFAULT_PREFIX, DEFAULT_STATE_DIR, Lab, LabError, egressd_command
 
 
