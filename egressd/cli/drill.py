@@ -23,7 +23,8 @@ from typing import Any
 from egressd.drill.faults import SCENARIOS
 from egressd.drill.report import plot_round, report_json, worst_round
 from egressd.drill.run import Drill
-from egressd.lab.netlab import DEFAULT_PREFIX, DEFAULT_STATE_DIR, Lab, LabError
+from egressd.lab.netlab import DEFAULT_PREFIX, DEFAULT_STATE_DIR, Lab
+from egressd.lab.netns import LabError
 
 
 def add_parser(subparsers: Any) -> None:

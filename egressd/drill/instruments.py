@@ -37,7 +37,8 @@ from pathlib import Path
 
 from egressd.drill.analysis import ARP_INTERVAL, Arrival, Claim, LeaseChange, Sent
 from egressd.drill.frames import arp_request, bpf_program, parse_frame
-from egressd.lab.netlab import SWITCH, Lab, LabError
+from egressd.lab.netlab import SWITCH, Lab
+from egressd.lab.netns import LabError
 from egressd.lab.outpost import decode_echo, encode_probe, monotonic
 from egressd.lab.scenario import BRIDGE
 

@@ -30,7 +30,8 @@ from egressd.drill.instruments import (
     Worker,
     node_macs,
 )
-from egressd.lab.netlab import Lab, LabError
+from egressd.lab.netlab import Lab
+from egressd.lab.netns import LabError
 from egressd.lab.outpost import monotonic
 
 SETTLED_PROBES = 2.0

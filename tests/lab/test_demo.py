@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from egressd.lab.demo import demo
-from egressd.lab.netlab import Lab, lab_processes, netns_list
+from egressd.lab.netlab import Lab, lab_processes
+from egressd.lab.netns import netns_list
 
 
 @pytest.mark.kernel
