@@ -92,7 +92,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Generic, TypeVar
@@ -104,6 +104,7 @@ from pyroute2.netns import setns
 import egressd
 from egressd.core.lease import ANN_PREFERRED_HOLDER, lease_name, object_from_record, record_from_object, released
 from egressd.core.model import Timing
+from egressd.lab.netns import Namespaces, link_mac
 
 CP_ADDR, GW_ADDR, PEER_ADDR = "10.97.0.2", "10.97.0.5", "10.97.0.9"
 EGRESS_IP = "10.97.0.42"
@@ -125,48 +126,6 @@ def sh(*argv: str, check: bool = True, timeout: float = 20) -> str:
 
 
 # --- namespaces ---------------------------------------------------------------------------
-
-
-@dataclass
-class Namespaces:
-    """A switch namespace with a bridge and hosts attached by veth; :meth:`close` removes all."""
-
-    prefix: str = field(default_factory=lambda: f"ebt-{secrets.token_hex(3)}")
-    created: list[str] = field(default_factory=list)
-    switch: str = ""
-
-    def add(self, role: str) -> str:
-        name = f"{self.prefix}-{role}"
-        sh("ip", "netns", "add", name)
-        self.created.append(name)
-        sh("ip", "-n", name, "link", "set", "lo", "up")
-        return name
-
-    def attach(self, role: str, cidr: str, ifname: str = "net0") -> str:
-        if not self.switch:
-            self.switch = self.add("sw")
-            sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
-            sh("ip", "-n", self.switch, "link", "set", "br0", "up")
-        ns = self.add(role)
-        port = f"p-{role}"[:15]
-        # created inside the namespaces: nothing appears in the root namespace, not even briefly
-        sh("ip", "-n", ns, "link", "add", ifname, "type", "veth", "peer", "name", port, "netns", self.switch)
-        sh("ip", "-n", self.switch, "link", "set", port, "master", "br0", "up")
-        sh("ip", "-n", ns, "link", "set", ifname, "up")
-        sh("ip", "-n", ns, "addr", "add", cidr, "dev", ifname)
-        return ns
-
-    def close(self) -> None:
-        for name in reversed(self.created):
-            for pid in sh("ip", "netns", "pids", name, check=False).split():
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-            sh("ip", "netns", "del", name, check=False)
-        self.created.clear()
-
-
-def link_mac(ns: str, ifname: str) -> str:
-    return sh("ip", "-n", ns, "-br", "link", "show", "dev", ifname).split()[2].lower()
 
 
 def enter(ns: str) -> None:
@@ -857,7 +816,7 @@ def main() -> int:
         "egressd": egressd.__version__,
         "nft": tool_version("nft", "--version"),
     }
-    lab = Namespaces()
+    lab = Namespaces(f"ebt-{secrets.token_hex(3)}-")
     tmp = Path(tempfile.mkdtemp(prefix="bench-takeover-"))
     procs: dict[str, subprocess.Popen[bytes]] = {}
     closers: list[Callable[[], None]] = []
@@ -865,10 +824,11 @@ def main() -> int:
     warm: list[Round] = []
     failures: list[str] = []
     try:
-        cp = lab.attach("cp", f"{CP_ADDR}/24")
-        gw = lab.attach("gw", f"{GW_ADDR}/24")
-        peer = lab.attach("peer", f"{PEER_ADDR}/24")
-        params["namespaces"] = {"cp": cp, "gw": gw, "peer": peer, "switch": lab.switch}
+        switch = lab.switch("sw")
+        cp = lab.attach("cp", switch, [f"{CP_ADDR}/24"])
+        gw = lab.attach("gw", switch, [f"{GW_ADDR}/24"])
+        peer = lab.attach("peer", switch, [f"{PEER_ADDR}/24"])
+        params["namespaces"] = {"cp": cp, "gw": gw, "peer": peer, "switch": switch}
         gw_mac = link_mac(gw, "net0")
         cfg = gw_config(tmp / "gw.yaml")
         print(sh(*egressd_argv("check-config", str(cfg))).strip())

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from egressd.lab.drill import Claim, dual_owner_intervals, union_length
+from egressd.drill.analysis import Claim, dual_owner_intervals, union_length
 from egressd.lab.probe import analyse
 
 

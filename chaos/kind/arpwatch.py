@@ -5,7 +5,7 @@ kind network's bridge and prints one JSON line per reply: CLOCK_MONOTONIC
 time, the IP and the MAC that answered. ``run.sh`` maps MACs to nodes and
 feeds the lines to ``analyse.py``, which finds any interval in which two nodes
 answered for one IP with the same definition as the lab drills
-(``egressd.lab.drill.dual_owner_intervals``).
+(``egressd.drill.analysis.dual_owner_intervals``).
 
     python arpwatch.py --bridge br-1a2b3c4d5e6f --ips 172.18.0.42,172.18.0.43 --seconds 30
 """
@@ -18,7 +18,7 @@ import socket
 import sys
 import time
 
-from egressd.lab.drill import arp_request, parse_frame
+from egressd.drill.frames import arp_request, parse_frame
 
 ETH_P_ARP = 0x0806
 #: a source no node uses: a locally administered MAC and the top of the kind subnet

@@ -175,7 +175,7 @@ drill() {
   "$PY" - "$scenario" "$STATE/rounds.jsonl" "$out" <<'EOF'
 import json, sys
 from egressd.core.model import Timing
-from egressd.lab.drill import percentile
+from egressd.drill.analysis import percentile
 scenario, src, dst = sys.argv[1:4]
 rounds = [json.loads(line) for line in open(src) if line.strip()]
 gaps = [r["gap_ms"] for r in rounds if r["gap_ms"] is not None]

@@ -3,13 +3,13 @@
     egressd drill --scenario NAME --rounds N [--json FILE] [--plot FILE] [--state-dir DIR] [--prefix P]
 
 Scenarios: graceful, kill, kill-restart, freeze, link-cut, api-partition,
-api-outage (see :mod:`egressd.lab.drill`). Uses the lab that is up in the state
+api-outage (see :mod:`egressd.drill.faults`). Uses the lab that is up in the state
 directory; when none is, brings one up and removes it at the end (also on
 Ctrl-C or error), so the lab is left as it was found. Prints one line per round
 and a summary; ``--json`` writes every round, ``--plot`` draws one round's
 timeline (the worst by default) as a PNG.
 
-Wiring only; the drill is :mod:`egressd.lab.drill`.
+Wiring only; the drill is :mod:`egressd.drill`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from egressd.lab import drill
-from egressd.lab.netlab import DEFAULT_PREFIX, DEFAULT_STATE_DIR, Lab, LabError
+from egressd.drill.faults import SCENARIOS
+from egressd.drill.report import plot_round, report_json, worst_round
+from egressd.drill.run import Drill
+from egressd.lab.netlab import DEFAULT_PREFIX, DEFAULT_STATE_DIR, Lab
+from egressd.lab.netns import LabError
 
 
 def add_parser(subparsers: Any) -> None:
@@ -33,7 +36,7 @@ def add_parser(subparsers: Any) -> None:
         "outpost every 5 ms and a watcher on the lab's bridge records who answers ARP and who sends traffic "
         "for each egress IP. Reports the outage gap, lost probes and any time two nodes served one IP.",
     )
-    p.add_argument("--scenario", required=True, choices=drill.SCENARIOS)
+    p.add_argument("--scenario", required=True, choices=SCENARIOS)
     p.add_argument("--rounds", type=int, default=1, help="rounds to run (default 1)")
     p.add_argument("--json", metavar="FILE", help="write the settings, every round and the summary as JSON")
     p.add_argument("--plot", metavar="FILE", help="draw one round's timeline as a PNG (needs matplotlib)")
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         if ours:
             print(f"bringing the lab up (prefix {lab.prefix!r}, state {lab.state.path}) ...", flush=True)
             lab.up()
-        with drill.Drill(lab, settle_timeout=args.settle_timeout, outage_seconds=args.outage_seconds) as d:
+        with Drill(lab, settle_timeout=args.settle_timeout, outage_seconds=args.outage_seconds) as d:
             results = d.run(args.scenario, args.rounds, report=lambda line: print(line, flush=True))
             timing = d.timing
     except LabError as exc:
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if ours:
             lab.down()
-    report = drill.report_json(
+    report = report_json(
         args.scenario,
         timing,
         results,
@@ -100,12 +103,12 @@ def run(args: argparse.Namespace) -> int:
         chosen = (
             next((r for r in results if r.index == args.plot_round), None)
             if args.plot_round
-            else drill.worst_round(results)
+            else worst_round(results)
         )
         if chosen is None:
             print(f"egressd drill: no round {args.plot_round} to plot", file=sys.stderr)
             return 2
-        drill.plot_round(chosen, args.plot)
+        plot_round(chosen, args.plot)
         print(f"round {chosen.index} drawn in {args.plot}")
     safe = s["dual_owner_ms"] == 0 and s["double_answers"] == 0
     return 0 if safe and all(r.settled for r in results) else 1

@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from egressd.lab.demo import demo
-from egressd.lab.netlab import DEFAULT_PREFIX, DEFAULT_STATE_DIR, Lab, LabError
+from egressd.lab.netlab import DEFAULT_PREFIX, DEFAULT_STATE_DIR, Lab
+from egressd.lab.netns import LabError
 from egressd.lab.supervisor import supervise
 
 

@@ -27,8 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from egressd.lab.drill import Drill, egress_ip_of
-from egressd.lab.netlab import DEFAULT_PREFIX, DEFAULT_STATE_DIR, Lab, LabError, egressd_command
+from egressd.drill.run import Drill, egress_ip_of
+from egressd.lab.netlab import DEFAULT_PREFIX, DEFAULT_STATE_DIR, Lab, egressd_command
+from egressd.lab.netns import LabError
 
 
 class _Steps:

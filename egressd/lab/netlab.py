@@ -75,8 +75,18 @@ from typing import Any
 import yaml
 
 from egressd.core.config import parse_settings
-from egressd.core.errors import EgressdError, MalformedLease
+from egressd.core.errors import MalformedLease
 from egressd.core.lease import LeaseRecord, record_from_object
+from egressd.lab.netns import (
+    LabError,
+    Namespaces,
+    kill_all,
+    netns_list,
+    pid_alive,
+    proc_state,
+    remove,
+    run_cmd,
+)
 from egressd.lab.scenario import API_PORT, BRIDGE, EGRESSD_NAMESPACE, REFERENCE, NodeSpec, Scenario
 from egressd.lab.supervisor import ENV_LAB, ProcessSpec, StateDir, write_json_atomic
 
@@ -108,8 +118,6 @@ def policy_crd() -> dict[str, Any]:
 PARTITION_TABLE = "lab_partition"
 """The nftables table of :meth:`Lab.block_api` (egressd never touches tables it does not own)."""
 
-IFNAMSIZ = 15
-
 NODE_SYSCTLS: Mapping[str, str] = {
     "net.ipv4.ip_forward": "1",
     "net.ipv4.conf.all.arp_ignore": "1",
@@ -130,37 +138,6 @@ HOST_SYSCTLS: Mapping[str, str] = {
     "net.ipv4.conf.default.rp_filter": "0",
 }
 """The outpost and the pods: one interface each; only undo what the root namespace may pass on."""
-
-
-class LabError(EgressdError):
-    """The lab could not be built, reached or torn down."""
-
-
-# --- commands -----------------------------------------------------------------------------
-
-
-def run_cmd(argv: Sequence[str], *, input_text: str | None = None, check: bool = True, timeout: float = 20.0) -> str:
-    """Run a command; its stdout, or :class:`LabError` with its stderr when it fails and ``check``."""
-    try:
-        proc = subprocess.run(
-            list(argv), input=input_text, capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise LabError(f"{' '.join(argv)}: {exc}") from exc
-    if check and proc.returncode != 0:
-        raise LabError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
-    return proc.stdout
-
-
-def netns_list() -> set[str]:
-    """Names of the named network namespaces (``ip netns list``)."""
-    out = run_cmd(["ip", "netns", "list"], check=False)
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
-
-
-def netns_pids(ns: str) -> list[int]:
-    out = run_cmd(["ip", "netns", "pids", ns], check=False)
-    return [int(p) for p in out.split() if p.isdigit()]
 
 
 # --- sockets inside a namespace -----------------------------------------------------------
@@ -259,26 +236,6 @@ def daemon_command(config: Path, *, dataplane: str = "kernel", journal: Path | N
     return argv
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    state = _proc_state(pid)
-    return state is not None and state != "Z"
-
-
-def _proc_state(pid: int) -> str | None:
-    """The one-letter state of ``/proc/PID/stat`` (R, S, T, Z...), None if gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rpartition(")")[2].split()[0]
-
-
 def lab_processes(prefix: str) -> list[int]:
     """Pids of the processes tagged ``EGRESSD_LAB=<prefix>`` (the supervisor and what it started)."""
     tag = f"{ENV_LAB}={prefix}".encode()
@@ -294,19 +251,6 @@ def lab_processes(prefix: str) -> list[int]:
         if tag in environ.split(b"\0"):
             pids.append(int(entry.name))
     return pids
-
-
-def _kill_all(pids: Sequence[int], *, wait: float = 3.0) -> list[int]:
-    """SIGKILL every pid and wait until they are gone; the pids that were killed."""
-    killed = []
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and any(_pid_alive(p) for p in killed):
-        time.sleep(0.02)
-    return killed
 
 
 # --- the lab ------------------------------------------------------------------------------
@@ -500,51 +444,38 @@ class Lab:
 
     def _build(self) -> None:
         sc = self.scenario
-        for ns in self.namespaces:
-            run_cmd(["ip", "netns", "add", ns])
+        net = Namespaces(self.prefix)
         for host in (SWITCH, *sc.host_names()):
-            self._ip(host, "link", "set", "lo", "up")
+            net.add(host)
         for node in sc.nodes:
             self._sysctl(node.name, NODE_SYSCTLS)
         for host in (sc.outpost.name, *(p.name for p in sc.pods)):
             self._sysctl(host, HOST_SYSCTLS)
-        self._ip(SWITCH, "link", "add", BRIDGE, "type", "bridge", "stp_state", "0", "forward_delay", "0")
-        self._ip(SWITCH, "link", "set", BRIDGE, "up")
+        switch = self.netns(SWITCH)
+        net.bridge(switch, BRIDGE, "stp_state", "0", "forward_delay", "0")
         hosts: list[tuple[str, str, str, bool]] = [(n.name, n.short, n.address, n.gateway) for n in sc.nodes]
         hosts.append((sc.outpost.name, sc.outpost.short, sc.outpost.address, False))
         prefixlen = 16
         for host, short, address, gateway in hosts:
-            self._plug(host, "eth0", f"{short}-eth0")
-            self._ip(host, "addr", "add", f"{address}/{prefixlen}", "dev", "eth0")
+            net.plug(self.netns(host), "eth0", switch, f"{short}-eth0", BRIDGE)
+            net.address(self.netns(host), "eth0", f"{address}/{prefixlen}")
             if gateway:
-                self._plug(host, "net0", f"{short}-net0")
+                net.plug(self.netns(host), "net0", switch, f"{short}-net0", BRIDGE)
         for node in sc.nodes:
-            self._pods(node)
+            self._pods(net, node)
         for host, _, _, _ in hosts:
             for other in sc.nodes:
                 if other.name != host:
                     self._ip(host, "route", "add", other.pod_cidr, "via", other.address, "dev", "eth0")
 
-    def _plug(self, host: str, ifname: str, port: str) -> None:
-        """A veth from ``host`` to a port of the bridge, both ends up."""
-        if len(port) > IFNAMSIZ:
-            raise LabError(f"interface name {port!r} is longer than {IFNAMSIZ} characters")
-        self._ip(host, "link", "add", ifname, "type", "veth", "peer", "name", port, "netns", self.netns(SWITCH))
-        self._ip(SWITCH, "link", "set", port, "master", BRIDGE, "up")
-        self._ip(host, "link", "set", ifname, "up")
-
-    def _pods(self, node: NodeSpec) -> None:
+    def _pods(self, net: Namespaces, node: NodeSpec) -> None:
         gateway = node.pod_gateway
         for pod in self.scenario.pods_of(node.name):
             host_if = pod.host_ifname
-            self._ip(
-                node.name, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", self.netns(pod.name)
-            )
+            net.wire(self.netns(node.name), host_if, self.netns(pod.name), "eth0")
             self._ip(node.name, "addr", "add", f"{gateway}/32", "dev", host_if)
-            self._ip(node.name, "link", "set", host_if, "up")
             self._ip(node.name, "route", "add", f"{pod.ip}/32", "dev", host_if, "scope", "link", "src", gateway)
             self._ip(pod.name, "addr", "add", f"{pod.ip}/32", "dev", "eth0")
-            self._ip(pod.name, "link", "set", "eth0", "up")
             self._ip(pod.name, "route", "add", "default", "via", gateway, "dev", "eth0", "onlink")
 
     def _write_configs(self) -> None:
@@ -592,7 +523,7 @@ class Lab:
             pid = int(self.state.supervisor_pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _pid_alive(pid) else None
+        return pid if pid_alive(pid) else None
 
     def _wait_api(self, deadline: float) -> None:
         last = "no answer"
@@ -632,7 +563,7 @@ class Lab:
     def pid(self, name: str) -> int | None:
         """The pid of a running lab process (a node name for its daemon, ``apiserver``, ``outpost``)."""
         pid = self.processes().get(name, {}).get("pid")
-        return pid if isinstance(pid, int) and _pid_alive(pid) else None
+        return pid if isinstance(pid, int) and pid_alive(pid) else None
 
     def wait_pid(self, name: str, *, other_than: int | None = None, timeout: float = 10.0) -> int:
         """Wait until ``name`` runs (with a pid other than ``other_than``: restarted); its pid."""
@@ -843,7 +774,7 @@ table inet {PARTITION_TABLE} {{
             info = procs.get(name, {})
             pid = self.pid(name)
             if pid is not None:
-                state = "frozen" if _proc_state(pid) == "T" else "running"
+                state = "frozen" if proc_state(pid) == "T" else "running"
             elif self.is_held(name):
                 state = "held"
             else:
@@ -910,22 +841,13 @@ table inet {PARTITION_TABLE} {{
                     self.block_api(node.name, blocked=False)
             os.kill(sup, signal.SIGTERM)
             deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and _pid_alive(sup):
+            while time.monotonic() < deadline and pid_alive(sup):
                 time.sleep(0.05)
             removed.append(f"supervisor {sup}")
         # Whatever is left: the supervisor first, so that it restarts nothing.
         tagged = sorted(lab_processes(self.prefix), key=lambda p: p != sup)
-        removed += [f"process {p}" for p in _kill_all(tagged)]
-        present = netns_list()
-        mine = [ns for ns in self.namespaces if ns in present]
-        stray = [pid for ns in mine for pid in netns_pids(ns)]
-        removed += [f"process {p}" for p in _kill_all(stray)]
-        for ns in reversed(mine):
-            run_cmd(["ip", "netns", "del", ns], check=False)
-            removed.append(f"namespace {ns}")
-        left = set(mine) & netns_list()
-        if left:
-            raise LabError(f"could not delete namespaces: {', '.join(sorted(left))}")
+        removed += [f"process {p}" for p in kill_all(tagged)]
+        removed += remove(self.namespaces)
         for f in (
             self.state.state_file,
             self.state.pids_file,

@@ -1,20 +1,20 @@
 """Network namespaces for kernel tests: a switch namespace with a bridge, host
-namespaces attached to it by veth pairs, and a finalizer that removes all of it.
+namespaces attached to it by veth pairs, and a finalizer that removes all of it,
+built with the one namespace builder, :mod:`egressd.lab.netns`.
 
-Every name is unique per run (``egt-<hex>-<role>``). Links are created directly
-inside the namespaces (``ip -n NS link add ... peer ... netns OTHER``), so
-nothing ever appears in the root namespace, not even for a moment. Deleting a
-namespace deletes its links and, with them, their veth peers.
+Every name is unique per run (``egt-<hex>-<role>``); nothing ever appears in
+the root namespace, not even for a moment.
 """
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from egressd.lab.netns import Namespaces, link_mac
 
 
 def sh(*argv: str, check: bool = True, input_text: str | None = None, timeout: float = 20) -> str:
@@ -42,56 +42,30 @@ class Host:
 class Lab:
     """A set of namespaces owned by one test; :meth:`close` removes them."""
 
-    prefix: str = field(default_factory=lambda: f"egt-{secrets.token_hex(3)}")
-    namespaces: list[str] = field(default_factory=list)
+    net: Namespaces = field(default_factory=lambda: Namespaces(f"egt-{secrets.token_hex(3)}-"))
     switch: str = ""
 
     def ns(self, role: str) -> str:
         """Create an empty namespace with loopback up."""
-        name = f"{self.prefix}-{role}"
-        sh("ip", "netns", "add", name)
-        self.namespaces.append(name)
-        sh("ip", "-n", name, "link", "set", "lo", "up")
-        return name
+        return self.net.add(role)
 
     def make_switch(self) -> str:
-        self.switch = self.ns("sw")
-        sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
-        sh("ip", "-n", self.switch, "link", "set", "br0", "up")
+        self.switch = self.net.switch("sw")
         return self.switch
 
     def attach(self, role: str, addresses: Sequence[str] = (), ifname: str = "net0") -> Host:
         """A new namespace with ``ifname`` on the switch, carrying ``addresses``."""
         if not self.switch:
             self.make_switch()
-        ns = self.ns(role)
-        port = f"p-{role}"[:15]
-        sh("ip", "-n", ns, "link", "add", ifname, "type", "veth", "peer", "name", port, "netns", self.switch)
-        sh("ip", "-n", self.switch, "link", "set", port, "master", "br0", "up")
-        sh("ip", "-n", ns, "link", "set", ifname, "up")
-        for cidr in addresses:
-            sh("ip", "-n", ns, "addr", "add", cidr, "dev", ifname)
+        ns = self.net.attach(role, self.switch, addresses, ifname)
         return Host(ns=ns, ifname=ifname, mac=link_mac(ns, ifname))
 
     def wire(self, a: str, a_if: str, b: str, b_if: str) -> None:
         """A point-to-point veth between two of the lab's namespaces."""
-        sh("ip", "-n", a, "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b)
-        sh("ip", "-n", a, "link", "set", a_if, "up")
-        sh("ip", "-n", b, "link", "set", b_if, "up")
+        self.net.wire(a, a_if, b, b_if)
 
     def close(self) -> None:
-        for name in reversed(self.namespaces):
-            with contextlib.suppress(Exception):
-                for pid in sh("ip", "netns", "pids", name, check=False).split():
-                    with contextlib.suppress(Exception):
-                        sh("kill", "-9", pid, check=False)
-            sh("ip", "netns", "del", name, check=False)
-        self.namespaces.clear()
-
-
-def link_mac(ns: str, ifname: str) -> str:
-    out = sh("ip", "-n", ns, "-br", "link", "show", "dev", ifname)
-    return out.split()[2].lower()
+        self.net.close()
 
 
 def neigh_mac(ns: str, ifname: str, ip: str) -> str | None:

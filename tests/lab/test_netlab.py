@@ -25,7 +25,8 @@ import pytest
 from egressd.cli import lab as lab_cli
 from egressd.cli.main import load_settings
 from egressd.core.errors import ConfigError
-from egressd.lab.netlab import Lab, LabError, lab_processes, netns_list
+from egressd.lab.netlab import Lab, lab_processes
+from egressd.lab.netns import LabError, netns_list
 from egressd.lab.outpost import decode_echo, encode_probe, monotonic, read_log
 from egressd.lab.scenario import REFERENCE
 

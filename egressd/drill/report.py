@@ -1,0 +1,130 @@
+"""The report of a drill: the JSON of its rounds with their summary, and the plot of one round."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from egressd.drill.analysis import RoundResult, summarize
+
+
+def report_json(
+    scenario: str, timing: Mapping[str, Any], results: Sequence[RoundResult], **extra: Any
+) -> dict[str, Any]:
+    rounds = [r.to_json() for r in results]
+    return {"scenario": scenario, "timings": dict(timing), **extra, "rounds": rounds, "summary": summarize(rounds)}
+
+
+def worst_round(results: Sequence[RoundResult]) -> RoundResult | None:
+    """The round with the largest dual-owner time, else the largest gap (no recovery first)."""
+    if not results:
+        return None
+    return max(results, key=lambda r: (r.dual_owner_ms, math.inf if r.gap_ms is None else r.gap_ms))
+
+
+def plot_round(result: RoundResult, path: str | Path, *, title: str | None = None) -> None:
+    """The round's timeline as a PNG: a lane per gateway with the probes it carried (a tick per
+    frame, a colour per prober) and its ARP answers, the outpost's good arrivals, the fault,
+    the recovery, the takeover and the lease holder changes."""
+    import matplotlib  # noqa: PLC0415 - only with --plot
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    from matplotlib.lines import Line2D  # noqa: PLC0415
+
+    def rel(t: float) -> float:
+        return t - result.fault
+
+    gateways = sorted({c.node for c in result.claims} | {result.target})
+    probers = sorted({s.prober for s in result.sent_events})
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:purple"]
+    colour = {p: colours[i % len(colours)] for i, p in enumerate(probers)}
+    lanes = [*gateways, "outpost (good)"]
+    n = max(1, len(probers))
+
+    def sub(y: float, i: int) -> float:
+        """A sub-lane per prober, top to bottom, above the ARP marks."""
+        return y + 0.35 - (i + 0.5) * 0.6 / n
+
+    fig, ax = plt.subplots(figsize=(13, 2.2 + 0.9 * len(lanes)))
+    for y, gw in enumerate(gateways):
+        for i, p in enumerate(probers):
+            ts = [rel(c.t) for c in result.claims if c.node == gw and c.kind == "probe" and c.prober == p]
+            if ts:
+                ax.eventplot(ts, lineoffsets=sub(y, i), linelengths=0.5 / n, colors=colour[p], linewidths=0.6)
+        answers = [rel(c.t) for c in result.claims if c.node == gw and c.kind in ("answer", "arp")]
+        garps = [rel(c.t) for c in result.claims if c.node == gw and c.kind == "garp"]
+        if answers:
+            ax.plot(answers, [y - 0.3] * len(answers), "|", color="0.45", markersize=5)
+        if garps:
+            ax.plot(garps, [y - 0.3] * len(garps), "v", color="black", markersize=5)
+    y_out = len(gateways)
+    for i, p in enumerate(probers):
+        ts = [rel(a.t) for a in result.arrivals if a.prober == p and a.src in result.allowed]
+        if ts:
+            ax.eventplot(ts, lineoffsets=sub(y_out, i), linelengths=0.5 / n, colors=colour[p], linewidths=0.6)
+    for p, g in result.gaps.items():
+        if g.start is not None and g.end is not None and g.seconds and g.seconds > 0.05:
+            ax.axvspan(rel(g.start), rel(g.end), color=colour[p], alpha=0.12)
+            ax.annotate(
+                f"gap {g.seconds * 1000:.0f} ms",
+                (rel(g.start) + g.seconds / 2, y_out + 0.45),
+                ha="center",
+                fontsize=8,
+                color=colour[p],
+            )
+    ax.axvline(0, color="red", linewidth=1.5)
+    ax.annotate(
+        result.fault_action, (0, len(lanes) - 0.4), color="red", fontsize=8, xytext=(3, 0), textcoords="offset points"
+    )
+    if result.recover is not None:
+        ax.axvline(rel(result.recover), color="green", linewidth=1.2, linestyle="--")
+        ax.annotate(
+            result.recover_action or "recovered",
+            (rel(result.recover), len(lanes) - 0.65),
+            color="green",
+            fontsize=8,
+            xytext=(3, 0),
+            textcoords="offset points",
+        )
+    labels: list[tuple[float, list[str]]] = []  # lease changes within 100 ms share one label
+    for c in result.leases:
+        x = rel(c.t)
+        ax.axvline(x, color="0.6", linewidth=0.8, linestyle=":")
+        text = f".{c.ip.rsplit('.', 1)[-1]} {c.holder or 'free'} e{c.epoch}"
+        if labels and x - labels[-1][0] < 0.1:
+            labels[-1][1].append(text)
+        else:
+            labels.append((x, [text]))
+    for x, texts in labels:
+        ax.annotate("\n".join(texts), (x, -0.85), rotation=90, fontsize=6.5, color="0.3", va="bottom", ha="right")
+    for d in result.duals:
+        ax.axvspan(rel(d.start), rel(d.end), color="red", alpha=0.35)
+    takeover = [c for c in result.claims if c.kind == "probe" and c.node != result.target and c.t > result.fault]
+    if takeover:
+        first = min(takeover, key=lambda c: c.t)
+        ax.plot([rel(first.t)], [gateways.index(first.node) + 0.45], "*", color="red", markersize=10)
+    ax.set_yticks(range(len(lanes)), lanes)
+    ax.set_ylim(-0.9, len(lanes) - 0.2)
+    ax.set_xlim(rel(result.start), rel(result.end))
+    ax.set_xlabel("seconds after the fault")
+    handles = [Line2D([], [], color=colour[p], label=f"probes {p.split('.')[0]}") for p in probers]
+    handles += [
+        Line2D([], [], color="0.45", marker="|", linestyle="", label="ARP answer"),
+        Line2D([], [], color="black", marker="v", linestyle="", label="gratuitous ARP"),
+        Line2D([], [], color="red", marker="*", linestyle="", label="takeover (first probe via new gateway)"),
+        Line2D([], [], color="0.6", linestyle=":", label="lease change (IP: holder, epoch)"),
+    ]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    gap = "no recovery" if result.gap_ms is None else f"{result.gap_ms:.0f} ms"
+    ax.set_title(
+        title
+        or f"{result.scenario} round {result.index}: gap {gap}, dual-owner {result.dual_owner_ms:.1f} ms, "
+        f"lost {result.lost}"
+    )
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=110)
+    plt.close(fig)

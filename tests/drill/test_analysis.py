@@ -1,0 +1,110 @@
+"""The pure analysis of a drill on synthetic events: gaps, dual ownership, double answers, summary."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from egressd.drill.analysis import (
+    Claim,
+    double_answers,
+    dual_owner_intervals,
+    outage_gap,
+    percentile,
+    summarize,
+    union_length,
+)
+
+
+def test_gap_is_the_longest_hole_that_ends_after_the_fault() -> None:
+    good = [0.0, 0.005, 0.010, 0.015, 1.5, 1.505, 1.6]
+    gap = outage_gap(good, fault=0.012)
+    assert (gap.start, gap.end) == (0.015, 1.5)
+    assert gap.seconds == pytest.approx(1.485)
+
+
+def test_gap_counts_from_the_last_good_probe_before_the_fault() -> None:
+    gap = outage_gap([0.0, 0.005, 0.3, 0.305], fault=0.1)
+    assert (gap.start, gap.end) == (0.005, 0.3)
+
+
+def test_a_hole_before_the_fault_does_not_count() -> None:
+    gap = outage_gap([0.0, 2.0, 2.005, 2.010, 2.015], fault=2.007)
+    assert gap.seconds == pytest.approx(0.005)
+
+
+def test_gap_without_recovery_has_no_end() -> None:
+    gap = outage_gap([0.0, 0.005], fault=0.006)
+    assert gap.end is None
+    assert gap.seconds is None
+
+
+def _claims(ip: str, node: str, times: list[float], kind: str = "probe") -> list[Claim]:
+    return [Claim(t, ip, node, kind) for t in times]
+
+
+def test_a_clean_move_is_not_a_dual_owner() -> None:
+    claims = _claims("ip", "a", [0.0, 0.005, 0.010]) + _claims("ip", "b", [0.5, 0.505])
+    assert dual_owner_intervals(claims, window=0.01) == []
+
+
+def test_a_move_exactly_one_window_later_is_not_a_dual_owner() -> None:
+    claims = _claims("ip", "a", [0.0]) + _claims("ip", "b", [0.01])
+    assert dual_owner_intervals(claims, window=0.01) == []
+
+
+def test_interleaved_claims_are_a_dual_owner_interval() -> None:
+    claims = _claims("ip", "a", [0.000, 0.005, 0.010, 0.015, 0.020]) + _claims("ip", "b", [0.012, 0.017])
+    (d,) = dual_owner_intervals(claims, window=0.01)
+    assert d.ip == "ip"
+    assert d.nodes == ("a", "b")
+    assert (d.start, d.end) == pytest.approx((0.012, 0.027))
+
+
+def test_dual_owner_is_per_ip_and_the_total_counts_overlaps_once() -> None:
+    claims = (
+        _claims("x", "a", [0.0])
+        + _claims("x", "b", [0.004])
+        + _claims("y", "a", [0.002])
+        + _claims("y", "b", [0.006])
+        + _claims("z", "c", [0.0])  # one node alone: never dual
+    )
+    duals = dual_owner_intervals(claims, window=0.01)
+    assert [(d.ip, round(d.length, 6)) for d in duals] == [("x", 0.006), ("y", 0.006)]
+    assert union_length(duals) == pytest.approx(0.008)  # [0.004, 0.012)
+
+
+def test_two_answers_to_one_arp_request() -> None:
+    requests = {"ip": [0.0, 0.01, 0.02]}
+    claims = [
+        Claim(0.0011, "ip", "a", "answer"),
+        Claim(0.0113, "ip", "a", "answer"),
+        Claim(0.0114, "ip", "b", "answer"),
+        Claim(0.0115, "ip", "b", "garp"),  # not an answer
+        Claim(0.0213, "ip", "b", "answer"),
+    ]
+    assert double_answers(requests, claims) == [(0.01, "ip", {"a", "b"})]
+
+
+def test_percentiles_interpolate_between_ranks() -> None:
+    assert percentile([], 50) is None
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile(list(map(float, range(1, 101))), 99) == pytest.approx(99.01)
+
+
+def test_summary_counts_an_unrecovered_round_as_infinite() -> None:
+    rounds: list[dict[str, Any]] = [
+        {"gap_ms": 10.0, "dual_owner_ms": 0.0, "lost_probes": 1, "probes_sent": 100},
+        {"gap_ms": 30.0, "dual_owner_ms": 2.5, "lost_probes": 2, "probes_sent": 100},
+        {"gap_ms": 20.0, "dual_owner_ms": 0.0, "lost_probes": 0, "probes_sent": 100},
+    ]
+    s = summarize(rounds)
+    assert s["gap_ms"] == {"p50": 20.0, "p99": 29.8, "max": 30.0}
+    assert (s["dual_owner_ms"], s["lost_probes"], s["probes_sent"]) == (2.5, 3, 300)
+    s = summarize([*rounds, {"gap_ms": None}])
+    assert s["gap_ms"]["max"] is None
+    assert s["unrecovered_rounds"] == 1
+    assert not math.isinf(s["gap_ms"]["p50"])
