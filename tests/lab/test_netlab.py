@@ -30,10 +30,7 @@ from egressd.lab.netns import LabError, netns_list
 from egressd.lab.outpost import decode_echo, encode_probe, monotonic, read_log
 from egressd.lab.scenario import REFERENCE
 
-pytestmark = [
-    pytest.mark.kernel,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (network namespaces)"),
-]
+pytestmark = pytest.mark.kernel
 
 OUTPOST = "http://172.18.0.7:8000/"
 
