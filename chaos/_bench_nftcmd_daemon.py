@@ -23,5 +23,6 @@ def _without_library(self: nftables.NftablesSnat, **kwargs: Any) -> None:
 
 
 if __name__ == "__main__":
+    # the variant replaces the constructor on purpose, which mypy forbids by default
     nftables.NftablesSnat.__init__ = _without_library  # type: ignore[method-assign]
     sys.exit(main())

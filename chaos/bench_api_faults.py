@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -141,7 +142,7 @@ class FaultProxy:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
         for name in names:
             app = web.Application()
-            app.router.add_route("*", "/{tail:.*}", lambda request, name=name: self._handle(request, name))
+            app.router.add_route("*", "/{tail:.*}", functools.partial(self._handle, name=name))
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
             await runner.setup()
             port = free_port()

@@ -83,7 +83,7 @@ class KernelAddresses:
 
     async def owned(self) -> set[tuple[IPAddress, str]]:
         """egressd-marked addresses present now, as (ip, interface)."""
-        return {(ip, ifname) for ip, ifname, _ in await self._call(self._owned)}
+        return set(await self._call(self._owned))
 
     async def has_interface(self, interface: str) -> bool:
         """Whether a link called ``interface`` exists in this namespace."""
@@ -98,16 +98,12 @@ class KernelAddresses:
 
     # -- beyond the port --------------------------------------------------
 
-    async def lifetimes(self) -> dict[tuple[IPAddress, str], int]:
-        """Remaining ``valid_lft`` (seconds, as the kernel reports it) of egressd's addresses."""
-        return {(ip, ifname): valid for ip, ifname, valid in await self._call(self._owned)}
-
     async def flush_all(self) -> set[tuple[IPAddress, str]]:
         """Remove every egressd-marked address (``egressd cleanup``); returns what it removed."""
         found = await self._call(self._owned)
-        for ip, ifname, _ in found:
+        for ip, ifname in found:
             await self._call(self._release, ip, ifname)
-        return {(ip, ifname) for ip, ifname, _ in found}
+        return set(found)
 
     async def close(self) -> None:
         if self._ipr is not None:
@@ -199,21 +195,18 @@ class KernelAddresses:
         except NetlinkError as exc:
             raise DataPlaneError(f"interface {interface}: listing addresses failed: {exc}") from exc
 
-    def _owned(self) -> list[tuple[IPAddress, str, int]]:
+    def _owned(self) -> list[tuple[IPAddress, str]]:
         try:
             sock = self._sock()
             names = {int(link["index"]): str(link.get("IFLA_IFNAME")) for link in sock.get_links()}
-            out: list[tuple[IPAddress, str, int]] = []
+            out: list[tuple[IPAddress, str]] = []
             for msg in sock.get_addr():
                 if msg.get("IFA_PROTO") != self._proto:
                     continue
                 raw = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
                 if raw is None:
                     continue
-                cache = msg.get("IFA_CACHEINFO") or {}
-                out.append(
-                    (ipaddress.ip_address(raw), names.get(int(msg["index"]), "?"), int(cache.get("ifa_valid", 0)))
-                )
+                out.append((ipaddress.ip_address(raw), names.get(int(msg["index"]), "?")))
             return out
         except NetlinkError as exc:
             raise DataPlaneError(f"listing addresses failed: {exc}") from exc

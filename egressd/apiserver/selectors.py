@@ -146,11 +146,6 @@ class FieldSelector:
     def matches(self, obj: Mapping[str, Any]) -> bool:
         return all((field_value(obj, t.field) == t.value) != t.negate for t in self.terms)
 
-    def single_name(self) -> str | None:
-        """The name when the selector is exactly ``metadata.name=<name>``."""
-        names = [t.value for t in self.terms if t.field == "metadata.name" and not t.negate]
-        return names[0] if len(names) == 1 else None
-
 
 def field_value(obj: Mapping[str, Any], path: str) -> str:
     """The string a field selector compares against; absent fields are ``""``."""

@@ -218,11 +218,6 @@ class Store:
     def resource_version(self) -> int:
         return self._rv
 
-    @property
-    def oldest_resource_version(self) -> int:
-        """The oldest RV a watch may still start from."""
-        return self._floor
-
     def kinds(self) -> list[ResourceKind]:
         return list(self._kinds.values())
 

@@ -45,7 +45,7 @@ holds the canonical form of its addresses (the fewest CIDRs that cover them,
 as :func:`ipaddress.collapse_addresses` gives, sorted, a /32 or /128 as a bare
 address), so what the kernel holds is exactly what :func:`source_sets`
 computes. A change of sources is then the difference of two canonical lists
-(:func:`source_delta`): every ``delete element`` names an element that exists,
+(:func:`diff_source_sets`): every ``delete element`` names an element that exists,
 and every ``add element`` overlaps nothing that stays (nft rejects overlapping
 elements in an interval set without auto-merge; with auto-merge the kernel
 would hold merged ranges that no longer match the elements a later delete
@@ -58,8 +58,8 @@ delete valid when the table does not exist yet, and the three lines are one
 transaction. Activation (:func:`render_group_chain`) only flushes and refills
 one small group chain, so the takeover path does not re-send the sets. When
 only sources change (same groups, egress IPs, destinations and exclusions,
-:func:`same_layout`), :func:`render_source_delta` changes the elements of the
-affected sets in place: no chain, rule or conntrack entry is touched.
+:func:`same_layout`), :func:`render_set_deltas` of :func:`diff_source_sets` changes
+the elements of the affected sets in place: no chain, rule or conntrack entry is touched.
 
 Optional sub-second fence (:func:`render_fence_stage`): a timeout set of the IPs
 the daemon has recently confirmed it owns; packets leaving with an egress IP as
@@ -250,7 +250,11 @@ def _minus(span: Span, holes: Sequence[Span]) -> list[Span]:
 
 def _split(group: EgressGroup, version: int, owners: Owners | None = None) -> dict[IPAddress, list[Span]]:
     """The group's addresses of one family partitioned between its egress IPs,
-    as merged ranges (see :func:`split_sources`)."""
+    as merged ranges.
+
+    Each source CIDR goes to its :func:`~egressd.core.assignment.sources_for` IP; where CIDRs of
+    different IPs overlap, the most specific one wins, so every address is in
+    exactly one part."""
     owners = owners if owners is not None else source_owners(group)
     ips = _egress_ips(group, version)
     owner: dict[Span, IPAddress] = {
@@ -268,18 +272,6 @@ def _split(group: EgressGroup, version: int, owners: Owners | None = None) -> di
         holes = [s for s in spans[i + 1 : end] if owner[s] != mine]
         parts[mine] += _minus(span, _merge(holes)) if holes else [span]
     return {ip: _merge(p) for ip, p in parts.items()}
-
-
-def split_sources(group: EgressGroup, version: int) -> dict[IPAddress, list[IPNetwork]]:
-    """The group's addresses of one family, partitioned between its egress IPs.
-
-    Each source CIDR goes to its :func:`~egressd.core.assignment.sources_for` IP; where CIDRs of
-    different IPs overlap, the most specific one wins, so every address is in
-    exactly one part. Parts are canonical (sorted, collapsed)."""
-    return {
-        ip: [ipaddress.ip_network((a, p)) for a, p in _cidrs(spans, version)]
-        for ip, spans in _split(group, version).items()
-    }
 
 
 def source_sets(group: EgressGroup, version: int, owners: Owners | None = None) -> dict[str, list[str]]:
@@ -409,21 +401,6 @@ def diff_source_sets(old: Mapping[str, Sequence[str]], new: Mapping[str, Sequenc
     return tuple(out)
 
 
-def source_delta(old: Sequence[EgressGroup], new: Sequence[EgressGroup]) -> tuple[SetDelta, ...]:
-    """The element changes that turn the source sets of ``old`` into those of
-    ``new``, sets in name order, sets without change left out. Raises
-    ValueError unless :func:`same_layout`."""
-    if not same_layout(old, new):
-        raise ValueError("the groups differ in more than their sources: the table must be rewritten")
-    before = {g.name: g for g in old}
-    out: list[SetDelta] = []
-    for g in sorted(new, key=lambda g: g.name):
-        was = before[g.name]
-        if was.source_cidrs != g.source_cidrs:
-            out += diff_source_sets(group_source_sets(was), group_source_sets(g))
-    return tuple(out)
-
-
 def render_set_deltas(deltas: Iterable[SetDelta]) -> str:
     """One transaction that applies ``deltas``; deletes come before adds in
     each set (a new element may cover one that goes). "" when there is nothing
@@ -435,13 +412,6 @@ def render_set_deltas(deltas: Iterable[SetDelta]) -> str:
         if d.added:
             lines.append(f"add element {FAMILY} {TABLE} {d.name} {{ {', '.join(d.added)} }}")
     return "\n".join(lines) + "\n" if lines else ""
-
-
-def render_source_delta(old: Sequence[EgressGroup], new: Sequence[EgressGroup]) -> str:
-    """The transaction that turns the source sets staged for ``old`` into those
-    of ``new`` without rewriting the table ("" when no element changes).
-    Raises ValueError unless :func:`same_layout` (then use :func:`render_table`)."""
-    return render_set_deltas(source_delta(old, new))
 
 
 # -- removal and the fence ------------------------------------------------------

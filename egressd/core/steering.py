@@ -200,13 +200,6 @@ class Plan:
     def __bool__(self) -> bool:
         return bool(self.rules or self.routes)
 
-    def for_slot(self, slot: int, layout: Layout) -> Plan:
-        """The part of this plan that belongs to ``slot``."""
-        return Plan(
-            frozenset(r for r in self.rules if layout.slot_of_priority(r.priority) == slot),
-            frozenset(r for r in self.routes if layout.slot_of_table(r.table) == slot),
-        )
-
     def anchors(self, layout: Layout) -> dict[IPAddress, int]:
         """Egress IP -> slot, as recorded by the anchor routes."""
         out: dict[IPAddress, int] = {}

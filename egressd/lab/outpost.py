@@ -114,17 +114,6 @@ class JsonLines:
         self._stream.flush()
 
 
-def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """Every complete record of an outpost log (a half-written last line is skipped)."""
-    records: list[dict[str, Any]] = []
-    with Path(path).open(encoding="utf-8") as f:
-        for line in f:
-            if line.endswith("\n"):
-                with contextlib.suppress(ValueError):
-                    records.append(json.loads(line))
-    return records
-
-
 # --- server -------------------------------------------------------------------------------
 
 

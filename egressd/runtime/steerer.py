@@ -115,13 +115,3 @@ class Steerer:
             self.current[ip] = via
             self._routed[ip] = group
         return failed
-
-    async def withdraw(self) -> None:
-        """Remove the steering of every IP (shutdown)."""
-        for ip, group in list(self._routed.items()):
-            try:
-                await self._steering.route(group, ip, None)
-            except DataPlaneError as exc:
-                log.error("removing steering group=%s ip=%s failed: %s", group.name, ip, exc)
-        self.current.clear()
-        self._routed.clear()

@@ -127,7 +127,7 @@ def test_whole_node_plan() -> None:
     assert slots2[ip("172.18.0.42")] == slots[ip("172.18.0.42")]
     assert len(slots2) == 2
     assert len(p2.rules) == 3
-    assert p2.for_slot(slots2[ip("172.18.0.43")], LAYOUT) == st.plan_ip(
+    assert p2 == st.plan_ip(g1, ip("172.18.0.42"), A, slots2[ip("172.18.0.42")], LAYOUT) | st.plan_ip(
         g2, ip("172.18.0.43"), B, slots2[ip("172.18.0.43")], LAYOUT
     )
     with pytest.raises(ValueError, match="no free steering slot"):

@@ -1,10 +1,14 @@
-"""What the end-to-end lab tests share: the reference scenario's names, a lab
-brought up and down around a module, and waiting for the lab to get somewhere."""
+"""What the lab tests share: the reference scenario's names, a lab brought up
+and down around a module, waiting for the lab to get somewhere, and reading
+the outpost's log."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from egressd.lab.netlab import Lab
@@ -43,3 +47,14 @@ def holders(lab: Lab) -> dict[str, str | None]:
         i["metadata"]["annotations"].get("egressd.io/egress-ip"): i["spec"].get("holderIdentity") for i in body["items"]
     }
     return {ip: found.get(ip) for ip in EGRESS}
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """Every complete record of an outpost log (a half-written last line is skipped)."""
+    records: list[dict[str, Any]] = []
+    with Path(path).open(encoding="utf-8") as f:
+        for line in f:
+            if line.endswith("\n"):
+                with contextlib.suppress(ValueError):
+                    records.append(json.loads(line))
+    return records

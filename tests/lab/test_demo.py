@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from egressd.lab.netns import netns_list
 
 
 @pytest.mark.kernel
-@pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (network namespaces)")
 @pytest.mark.parametrize("mode", ["static", "kubernetes"])
 def test_demo_runs_end_to_end_and_removes_its_lab(tmp_path: Path, mode: str) -> None:
     prefix = f"egm{secrets.token_hex(2)}-"

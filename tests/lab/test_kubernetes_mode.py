@@ -11,7 +11,6 @@ its egress-gw label hands its IPs to the other one.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -21,10 +20,7 @@ import pytest
 from egressd.lab.netlab import Lab, egressd_command
 from tests.lab.reference import EGRESS, GATEWAYS, OUTPOST, holders, running, wait
 
-pytestmark = [
-    pytest.mark.kernel,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (network namespaces)"),
-]
+pytestmark = pytest.mark.kernel
 
 
 @pytest.fixture(scope="module")

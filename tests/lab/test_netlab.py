@@ -27,13 +27,11 @@ from egressd.cli.main import load_settings
 from egressd.core.errors import ConfigError
 from egressd.lab.netlab import Lab, lab_processes
 from egressd.lab.netns import LabError, netns_list
-from egressd.lab.outpost import decode_echo, encode_probe, monotonic, read_log
+from egressd.lab.outpost import decode_echo, encode_probe, monotonic
 from egressd.lab.scenario import REFERENCE
+from tests.lab.reference import read_log
 
-pytestmark = [
-    pytest.mark.kernel,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (network namespaces)"),
-]
+pytestmark = pytest.mark.kernel
 
 OUTPOST = "http://172.18.0.7:8000/"
 

@@ -23,8 +23,8 @@ from egressd.lab.outpost import (
     decode_probe,
     encode_probe,
     monotonic,
-    read_log,
 )
+from tests.lab.reference import read_log
 
 ALLOWED = "127.0.0.1"
 REFUSED = "127.0.0.2"  # also a loopback address, so the client can use it as its source

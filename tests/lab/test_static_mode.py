@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import secrets
 import signal
 import socket
@@ -30,10 +29,7 @@ from egressd.lab.netlab import Lab
 from egressd.lab.outpost import decode_echo, encode_probe
 from tests.lab.reference import EGRESS, GATEWAYS, OUTPOST, holders, running, wait
 
-pytestmark = [
-    pytest.mark.kernel,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (network namespaces)"),
-]
+pytestmark = pytest.mark.kernel
 
 T = Timing()
 
