@@ -51,7 +51,7 @@ import ipaddress
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Final
@@ -443,55 +443,66 @@ class _Validator:
     def junctions(self, data: Any, schema: Schema, path: str, old: Any) -> _Result:
         """allOf, anyOf, oneOf and not (kube-openapi's schemaPropsValidator)."""
         result = _Result()
-        quoted = go_quote(path)
         any_of = schema.get("anyOf") or []
         if any_of:
-            best: _Result | None = None
-            success: _Result | None = None
-            for branch in any_of:
-                outcome = self.node(data, branch, path, old)
-                if not outcome.issues:
-                    success, best = outcome, None
-                    break
-                if best is None or outcome.matches > best.matches:
-                    best = outcome
-            if success is None:
-                result.add(_Issue("composite", path, f"{quoted} must validate at least one schema (anyOf)"))
-            result.merge(best if best is not None else success)
+            self._any_of(result, data, any_of, path, old)
         one_of = schema.get("oneOf") or []
         if one_of:
-            valid, best, first = 0, None, None
-            for branch in one_of:
-                outcome = self.node(data, branch, path, old)
-                if not outcome.issues:
-                    valid += 1
-                    best = None
-                    first = first or outcome
-                elif valid == 0 and (best is None or outcome.matches > best.matches):
-                    best = outcome
-            if valid != 1:
-                found = "Found none valid" if valid == 0 else f"Found {valid} valid alternatives"
-                result.add(
-                    _Issue("composite", path, f"{quoted} must validate one and only one schema (oneOf). {found}")
-                )
-                result.merge(best)
-            else:
-                result.merge(first)
+            self._one_of(result, data, one_of, path, old)
         all_of = schema.get("allOf") or []
         if all_of:
-            valid = 0
-            for branch in all_of:
-                outcome = self.node(data, branch, path, old)
-                valid += not outcome.issues
-                result.merge(outcome)
-            if valid != len(all_of):
-                none = ". None validated" if valid == 0 else ""
-                result.add(_Issue("composite", path, f"{quoted} must validate all the schemas (allOf){none}"))
+            self._all_of(result, data, all_of, path, old)
         not_schema = schema.get("not")
         if isinstance(not_schema, Mapping) and not self.node(data, not_schema, path, old).issues:
-            result.add(_Issue("composite", path, f"{quoted} must not validate the schema (not)"))
+            result.add(_Issue("composite", path, f"{go_quote(path)} must not validate the schema (not)"))
         result.matches += 1
         return result
+
+    def _any_of(self, result: _Result, data: Any, branches: Sequence[Schema], path: str, old: Any) -> None:
+        """anyOf: the first branch that validates; else the issues of the one that matched best."""
+        best: _Result | None = None
+        success: _Result | None = None
+        for branch in branches:
+            outcome = self.node(data, branch, path, old)
+            if not outcome.issues:
+                success, best = outcome, None
+                break
+            if best is None or outcome.matches > best.matches:
+                best = outcome
+        if success is None:
+            result.add(_Issue("composite", path, f"{go_quote(path)} must validate at least one schema (anyOf)"))
+        result.merge(best if best is not None else success)
+
+    def _one_of(self, result: _Result, data: Any, branches: Sequence[Schema], path: str, old: Any) -> None:
+        """oneOf: exactly one branch validates; else the issues of the one that matched best."""
+        valid, best, first = 0, None, None
+        for branch in branches:
+            outcome = self.node(data, branch, path, old)
+            if not outcome.issues:
+                valid += 1
+                best = None
+                first = first or outcome
+            elif valid == 0 and (best is None or outcome.matches > best.matches):
+                best = outcome
+        if valid != 1:
+            found = "Found none valid" if valid == 0 else f"Found {valid} valid alternatives"
+            result.add(
+                _Issue("composite", path, f"{go_quote(path)} must validate one and only one schema (oneOf). {found}")
+            )
+            result.merge(best)
+        else:
+            result.merge(first)
+
+    def _all_of(self, result: _Result, data: Any, branches: Sequence[Schema], path: str, old: Any) -> None:
+        """allOf: every branch validates; the issues of all of them."""
+        valid = 0
+        for branch in branches:
+            outcome = self.node(data, branch, path, old)
+            valid += not outcome.issues
+            result.merge(outcome)
+        if valid != len(branches):
+            none = ". None validated" if valid == 0 else ""
+            result.add(_Issue("composite", path, f"{go_quote(path)} must validate all the schemas (allOf){none}"))
 
     @staticmethod
     def string(data: str, schema: Schema, path: str) -> _Result | None:
