@@ -451,6 +451,26 @@ def normalise(kind: ResourceKind, obj: JsonObject, version: str) -> list[FieldEr
     fails on a real server); out-of-range values are returned, for the caller to
     raise as 422 Invalid after its own checks, in the real server's order.
     """
+    _check_metadata_types(kind, obj, version)
+    errors: list[FieldError] = []
+    for typed in kind.typed_fields:
+        found = _locate(obj, typed.path)
+        if found is None:
+            continue
+        parent, leaf = found
+        if parent[leaf] is None:
+            del parent[leaf]
+            continue
+        parent[leaf] = _decoded(kind, typed, parent[leaf], version)
+        if typed.type == "int32" and typed.minimum is not None and parent[leaf] < typed.minimum:
+            errors.append(FieldError(typed.path, typed.minimum_message, str(parent[leaf])))
+    errors.extend(validate_metadata(kind, obj))
+    return errors
+
+
+def _check_metadata_types(kind: ResourceKind, obj: JsonObject, version: str) -> None:
+    """400 unless ``metadata`` is an object and its labels and annotations map
+    strings to strings."""
     metadata = obj.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise decode_error(
@@ -470,50 +490,40 @@ def normalise(kind: ResourceKind, obj: JsonObject, version: str) -> list[FieldEr
                 f"json: cannot unmarshal {_json_type(values)} into "
                 f"Go struct field ObjectMeta.metadata.{mapping} of type string",
             )
-    errors: list[FieldError] = []
-    for typed in kind.typed_fields:
-        found = _locate(obj, typed.path)
-        if found is None:
-            continue
-        parent, leaf = found
-        value = parent[leaf]
-        if value is None:
-            del parent[leaf]
-            continue
-        go_type = {"int32": "int32", "string": "string", "microtime": "v1.MicroTime", "time": "v1.Time"}[typed.type]
-        if typed.type == "int32":
-            ok = (isinstance(value, int) and not isinstance(value, bool)) or (
-                isinstance(value, float) and value.is_integer()
-            )
-            if not ok or not -(2**31) <= int(value) < 2**31:
-                raise decode_error(
-                    kind,
-                    version,
-                    f"json: cannot unmarshal {_json_type(value)} "
-                    f"into Go struct field {_go_struct(kind, typed.path)} of type int32",
-                )
-            parent[leaf] = int(value)
-            if typed.minimum is not None and parent[leaf] < typed.minimum:
-                errors.append(FieldError(typed.path, typed.minimum_message, str(parent[leaf])))
-        elif not isinstance(value, str):
+
+
+def _decoded(kind: ResourceKind, typed: TypedField, value: Any, version: str) -> Any:
+    """``value`` (not None) of the field ``typed`` as the real server writes it
+    back: an int32 as an integer, a time in its canonical form; 400 when it
+    does not decode."""
+    go_type = {"int32": "int32", "string": "string", "microtime": "v1.MicroTime", "time": "v1.Time"}[typed.type]
+    if typed.type == "int32":
+        ok = (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and value.is_integer()
+        )
+        if not ok or not -(2**31) <= int(value) < 2**31:
             raise decode_error(
                 kind,
                 version,
-                f"json: cannot unmarshal {_json_type(value)} into "
-                f"Go struct field {_go_struct(kind, typed.path)} of type {go_type}",
+                f"json: cannot unmarshal {_json_type(value)} "
+                f"into Go struct field {_go_struct(kind, typed.path)} of type int32",
             )
-        elif typed.type == "microtime":
-            try:
-                parent[leaf] = format_microtime(parse_microtime(value))
-            except ValueError as exc:
-                raise decode_error(kind, version, str(exc)) from exc
-        elif typed.type == "time":
-            try:
-                parent[leaf] = format_time(parse_time(value))
-            except ValueError as exc:
-                raise decode_error(kind, version, str(exc)) from exc
-    errors.extend(validate_metadata(kind, obj))
-    return errors
+        return int(value)
+    if not isinstance(value, str):
+        raise decode_error(
+            kind,
+            version,
+            f"json: cannot unmarshal {_json_type(value)} into "
+            f"Go struct field {_go_struct(kind, typed.path)} of type {go_type}",
+        )
+    try:
+        if typed.type == "microtime":
+            return format_microtime(parse_microtime(value))
+        if typed.type == "time":
+            return format_time(parse_time(value))
+    except ValueError as exc:
+        raise decode_error(kind, version, str(exc)) from exc
+    return value
 
 
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

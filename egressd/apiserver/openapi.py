@@ -51,7 +51,7 @@ import ipaddress
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Final
@@ -443,55 +443,66 @@ class _Validator:
     def junctions(self, data: Any, schema: Schema, path: str, old: Any) -> _Result:
         """allOf, anyOf, oneOf and not (kube-openapi's schemaPropsValidator)."""
         result = _Result()
-        quoted = go_quote(path)
         any_of = schema.get("anyOf") or []
         if any_of:
-            best: _Result | None = None
-            success: _Result | None = None
-            for branch in any_of:
-                outcome = self.node(data, branch, path, old)
-                if not outcome.issues:
-                    success, best = outcome, None
-                    break
-                if best is None or outcome.matches > best.matches:
-                    best = outcome
-            if success is None:
-                result.add(_Issue("composite", path, f"{quoted} must validate at least one schema (anyOf)"))
-            result.merge(best if best is not None else success)
+            self._any_of(result, data, any_of, path, old)
         one_of = schema.get("oneOf") or []
         if one_of:
-            valid, best, first = 0, None, None
-            for branch in one_of:
-                outcome = self.node(data, branch, path, old)
-                if not outcome.issues:
-                    valid += 1
-                    best = None
-                    first = first or outcome
-                elif valid == 0 and (best is None or outcome.matches > best.matches):
-                    best = outcome
-            if valid != 1:
-                found = "Found none valid" if valid == 0 else f"Found {valid} valid alternatives"
-                result.add(
-                    _Issue("composite", path, f"{quoted} must validate one and only one schema (oneOf). {found}")
-                )
-                result.merge(best)
-            else:
-                result.merge(first)
+            self._one_of(result, data, one_of, path, old)
         all_of = schema.get("allOf") or []
         if all_of:
-            valid = 0
-            for branch in all_of:
-                outcome = self.node(data, branch, path, old)
-                valid += not outcome.issues
-                result.merge(outcome)
-            if valid != len(all_of):
-                none = ". None validated" if valid == 0 else ""
-                result.add(_Issue("composite", path, f"{quoted} must validate all the schemas (allOf){none}"))
+            self._all_of(result, data, all_of, path, old)
         not_schema = schema.get("not")
         if isinstance(not_schema, Mapping) and not self.node(data, not_schema, path, old).issues:
-            result.add(_Issue("composite", path, f"{quoted} must not validate the schema (not)"))
+            result.add(_Issue("composite", path, f"{go_quote(path)} must not validate the schema (not)"))
         result.matches += 1
         return result
+
+    def _any_of(self, result: _Result, data: Any, branches: Sequence[Schema], path: str, old: Any) -> None:
+        """anyOf: the first branch that validates; else the issues of the one that matched best."""
+        best: _Result | None = None
+        success: _Result | None = None
+        for branch in branches:
+            outcome = self.node(data, branch, path, old)
+            if not outcome.issues:
+                success, best = outcome, None
+                break
+            if best is None or outcome.matches > best.matches:
+                best = outcome
+        if success is None:
+            result.add(_Issue("composite", path, f"{go_quote(path)} must validate at least one schema (anyOf)"))
+        result.merge(best if best is not None else success)
+
+    def _one_of(self, result: _Result, data: Any, branches: Sequence[Schema], path: str, old: Any) -> None:
+        """oneOf: exactly one branch validates; else the issues of the one that matched best."""
+        valid, best, first = 0, None, None
+        for branch in branches:
+            outcome = self.node(data, branch, path, old)
+            if not outcome.issues:
+                valid += 1
+                best = None
+                first = first or outcome
+            elif valid == 0 and (best is None or outcome.matches > best.matches):
+                best = outcome
+        if valid != 1:
+            found = "Found none valid" if valid == 0 else f"Found {valid} valid alternatives"
+            result.add(
+                _Issue("composite", path, f"{go_quote(path)} must validate one and only one schema (oneOf). {found}")
+            )
+            result.merge(best)
+        else:
+            result.merge(first)
+
+    def _all_of(self, result: _Result, data: Any, branches: Sequence[Schema], path: str, old: Any) -> None:
+        """allOf: every branch validates; the issues of all of them."""
+        valid = 0
+        for branch in branches:
+            outcome = self.node(data, branch, path, old)
+            valid += not outcome.issues
+            result.merge(outcome)
+        if valid != len(branches):
+            none = ". None validated" if valid == 0 else ""
+            result.add(_Issue("composite", path, f"{go_quote(path)} must validate all the schemas (allOf){none}"))
 
     @staticmethod
     def string(data: str, schema: Schema, path: str) -> _Result | None:
@@ -588,13 +599,7 @@ class _Validator:
     def object(self, data: dict[str, Any], schema: Schema, path: str, old: Any) -> _Result:
         result = _Result()
         properties: Mapping[str, Schema] = schema.get("properties") or {}
-        fewest, most = schema.get("minProperties"), schema.get("maxProperties")
-        if fewest is not None and len(data) < fewest:
-            message = f"{path} in body should have at least {fewest} properties"
-            result.add(_Issue("other", path, message, len(data), fewest))
-        if most is not None and len(data) > most:
-            message = f"{path} in body should have at most {most} properties"
-            result.add(_Issue("max_properties", path, message, len(data), most))
+        result.add(*_property_count_issues(data, schema, path))
         extra = schema.get("additionalProperties")
         if extra is False:
             for key in data:
@@ -612,6 +617,19 @@ class _Validator:
                 result.add(_Issue("required", f"{path}.{name}", f"{path}.{name} in body is required"))
         result.matches += 1
         return result
+
+
+def _property_count_issues(data: dict[str, Any], schema: Schema, path: str) -> list[_Issue]:
+    """minProperties and maxProperties."""
+    issues: list[_Issue] = []
+    fewest, most = schema.get("minProperties"), schema.get("maxProperties")
+    if fewest is not None and len(data) < fewest:
+        message = f"{path} in body should have at least {fewest} properties"
+        issues.append(_Issue("other", path, message, len(data), fewest))
+    if most is not None and len(data) > most:
+        message = f"{path} in body should have at most {most} properties"
+        issues.append(_Issue("max_properties", path, message, len(data), most))
+    return issues
 
 
 def _go_plain(value: Any) -> str:
@@ -845,18 +863,7 @@ def apply_defaults(value: Any, schema: Schema | None) -> None:
     if schema is None:
         return
     if isinstance(value, dict):
-        properties: Mapping[str, Schema] = schema.get("properties") or {}
-        for key, sub in properties.items():
-            if "default" in sub and (key not in value or _null_to_default(value[key], sub)):
-                value[key] = json.loads(json.dumps(sub["default"]))
-        extra = schema.get("additionalProperties")
-        for key in list(value):
-            if key in properties:
-                apply_defaults(value[key], properties[key])
-            elif isinstance(extra, Mapping):
-                if _null_to_default(value[key], extra):
-                    value[key] = json.loads(json.dumps(extra["default"]))
-                apply_defaults(value[key], extra)
+        _apply_object_defaults(value, schema)
     elif isinstance(value, list):
         items = schema.get("items")
         if not isinstance(items, Mapping):
@@ -865,6 +872,23 @@ def apply_defaults(value: Any, schema: Schema | None) -> None:
             if _null_to_default(item, items):
                 value[i] = json.loads(json.dumps(items["default"]))
             apply_defaults(value[i], items)
+
+
+def _apply_object_defaults(value: dict[str, Any], schema: Schema) -> None:
+    """:func:`apply_defaults` on an object: its properties, then each of its
+    fields by its property's or the additionalProperties' schema."""
+    properties: Mapping[str, Schema] = schema.get("properties") or {}
+    for key, sub in properties.items():
+        if "default" in sub and (key not in value or _null_to_default(value[key], sub)):
+            value[key] = json.loads(json.dumps(sub["default"]))
+    extra = schema.get("additionalProperties")
+    for key in list(value):
+        if key in properties:
+            apply_defaults(value[key], properties[key])
+        elif isinstance(extra, Mapping):
+            if _null_to_default(value[key], extra):
+                value[key] = json.loads(json.dumps(extra["default"]))
+            apply_defaults(value[key], extra)
 
 
 def prune_object(obj: dict[str, Any], schema: Schema | None) -> list[str]:
@@ -973,6 +997,35 @@ def _completeness(branch: Schema, node: Schema | None, node_path: str, branch_pa
 
 
 def _structural(schema: Schema, level: str, path: str) -> Iterator[FieldError]:
+    yield from _structural_children(schema, level, path)
+    int_or_string = bool(schema.get("x-kubernetes-int-or-string"))
+    preserve = bool(schema.get("x-kubernetes-preserve-unknown-fields"))
+    if int_or_string and preserve:
+        yield FieldError(
+            f"{path}.x-kubernetes-preserve-unknown-fields",
+            "must be false if x-kubernetes-int-or-string is true",
+            "true",
+        )
+    yield from _junction_errors(schema, path)
+    for junction in _JUNCTIONS:
+        for i, branch in enumerate(schema.get(junction) or []):
+            yield from _completeness(branch, schema, path, f"{path}.{junction}[{i}]")
+    if isinstance(schema.get("not"), Mapping):
+        yield from _completeness(schema["not"], schema, path, f"{path}.not")
+    if schema.get("uniqueItems"):
+        why = "uniqueItems cannot be set to true since the runtime complexity becomes quadratic"
+        yield FieldError(f"{path}.uniqueItems", why, None, "FieldValueForbidden")
+    if isinstance(schema.get("pattern"), str):
+        try:
+            go_regex(schema["pattern"])
+        except re.error as exc:
+            why = f"must be a valid regular expression, but isn't: {exc}"
+            yield FieldError(f"{path}.pattern", why, go_value(schema["pattern"]))
+    yield from _structural_type(schema, level, path, untyped_ok=int_or_string or preserve)
+
+
+def _structural_children(schema: Schema, level: str, path: str) -> Iterator[FieldError]:
+    """The structural errors of ``items``, ``properties`` and ``additionalProperties``."""
     types = schema.get("type") or ""
     items = schema.get("items")
     if types == "array" and not isinstance(items, Mapping):
@@ -997,33 +1050,16 @@ def _structural(schema: Schema, level: str, path: str) -> Iterator[FieldError]:
             )
         if isinstance(extra, Mapping):
             yield from _structural(extra, "field", f"{path}.additionalProperties")
-    int_or_string = bool(schema.get("x-kubernetes-int-or-string"))
-    preserve = bool(schema.get("x-kubernetes-preserve-unknown-fields"))
-    if int_or_string and preserve:
-        yield FieldError(
-            f"{path}.x-kubernetes-preserve-unknown-fields",
-            "must be false if x-kubernetes-int-or-string is true",
-            "true",
-        )
-    yield from _junction_errors(schema, path)
-    for junction in _JUNCTIONS:
-        for i, branch in enumerate(schema.get(junction) or []):
-            yield from _completeness(branch, schema, path, f"{path}.{junction}[{i}]")
-    if isinstance(schema.get("not"), Mapping):
-        yield from _completeness(schema["not"], schema, path, f"{path}.not")
-    if schema.get("uniqueItems"):
-        why = "uniqueItems cannot be set to true since the runtime complexity becomes quadratic"
-        yield FieldError(f"{path}.uniqueItems", why, None, "FieldValueForbidden")
-    if isinstance(schema.get("pattern"), str):
-        try:
-            go_regex(schema["pattern"])
-        except re.error as exc:
-            why = f"must be a valid regular expression, but isn't: {exc}"
-            yield FieldError(f"{path}.pattern", why, go_value(schema["pattern"]))
+
+
+def _structural_type(schema: Schema, level: str, path: str, *, untyped_ok: bool) -> Iterator[FieldError]:
+    """The errors of ``type``: required unless ``untyped_ok`` (int-or-string or
+    preserving unknown fields), object for an embedded resource and at the root."""
+    types = schema.get("type") or ""
     if schema.get("x-kubernetes-embedded-resource") and types != "object":
         why = "must be object if x-kubernetes-embedded-resource is true"
         yield FieldError(f"{path}.type", why, go_value(types) if types else None)
-    elif not types and not int_or_string and not preserve:
+    elif not types and not untyped_ok:
         where = {"root": "at the root", "item": "for specified array items", "field": "for specified object fields"}
         yield FieldError(f"{path}.type", f"must not be empty {where[level]}", None, "FieldValueRequired")
     if level == "root" and types and types != "object":

@@ -349,30 +349,40 @@ class LabApiServer:
         return _Target(kind, version, namespace, name, subresource, watch_path)
 
     async def _serve(self, request: web.Request, t: _Target) -> web.StreamResponse:
-        store, method, query = self.store, request.method, request.query
+        method, query = request.method, request.query
         if t.watch_path or (method == "GET" and query.get("watch", "") in _TRUE):
             if method != "GET":
                 raise apierrors.method_not_allowed()
             return await self._watch(request, t)
         if t.name is None:
-            if method == "GET":
-                return self._list(request, t)
-            if method == "POST" and (t.namespace is not None or not t.kind.namespaced):
-                options = _write_options(query, "CreateOptions")
-                body = await _read_body(request)
-                new = store.create(t.kind, t.namespace, body, t.version, options)
-                return _warned(_json_response(_present(t.kind, new, t.version), 201), options)
-            if method == "DELETE":
-                deleted = store.delete_collection(t.kind, t.namespace, _selection(query, t.kind))
-                return _json_response(self._list_body(t, deleted, store.resource_version))
-            raise apierrors.method_not_allowed()
+            return await self._serve_collection(request, t)
+        return await self._serve_object(request, t, t.name)
+
+    async def _serve_collection(self, request: web.Request, t: _Target) -> web.StreamResponse:
+        """GET (list), POST (create) or DELETE (deletecollection) on a collection."""
+        store, method, query = self.store, request.method, request.query
         if method == "GET":
-            return _json_response(_present(t.kind, store.get(t.kind, t.namespace, t.name), t.version))
+            return self._list(request, t)
+        if method == "POST" and (t.namespace is not None or not t.kind.namespaced):
+            options = _write_options(query, "CreateOptions")
+            body = await _read_body(request)
+            new = store.create(t.kind, t.namespace, body, t.version, options)
+            return _warned(_json_response(_present(t.kind, new, t.version), 201), options)
+        if method == "DELETE":
+            deleted = store.delete_collection(t.kind, t.namespace, _selection(query, t.kind))
+            return _json_response(self._list_body(t, deleted, store.resource_version))
+        raise apierrors.method_not_allowed()
+
+    async def _serve_object(self, request: web.Request, t: _Target, name: str) -> web.StreamResponse:
+        """GET, PUT, PATCH or DELETE on one object (all but DELETE also on its status)."""
+        store, method, query = self.store, request.method, request.query
+        if method == "GET":
+            return _json_response(_present(t.kind, store.get(t.kind, t.namespace, name), t.version))
         if method == "PUT":
             options = _write_options(query, "UpdateOptions")
             body = await _read_body(request)
             obj, created = store.update(
-                t.kind, t.namespace, t.name, body, version=t.version, subresource=t.subresource, options=options
+                t.kind, t.namespace, name, body, version=t.version, subresource=t.subresource, options=options
             )
             return _warned(_json_response(_present(t.kind, obj, t.version), 201 if created else 200), options)
         if method == "PATCH":
@@ -382,7 +392,7 @@ class LabApiServer:
             obj = store.patch(
                 t.kind,
                 t.namespace,
-                t.name,
+                name,
                 body,
                 content_type=content_type,
                 version=t.version,
@@ -395,7 +405,7 @@ class LabApiServer:
             delete_options = await _read_body(request) if raw.strip() else None
             if delete_options is not None and not isinstance(delete_options, Mapping):
                 raise bad_request("DeleteOptions must be an object")
-            answer = store.delete(t.kind, t.namespace, t.name, delete_options)
+            answer = store.delete(t.kind, t.namespace, name, delete_options)
             if answer.get("kind") != "Status":
                 answer = _present(t.kind, answer, t.version)
             return _json_response(answer)

@@ -98,6 +98,49 @@ class ListResult:
     remaining: int | None = None
 
 
+def _with_status(kind: ResourceKind, old: JsonObject, new: JsonObject, subresource: str) -> JsonObject:
+    """The object an update writes: a write to ``status`` changes the status
+    only; with a status subresource, a write to the object keeps the old one."""
+    if subresource == "status":
+        result = copy.deepcopy(old)
+        if "status" in new:
+            result["status"] = new["status"]
+        else:
+            result.pop("status", None)
+        return result
+    if kind.status_subresource:
+        if "status" in old:
+            new["status"] = copy.deepcopy(old["status"])
+        else:
+            new.pop("status", None)
+    return new
+
+
+def _keep_system_metadata(kind: ResourceKind, result: JsonObject, old: JsonObject) -> JsonObject:
+    """Sets the fields of ``result``'s metadata that only the server writes as
+    they are in ``old`` (and the name label), drops null ones; returns the metadata."""
+    meta: JsonObject = result.setdefault("metadata", {})
+    old_meta = _meta(old)
+    for system in (
+        "uid",
+        "creationTimestamp",
+        "namespace",
+        "name",
+        "generation",
+        "deletionTimestamp",
+        "resourceVersion",
+    ):
+        if system in old_meta:
+            meta[system] = old_meta[system]
+        else:
+            meta.pop(system, None)
+    if kind.name_label:
+        meta["labels"] = {**(meta.get("labels") or {}), kind.name_label: meta["name"]}
+    for name in [k for k, v in meta.items() if v is None]:
+        del meta[name]
+    return meta
+
+
 def _meta(obj: Mapping[str, Any]) -> JsonObject:
     metadata = obj.get("metadata")
     return metadata if isinstance(metadata, dict) else {}
@@ -547,38 +590,9 @@ class Store:
         version: str,
         errors: Sequence[FieldError] = (),
     ) -> JsonObject:
-        if subresource == "status":
-            result = copy.deepcopy(old)
-            if "status" in new:
-                result["status"] = new["status"]
-            else:
-                result.pop("status", None)
-        else:
-            result = new
-            if kind.status_subresource:
-                if "status" in old:
-                    result["status"] = copy.deepcopy(old["status"])
-                else:
-                    result.pop("status", None)
-        meta = result.setdefault("metadata", {})
+        result = _with_status(kind, old, new, subresource)
+        meta = _keep_system_metadata(kind, result, old)
         old_meta = _meta(old)
-        for system in (
-            "uid",
-            "creationTimestamp",
-            "namespace",
-            "name",
-            "generation",
-            "deletionTimestamp",
-            "resourceVersion",
-        ):
-            if system in old_meta:
-                meta[system] = old_meta[system]
-            else:
-                meta.pop(system, None)
-        if kind.name_label:
-            meta["labels"] = {**(meta.get("labels") or {}), kind.name_label: meta["name"]}
-        for name in [k for k, v in meta.items() if v is None]:
-            del meta[name]
         result["apiVersion"], result["kind"] = old["apiVersion"], old["kind"]
         if kind.tracks_generation and _spec_part(kind, result) != _spec_part(kind, old):
             meta["generation"] = int(old_meta.get("generation", 1)) + 1

@@ -25,6 +25,7 @@ from egressd.core.errors import ConfigError, EgressdError, Problem
 from egressd.core.model import IPAddress, Settings
 
 if TYPE_CHECKING:
+    from egressd.adapters.addresses import KernelAddresses
     from egressd.adapters.mqtt import MqttEvents
     from egressd.adapters.observability import ObservabilityServer, PrometheusMetrics
     from egressd.ports import Clock, ClusterSource, EventSink, LeaseStore
@@ -64,9 +65,7 @@ def _parser(*, lab_commands: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="debug logging and tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser(
-        "run", help="run the daemon (SIGTERM, SIGINT or SIGHUP: withdraw, hand the IPs over, exit 0)"
-    )
+    run = sub.add_parser("run", help="run the daemon (SIGTERM, SIGINT or SIGHUP: withdraw, hand the IPs over, exit 0)")
     run.add_argument("--config", "-c", required=True, help="config file (YAML)")
     run.add_argument(
         "--dataplane",
@@ -247,31 +246,60 @@ async def _run_dataplane(
     events: FanoutEvents,
     cluster: ClusterSource | None,
 ) -> int:
+    """Runs the daemon on the data plane ``--dataplane`` names: a recording, or the kernel."""
+    run = _run_recorded if args.dataplane == "record" else _run_kernel
+    return await run(settings, args, store=store, clock=clock, metrics=metrics, events=events, cluster=cluster)
+
+
+async def _run_recorded(
+    settings: Settings,
+    args: argparse.Namespace,
+    *,
+    store: LeaseStore,
+    clock: Clock,
+    metrics: PrometheusMetrics,
+    events: FanoutEvents,
+    cluster: ClusterSource | None,
+) -> int:
+    """The daemon on a data plane that records what it would do (``--journal``: to a file)."""
     from egressd.adapters.recording import RecordingDataPlane  # noqa: PLC0415
     from egressd.runtime.daemon import Daemon  # noqa: PLC0415
     from egressd.runtime.member import DataPlane  # noqa: PLC0415
 
-    if args.dataplane == "record":
-        recorder = RecordingDataPlane(settings.node.name, Path(args.journal) if args.journal else None)
-        try:
-            daemon = Daemon(
-                settings,
-                store=store,
-                dataplane=DataPlane(recorder, recorder, recorder),
-                steering=recorder,
-                clock=clock,
-                metrics=metrics,
-                events=events,
-            )
-            _attach_controller(daemon, cluster, events, clock, metrics)
-            return await _serve(daemon, metrics, settings)
-        finally:
-            recorder.close()
+    recorder = RecordingDataPlane(settings.node.name, Path(args.journal) if args.journal else None)
+    try:
+        daemon = Daemon(
+            settings,
+            store=store,
+            dataplane=DataPlane(recorder, recorder, recorder),
+            steering=recorder,
+            clock=clock,
+            metrics=metrics,
+            events=events,
+        )
+        _attach_controller(daemon, cluster, events, clock, metrics)
+        return await _serve(daemon, metrics, settings)
+    finally:
+        recorder.close()
 
+
+async def _run_kernel(
+    settings: Settings,
+    args: argparse.Namespace,
+    *,
+    store: LeaseStore,
+    clock: Clock,
+    metrics: PrometheusMetrics,
+    events: FanoutEvents,
+    cluster: ClusterSource | None,
+) -> int:
+    """The daemon on the kernel: addresses, nftables SNAT, ARP and policy routing."""
     from egressd.adapters.addresses import KernelAddresses  # noqa: PLC0415
     from egressd.adapters.announcer import ScapyAnnouncer  # noqa: PLC0415
     from egressd.adapters.nftables import NftablesSnat  # noqa: PLC0415
     from egressd.adapters.steering import PolicySteering  # noqa: PLC0415
+    from egressd.runtime.daemon import Daemon  # noqa: PLC0415
+    from egressd.runtime.member import DataPlane  # noqa: PLC0415
 
     daemons: list[Daemon] = []
 
@@ -280,13 +308,7 @@ async def _run_dataplane(
             daemon.report_conflict(ip, mac)
 
     addresses = KernelAddresses()
-    interfaces = {g.interface for g in settings.candidate_groups()}
-    problems = egress_ips_on_interfaces(
-        settings, {name: await addresses.interface_addresses(name) for name in sorted(interfaces)}
-    )
-    if problems:
-        await addresses.close()
-        raise ConfigError(problems, f"{args.config} on this node")
+    await _check_interface_addresses(settings, args, addresses)
     snat = NftablesSnat(fence_ttl=settings.timing.fence_ttl or None)
     announcer = ScapyAnnouncer(on_conflict=on_conflict, guard=lambda ip: any(d.may_announce(ip) for d in daemons))
     steering = PolicySteering()
@@ -313,6 +335,19 @@ async def _run_dataplane(
         await announcer.close()
         await addresses.close()
         await steering.close()
+
+
+async def _check_interface_addresses(settings: Settings, args: argparse.Namespace, addresses: KernelAddresses) -> None:
+    """Raises :class:`ConfigError` (and closes ``addresses``) when an egress IP
+    clashes with an address the interfaces already have
+    (:func:`egress_ips_on_interfaces`)."""
+    interfaces = {g.interface for g in settings.candidate_groups()}
+    problems = egress_ips_on_interfaces(
+        settings, {name: await addresses.interface_addresses(name) for name in sorted(interfaces)}
+    )
+    if problems:
+        await addresses.close()
+        raise ConfigError(problems, f"{args.config} on this node")
 
 
 def egress_ips_on_interfaces(

@@ -87,23 +87,9 @@ class Cluster:
         if resource == "policies":
             return self._apply_policy(obj, deleted=deleted)
         if resource == "nodes":
-            node = parse_node(obj)
-            if not node.name:
-                return False
-            if deleted:
-                return self.nodes.pop(node.name, None) is not None
-            old = self.nodes.get(node.name)
-            self.nodes[node.name] = node
-            return old != node
+            return self._apply_node(obj, deleted=deleted)
         if resource == "namespaces":
-            name, labels = parse_namespace(obj)
-            if not name:
-                return False
-            if deleted:
-                return self.namespaces.pop(name, None) is not None
-            old_labels = self.namespaces.get(name)
-            self.namespaces[name] = labels
-            return old_labels != labels
+            return self._apply_namespace(obj, deleted=deleted)
         return self._apply_pod(obj, deleted=deleted)
 
     def replace(self, resource: str, objs: Iterable[Mapping[str, Any]]) -> bool:
@@ -179,6 +165,26 @@ class Cluster:
             {n: e.problems for n, e in self.invalid.items()},
             dict(self.generations),
         )
+
+    def _apply_node(self, obj: Mapping[str, Any], *, deleted: bool) -> bool:
+        node = parse_node(obj)
+        if not node.name:
+            return False
+        if deleted:
+            return self.nodes.pop(node.name, None) is not None
+        old = self.nodes.get(node.name)
+        self.nodes[node.name] = node
+        return old != node
+
+    def _apply_namespace(self, obj: Mapping[str, Any], *, deleted: bool) -> bool:
+        name, labels = parse_namespace(obj)
+        if not name:
+            return False
+        if deleted:
+            return self.namespaces.pop(name, None) is not None
+        old_labels = self.namespaces.get(name)
+        self.namespaces[name] = labels
+        return old_labels != labels
 
     def _apply_pod(self, obj: Mapping[str, Any], *, deleted: bool) -> bool:
         meta = as_mapping(obj.get("metadata"))

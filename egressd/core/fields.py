@@ -150,25 +150,41 @@ def check_networks(r: Reader, path: str, g: EgressGroup) -> None:
     clean = {
         name: r.clean(f"{path}.{name}") for name in ("egressIPs", "sourceCIDRs", "destinationCIDRs", "excludedCIDRs")
     }
-    families = {ip.version for ip in g.egress_ips} if clean["egressIPs"] else set()
+    if clean["egressIPs"]:
+        _check_families(r, path, g, clean)
+    if not clean["destinationCIDRs"]:
+        return
+    _check_destination_overlaps(r, path, g.destination_cidrs)
+    if clean["excludedCIDRs"]:
+        _check_exclusions(r, path, g.destination_cidrs, g.excluded_cidrs)
+
+
+def _check_families(r: Reader, path: str, g: EgressGroup, clean: Mapping[str, bool]) -> None:
+    """Every source and destination network is of a family of the egress IPs."""
+    families = {ip.version for ip in g.egress_ips}
     for name, nets in (("sourceCIDRs", g.source_cidrs), ("destinationCIDRs", g.destination_cidrs)):
         for i, net in enumerate(nets if clean[name] else ()):
             if families and net.version not in families:
                 r.problem(f"{path}.{name}[{i}]", f"IPv{net.version} but the group's egress IPs are not")
-    if not clean["destinationCIDRs"]:
-        return
-    for i, a in enumerate(g.destination_cidrs):
-        for j in range(i + 1, len(g.destination_cidrs)):
-            b = g.destination_cidrs[j]
+
+
+def _check_destination_overlaps(r: Reader, path: str, destinations: Sequence[IPNetwork]) -> None:
+    """No two destination networks overlap (the later one is reported)."""
+    for i, a in enumerate(destinations):
+        for j in range(i + 1, len(destinations)):
+            b = destinations[j]
             if a.version == b.version and a.overlaps(b):
                 r.problem(f"{path}.destinationCIDRs[{j}]", f"{b} overlaps destinationCIDRs[{i}] {a}")
-    if not clean["excludedCIDRs"]:
-        return
-    for i, ex in enumerate(g.excluded_cidrs):
-        if not any(ex.version == d.version and ex.subnet_of(d) for d in g.destination_cidrs):  # type: ignore[arg-type]
+
+
+def _check_exclusions(r: Reader, path: str, destinations: Sequence[IPNetwork], excluded: Sequence[IPNetwork]) -> None:
+    """Each excluded network is inside a destination, and no destination is
+    excluded entirely."""
+    for i, ex in enumerate(excluded):
+        if not any(ex.version == d.version and ex.subnet_of(d) for d in destinations):  # type: ignore[arg-type]
             r.problem(f"{path}.excludedCIDRs[{i}]", f"{ex} is not inside any of destinationCIDRs")
-    for i, d in enumerate(g.destination_cidrs):
-        for j, ex in enumerate(g.excluded_cidrs):
+    for i, d in enumerate(destinations):
+        for j, ex in enumerate(excluded):
             if d.version == ex.version and d.subnet_of(ex):  # type: ignore[arg-type]
                 r.problem(
                     f"{path}.destinationCIDRs[{i}]",

@@ -172,51 +172,14 @@ def parse_mqtt(data: Any, path: str = "mqtt") -> tuple[MqttSettings | None, list
     if not isinstance(data, Mapping):
         problem("", f"must be a mapping, got {type(data).__name__}")
         return None, problems
-    for key in data:
-        if key == "password":
-            problem("password", "inline passwords are not accepted; put the password in a file and set passwordFile")
-        elif key not in _KEYS:
-            problem(str(key), "unknown key" + _closest(str(key), _KEYS))
-
-    host = _string(data.get("host"), "host", problem, required=True)
-    if host is not None and not _is_host(host):
-        problem("host", f"must be a host name or an IP address, got {host!r}")
-
+    _check_keys(data, problem)
+    host = _host(data, problem)
     tls = _parse_tls(data.get("tls"), problem)
     default_port = 8883 if tls is not None else 1883
     port = _integer(data.get("port"), "port", problem, default_port, low=1, high=65535)
-
-    cluster = _string(data.get("cluster"), "cluster", problem) or "default"
-    if not _TOPIC_WORD.match(cluster):
-        problem("cluster", f"must be one topic level of letters, digits, '-', '_', '.', got {cluster!r}")
-
-    prefix = _string(data.get("topicPrefix"), "topicPrefix", problem) or "egressd"
-    if not all(_TOPIC_WORD.match(level) for level in prefix.split("/")):
-        problem(
-            "topicPrefix",
-            f"must be topic levels of letters, digits, '-', '_', '.' separated by '/', got {prefix!r}",
-        )
-
-    client_id = _string(data.get("clientId"), "clientId", problem)
-    if client_id is not None and (len(client_id.encode()) > 65535 or any(c in client_id for c in "\0+#/")):
-        problem("clientId", f"must be at most 65535 bytes without '/', '+', '#' or NUL, got {client_id!r}")
-
-    username = _string(data.get("username"), "username", problem)
-    password_file = _string(data.get("passwordFile"), "passwordFile", problem)
-    if password_file is not None and username is None:
-        problem("passwordFile", "needs username (MQTT sends a password only with a user name)")
-
-    allow_insecure = data.get("allowInsecurePassword", False)
-    if not isinstance(allow_insecure, bool):
-        problem("allowInsecurePassword", f"must be true or false, got {allow_insecure!r}")
-        allow_insecure = False
-    if password_file is not None and data.get("tls") in (None, False) and not allow_insecure:
-        problem(
-            "passwordFile",
-            "a password without tls crosses the network in clear text; set tls, or allowInsecurePassword: true "
-            "if the link to the broker is trusted (a broker on this host, a lab)",
-        )
-
+    cluster, prefix = _topic_levels(data, problem)
+    client_id = _client_id(data, problem)
+    username, password_file, allow_insecure = _credentials(data, problem)
     keepalive = _integer(data.get("keepalive"), "keepalive", problem, 10, low=1, high=65535)
     qos = _integer(data.get("qos"), "qos", problem, 1, low=0, high=2)
     queue_size = _integer(data.get("queueSize"), "queueSize", problem, 1000, low=1, high=None)
@@ -243,6 +206,65 @@ def parse_mqtt(data: Any, path: str = "mqtt") -> tuple[MqttSettings | None, list
         ),
         [],
     )
+
+
+def _check_keys(data: Mapping[Any, Any], problem: _Report) -> None:
+    """Reports an inline password and unknown keys."""
+    for key in data:
+        if key == "password":
+            problem("password", "inline passwords are not accepted; put the password in a file and set passwordFile")
+        elif key not in _KEYS:
+            problem(str(key), "unknown key" + _closest(str(key), _KEYS))
+
+
+def _host(data: Mapping[Any, Any], problem: _Report) -> str | None:
+    host = _string(data.get("host"), "host", problem, required=True)
+    if host is not None and not _is_host(host):
+        problem("host", f"must be a host name or an IP address, got {host!r}")
+    return host
+
+
+def _topic_levels(data: Mapping[Any, Any], problem: _Report) -> tuple[str, str]:
+    """``cluster`` and ``topicPrefix``, with their defaults."""
+    cluster = _string(data.get("cluster"), "cluster", problem) or "default"
+    if not _TOPIC_WORD.match(cluster):
+        problem("cluster", f"must be one topic level of letters, digits, '-', '_', '.', got {cluster!r}")
+
+    prefix = _string(data.get("topicPrefix"), "topicPrefix", problem) or "egressd"
+    if not all(_TOPIC_WORD.match(level) for level in prefix.split("/")):
+        problem(
+            "topicPrefix",
+            f"must be topic levels of letters, digits, '-', '_', '.' separated by '/', got {prefix!r}",
+        )
+    return cluster, prefix
+
+
+def _client_id(data: Mapping[Any, Any], problem: _Report) -> str | None:
+    client_id = _string(data.get("clientId"), "clientId", problem)
+    if client_id is not None and (len(client_id.encode()) > 65535 or any(c in client_id for c in "\0+#/")):
+        problem("clientId", f"must be at most 65535 bytes without '/', '+', '#' or NUL, got {client_id!r}")
+    return client_id
+
+
+def _credentials(data: Mapping[Any, Any], problem: _Report) -> tuple[str | None, str | None, bool]:
+    """``username``, ``passwordFile`` and ``allowInsecurePassword``: a password
+    needs a user name, and TLS unless the link is declared trusted."""
+    username = _string(data.get("username"), "username", problem)
+    password_file = _string(data.get("passwordFile"), "passwordFile", problem)
+    if password_file is not None and username is None:
+        problem("passwordFile", "needs username (MQTT sends a password only with a user name)")
+
+    allow_insecure = data.get("allowInsecurePassword", False)
+    if not isinstance(allow_insecure, bool):
+        problem("allowInsecurePassword", f"must be true or false, got {allow_insecure!r}")
+        allow_insecure = False
+    if password_file is not None and data.get("tls") in (None, False) and not allow_insecure:
+        problem(
+            "passwordFile",
+            "a password without tls crosses the network in clear text; set tls, or allowInsecurePassword: true "
+            "if the link to the broker is trusted (a broker on this host, a lab)",
+        )
+    return username, password_file, allow_insecure
 
 
 def _parse_tls(value: Any, problem: _Report) -> MqttTls | None:

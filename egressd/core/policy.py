@@ -120,15 +120,7 @@ def parse_policy(obj: Mapping[str, Any]) -> Policy:
     r = Reader()
     meta = obj.get("metadata")
     meta = meta if isinstance(meta, Mapping) else {}
-    name = meta.get("name")
-    if not isinstance(name, str) or not name:
-        r.problem("metadata.name", "is required")
-        name = ""
-    elif len(name) > NAME_MAX or not DNS_SUBDOMAIN.match(name):
-        r.problem(
-            "metadata.name",
-            f"must be a DNS subdomain (lower case, digits, '-', '.') of at most {NAME_MAX} characters, got {name!r}",
-        )
+    name = _name(r, meta.get("name"))
     generation = meta.get("generation", 0)
     if not isinstance(generation, int) or isinstance(generation, bool):
         r.problem("metadata.generation", f"must be an integer, got {generation!r}")
@@ -144,19 +136,7 @@ def parse_policy(obj: Mapping[str, Any]) -> Policy:
     destinations = cidrs(r, spec.get("destinationCIDRs"), "spec.destinationCIDRs", required=True)
     excluded = cidrs(r, spec.get("excludedCIDRs"), "spec.excludedCIDRs")
 
-    gw_path = "spec.egressGateway"
-    has_gateway = spec.get("egressGateway") is not None
-    if not has_gateway:
-        r.problem(gw_path, "is required (nodeSelector, interface, egressIPs)")
-    gateway = r.mapping(spec.get("egressGateway"), gw_path, _GATEWAY_KEYS)
-    node_selector, problems = parse_selector(gateway.get("nodeSelector"), f"{gw_path}.nodeSelector")
-    r.problems.extend(problems)
-    if has_gateway and gateway.get("nodeSelector") is None:
-        r.problem(f"{gw_path}.nodeSelector", "is required ({} selects every node)")
-    interface = r.interface(gateway.get("interface"), f"{gw_path}.interface", required=has_gateway)
-    egress_ips = _egress_ips(
-        r, gateway.get("egressIPs"), f"{gw_path}.egressIPs", (*destinations, *excluded), required=has_gateway
-    )
+    node_selector, interface, egress_ips = _gateway(r, spec.get("egressGateway"), (*destinations, *excluded))
 
     # relations between fields, on whatever parsed: every problem in one report
     draft = EgressGroup(
@@ -183,6 +163,38 @@ def parse_policy(obj: Mapping[str, Any]) -> Policy:
         interface=interface,
         egress_ips=egress_ips,
     )
+
+
+def _name(r: Reader, name: Any) -> str:
+    """``metadata.name``, a DNS subdomain (``""`` when absent)."""
+    if not isinstance(name, str) or not name:
+        r.problem("metadata.name", "is required")
+        return ""
+    if len(name) > NAME_MAX or not DNS_SUBDOMAIN.match(name):
+        r.problem(
+            "metadata.name",
+            f"must be a DNS subdomain (lower case, digits, '-', '.') of at most {NAME_MAX} characters, got {name!r}",
+        )
+    return name
+
+
+def _gateway(
+    r: Reader, value: Any, networks: Sequence[IPNetwork]
+) -> tuple[LabelSelector | None, str, tuple[IPAddress, ...]]:
+    """``spec.egressGateway``: its node selector, interface and egress IPs (which
+    must not be the edge of one of ``networks``, its destination and excluded CIDRs)."""
+    gw_path = "spec.egressGateway"
+    has_gateway = value is not None
+    if not has_gateway:
+        r.problem(gw_path, "is required (nodeSelector, interface, egressIPs)")
+    gateway = r.mapping(value, gw_path, _GATEWAY_KEYS)
+    node_selector, problems = parse_selector(gateway.get("nodeSelector"), f"{gw_path}.nodeSelector")
+    r.problems.extend(problems)
+    if has_gateway and gateway.get("nodeSelector") is None:
+        r.problem(f"{gw_path}.nodeSelector", "is required ({} selects every node)")
+    interface = r.interface(gateway.get("interface"), f"{gw_path}.interface", required=has_gateway)
+    egress_ips = _egress_ips(r, gateway.get("egressIPs"), f"{gw_path}.egressIPs", networks, required=has_gateway)
+    return node_selector, interface, egress_ips
 
 
 def _selectors(r: Reader, value: Any) -> tuple[PolicySelector, ...]:

@@ -30,7 +30,7 @@ from egressd.core.addressing import canonical
 from egressd.core.cluster_index import Cluster
 from egressd.core.kube_objects import PodKey
 from egressd.core.model import EgressGroup, IPAddress, IPNetwork
-from egressd.core.policy import Policy, problems_text
+from egressd.core.policy import Policy, PolicySelector, problems_text
 from egressd.core.selector import LabelSelector
 
 # Outcome reasons (CamelCase, as in Kubernetes conditions).
@@ -93,113 +93,22 @@ class Resolution:
 def resolve(cluster: Cluster, *, exclude_cordoned: bool = False) -> Resolution:
     """The groups the cluster's policies, pods and nodes amount to (see the
     module docstring for the rules)."""
-    outcomes: dict[str, PolicyOutcome] = {}
-
     # 1. Invalid policies are reported and not served.
-    for name, error in cluster.invalid.items():
-        outcomes[name] = PolicyOutcome(
+    outcomes: dict[str, PolicyOutcome] = {
+        name: PolicyOutcome(
             name, False, INVALID, problems_text(error.problems), generation=cluster.generations.get(name, 0)
         )
-
-    # 1b. An egress IP must not be a node's or a pod's address.
-    node_ips: dict[IPAddress, list[str]] = {}
-    for node in cluster.nodes.values():
-        for address in node.addresses:
-            node_ips.setdefault(canonical(address), []).append(node.name)
-    served: list[Policy] = []
-    claimed: dict[IPAddress, str] = {}
-    for policy in sorted(cluster.policies.values(), key=lambda p: p.age_order):
-        in_use = [
-            f"egress IP {ip} is the address of {owner}"
-            for ip in policy.egress_ips
-            if (owner := _owner_of(cluster, node_ips, ip)) is not None
-        ]
-        if in_use:
-            outcomes[policy.name] = PolicyOutcome(
-                policy.name,
-                False,
-                INVALID,
-                "; ".join(in_use) + "; an egress IP must not belong to a node or a pod; this policy is not served",
-                generation=policy.generation,
-            )
-            continue
-        # 2. Egress IPs go to the oldest policy that lists them.
-        clashes = [(ip, claimed[ip]) for ip in policy.egress_ips if ip in claimed]
-        if clashes:
-            if len(clashes) == 1:
-                ((ip, other),) = clashes
-                what = f"egress IP {ip} is already claimed by older policy {other}"
-            else:
-                listed = ", ".join(f"{ip} (by {other})" for ip, other in clashes)
-                what = f"egress IPs {listed} are already claimed by older policies"
-            outcomes[policy.name] = PolicyOutcome(
-                policy.name,
-                True,
-                EGRESS_IP_CONFLICT,
-                f"{what} (older: earlier creationTimestamp, then name first); this policy is not served",
-                generation=policy.generation,
-            )
-            continue
-        claimed.update(dict.fromkeys(policy.egress_ips, policy.name))
-        served.append(policy)
-
+        for name, error in cluster.invalid.items()
+    }
+    # 1b and 2. Egress IPs that are in use, or claimed by an older policy.
+    served = _claim_egress_ips(cluster, outcomes)
     # 3. Candidates: matching nodes with an address (and not cordoned, if asked).
-    nodes = sorted(cluster.nodes.values(), key=lambda n: n.name)
-    eligible = [n for n in nodes if n.address is not None and not (exclude_cordoned and n.unschedulable)]
-    by_node_selector: dict[LabelSelector, tuple[str, ...]] = {}
-    candidates: list[tuple[str, ...]] = []
-    for policy in served:
-        selector = policy.node_selector
-        if selector not in by_node_selector:
-            by_node_selector[selector] = tuple(n.name for n in eligible if selector.matches(n.labels))
-        candidates.append(by_node_selector[selector])
-
+    candidates = _candidates(cluster, served, exclude_cordoned=exclude_cordoned)
     # 4. Selection: set operations on the pod index, cached per selector.
-    everyone: set[PodKey] | None = None
-    scopes: dict[LabelSelector, set[PodKey]] = {}
-    label_sets: dict[LabelSelector, tuple[set[PodKey] | None, set[PodKey]]] = {}
-    selections: list[set[PodKey]] = []
-    for policy in served:
-        selected: set[PodKey] = set()
-        for item in policy.selectors:
-            scope: set[PodKey] | None = None
-            if item.namespaces is not None:
-                if item.namespaces not in scopes:
-                    scopes[item.namespaces] = cluster.namespace_pods(item.namespaces)
-                scope = scopes[item.namespaces]
-                if not scope:
-                    continue
-            matching: set[PodKey] | None = None
-            excluded: set[PodKey] = set()
-            if item.pods is not None:
-                if item.pods not in label_sets:
-                    label_sets[item.pods] = cluster.label_sets(item.pods)
-                matching, excluded = label_sets[item.pods]
-            if matching is None:
-                if scope is None:
-                    everyone = set(cluster.pods) if everyone is None else everyone
-                    scope = everyone
-                base = scope
-            else:
-                base = matching if scope is None else matching & scope
-            selected |= base - excluded if excluded else base
-        if len(policy.families) == 1:
-            (family,) = policy.families
-            selected &= cluster.family_pods(family)
-        selections.append(selected)
-
+    pod_sets = _PodSets(cluster)
+    selections = [pod_sets.selected_by(policy) for policy in served]
     # 5. A pod with two policies whose destinations overlap stays with the older.
-    dropped: dict[int, dict[str, list[str]]] = {}
-    for i, policy in enumerate(served):  # oldest first
-        keep = selections[i]
-        for j in range(i):
-            older = served[j]
-            if keep.isdisjoint(selections[j]) or not _any_overlap(older.destination_cidrs, policy.destination_cidrs):
-                continue
-            lost = keep & selections[j]
-            keep = keep - lost
-            dropped.setdefault(i, {})[older.name] = sorted(f"{ns}/{name}" for ns, name in lost)
-        selections[i] = keep
+    dropped = _leave_overlaps_to_older(served, selections)
 
     # 6. Groups: the pods' addresses of the policy's families, as host networks.
     groups: list[EgressGroup] = []
@@ -220,6 +129,147 @@ def resolve(cluster: Cluster, *, exclude_cordoned: bool = False) -> Resolution:
     for family, members in steered.items():
         pod_nodes.update(cluster.pod_addresses(family, members))
     return Resolution(groups=tuple(groups), outcomes=outcomes, pod_nodes=pod_nodes)
+
+
+def _claim_egress_ips(cluster: Cluster, outcomes: dict[str, PolicyOutcome]) -> list[Policy]:
+    """The valid policies that are served, oldest first (steps 1b and 2); the
+    others get their ``Invalid`` or ``EgressIPConflict`` outcome in ``outcomes``."""
+    node_ips: dict[IPAddress, list[str]] = {}
+    for node in cluster.nodes.values():
+        for address in node.addresses:
+            node_ips.setdefault(canonical(address), []).append(node.name)
+    served: list[Policy] = []
+    claimed: dict[IPAddress, str] = {}
+    for policy in sorted(cluster.policies.values(), key=lambda p: p.age_order):
+        # 1b. An egress IP must not be a node's or a pod's address.
+        in_use = [
+            f"egress IP {ip} is the address of {owner}"
+            for ip in policy.egress_ips
+            if (owner := _owner_of(cluster, node_ips, ip)) is not None
+        ]
+        if in_use:
+            outcomes[policy.name] = PolicyOutcome(
+                policy.name,
+                False,
+                INVALID,
+                "; ".join(in_use) + "; an egress IP must not belong to a node or a pod; this policy is not served",
+                generation=policy.generation,
+            )
+            continue
+        # 2. Egress IPs go to the oldest policy that lists them.
+        clashes = [(ip, claimed[ip]) for ip in policy.egress_ips if ip in claimed]
+        if clashes:
+            outcomes[policy.name] = _conflict_outcome(policy, clashes)
+            continue
+        claimed.update(dict.fromkeys(policy.egress_ips, policy.name))
+        served.append(policy)
+    return served
+
+
+def _conflict_outcome(policy: Policy, clashes: Sequence[tuple[IPAddress, str]]) -> PolicyOutcome:
+    """``EgressIPConflict`` for ``policy``, naming each (egress IP, older policy)."""
+    if len(clashes) == 1:
+        ((ip, other),) = clashes
+        what = f"egress IP {ip} is already claimed by older policy {other}"
+    else:
+        listed = ", ".join(f"{ip} (by {other})" for ip, other in clashes)
+        what = f"egress IPs {listed} are already claimed by older policies"
+    return PolicyOutcome(
+        policy.name,
+        True,
+        EGRESS_IP_CONFLICT,
+        f"{what} (older: earlier creationTimestamp, then name first); this policy is not served",
+        generation=policy.generation,
+    )
+
+
+def _candidates(cluster: Cluster, served: Sequence[Policy], *, exclude_cordoned: bool) -> list[tuple[str, ...]]:
+    """Each served policy's candidate nodes, by name (step 3), computed once
+    per nodeSelector."""
+    nodes = sorted(cluster.nodes.values(), key=lambda n: n.name)
+    eligible = [n for n in nodes if n.address is not None and not (exclude_cordoned and n.unschedulable)]
+    by_node_selector: dict[LabelSelector, tuple[str, ...]] = {}
+    candidates: list[tuple[str, ...]] = []
+    for policy in served:
+        selector = policy.node_selector
+        if selector not in by_node_selector:
+            by_node_selector[selector] = tuple(n.name for n in eligible if selector.matches(n.labels))
+        candidates.append(by_node_selector[selector])
+    return candidates
+
+
+class _PodSets:
+    """The pod sets of one resolution (step 4): the index's answers, cached per
+    selector, since many policies share a namespace or label selector."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+        self._everyone: set[PodKey] | None = None
+        self._scopes: dict[LabelSelector, set[PodKey]] = {}
+        self._label_sets: dict[LabelSelector, tuple[set[PodKey] | None, set[PodKey]]] = {}
+
+    def selected_by(self, policy: Policy) -> set[PodKey]:
+        """The pods any item of the policy's ``spec.selectors`` matches, with an
+        address of the policy's family when it has one family only."""
+        selected: set[PodKey] = set()
+        for item in policy.selectors:
+            selected |= self._matched_by(item)
+        if len(policy.families) == 1:
+            (family,) = policy.families
+            selected &= self._cluster.family_pods(family)
+        return selected
+
+    def _matched_by(self, item: PolicySelector) -> set[PodKey]:
+        """The pods one selector item matches (a set the caller must not change)."""
+        scope: set[PodKey] | None = None
+        if item.namespaces is not None:
+            scope = self._in_namespaces(item.namespaces)
+            if not scope:
+                return scope
+        matching: set[PodKey] | None = None
+        excluded: set[PodKey] = set()
+        if item.pods is not None:
+            matching, excluded = self._labelled(item.pods)
+        if matching is None:
+            base = self._all() if scope is None else scope
+        else:
+            base = matching if scope is None else matching & scope
+        return base - excluded if excluded else base
+
+    def _all(self) -> set[PodKey]:
+        if self._everyone is None:
+            self._everyone = set(self._cluster.pods)
+        return self._everyone
+
+    def _in_namespaces(self, selector: LabelSelector) -> set[PodKey]:
+        if selector not in self._scopes:
+            self._scopes[selector] = self._cluster.namespace_pods(selector)
+        return self._scopes[selector]
+
+    def _labelled(self, selector: LabelSelector) -> tuple[set[PodKey] | None, set[PodKey]]:
+        if selector not in self._label_sets:
+            self._label_sets[selector] = self._cluster.label_sets(selector)
+        return self._label_sets[selector]
+
+
+def _leave_overlaps_to_older(
+    served: Sequence[Policy], selections: list[set[PodKey]]
+) -> dict[int, dict[str, list[str]]]:
+    """Step 5: removes from each policy's selection the pods an older policy with
+    overlapping destinations also selects. Returns, by index into ``served``,
+    the pods each policy left to each older policy (``namespace/name``, sorted)."""
+    dropped: dict[int, dict[str, list[str]]] = {}
+    for i, policy in enumerate(served):  # oldest first
+        keep = selections[i]
+        for j in range(i):
+            older = served[j]
+            if keep.isdisjoint(selections[j]) or not _any_overlap(older.destination_cidrs, policy.destination_cidrs):
+                continue
+            lost = keep & selections[j]
+            keep = keep - lost
+            dropped.setdefault(i, {})[older.name] = sorted(f"{ns}/{name}" for ns, name in lost)
+        selections[i] = keep
+    return dropped
 
 
 def _owner_of(cluster: Cluster, node_ips: Mapping[IPAddress, list[str]], ip: IPAddress) -> str | None:

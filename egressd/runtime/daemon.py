@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -181,24 +181,12 @@ class Daemon:
                 self.inputs_ready.set()
                 return
             wanted = {ip: g for g in self.candidate_groups() for ip in g.egress_ips}
-            listed = {ip for g in self.groups for ip in g.egress_ips}
-            for ip, member in list(self.members.items()):
-                group = wanted.get(ip)
-                if group is None or (group.name, group.interface) != (member.group.name, member.group.interface):
-                    await self._remove_member(ip, member, group)
-                    if ip not in listed:
-                        self.retirement.add(member.name, str(ip))
+            await self._hand_off_unwanted(wanted)
             try:
                 await self.dataplane.snat.stage(self.candidate_groups())
             except DataPlaneError as exc:
                 log.error("could not stage SNAT: %s", exc)
-            for ip, group in wanted.items():
-                existing = self.members.get(ip)
-                if existing is None:
-                    log.info("ip=%s node=%s now a candidate (group %s); starting its member", ip, me, group.name)
-                    self._add_member(ip, group, adopt=False)
-                elif existing.group != group:
-                    existing.group = group
+            self._start_wanted(wanted)
             for interface in sorted({g.interface for g in self.candidate_groups()} - self._prepared):
                 if self.settled.is_set():
                     await self._prepare(interface)
@@ -206,6 +194,33 @@ class Daemon:
                 self.supervisor.spawn("drift-repair", self._repair_forever)
             if self.steerer is not None and "steering" not in self.supervisor.running():
                 self.supervisor.spawn("steering", self.steerer.run)
+
+    async def _hand_off_unwanted(self, wanted: Mapping[IPAddress, EgressGroup]) -> None:
+        """Removes the members of IPs not in ``wanted`` or whose group or
+        interface changed; the claims of IPs no group lists go to retirement."""
+        listed = {ip for g in self.groups for ip in g.egress_ips}
+        for ip, member in list(self.members.items()):
+            group = wanted.get(ip)
+            if group is None or (group.name, group.interface) != (member.group.name, member.group.interface):
+                await self._remove_member(ip, member, group)
+                if ip not in listed:
+                    self.retirement.add(member.name, str(ip))
+
+    def _start_wanted(self, wanted: Mapping[IPAddress, EgressGroup]) -> None:
+        """Starts a member for each IP of ``wanted`` that has none, and gives the
+        others their group as it is now."""
+        for ip, group in wanted.items():
+            existing = self.members.get(ip)
+            if existing is None:
+                log.info(
+                    "ip=%s node=%s now a candidate (group %s); starting its member",
+                    ip,
+                    self.settings.node.name,
+                    group.name,
+                )
+                self._add_member(ip, group, adopt=False)
+            elif existing.group != group:
+                existing.group = group
 
     async def _remove_member(self, ip: IPAddress, member: Member, group: EgressGroup | None) -> None:
         """Hand ``ip`` off: this node is no longer a candidate (or the IP moved)."""

@@ -130,17 +130,23 @@ class Informer(Generic[T]):
                 problem = exc
             if stop.is_set():
                 return
-            ran = self.pacing.clock.monotonic() - started
-            ended = streak.ran(ran)
-            if ended:
-                self.logger.info("%s healthy again after %d failed attempt(s)", self.what, ended)
-            if problem is None and not idle and ran < min(streak.healthy_after, self.pacing.watch_timeout):
-                problem = EOFError(f"the watch ended after {ran:.1f}s")
-            if problem is None:
-                continue  # a watch that ran its course, or sat idle: reconnect at once
-            step = streak.failed(type(problem).__name__, retry_after=getattr(problem, "retry_after", None))
-            log_step(self.logger, self.what, problem, step, rv)
-            self.pacing.wait(stop, step.delay)
+            self._pause(streak, self.pacing.clock.monotonic() - started, problem, idle=idle, rv=rv, stop=stop)
+
+    def _pause(
+        self, streak: Streak, ran: float, problem: BaseException | None, *, idle: bool, rv: str, stop: threading.Event
+    ) -> None:
+        """After an attempt that ran ``ran`` seconds: logs a recovery, and waits
+        the next backoff step after a failure or a watch that ended too soon."""
+        ended = streak.ran(ran)
+        if ended:
+            self.logger.info("%s healthy again after %d failed attempt(s)", self.what, ended)
+        if problem is None and not idle and ran < min(streak.healthy_after, self.pacing.watch_timeout):
+            problem = EOFError(f"the watch ended after {ran:.1f}s")
+        if problem is None:
+            return  # a watch that ran its course, or sat idle: reconnect at once
+        step = streak.failed(type(problem).__name__, retry_after=getattr(problem, "retry_after", None))
+        log_step(self.logger, self.what, problem, step, rv)
+        self.pacing.wait(stop, step.delay)
 
 
 async def stream(informers: Mapping[str, Informer[T]]) -> AsyncIterator[T]:
