@@ -1,5 +1,5 @@
-"""A fake clock for the runtime: an event loop whose time only moves when
-nothing is ready to run.
+"""A fake clock for the runtime: an event loop whose time moves by a tick per
+turn, and jumps when nothing is ready to run.
 
 When every task waits (for a timer, an event, a fake API call), the loop jumps
 its clock straight to the next timer instead of sleeping, so seconds of
@@ -22,9 +22,18 @@ T = TypeVar("T")
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
+TICK = 1e-5
+"""Virtual seconds one turn of the loop takes: some microseconds, as on a real
+machine, whose clock never reads the same instant twice across a wait. Without
+it, a wait shorter than the clock's float can hold (``now + 3e-17 == now``: a
+recheck computed as a difference of times) would be due at once, forever, and
+time would stop; and what happens in successive turns would share one
+microsecond, which real clocks never show (Event names carry the microsecond)."""
+
+
 class _JumpingSelector(selectors.DefaultSelector):
-    """Polls without blocking; when nothing is ready, moves the loop's clock
-    to the timeout the loop would have slept for."""
+    """Polls without blocking; each turn takes a :data:`TICK`, and when nothing
+    is ready, the loop's clock moves to the timeout it would have slept for."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -32,11 +41,12 @@ class _JumpingSelector(selectors.DefaultSelector):
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         ready: list[tuple[selectors.SelectorKey, int]] = super().select(0)
-        if ready or timeout is None or timeout <= 0 or self.loop is None:
-            if not ready and timeout is None:
+        if timeout is None:
+            if not ready:
                 ready = super().select(None)  # nothing scheduled: only I/O can wake us
             return ready
-        self.loop.advance(timeout)
+        if self.loop is not None:
+            self.loop.advance(timeout if not ready and timeout > TICK else TICK)
         return ready
 
 
@@ -82,8 +92,9 @@ def run_virtual(main: Callable[[], Awaitable[T]]) -> T:
         loop.close()
 
 
-async def until(cond: Callable[[], bool], timeout: float, step: float = 0.001) -> float:
-    """Wait (virtual time) until ``cond()`` holds; how long it took. Fails after ``timeout``."""
+async def until(cond: Callable[[], bool], timeout: float = 3.0, step: float = 0.001) -> float:
+    """Wait until ``cond()`` holds, on the running loop's clock (virtual on the
+    virtual-time loop); how long it took. Fails after ``timeout``."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     while not cond():

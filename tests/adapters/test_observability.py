@@ -1,4 +1,10 @@
-"""Metrics move with a takeover; health and readiness fail for the right reasons."""
+"""Metrics move with a takeover; health and readiness fail for the right reasons.
+
+The tests that only read metrics run on the virtual-time loop (the
+``virtual_time`` marker, tests/adapters/conftest.py). Those that ask the HTTP
+server stay on a real loop: their requests go through real sockets, and a
+virtual clock would jump to the next timer (a daemon's, or the client's own
+timeout) whenever the reply is not in the socket yet."""
 
 from __future__ import annotations
 
@@ -18,8 +24,9 @@ from egressd.cli.main import daemon_gauges, mqtt_counters
 from egressd.core.mqtt_settings import MqttSettings
 from egressd.core.states import State
 from tests.fakes import FakeLeaseStore
-from tests.runtime.support import TIMING, ObjectLeaseStore, poisoned, until
+from tests.runtime.support import TIMING, ObjectLeaseStore, poisoned
 from tests.runtime.test_daemon import IP, Node
+from tests.virtual_time import until
 
 
 def samples(metrics: PrometheusMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -69,6 +76,7 @@ async def get(url: str) -> tuple[int, str]:
         return resp.status, await resp.text()
 
 
+@pytest.mark.virtual_time
 async def test_every_metric_moves_in_a_takeover(pair: tuple[FakeLeaseStore, list[Observed]]) -> None:
     store, nodes = pair
     await until(lambda: any(n.serving for n in nodes), 2.0)
@@ -221,6 +229,7 @@ async def test_status_over_http_shows_the_incarnation_only_on_loopback(where: st
     assert ("incarnation" in body) == (where == "loopback")
 
 
+@pytest.mark.virtual_time
 async def test_an_unreadable_lease_shows_in_a_gauge_until_it_is_gone() -> None:
     store = ObjectLeaseStore()
     node = Observed("gw-a", store)

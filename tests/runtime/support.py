@@ -1,12 +1,12 @@
-"""What the runtime tests share: a daemon run as a task, waiting on conditions,
-the check that no two recorded data planes served one IP at once, and a lease
-store that holds Lease objects egressd may not be able to read."""
+"""What the runtime tests share: a daemon run as a task, the check that no two
+recorded data planes served one IP at once, and a lease store that holds Lease
+objects egressd may not be able to read."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -29,8 +29,9 @@ TIMING = Timing(
     handoff_grace=0.6,
     fence_ttl=0.15,
 )
-"""Timings of the runtime tests: a takeover within a second of virtual or real
-time, with the protocol's inequalities kept (T1: 0.6 > 0.25 + 0.15 + 0.05 + 0.1)."""
+"""Timings of the runtime tests: a takeover within a second of virtual time,
+with the protocol's inequalities kept (T1: 0.6 > 0.25 + 0.15 + 0.05 + 0.1)."""
+
 
 class RunsDaemon:
     """A test node: ``daemon`` run as ``task``."""
@@ -47,18 +48,10 @@ class RunsDaemon:
         await asyncio.wait_for(self.task, 5)
 
 
-async def until(cond: Callable[[], bool], timeout: float = 3.0, step: float = 0.005) -> float:
-    """Wait until ``cond()`` holds; how long it took. Fails after ``timeout`` seconds."""
-    started = time.monotonic()
-    while not cond():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(step)
-    return time.monotonic() - started
-
-
 def assert_no_two_owners(planes: Iterable[RecordingDataPlane]) -> None:
     ops = [op for plane in planes for op in plane.ops]
+    # the recording data plane stamps its operations with the process's
+    # monotonic clock, not the loop's: order is what the check is about
     bad = overlaps(intervals(ops, until=time.monotonic()))
     assert not bad, f"two nodes served one IP: {bad}"
 

@@ -1,7 +1,8 @@
 """The Kubernetes mode with fakes at the ports: policies, nodes, namespaces and
 pods in a FakeCluster, leases in a FakeLeaseStore, the recording data plane.
 
-Two gateways (gw-a, gw-b, labelled egress-gw=true) and a worker with pods.
+Two gateways (gw-a, gw-b, labelled egress-gw=true) and a worker with pods; on
+the virtual-time loop (tests/runtime/conftest.py) with a VirtualClock.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from contextlib import asynccontextmanager
 from ipaddress import ip_address, ip_interface, ip_network
 from typing import Any
 
-from egressd.adapters.clock import SystemClock
 from egressd.adapters.recording import RecordingDataPlane
 from egressd.core.assignment import sources_for
 from egressd.core.errors import LostRace
@@ -24,7 +24,8 @@ from egressd.runtime.daemon import Daemon
 from egressd.runtime.member import DataPlane
 from egressd.runtime.sinks import FanoutEvents, LogEvents
 from tests.fakes import FakeCluster, FakeLeaseStore
-from tests.runtime.support import TIMING, RunsDaemon, assert_no_two_owners, until
+from tests.runtime.support import TIMING, RunsDaemon, assert_no_two_owners
+from tests.virtual_time import VirtualClock, until
 
 IP1, IP2 = ip_address("172.18.0.42"), ip_address("172.18.0.43")
 ADDRESSES = {"gw-a": "10.0.0.1", "gw-b": "10.0.0.2", "gw-c": "10.0.0.3", "worker": "10.0.0.9"}
@@ -100,11 +101,11 @@ class Node(RunsDaemon):
             store=store,
             dataplane=DataPlane(self.plane, self.plane, self.plane),
             steering=self.plane,
-            clock=SystemClock(),
+            clock=VirtualClock(),
             events=fanout,
             repair_interval=3600,
         )
-        self.controller = Controller(settings, source, self.daemon, clock=SystemClock(), status_debounce=0.02)
+        self.controller = Controller(settings, source, self.daemon, clock=VirtualClock(), status_debounce=0.02)
         self.controller.attach()
         fanout.sinks.append(self.controller)
         self.task: asyncio.Task[int] | None = None

@@ -1,9 +1,10 @@
 """The runtime with in-memory fakes at its ports: several daemons, one store.
 
-These run on the real event loop with short timings that keep the safety
-inequalities (tests/runtime/support.py; the fakes have no kernel, so the
-address lifetime is only modelled).
-Assertions are about order and safety, with generous time bounds.
+These run on the virtual-time loop (tests/runtime/conftest.py) with a
+VirtualClock and short timings that keep the safety inequalities
+(tests/runtime/support.py; the fakes have no kernel, so the address lifetime is
+only modelled, on the process's monotonic clock).
+Assertions are about order and safety, with the time bounds of the protocol.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from ipaddress import ip_address
 
 import pytest
 
-from egressd.adapters.clock import SystemClock
 from egressd.adapters.recording import RecordingDataPlane
 from egressd.core.election import rendezvous_rank
 from egressd.core.errors import ConfigError
@@ -31,7 +31,8 @@ from egressd.runtime.member import DataPlane, Member
 from egressd.runtime.sinks import FanoutEvents, LogEvents, NullMetrics
 from egressd.runtime.view import LeaseView
 from tests.fakes import FakeLeaseStore
-from tests.runtime.support import TIMING, ObjectLeaseStore, RunsDaemon, assert_no_two_owners, poisoned, until
+from tests.runtime.support import TIMING, ObjectLeaseStore, RunsDaemon, assert_no_two_owners, poisoned
+from tests.virtual_time import VirtualClock, until
 
 IP = ip_address("172.18.0.42")
 GROUP = EgressGroup(
@@ -67,7 +68,7 @@ class Node(RunsDaemon):
             store=store,
             dataplane=DataPlane(self.plane, self.plane, self.plane),
             steering=self.plane,
-            clock=SystemClock(),
+            clock=VirtualClock(),
             events=FanoutEvents([LogEvents(), self.events]),
             incarnation=incarnation,
             repair_interval=3600,
@@ -122,10 +123,11 @@ async def test_graceful_stop_hands_off_at_once() -> None:
         await until(lambda: any(n.serving for n in nodes), 2.0)
         owner = next(n for n in nodes if n.serving)
         others = [n for n in nodes if n is not owner]
-        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         await owner.stop()
         gap = await until(lambda: any(n.serving for n in others), 2.0)
-        assert time.monotonic() - started < 0.5, f"handoff took {gap:.3f}s"
+        assert loop.time() - started < 0.5, f"handoff took {gap:.3f}s"
         assert [op["op"] for op in owner.plane.ops][-3:] == ["announce-stop", "snat-off", "release"]
         assert_safe(nodes)
 
@@ -146,7 +148,8 @@ async def test_frozen_api_owner_steps_down_at_deadline_and_nobody_takes_over() -
         await until(lambda: any(n.serving for n in nodes), 2.0)
         owner = next(n for n in nodes if n.serving)
         store.pause()
-        paused_at = time.monotonic()
+        loop = asyncio.get_running_loop()
+        paused_at = loop.time()
         waited = await until(lambda: not owner.serving, 2.0)
         assert waited <= TIMING.renew_deadline + 0.15
         assert any(e.reason == "renew-deadline" for e in owner.events.events)
@@ -154,7 +157,7 @@ async def test_frozen_api_owner_steps_down_at_deadline_and_nobody_takes_over() -
         assert not any(n.serving for n in nodes), "someone served while the API was frozen"
         store.resume()
         await until(lambda: any(n.serving for n in nodes), 3.0)
-        assert time.monotonic() - paused_at > TIMING.lease_duration
+        assert loop.time() - paused_at > TIMING.lease_duration
         assert_safe(nodes)
 
 
@@ -183,9 +186,9 @@ async def test_malformed_lease_is_not_acted_on() -> None:
     """The guard in ``Member.step``: on a lease it cannot read, a member neither
     renews nor acquires, whatever its state; the owner's tenure ends by its
     fence at the renew deadline, and nobody takes over. (Without the guard the
-    members decide on "no lease" and write it over and over.) Real time, like
-    the rest of this file: a member that spins without the guard would stop a
-    virtual clock, not fail the test."""
+    members decide on "no lease" and write it over and over; each such call
+    takes the store's round trip, so virtual time still passes and the test
+    fails instead of spinning.)"""
     store = ObjectLeaseStore()
     nodes = [Node(name, store) for name in ("gw-a", "gw-b")]
     for node in nodes:
@@ -313,7 +316,7 @@ def test_a_daemon_whose_timings_break_the_safety_argument_is_refused() -> None:
         groups=(GROUP,),
     )
     with pytest.raises(ConfigError, match=r"\(T1\) leaseDuration"):
-        Daemon(settings, store=FakeLeaseStore(), dataplane=DataPlane(plane, plane, plane), clock=SystemClock())
+        Daemon(settings, store=FakeLeaseStore(), dataplane=DataPlane(plane, plane, plane), clock=VirtualClock())
 
 
 def test_a_member_whose_timings_break_the_safety_argument_is_refused() -> None:
@@ -323,7 +326,7 @@ def test_a_member_whose_timings_break_the_safety_argument_is_refused() -> None:
         timing=replace(TIMING, fence_ttl=1.5),
         groups=(GROUP,),
     )
-    clock = SystemClock()
+    clock = VirtualClock()
     with pytest.raises(ConfigError, match=r"\(T1\) leaseDuration"):
         Member(
             IP,
