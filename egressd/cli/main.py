@@ -12,7 +12,8 @@ import ipaddress
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,8 +29,9 @@ if TYPE_CHECKING:
     from egressd.adapters.addresses import KernelAddresses
     from egressd.adapters.mqtt import MqttEvents
     from egressd.adapters.observability import ObservabilityServer, PrometheusMetrics
-    from egressd.ports import Clock, ClusterSource, EventSink, LeaseStore
+    from egressd.ports import Clock, ClusterSource, EventSink, LeaseStore, Steering
     from egressd.runtime.daemon import Daemon
+    from egressd.runtime.member import DataPlane
     from egressd.runtime.sinks import FanoutEvents
 
 log = logging.getLogger("egressd")
@@ -228,77 +230,73 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
 
         cluster = KubeCluster(api, clock=clock)
     try:
-        return await _run_dataplane(
-            settings, args, store=store, clock=clock, metrics=metrics, events=events, cluster=cluster
-        )
+        return await _run_dataplane(settings, args, _Inputs(store, clock, metrics, events, cluster))
     finally:
         if mqtt is not None:
             await mqtt.close(2.0)  # after the daemon: its shutdown events go out first
 
 
-async def _run_dataplane(
-    settings: Settings,
-    args: argparse.Namespace,
-    *,
-    store: LeaseStore,
-    clock: Clock,
-    metrics: PrometheusMetrics,
-    events: FanoutEvents,
-    cluster: ClusterSource | None,
-) -> int:
+@dataclass(frozen=True)
+class _Inputs:
+    """What the daemon is built with, whatever its data plane."""
+
+    store: LeaseStore
+    clock: Clock
+    metrics: PrometheusMetrics
+    events: FanoutEvents
+    cluster: ClusterSource | None
+
+    async def serve(
+        self,
+        settings: Settings,
+        dataplane: DataPlane,
+        steering: Steering,
+        *,
+        built: Callable[[Daemon], None] | None = None,
+    ) -> int:
+        """Build the daemon on ``dataplane`` (``built`` is told of it at once),
+        attach the Kubernetes-mode controller, and run it until it stops."""
+        from egressd.runtime.daemon import Daemon  # noqa: PLC0415
+
+        daemon = Daemon(
+            settings,
+            store=self.store,
+            dataplane=dataplane,
+            steering=steering,
+            clock=self.clock,
+            metrics=self.metrics,
+            events=self.events,
+        )
+        if built is not None:
+            built(daemon)
+        _attach_controller(daemon, self.cluster, self.events, self.clock, self.metrics)
+        return await _serve(daemon, self.metrics, settings)
+
+
+async def _run_dataplane(settings: Settings, args: argparse.Namespace, inputs: _Inputs) -> int:
     """Runs the daemon on the data plane ``--dataplane`` names: a recording, or the kernel."""
     run = _run_recorded if args.dataplane == "record" else _run_kernel
-    return await run(settings, args, store=store, clock=clock, metrics=metrics, events=events, cluster=cluster)
+    return await run(settings, args, inputs)
 
 
-async def _run_recorded(
-    settings: Settings,
-    args: argparse.Namespace,
-    *,
-    store: LeaseStore,
-    clock: Clock,
-    metrics: PrometheusMetrics,
-    events: FanoutEvents,
-    cluster: ClusterSource | None,
-) -> int:
+async def _run_recorded(settings: Settings, args: argparse.Namespace, inputs: _Inputs) -> int:
     """The daemon on a data plane that records what it would do (``--journal``: to a file)."""
     from egressd.adapters.recording import RecordingDataPlane  # noqa: PLC0415
-    from egressd.runtime.daemon import Daemon  # noqa: PLC0415
     from egressd.runtime.member import DataPlane  # noqa: PLC0415
 
     recorder = RecordingDataPlane(settings.node.name, Path(args.journal) if args.journal else None)
     try:
-        daemon = Daemon(
-            settings,
-            store=store,
-            dataplane=DataPlane(recorder, recorder, recorder),
-            steering=recorder,
-            clock=clock,
-            metrics=metrics,
-            events=events,
-        )
-        _attach_controller(daemon, cluster, events, clock, metrics)
-        return await _serve(daemon, metrics, settings)
+        return await inputs.serve(settings, DataPlane(recorder, recorder, recorder), recorder)
     finally:
         recorder.close()
 
 
-async def _run_kernel(
-    settings: Settings,
-    args: argparse.Namespace,
-    *,
-    store: LeaseStore,
-    clock: Clock,
-    metrics: PrometheusMetrics,
-    events: FanoutEvents,
-    cluster: ClusterSource | None,
-) -> int:
+async def _run_kernel(settings: Settings, args: argparse.Namespace, inputs: _Inputs) -> int:
     """The daemon on the kernel: addresses, nftables SNAT, ARP and policy routing."""
     from egressd.adapters.addresses import KernelAddresses  # noqa: PLC0415
     from egressd.adapters.announcer import ScapyAnnouncer  # noqa: PLC0415
     from egressd.adapters.nftables import NftablesSnat  # noqa: PLC0415
     from egressd.adapters.steering import PolicySteering  # noqa: PLC0415
-    from egressd.runtime.daemon import Daemon  # noqa: PLC0415
     from egressd.runtime.member import DataPlane  # noqa: PLC0415
 
     daemons: list[Daemon] = []
@@ -312,25 +310,13 @@ async def _run_kernel(
     snat = NftablesSnat(fence_ttl=settings.timing.fence_ttl or None)
     announcer = ScapyAnnouncer(on_conflict=on_conflict, guard=lambda ip: any(d.may_announce(ip) for d in daemons))
     steering = PolicySteering()
-    metrics.counter_per_ip(
+    inputs.metrics.counter_per_ip(
         "egressd_gratuitous_arp_frames",
         "Gratuitous ARP / unsolicited NA frames sent for the egress IP (takeover burst and refresh).",
         lambda: {str(ip): float(announcer.sent(ip)) for d in daemons for ip in d.members},
     )
     try:
-        daemons.append(
-            Daemon(
-                settings,
-                store=store,
-                dataplane=DataPlane(addresses, snat, announcer),
-                steering=steering,
-                clock=clock,
-                metrics=metrics,
-                events=events,
-            )
-        )
-        _attach_controller(daemons[0], cluster, events, clock, metrics)
-        return await _serve(daemons[0], metrics, settings)
+        return await inputs.serve(settings, DataPlane(addresses, snat, announcer), steering, built=daemons.append)
     finally:
         await announcer.close()
         await addresses.close()
