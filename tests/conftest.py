@@ -1,4 +1,5 @@
-"""The one rule for tests that need the kernel.
+"""What tests of several tiers share: the one rule for tests that need the
+kernel, and an embedded API server.
 
 A test marked ``kernel`` builds network namespaces (the kernel tests, the lab,
 the drills). It runs only as root on a host where ``ip netns`` can add and
@@ -13,8 +14,11 @@ import os
 import secrets
 import shutil
 import subprocess
+from collections.abc import Iterator
 
 import pytest
+
+from egressd.apiserver.server import LabApiServer, LabSettings
 
 
 @functools.cache
@@ -40,3 +44,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     skip = pytest.mark.skip(reason=reason)
     for item in kernel:
         item.add_marker(skip)
+
+
+@pytest.fixture
+def api_server() -> Iterator[LabApiServer]:
+    """An embedded API server on its own thread (namespaces created on first
+    use), stopped even when the test fails."""
+    server = LabApiServer(LabSettings(auto_create_namespaces=True))
+    server.start_in_thread()
+    try:
+        yield server
+    finally:
+        server.stop_in_thread()

@@ -7,7 +7,7 @@ import json
 import logging
 import threading
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from egressd.adapters.clock import SystemClock
 from egressd.adapters.kube.client import api_client, translate
 from egressd.adapters.kube.cluster import KubeCluster
-from egressd.apiserver.server import LabApiServer, LabSettings
+from egressd.apiserver.server import LabApiServer
 from egressd.core import errors
 from egressd.core.errors import ApiUnavailable, NotFound
 from egressd.core.model import KubeSettings
@@ -28,20 +28,10 @@ CRD = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy" / "crd.yaml
 CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 
-@pytest.fixture
-def lab() -> Iterator[LabApiServer]:
-    server = LabApiServer(LabSettings(auto_create_namespaces=True))
-    server.start_in_thread()
-    try:
-        yield server
-    finally:
-        server.stop_in_thread()
-
-
-def call(lab: LabApiServer, method: str, path: str, body: Any = None) -> None:
+def call(api_server: LabApiServer, method: str, path: str, body: Any = None) -> None:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(
-        lab.url + path, data=data, headers={"Content-Type": "application/json"}, method=method
+        api_server.url + path, data=data, headers={"Content-Type": "application/json"}, method=method
     )
     urllib.request.urlopen(req, timeout=5).close()
 
@@ -95,14 +85,14 @@ def test_retry_after_is_read_from_the_header_or_the_status() -> None:
 
 
 async def test_a_deleted_crd_is_not_installed_looked_at_every_crd_retry(
-    lab: LabApiServer, caplog: pytest.LogCaptureFixture
+    api_server: LabApiServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The CRD deleted under an open policies watch: a real server then answers
     the policies' path with a plain-text 404. The watch must take the "CRD not
     installed" path (one line, a look every crd_retry), not reconnect and warn
     every few tenths of a second."""
     caplog.set_level(logging.INFO, logger="egressd.adapters.kube")
-    call(lab, "POST", CRDS, CRD)
+    call(api_server, "POST", CRDS, CRD)
     waits: list[float] = []
 
     def wait(stop: threading.Event, seconds: float) -> bool:
@@ -111,12 +101,12 @@ async def test_a_deleted_crd_is_not_installed_looked_at_every_crd_retry(
         return stop.wait(min(seconds, 0.02))  # the loop runs fast; what it asked for is recorded
 
     cluster = KubeCluster(
-        api_client(KubeSettings(access="url", url=lab.url)), clock=SystemClock(), crd_retry=10.0, wait=wait
+        api_client(KubeSettings(access="url", url=api_server.url)), clock=SystemClock(), crd_retry=10.0, wait=wait
     )
     events = cluster.watch()
     try:
         assert (await relisted(events, "policies")).objects == ()
-        call(lab, "DELETE", f"{CRDS}/{CRD['metadata']['name']}")
+        call(api_server, "DELETE", f"{CRDS}/{CRD['metadata']['name']}")
         assert (await relisted(events, "policies")).objects == ()
         async with asyncio.timeout(5):
             while len(waits) < 12:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from egressd import __version__
-from egressd.apiserver.server import LabApiServer, LabSettings
+from egressd.apiserver.server import LabApiServer
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "egressd.yaml"
 
@@ -70,16 +69,6 @@ def test_run_refuses_an_invalid_config_before_doing_anything(tmp_path: Path) -> 
     assert out.returncode == 2 and "node.name: is required" in out.stderr
 
 
-@pytest.fixture
-def lab() -> Iterator[LabApiServer]:
-    server = LabApiServer(LabSettings(auto_create_namespaces=True))
-    server.start_in_thread()
-    try:
-        yield server
-    finally:
-        server.stop_in_thread()
-
-
 def put_lease(url: str, ip: str, holder: str | None, transitions: int) -> None:
     import urllib.request  # noqa: PLC0415
 
@@ -107,11 +96,11 @@ def put_lease(url: str, ip: str, holder: str | None, transitions: int) -> None:
     urllib.request.urlopen(req, timeout=5).close()
 
 
-def test_status_shows_holders_epochs_and_this_nodes_role(lab: LabApiServer, tmp_path: Path) -> None:
-    put_lease(lab.url, "172.18.0.42", "kind-worker3", 4)
-    put_lease(lab.url, "172.18.0.43", "kind-worker4", 1)
+def test_status_shows_holders_epochs_and_this_nodes_role(api_server: LabApiServer, tmp_path: Path) -> None:
+    put_lease(api_server.url, "172.18.0.42", "kind-worker3", 4)
+    put_lease(api_server.url, "172.18.0.43", "kind-worker4", 1)
     data = yaml.safe_load(EXAMPLE.read_text())
-    data["kubernetes"]["url"] = lab.url
+    data["kubernetes"]["url"] = api_server.url
     cfg = tmp_path / "node.yaml"
     cfg.write_text(yaml.safe_dump(data))
     table = egressd("status", "--config", str(cfg), "--no-kernel")

@@ -10,27 +10,16 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from egressd.apiserver.server import LabApiServer, LabSettings
+from egressd.apiserver.server import LabApiServer
 
 pytestmark = pytest.mark.integration
 
 IP = "172.18.0.42"
-
-
-@pytest.fixture
-def lab() -> Iterator[LabApiServer]:
-    server = LabApiServer(LabSettings(auto_create_namespaces=True))
-    server.start_in_thread()
-    try:
-        yield server
-    finally:
-        server.stop_in_thread()
 
 
 def holder(url: str) -> Any:
@@ -85,9 +74,9 @@ def read_until(proc: subprocess.Popen[str], text: str, timeout: float = 20.0) ->
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 def test_a_stop_signal_during_start_up_ends_the_daemon_cleanly(
-    sig: signal.Signals, tmp_path: Path, lab: LabApiServer
+    sig: signal.Signals, tmp_path: Path, api_server: LabApiServer
 ) -> None:
-    proc = start(tmp_path, lab.url)
+    proc = start(tmp_path, api_server.url)
     try:
         # the first line egressd logs; loading the config, the client and the loop comes after
         read_until(proc, "stop signals (SIGTERM, SIGINT, SIGHUP) held")
@@ -98,15 +87,17 @@ def test_a_stop_signal_during_start_up_ends_the_daemon_cleanly(
     assert proc.returncode == 0, rest
     assert f"stop requested: {sig.name} (received during start-up)" in rest
     assert "egressd stopped" in rest
-    assert holder(lab.url) is None, "nothing was acquired after the stop"
+    assert holder(api_server.url) is None, "nothing was acquired after the stop"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
-def test_a_stop_signal_while_serving_hands_the_ip_over(sig: signal.Signals, tmp_path: Path, lab: LabApiServer) -> None:
-    proc = start(tmp_path, lab.url)
+def test_a_stop_signal_while_serving_hands_the_ip_over(
+    sig: signal.Signals, tmp_path: Path, api_server: LabApiServer
+) -> None:
+    proc = start(tmp_path, api_server.url)
     try:
         read_until(proc, "acquired the lease")
-        assert holder(lab.url) == "gw-a"
+        assert holder(api_server.url) == "gw-a"
         proc.send_signal(sig)
         _, rest = proc.communicate(timeout=20)
     finally:
@@ -114,4 +105,4 @@ def test_a_stop_signal_while_serving_hands_the_ip_over(sig: signal.Signals, tmp_
     assert proc.returncode == 0, rest
     assert f"stop requested: {sig.name}" in rest
     assert "released the lease (shutdown; successor gw-b)" in rest
-    assert holder(lab.url) == "", "released to the next candidate"
+    assert holder(api_server.url) == "", "released to the next candidate"
