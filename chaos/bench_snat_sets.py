@@ -41,6 +41,7 @@ import time
 from egressd.adapters.nftables import NftablesSnat
 from egressd.core import nft
 from egressd.core.model import EgressGroup
+from egressd.lab.netns import Namespaces
 
 
 def groups(sources: int, count: int, ips: int) -> list[EgressGroup]:
@@ -124,12 +125,8 @@ def main() -> None:
     parser.add_argument("--ips", type=int, default=2, help="egress IPs per group")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    ns = f"egb-{secrets.token_hex(3)}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        asyncio.run(bench(ns, args.sources, args.groups, args.ips, args.repeat))
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+    with Namespaces(prefix=f"egb-{secrets.token_hex(3)}-") as spaces:
+        asyncio.run(bench(spaces.add("bench"), args.sources, args.groups, args.ips, args.repeat))
 
 
 if __name__ == "__main__":

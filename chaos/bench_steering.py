@@ -46,6 +46,7 @@ from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE
 
 from egressd.adapters.steering import STEERING_PROTO, PolicySteering
 from egressd.core.model import EgressGroup
+from egressd.lab.netns import Namespaces
 
 GW_A, GW_B = ipaddress.ip_address("172.18.0.2"), ipaddress.ip_address("172.18.0.3")
 EGRESS = ipaddress.ip_address("172.18.0.42")
@@ -141,17 +142,11 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=100, help="owner changes to time")
     parser.add_argument("--dests", type=int, default=1, help="destination CIDRs of the group (1-100)")
     args = parser.parse_args()
-    ns = f"egb-{secrets.token_hex(3)}"
-    sh("ip", "netns", "add", ns)
-    try:
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", ns, "link", "add", "net0", "type", "veth", "peer", "name", "peer0")
-        sh("ip", "-n", ns, "link", "set", "net0", "up")
-        sh("ip", "-n", ns, "link", "set", "peer0", "up")
-        sh("ip", "-n", ns, "addr", "add", "172.18.0.10/16", "dev", "net0")
+    with Namespaces(prefix=f"egb-{secrets.token_hex(3)}-") as spaces:
+        ns = spaces.add("bench")
+        spaces.wire(ns, "net0", ns, "peer0")
+        spaces.address(ns, "net0", "172.18.0.10/16")
         asyncio.run(bench(ns, args.calls, args.dests))
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
 if __name__ == "__main__":

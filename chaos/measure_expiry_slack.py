@@ -3,7 +3,7 @@ and how precisely an nftables timeout element expires (the sub-second fence).
 
     python chaos/measure_expiry_slack.py --trials 100 [--fence-trials 30]
 
-Runs in a network namespace of its own (``egm-<hex>``) with one veth pair,
+Runs in a network namespace of its own (``egm-<hex>-slack``) with one veth pair,
 removed at the end. Address: add 10.99.7.1/32 with ``valid_lft 1``, then wait
 for the kernel's ``RTM_DELADDR`` (a netlink listener, no polling) and report
 how long after 1.0 s it came. Fence: add an element with a 300 ms timeout to an
@@ -35,6 +35,8 @@ import time
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR
+
+from egressd.lab.netns import Namespaces
 
 ADDRESS = "10.99.7.1"
 
@@ -96,12 +98,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=100, help="address expiry trials (each takes 1-2 s)")
     parser.add_argument("--fence-trials", type=int, default=30, help="nft timeout trials (0 skips)")
     args = parser.parse_args()
-    ns = f"egm-{secrets.token_hex(3)}"
-    sh("ip", "netns", "add", ns)
-    try:
-        sh("ip", "-n", ns, "link", "add", "m0", "type", "veth", "peer", "name", "m1")
-        sh("ip", "-n", ns, "link", "set", "m0", "up")
-        sh("ip", "-n", ns, "link", "set", "m1", "up")
+    with Namespaces(prefix=f"egm-{secrets.token_hex(3)}-") as spaces:
+        ns = spaces.add("slack")
+        spaces.wire(ns, "m0", ns, "m1")
         slack = measure_address(ns, args.trials)
         print(f"address valid_lft=1 ({args.trials} trials): removed after lifetime + slack, slack in seconds")
         print("  " + quantiles(slack))
@@ -109,8 +108,6 @@ def main() -> None:
             late = measure_fence(ns, args.fence_trials)
             print(f"nft element timeout=300ms ({args.fence_trials} trials): gone after timeout + lateness, seconds")
             print("  " + quantiles(late))
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
 if __name__ == "__main__":
