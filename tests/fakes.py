@@ -3,8 +3,9 @@
 :class:`FakeLeaseStore` keeps leases in memory with the API server's
 optimistic concurrency (a global resourceVersion, LostRace on a stale one)
 and fans changes out to watchers. ``pause()`` makes every call hang until
-``resume()``, like a frozen API server; ``fail()`` makes calls raise
-ApiUnavailable.
+``resume()``, like a frozen API server (a call gives up at its deadline);
+``wedge()`` makes every call hang past its deadline too, like a client stuck
+in a call; ``fail()`` makes calls raise ApiUnavailable.
 """
 
 from __future__ import annotations
@@ -31,12 +32,18 @@ class FakeLeaseStore:
         self._running = asyncio.Event()
         self._running.set()
         self._failing = False
+        self._wedged = False
 
     # --- test controls ---
     def pause(self) -> None:
         self._running.clear()
 
+    def wedge(self) -> None:
+        self._wedged = True
+        self._running.clear()
+
     def resume(self) -> None:
+        self._wedged = False
         self._running.set()
 
     def fail(self, failing: bool = True) -> None:
@@ -53,6 +60,8 @@ class FakeLeaseStore:
     # --- LeaseStore ---
     async def _gate(self, deadline: float) -> None:
         loop = asyncio.get_running_loop()
+        if self._wedged:
+            await self._running.wait()
         try:
             async with asyncio.timeout(max(0.0, deadline - loop.time())):
                 await self._running.wait()

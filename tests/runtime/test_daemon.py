@@ -161,6 +161,34 @@ async def test_frozen_api_owner_steps_down_at_deadline_and_nobody_takes_over() -
         assert_safe(nodes)
 
 
+async def test_an_owner_whose_api_call_hangs_past_its_deadline_is_fenced_at_the_deadline() -> None:
+    """The daemon fence does not wait for the member loop: a call that never
+    returns (a client stuck in it) delays the step-down not at all."""
+    async with cluster("gw-a", "gw-b") as (store, nodes):
+        await until(lambda: any(n.serving for n in nodes), 2.0)
+        owner = next(n for n in nodes if n.serving)
+        store.wedge()
+        waited = await until(lambda: not owner.serving, 2.0)
+        assert waited <= TIMING.renew_deadline + 0.15
+        assert any(e.reason == "renew-deadline" for e in owner.events.events)
+        store.resume()
+        await until(lambda: any(n.serving for n in nodes), 3.0)
+        assert_safe(nodes)
+
+
+async def test_a_graceful_stop_names_the_next_candidate_as_successor() -> None:
+    async with cluster("gw-a", "gw-b", "gw-c") as (store, nodes):
+        await until(lambda: any(n.serving for n in nodes), 2.0)
+        owner = next(n for n in nodes if n.serving)
+        others = set(GROUP.candidates) - {owner.daemon.settings.node.name}
+        await owner.stop()
+        released = [r for verb, r in store.writes if verb == "update" and not r.holder]
+        assert released, "the lease was not released"
+        successor = released[-1].preferred_holder
+        assert successor in others, f"released to {successor!r}"
+        await until(lambda: store.leases[lease_name(str(IP))].holder == successor, 2.0)
+
+
 async def test_identity_clash_is_fenced() -> None:
     store = FakeLeaseStore()
     solo = replace(GROUP, candidates=("gw-a",))
