@@ -379,7 +379,7 @@ def _attach_controller(
 
 
 def daemon_gauges(daemon: Daemon, metrics: PrometheusMetrics) -> None:
-    """The gauges read off the daemon's state when scraped."""
+    """The gauges and counters read off the daemon's state when scraped."""
     metrics.gauge_per_ip(
         "egressd_lease_renew_age_seconds",
         "Seconds since the last successful renew of each egress IP this node owns; the owner steps down "
@@ -392,6 +392,13 @@ def daemon_gauges(daemon: Daemon, metrics: PrometheusMetrics) -> None:
         "the field and the problem).",
         "lease",
         lambda: dict.fromkeys(daemon.view.problems(), 1.0),
+    )
+    metrics.counter_per_label(
+        "egressd_task_restarts",
+        "Times each supervised task (watches, member loops, fences, repair) was started again after it "
+        "ended unexpectedly; the log says why.",
+        "task",
+        lambda: {name: float(state.restarts) for name, state in daemon.supervisor.states.items()},
     )
 
 

@@ -248,3 +248,29 @@ async def test_an_unreadable_lease_shows_in_a_gauge_until_it_is_gone() -> None:
         assert node.task is not None
         node.task.cancel()
         await asyncio.gather(node.task, return_exceptions=True)
+
+
+@pytest.mark.virtual_time
+async def test_a_task_started_again_is_counted() -> None:
+    store = FakeLeaseStore()
+    node = Observed("gw-a", store)
+    node.start()
+    ends = 0
+
+    async def flaky() -> None:
+        nonlocal ends
+        if ends < 2:
+            ends += 1
+            raise RuntimeError("flaky task")
+        await asyncio.Event().wait()
+
+    try:
+        await until(lambda: node.serving, 2.0)
+        node.daemon.supervisor.spawn("flaky", flaky)
+        await until(lambda: ("egressd_task_restarts_total", (("task", "flaky"),)) in samples(node.metrics), 2.0)
+        await until(lambda: value(node.metrics, "egressd_task_restarts_total", task="flaky") == 2, 5.0)
+        assert node.serving
+    finally:
+        assert node.task is not None
+        node.task.cancel()
+        await asyncio.gather(node.task, return_exceptions=True)
