@@ -8,16 +8,19 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
+from ipaddress import ip_address
 from typing import Any
 
 from egressd.adapters.recording import RecordingDataPlane
 from egressd.core.errors import LostRace, MalformedLease
 from egressd.core.lease import ANN_DURATION_MS, LeaseRecord, lease_name, object_from_record, record_from_object
-from egressd.core.model import Timing
+from egressd.core.model import EgressGroup, NodeSettings, Settings, Timing
 from egressd.ports import LeaseEvent
 from egressd.runtime.daemon import Daemon
+from egressd.runtime.member import DataPlane
 from tests.fakes import FakeLeaseStore
 from tests.journal import intervals, overlaps
+from tests.virtual_time import VirtualClock
 
 TIMING = Timing(
     lease_duration=0.6,
@@ -153,3 +156,21 @@ def poisoned(ip: str, holder: str | None = "someone") -> dict[str, Any]:
     obj = object_from_record(record, "egressd")
     obj["metadata"]["annotations"][ANN_DURATION_MS] = "9" * 400
     return obj
+
+
+def virtual_daemons(
+    store: FakeLeaseStore, group: EgressGroup, names: Iterable[str] = ("gw-a", "gw-b")
+) -> tuple[dict[str, RecordingDataPlane], list[Daemon]]:
+    """Daemons of ``group`` on recording data planes and the virtual clock
+    (run them under :func:`tests.virtual_time.run_virtual`), with their planes by node."""
+    planes = {name: RecordingDataPlane(name) for name in names}
+    return planes, [
+        Daemon(
+            Settings(node=NodeSettings(name=name, address=ip_address("10.0.0.1")), timing=TIMING, groups=(group,)),
+            store=store,
+            dataplane=DataPlane(plane, plane, plane),
+            clock=VirtualClock(),
+            repair_interval=3600,
+        )
+        for name, plane in planes.items()
+    ]

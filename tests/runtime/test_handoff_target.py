@@ -10,14 +10,11 @@ from ipaddress import ip_address
 
 import pytest
 
-from egressd.adapters.recording import RecordingDataPlane
 from egressd.core.lease import lease_name
-from egressd.core.model import EgressGroup, NodeSettings, Settings
-from egressd.runtime.daemon import Daemon
-from egressd.runtime.member import DataPlane
+from egressd.core.model import EgressGroup
 from tests.fakes import FakeLeaseStore
-from tests.runtime.support import TIMING
-from tests.virtual_time import VirtualClock, run_virtual, until
+from tests.runtime.support import virtual_daemons
+from tests.virtual_time import run_virtual, until
 
 IP = ip_address("172.18.0.42")
 NAME = lease_name(str(IP))
@@ -34,17 +31,7 @@ GROUP = EgressGroup(
 def test_a_handoff_to_a_node_that_is_not_a_candidate_is_ignored(caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         store = FakeLeaseStore()
-        planes = {name: RecordingDataPlane(name) for name in ("gw-a", "gw-b")}
-        daemons = [
-            Daemon(
-                Settings(node=NodeSettings(name=name, address=ip_address("10.0.0.1")), timing=TIMING, groups=(GROUP,)),
-                store=store,
-                dataplane=DataPlane(plane, plane, plane),
-                clock=VirtualClock(),
-                repair_interval=3600,
-            )
-            for name, plane in planes.items()
-        ]
+        planes, daemons = virtual_daemons(store, GROUP)
         tasks = [asyncio.create_task(d.run(install_signals=False)) for d in daemons]
         await until(lambda: any(IP in p.snat for p in planes.values()), 2.0)
         owner = next(name for name, p in planes.items() if IP in p.snat)

@@ -12,13 +12,12 @@ import pytest
 
 from egressd.adapters.recording import RecordingDataPlane
 from egressd.core.lease import LeaseRecord, held_by, lease_name
-from egressd.core.model import EgressGroup, NodeSettings, Settings
+from egressd.core.model import EgressGroup
 from egressd.runtime import operations
 from egressd.runtime.daemon import Daemon
-from egressd.runtime.member import DataPlane
 from egressd.runtime.operations import Move, OperationError
 from tests.fakes import FakeLeaseStore
-from tests.runtime.support import TIMING
+from tests.runtime.support import TIMING, virtual_daemons
 from tests.virtual_time import EPOCH, VirtualClock, run_virtual, until
 
 IPS = (ip_address("172.18.0.42"), ip_address("172.18.0.43"))
@@ -34,17 +33,7 @@ NODES = ("gw-a", "gw-b")
 
 
 def daemons(store: FakeLeaseStore) -> tuple[dict[str, RecordingDataPlane], list[Daemon]]:
-    planes = {name: RecordingDataPlane(name) for name in NODES}
-    return planes, [
-        Daemon(
-            Settings(node=NodeSettings(name=name, address=ip_address("10.0.0.1")), timing=TIMING, groups=(GROUP,)),
-            store=store,
-            dataplane=DataPlane(plane, plane, plane),
-            clock=VirtualClock(),
-            repair_interval=3600,
-        )
-        for name, plane in planes.items()
-    ]
+    return virtual_daemons(store, GROUP, NODES)
 
 
 def holder_of(store: FakeLeaseStore, ip: object) -> str | None:
