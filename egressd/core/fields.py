@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from egressd.core.addressing import interface_name_problem
 from egressd.core.errors import Problem
 from egressd.core.model import EgressGroup, IPAddress, IPNetwork
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+from egressd.core.scalars import closest, seconds
 
 
 class Reader:
@@ -62,24 +60,17 @@ class Reader:
         value out of range is a problem and gives ``default``)."""
         if value is None:
             return default
-        seconds: float | None = None
         if isinstance(value, bool):
             self.problem(path, f"must be a duration, got {value!r}")
             return default
-        if isinstance(value, int | float):
-            try:
-                seconds = float(value)
-            except OverflowError:
-                seconds = math.inf
-        elif isinstance(value, str) and (m := _DURATION.match(value)):
-            seconds = float(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[m.group(2) or "s"]
-        if seconds is None:
+        spelled = seconds(value)
+        if spelled is None:
             self.problem(path, f"must be seconds or a string like '250ms', '2.5s', got {value!r}")
             return default
-        if not math.isfinite(seconds):
+        if not math.isfinite(spelled):
             self.problem(path, f"must be finite, got {value!r}")
             return default
-        return seconds
+        return spelled
 
     def clean(self, path: str) -> bool:
         """Whether no problem was found at ``path`` or below it."""
@@ -129,14 +120,6 @@ class Reader:
 
 def _bad_type(value: Any) -> IPAddress:
     raise ValueError(f"not a string: {value!r}")
-
-
-def closest(key: str, allowed: Sequence[str]) -> str:
-    lowered = key.lower().replace("_", "")
-    for candidate in allowed:
-        if candidate.lower() == lowered:
-            return f" (did you mean {candidate!r}?)"
-    return f" (known keys: {', '.join(allowed)})"
 
 
 def cidrs(r: Reader, value: Any, path: str, *, required: bool = False) -> tuple[IPNetwork, ...]:

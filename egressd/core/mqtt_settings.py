@@ -36,11 +36,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from egressd.core.errors import Problem
+from egressd.core.scalars import closest, seconds
 
 _LABEL = r"[A-Za-z0-9]([-A-Za-z0-9_]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
 _TOPIC_WORD = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,62})$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
 
 _Report = Callable[[str, str], None]
 """Records a problem: (field path below the section, message)."""
@@ -214,7 +214,7 @@ def _check_keys(data: Mapping[Any, Any], problem: _Report) -> None:
         if key == "password":
             problem("password", "inline passwords are not accepted; put the password in a file and set passwordFile")
         elif key not in _KEYS:
-            problem(str(key), "unknown key" + _closest(str(key), _KEYS))
+            problem(str(key), "unknown key" + closest(str(key), _KEYS))
 
 
 def _host(data: Mapping[Any, Any], problem: _Report) -> str | None:
@@ -277,7 +277,7 @@ def _parse_tls(value: Any, problem: _Report) -> MqttTls | None:
         return None
     for key in value:
         if key not in _TLS_KEYS:
-            problem(f"tls.{key}", "unknown key" + _closest(str(key), _TLS_KEYS))
+            problem(f"tls.{key}", "unknown key" + closest(str(key), _TLS_KEYS))
     ca_file = _string(value.get("caFile"), "tls.caFile", problem)
     cert_file = _string(value.get("certFile"), "tls.certFile", problem)
     key_file = _string(value.get("keyFile"), "tls.keyFile", problem)
@@ -319,18 +319,14 @@ def _integer(value: Any, field: str, problem: _Report, default: int, *, low: int
 def _duration(value: Any, field: str, problem: _Report, default: float) -> float:
     if value is None:
         return default
-    seconds: float | None = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[m.group(2) or "s"]
-    if seconds is None or not math.isfinite(seconds):
+    spelled = seconds(value)
+    if spelled is None or not math.isfinite(spelled):
         problem(field, f"must be seconds or a string like '500ms', '5s', got {value!r}")
         return default
-    if seconds <= 0:
+    if spelled <= 0:
         problem(field, f"must be positive, got {value!r}")
         return default
-    return seconds
+    return spelled
 
 
 def _is_host(value: str) -> bool:
@@ -341,9 +337,3 @@ def _is_host(value: str) -> bool:
     return True
 
 
-def _closest(key: str, allowed: tuple[str, ...]) -> str:
-    lowered = key.lower().replace("_", "")
-    for candidate in allowed:
-        if candidate.lower() == lowered:
-            return f" (did you mean {candidate!r}?)"
-    return f" (known keys: {', '.join(allowed)})"

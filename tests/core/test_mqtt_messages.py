@@ -221,6 +221,13 @@ def test_absent_section_is_mqtt_off() -> None:
     assert parse_mqtt(None) == (None, [])
 
 
+@pytest.mark.parametrize("timeout", [10**400, "9" * 400, True, "1:30", 0])
+def test_a_timeout_that_is_no_usable_duration_is_a_problem(timeout: object) -> None:
+    s, problems = parse_mqtt({"host": "b", "timeout": timeout})
+    assert s is None
+    assert [p.field for p in problems] == ["mqtt.timeout"]
+
+
 def test_full_settings() -> None:
     s, problems = parse_mqtt(
         {
