@@ -16,7 +16,7 @@ be stolen from its owner by whichever gateway announces it.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -81,6 +81,11 @@ def node_address_problem(ip: IPAddress) -> str | None:
     if special is not None:
         return f"{ip} cannot be a node address: it {special}"
     return None
+
+
+def any_overlap(a: Sequence[IPNetwork], b: Sequence[IPNetwork]) -> bool:
+    """Whether a network of ``a`` overlaps one of ``b`` (of the same family)."""
+    return any(x.version == y.version and x.overlaps(y) for x in a for y in b)
 
 
 def subnet_edge_problem(ip: IPAddress, networks: Iterable[IPNetwork]) -> str | None:

@@ -19,14 +19,19 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from egressd.core.addressing import canonical, egress_ip_problem, node_address_problem, subnet_edge_problem
+from egressd.core.addressing import (
+    any_overlap,
+    canonical,
+    egress_ip_problem,
+    node_address_problem,
+    subnet_edge_problem,
+)
 from egressd.core.errors import ConfigError, Problem
 from egressd.core.fields import Reader, check_networks, cidrs
 from egressd.core.model import (
     TIMING_KEYS,
     EgressGroup,
     IPAddress,
-    IPNetwork,
     KubeSettings,
     MetricsSettings,
     NodeSettings,
@@ -323,7 +328,7 @@ def _check_groups(
     for gi, a in enumerate(groups):
         for gj in range(gi + 1, len(groups)):
             b = groups[gj]
-            if _any_overlap(a.source_cidrs, b.source_cidrs) and _any_overlap(a.destination_cidrs, b.destination_cidrs):
+            if any_overlap(a.source_cidrs, b.source_cidrs) and any_overlap(a.destination_cidrs, b.destination_cidrs):
                 r.problem(
                     f"groups[{gj}].destinationCIDRs",
                     f"overlaps groups[{gi}] ({a.name}) for overlapping sourceCIDRs: the same flow would "
@@ -356,6 +361,3 @@ def _check_egress_ip(
     if (why := subnet_edge_problem(key, (*group.destination_cidrs, *group.excluded_cidrs))) is not None:
         r.problem(where, f"{why}; it cannot be an egress IP")
 
-
-def _any_overlap(a: Sequence[IPNetwork], b: Sequence[IPNetwork]) -> bool:
-    return any(x.version == y.version and x.overlaps(y) for x in a for y in b)

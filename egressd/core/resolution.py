@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from egressd.core.addressing import canonical
+from egressd.core.addressing import any_overlap, canonical
 from egressd.core.cluster_index import Cluster
 from egressd.core.kube_objects import PodKey
 from egressd.core.model import EgressGroup, IPAddress, IPNetwork
@@ -263,7 +263,7 @@ def _leave_overlaps_to_older(
         keep = selections[i]
         for j in range(i):
             older = served[j]
-            if keep.isdisjoint(selections[j]) or not _any_overlap(older.destination_cidrs, policy.destination_cidrs):
+            if keep.isdisjoint(selections[j]) or not any_overlap(older.destination_cidrs, policy.destination_cidrs):
                 continue
             lost = keep & selections[j]
             keep = keep - lost
@@ -317,9 +317,6 @@ def _served_outcome(
         generation=policy.generation,
     )
 
-
-def _any_overlap(a: Sequence[IPNetwork], b: Sequence[IPNetwork]) -> bool:
-    return any(x.version == y.version and x.overlaps(y) for x in a for y in b)
 
 
 def _count(n: int, noun: str) -> str:
