@@ -32,7 +32,7 @@ from typing import Any, Generic, TypeVar
 import urllib3
 
 from egressd.core.backoff import WATCH_BACKOFF, Step, Streak
-from egressd.core.errors import ApiError, ApiUnavailable, EgressdError, NotFound, ResourceExpired
+from egressd.core.errors import ApiError, ApiUnavailable, EgressdError, NotFound, ResourceExpired, clip
 from egressd.ports import Clock
 
 log = logging.getLogger(__name__)
@@ -290,5 +290,4 @@ def resource_version(obj: Mapping[str, Any]) -> str:
 
 def _cut(value: Any, limit: int = 120) -> str:
     """A value for a log line or an error, cut to ``limit`` characters."""
-    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+    return clip(value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value), limit)
