@@ -183,18 +183,29 @@ RECORD = replace(
 )
 
 
-def make_store(fault: str, timing: Timing) -> tuple[KubeLeaseStore, FakeTransport, FakeClock, threading.Event]:
+Wait = Callable[[threading.Event, float], bool]
+
+
+def make_api(fault: str) -> tuple[Any, FakeTransport, FakeClock, threading.Event, Wait]:
+    """An ApiClient whose REST layer is the counting fake, its clock, the stop
+    flag, and a ``wait`` that advances the clock and stops at the window's end."""
     clock = FakeClock()
     stop = threading.Event()
     transport = FakeTransport(clock, fault, stop)
     api = api_client(KubeSettings(access="url", url="http://api.invalid"))
     api.rest_client = transport  # type: ignore[assignment]
+
     def wait(stop: threading.Event, seconds: float) -> bool:
         clock.advance(seconds)
         if clock.now >= transport.end:
             stop.set()
         return stop.is_set()
 
+    return api, transport, clock, stop, wait
+
+
+def make_store(fault: str, timing: Timing) -> tuple[KubeLeaseStore, FakeTransport, FakeClock, threading.Event]:
+    api, transport, clock, stop, wait = make_api(fault)
     store = KubeLeaseStore(
         api, NS, clock=clock, api_timeout=timing.api_timeout, watch_idle=WATCH_IDLE, draw=lambda: 0.0, wait=wait
     )
@@ -281,16 +292,7 @@ async def test_a_429_asks_for_longer_than_the_renew_deadline_so_the_renew_report
 
 def cluster_watch_rate(fault: str, resource: ClusterResource) -> float:
     """The same for one of the Kubernetes-mode watches (KubeCluster)."""
-    _, transport, clock, stop = make_store(fault, DEFAULT)
-    api = api_client(KubeSettings(access="url", url="http://api.invalid"))
-    api.rest_client = transport  # type: ignore[assignment]
-
-    def wait(stop: threading.Event, seconds: float) -> bool:
-        clock.advance(seconds)
-        if clock.now >= transport.end:
-            stop.set()
-        return stop.is_set()
-
+    api, transport, clock, stop, wait = make_api(fault)
     cluster = KubeCluster(api, clock=clock, watch_idle=WATCH_IDLE, draw=lambda: 0.0, wait=wait)
     start = clock.now
     events: list[ClusterEvent | BaseException] = []

@@ -100,16 +100,7 @@ def walkthrough() -> Cluster:
     """The reference scenario: four workers, two of them gateways; xwing and
     ywing (org=alliance) and tiefighter (org=empire) in the default namespace."""
     c = Cluster()
-    c.replace(
-        "nodes",
-        [
-            node("kind-control-plane", ip="172.18.0.2"),
-            node("kind-worker", ip="172.18.0.3"),
-            node("kind-worker2", ip="172.18.0.4"),
-            node("kind-worker3", {"egress-gw": "true"}, ip="172.18.0.5"),
-            node("kind-worker4", {"egress-gw": "true"}, ip="172.18.0.6"),
-        ],
-    )
+    c.replace("nodes", walkthrough_nodes())
     c.replace("namespaces", [namespace("default"), namespace("kube-system")])
     c.replace(
         "pods",
@@ -154,6 +145,17 @@ def cannot_send(variant: str) -> dict[str, Any]:
 
 
 VARIANTS = ["no address yet", "empty podIPs, no podIP", "succeeded", "failed", "terminating", "host network"]
+
+
+def walkthrough_nodes() -> list[dict[str, Any]]:
+    """The walkthrough's Node objects: kind-worker3 and -4 are the gateways."""
+    return [
+        node("kind-control-plane", ip="172.18.0.2"),
+        node("kind-worker", ip="172.18.0.3"),
+        node("kind-worker2", ip="172.18.0.4"),
+        node("kind-worker3", {"egress-gw": "true"}, ip="172.18.0.5"),
+        node("kind-worker4", {"egress-gw": "true"}, ip="172.18.0.6"),
+    ]
 
 
 def walkthrough_pods() -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from tests.core.cluster_builders import (
     policy,
     sources,
     walkthrough,
+    walkthrough_nodes,
     walkthrough_pods,
     with_labels,
 )
@@ -82,16 +83,7 @@ def test_an_invalid_policy_rewritten_with_the_same_problems_is_not_a_change() ->
 def test_replace_reports_whether_anything_changed() -> None:
     c = walkthrough()
     assert not c.replace("pods", walkthrough_pods())
-    assert not c.replace(
-        "nodes",
-        [
-            node("kind-control-plane", ip="172.18.0.2"),
-            node("kind-worker", ip="172.18.0.3"),
-            node("kind-worker2", ip="172.18.0.4"),
-            node("kind-worker3", {"egress-gw": "true"}, ip="172.18.0.5"),
-            node("kind-worker4", {"egress-gw": "true"}, ip="172.18.0.6"),
-        ],
-    )
+    assert not c.replace("nodes", walkthrough_nodes())
     assert not c.replace("namespaces", [namespace("default"), namespace("kube-system")])
     assert not c.replace("policies", [policy(rv="40")])
     assert c.resource_versions["outpost"] == "40"
