@@ -105,9 +105,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"rounds written to {args.json}")
     if args.plot:
         chosen = (
-            next((r for r in results if r.index == args.plot_round), None)
-            if args.plot_round
-            else worst_round(results)
+            next((r for r in results if r.index == args.plot_round), None) if args.plot_round else worst_round(results)
         )
         if chosen is None:
             print(f"egressd drill: no round {args.plot_round} to plot", file=sys.stderr)

@@ -153,6 +153,7 @@ def rbac_objects() -> list[dict[str, Any]]:
         raise LabError(f"the lab on kube-apiserver needs {RBAC_FILE} from the source tree: {exc}") from exc
     return [d for d in docs if isinstance(d, dict)]
 
+
 PARTITION_TABLE = "lab_partition"
 """The nftables table of :meth:`Lab.block_api` (egressd never touches tables it does not own)."""
 
