@@ -4,7 +4,8 @@
 namespaces, all named ``{prefix}{host}`` (prefix ``egl-`` by default)::
 
     {prefix}switch              bridge "kind" (the walkthrough's docker network, 172.18.0.0/16)
-    {prefix}kind-control-plane  eth0 172.18.0.2, the lab API server on :6443, egressd
+    {prefix}kind-control-plane  eth0 172.18.0.2, the lab API server on :6443 (or etcd and
+                                kube-apiserver: ``apiserver="kube"``), egressd
     {prefix}kind-worker         eth0 172.18.0.3, egressd; pods xwing, tiefighter behind lxc-*
     {prefix}kind-worker2        eth0 172.18.0.4, egressd; pod ywing
     {prefix}kind-worker3/4      eth0 172.18.0.5/.6 and net0 (no address), egressd (gateways)
@@ -47,7 +48,10 @@ Kernel settings of the nodes, and why:
 
 Processes run under :mod:`egressd.lab.supervisor` (``Restart=always``) in the
 namespaces: the lab API server, the outpost, and ``egressd run`` on every node
-with a generated static config. The lab's state (prefix, namespaces, processes)
+with a generated static config. With ``apiserver="kube"`` the API server is
+kube-apiserver with etcd (:mod:`egressd.lab.kubecontrol`), a certificate
+authority of the lab's own in ``state/kube/``, and the daemons act with
+tokens of the ``egressd`` ServiceAccount and deploy/rbac.yaml's rights. The lab's state (prefix, namespaces, processes)
 is in ``state.json`` in the state directory; the supervisor keeps ``pids.json``
 beside it. ``down`` works without any of it: it finds the lab's namespaces by
 their names and its processes by the ``EGRESSD_LAB=<prefix>`` environment
@@ -457,6 +461,13 @@ class Lab:
             raise
 
     def _check_free(self) -> None:
+        if self.apiserver == "kube":
+            try:
+                KubeBinaries.find()
+            except ControlPlaneError as exc:
+                raise LabError(f"--apiserver kube: {exc}") from exc
+            if shutil.which("openssl") is None:
+                raise LabError("--apiserver kube needs openssl (the lab's certificates)")
         data = self.state.read_json(self.state.state_file)
         if data is not None:
             raise LabError(

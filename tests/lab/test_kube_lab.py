@@ -29,9 +29,9 @@ from egressd.cli import drill as drill_cli
 from egressd.lab.demo import demo
 from egressd.lab.kubecontrol import KubeBinaries
 from egressd.lab.netlab import Lab, lab_processes
-from egressd.lab.netns import netns_list
+from egressd.lab.netns import LabError, netns_list
 
-pytestmark = [pytest.mark.kernel, pytest.mark.kube_apiserver]
+real_server = pytest.mark.kube_apiserver
 
 
 def _gone(lab: Lab) -> None:
@@ -40,6 +40,8 @@ def _gone(lab: Lab) -> None:
     assert not lab.kube_dir.exists(), "lab down leaves the control plane's PKI, etcd data and tokens"
 
 
+@pytest.mark.kernel
+@real_server
 def test_demo_on_kube_apiserver(tmp_path: Path) -> None:
     prefix = f"egk{secrets.token_hex(2)}-"
     lines: list[str] = []
@@ -80,6 +82,8 @@ def _kubectl(lab: Lab, kubeconfig: Path, *args: str) -> str:
     return str(done.stdout)
 
 
+@pytest.mark.kernel
+@real_server
 def test_the_daemons_act_with_the_serviceaccount_token(kube_lab: Lab) -> None:
     node = kube_lab.scenario.gateways[0].name
     config = yaml.safe_load(kube_lab.config_file(node).read_text())
@@ -123,6 +127,8 @@ def _drill(lab: Lab, tmp_path: Path, scenario: str, *argv: str) -> tuple[int, di
     return code, report
 
 
+@pytest.mark.kernel
+@real_server
 def test_graceful_round_on_kube_apiserver(kube_lab: Lab, tmp_path: Path) -> None:
     code, report = _drill(kube_lab, tmp_path, "graceful")
     assert report["apiserver"] == "kube"
@@ -134,6 +140,8 @@ def test_graceful_round_on_kube_apiserver(kube_lab: Lab, tmp_path: Path) -> None
     assert r["gap_ms"] is not None and 0 < r["gap_ms"] < 1000, r["timeline"]["gaps"]
 
 
+@pytest.mark.kernel
+@real_server
 def test_api_outage_round_pauses_kube_apiserver(kube_lab: Lab, tmp_path: Path) -> None:
     code, report = _drill(kube_lab, tmp_path, "api-outage", "--outage-seconds", "5")
     (r,) = report["rounds"]
@@ -143,3 +151,18 @@ def test_api_outage_round_pauses_kube_apiserver(kube_lab: Lab, tmp_path: Path) -
     assert r["recovered"], r["timeline"]["gaps"]
     assert kube_lab.status()["processes"]["apiserver"]["state"] == "running", "kube-apiserver left frozen"
     assert all(ip["holder"] for ip in kube_lab.status()["egressIPs"])
+
+
+@pytest.mark.kernel
+def test_without_the_built_programs_up_says_how_to_build_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EGRESSD_KUBE_BIN", str(tmp_path / "empty"))
+    lab = Lab(f"egk{secrets.token_hex(2)}-", tmp_path / "state", apiserver="kube")
+    with pytest.raises(LabError, match=r"kube-apiserver, etcd, kubectl not built in .*scripts/build-kube"):
+        lab.up()
+    assert not any(ns.startswith(lab.prefix) for ns in netns_list())
+    assert not lab.state.path.exists(), "checked before anything is built"
+
+
+def test_an_unknown_api_server_is_refused() -> None:
+    with pytest.raises(LabError, match="apiserver must be one of embedded, kube, got 'k8s'"):
+        Lab("egk-", "/nonexistent", apiserver="k8s")
