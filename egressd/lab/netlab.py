@@ -51,8 +51,9 @@ namespaces: the lab API server, the outpost, and ``egressd run`` on every node
 with a generated static config. With ``apiserver="kube"`` the API server is
 kube-apiserver with etcd (:mod:`egressd.lab.kubecontrol`), a certificate
 authority of the lab's own in ``state/kube/``, and the daemons act with
-tokens of the ``egressd`` ServiceAccount and deploy/rbac.yaml's rights. The lab's state (prefix, namespaces, processes)
-is in ``state.json`` in the state directory; the supervisor keeps ``pids.json``
+tokens of the ``egressd`` ServiceAccount and deploy/rbac.yaml's rights. The
+lab's state (prefix, namespaces, processes) is in ``state.json`` in the state
+directory; the supervisor keeps ``pids.json``
 beside it. ``down`` works without any of it: it finds the lab's namespaces by
 their names and its processes by the ``EGRESSD_LAB=<prefix>`` environment
 variable every lab process carries, and by the namespaces they are in.
@@ -128,8 +129,8 @@ SERVICE_ACCOUNT = (EGRESSD_NAMESPACE, "egressd")
 ETCD_PORT = 2379
 ETCD_PEER_PORT = 2380
 KUBE_READY_TIMEOUT = 120.0
-"""Seconds kube-apiserver gets to become ready (some 10-20 s on two cores; the daemons' own
-start-up keeps the ``up`` timeout)."""
+"""Seconds kube-apiserver gets to become ready (5-8 s on two cores, more on a loaded machine;
+the daemons' own start-up keeps the ``up`` timeout)."""
 TOKEN_SECONDS = 7 * 24 * 3600
 """Lifetime of the daemons' tokens: longer than a lab lives (the daemons read them once)."""
 FIELD_MANAGER = "egressd-lab"
@@ -263,7 +264,7 @@ def netns_http(
     tls: ssl.SSLContext | None = None,
 ) -> tuple[int, bytes]:
     """One HTTP request from inside namespace ``ns``: (status, body). ``body`` is sent as JSON
-    (bytes and text as they are). An ``https://`` URL needs ``tls``: the CA to trust and,
+    (bytes as they are). An ``https://`` URL needs ``tls``: the CA to trust and,
     for the lab's kube-apiserver, the admin client certificate (:meth:`Lab.api`)."""
     parts = urllib.parse.urlsplit(url)
     conn: http.client.HTTPConnection
