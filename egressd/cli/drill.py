@@ -1,6 +1,7 @@
 """``egressd drill``: chaos drills against the lab (needs root).
 
     egressd drill --scenario NAME --rounds N [--json FILE] [--plot FILE] [--state-dir DIR] [--prefix P]
+                  [--mode static|kubernetes] [--apiserver embedded|kube] [--outage-seconds S]
 
 Scenarios: graceful, kill, kill-restart, freeze, link-cut, api-partition,
 api-outage (see :mod:`egressd.drill.faults`). Uses the lab that is up in the state
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from egressd.cli.lab import add_apiserver_argument
 from egressd.drill.faults import SCENARIOS
 from egressd.drill.report import plot_round, report_json, worst_round
 from egressd.drill.run import Drill
@@ -51,6 +53,7 @@ def add_parser(subparsers: Any) -> None:
         default="static",
         help="mode of a lab brought up here: static groups, or policies and pods in the API server",
     )
+    add_apiserver_argument(p)
     p.add_argument(
         "--outage-seconds", type=float, default=30.0, help="api-outage: how long the API server is paused (default 30)"
     )
@@ -87,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         timing,
         results,
         mode=lab.mode,
+        apiserver=lab.apiserver,
         outageSeconds=args.outage_seconds if args.scenario == "api-outage" else None,
     )
     s = report["summary"]
@@ -101,9 +105,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"rounds written to {args.json}")
     if args.plot:
         chosen = (
-            next((r for r in results if r.index == args.plot_round), None)
-            if args.plot_round
-            else worst_round(results)
+            next((r for r in results if r.index == args.plot_round), None) if args.plot_round else worst_round(results)
         )
         if chosen is None:
             print(f"egressd drill: no round {args.plot_round} to plot", file=sys.stderr)
@@ -119,7 +121,7 @@ def _lab(args: argparse.Namespace) -> tuple[Lab, bool]:
     try:
         lab = Lab.attach(args.state_dir)
     except LabError:
-        return Lab(args.prefix or DEFAULT_PREFIX, args.state_dir, mode=args.mode), True
+        return Lab(args.prefix or DEFAULT_PREFIX, args.state_dir, mode=args.mode, apiserver=args.apiserver), True
     if lab.supervisor_pid() is None:
         raise LabError(f"{args.state_dir} describes lab {lab.prefix!r} but its supervisor is gone; 'egressd lab down'")
     if args.prefix and args.prefix != lab.prefix:

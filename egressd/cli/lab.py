@@ -1,12 +1,12 @@
 """``egressd lab``: the reference scenario in network namespaces on this machine.
 
     egressd lab up [--prefix egl-] [--state-dir /run/egressd-lab] [--dataplane kernel|record]
-                   [--mode static|kubernetes]
+                   [--mode static|kubernetes] [--apiserver embedded|kube]
     egressd lab label POD KEY=VALUE... KEY-...   (Kubernetes mode: relabel a pod's Pod object)
     egressd lab status [--json]
     egressd lab exec HOST -- CMD...      (HOST: a node, a pod, outpost or switch)
     egressd lab down
-    egressd lab demo                     (up, a narrated walk through the scenario and a failover, down)
+    egressd lab demo [--mode ...] [--apiserver ...]  (up, a narrated walk and a failover, down)
     egressd lab supervise --state-dir DIR   (started by 'up'; not for interactive use)
 
 Wiring only; the lab is :mod:`egressd.lab.netlab`. Wired into ``egressd`` by
@@ -25,9 +25,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from egressd.lab.demo import demo
-from egressd.lab.netlab import DEFAULT_PREFIX, DEFAULT_STATE_DIR, Lab
+from egressd.lab.netlab import APISERVERS, DEFAULT_PREFIX, DEFAULT_STATE_DIR, Lab
 from egressd.lab.netns import LabError
 from egressd.lab.supervisor import supervise
+
+
+def add_apiserver_argument(p: argparse.ArgumentParser) -> None:
+    """``--apiserver embedded|kube`` (also for ``egressd drill``, which may bring a lab up)."""
+    p.add_argument(
+        "--apiserver",
+        choices=APISERVERS,
+        default="embedded",
+        help="embedded (default): egressd's own API server; kube: kube-apiserver and etcd built by "
+        "scripts/build-kube, RBAC on, the daemons with their ServiceAccount's token",
+    )
 
 
 def add_parser(subparsers: Any) -> None:
@@ -64,8 +75,14 @@ def add_parser(subparsers: Any) -> None:
         help="static (default): groups in the daemons' configs; kubernetes: the EgressGatewayPolicy CRD, "
         "the walkthrough's policy and the pods' labels in the lab API server",
     )
+    add_apiserver_argument(up)
     up.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], dest="daemon_log")
-    up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for every process (default 30)")
+    up.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for every process (default 30; kube-apiserver gets at least 120 to be ready)",
+    )
 
     down = sub.add_parser("down", help="remove the lab: processes, namespaces, state (idempotent)")
     common(down)
@@ -97,6 +114,7 @@ def add_parser(subparsers: Any) -> None:
         default="static",
         help="kubernetes: the policy and pods in the API server, and a pod labelled into the policy and out",
     )
+    add_apiserver_argument(demo_parser)
 
     sup = sub.add_parser("supervise", help="run the lab's process supervisor (started by 'up')")
     common(sup, prefix=False)
@@ -117,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         if command == "label":
             return _label(args)
         if command == "demo":
-            return demo(args.prefix or DEFAULT_PREFIX, args.state_dir, mode=args.mode)
+            return demo(args.prefix or DEFAULT_PREFIX, args.state_dir, mode=args.mode, apiserver=args.apiserver)
         if command == "supervise":
             return supervise(args.state_dir)
     except LabError as exc:
@@ -145,14 +163,20 @@ def _up(args: argparse.Namespace) -> int:
         dataplane=args.dataplane,
         log_level=args.daemon_log,
         mode=args.mode,
+        apiserver=args.apiserver,
     )
     lab.up(timeout=args.timeout)
     print(
-        f"lab {lab.prefix!r} is up ({lab.mode} mode): {len(lab.namespaces)} namespaces, "
-        f"state and logs in {lab.state.path}"
+        f"lab {lab.prefix!r} is up ({lab.mode} mode, {lab.apiserver} API server): {len(lab.namespaces)} "
+        f"namespaces, state and logs in {lab.state.path}"
     )
     print(f"  egressd lab status --state-dir {lab.state.path}")
     print(f"  egressd lab exec --state-dir {lab.state.path} xwing -- curl -s http://172.18.0.7:8000")
+    if lab.apiserver == "kube":
+        print(
+            f"  egressd lab exec --state-dir {lab.state.path} {lab.scenario.api_node} -- "
+            f"kubectl --kubeconfig {lab.admin_kubeconfig} get leases -n egressd"
+        )
     return 0
 
 
@@ -185,7 +209,7 @@ def _down(args: argparse.Namespace) -> int:
     lab = _lab(args)
     removed = lab.down()
     namespaces = sum(1 for r in removed if r.startswith("namespace "))
-    processes = sum(1 for r in removed if not r.startswith("namespace "))
+    processes = sum(1 for r in removed if r.startswith(("process ", "supervisor ")))
     if removed:
         print(f"lab {lab.prefix!r} removed: {namespaces} namespace(s), {processes} process(es)")
     else:
@@ -200,7 +224,10 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(st, indent=2))
         return 0
     sup = st["supervisor"]
-    print(f"lab {st['prefix']!r}  state {st['stateDir']}  supervisor {sup if sup else 'not running'}")
+    print(
+        f"lab {st['prefix']!r}  state {st['stateDir']}  supervisor {sup if sup else 'not running'}  "
+        f"API server {st['apiserver']}"
+    )
     rows: list[Sequence[str]] = [("NODE", "ROLE", "ADDRESS", "NETNS", "DAEMON", "PID", "STARTS")]
     for n in st["nodes"]:
         rows.append(

@@ -55,17 +55,24 @@ def demo(
     out: Callable[[str], None] = print,
     *,
     mode: str = "static",
+    apiserver: str = "embedded",
 ) -> int:
     """Run the demo on a fresh lab of ``prefix`` in ``state_dir``; the exit code.
     ``mode="kubernetes"``: the policy and the pods live in the lab API server,
-    and the demo also labels tiefighter into the policy and out again."""
+    and the demo also labels tiefighter into the policy and out again.
+    ``apiserver="kube"``: the lab runs kube-apiserver and etcd (see :class:`Lab`)."""
     steps = _Steps(out)
     steps.say("Remove any lab left over in the state directory")
     _teardown_leftovers(prefix, state_dir, out)
-    lab = Lab(prefix, state_dir, mode=mode)
+    lab = Lab(prefix, state_dir, mode=mode, apiserver=apiserver)
+    server = (
+        "kube-apiserver and etcd (RBAC on; the daemons use the egressd ServiceAccount's token)"
+        if apiserver == "kube"
+        else "an API server"
+    )
     try:
         steps.say(
-            "Build Cilium's egress-gateway walkthrough in network namespaces: an API server, four workers "
+            f"Build Cilium's egress-gateway walkthrough in network namespaces: {server}, four workers "
             "(kind-worker3/4 are the gateways), the pods xwing, ywing, tiefighter and the outpost 172.18.0.7"
             + (
                 "; the EgressGatewayPolicy 'outpost' (org=alliance pods, egress-gw=true gateways) and the "

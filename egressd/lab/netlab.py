@@ -4,7 +4,8 @@
 namespaces, all named ``{prefix}{host}`` (prefix ``egl-`` by default)::
 
     {prefix}switch              bridge "kind" (the walkthrough's docker network, 172.18.0.0/16)
-    {prefix}kind-control-plane  eth0 172.18.0.2, the lab API server on :6443, egressd
+    {prefix}kind-control-plane  eth0 172.18.0.2, the lab API server on :6443 (or etcd and
+                                kube-apiserver: ``apiserver="kube"``), egressd
     {prefix}kind-worker         eth0 172.18.0.3, egressd; pods xwing, tiefighter behind lxc-*
     {prefix}kind-worker2        eth0 172.18.0.4, egressd; pod ywing
     {prefix}kind-worker3/4      eth0 172.18.0.5/.6 and net0 (no address), egressd (gateways)
@@ -47,8 +48,12 @@ Kernel settings of the nodes, and why:
 
 Processes run under :mod:`egressd.lab.supervisor` (``Restart=always``) in the
 namespaces: the lab API server, the outpost, and ``egressd run`` on every node
-with a generated static config. The lab's state (prefix, namespaces, processes)
-is in ``state.json`` in the state directory; the supervisor keeps ``pids.json``
+with a generated static config. With ``apiserver="kube"`` the API server is
+kube-apiserver with etcd (:mod:`egressd.lab.kubecontrol`), a certificate
+authority of the lab's own in ``state/kube/``, and the daemons act with
+tokens of the ``egressd`` ServiceAccount and deploy/rbac.yaml's rights. The
+lab's state (prefix, namespaces, processes) is in ``state.json`` in the state
+directory; the supervisor keeps ``pids.json``
 beside it. ``down`` works without any of it: it finds the lab's namespaces by
 their names and its processes by the ``EGRESSD_LAB=<prefix>`` environment
 variable every lab process carries, and by the namespaces they are in.
@@ -64,6 +69,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -77,6 +83,17 @@ import yaml
 from egressd.core.config import parse_settings
 from egressd.core.errors import MalformedLease
 from egressd.core.lease import LeaseRecord, record_from_object
+from egressd.lab.kubecontrol import (
+    ControlPlaneError,
+    KubeBinaries,
+    Layout,
+    apiserver_argv,
+    etcd_argv,
+    kubeconfig,
+    make_pki,
+    object_path,
+    write_kubeconfig,
+)
 from egressd.lab.netns import (
     LabError,
     Namespaces,
@@ -98,8 +115,25 @@ SWITCH = "switch"
 SEEDED_GATE = "seeded"
 
 MODES = ("static", "kubernetes")
+APISERVERS = ("embedded", "kube")
+"""``embedded``: egressd's own API server (``egressd apiserver``), up in a second. ``kube``:
+kube-apiserver and etcd built by ``scripts/build-kube`` (:mod:`egressd.lab.kubecontrol`), with
+TLS, Node and RBAC authorization; the daemons act with their ServiceAccount's token."""
 POLICY_PATH = "/apis/egressd.io/v1alpha1/egressgatewaypolicies"
-CRD_FILE = Path(__file__).resolve().parents[2] / "deploy" / "crd.yaml"
+CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
+CRD_FILE = DEPLOY_DIR / "crd.yaml"
+RBAC_FILE = DEPLOY_DIR / "rbac.yaml"
+SERVICE_ACCOUNT = (EGRESSD_NAMESPACE, "egressd")
+"""The DaemonSet's ServiceAccount (deploy/rbac.yaml), whose token the daemons use with kube-apiserver."""
+ETCD_PORT = 2379
+ETCD_PEER_PORT = 2380
+KUBE_READY_TIMEOUT = 120.0
+"""Seconds kube-apiserver gets to become ready (5-8 s on two cores, more on a loaded machine;
+the daemons' own start-up keeps the ``up`` timeout)."""
+TOKEN_SECONDS = 7 * 24 * 3600
+"""Lifetime of the daemons' tokens: longer than a lab lives (the daemons read them once)."""
+FIELD_MANAGER = "egressd-lab"
 
 
 def policy_crd() -> dict[str, Any]:
@@ -114,6 +148,16 @@ def policy_crd() -> dict[str, Any]:
 
 
 """Gate file: the daemons start once the API server holds the scenario's objects."""
+
+
+def rbac_objects() -> list[dict[str, Any]]:
+    """The ServiceAccount, Roles and bindings of deploy/rbac.yaml, as the DaemonSet gets them."""
+    try:
+        docs = list(yaml.safe_load_all(RBAC_FILE.read_text(encoding="utf-8")))
+    except (OSError, yaml.YAMLError) as exc:
+        raise LabError(f"the lab on kube-apiserver needs {RBAC_FILE} from the source tree: {exc}") from exc
+    return [d for d in docs if isinstance(d, dict)]
+
 
 PARTITION_TABLE = "lab_partition"
 """The nftables table of :meth:`Lab.block_api` (egressd never touches tables it does not own)."""
@@ -192,6 +236,23 @@ class _NetnsConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+class _NetnsTlsConnection(http.client.HTTPSConnection):
+    def __init__(self, ns: str, host: str, port: int | None, timeout: float, context: ssl.SSLContext) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._ns = ns
+        self._tls = context
+
+    def connect(self) -> None:
+        sock = netns_socket(self._ns)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect((self.host, self.port))
+            self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+
+
 def netns_http(
     ns: str,
     url: str,
@@ -200,12 +261,21 @@ def netns_http(
     body: Any = None,
     content_type: str = "application/json",
     timeout: float = 2.0,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[int, bytes]:
-    """One HTTP request from inside namespace ``ns``: (status, body). ``body`` is sent as JSON."""
+    """One HTTP request from inside namespace ``ns``: (status, body). ``body`` is sent as JSON
+    (bytes as they are). An ``https://`` URL needs ``tls``: the CA to trust and,
+    for the lab's kube-apiserver, the admin client certificate (:meth:`Lab.api`)."""
     parts = urllib.parse.urlsplit(url)
-    conn = _NetnsConnection(ns, parts.hostname or "", parts.port, timeout)
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        if tls is None:
+            raise LabError(f"{url}: an https request needs a TLS context")
+        conn = _NetnsTlsConnection(ns, parts.hostname or "", parts.port, timeout, tls)
+    else:
+        conn = _NetnsConnection(ns, parts.hostname or "", parts.port, timeout)
     try:
-        payload = None if body is None else json.dumps(body).encode()
+        payload = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
         headers = {"Content-Type": content_type, "Accept": "application/json"} if payload else {}
         path = parts.path or "/"
         if parts.query:
@@ -273,9 +343,12 @@ class Lab:
         dataplane: str = "kernel",
         log_level: str = "info",
         mode: str = "static",
+        apiserver: str = "embedded",
     ) -> None:
         if mode not in MODES:
             raise LabError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if apiserver not in APISERVERS:
+            raise LabError(f"apiserver must be one of {', '.join(APISERVERS)}, got {apiserver!r}")
         self.prefix = prefix
         self.state = StateDir(state_dir)
         self.scenario = scenario
@@ -285,6 +358,9 @@ class Lab:
         """``static``: the daemons' configs carry the groups. ``kubernetes``: the
         lab API server holds the EgressGatewayPolicy CRD and the policy, and
         the daemons select pods by their labels (``egressd lab label``)."""
+        self.apiserver = apiserver
+        """``embedded`` (the default) or ``kube`` (see :data:`APISERVERS`)."""
+        self._tls: ssl.SSLContext | None = None
 
     @classmethod
     def attach(cls, state_dir: str | Path = DEFAULT_STATE_DIR) -> Lab:
@@ -299,6 +375,7 @@ class Lab:
             dataplane=str(data.get("dataplane", "kernel")),
             log_level=str(data.get("logLevel", "info")),
             mode=str(data.get("mode", "static")),
+            apiserver=str(data.get("apiserver", "embedded")),
         )
 
     # --- names ------------------------------------------------------------------------------
@@ -322,6 +399,30 @@ class Lab:
     def config_file(self, node: str) -> Path:
         return self.state.config_dir / f"{node}.yaml"
 
+    @property
+    def kube_dir(self) -> Path:
+        """With kube-apiserver: its PKI, etcd's data, the kubeconfigs (removed by ``down``)."""
+        return self.state.path / "kube"
+
+    @property
+    def kube_layout(self) -> Layout:
+        """Where the lab's etcd and kube-apiserver listen (the control plane's address) and keep their files."""
+        return Layout(self.scenario.api_address, API_PORT, ETCD_PORT, ETCD_PEER_PORT, self.kube_dir)
+
+    @property
+    def api_url(self) -> str:
+        """The API server's URL as the nodes reach it."""
+        return self.kube_layout.url if self.apiserver == "kube" else self.scenario.api_url
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        """With kube-apiserver: a kubeconfig acting as admin (usable in the control plane's namespace)."""
+        return self.kube_layout.admin_kubeconfig
+
+    def kubeconfig_file(self, node: str) -> Path:
+        """With kube-apiserver: the kubeconfig of the daemon of ``node`` (the ServiceAccount's token)."""
+        return self.kube_dir / f"{node}.kubeconfig"
+
     def journal_file(self, node: str) -> Path:
         """With ``dataplane="record"``: the daemon's journal of data-plane operations."""
         return self.state.logs / f"{node}.journal.jsonl"
@@ -338,12 +439,20 @@ class Lab:
             self._prepare_state_dir()
             self._write_state("building")
             self._build()
+            if self.apiserver == "kube":
+                self._make_pki()
             self._write_configs()
             self._write_state("starting")
             self._start_supervisor(timeout=10.0)
             deadline = time.monotonic() + timeout
-            self._wait_api(deadline)
+            if self.apiserver == "kube":
+                self._wait_api(time.monotonic() + max(timeout, KUBE_READY_TIMEOUT))
+                deadline = time.monotonic() + timeout  # the daemons get as long as with the embedded server
+            else:
+                self._wait_api(deadline)
             self.seed()
+            if self.apiserver == "kube":
+                self._daemon_kubeconfigs()
             self.state.gate(SEEDED_GATE).touch()
             self._wait_started(deadline)
             self._write_state("up")
@@ -353,6 +462,13 @@ class Lab:
             raise
 
     def _check_free(self) -> None:
+        if self.apiserver == "kube":
+            try:
+                KubeBinaries.find()
+            except ControlPlaneError as exc:
+                raise LabError(f"--apiserver kube: {exc}") from exc
+            if shutil.which("openssl") is None:
+                raise LabError("--apiserver kube needs openssl (the lab's certificates)")
         data = self.state.read_json(self.state.state_file)
         if data is not None:
             raise LabError(
@@ -370,6 +486,8 @@ class Lab:
             stale.unlink(missing_ok=True)
         for hold in self.state.hold_dir.iterdir():
             hold.unlink()
+        shutil.rmtree(self.kube_dir, ignore_errors=True)  # a control plane of an earlier lab
+        self._tls = None
 
     def _write_state(self, phase: str) -> None:
         write_json_atomic(
@@ -380,6 +498,7 @@ class Lab:
                 "dataplane": self.dataplane,
                 "logLevel": self.log_level,
                 "mode": self.mode,
+                "apiserver": self.apiserver,
                 "supervisor": self.supervisor_pid(),
                 "namespaces": self.namespaces,
                 "processes": [p.to_json() for p in self.process_specs()],
@@ -387,20 +506,12 @@ class Lab:
         )
 
     def process_specs(self) -> list[ProcessSpec]:
-        """What the supervisor runs: the API server, the outpost, egressd on every node."""
+        """What the supervisor runs: the API server (with kube-apiserver: and etcd), the outpost,
+        egressd on every node. The daemons stop first, etcd last."""
         sc = self.scenario
         out = sc.outpost
-        specs = [
-            ProcessSpec(
-                "apiserver",
-                (
-                    *self._nsexec(sc.api_node),
-                    *egressd_command(),
-                    "apiserver",
-                    "--listen",
-                    f"{sc.api_address}:{API_PORT}",
-                ),
-            ),
+        specs = self._apiserver_specs()
+        specs += [
             ProcessSpec(
                 "outpost",
                 (
@@ -429,8 +540,68 @@ class Lab:
             )
         return specs
 
+    def _apiserver_specs(self) -> list[ProcessSpec]:
+        ns = self._nsexec(self.scenario.api_node)
+        if self.apiserver == "embedded":
+            listen = f"{self.scenario.api_address}:{API_PORT}"
+            return [ProcessSpec("apiserver", (*ns, *egressd_command(), "apiserver", "--listen", listen))]
+        try:
+            binaries = KubeBinaries.find()
+        except ControlPlaneError as exc:
+            raise LabError(str(exc)) from exc
+        layout = self.kube_layout
+        return [
+            ProcessSpec("etcd", (*ns, *etcd_argv(binaries, layout)), tier=-1, stop_timeout=10.0),
+            ProcessSpec("apiserver", (*ns, *apiserver_argv(binaries, layout)), stop_timeout=10.0),
+        ]
+
     def _nsexec(self, host: str) -> tuple[str, ...]:
         return ("ip", "netns", "exec", self.netns(host))
+
+    # --- kube-apiserver -----------------------------------------------------------------------
+
+    def _make_pki(self) -> None:
+        """A certificate authority of this lab, and the admin's kubeconfig."""
+        layout = self.kube_layout
+        try:
+            pki = make_pki(layout.pki.dir, [layout.address])
+        except ControlPlaneError as exc:
+            raise LabError(str(exc)) from exc
+        write_kubeconfig(
+            layout.admin_kubeconfig, kubeconfig(layout.url, pki.ca_crt, cert=pki.admin_crt, key=pki.admin_key)
+        )
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """Trust the lab's CA and show the admin certificate (loaded once per lab)."""
+        if self._tls is None:
+            pki = self.kube_layout.pki
+            try:
+                context = ssl.create_default_context(cafile=str(pki.ca_crt))
+                context.load_cert_chain(str(pki.admin_crt), str(pki.admin_key))
+            except (OSError, ssl.SSLError) as exc:
+                raise LabError(f"no admin credentials of the lab's kube-apiserver in {pki.dir}: {exc}") from exc
+            self._tls = context
+        return self._tls
+
+    def _daemon_kubeconfigs(self) -> None:
+        """A kubeconfig per node with a token of the DaemonSet's ServiceAccount (TokenRequest), as
+        a DaemonSet's pods get one each: the daemons never act as admin."""
+        namespace, name = SERVICE_ACCOUNT
+        path = f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token"
+        request = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": TOKEN_SECONDS},
+        }
+        ca = self.kube_layout.pki.ca_crt
+        for node in self.scenario.nodes:
+            status, body = self.api("POST", path, request, timeout=10.0)
+            if status != 201 or not isinstance(body, dict):
+                raise LabError(f"no token for the ServiceAccount {namespace}/{name}: {status} {body}")
+            token = str(body["status"]["token"])
+            write_kubeconfig(
+                self.kubeconfig_file(node.name), kubeconfig(self.api_url, ca, token=token, user=f"egressd-{node.name}")
+            )
 
     # --- topology ---------------------------------------------------------------------------
 
@@ -478,9 +649,21 @@ class Lab:
             self._ip(pod.name, "addr", "add", f"{pod.ip}/32", "dev", "eth0")
             self._ip(pod.name, "route", "add", "default", "via", gateway, "dev", "eth0", "onlink")
 
+    def daemon_config(self, node: str) -> dict[str, Any]:
+        """The config of the daemon of ``node``: the scenario's, with the kubeconfig of the
+        node's ServiceAccount token when the lab runs kube-apiserver."""
+        config = self.scenario.daemon_config(node, self.mode)
+        if self.apiserver == "kube":
+            config["kubernetes"] = {
+                "namespace": EGRESSD_NAMESPACE,
+                "access": "kubeconfig",
+                "kubeconfig": str(self.kubeconfig_file(node)),
+            }
+        return config
+
     def _write_configs(self) -> None:
         for node in self.scenario.nodes:
-            config = self.scenario.daemon_config(node.name, self.mode)
+            config = self.daemon_config(node.name)
             parse_settings(config, source=f"lab config of {node.name}")  # fail here, not in 5 daemons
             text = f"# egressd on lab node {node.name} (generated by 'egressd lab up')\n"
             text += yaml.safe_dump(config, sort_keys=False)
@@ -526,17 +709,25 @@ class Lab:
         return pid if pid_alive(pid) else None
 
     def _wait_api(self, deadline: float) -> None:
+        """Until the API server answers; kube-apiserver: until it is ready (``/readyz``) and has
+        made the namespace ``default`` (its own start-up is done then)."""
+        kube = self.apiserver == "kube"
+        checks = ("/readyz", "/api/v1/namespaces/default") if kube else ("/healthz",)
         last = "no answer"
         while time.monotonic() < deadline:
             try:
-                status, _ = self.api("GET", "/healthz", timeout=0.5)
-                if status == 200:
+                for path in checks:
+                    status, body = self.api("GET", path, timeout=2.0 if kube else 0.5)
+                    if status != 200:
+                        last = f"{path}: status {status} {str(body)[-200:]}"
+                        break
+                else:
                     return
-                last = f"status {status}"
             except (OSError, LabError, http.client.HTTPException) as exc:
-                last = str(exc)
-            time.sleep(0.05)
-        raise LabError(f"the lab API server did not answer ({last}); see {self.state.log_file('apiserver')}")
+                last = str(exc) or type(exc).__name__
+            time.sleep(0.2 if kube else 0.05)
+        logs = ", ".join(str(self.state.log_file(n)) for n in (("apiserver", "etcd") if kube else ("apiserver",)))
+        raise LabError(f"the lab API server did not answer ({last}); see {logs}")
 
     def _wait_started(self, deadline: float) -> None:
         names = [p.name for p in self.process_specs()]
@@ -630,15 +821,16 @@ class Lab:
     def api(
         self, method: str, path: str, body: Any = None, *, content_type: str = "application/json", timeout: float = 2.0
     ) -> tuple[int, Any]:
-        """A request to the lab API server (from the control plane's namespace): (status, decoded JSON)."""
-        sc = self.scenario
+        """A request to the lab API server (from the control plane's namespace): (status, decoded JSON).
+        With kube-apiserver: over TLS, as admin (client certificate)."""
         status, raw = netns_http(
-            self.netns(sc.api_node),
-            sc.api_url + path,
+            self.netns(self.scenario.api_node),
+            self.api_url + path,
             method=method,
             body=body,
             content_type=content_type,
             timeout=timeout,
+            tls=self._tls_context() if self.apiserver == "kube" else None,
         )
         try:
             return status, json.loads(raw) if raw else None
@@ -692,14 +884,21 @@ table inet {PARTITION_TABLE} {{
 
     def seed(self) -> None:
         """Create the egressd namespace, the Node and the Pod objects (existing ones
-        are kept); in Kubernetes mode also the policy CRD and the policy."""
+        are kept); in Kubernetes mode also the policy CRD and the policy. With
+        kube-apiserver also the ServiceAccount and RBAC of deploy/rbac.yaml."""
         sc = self.scenario
         for namespace in (EGRESSD_NAMESPACE, "default"):
             self._create(
                 "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
             )
+        if self.apiserver == "kube":
+            for obj in rbac_objects():
+                self._apply(obj)
         if self.mode == "kubernetes":
-            self._create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", policy_crd())
+            crd = policy_crd()
+            self._create(CRD_PATH, crd)
+            if self.apiserver == "kube":
+                self._wait_established(str(crd["metadata"]["name"]), timeout=30.0)
             for group in sc.groups:
                 self._create(POLICY_PATH, sc.policy_object(group.name))
         for node in sc.nodes:
@@ -736,9 +935,38 @@ table inet {PARTITION_TABLE} {{
         return body
 
     def _create(self, path: str, obj: Mapping[str, Any]) -> None:
-        status, body = self.api("POST", path, obj)
+        status, body = self.api("POST", path, obj, timeout=10.0 if self.apiserver == "kube" else 2.0)
         if status not in (200, 201, 409):
             raise LabError(f"POST {path} ({obj['metadata']['name']}): {status} {body}")
+
+    def _apply(self, obj: Mapping[str, Any]) -> None:
+        """Server-side apply (kube-apiserver), as ``kubectl apply --server-side`` would."""
+        try:
+            path = object_path(dict(obj))
+        except ControlPlaneError as exc:
+            raise LabError(str(exc)) from exc
+        status, body = self.api(
+            "PATCH",
+            f"{path}?fieldManager={FIELD_MANAGER}&force=true",
+            obj,
+            content_type="application/apply-patch+yaml",
+            timeout=10.0,
+        )
+        if status not in (200, 201):
+            raise LabError(f"apply {obj.get('kind')} {obj['metadata']['name']}: {status} {body}")
+
+    def _wait_established(self, crd: str, *, timeout: float) -> None:
+        """Until kube-apiserver serves the custom resource (condition ``Established``)."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            status, body = self.api("GET", f"{CRD_PATH}/{crd}", timeout=5.0)
+            conditions = (body.get("status") or {}).get("conditions") or [] if isinstance(body, dict) else []
+            if status == 200 and any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions):
+                return
+            last = conditions or f"{status} {body}"
+            time.sleep(0.1)
+        raise LabError(f"the CRD {crd} is not Established after {timeout:g} s: {last}")
 
     def leases(self, *, timeout: float = 1.0) -> list[LeaseRecord]:
         """egressd's leases, as the API server holds them."""
@@ -815,10 +1043,14 @@ table inet {PARTITION_TABLE} {{
             "supervisor": sup,
             "namespaces": {ns: ns in present for ns in self.namespaces},
             "nodes": nodes,
-            "processes": {name: proc(name) for name in ("apiserver", "outpost")},
+            "apiserver": self.apiserver,
+            "processes": {name: proc(name) for name in self._lab_process_names()},
             "egressIPs": ips,
             "apiError": api_error,
         }
+
+    def _lab_process_names(self) -> tuple[str, ...]:
+        return ("apiserver", "etcd", "outpost") if self.apiserver == "kube" else ("apiserver", "outpost")
 
     # --- down -------------------------------------------------------------------------------
 
@@ -857,4 +1089,7 @@ table inet {PARTITION_TABLE} {{
             f.unlink(missing_ok=True)
         for d in (self.state.hold_dir, self.state.config_dir):
             shutil.rmtree(d, ignore_errors=True)
+        if self.kube_dir.exists():  # kube-apiserver's PKI, etcd's data, the daemons' tokens
+            shutil.rmtree(self.kube_dir, ignore_errors=True)
+            removed.append(f"control plane state {self.kube_dir}")
         return removed
