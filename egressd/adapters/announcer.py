@@ -12,7 +12,8 @@ that reports other MACs claiming an IP we own.
   the daemon itself runs inside its namespace and leaves ``netns`` None.
 * ``start`` sends frame 0 before it returns (it is on the takeover path) and
   schedules the rest of :class:`egressd.core.garp.GarpSchedule` as a named task
-  ``garp:<ip>``; ``stop`` cancels it.
+  ``garp:<ip>``; ``stop`` cancels it. On an interface not opened yet, frame 0
+  goes from that task too: the takeover never waits for scapy to load.
 * While an IPv4 address is owned, a raw ``AF_PACKET`` socket bound to ARP on
   its interface is read by the event loop (``add_reader``; frames are parsed
   with ``struct``, a few microseconds each). A frame whose sender IP is ours
@@ -94,21 +95,41 @@ class ScapyAnnouncer:
     # -- the port ---------------------------------------------------------
 
     async def start(self, ip: IPAddress, interface: str) -> None:
-        """Send the first frame now, then the burst and refresh in a task."""
+        """Send the first frame now, then the burst and refresh in a task.
+
+        On an interface not opened yet (a takeover right after the daemon
+        started, before :meth:`prepare`), opening it loads scapy, which takes
+        0.4 to 1 s: longer than a renew deadline. The takeover does not wait
+        for that: the first frame goes from the task, as soon as it can."""
         await self.stop(ip)
         started = time.monotonic()
-        iface = await self._interface(interface)
+        self._where[ip] = interface
+        iface = self._interfaces.get(interface)
+        if iface is None:
+            self._tasks[ip] = asyncio.create_task(self._open_then_repeat(ip, interface, started), name=f"garp:{ip}")
+            return
+        await self._first(ip, iface, started)
+        self._tasks[ip] = asyncio.create_task(self._repeat(ip, iface), name=f"garp:{ip}")
+
+    async def _first(self, ip: IPAddress, iface: _Interface, started: float) -> None:
         await self._send(ip, iface)
         log.info(
             "announced %s on %s (%s, first frame after %.1f ms)",
             ip,
-            interface,
+            iface.name,
             iface.mac,
             (time.monotonic() - started) * 1000,
         )
-        self._where[ip] = interface
         iface.owned.add(ip)
-        self._tasks[ip] = asyncio.create_task(self._repeat(ip, iface), name=f"garp:{ip}")
+
+    async def _open_then_repeat(self, ip: IPAddress, interface: str, started: float) -> None:
+        try:
+            iface = await self._interface(interface)
+            await self._first(ip, iface, started)
+        except DataPlaneError as exc:
+            log.error("cannot announce %s on %s: %s", ip, interface, exc)
+            return
+        await self._repeat(ip, iface)
 
     async def stop(self, ip: IPAddress) -> None:
         """Stop announcing ``ip`` and watching for conflicts on it."""
@@ -118,9 +139,9 @@ class ScapyAnnouncer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         interface = self._where.pop(ip, None)
-        if interface is None:
-            return
-        iface = self._interfaces[interface]
+        iface = self._interfaces.get(interface) if interface is not None else None
+        if iface is None:
+            return  # never announced, or stopped while its interface was being opened
         iface.owned.discard(ip)
         if not any(a.version == 4 for a in iface.owned):
             self._unlisten(iface)

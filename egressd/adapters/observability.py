@@ -21,6 +21,8 @@ Both answer a line per problem.
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import ipaddress
 import logging
 import socket
@@ -242,8 +244,11 @@ class ObservabilityServer:
         """Serve on the socket taken by :meth:`bind` (or bind ``host``:``port`` now).
 
         aiohttp is imported here, not with the module: it costs a third of a
-        second that a restarted daemon must not spend before adopting its IPs."""
-        from aiohttp import web  # noqa: PLC0415
+        second that a restarted daemon must not spend before adopting its IPs.
+        It is imported in a worker thread: on the event loop, that third of a
+        second (a second while scapy loads beside it) would stall the renews
+        of the IPs just taken past their renew deadline."""
+        web = await asyncio.to_thread(importlib.import_module, "aiohttp.web")
 
         if self._sock is None:
             assert host is not None

@@ -12,6 +12,8 @@ import asyncio
 import ipaddress
 import json
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -274,3 +276,33 @@ async def test_a_task_started_again_is_counted() -> None:
         assert node.task is not None
         node.task.cancel()
         await asyncio.gather(node.task, return_exceptions=True)
+
+
+_IMPORT_PROBE = """
+import asyncio, sys, threading
+from egressd.adapters.observability import ObservabilityServer, PrometheusMetrics
+assert "aiohttp.web" not in sys.modules, "loaded before start()"
+importers = []
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "aiohttp.web":
+            importers.append(threading.current_thread() is threading.main_thread())
+        return None
+sys.meta_path.insert(0, Spy())
+async def main():
+    server = ObservabilityServer(PrometheusMetrics(), health=lambda: (True, []), ready=lambda: (True, []))
+    await server.start("127.0.0.1", 0)
+    await server.stop()
+asyncio.run(main())
+print("on-the-loop" if any(importers) else ("in-a-thread" if importers else "not-imported"))
+"""
+
+
+def test_the_endpoints_load_their_http_stack_off_the_event_loop() -> None:
+    """aiohttp loads for a third of a second (more while scapy loads beside it);
+    on the loop, that stalled the first renews of a starting daemon past its
+    renew deadline, and it stepped down from the IPs it had just taken."""
+    probe = [sys.executable, "-c", _IMPORT_PROBE]
+    done = subprocess.run(probe, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "in-a-thread"

@@ -51,6 +51,7 @@ async def test_first_frame_corrects_a_stale_neighbour_entry(hosts: tuple[Host, H
     sh("ip", "-n", peer.ns, "neigh", "replace", str(IP), "lladdr", OLD_MAC, "dev", "net0", "nud", "stale")
     announcer = ScapyAnnouncer(schedule=GarpSchedule(refresh=0, form=form), netns=gw.ns)  # type: ignore[arg-type]
     try:
+        await announcer.prepare("net0")  # staged, as a settled daemon has it
         await announcer.start(IP, "net0")
         assert announcer.sent(IP) == 1  # frame 0 went out before start() returned
         assert await wait_for(lambda: neigh_mac(peer.ns, "net0", str(IP)) == gw.mac, timeout=0.5)

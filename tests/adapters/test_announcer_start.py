@@ -1,0 +1,74 @@
+"""The announcer on the takeover path: a takeover never waits for scapy to load."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import threading
+from typing import Any
+
+import pytest
+
+from egressd.adapters.announcer import ScapyAnnouncer
+from egressd.core.errors import DataPlaneError
+
+IP = ipaddress.ip_address("192.0.2.42")
+
+
+class Sender:
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def send(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def slow_open(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, Sender]:
+    """Opening an interface blocks (in the announcer's thread) until released,
+    as loading scapy does for up to a second."""
+    release, sender = threading.Event(), Sender()
+
+    def opened(self: ScapyAnnouncer, name: str) -> tuple[Any, str]:
+        if not release.wait(10):
+            raise DataPlaneError("never released")
+        return sender, "02:00:00:00:00:01"
+
+    monkeypatch.setattr(ScapyAnnouncer, "_open", opened)
+    monkeypatch.setattr(ScapyAnnouncer, "_listen", lambda self, iface: asyncio.sleep(0))
+    return release, sender
+
+
+async def test_a_first_takeover_returns_before_the_interface_is_open(slow_open: tuple[threading.Event, Sender]) -> None:
+    release, sender = slow_open
+    announcer = ScapyAnnouncer()
+    try:
+        await asyncio.wait_for(announcer.start(IP, "net0"), 5)  # returns though opening still blocks
+        assert sender.frames == []
+        release.set()
+        for _ in range(500):
+            if sender.frames:
+                break
+            await asyncio.sleep(0.01)
+        assert len(sender.frames) >= 1  # frame 0, from the task
+        await announcer.start(IP, "net0")  # open now: frame 0 before it returns
+        assert announcer.sent(IP) >= 2
+    finally:
+        await announcer.stop(IP)
+        await announcer.close()
+
+
+async def test_stopping_while_the_interface_opens_sends_nothing(slow_open: tuple[threading.Event, Sender]) -> None:
+    release, sender = slow_open
+    announcer = ScapyAnnouncer()
+    try:
+        await announcer.start(IP, "net0")
+        await announcer.stop(IP)
+        release.set()
+        await asyncio.sleep(0.1)
+        assert sender.frames == []
+    finally:
+        await announcer.close()
