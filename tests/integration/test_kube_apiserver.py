@@ -15,23 +15,23 @@ them as they found them: both IPs owned.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
 
 from egressd.core.model import Timing
 from egressd.lab.kubecontrol import ControlPlane, KubeApi
+from tests.integration.kube_support import delete, refused_calls, start_daemon, stop_daemon, wait
 from tests.journal import intervals, overlaps, read_journals
 
 pytestmark = [pytest.mark.integration, pytest.mark.kube_apiserver]
@@ -41,8 +41,6 @@ DEPLOY = ROOT / "deploy"
 T = Timing()
 CRD_NAME = "egressgatewaypolicies.egressd.io"
 POLICIES = "/apis/egressd.io/v1alpha1/egressgatewaypolicies"
-
-R = TypeVar("R")
 
 
 def deploy_objects(*files: str) -> list[dict[str, Any]]:
@@ -57,19 +55,6 @@ def daemon_namespace() -> str:
     """The namespace of deploy/'s ServiceAccount (where the leases live)."""
     sa = next(o for o in deploy_objects("rbac.yaml") if o["kind"] == "ServiceAccount")
     return str(sa["metadata"]["namespace"])
-
-
-def wait(what: str, check: Callable[[], R | None], timeout: float, interval: float = 0.02) -> R:
-    """``check()`` until it returns something truthy, within ``timeout`` seconds."""
-    end = time.monotonic() + timeout
-    last: R | None = None
-    while True:
-        last = check()
-        if last:
-            return last
-        if time.monotonic() > end:
-            raise AssertionError(f"not within {timeout:g}s: {what} (last: {last!r})")
-        time.sleep(interval)
 
 
 def crd_established(api: KubeApi) -> bool:
@@ -142,25 +127,12 @@ class Stack:
         return self.tmp / f"{node}.log"
 
     def start(self, node: str) -> None:
-        with self.log(node).open("ab") as log:
-            self.daemons[node] = subprocess.Popen(
-                [
-                    sys.executable, "-m", "egressd.cli.main", "run", "--config", str(self.config(node)),
-                    "--dataplane", "record", "--journal", str(self.journal(node)),
-                ],
-                stdout=log, stderr=log, env=os.environ | {"PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
+        self.daemons[node] = start_daemon(self.config(node), self.journal(node), self.log(node))
 
     def stop(self, node: str, sig: int = signal.SIGTERM) -> None:
         proc = self.daemons.pop(node, None)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_daemon(proc, sig)
 
     def leases(self) -> list[dict[str, Any]]:
         status, body = self.api.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases")
@@ -232,24 +204,11 @@ class Stack:
         assert status == 200, body
 
     def forbidden(self) -> list[str]:
-        lines = []
-        for node in self.nodes:
-            if self.log(node).exists():
-                lines += [
-                    f"{node}: {line}"
-                    for line in self.log(node).read_text(errors="replace").splitlines()
-                    if re.search(r"forbidden|HTTP 403|Unauthorized|HTTP 401", line, re.IGNORECASE)
-                ]
-        return lines
+        return refused_calls(self.log(n) for n in self.nodes)
 
     def assert_safe(self) -> None:
         bad = overlaps(intervals(self.ops(), until=time.monotonic()))
         assert not bad, f"two nodes served one IP at once: {bad}"
-
-
-def delete(api: KubeApi, path: str) -> None:
-    status, body = api.request("DELETE", path, {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0})
-    assert status in (200, 202, 404), f"DELETE {path}: {status} {body}"
 
 
 @pytest.fixture(scope="module")
