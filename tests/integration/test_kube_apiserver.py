@@ -405,10 +405,7 @@ def claims(s: Stack) -> list[dict[str, Any]]:
 
 def held_claims(s: Stack) -> list[str]:
     return [
-        f"{i['metadata']['name']}={i['spec'].get('holderIdentity')}"
-        for i in s.leases()
-        if (i["metadata"].get("annotations") or {}).get("egressd.io/egress-ip") in s.ips
-        and i["spec"].get("holderIdentity")
+        f"{i['metadata']['name']}={i['spec']['holderIdentity']}" for i in claims(s) if i["spec"].get("holderIdentity")
     ]
 
 
