@@ -132,7 +132,13 @@ class RecordingDataPlane:
     # Steering
     async def route(self, group: EgressGroup, ip: IPAddress, via: IPAddress | None) -> None:
         self.steering[ip] = via
-        self._record("steer", group=group.name, ip=str(ip), via=str(via) if via else None)
+        self._record(
+            "steer",
+            group=group.name,
+            ip=str(ip),
+            via=str(via) if via else None,
+            sources=[str(cidr) for cidr in group.source_cidrs],
+        )
 
     def close(self) -> None:
         if self._journal is not None:

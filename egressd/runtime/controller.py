@@ -378,7 +378,11 @@ class Controller:
         return self._uids.get(("policies", policy), "")
 
     def _node(self) -> Involved:
-        return node_ref(self.me, self._uids.get(("nodes", self.me), ""))
+        """This node as an Event's involvedObject: with its Node's uid, or,
+        while that is not known, with its name as the uid. ``kubectl describe
+        node`` asks for the Events of either (the kubelet's carry the name);
+        an Event with no uid at all it never shows."""
+        return node_ref(self.me, self._uids.get(("nodes", self.me)) or self.me)
 
     def _event(
         self, involved: Involved, type_: str, reason: str, message: str, *, shared_generation: int | None = None

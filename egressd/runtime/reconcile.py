@@ -11,15 +11,21 @@ reconcile, drift repair, and the retirement of claims no group lists.
   cannot serve, nor a non-owner that still does.
 * Retirement (:class:`ClaimRetirement`): the claims of IPs that no group
   lists any more are deleted where :func:`~egressd.core.election.retire`
-  says so.
+  says so. A delete the API refuses (Forbidden, unavailable) is tried again
+  after :data:`~egressd.core.backoff.WATCH_BACKOFF`, not on the next lease
+  news: the other claims' renewals are news every retry period, and a claim
+  that cannot be deleted must not turn them into a request and a warning
+  each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
+from egressd.core.backoff import WATCH_BACKOFF, Streak
 from egressd.core.election import Action, Me, Observation, retire
 from egressd.core.errors import ApiError, DataPlaneError, LostRace
 from egressd.core.lease import LeaseRecord, lease_name
@@ -127,6 +133,7 @@ class ClaimRetirement:
         incarnation: str,
         listed: Callable[[], set[str]],
         held: Callable[[], set[str]],
+        draw: Callable[[], float] = random.random,
     ) -> None:
         self._view = view
         self._store = store
@@ -141,6 +148,10 @@ class ClaimRetirement:
         self.news = view.listener()
         """Set by lease news and by :meth:`add`: wakes :meth:`run`."""
         self._said: dict[str, str] = {}
+        self._draw = draw
+        self._refused: dict[str, tuple[Streak, float]] = {}
+        """Lease name -> the failures in a row of its delete, and the monotonic
+        time before which it is not tried again."""
 
     def add(self, name: str, ip: str) -> None:
         self.retiring[name] = ip
@@ -164,10 +175,17 @@ class ClaimRetirement:
             entry = self._view.get(name)
             if ip in listed or name in serving:
                 del self.retiring[name]  # listed again
+                self._refused.pop(name, None)
                 continue
             if entry.problem:
                 continue  # never act on a claim we cannot read
             now = self._clock.monotonic()
+            refused = self._refused.get(name)
+            if refused is not None and now < refused[1]:
+                # a delete failed: wait out its backoff whatever news arrives
+                wake = refused[1] - now
+                recheck = wake if recheck is None else min(recheck, wake)
+                continue
             decision = retire(
                 entry.record,
                 Observation(entry.resource_version, entry.observed_at),
@@ -186,16 +204,21 @@ class ClaimRetirement:
                     decision.detail,
                 )
             if decision.action is Action.DELETE and entry.record is not None:
-                await self._delete_claim(name, ip, entry.record)
+                retry = await self._delete_claim(name, ip, entry.record)
+                if retry is not None:
+                    recheck = retry if recheck is None else min(recheck, retry)
             elif decision.reason == "already-gone":
                 del self.retiring[name]
+                self._refused.pop(name, None)
             elif decision.recheck is not None:
                 recheck = decision.recheck if recheck is None else min(recheck, decision.recheck)
         if not self.retiring:
             self._said.clear()
+            self._refused.clear()
         return recheck
 
-    async def _delete_claim(self, name: str, ip: str, record: LeaseRecord) -> None:
+    async def _delete_claim(self, name: str, ip: str, record: LeaseRecord) -> float | None:
+        """Delete one claim; after a failure, the seconds until it may be tried again."""
         me = self._node
         try:
             existed = await self._store.delete(record, deadline=self._clock.monotonic() + self._timing.renew_deadline)
@@ -203,12 +226,26 @@ class ClaimRetirement:
             # written since we decided (an acquire by a daemon that still lists the IP,
             # or a renew): kept; decided again on the news of that write
             log.info("ip=%s node=%s claim not deleted, it changed meanwhile: %s", ip, me, exc)
-            return
+            self._refused.pop(name, None)
+            return None
         except ApiError as exc:
-            log.warning("ip=%s node=%s could not delete the claim: %s", ip, me, exc)
-            return
+            streak = self._refused[name][0] if name in self._refused else Streak(WATCH_BACKOFF, self._draw)
+            step = streak.failed(type(exc).__name__, retry_after=getattr(exc, "retry_after", None))
+            self._refused[name] = (streak, self._clock.monotonic() + step.delay)
+            log.log(
+                logging.WARNING if step.report else logging.DEBUG,
+                "ip=%s node=%s could not delete the claim (%d in a row): %s; trying again in %.1fs",
+                ip,
+                me,
+                step.failures,
+                exc,
+                step.delay,
+            )
+            return step.delay
         del self.retiring[name]
+        self._refused.pop(name, None)
         if existed:
             log.info("ip=%s node=%s deleted the claim %s (resourceVersion %s)", ip, me, name, record.resource_version)
         else:
             log.info("ip=%s node=%s claim %s was already deleted", ip, me, name)
+        return None

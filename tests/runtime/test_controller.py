@@ -383,6 +383,26 @@ async def test_node_events_name_the_node_with_its_uid() -> None:
         assert event["involvedObject"] == {"apiVersion": "v1", "kind": "Node", "name": owner, "uid": f"uid-{owner}"}
 
 
+class NodesWithoutUid(FakeCluster):
+    """Nodes whose uid this daemon does not know (not seen yet, or unreadable)."""
+
+    def put(self, resource: str, obj: dict[str, Any]) -> dict[str, Any]:
+        if resource == "nodes":
+            obj = {**obj, "metadata": {**obj["metadata"], "uid": ""}}
+        return super().put(resource, obj)
+
+
+async def test_node_events_without_the_nodes_uid_carry_its_name_as_the_uid() -> None:
+    """``kubectl describe node`` finds a node's Events by its uid or by its
+    name in the uid field (the kubelet's); without either it shows none."""
+    async with lab("gw-a", "gw-b", source=NodesWithoutUid()) as (source, nodes):
+        await until(lambda: len(owners(nodes, IP1)) == 1)
+        owner = owners(nodes, IP1)[0]
+        await until(lambda: "EgressIPAcquired" in source.reasons("Node", owner))
+        event = next(e for e in source.events if e["involvedObject"]["kind"] == "Node")
+        assert event["involvedObject"] == {"apiVersion": "v1", "kind": "Node", "name": owner, "uid": owner}
+
+
 async def test_a_broken_policy_is_one_warning_per_cluster() -> None:
     """Every node sees an invalid policy at once; the cluster gets one Warning
     about it, not one per node (and it names the policy's uid)."""

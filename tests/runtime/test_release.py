@@ -5,18 +5,21 @@ once released, with a resourceVersion precondition. On the fake clock."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from ipaddress import ip_address
 
 import pytest
 
 from egressd.adapters.recording import RecordingDataPlane
+from egressd.core.errors import Forbidden
 from egressd.core.lease import LeaseRecord, held_by, lease_name, released
 from egressd.core.model import EgressGroup, NodeSettings, Settings
 from egressd.core.states import State
 from egressd.ports import LeaseEvent
 from egressd.runtime.daemon import Daemon
 from egressd.runtime.member import DataPlane, Member
+from egressd.runtime.reconcile import ClaimRetirement
 from egressd.runtime.sinks import NullMetrics
 from egressd.runtime.view import LeaseView
 from tests.fakes import FakeLeaseStore
@@ -244,3 +247,63 @@ def test_claims_left_by_ips_removed_while_down_are_deleted_at_start_up() -> None
         await task
 
     run_virtual(main)
+
+
+class RefusesDeletes(FakeLeaseStore):
+    """A lease store whose identity may not delete (a Role without ``delete``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deletes = 0
+
+    async def delete(self, record: LeaseRecord, *, deadline: float) -> bool:
+        self.deletes += 1
+        raise Forbidden('leases "egressd-172-18-0-42" is forbidden: cannot delete resource "leases"')
+
+
+def test_a_refused_delete_backs_off_instead_of_following_every_lease_renewal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The other claims' renewals are lease news every retry period; a claim
+    whose delete is refused is tried again after a growing backoff, not on
+    each of them, and the refusal is not logged at each try."""
+
+    async def main() -> None:
+        store = RefusesDeletes()
+        d = daemon("gw-a", store)
+        d.retirement = ClaimRetirement(
+            view=d.view, store=store, clock=d.clock, timing=TIMING, node="gw-a", incarnation=d.incarnation,
+            listed=set, held=set, draw=lambda: 0.0,
+        )  # fmt: skip
+        free = store.put(
+            released(
+                held_by(
+                    None, name=NAME, egress_ip=str(IP), holder="gw-b", holder_address=None, incarnation="inc-b",
+                    lease_duration=TIMING.lease_duration, now=EPOCH,
+                ),
+                successor=None,
+                now=EPOCH,
+            )
+        )  # fmt: skip
+        other = held_by(
+            None, name=lease_name(str(OTHER)), egress_ip=str(OTHER), holder="gw-b", holder_address=None,
+            incarnation="inc-b", lease_duration=TIMING.lease_duration, now=EPOCH,
+        )  # fmt: skip
+        d.view.apply(LeaseEvent(kind="sync", records=(free, store.put(other))))
+        d.retirement.add(NAME, str(IP))
+        task = asyncio.create_task(d.retirement.run())
+        for _ in range(int(30 / TIMING.retry_period)):  # 30 s of renewals of the other claim
+            await asyncio.sleep(TIMING.retry_period)
+            other = store.put(other)
+            d.view.observe(other.name, other)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        # backoff ceilings 0.1, 0.4, 1.6, 6.4, 25.6 s: a handful of tries in 30 s, not 120
+        assert 3 <= store.deletes <= 8, f"{store.deletes} deletes in 30 s"
+        assert NAME in d.retirement.retiring, "still to be deleted once allowed"
+
+    with caplog.at_level(logging.INFO, logger="egressd.runtime.reconcile"):
+        run_virtual(main)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert 1 <= len(warnings) <= 5, [r.getMessage() for r in warnings]
