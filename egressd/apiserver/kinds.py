@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Literal
 
-from egressd.apiserver.errors import ApiError, FieldError, JsonObject, bad_request, go_value
+from egressd.apiserver.errors import ApiError, FieldError, JsonObject, bad_request, go_quote, go_value
 from egressd.apiserver.openapi import structural_errors
 
 FieldType = Literal["int32", "string", "microtime", "time"]
@@ -62,6 +62,9 @@ class ResourceKind:
     name_label: str = ""  # label set to the object's name (namespaces)
     typed_fields: tuple[TypedField, ...] = ()
     field_labels: tuple[str, ...] = ()  # beyond metadata.name / metadata.namespace
+    #: Fields of a feature the real server has off by default: decoded (types
+    #: checked), then dropped, as its strategy does for disabled feature gates.
+    gated_fields: tuple[str, ...] = ()
     strategic_merge: bool = True  # built-ins accept strategic-merge-patch
     custom: bool = False
     #: Custom resources: the openAPIV3Schema of each served version (egressd.apiserver.openapi applies it).
@@ -84,6 +87,13 @@ class ResourceKind:
         properties = (self.schema(version) or {}).get("properties") or {}
         status = properties.get("status")
         return status if isinstance(status, Mapping) else None
+
+    @property
+    def field_label_conversion(self) -> bool:
+        """Whether the real server has its own field label conversion for this
+        kind (the core kinds, Events): its unknown field label reads ``field
+        label not supported``, others the generic message."""
+        return bool(self.field_labels)
 
     @property
     def selectable_fields(self) -> tuple[str, ...]:
@@ -198,6 +208,8 @@ BUILTIN_KINDS: tuple[ResourceKind, ...] = (
         create_on_update=True,
         unconditional_update=False,
         typed_fields=_LEASE_FIELDS,
+        # the CoordinatedLeaderElection feature (beta, off by default in 1.37)
+        gated_fields=("spec.preferredHolder", "spec.strategy"),
     ),
     ResourceKind(
         "events.k8s.io",
@@ -464,6 +476,9 @@ def normalise(kind: ResourceKind, obj: JsonObject, version: str) -> list[FieldEr
         parent[leaf] = _decoded(kind, typed, parent[leaf], version)
         if typed.type == "int32" and typed.minimum is not None and parent[leaf] < typed.minimum:
             errors.append(FieldError(typed.path, typed.minimum_message, str(parent[leaf])))
+    for path in kind.gated_fields:
+        if (gated := _locate(obj, path)) is not None:
+            del gated[0][gated[1]]
     errors.extend(validate_metadata(kind, obj))
     return errors
 
@@ -545,6 +560,34 @@ _LABEL_VALUE_MSG = (
     "'my_value',  or '12345', regex used for validation is "
     "'(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"
 )
+
+
+#: Where an Event about a cluster-scoped object (no involvedObject.namespace) may live.
+_CLUSTER_EVENT_NAMESPACES = ("default",)
+_NEW_CLUSTER_EVENT_NAMESPACES = ("default", "kube-system")
+
+
+def validate_event(kind: ResourceKind, obj: Mapping[str, Any], namespace: str) -> list[FieldError]:
+    """The real server's namespace rule for Events (and the type rule of
+    events.k8s.io): an Event lives in its object's namespace; one about a
+    cluster-scoped object (a Node) in ``default`` (also ``kube-system`` when
+    it has an ``eventTime``). events.k8s.io's ``regarding`` is checked under
+    its internal name ``involvedObject``."""
+    if kind.kind != "Event" or kind.custom:
+        return []
+    new_api = kind.group == "events.k8s.io"
+    involved = obj.get("regarding" if new_api else "involvedObject")
+    involved_ns = str((involved or {}).get("namespace") or "") if isinstance(involved, Mapping) else ""
+    errors: list[FieldError] = []
+    if not obj.get("eventTime") and not new_api:
+        fits = namespace in _CLUSTER_EVENT_NAMESPACES if not involved_ns else namespace == involved_ns
+    else:
+        fits = bool(involved_ns) or namespace in _NEW_CLUSTER_EVENT_NAMESPACES
+    if not fits:
+        errors.append(FieldError("involvedObject.namespace", "does not match event.namespace", go_quote(involved_ns)))
+    if new_api and obj.get("type") not in ("Normal", "Warning"):
+        errors.append(FieldError("type", f"has invalid value: {obj.get('type') or ''}", '""'))
+    return errors
 
 
 def validate_name(kind: ResourceKind, name: str) -> list[FieldError]:

@@ -56,6 +56,7 @@ from typing import Any, Self
 
 import yaml
 from aiohttp import web
+from multidict import MultiMapping
 
 from egressd.apiserver import errors as apierrors
 from egressd.apiserver.errors import ApiError, FieldError, JsonObject, bad_request, go_quote
@@ -309,8 +310,8 @@ class LabApiServer:
             if len(segments) == 1:
                 return _json_response(self._api_versions(request))
             group, version, rest = "", segments[1], segments[2:]
-            if version != "v1":
-                raise apierrors.path_not_found()
+            if version != "v1":  # the core API's own handler answers below /api/, as a Status
+                raise apierrors.resource_not_found()
         else:
             if len(segments) == 1:
                 return _json_response(self._group_list())
@@ -405,7 +406,8 @@ class LabApiServer:
             delete_options = await _read_body(request) if raw.strip() else None
             if delete_options is not None and not isinstance(delete_options, Mapping):
                 raise bad_request("DeleteOptions must be an object")
-            answer = store.delete(t.kind, t.namespace, name, delete_options)
+            dry_run = _dry_run(query, "DeleteOptions") or (delete_options or {}).get("dryRun") == ["All"]
+            answer = store.delete(t.kind, t.namespace, name, delete_options, dry_run=dry_run)
             if answer.get("kind") != "Status":
                 answer = _present(t.kind, answer, t.version)
             return _json_response(answer)
@@ -598,13 +600,24 @@ async def _call(action: Any) -> None:
 def _selection(query: Mapping[str, str], kind: ResourceKind) -> Selection:
     return Selection(
         parse_label_selector(query.get("labelSelector")),
-        parse_field_selector(query.get("fieldSelector"), kind.selectable_fields),
+        parse_field_selector(query.get("fieldSelector"), kind.selectable_fields, converted=kind.field_label_conversion),
     )
 
 
-def _write_options(query: Mapping[str, str], kind: str) -> WriteOptions:
-    """The ``fieldValidation`` of a write; an unknown value is 422, as the real
-    server's validation of Create/Update/PatchOptions answers."""
+def _dry_run(query: MultiMapping[str], kind: str) -> bool:
+    """``dryRun=All``: validate and answer, store nothing; any other value is 422."""
+    values = query.getall("dryRun", [])
+    if any(v != "All" for v in values):
+        shown = "[" + ", ".join(go_quote(v) for v in values) + "]"
+        problem = FieldError("dryRun", 'supported values: "All"', shown, "FieldValueNotSupported")
+        raise apierrors.invalid("meta.k8s.io", kind, "", [problem])
+    return bool(values)
+
+
+def _write_options(query: MultiMapping[str], kind: str) -> WriteOptions:
+    """The ``fieldValidation`` and ``dryRun`` of a write; an unknown value is 422,
+    as the real server's validation of Create/Update/PatchOptions answers."""
+    dry_run = _dry_run(query, kind)
     mode = query.get("fieldValidation", "")
     if mode not in FIELD_VALIDATIONS:
         supported = ", ".join(go_quote(v) for v in FIELD_VALIDATIONS)
@@ -612,7 +625,7 @@ def _write_options(query: Mapping[str, str], kind: str) -> WriteOptions:
             "fieldValidation", f"supported values: {supported}", go_quote(mode), "FieldValueNotSupported"
         )
         raise apierrors.invalid("meta.k8s.io", kind, "", [problem])
-    return WriteOptions(field_validation=mode)
+    return WriteOptions(field_validation=mode, dry_run=dry_run)
 
 
 def _warned(response: web.Response, options: WriteOptions) -> web.Response:
