@@ -90,10 +90,11 @@ class ResourceKind:
 
     @property
     def field_label_conversion(self) -> bool:
-        """Whether the real server has its own field label conversion for this
-        kind (the core kinds, Events): its unknown field label reads ``field
-        label not supported``, others the generic message."""
-        return bool(self.field_labels)
+        """Whether an unknown field label reads ``field label not supported``:
+        the kinds with a field label conversion of their own (core kinds,
+        Events) and custom resources; the other built-ins (Leases, CRDs) give
+        the generic message."""
+        return bool(self.field_labels) or self.custom
 
     @property
     def selectable_fields(self) -> tuple[str, ...]:

@@ -9,9 +9,9 @@ real server. Field selectors support ``=``, ``==`` and ``!=`` on the field
 labels a resource declares (always ``metadata.name`` and
 ``metadata.namespace``); any other field is rejected with the real message:
 ``field label not supported: <field>`` for the kinds with a field label
-conversion of their own (core kinds, Events), ``"<field>" is not a known
-field selector: only "metadata.name", "metadata.namespace"`` for the others
-(Leases, CRDs, custom resources). A parse failure raises
+conversion of their own (core kinds, Events) and custom resources,
+``"<field>" is not a known field selector: only "metadata.name",
+"metadata.namespace"`` for the other built-ins (Leases, CRDs). A parse failure raises
 :class:`~egressd.apiserver.errors.ApiError` 400 BadRequest.
 """
 

@@ -389,6 +389,9 @@ class Store:
             if (namespace is None or key[0] == namespace) and selection.matches(obj) and (start is None or key > start)
         )
         result = ListResult([state[k] for k in keys], list_rv)
+        # resourceVersion=0 ("any version") is served from the real server's watch cache, which ignores limit
+        if resource_version == "0" and not continue_token:
+            limit = 0
         if limit > 0 and len(keys) > limit:
             result.items = result.items[:limit]
             result.continue_token = _encode_continue(list_rv, keys[limit - 1])

@@ -13,9 +13,11 @@ import datetime as dt
 import json
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client, watch
 from kubernetes.client import ApiException
 
@@ -78,7 +80,7 @@ def _install_crd(server: Server, crd: dict[str, Any]) -> dict[str, Any]:
 
     def established() -> dict[str, Any] | None:
         got = server.ok("GET", f"{CRDS}/{crd['metadata']['name']}")
-        conditions = {c["type"]: c["status"] for c in got.get("status", {}).get("conditions", [])}
+        conditions = {c["type"]: c["status"] for c in (got.get("status") or {}).get("conditions") or []}
         # discovery first, then the storage: until then the real server answers 404, then 429
         served = server.request("GET", f"/apis/{group}/{version}").status == 200
         plural = crd["spec"]["names"]["plural"]
@@ -870,3 +872,143 @@ def test_watch_single_object_via_name_and_deprecated_watch_path(server: Server) 
     events = [json.loads(line) for line in reply.text.splitlines()]
     assert [e["object"]["metadata"]["name"] for e in events] == ["a"]
 
+
+
+def test_a_list_at_any_version_ignores_limit(server: Server) -> None:
+    """``resourceVersion=0`` lets the server answer from its cache, which has no pages."""
+    for name in ("a", "b", "c"):
+        server.ok("POST", _leases(server), _lease(name))
+    paged = server.ok("GET", _leases(server), query={"limit": "2"})
+    assert len(paged["items"]) == 2 and paged["metadata"]["continue"]
+    cached = server.ok("GET", _leases(server), query={"limit": "2", "resourceVersion": "0"})
+    assert [i["metadata"]["name"] for i in cached["items"]] == ["a", "b", "c"]
+    assert "continue" not in cached["metadata"]
+
+
+# ------------------------------------------------------------------ the policy CRD's schema
+
+POLICY_CRD = Path(__file__).resolve().parents[2] / "deploy" / "crd.yaml"
+POLICY_FILE = Path(__file__).resolve().parents[2] / "config" / "policy-outpost.yaml"
+
+
+def _policy_crd(server: Server) -> tuple[str, dict[str, Any]]:
+    """deploy/'s CRD in a group of the test's own; the policies' collection path."""
+    crd = yaml.safe_load(POLICY_CRD.read_text())
+    group = f"t{server.suffix}.conformance.egressd.io"
+    crd["metadata"]["name"] = f"{crd['spec']['names']['plural']}.{group}"
+    crd["spec"]["group"] = group
+    _install_crd(server, crd)
+    return f"/apis/{group}/v1alpha1/{crd['spec']['names']['plural']}", crd
+
+
+def _example_policy(server: Server, name: str) -> dict[str, Any]:
+    policy: dict[str, Any] = yaml.safe_load(POLICY_FILE.read_text())
+    policy["apiVersion"] = f"t{server.suffix}.conformance.egressd.io/v1alpha1"
+    policy["metadata"]["name"] = name
+    return policy
+
+
+def test_the_policy_crd_refuses_a_broken_policy_with_the_same_causes(server: Server) -> None:
+    """The same causes, in some order: the real server walks the schema's
+    properties in Go map order, which changes from request to request."""
+    policies, crd = _policy_crd(server)
+    group = crd["spec"]["group"]
+    policy = _example_policy(server, "broken")
+    gateway = policy["spec"]["egressGateway"]
+    gateway["egressIPs"] = ["172.18.0.42", "172.18.0.300", "172.18.0.42"]
+    gateway["interface"] = "net0:1"
+    policy["spec"]["excludedCIDRs"] = ["172.18.0.0/30", "172.18.0/30"]
+    reply = server.request("POST", policies, policy)
+    assert reply.status == 422
+    body = reply.json()
+    assert body["message"].startswith(f'EgressGatewayPolicy.{group} "broken" is invalid: [')
+    assert body["details"]["kind"] == "EgressGatewayPolicy"
+    causes = body["details"]["causes"]
+    assert sorted((c["field"], c["reason"], c["message"]) for c in causes) == sorted([
+        ("<nil>", "FieldValueInvalid",
+         'Invalid value: "": "spec.egressGateway.egressIPs[1]" must validate at least one schema (anyOf)'),
+        ("spec.egressGateway.egressIPs[1]", "FieldValueTypeInvalid",
+         'Invalid value: "172.18.0.300": spec.egressGateway.egressIPs[1] in body must be of type ipv4: '
+         '"172.18.0.300"'),
+        ("spec.egressGateway.egressIPs[2]", "FieldValueDuplicate", 'Duplicate value: "172.18.0.42"'),
+        ("spec.egressGateway.interface", "FieldValueInvalid",
+         "Invalid value: \"net0:1\": spec.egressGateway.interface in body should match '^[^/:\\s]+$'"),
+        ("spec.excludedCIDRs[1]", "FieldValueTypeInvalid",
+         'Invalid value: "172.18.0/30": spec.excludedCIDRs[1] in body must be of type cidr: "172.18.0/30"'),
+    ])  # fmt: skip
+    assert causes[-1]["field"] == "spec.egressGateway.egressIPs[2]"  # list checks come after the schema's
+    gateway["egressIPs"] = ["172.18.0.42"]
+    gateway["interface"] = "x" * 16
+    policy["spec"]["excludedCIDRs"] = []
+    reply = server.request("POST", policies, policy)
+    assert reply.status == 422
+    assert reply.json()["details"]["causes"] == [{
+        "reason": "FieldValueTooLong", "message": "Too long: may not be more than 15 bytes",
+        "field": "spec.egressGateway.interface"}]
+
+
+def test_unknown_fields_of_a_policy_are_dropped_with_a_warning_or_refused(server: Server) -> None:
+    policies, _ = _policy_crd(server)
+    policy = _example_policy(server, "typo")
+    policy["spec"]["egressGatway"] = {}
+    reply = server.request("POST", policies, policy, query={"fieldValidation": "Strict"})
+    assert reply.status == 400
+    assert reply.json()["message"] == (
+        'EgressGatewayPolicy in version "v1alpha1" cannot be handled as a EgressGatewayPolicy: '
+        'strict decoding error: unknown field "spec.egressGatway"')
+    created = server.ok("POST", policies, policy)
+    assert "egressGatway" not in created["spec"]
+    reply = server.request("GET", f"{policies}/typo")
+    assert reply.json()["spec"] == _example_policy(server, "typo")["spec"]
+    warned = server.request("PUT", f"{policies}/typo", {**policy, "metadata": created["metadata"]})
+    assert warned.status == 200
+    assert warned.headers["warning"] == '299 - "unknown field \\"spec.egressGatway\\""'
+    reply = server.request("GET", policies, query={"fieldSelector": "spec.interface=net0"})
+    assert reply.status == 400
+    assert reply.json()["message"] == "field label not supported: spec.interface"
+
+
+# ------------------------------------------------------------------ kept differences
+
+
+def test_unknown_fields_of_built_in_kinds(server: Server) -> None:
+    """The real server drops a built-in kind's unknown fields (and warns, or
+    refuses them with Strict); the embedded one knows no full schema of the
+    built-in kinds and keeps them."""
+    lease = _lease("strict")
+    lease["spec"]["holderIdentty"] = "b"
+    strict = server.request("POST", _leases(server), lease, query={"fieldValidation": "Strict"})
+    lease["metadata"]["name"] = "warned"
+    created = server.request("POST", _leases(server), lease)
+    assert created.status == 201
+    if server.kube:
+        assert strict.status == 400
+        assert strict.json()["message"] == ('Lease in version "v1" cannot be handled as a Lease: strict decoding '
+                                            'error: unknown field "spec.holderIdentty"')
+        assert created.headers["warning"] == '299 - "unknown field \\"spec.holderIdentty\\""'
+        assert created.json()["spec"] == {"holderIdentity": "a"}
+    else:
+        assert strict.status == 201
+        assert created.json()["spec"] == {"holderIdentity": "a", "holderIdentty": "b"}
+
+
+def test_openapi_documents_and_table_output(server: Server) -> None:
+    """``/openapi/v2`` and ``/openapi/v3`` (kubectl's client-side validation
+    and ``kubectl apply``'s merge) and the Table form of lists (``kubectl
+    get``): the real server has them, the embedded one not."""
+    server.ok("POST", _leases(server), _lease("a"))
+    v2 = server.request("GET", "/openapi/v2")
+    v3 = server.request("GET", "/openapi/v3")
+    as_table = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+    table = server.request("GET", _leases(server), accept=as_table)
+    assert table.status == 200
+    if server.kube:
+        assert v2.status == 200 and v2.json()["swagger"] == "2.0"
+        assert v3.status == 200 and "apis/coordination.k8s.io/v1" in v3.json()["paths"]
+        assert table.json()["kind"] == "Table"
+        assert [c["name"] for c in table.json()["columnDefinitions"]][:2] == ["Name", "Holder"]
+        assert [r["cells"][:2] for r in table.json()["rows"]] == [["a", "a"]]
+    else:
+        assert (v2.status, v2.text) == (404, NOT_FOUND_TEXT)
+        assert (v3.status, v3.text) == (404, NOT_FOUND_TEXT)
+        assert table.json()["kind"] == "LeaseList"
