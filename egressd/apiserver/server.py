@@ -39,7 +39,9 @@ fractional digits and a zone, as Go's RFC3339Micro parser demands; a client
 that sends ``datetime.isoformat()`` output gets 400 whenever microseconds are
 zero. Strategic merge patch is applied as a JSON merge patch. Core and
 events.k8s.io Events are stored separately (no cross-version conversion).
-A deleted Namespace is removed at once, with its contents.
+A deleted Namespace is removed at once, with its contents. Every difference
+from kube-apiserver found by tests/apiserver/test_conformance.py, which runs
+against both, is listed with its reason in docs/apiserver-differences.md.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ from egressd.apiserver.store import JSON_PATCH, Store, Watcher, WriteOptions, it
 
 logger = logging.getLogger(__name__)
 
-KUBE_VERSION = ("1", "31", "v1.31.0+egressd-lab")
+#: The release whose answers the embedded server follows (checked by tests/apiserver/test_conformance.py).
+KUBE_VERSION = ("1", "37", "v1.37.0+egressd-lab")
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 #: The values of the ``fieldValidation`` query parameter ("" is Warn), sorted as the real server lists them.
