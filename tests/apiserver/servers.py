@@ -152,11 +152,21 @@ def kube(control_plane: ControlPlane) -> Server:
     return Server("kube", control_plane.url, context, (str(pki.ca_crt), str(pki.admin_crt), str(pki.admin_key)))
 
 
+#: What the tests make in their namespace, emptied before the namespace is deleted.
+NAMESPACED_COLLECTIONS = (
+    "/api/v1/namespaces/{ns}/pods",
+    "/api/v1/namespaces/{ns}/events",
+    "/apis/events.k8s.io/v1/namespaces/{ns}/events",
+    "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
+)
+
+
 @contextlib.contextmanager
 def session(server: Server) -> Iterator[Server]:
     """A namespace of the test's own for its time; then the cluster-wide
-    objects it listed are deleted and the namespace with them (on the real
-    server the namespace stays Terminating: no namespace controller)."""
+    objects it listed are deleted, the namespace emptied and deleted (on the
+    real server it stays Terminating: no namespace controller; emptied, it
+    leaves nothing behind that other tests' cluster-wide lists would see)."""
     server.namespace = f"conf-{server.suffix}"
     server.ok("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                              "metadata": {"name": server.namespace}})
@@ -165,4 +175,6 @@ def session(server: Server) -> Iterator[Server]:
     finally:
         for path in reversed(server.cleanups):
             server.request("DELETE", path, query={"gracePeriodSeconds": "0"})
+        for collection in NAMESPACED_COLLECTIONS:
+            server.request("DELETE", collection.format(ns=server.namespace), query={"gracePeriodSeconds": "0"})
         server.request("DELETE", f"/api/v1/namespaces/{server.namespace}")
