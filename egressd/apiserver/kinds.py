@@ -555,6 +555,12 @@ _LABEL_MSG = (
     "must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex "
     "used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
 )
+_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_QUALIFIED_NAME_MSG = (
+    "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
+    "alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation "
+    "is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"
+)
 _LABEL_VALUE_MSG = (
     "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or "
     "'.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or "
@@ -600,13 +606,43 @@ def validate_name(kind: ResourceKind, name: str) -> list[FieldError]:
     return []
 
 
+def _label_key_problems(key: str) -> list[str]:
+    """apimachinery's check of a label key (a qualified name: ``[prefix/]name``)."""
+    parts = key.split("/")
+    if len(parts) > 2:
+        return [f"a valid label key {_QUALIFIED_NAME_MSG} with an optional DNS subdomain prefix and '/' "
+                "(e.g. 'example.com/MyName')"]  # fmt: skip
+    problems: list[str] = []
+    name = parts[-1]
+    if len(parts) == 2:
+        prefix = parts[0]
+        if not prefix:
+            problems.append("prefix part must be non-empty")
+        else:
+            if len(prefix) > 253:
+                problems.append("prefix part must be no more than 253 bytes")
+            if not _SUBDOMAIN.match(prefix):
+                problems.append(f"prefix part {_SUBDOMAIN_MSG}")
+    if not name:
+        problems.append("name part must be non-empty")
+    elif len(name) > 63:
+        problems.append("name part must be no more than 63 bytes")
+    if not _QUALIFIED_NAME.match(name):
+        problems.append(f"name part {_QUALIFIED_NAME_MSG}")
+    return problems
+
+
 def validate_metadata(kind: ResourceKind, obj: Mapping[str, Any]) -> list[FieldError]:
+    """The labels: each key a qualified name, each value a label value."""
     labels = (obj.get("metadata") or {}).get("labels") or {}
-    return [
-        FieldError("metadata.labels", _LABEL_VALUE_MSG, go_value(value))
-        for value in labels.values()
-        if len(value) > 63 or not _LABEL_VALUE.match(value)
-    ]
+    errors: list[FieldError] = []
+    for key, value in labels.items():
+        errors += [FieldError("metadata.labels", problem, go_value(key)) for problem in _label_key_problems(key)]
+        if len(value) > 63:
+            errors.append(FieldError("metadata.labels", "must be no more than 63 bytes", go_value(value)))
+        if not _LABEL_VALUE.match(value):
+            errors.append(FieldError("metadata.labels", _LABEL_VALUE_MSG, go_value(value)))
+    return errors
 
 
 # --------------------------------------------------------------------------- patches

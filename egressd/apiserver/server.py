@@ -639,16 +639,15 @@ def _warned(response: web.Response, options: WriteOptions) -> web.Response:
 
 
 def _int_param(query: Mapping[str, str], name: str) -> int:
+    """An integer query parameter (0 when unset); not a number is 400 with Go's
+    parse error, a negative one counts as unset, as on the real server."""
     raw = query.get(name, "")
     if not raw:
         return 0
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise bad_request(f"{name}: invalid value {raw!r}: must be a non-negative integer")
-    return value
+    digits = raw.removeprefix("-").removeprefix("+")
+    if not (digits.isascii() and digits.isdigit()):
+        raise bad_request(f"strconv.ParseInt: parsing {go_quote(raw)}: invalid syntax")
+    return max(int(raw), 0)
 
 
 async def _read_body(request: web.Request) -> Any:

@@ -362,7 +362,9 @@ class Store:
     ) -> ListResult:
         start: ObjKey | None = None
         if resource_version_match and not resource_version:
-            raise bad_request("resourceVersionMatch is forbidden unless resourceVersion is provided")
+            why = "resourceVersionMatch is forbidden unless resourceVersion is provided"
+            problem = FieldError("resourceVersionMatch", why, None, "FieldValueForbidden")
+            raise apierrors.invalid("meta.k8s.io", "ListOptions", "", [problem])
         if continue_token:
             if resource_version not in ("", "0"):
                 raise bad_request("specifying resource version is not allowed when using continue")
@@ -795,7 +797,7 @@ class Store:
                 if (namespace is None or key[0] == namespace) and selection.matches(obj):
                     watcher.preload({"type": "ADDED", "object": obj})
         else:
-            start = _parse_rv(resource_version)
+            start = _parse_rv(resource_version, watch=True)
             if start < self._floor:
                 status = apierrors.expired(f"too old resource version: {start} ({self._floor + 1})").status()
                 watcher.preload({"type": "ERROR", "object": status})
@@ -827,19 +829,16 @@ def _spec_part(kind: ResourceKind, obj: Mapping[str, Any]) -> JsonObject:
     return {k: v for k, v in obj.items() if k not in skip}
 
 
-def _parse_rv(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise apierrors.invalid(
-            "meta.k8s.io",
-            "ListOptions",
-            "",
-            [FieldError("resourceVersion", "must be a valid resourceVersion", go_value(text))],
-        )
-    return value
+def _parse_rv(text: str, *, watch: bool = False) -> int:
+    """A resourceVersion parameter; what is not one is 400 for a list, and (as
+    the real server's watch path answers) 500 without a reason for a watch."""
+    if text.isascii() and text.isdigit():
+        return int(text)
+    parse_error = f"strconv.ParseUint: parsing {go_quote(text)}: invalid syntax"
+    problem = FieldError("resourceVersion", parse_error, go_value(text))
+    if watch:
+        raise ApiError(500, "", str(problem))
+    raise bad_request(f"invalid resource version: {problem}")
 
 
 def _encode_continue(rv: int, start: ObjKey) -> str:

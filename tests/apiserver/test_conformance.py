@@ -1012,3 +1012,68 @@ def test_openapi_documents_and_table_output(server: Server) -> None:
         assert (v2.status, v2.text) == (404, NOT_FOUND_TEXT)
         assert (v3.status, v3.text) == (404, NOT_FOUND_TEXT)
         assert table.json()["kind"] == "LeaseList"
+
+
+def test_list_and_watch_options_are_checked(server: Server) -> None:
+    leases = _leases(server)
+    server.ok("POST", leases, _lease("a"))
+    assert len(server.ok("GET", leases, query={"limit": "-1"})["items"]) == 1  # a negative limit is none
+    reply = server.request("GET", leases, query={"limit": "x"})
+    assert (reply.status, reply.json()["message"]) == (400, 'strconv.ParseInt: parsing "x": invalid syntax')
+    reply = server.request("GET", leases, query={"watch": "1", "timeoutSeconds": "x"})
+    assert (reply.status, reply.json()["message"]) == (400, 'strconv.ParseInt: parsing "x": invalid syntax')
+    reply = server.request("GET", leases, query={"resourceVersion": "abc"})
+    assert reply.status == 400
+    assert reply.json()["message"] == ('invalid resource version: resourceVersion: Invalid value: "abc": '
+                                       'strconv.ParseUint: parsing "abc": invalid syntax')
+    reply = server.request("GET", leases, query={"watch": "1", "resourceVersion": "abc", "timeoutSeconds": "1"})
+    assert reply.status == 500  # sic: the real server's watch path has no better answer
+    assert reply.json() == {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": 500,
+                            "message": 'resourceVersion: Invalid value: "abc": strconv.ParseUint: parsing "abc": '
+                                       "invalid syntax"}
+    reply = server.request("GET", leases, query={"resourceVersionMatch": "Exact"})
+    assert reply.status == 422
+    assert reply.json()["message"] == ('ListOptions.meta.k8s.io "" is invalid: resourceVersionMatch: Forbidden: '
+                                       "resourceVersionMatch is forbidden unless resourceVersion is provided")
+    current = int(server.ok("GET", leases)["metadata"]["resourceVersion"])
+    reply = server.request("GET", leases, query={"resourceVersion": str(current + 10**9)})
+    assert reply.status == 504
+    body = reply.json()
+    assert body["reason"] == "Timeout"
+    assert body["message"].startswith(f"Timeout: Too large resource version: {current + 10**9}, current: ")
+    cause = {"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}
+    assert body["details"] == {"causes": [cause], "retryAfterSeconds": 1}
+
+
+QUALIFIED_NAME = ("must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
+                  "alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation "
+                  "is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')")
+SUBDOMAIN = ("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and "
+             "must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is "
+             "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')")
+
+
+@pytest.mark.parametrize(("key", "problems"), [
+    ("a/b/c", [f"a valid label key {QUALIFIED_NAME} with an optional DNS subdomain prefix and '/' "
+               "(e.g. 'example.com/MyName')"]),
+    ("/b", ["prefix part must be non-empty"]),
+    ("Exa_mple.com/b", [f"prefix part {SUBDOMAIN}"]),
+    ("a/", ["name part must be non-empty", f"name part {QUALIFIED_NAME}"]),
+    ("-a", [f"name part {QUALIFIED_NAME}"]),
+    ("x/" + "a" * 64, ["name part must be no more than 63 bytes"]),
+    ("a" * 254 + "/b", ["prefix part must be no more than 253 bytes"]),
+], ids=["two-slashes", "empty-prefix", "bad-prefix", "empty-name", "bad-name", "long-name", "long-prefix"])  # fmt: skip
+def test_label_keys_are_qualified_names(server: Server, key: str, problems: list[str]) -> None:
+    lease = _lease("labelled")
+    lease["metadata"]["labels"] = {key: "x"}
+    reply = server.request("POST", _leases(server), lease)
+    assert reply.status == 422
+    causes = reply.json()["details"]["causes"]
+    assert causes == [{"reason": "FieldValueInvalid", "message": f'Invalid value: "{key}": {p}',
+                       "field": "metadata.labels"} for p in problems]
+    lease["metadata"]["labels"] = {"example.com/MyName": "a" * 64}
+    reply = server.request("POST", _leases(server), lease)
+    assert reply.status == 422
+    long_value = "a" * 64
+    message = reply.json()["details"]["causes"][0]["message"]
+    assert message == f'Invalid value: "{long_value}": must be no more than 63 bytes'
