@@ -6,7 +6,8 @@ tell it from a kube-apiserver: Leases, Nodes, Pods, Namespaces, Events (core
 and events.k8s.io), CustomResourceDefinitions and the custom resources they
 define; list/get/create/update/patch/delete/deletecollection/watch; label and
 field selectors; one global resourceVersion; 409/410/422 with the real Status
-bodies; MicroTime wire format; bookmarks; pagination; discovery. Custom
+bodies; MicroTime wire format; bookmarks; pagination; discovery; the
+OpenAPI v3 documents kubectl needs (:mod:`egressd.apiserver.published`). Custom
 resources are pruned and validated against their CRD's openAPIV3Schema on
 create, update, patch and status writes, with the real server's 422 bodies
 and ``?fieldValidation=Strict|Warn|Ignore`` (:mod:`egressd.apiserver.openapi`).
@@ -61,6 +62,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from egressd.apiserver import errors as apierrors
+from egressd.apiserver import published
 from egressd.apiserver.errors import ApiError, FieldError, JsonObject, bad_request, go_quote
 from egressd.apiserver.kinds import ResourceKind
 from egressd.apiserver.selectors import Selection, parse_field_selector, parse_label_selector
@@ -306,6 +308,8 @@ class LabApiServer:
             return web.Response(text="ok", content_type="text/plain")
         if path == "/version":
             return _json_response(self._version())
+        if path == "/openapi/v3" or path.startswith("/openapi/v3/"):
+            return self._openapi(path.removeprefix("/openapi/v3").lstrip("/"))
         segments = [s for s in path.split("/") if s]
         if not segments or segments[0] not in ("api", "apis"):
             raise apierrors.path_not_found()
@@ -513,6 +517,25 @@ class LabApiServer:
             await response.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
 
     # ------------------------------------------------------------------ discovery
+
+    def _openapi_documents(self) -> dict[str, JsonObject]:
+        kinds = self.store.kinds()
+        versions = sorted({(k.group, v) for k in kinds for v in k.versions})
+        return {
+            published.group_version_path(group, version): published.document(
+                iter_kinds(kinds, group, version), group, version, KUBE_VERSION[2]
+            )
+            for group, version in versions
+        }
+
+    def _openapi(self, group_version: str) -> web.Response:
+        """``/openapi/v3`` (the index) or one group version's document (see :mod:`egressd.apiserver.published`)."""
+        documents = self._openapi_documents()
+        if not group_version:
+            return _json_response(published.index(documents))
+        if group_version not in documents:
+            raise apierrors.path_not_found()
+        return _json_response(documents[group_version])
 
     def _version(self) -> JsonObject:
         major, minor, git = KUBE_VERSION

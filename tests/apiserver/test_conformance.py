@@ -992,25 +992,58 @@ def test_unknown_fields_of_built_in_kinds(server: Server) -> None:
         assert created.json()["spec"] == {"holderIdentity": "a", "holderIdentty": "b"}
 
 
-def test_openapi_documents_and_table_output(server: Server) -> None:
-    """``/openapi/v2`` and ``/openapi/v3`` (kubectl's client-side validation
-    and ``kubectl apply``'s merge) and the Table form of lists (``kubectl
-    get``): the real server has them, the embedded one not."""
+def _patch_operations(doc: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    """The PATCH operations of one kind in an OpenAPI v3 document."""
+    operations = [item.get("patch") or {} for item in doc["paths"].values()]
+    return [op for op in operations if (op.get("x-kubernetes-group-version-kind") or {}).get("kind") == kind]
+
+
+def test_openapi_v3_says_what_kubectl_needs(server: Server) -> None:
+    """kubectl reads ``/openapi/v3`` and the document of an object's group
+    version: when its PATCH takes ``fieldValidation``, kubectl leaves the
+    validation to the server and ``kubectl apply`` works."""
+    crd = _crd(server)
+    group = crd["spec"]["group"]
+    _install_crd(server, crd)
+
+    def indexed() -> dict[str, Any] | None:
+        paths = server.ok("GET", "/openapi/v3")["paths"]
+        return paths if f"apis/{group}/v1alpha1" in paths else None
+
+    paths = server.eventually("the CRD's group version is in the OpenAPI index", indexed)
+    assert {"api/v1", "apis/coordination.k8s.io/v1", "apis/apiextensions.k8s.io/v1"} <= set(paths)
+    for gv, kind in (("apis/coordination.k8s.io/v1", "Lease"), (f"apis/{group}/v1alpha1", "Widget")):
+        url = paths[gv]["serverRelativeURL"]
+        assert url.startswith(f"/openapi/v3/{gv}?hash=")
+        doc = server.ok("GET", url)
+        assert doc["openapi"].startswith("3.0")
+        patches = _patch_operations(doc, kind)  # the real one also lists the status subresource's
+        assert patches
+        for patch in patches:
+            query = {p.get("name") for p in patch["parameters"] if p.get("in") == "query"}
+            assert "fieldValidation" in query
+        gvks = [s.get("x-kubernetes-group-version-kind") for s in doc["components"]["schemas"].values()]
+        assert [{"group": group if kind == "Widget" else "coordination.k8s.io", "version": gv.rsplit("/", 1)[1],
+                 "kind": kind}] in gvks
+    assert server.request("GET", "/openapi/v3/apis/nope.io/v1").status == 404
+
+
+def test_openapi_v2_and_table_output(server: Server) -> None:
+    """``/openapi/v2`` (kubectl reads it only as protobuf, and only when v3
+    does not answer) and the Table form of lists (``kubectl get``): the real
+    server has them, the embedded one not."""
     server.ok("POST", _leases(server), _lease("a"))
     v2 = server.request("GET", "/openapi/v2")
-    v3 = server.request("GET", "/openapi/v3")
     as_table = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
     table = server.request("GET", _leases(server), accept=as_table)
     assert table.status == 200
     if server.kube:
         assert v2.status == 200 and v2.json()["swagger"] == "2.0"
-        assert v3.status == 200 and "apis/coordination.k8s.io/v1" in v3.json()["paths"]
         assert table.json()["kind"] == "Table"
         assert [c["name"] for c in table.json()["columnDefinitions"]][:2] == ["Name", "Holder"]
         assert [r["cells"][:2] for r in table.json()["rows"]] == [["a", "a"]]
     else:
         assert (v2.status, v2.text) == (404, NOT_FOUND_TEXT)
-        assert (v3.status, v3.text) == (404, NOT_FOUND_TEXT)
         assert table.json()["kind"] == "LeaseList"
 
 
