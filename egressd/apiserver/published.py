@@ -14,8 +14,9 @@ parameters) and a schema carrying the same extension: the CRD's
 ``openAPIV3Schema`` for a custom resource, an object that keeps any field for
 a built-in kind. That is far less than the real server's documents (no other
 operations, no built-in schemas, no references), and enough for kubectl.
-``/openapi/v2`` is not served: kubectl asks for it only as protobuf, and only
-when the v3 documents do not answer.
+``/openapi/v2`` is not served: kubectl asks for it only as protobuf, when no
+v3 document describes a kind, and when it computes the strategic merge patch
+of a built-in kind, where it does without.
 """
 
 from __future__ import annotations

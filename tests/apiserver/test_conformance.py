@@ -1029,9 +1029,9 @@ def test_openapi_v3_says_what_kubectl_needs(server: Server) -> None:
 
 
 def test_openapi_v2_and_table_output(server: Server) -> None:
-    """``/openapi/v2`` (kubectl reads it only as protobuf, and only when v3
-    does not answer) and the Table form of lists (``kubectl get``): the real
-    server has them, the embedded one not."""
+    """``/openapi/v2`` (kubectl reads it only as protobuf, and does without
+    it for the kinds the v3 documents describe) and the Table form of lists
+    (``kubectl get``): the real server has them, the embedded one not."""
     server.ok("POST", _leases(server), _lease("a"))
     v2 = server.request("GET", "/openapi/v2")
     as_table = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
