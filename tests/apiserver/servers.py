@@ -69,19 +69,20 @@ class Server:
         """A name of this test's own for a cluster-wide object (Nodes, CRDs)."""
         return f"{stem}-{self.suffix}"
 
+    def _connect(self, timeout: float) -> http.client.HTTPConnection:
+        parts = urlsplit(self.url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        if self.context is not None:
+            return http.client.HTTPSConnection(host, port, timeout=timeout, context=self.context)
+        return http.client.HTTPConnection(host, port, timeout=timeout)
+
     def request(self, method: str, path: str, body: Any = None, *, content_type: str = JSON,
                 accept: str = JSON, query: Mapping[str, str] | None = None,
                 timeout: float = 15.0) -> Reply:
         """One request; ``body`` is JSON-encoded unless it is already str or bytes."""
         if query:
             path = f"{path}?{urlencode(query)}"
-        parts = urlsplit(self.url)
-        host, port = parts.hostname or "127.0.0.1", parts.port or 80
-        conn: http.client.HTTPConnection
-        if self.context is not None:
-            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=self.context)
-        else:
-            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        conn = self._connect(timeout)
         try:
             headers = {"Accept": accept}
             payload: str | bytes | None = None
@@ -116,6 +117,25 @@ class Server:
                              timeout=float(query["timeoutSeconds"]) + 15)
         assert reply.status == 200, f"watch {path}: {reply.status} {reply.text[:300]}"
         return [json.loads(line) for line in reply.text.splitlines() if line.strip()]
+
+    @contextlib.contextmanager
+    def watching(self, path: str, **query: str) -> Iterator[Callable[[], list[dict[str, Any]]]]:
+        """A watch that is open (both servers send the headers when it starts)
+        for the body of the ``with``; the function it gives reads the events
+        until the watch ends (give ``timeoutSeconds``)."""
+        assert "timeoutSeconds" in query, "a watch in a test must end by itself"
+        conn = self._connect(float(query["timeoutSeconds"]) + 15)
+        try:
+            conn.request("GET", f"{path}?{urlencode({'watch': '1', **query})}", headers={"Accept": JSON})
+            response = conn.getresponse()
+            assert response.status == 200, f"watch {path}: {response.status} {response.read()[:300]!r}"
+
+            def events() -> list[dict[str, Any]]:
+                return [json.loads(line) for line in response.read().splitlines() if line.strip()]
+
+            yield events
+        finally:
+            conn.close()
 
     def eventually(self, what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
         """Poll ``check`` until it returns something true (a real server settles

@@ -690,6 +690,23 @@ def test_a_deleted_crds_resources_are_404_page_not_found(server: Server) -> None
         assert reply.text == NOT_FOUND_TEXT, url
 
 
+def test_deleting_a_crd_ends_its_watches_after_deleting_its_objects(server: Server) -> None:
+    """What egressd sees when its CRD goes: a DELETED event for every object,
+    then the end of the watch, long before its timeout."""
+    crd = _crd(server)
+    path = f"/apis/{crd['spec']['group']}/v1alpha1/widgets"
+    _install_crd(server, crd)
+    created = [server.ok("POST", path, {"apiVersion": f"{crd['spec']['group']}/v1alpha1", "kind": "Widget",
+                                        "metadata": {"name": name}}) for name in ("w1", "w2")]  # fmt: skip
+    since = created[-1]["metadata"]["resourceVersion"]
+    started = time.monotonic()
+    with server.watching(path, resourceVersion=since, timeoutSeconds="30") as events:
+        server.ok("DELETE", f"{CRDS}/{crd['metadata']['name']}")
+        seen = events()
+    assert sorted((e["type"], e["object"]["metadata"]["name"]) for e in seen) == [("DELETED", "w1"), ("DELETED", "w2")]
+    assert time.monotonic() - started < 20, "the watch ran on to its timeout"
+
+
 def test_namespaced_custom_objects(server: Server) -> None:
     crd = _crd(server, scope="Namespaced")
     group = crd["spec"]["group"]
