@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Literal
 
-from egressd.apiserver.errors import ApiError, FieldError, JsonObject, bad_request, go_value
+from egressd.apiserver.errors import ApiError, FieldError, JsonObject, bad_request, go_quote, go_value
 from egressd.apiserver.openapi import structural_errors
 
 FieldType = Literal["int32", "string", "microtime", "time"]
@@ -62,6 +62,9 @@ class ResourceKind:
     name_label: str = ""  # label set to the object's name (namespaces)
     typed_fields: tuple[TypedField, ...] = ()
     field_labels: tuple[str, ...] = ()  # beyond metadata.name / metadata.namespace
+    #: Fields of a feature the real server has off by default: decoded (types
+    #: checked), then dropped, as its strategy does for disabled feature gates.
+    gated_fields: tuple[str, ...] = ()
     strategic_merge: bool = True  # built-ins accept strategic-merge-patch
     custom: bool = False
     #: Custom resources: the openAPIV3Schema of each served version (egressd.apiserver.openapi applies it).
@@ -84,6 +87,14 @@ class ResourceKind:
         properties = (self.schema(version) or {}).get("properties") or {}
         status = properties.get("status")
         return status if isinstance(status, Mapping) else None
+
+    @property
+    def field_label_conversion(self) -> bool:
+        """Whether an unknown field label reads ``field label not supported``:
+        the kinds with a field label conversion of their own (core kinds,
+        Events) and custom resources; the other built-ins (Leases, CRDs) give
+        the generic message."""
+        return bool(self.field_labels) or self.custom
 
     @property
     def selectable_fields(self) -> tuple[str, ...]:
@@ -198,6 +209,8 @@ BUILTIN_KINDS: tuple[ResourceKind, ...] = (
         create_on_update=True,
         unconditional_update=False,
         typed_fields=_LEASE_FIELDS,
+        # the CoordinatedLeaderElection feature (beta, off by default in 1.37)
+        gated_fields=("spec.preferredHolder", "spec.strategy"),
     ),
     ResourceKind(
         "events.k8s.io",
@@ -464,6 +477,9 @@ def normalise(kind: ResourceKind, obj: JsonObject, version: str) -> list[FieldEr
         parent[leaf] = _decoded(kind, typed, parent[leaf], version)
         if typed.type == "int32" and typed.minimum is not None and parent[leaf] < typed.minimum:
             errors.append(FieldError(typed.path, typed.minimum_message, str(parent[leaf])))
+    for path in kind.gated_fields:
+        if (gated := _locate(obj, path)) is not None:
+            del gated[0][gated[1]]
     errors.extend(validate_metadata(kind, obj))
     return errors
 
@@ -539,12 +555,46 @@ _LABEL_MSG = (
     "must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex "
     "used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
 )
+_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_QUALIFIED_NAME_MSG = (
+    "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
+    "alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation "
+    "is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"
+)
 _LABEL_VALUE_MSG = (
     "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or "
     "'.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or "
     "'my_value',  or '12345', regex used for validation is "
     "'(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"
 )
+
+
+#: Where an Event about a cluster-scoped object (no involvedObject.namespace) may live.
+_CLUSTER_EVENT_NAMESPACES = ("default",)
+_NEW_CLUSTER_EVENT_NAMESPACES = ("default", "kube-system")
+
+
+def validate_event(kind: ResourceKind, obj: Mapping[str, Any], namespace: str) -> list[FieldError]:
+    """The real server's namespace rule for Events (and the type rule of
+    events.k8s.io): an Event lives in its object's namespace; one about a
+    cluster-scoped object (a Node) in ``default`` (also ``kube-system`` when
+    it has an ``eventTime``). events.k8s.io's ``regarding`` is checked under
+    its internal name ``involvedObject``."""
+    if kind.kind != "Event" or kind.custom:
+        return []
+    new_api = kind.group == "events.k8s.io"
+    involved = obj.get("regarding" if new_api else "involvedObject")
+    involved_ns = str((involved or {}).get("namespace") or "") if isinstance(involved, Mapping) else ""
+    errors: list[FieldError] = []
+    if not obj.get("eventTime") and not new_api:
+        fits = namespace in _CLUSTER_EVENT_NAMESPACES if not involved_ns else namespace == involved_ns
+    else:
+        fits = bool(involved_ns) or namespace in _NEW_CLUSTER_EVENT_NAMESPACES
+    if not fits:
+        errors.append(FieldError("involvedObject.namespace", "does not match event.namespace", go_quote(involved_ns)))
+    if new_api and obj.get("type") not in ("Normal", "Warning"):
+        errors.append(FieldError("type", f"has invalid value: {obj.get('type') or ''}", '""'))
+    return errors
 
 
 def validate_name(kind: ResourceKind, name: str) -> list[FieldError]:
@@ -556,13 +606,43 @@ def validate_name(kind: ResourceKind, name: str) -> list[FieldError]:
     return []
 
 
+def _label_key_problems(key: str) -> list[str]:
+    """apimachinery's check of a label key (a qualified name: ``[prefix/]name``)."""
+    parts = key.split("/")
+    if len(parts) > 2:
+        return [f"a valid label key {_QUALIFIED_NAME_MSG} with an optional DNS subdomain prefix and '/' "
+                "(e.g. 'example.com/MyName')"]  # fmt: skip
+    problems: list[str] = []
+    name = parts[-1]
+    if len(parts) == 2:
+        prefix = parts[0]
+        if not prefix:
+            problems.append("prefix part must be non-empty")
+        else:
+            if len(prefix) > 253:
+                problems.append("prefix part must be no more than 253 bytes")
+            if not _SUBDOMAIN.match(prefix):
+                problems.append(f"prefix part {_SUBDOMAIN_MSG}")
+    if not name:
+        problems.append("name part must be non-empty")
+    elif len(name) > 63:
+        problems.append("name part must be no more than 63 bytes")
+    if not _QUALIFIED_NAME.match(name):
+        problems.append(f"name part {_QUALIFIED_NAME_MSG}")
+    return problems
+
+
 def validate_metadata(kind: ResourceKind, obj: Mapping[str, Any]) -> list[FieldError]:
+    """The labels: each key a qualified name, each value a label value."""
     labels = (obj.get("metadata") or {}).get("labels") or {}
-    return [
-        FieldError("metadata.labels", _LABEL_VALUE_MSG, go_value(value))
-        for value in labels.values()
-        if len(value) > 63 or not _LABEL_VALUE.match(value)
-    ]
+    errors: list[FieldError] = []
+    for key, value in labels.items():
+        errors += [FieldError("metadata.labels", problem, go_value(key)) for problem in _label_key_problems(key)]
+        if len(value) > 63:
+            errors.append(FieldError("metadata.labels", "must be no more than 63 bytes", go_value(value)))
+        if not _LABEL_VALUE.match(value):
+            errors.append(FieldError("metadata.labels", _LABEL_VALUE_MSG, go_value(value)))
+    return errors
 
 
 # --------------------------------------------------------------------------- patches

@@ -679,7 +679,8 @@ def _to_field_error(issue: _Issue, prefix: str | None) -> FieldError:
         detail = "supported values: " + ", ".join(map(go_quote, supported)) if supported else ""
         return FieldError(where, detail, go_value(issue.value), "FieldValueNotSupported")
     if issue.code == "too_long":
-        detail = f"may not be longer than {issue.valid}" if issue.valid is not None else "value is too long"
+        # apimachinery's field.TooLong wording since v1.32 (it counts characters all the same)
+        detail = f"may not be more than {issue.valid} bytes" if issue.valid is not None else "value is too long"
         return FieldError(where, detail, value, "FieldValueTooLong")
     if issue.code in ("max_items", "max_properties"):
         return FieldError(where, f"must have at most {issue.valid} items", str(issue.value), "FieldValueTooMany")

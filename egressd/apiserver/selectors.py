@@ -7,8 +7,11 @@ Label selector grammar (comma-separated requirements, all must hold)::
 ``!=`` and ``notin`` also match objects that do not carry the key, as on a
 real server. Field selectors support ``=``, ``==`` and ``!=`` on the field
 labels a resource declares (always ``metadata.name`` and
-``metadata.namespace``); any other field is rejected with the real message
-``field label not supported: <field>``. A parse failure raises
+``metadata.namespace``); any other field is rejected with the real message:
+``field label not supported: <field>`` for the kinds with a field label
+conversion of their own (core kinds, Events) and custom resources,
+``"<field>" is not a known field selector: only "metadata.name",
+"metadata.namespace"`` for the other built-ins (Leases, CRDs). A parse failure raises
 :class:`~egressd.apiserver.errors.ApiError` 400 BadRequest.
 """
 
@@ -161,8 +164,10 @@ def field_value(obj: Mapping[str, Any], path: str) -> str:
     return str(current)
 
 
-def parse_field_selector(text: str | None, supported: Iterable[str]) -> FieldSelector:
-    """Parse a ``fieldSelector`` value against the resource's field labels."""
+def parse_field_selector(text: str | None, supported: Iterable[str], *, converted: bool = True) -> FieldSelector:
+    """Parse a ``fieldSelector`` value against the resource's field labels;
+    ``converted``: the kind has its own field label conversion (core kinds,
+    Events), which words an unknown label differently from the generic one."""
     if not text or not text.strip():
         return FieldSelector()
     allowed = set(supported)
@@ -173,8 +178,11 @@ def parse_field_selector(text: str | None, supported: Iterable[str]) -> FieldSel
         if match is None:
             raise bad_request(f"invalid selector: '{text}'; can't understand '{part}'")
         field, op, value = match["field"].strip(), match["op"], match["value"]
-        if field not in allowed:
+        if field not in allowed and converted:
             raise bad_request(f"field label not supported: {field}")
+        if field not in allowed:
+            known = ", ".join(f'"{name}"' for name in ("metadata.name", "metadata.namespace"))
+            raise bad_request(f'"{field}" is not a known field selector: only {known}')
         terms.append(FieldTerm(field, value.strip(), negate=op == "!="))
     return FieldSelector(tuple(terms))
 

@@ -6,7 +6,8 @@ tell it from a kube-apiserver: Leases, Nodes, Pods, Namespaces, Events (core
 and events.k8s.io), CustomResourceDefinitions and the custom resources they
 define; list/get/create/update/patch/delete/deletecollection/watch; label and
 field selectors; one global resourceVersion; 409/410/422 with the real Status
-bodies; MicroTime wire format; bookmarks; pagination; discovery. Custom
+bodies; MicroTime wire format; bookmarks; pagination; discovery; the
+OpenAPI v3 documents kubectl needs (:mod:`egressd.apiserver.published`). Custom
 resources are pruned and validated against their CRD's openAPIV3Schema on
 create, update, patch and status writes, with the real server's 422 bodies
 and ``?fieldValidation=Strict|Warn|Ignore`` (:mod:`egressd.apiserver.openapi`).
@@ -39,7 +40,9 @@ fractional digits and a zone, as Go's RFC3339Micro parser demands; a client
 that sends ``datetime.isoformat()`` output gets 400 whenever microseconds are
 zero. Strategic merge patch is applied as a JSON merge patch. Core and
 events.k8s.io Events are stored separately (no cross-version conversion).
-A deleted Namespace is removed at once, with its contents.
+A deleted Namespace is removed at once, with its contents. Every difference
+from kube-apiserver found by tests/apiserver/test_conformance.py, which runs
+against both, is listed with its reason in docs/apiserver-differences.md.
 """
 
 from __future__ import annotations
@@ -56,8 +59,10 @@ from typing import Any, Self
 
 import yaml
 from aiohttp import web
+from multidict import MultiMapping
 
 from egressd.apiserver import errors as apierrors
+from egressd.apiserver import published
 from egressd.apiserver.errors import ApiError, FieldError, JsonObject, bad_request, go_quote
 from egressd.apiserver.kinds import ResourceKind
 from egressd.apiserver.selectors import Selection, parse_field_selector, parse_label_selector
@@ -65,7 +70,8 @@ from egressd.apiserver.store import JSON_PATCH, Store, Watcher, WriteOptions, it
 
 logger = logging.getLogger(__name__)
 
-KUBE_VERSION = ("1", "31", "v1.31.0+egressd-lab")
+#: The release whose answers the embedded server follows (checked by tests/apiserver/test_conformance.py).
+KUBE_VERSION = ("1", "37", "v1.37.0+egressd-lab")
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 #: The values of the ``fieldValidation`` query parameter ("" is Warn), sorted as the real server lists them.
@@ -302,6 +308,8 @@ class LabApiServer:
             return web.Response(text="ok", content_type="text/plain")
         if path == "/version":
             return _json_response(self._version())
+        if path == "/openapi/v3" or path.startswith("/openapi/v3/"):
+            return self._openapi(path.removeprefix("/openapi/v3").lstrip("/"))
         segments = [s for s in path.split("/") if s]
         if not segments or segments[0] not in ("api", "apis"):
             raise apierrors.path_not_found()
@@ -309,8 +317,8 @@ class LabApiServer:
             if len(segments) == 1:
                 return _json_response(self._api_versions(request))
             group, version, rest = "", segments[1], segments[2:]
-            if version != "v1":
-                raise apierrors.path_not_found()
+            if version != "v1":  # the core API's own handler answers below /api/, as a Status
+                raise apierrors.resource_not_found()
         else:
             if len(segments) == 1:
                 return _json_response(self._group_list())
@@ -405,7 +413,8 @@ class LabApiServer:
             delete_options = await _read_body(request) if raw.strip() else None
             if delete_options is not None and not isinstance(delete_options, Mapping):
                 raise bad_request("DeleteOptions must be an object")
-            answer = store.delete(t.kind, t.namespace, name, delete_options)
+            dry_run = _dry_run(query, "DeleteOptions") or (delete_options or {}).get("dryRun") == ["All"]
+            answer = store.delete(t.kind, t.namespace, name, delete_options, dry_run=dry_run)
             if answer.get("kind") != "Status":
                 answer = _present(t.kind, answer, t.version)
             return _json_response(answer)
@@ -509,6 +518,25 @@ class LabApiServer:
 
     # ------------------------------------------------------------------ discovery
 
+    def _openapi_documents(self) -> dict[str, JsonObject]:
+        kinds = self.store.kinds()
+        versions = sorted({(k.group, v) for k in kinds for v in k.versions})
+        return {
+            published.group_version_path(group, version): published.document(
+                iter_kinds(kinds, group, version), group, version, KUBE_VERSION[2]
+            )
+            for group, version in versions
+        }
+
+    def _openapi(self, group_version: str) -> web.Response:
+        """``/openapi/v3`` (the index) or one group version's document (see :mod:`egressd.apiserver.published`)."""
+        documents = self._openapi_documents()
+        if not group_version:
+            return _json_response(published.index(documents))
+        if group_version not in documents:
+            raise apierrors.path_not_found()
+        return _json_response(documents[group_version])
+
     def _version(self) -> JsonObject:
         major, minor, git = KUBE_VERSION
         return {
@@ -598,13 +626,24 @@ async def _call(action: Any) -> None:
 def _selection(query: Mapping[str, str], kind: ResourceKind) -> Selection:
     return Selection(
         parse_label_selector(query.get("labelSelector")),
-        parse_field_selector(query.get("fieldSelector"), kind.selectable_fields),
+        parse_field_selector(query.get("fieldSelector"), kind.selectable_fields, converted=kind.field_label_conversion),
     )
 
 
-def _write_options(query: Mapping[str, str], kind: str) -> WriteOptions:
-    """The ``fieldValidation`` of a write; an unknown value is 422, as the real
-    server's validation of Create/Update/PatchOptions answers."""
+def _dry_run(query: MultiMapping[str], kind: str) -> bool:
+    """``dryRun=All``: validate and answer, store nothing; any other value is 422."""
+    values = query.getall("dryRun", [])
+    if any(v != "All" for v in values):
+        shown = "[" + ", ".join(go_quote(v) for v in values) + "]"
+        problem = FieldError("dryRun", 'supported values: "All"', shown, "FieldValueNotSupported")
+        raise apierrors.invalid("meta.k8s.io", kind, "", [problem])
+    return bool(values)
+
+
+def _write_options(query: MultiMapping[str], kind: str) -> WriteOptions:
+    """The ``fieldValidation`` and ``dryRun`` of a write; an unknown value is 422,
+    as the real server's validation of Create/Update/PatchOptions answers."""
+    dry_run = _dry_run(query, kind)
     mode = query.get("fieldValidation", "")
     if mode not in FIELD_VALIDATIONS:
         supported = ", ".join(go_quote(v) for v in FIELD_VALIDATIONS)
@@ -612,7 +651,7 @@ def _write_options(query: Mapping[str, str], kind: str) -> WriteOptions:
             "fieldValidation", f"supported values: {supported}", go_quote(mode), "FieldValueNotSupported"
         )
         raise apierrors.invalid("meta.k8s.io", kind, "", [problem])
-    return WriteOptions(field_validation=mode)
+    return WriteOptions(field_validation=mode, dry_run=dry_run)
 
 
 def _warned(response: web.Response, options: WriteOptions) -> web.Response:
@@ -623,16 +662,15 @@ def _warned(response: web.Response, options: WriteOptions) -> web.Response:
 
 
 def _int_param(query: Mapping[str, str], name: str) -> int:
+    """An integer query parameter (0 when unset); not a number is 400 with Go's
+    parse error, a negative one counts as unset, as on the real server."""
     raw = query.get(name, "")
     if not raw:
         return 0
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise bad_request(f"{name}: invalid value {raw!r}: must be a non-negative integer")
-    return value
+    digits = raw.removeprefix("-").removeprefix("+")
+    if not (digits.isascii() and digits.isdigit()):
+        raise bad_request(f"strconv.ParseInt: parsing {go_quote(raw)}: invalid syntax")
+    return max(int(raw), 0)
 
 
 async def _read_body(request: web.Request) -> Any:

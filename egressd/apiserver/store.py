@@ -44,6 +44,7 @@ from egressd.apiserver.kinds import (
     normalise,
     now_time,
     validate_crd,
+    validate_event,
     validate_name,
 )
 from egressd.apiserver.selectors import Selection
@@ -86,6 +87,8 @@ class WriteOptions:
     #: ``Strict``: unknown fields of a custom resource fail the request; ``Warn``
     #: (the default, also ""): they are dropped with a warning; ``Ignore``: dropped.
     field_validation: str = ""
+    #: ``dryRun=All``: the write is checked and answered but not stored.
+    dry_run: bool = False
     #: Texts for the answer's ``Warning: 299 - "..."`` headers.
     warnings: list[str] = field(default_factory=list)
 
@@ -359,7 +362,9 @@ class Store:
     ) -> ListResult:
         start: ObjKey | None = None
         if resource_version_match and not resource_version:
-            raise bad_request("resourceVersionMatch is forbidden unless resourceVersion is provided")
+            why = "resourceVersionMatch is forbidden unless resourceVersion is provided"
+            problem = FieldError("resourceVersionMatch", why, None, "FieldValueForbidden")
+            raise apierrors.invalid("meta.k8s.io", "ListOptions", "", [problem])
         if continue_token:
             if resource_version not in ("", "0"):
                 raise bad_request("specifying resource version is not allowed when using continue")
@@ -386,6 +391,9 @@ class Store:
             if (namespace is None or key[0] == namespace) and selection.matches(obj) and (start is None or key > start)
         )
         result = ListResult([state[k] for k in keys], list_rv)
+        # resourceVersion=0 ("any version") is served from the real server's watch cache, which ignores limit
+        if resource_version == "0" and not continue_token:
+            limit = 0
         if limit > 0 and len(keys) > limit:
             result.items = result.items[:limit]
             result.continue_token = _encode_continue(list_rv, keys[limit - 1])
@@ -462,7 +470,7 @@ class Store:
             )
         if kind.namespaced:
             self._check_namespace(kind, namespace or "")
-        errors = validate_name(kind, name) + errors
+        errors = validate_name(kind, name) + errors + validate_event(kind, obj, namespace or "")
         if kind.key == CRDS:
             errors += validate_crd(obj)
         errors += self._schema_errors(kind, version, obj, None, "")
@@ -472,6 +480,8 @@ class Store:
         if key in self._objects[kind.key]:
             raise apierrors.already_exists(kind.group, kind.plural, name)
         self._fill_new(kind, obj, namespace or "")
+        if options is not None and options.dry_run:
+            return obj
         stored = self._write(kind, "ADDED", key, obj, None)
         if kind.key == CRDS:
             self._register_crd(stored)
@@ -515,7 +525,10 @@ class Store:
                 return self.create(kind, namespace, body, version, options), True
             raise apierrors.not_found(kind.group, kind.plural, name)
         self._check_rv(kind, name, obj, old)
-        return self._commit_update(kind, key, old, obj, subresource, version=version, errors=errors), False
+        committed = self._commit_update(
+            kind, key, old, obj, subresource, version=version, errors=errors, dry_run=bool(options and options.dry_run)
+        )
+        return committed, False
 
     def _prune(
         self, kind: ResourceKind, obj: JsonObject, version: str, options: WriteOptions | None, *, patch: bool = False
@@ -574,7 +587,7 @@ class Store:
                 kind.group,
                 kind.plural,
                 name,
-                [FieldError("metadata.resourceVersion", "must be specified for an update", "0x0")],
+                [FieldError("metadata.resourceVersion", "must be specified for an update", "0")],
             )
         if str(new_rv) != _meta(old)["resourceVersion"]:
             raise apierrors.conflict(kind.group, kind.plural, name)
@@ -589,6 +602,7 @@ class Store:
         *,
         version: str,
         errors: Sequence[FieldError] = (),
+        dry_run: bool = False,
     ) -> JsonObject:
         result = _with_status(kind, old, new, subresource)
         meta = _keep_system_metadata(kind, result, old)
@@ -596,13 +610,16 @@ class Store:
         result["apiVersion"], result["kind"] = old["apiVersion"], old["kind"]
         if kind.tracks_generation and _spec_part(kind, result) != _spec_part(kind, old):
             meta["generation"] = int(old_meta.get("generation", 1)) + 1
-        problems = [*errors, *self._schema_errors(kind, version, result, old, subresource)]
+        problems = [*errors, *validate_event(kind, result, str(meta.get("namespace") or ""))]
+        problems += self._schema_errors(kind, version, result, old, subresource)
         if kind.key == CRDS and subresource != "status":
             problems += validate_crd(result)
         if problems:
             raise apierrors.invalid(kind.group, kind.kind, meta["name"], problems)
         if result == old:
             return old  # a no-op write keeps its RV and sends no event, as on a real server
+        if dry_run:
+            return result
         stored = self._write(kind, "MODIFIED", key, result, old)
         if kind.key == CRDS:
             self._register_crd(stored)
@@ -657,12 +674,28 @@ class Store:
         self._prune(kind, patched, version, options, patch=True)
         if (_meta(patched).get("resourceVersion") or "") != _meta(old)["resourceVersion"]:
             self._check_rv(kind, name, patched, old)
-        return self._commit_update(kind, key, old, patched, subresource, version=version, errors=errors)
+        return self._commit_update(
+            kind,
+            key,
+            old,
+            patched,
+            subresource,
+            version=version,
+            errors=errors,
+            dry_run=bool(options and options.dry_run),
+        )
 
     def delete(
-        self, kind: ResourceKind, namespace: str | None, name: str, options: Mapping[str, Any] | None = None
+        self,
+        kind: ResourceKind,
+        namespace: str | None,
+        name: str,
+        options: Mapping[str, Any] | None = None,
+        *,
+        dry_run: bool = False,
     ) -> JsonObject:
-        """DELETE; answers what the real server answers for this resource."""
+        """DELETE; answers what the real server answers for this resource
+        (``dry_run``: the same answer, nothing removed)."""
         key = self._key(kind, namespace, name)
         old = self._objects[kind.key].get(key)
         if old is None:
@@ -670,28 +703,31 @@ class Store:
         preconditions = (options or {}).get("preconditions") or {}
         meta = _meta(old)
         uid, rv = preconditions.get("uid"), preconditions.get("resourceVersion")
+        # the real server names the Kind here, not the resource
         if uid and uid != meta.get("uid"):
-            raise apierrors.conflict(
-                kind.group,
-                kind.plural,
-                name,
-                (f"Precondition failed: UID in precondition: {uid}, UID in object meta: {meta.get('uid')}"),
+            why = (
+                f"the UID in the precondition ({uid}) does not match the UID in record ({meta.get('uid')}). "
+                "The object might have been deleted and then recreated"
             )
+            raise apierrors.conflict(kind.group, kind.kind, name, why)
         if rv and rv != meta.get("resourceVersion"):
-            raise apierrors.conflict(
-                kind.group,
-                kind.plural,
-                name,
-                (
-                    f"Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion "
-                    f"in object meta: {meta.get('resourceVersion')}"
-                ),
+            why = (
+                f"the ResourceVersion in the precondition ({rv}) does not match the ResourceVersion in record "
+                f"({meta.get('resourceVersion')}). The object might have been modified"
             )
+            raise apierrors.conflict(kind.group, kind.kind, name, why)
+        if dry_run:
+            return self._delete_answer(kind, name, old)
         if kind.key == NAMESPACES:
             self._delete_all(lambda k: k.namespaced, name)
         if kind.key == CRDS:
             self._unregister_crd(old)
         self._write(kind, "DELETED", key, None, old)
+        return self._delete_answer(kind, name, old)
+
+    @staticmethod
+    def _delete_answer(kind: ResourceKind, name: str, old: JsonObject) -> JsonObject:
+        meta = _meta(old)
         if kind.key == NAMESPACES:
             terminating = copy.deepcopy(old)
             terminating["metadata"]["deletionTimestamp"] = now_time()
@@ -761,7 +797,7 @@ class Store:
                 if (namespace is None or key[0] == namespace) and selection.matches(obj):
                     watcher.preload({"type": "ADDED", "object": obj})
         else:
-            start = _parse_rv(resource_version)
+            start = _parse_rv(resource_version, watch=True)
             if start < self._floor:
                 status = apierrors.expired(f"too old resource version: {start} ({self._floor + 1})").status()
                 watcher.preload({"type": "ERROR", "object": status})
@@ -793,19 +829,16 @@ def _spec_part(kind: ResourceKind, obj: Mapping[str, Any]) -> JsonObject:
     return {k: v for k, v in obj.items() if k not in skip}
 
 
-def _parse_rv(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise apierrors.invalid(
-            "meta.k8s.io",
-            "ListOptions",
-            "",
-            [FieldError("resourceVersion", "must be a valid resourceVersion", go_value(text))],
-        )
-    return value
+def _parse_rv(text: str, *, watch: bool = False) -> int:
+    """A resourceVersion parameter; what is not one is 400 for a list, and (as
+    the real server's watch path answers) 500 without a reason for a watch."""
+    if text.isascii() and text.isdigit():
+        return int(text)
+    parse_error = f"strconv.ParseUint: parsing {go_quote(text)}: invalid syntax"
+    problem = FieldError("resourceVersion", parse_error, go_value(text))
+    if watch:
+        raise ApiError(500, "", str(problem))
+    raise bad_request(f"invalid resource version: {problem}")
 
 
 def _encode_continue(rv: int, start: ObjKey) -> str:

@@ -131,7 +131,7 @@ def test_any_of_formats_reports_the_first_branch_and_a_summary() -> None:
 def test_string_checks_stop_at_the_first_failure() -> None:
     schema = {"type": "string", "minLength": 2, "maxLength": 4, "pattern": "^[a-z]+$"}
     assert check("abc", schema) == []
-    assert check("abcdE", schema) == ["x: Too long: may not be longer than 4"]
+    assert check("abcdE", schema) == ["x: Too long: may not be more than 4 bytes"]
     assert check("a", schema) == ['x: Invalid value: "a": x in body should be at least 2 chars long']
     assert check("aB", schema) == ["x: Invalid value: \"aB\": x in body should match '^[a-z]+$'"]
 
@@ -353,8 +353,8 @@ def test_a_schema_that_preserves_everything_prunes_nothing() -> None:
 def test_unchanged_invalid_values_pass_an_update() -> None:
     schema = at({"type": "string", "maxLength": 3})
     assert errors({"x": "net0"}, schema, old={"x": "net0"}) == []
-    assert errors({"x": "net1"}, schema, old={"x": "net0"}) == ["x: Too long: may not be longer than 3"]
-    assert errors({"x": "net0"}, schema) == ["x: Too long: may not be longer than 3"]
+    assert errors({"x": "net1"}, schema, old={"x": "net0"}) == ["x: Too long: may not be more than 3 bytes"]
+    assert errors({"x": "net0"}, schema) == ["x: Too long: may not be more than 3 bytes"]
 
 
 def test_map_list_items_correlate_by_key_set_items_do_not() -> None:

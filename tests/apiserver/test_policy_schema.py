@@ -168,7 +168,7 @@ BAD_POLICIES = [
         id="interface-with-slash",
     ),
     pytest.param(
-        _long_name, ["spec.egressGateway.interface: Too long: may not be longer than 15"], id="interface-too-long"
+        _long_name, ["spec.egressGateway.interface: Too long: may not be more than 15 bytes"], id="interface-too-long"
     ),
     pytest.param(
         _twice, ['spec.egressGateway.egressIPs[1]: Duplicate value: "172.18.0.42"'], id="duplicate-egress-ips"
@@ -420,7 +420,7 @@ def test_a_tightened_schema_keeps_unchanged_values(api: ApiClient) -> None:
             *ARGS, "outpost", {"spec": {"egressGateway": {"interface": "eth1"}}}
         )
     )
-    assert body["message"] == INVALID + "spec.egressGateway.interface: Too long: may not be longer than 3"
+    assert body["message"] == INVALID + "spec.egressGateway.interface: Too long: may not be more than 3 bytes"
 
 
 def test_a_crd_whose_schema_is_not_structural_is_rejected(api: ApiClient) -> None:
