@@ -214,11 +214,10 @@ class Stack:
 @contextlib.contextmanager
 def deployed(api: KubeApi) -> Iterator[None]:
     """deploy/'s Namespace, RBAC and CRD applied as admin; afterwards the
-    objects this made are deleted again (but the Namespace: without a
-    namespace controller a deleted namespace stays Terminating and refuses
-    what later tests put in it), and a CRD that was there is there again."""
+    objects this made are deleted again (the Namespace with what is in it,
+    as the namespace controller would), and a CRD that was there is there again."""
     objects = deploy_objects("namespace.yaml", "rbac.yaml", "crd.yaml")
-    made = [o for o in objects if o["kind"] != "Namespace" and api.request("GET", object_path(o))[0] == 404]
+    made = [o for o in objects if api.request("GET", object_path(o))[0] == 404]
     try:
         for obj in objects:
             if obj["kind"] != "CustomResourceDefinition":
@@ -227,7 +226,10 @@ def deployed(api: KubeApi) -> Iterator[None]:
         yield
     finally:
         for obj in reversed(made):
-            delete(api, object_path(obj))
+            if obj["kind"] == "Namespace":
+                api.delete_namespace(obj["metadata"]["name"])
+            else:
+                delete(api, object_path(obj))
         if not any(o["kind"] == "CustomResourceDefinition" for o in made) and not crd_established(api):
             apply_crd(api)
 
@@ -273,9 +275,7 @@ def stack(kube_control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFac
             for node in list(s.daemons):
                 s.stop(node)
             delete(api, f"{POLICIES}/{s.policy}")
-            for pod in ("xwing", "tiefighter"):
-                delete(api, f"/api/v1/namespaces/{s.app_ns}/pods/{pod}")
-            delete(api, f"/api/v1/namespaces/{s.app_ns}")
+            api.delete_namespace(s.app_ns)
             for node in s.nodes:
                 delete(api, f"/api/v1/nodes/{node}")
             for lease in s.leases():

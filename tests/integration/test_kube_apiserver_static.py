@@ -206,7 +206,7 @@ def static(kube_control_plane: ControlPlane, tmp_path: Path) -> Iterator[Static]
             delete(api, f"/api/v1/nodes/{node}")
         delete(api, f"{RBAC}/clusterrolebindings/{role_name}")
         delete(api, f"{RBAC}/clusterroles/{role_name}")
-        delete(api, f"/api/v1/namespaces/{namespace}")
+        api.delete_namespace(namespace)
 
 
 def test_static_mode_with_the_readme_rbac(static: Static) -> None:

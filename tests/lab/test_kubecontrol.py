@@ -126,3 +126,18 @@ def test_a_paused_apiserver_accepts_connections_and_answers_none(kube_control_pl
     finally:
         kube_control_plane.resume()
     assert api.request("GET", "/version")[0] == 200
+
+
+@pytest.mark.kube_apiserver
+def test_a_namespace_goes_with_what_is_in_it_though_no_controller_runs(kube_control_plane: ControlPlane) -> None:
+    api = kube_control_plane.api()
+    ns = "kubecontrol-gone"
+    api.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    api.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": ns},
+               "spec": {"nodeName": "somewhere", "containers": [{"name": "c", "image": "x"}]}})  # fmt: skip
+    api.apply({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l", "namespace": ns}})
+    api.delete_namespace(ns)
+    assert api.request("GET", f"/api/v1/namespaces/{ns}")[0] == 404
+    api.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})  # and it can be made again
+    assert api.request("GET", f"/api/v1/namespaces/{ns}/pods/p")[0] == 404
+    api.delete_namespace(ns)
