@@ -163,8 +163,10 @@ class MqttEvents:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        # leave a little of the timeout for the cancellation, which only closes a socket
-        await asyncio.wait({task}, timeout=max(0.0, timeout - min(0.1, timeout / 10)))
+        # leave a little of the timeout for the cancellation, which only closes a socket;
+        # with no time at all, not even one turn of the loop for the publisher to start flushing
+        if timeout > 0:
+            await asyncio.wait({task}, timeout=max(0.0, timeout - min(0.1, timeout / 10)))
         if not task.done():
             log.warning("mqtt: could not flush and disconnect within %gs; dropping the connection", timeout)
             task.cancel()
