@@ -1,0 +1,211 @@
+"""The mesh's datagrams: heartbeats and promises between gateway candidates,
+each authenticated with HMAC-SHA256 under the cluster key.
+
+Layout of one datagram (at most :data:`MAX_DATAGRAM` bytes)::
+
+    b"EGM1" | body (compact JSON, UTF-8) | HMAC-SHA256(key, b"EGM1" + body)  (32 bytes)
+
+The tag is checked (in constant time) before the body is parsed, so bytes
+from anyone without the key are never read beyond their length. A heartbeat
+names its sender, the sender's process (``incarnation``), a sequence number
+that grows with every heartbeat of that process, and a random ``nonce``; a
+promise answers one heartbeat and echoes its nonce, so a recorded promise
+cannot be replayed to a later heartbeat (the holder counts a promise from the
+send time of the heartbeat whose nonce it carries, and forgets nonces it no
+longer waits for). :class:`ReplayGuard` drops a heartbeat whose sequence is
+not newer than the last one taken from the same process.
+
+Pure: no sockets, no clock; the caller gives times and random nonces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+
+MAGIC = b"EGM1"
+TAG_SIZE = 32
+MAX_DATAGRAM = 1200
+"""Bytes: a datagram fits one packet on any path (IPv6's minimum MTU is 1280)."""
+MIN_KEY = 32
+"""Bytes: the shortest cluster key accepted (HMAC-SHA256's block of security)."""
+MAX_NAME = 253
+NONCE_HEX = 32
+MAX_SEQ = 2**63 - 1
+MAX_PROMISE_MS = 300_000
+
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_HEX = re.compile(rf"^[0-9a-f]{{{NONCE_HEX}}}$")
+
+
+class MeshRejected(Exception):
+    """A datagram that is not taken, with the reason (a metric label: short, fixed)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    sender: str
+    incarnation: str
+    seq: int
+    nonce: str
+    api_ok: bool
+    """Whether the sender's last API call succeeded (for the operators' view)."""
+
+
+@dataclass(frozen=True)
+class Promise:
+    sender: str
+    incarnation: str
+    to: str
+    nonce: str
+    """The nonce of the heartbeat this answers."""
+    duration_ms: int
+    """How long the sender keeps the promise, from when it answered."""
+
+
+Message = Heartbeat | Promise
+
+
+def check_key(key: bytes) -> bytes:
+    """The key, or ValueError naming what is wrong with it."""
+    if len(key) < MIN_KEY:
+        raise ValueError(f"the mesh key must be at least {MIN_KEY} bytes, got {len(key)}")
+    return key
+
+
+def encode(message: Message, key: bytes) -> bytes:
+    if isinstance(message, Heartbeat):
+        body = {"k": "hb", "from": message.sender, "inc": message.incarnation, "seq": message.seq,
+                "nonce": message.nonce, "api": message.api_ok}  # fmt: skip
+    else:
+        body = {"k": "promise", "from": message.sender, "inc": message.incarnation, "to": message.to,
+                "nonce": message.nonce, "ms": message.duration_ms}  # fmt: skip
+    raw = MAGIC + json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+    datagram = raw + hmac.new(key, raw, hashlib.sha256).digest()
+    if len(datagram) > MAX_DATAGRAM:
+        raise ValueError(f"a mesh datagram of {len(datagram)} bytes is larger than {MAX_DATAGRAM}")
+    return datagram
+
+
+def decode(datagram: bytes, key: bytes) -> Message:
+    """The message in ``datagram``, or :class:`MeshRejected`: ``size``,
+    ``unsigned`` (no magic), ``bad-signature``, ``malformed``."""
+    if not len(MAGIC) + TAG_SIZE < len(datagram) <= MAX_DATAGRAM:
+        raise MeshRejected("size", f"{len(datagram)} bytes")
+    if not datagram.startswith(MAGIC):
+        raise MeshRejected("unsigned", "no mesh header")
+    raw, tag = datagram[:-TAG_SIZE], datagram[-TAG_SIZE:]
+    if not hmac.compare_digest(hmac.new(key, raw, hashlib.sha256).digest(), tag):
+        raise MeshRejected("bad-signature")
+    try:
+        body = json.loads(raw[len(MAGIC) :].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MeshRejected("malformed", f"not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise MeshRejected("malformed", "not an object")
+    return _message(body)
+
+
+def _message(body: dict[str, object]) -> Message:
+    kind = body.get("k")
+    if kind == "hb":
+        _keys(body, {"k", "from", "inc", "seq", "nonce", "api"})
+        seq = body["seq"]
+        if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
+            raise MeshRejected("malformed", f"seq: must be 0 to {MAX_SEQ}")
+        api = body["api"]
+        if not isinstance(api, bool):
+            raise MeshRejected("malformed", "api: must be true or false")
+        return Heartbeat(_name(body, "from"), _token(body, "inc"), seq, _nonce(body), api)
+    if kind == "promise":
+        _keys(body, {"k", "from", "inc", "to", "nonce", "ms"})
+        ms = body["ms"]
+        if isinstance(ms, bool) or not isinstance(ms, int) or not 0 < ms <= MAX_PROMISE_MS:
+            raise MeshRejected("malformed", f"ms: must be 1 to {MAX_PROMISE_MS}")
+        return Promise(_name(body, "from"), _token(body, "inc"), _name(body, "to"), _nonce(body), ms)
+    raise MeshRejected("malformed", f"k: unknown kind {str(kind)[:20]!r}")
+
+
+def _keys(body: dict[str, object], expected: set[str]) -> None:
+    if set(body) != expected:
+        extra = sorted(set(body) - expected)
+        missing = sorted(expected - set(body))
+        raise MeshRejected("malformed", f"fields: missing {missing}, unknown {[e[:20] for e in extra]}")
+
+
+def _name(body: dict[str, object], key: str) -> str:
+    value = body[key]
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME or not _NAME.match(value):
+        raise MeshRejected("malformed", f"{key}: not a node name")
+    return value
+
+
+def _token(body: dict[str, object], key: str) -> str:
+    value = body[key]
+    if not isinstance(value, str) or not 0 < len(value) <= 64 or not value.isascii() or not value.isprintable():
+        raise MeshRejected("malformed", f"{key}: must be 1 to 64 printable ASCII characters")
+    return value
+
+
+def _nonce(body: dict[str, object]) -> str:
+    value = body["nonce"]
+    if not isinstance(value, str) or not _HEX.match(value):
+        raise MeshRejected("malformed", f"nonce: must be {NONCE_HEX} lowercase hex digits")
+    return value
+
+
+class ReplayGuard:
+    """Takes each heartbeat of a process once and in order: a heartbeat whose
+    sequence is not above the last one taken from the same sender and
+    incarnation is ``replayed``. A new incarnation of a sender starts afresh
+    (its process restarted); the guard remembers at most ``size`` senders."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._last: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._size = size
+
+    def admit(self, hb: Heartbeat) -> None:
+        last = self._last.get(hb.sender)
+        if last is not None and last[0] == hb.incarnation and hb.seq <= last[1]:
+            raise MeshRejected("replayed", f"{hb.sender} seq {hb.seq} <= {last[1]}")
+        self._last[hb.sender] = (hb.incarnation, hb.seq)
+        self._last.move_to_end(hb.sender)
+        while len(self._last) > self._size:
+            self._last.popitem(last=False)
+
+
+class Outstanding:
+    """The heartbeats we sent and still take promises for: nonce -> send
+    time. A promise is taken only for a nonce held here, once, and only from
+    the peer the heartbeat went to; nonces older than ``keep`` seconds are
+    forgotten (a promise that late would be worth nothing anyway)."""
+
+    def __init__(self, keep: float) -> None:
+        self._sent: dict[tuple[str, str], float] = {}
+        self._keep = keep
+
+    def sent(self, peer: str, nonce: str, at: float) -> None:
+        self._sent[(peer, nonce)] = at
+        self.expire(at)
+
+    def expire(self, now: float) -> None:
+        for k in [k for k, at in self._sent.items() if now - at > self._keep]:
+            del self._sent[k]
+
+    def answer(self, promise: Promise, me: str) -> float:
+        """The send time of the heartbeat ``promise`` answers (which it is then
+        counted from), or :class:`MeshRejected` ``stale`` or ``misdirected``."""
+        if promise.to != me:
+            raise MeshRejected("misdirected", f"promise to {promise.to}")
+        at = self._sent.pop((promise.sender, promise.nonce), None)
+        if at is None:
+            raise MeshRejected("stale", f"no heartbeat to {promise.sender} waits for this nonce")
+        return at

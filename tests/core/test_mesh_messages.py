@@ -1,0 +1,147 @@
+"""The mesh's datagrams: authenticated, bound to their heartbeat, never trusted otherwise."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from egressd.core.mesh_messages import (
+    MAGIC,
+    MAX_DATAGRAM,
+    Heartbeat,
+    MeshRejected,
+    Outstanding,
+    Promise,
+    ReplayGuard,
+    check_key,
+    decode,
+    encode,
+)
+
+KEY = b"k" * 32
+OTHER = b"o" * 32
+NONCE = "0123456789abcdef" * 2
+HB = Heartbeat("gw-a", "inc-1", 7, NONCE, api_ok=True)
+PROMISE = Promise("gw-b", "inc-2", "gw-a", NONCE, 2000)
+
+
+def signed(body: object, key: bytes = KEY) -> bytes:
+    raw = MAGIC + json.dumps(body).encode()
+    return raw + hmac.new(key, raw, hashlib.sha256).digest()
+
+
+def reason(datagram: bytes) -> str:
+    with pytest.raises(MeshRejected) as info:
+        decode(datagram, KEY)
+    return info.value.reason
+
+
+@pytest.mark.parametrize("message", [HB, PROMISE])
+def test_a_message_survives_the_round_trip(message: Heartbeat | Promise) -> None:
+    assert decode(encode(message, KEY), KEY) == message
+
+
+def test_forged_unsigned_and_oversized_datagrams_are_rejected() -> None:
+    good = encode(HB, KEY)
+    assert reason(encode(HB, OTHER)) == "bad-signature"
+    flipped = bytearray(good)
+    flipped[10] ^= 1
+    assert reason(bytes(flipped)) == "bad-signature"
+    assert reason(b"{" + good[4:]) == "unsigned"
+    assert reason(good[:20]) == "size"  # no room for a body and a tag
+    assert reason(good[:60]) == "bad-signature"
+    assert reason(b"x" * (MAX_DATAGRAM + 1)) == "size"
+    assert reason(b"") == "size"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"k": "hb", "from": "gw-a", "inc": "i", "seq": -1, "nonce": NONCE, "api": True}, "seq"),
+        ({"k": "hb", "from": "gw-a", "inc": "i", "seq": True, "nonce": NONCE, "api": True}, "seq"),
+        ({"k": "hb", "from": "GW A", "inc": "i", "seq": 1, "nonce": NONCE, "api": True}, "from"),
+        ({"k": "hb", "from": "gw-a", "inc": "i", "seq": 1, "nonce": "short", "api": True}, "nonce"),
+        ({"k": "hb", "from": "gw-a", "inc": "i", "seq": 1, "nonce": NONCE, "api": 1}, "api"),
+        ({"k": "hb", "from": "gw-a", "inc": "i", "seq": 1, "nonce": NONCE}, "fields"),
+        ({"k": "promise", "from": "gw-b", "inc": "i", "to": "gw-a", "nonce": NONCE, "ms": 0}, "ms"),
+        ({"k": "promise", "from": "gw-b", "inc": "i", "to": "gw-a", "nonce": NONCE, "ms": 10**9}, "ms"),
+        ({"k": "promise", "from": "gw-b", "inc": "\x00", "to": "gw-a", "nonce": NONCE, "ms": 5}, "inc"),
+        ({"k": "what"}, "k"),
+    ],
+)
+def test_a_signed_but_malformed_message_names_the_field(body: dict[str, object], field: str) -> None:
+    with pytest.raises(MeshRejected, match=f"^malformed: {field}") as info:
+        decode(signed(body), KEY)
+    assert info.value.reason == "malformed"
+
+
+def test_signed_bytes_that_are_not_a_json_object_are_malformed() -> None:
+    assert reason(signed([1, 2])) == "malformed"
+    raw = MAGIC + b"\xff\xfe"
+    assert reason(raw + hmac.new(KEY, raw, hashlib.sha256).digest()) == "malformed"
+
+
+@given(st.binary(max_size=MAX_DATAGRAM + 10))
+def test_any_bytes_are_rejected_or_decoded_never_raise_otherwise(data: bytes) -> None:
+    with contextlib.suppress(MeshRejected):
+        decode(data, KEY)
+
+
+@given(st.dictionaries(st.text(max_size=8), st.none() | st.booleans() | st.integers() | st.text(max_size=40),
+                       max_size=8))
+def test_any_signed_object_is_a_message_or_malformed(body: dict[str, object]) -> None:
+    data = signed(body)
+    if len(data) > MAX_DATAGRAM:
+        return
+    try:
+        decode(data, KEY)
+    except MeshRejected as exc:
+        assert exc.reason == "malformed"
+
+
+def test_a_replayed_or_older_heartbeat_is_rejected_and_a_restart_starts_afresh() -> None:
+    guard = ReplayGuard()
+    guard.admit(HB)
+    with pytest.raises(MeshRejected, match="replayed"):
+        guard.admit(HB)
+    with pytest.raises(MeshRejected, match="replayed"):
+        guard.admit(Heartbeat("gw-a", "inc-1", 6, NONCE, api_ok=True))
+    guard.admit(Heartbeat("gw-a", "inc-1", 8, NONCE, api_ok=True))
+    guard.admit(Heartbeat("gw-a", "inc-2", 0, NONCE, api_ok=True))
+
+
+def test_the_replay_guard_is_bounded() -> None:
+    guard = ReplayGuard(size=2)
+    for name in ("a", "b", "c"):
+        guard.admit(Heartbeat(name, "i", 5, NONCE, api_ok=True))
+    guard.admit(Heartbeat("a", "i", 1, NONCE, api_ok=True))  # forgotten: taken again
+    with pytest.raises(MeshRejected):
+        guard.admit(Heartbeat("c", "i", 5, NONCE, api_ok=True))
+
+
+def test_a_promise_counts_from_its_heartbeat_once_and_only_from_the_peer_asked() -> None:
+    out = Outstanding(keep=3.0)
+    out.sent("gw-b", NONCE, 10.0)
+    assert out.answer(PROMISE, "gw-a") == 10.0
+    with pytest.raises(MeshRejected, match="stale"):
+        out.answer(PROMISE, "gw-a")  # replayed
+    out.sent("gw-b", NONCE, 11.0)
+    with pytest.raises(MeshRejected, match="misdirected"):
+        out.answer(PROMISE, "gw-c")
+    with pytest.raises(MeshRejected, match="stale"):
+        out.answer(Promise("gw-c", "i", "gw-a", NONCE, 5), "gw-a")  # asked gw-b, not gw-c
+    out.expire(14.5)
+    with pytest.raises(MeshRejected, match="stale"):
+        out.answer(PROMISE, "gw-a")  # too late
+
+
+def test_keys_shorter_than_32_bytes_are_refused() -> None:
+    assert check_key(KEY) == KEY
+    with pytest.raises(ValueError, match="at least 32 bytes, got 5"):
+        check_key(b"short")
