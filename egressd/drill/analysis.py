@@ -49,6 +49,9 @@ ARP_INTERVAL = 0.01
 """Seconds between two ARP requests of the watcher for one egress IP."""
 
 DUAL_WINDOW = ARP_INTERVAL
+
+SERVED_AFTER_RECOVER = ("api-outage", "double-fault")
+"""The scenarios whose round line shows ``served_after_recover_ms`` (every round's JSON has it)."""
 """How long one claim keeps its node an active server of the IP (see the module doc)."""
 
 
@@ -359,7 +362,11 @@ class RoundResult:
         return (
             f"{self.scenario} round {self.index}/{rounds}: target {self.target} ({self.ip})  gap {gap}  "
             f"dual-owner {self.dual_owner_ms:.1f} ms  lost {self.lost}  [{moves}]"
-            + ("" if (served := self.served_after_recover_ms) is None else f"  served {served:.0f} ms after the undo")
+            + (
+                ""
+                if (served := self.served_after_recover_ms) is None or self.scenario not in SERVED_AFTER_RECOVER
+                else f"  served {served:.0f} ms after the undo"
+            )
             + ("" if self.settled else "  (did not settle)")
         )
 
