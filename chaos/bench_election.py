@@ -9,7 +9,10 @@ measured anyway), then for ``--seconds``:
 * API writes per second: the API server's global resourceVersion advances by one per write;
 * each daemon's CPU (utime + stime from /proc) in % of one core;
 * step-downs in the window (each daemon's "stepped down" log lines): an owner that could not
-  renew in time.
+  renew in time;
+* the IPs served, as the daemons see it (their ``acquired``/``stepped-down``/... events), next to
+  the IPs whose Lease names a holder: under overload a lease write can time out in the daemon
+  and still be done by the server, so a Lease may name a holder that does not serve.
 
 Every run is bounded: the acquisition by ``--acquire-timeout``, the window by ``--seconds``, and
 the processes are ended at the end (also on Ctrl-C). Run:
@@ -26,6 +29,7 @@ import argparse
 import ipaddress
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -40,6 +44,22 @@ from egressd.lab.timing import resolve_timing
 
 STEP_DOWN = "stepped down"
 """What a daemon logs when it gives an IP up because it could not renew (egressd.runtime.member)."""
+
+EVENT = re.compile(r"egressd\.runtime\.sinks: event ([a-z-]+) ip=(\S+)")
+"""A daemon's event log line (egressd.runtime.sinks): ``acquired`` starts serving an IP; ``stepped-down``,
+``lost``, ``fenced`` and ``released`` end it."""
+ENDS = frozenset({"stepped-down", "lost", "fenced", "released"})
+
+
+def served(log: Path) -> set[str]:
+    """The IPs a daemon serves by its own events so far."""
+    ips: set[str] = set()
+    for kind, ip in EVENT.findall(log.read_text(errors="replace")):
+        if kind == "acquired":
+            ips.add(ip)
+        elif kind in ENDS:
+            ips.discard(ip)
+    return ips
 
 
 def http(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
@@ -135,17 +155,21 @@ def main() -> int:
             procs.append(daemon)
             daemons.append(daemon)
         started = time.monotonic()
-        count, per = 0, dict[str, int]()
+        count, per, serving = 0, dict[str, int](), 0
         while time.monotonic() - started < args.acquire_timeout:
             count, per = owned(url)
-            if count == args.ips:
+            serving = sum(len(served(p)) for p in logs)
+            if count == args.ips and serving == args.ips:
                 break
             time.sleep(0.2)
         took = time.monotonic() - started
-        if count == args.ips:
-            print(f"all {args.ips} IPs owned in {took:.1f} s (incl. process start): {per}")
+        if count == args.ips and serving == args.ips:
+            print(f"all {args.ips} IPs owned and served in {took:.1f} s (incl. process start): {per}")
         else:
-            print(f"only {count} of {args.ips} IPs owned after {took:.0f} s: {per}; measuring the window anyway")
+            print(
+                f"after {took:.0f} s: {count} of {args.ips} Leases name a holder {per}, the daemons serve "
+                f"{serving}; measuring the window anyway"
+            )
         time.sleep(1.0)
         rv0 = int(
             http("GET", f"{url}/apis/coordination.k8s.io/v1/namespaces/egressd/leases")["metadata"]["resourceVersion"]
@@ -168,7 +192,8 @@ def main() -> int:
         print(f"  (renewals needed: {args.ips / retry:.0f} per second)")
         print(f"daemon CPU: {cpu} (of one core)")
         print(f"step-downs in window: {sum(down1) - sum(down0)}")
-        print(f"  IPs owned at the end: {end_count} of {args.ips} {end_per}")
+        print(f"  at the end: {end_count} of {args.ips} Leases name a holder {end_per}; the daemons serve ", end="")
+        print(", ".join(f"bench-{i} {len(served(p))}" for i, p in enumerate(logs)))
         return 0
     finally:
         for proc in reversed(procs):
