@@ -175,12 +175,14 @@ def main() -> int:
             http("GET", f"{url}/apis/coordination.k8s.io/v1/namespaces/egressd/leases")["metadata"]["resourceVersion"]
         )
         down0 = [p.read_text(errors="replace").count(STEP_DOWN) for p in logs]
+        api0 = cpu_seconds(procs[0].pid)
         cpu0, t0 = [cpu_seconds(d.pid) for d in daemons], time.monotonic()
         time.sleep(args.seconds)
         rv1 = int(
             http("GET", f"{url}/apis/coordination.k8s.io/v1/namespaces/egressd/leases")["metadata"]["resourceVersion"]
         )
         cpu1, t1 = [cpu_seconds(d.pid) for d in daemons], time.monotonic()
+        api1 = cpu_seconds(procs[0].pid)
         down1 = [p.read_text(errors="replace").count(STEP_DOWN) for p in logs]
         end_count, end_per = owned(url)
         elapsed = t1 - t0
@@ -191,6 +193,7 @@ def main() -> int:
         print(f"API writes per second: {(rv1 - rv0) / elapsed:.1f}")
         print(f"  (renewals needed: {args.ips / retry:.0f} per second)")
         print(f"daemon CPU: {cpu} (of one core)")
+        print(f"  (API server CPU: {(api1 - api0) / elapsed * 100:.1f} % of one core)")
         print(f"step-downs in window: {sum(down1) - sum(down0)}")
         print(f"  at the end: {end_count} of {args.ips} Leases name a holder {end_per}; the daemons serve ", end="")
         print(", ".join(f"bench-{i} {len(served(p))}" for i, p in enumerate(logs)))
