@@ -175,6 +175,7 @@ def main() -> int:
             http("GET", f"{url}/apis/coordination.k8s.io/v1/namespaces/egressd/leases")["metadata"]["resourceVersion"]
         )
         down0 = [p.read_text(errors="replace").count(STEP_DOWN) for p in logs]
+        load0 = os.getloadavg()[0]
         api0 = cpu_seconds(procs[0].pid)
         cpu0, t0 = [cpu_seconds(d.pid) for d in daemons], time.monotonic()
         time.sleep(args.seconds)
@@ -194,6 +195,7 @@ def main() -> int:
         print(f"  (renewals needed: {args.ips / retry:.0f} per second)")
         print(f"daemon CPU: {cpu} (of one core)")
         print(f"  (API server CPU: {(api1 - api0) / elapsed * 100:.1f} % of one core)")
+        print(f"  (load average of the machine: {load0:.2f} before the window, {os.getloadavg()[0]:.2f} after)")
         print(f"step-downs in window: {sum(down1) - sum(down0)}")
         print(f"  at the end: {end_count} of {args.ips} Leases name a holder {end_per}; the daemons serve ", end="")
         print(", ".join(f"bench-{i} {len(served(p))}" for i, p in enumerate(logs)))
