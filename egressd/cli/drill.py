@@ -1,12 +1,16 @@
 """``egressd drill``: chaos drills against the lab (needs root).
 
     egressd drill --scenario NAME --rounds N [--json FILE] [--plot FILE] [--state-dir DIR] [--prefix P]
-                  [--mode static|kubernetes] [--apiserver embedded|kube] [--outage-seconds S]
+                  [--mode static|kubernetes] [--apiserver embedded|kube]
+                  [--outage S] [--freeze S] [--partition S] [--hold-min S] [--kill-after S]
+                  [--timing FILE] [--lease-duration S] ... (every timing key)
 
 Scenarios: graceful, kill, kill-restart, freeze, link-cut, api-partition,
-api-outage (see :mod:`egressd.drill.faults`). Uses the lab that is up in the state
-directory; when none is, brings one up and removes it at the end (also on
-Ctrl-C or error), so the lab is left as it was found. Prints one line per round
+api-outage, peer-partition, isolate, double-fault (see :mod:`egressd.drill.faults`).
+Uses the lab that is up in the state directory; when none is, brings one up
+(with the timing profile given) and removes it at the end (also on Ctrl-C or
+error), so the lab is left as it was found. A timing profile given for a lab
+that is up already must be the one it runs with. Prints one line per round
 and a summary; ``--json`` writes every round, ``--plot`` draws one round's
 timeline (the worst by default) as a PNG.
 
@@ -16,13 +20,14 @@ Wiring only; the drill is :mod:`egressd.drill`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from egressd.cli.lab import add_apiserver_argument
-from egressd.drill.faults import SCENARIOS
+from egressd.cli.lab import add_apiserver_argument, add_timing_arguments, timing_from_args
+from egressd.drill.faults import SCENARIOS, Holds
 from egressd.drill.report import plot_round, report_json, worst_round
 from egressd.drill.run import Drill
 from egressd.lab.netlab import DEFAULT_PREFIX, DEFAULT_STATE_DIR, Lab
@@ -54,9 +59,31 @@ def add_parser(subparsers: Any) -> None:
         help="mode of a lab brought up here: static groups, or policies and pods in the API server",
     )
     add_apiserver_argument(p)
-    p.add_argument(
-        "--outage-seconds", type=float, default=30.0, help="api-outage: how long the API server is paused (default 30)"
+    holds = p.add_argument_group("hold times (seconds)")
+    holds.add_argument(
+        "--outage",
+        "--outage-seconds",
+        dest="outage",
+        type=float,
+        default=30.0,
+        help="api-outage, double-fault: how long the API server is paused (default 30; 300 for 5 minutes)",
     )
+    holds.add_argument(
+        "--freeze", type=float, help="freeze: how long the target is stopped (default leaseDuration + 2)"
+    )
+    holds.add_argument(
+        "--partition", type=float, default=10.0, help="peer-partition: how long the gateways are cut apart (default 10)"
+    )
+    holds.add_argument(
+        "--hold-min",
+        type=float,
+        help="kill, link-cut, api-partition, isolate: hold the fault at least this long, and until the IP "
+        "has moved (default leaseDuration)",
+    )
+    holds.add_argument(
+        "--kill-after", type=float, default=1.0, help="double-fault: seconds from the API pause to the kill (default 1)"
+    )
+    add_timing_arguments(p)
     p.add_argument(
         "--settle-timeout", type=float, default=60.0, help="seconds to wait for the lab to settle (default 60)"
     )
@@ -67,8 +94,20 @@ def run(args: argparse.Namespace) -> int:
     if args.rounds < 1:
         print("egressd drill: --rounds must be at least 1", file=sys.stderr)
         return 2
+    holds = Holds(
+        outage=args.outage,
+        freeze=args.freeze,
+        partition=args.partition,
+        moved_min=args.hold_min,
+        kill_after=args.kill_after,
+    )
+    problems = holds.problems()
+    if problems:
+        print("egressd drill: " + "; ".join(problems), file=sys.stderr)
+        return 2
     try:
-        lab, ours = _lab(args)
+        timing = timing_from_args(args)  # a bad profile is refused before anything starts
+        lab, ours = _lab(args, timing)
     except LabError as exc:
         print(f"egressd drill: {exc}", file=sys.stderr)
         return 1
@@ -76,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         if ours:
             print(f"bringing the lab up (prefix {lab.prefix!r}, state {lab.state.path}) ...", flush=True)
             lab.up()
-        with Drill(lab, settle_timeout=args.settle_timeout, outage_seconds=args.outage_seconds) as d:
+        with Drill(lab, settle_timeout=args.settle_timeout, holds=holds) as d:
             results = d.run(args.scenario, args.rounds, report=lambda line: print(line, flush=True))
             timing = d.timing
     except LabError as exc:
@@ -91,7 +130,9 @@ def run(args: argparse.Namespace) -> int:
         results,
         mode=lab.mode,
         apiserver=lab.apiserver,
-        outageSeconds=args.outage_seconds if args.scenario == "api-outage" else None,
+        timingProfile=args.timing,
+        outageSeconds=holds.outage if args.scenario in ("api-outage", "double-fault") else None,
+        holds={k: v for k, v in dataclasses.asdict(holds).items() if v is not None},
     )
     s = report["summary"]
     gap = s["gap_ms"]
@@ -100,6 +141,9 @@ def run(args: argparse.Namespace) -> int:
         f"max {_fmt(gap['max'])}  unrecovered {s['unrecovered_rounds']}  lost probes {s['lost_probes']}/"
         f"{s['probes_sent']}  dual-owner {s['dual_owner_ms']} ms ({s['double_answers']} doubly answered ARP requests)"
     )
+    if args.scenario in ("api-outage", "double-fault"):
+        served = s["served_after_recover_ms"]
+        print(f"  served again after the API server's return: p50 {_fmt(served['p50'])}  max {_fmt(served['max'])}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         print(f"rounds written to {args.json}")
@@ -116,16 +160,24 @@ def run(args: argparse.Namespace) -> int:
     return 0 if safe and all(r.settled for r in results) else 1
 
 
-def _lab(args: argparse.Namespace) -> tuple[Lab, bool]:
+def _lab(args: argparse.Namespace, timing: dict[str, Any]) -> tuple[Lab, bool]:
     """The lab that is up in the state directory, or a new one to bring up (then True)."""
     try:
         lab = Lab.attach(args.state_dir)
     except LabError:
-        return Lab(args.prefix or DEFAULT_PREFIX, args.state_dir, mode=args.mode, apiserver=args.apiserver), True
+        lab = Lab(
+            args.prefix or DEFAULT_PREFIX, args.state_dir, mode=args.mode, apiserver=args.apiserver, timing=timing
+        )
+        return lab, True
     if lab.supervisor_pid() is None:
         raise LabError(f"{args.state_dir} describes lab {lab.prefix!r} but its supervisor is gone; 'egressd lab down'")
     if args.prefix and args.prefix != lab.prefix:
         raise LabError(f"{args.state_dir} holds the lab of prefix {lab.prefix!r}, not {args.prefix!r}")
+    if timing and timing != dict(lab.scenario.timing):
+        raise LabError(
+            f"the lab in {args.state_dir} runs with timing {dict(lab.scenario.timing) or 'defaults'}, not {timing}; "
+            "bring it down, or drill it without a timing profile"
+        )
     return lab, False
 
 

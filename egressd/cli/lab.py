@@ -2,6 +2,7 @@
 
     egressd lab up [--prefix egl-] [--state-dir /run/egressd-lab] [--dataplane kernel|record]
                    [--mode static|kubernetes] [--apiserver embedded|kube]
+                   [--timing FILE] [--lease-duration S] [--renew-deadline S] ... (every timing key)
     egressd lab label POD KEY=VALUE... KEY-...   (Kubernetes mode: relabel a pod's Pod object)
     egressd lab status [--json]
     egressd lab exec HOST -- CMD...      (HOST: a node, a pod, outpost or switch)
@@ -28,6 +29,7 @@ from egressd.lab.demo import demo
 from egressd.lab.netlab import APISERVERS, DEFAULT_PREFIX, DEFAULT_STATE_DIR, Lab
 from egressd.lab.netns import LabError
 from egressd.lab.supervisor import supervise
+from egressd.lab.timing import FLAGS, flag_value, resolve_timing
 
 
 def add_apiserver_argument(p: argparse.ArgumentParser) -> None:
@@ -39,6 +41,23 @@ def add_apiserver_argument(p: argparse.ArgumentParser) -> None:
         help="embedded (default): egressd's own API server; kube: kube-apiserver and etcd built by "
         "scripts/build-kube, RBAC on, the daemons with their ServiceAccount's token",
     )
+
+
+def add_timing_arguments(p: argparse.ArgumentParser) -> None:
+    """``--timing FILE`` and a flag per timing key (also for ``egressd drill``)."""
+    g = p.add_argument_group(
+        "timing profile",
+        "the daemons' timing: section, from a file (config/timing-fast.yaml) and/or flags that override "
+        "single keys; checked like a daemon's config before anything starts",
+    )
+    g.add_argument("--timing", metavar="FILE", help="a YAML file with a timing: section, as in egressd's config")
+    for key, flag in FLAGS.items():
+        g.add_argument(flag, dest=f"timing_{key}", type=flag_value, metavar="S", help=f"timing.{key} (seconds)")
+
+
+def timing_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The checked timing profile of ``args`` (empty: egressd's defaults); a LabError naming the field."""
+    return resolve_timing(getattr(args, "timing", None), {key: getattr(args, f"timing_{key}", None) for key in FLAGS})
 
 
 def add_parser(subparsers: Any) -> None:
@@ -76,6 +95,7 @@ def add_parser(subparsers: Any) -> None:
         "the walkthrough's policy and the pods' labels in the lab API server",
     )
     add_apiserver_argument(up)
+    add_timing_arguments(up)
     up.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], dest="daemon_log")
     up.add_argument(
         "--timeout",
@@ -157,6 +177,7 @@ def _lab(args: argparse.Namespace) -> Lab:
 
 
 def _up(args: argparse.Namespace) -> int:
+    timing = timing_from_args(args)  # a bad profile is refused before anything starts
     lab = Lab(
         args.prefix or DEFAULT_PREFIX,
         args.state_dir,
@@ -164,12 +185,15 @@ def _up(args: argparse.Namespace) -> int:
         log_level=args.daemon_log,
         mode=args.mode,
         apiserver=args.apiserver,
+        timing=timing,
     )
     lab.up(timeout=args.timeout)
     print(
         f"lab {lab.prefix!r} is up ({lab.mode} mode, {lab.apiserver} API server): {len(lab.namespaces)} "
         f"namespaces, state and logs in {lab.state.path}"
     )
+    if timing:
+        print("  timing: " + ", ".join(f"{k} {v}" for k, v in timing.items()))
     print(f"  egressd lab status --state-dir {lab.state.path}")
     print(f"  egressd lab exec --state-dir {lab.state.path} xwing -- curl -s http://172.18.0.7:8000")
     if lab.apiserver == "kube":

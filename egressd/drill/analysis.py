@@ -15,6 +15,11 @@ Per round (:class:`RoundResult`):
 ``lost_probes``
     Probes sent in the round that the prober got no echo of and that the
     outpost did not record either (with any source address).
+``served_after_recover_ms``
+    When the fault was undone at a known time (``recover``): from then until the last prober is
+    served again (the end of the round's gap). Negative when traffic came back before the undo
+    (the IP was served again while the fault lasted); ``None`` without an undo or a recovery.
+    The figure of ``double-fault`` (from the API server's return) and ``api-outage``.
 ``dual_owner_ms``
     A *claim* is a frame on the bridge by which a node serves an egress IP: an
     ARP frame whose sender protocol address is the IP (an answer to the
@@ -44,6 +49,9 @@ ARP_INTERVAL = 0.01
 """Seconds between two ARP requests of the watcher for one egress IP."""
 
 DUAL_WINDOW = ARP_INTERVAL
+
+SERVED_AFTER_RECOVER = ("api-outage", "double-fault")
+"""The scenarios whose round line shows ``served_after_recover_ms`` (every round's JSON has it)."""
 """How long one claim keeps its node an active server of the IP (see the module doc)."""
 
 
@@ -214,6 +222,7 @@ def summarize(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """p50/p99/max of ``gap_ms`` (an unrecovered round counts as an infinite gap), total
     ``dual_owner_ms`` and ``lost_probes``."""
     gaps = [math.inf if r.get("gap_ms") is None else float(r["gap_ms"]) for r in rounds]
+    served = [float(r["served_after_recover_ms"]) for r in rounds if r.get("served_after_recover_ms") is not None]
 
     def finite(v: float | None) -> float | None:
         return None if v is None or math.isinf(v) else round(v, 1)
@@ -226,6 +235,10 @@ def summarize(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "max": finite(max(gaps) if gaps else None),
         },
         "unrecovered_rounds": sum(1 for g in gaps if math.isinf(g)),
+        "served_after_recover_ms": {
+            "p50": finite(percentile(served, 50)),
+            "max": finite(max(served) if served else None),
+        },
         "dual_owner_ms": round(sum(float(r.get("dual_owner_ms") or 0.0) for r in rounds), 1),
         "double_answers": sum(int(r.get("double_answers") or 0) for r in rounds),
         "lost_probes": sum(int(r.get("lost_probes") or 0) for r in rounds),
@@ -263,11 +276,19 @@ class RoundResult:
     claims: list[Claim] = field(repr=False)
     leases: list[LeaseChange] = field(repr=False)
     allowed: frozenset[str] = frozenset()
+    steps: list[tuple[float, str]] = field(default_factory=list)
+    """Actions after the fault and besides the undo (a second fault, a release), with their times."""
 
     @property
     def gap_ms(self) -> float | None:
         seconds = self.gap.seconds
         return None if seconds is None else seconds * 1000
+
+    @property
+    def served_after_recover_ms(self) -> float | None:
+        if self.recover is None or self.gap.end is None:
+            return None
+        return round((self.gap.end - self.recover) * 1000, 1)
 
     @property
     def dual_owner_ms(self) -> float:
@@ -300,6 +321,7 @@ class RoundResult:
             "fault": self.fault_action,
             "recover_ms": self.rel(self.recover),
             "recover": self.recover_action,
+            "steps": [{"t_ms": self.rel(t), "action": action} for t, action in self.steps],
             "end_ms": self.rel(self.end),
             "lease": [{"t_ms": self.rel(c.t), "ip": c.ip, "holder": c.holder, "epoch": c.epoch} for c in self.leases],
             "arp": {ip: dict(sorted(nodes.items())) for ip, nodes in sorted(arp.items())},
@@ -321,6 +343,7 @@ class RoundResult:
             "ip": self.ip,
             "gap_ms": _ms(self.gap.seconds),
             "recovered": self.gap.end is not None,
+            "served_after_recover_ms": self.served_after_recover_ms,
             "dual_owner_ms": round(self.dual_owner_ms, 1),
             "double_answers": len(self.doubles),
             "lost_probes": self.lost,
@@ -339,6 +362,11 @@ class RoundResult:
         return (
             f"{self.scenario} round {self.index}/{rounds}: target {self.target} ({self.ip})  gap {gap}  "
             f"dual-owner {self.dual_owner_ms:.1f} ms  lost {self.lost}  [{moves}]"
+            + (
+                ""
+                if (served := self.served_after_recover_ms) is None or self.scenario not in SERVED_AFTER_RECOVER
+                else f"  served {served:.0f} ms after the undo"
+            )
             + ("" if self.settled else "  (did not settle)")
         )
 
@@ -361,6 +389,7 @@ def analyse_round(
     end: float,
     settled: bool,
     sent: Sequence[Sent],
+    steps: Sequence[tuple[float, str]] = (),
     echoed: Mapping[str, Mapping[int, tuple[float, str]]],
     arrivals: Sequence[Arrival],
     claims: Sequence[Claim],
@@ -418,4 +447,5 @@ def analyse_round(
         claims=claims_r,
         leases=leases_r,
         allowed=ok,
+        steps=list(steps),
     )

@@ -21,7 +21,7 @@ from egressd.core.assignment import sources_for
 from egressd.core.config import parse_settings
 from egressd.core.model import Timing
 from egressd.drill.analysis import RoundResult, analyse_round
-from egressd.drill.faults import FAULTS, SCENARIOS
+from egressd.drill.faults import FAULTS, SCENARIOS, Holds, play
 from egressd.drill.instruments import (
     DrillError,
     LeasePoller,
@@ -81,11 +81,16 @@ class Drill:
         probers: Sequence[str] = PROBE_PODS,
         settle_timeout: float = 60.0,
         outage_seconds: float = 30.0,
+        holds: Holds | None = None,
     ) -> None:
         self.lab = lab
         self.pods = tuple(probers)
         self.settle_timeout = settle_timeout
-        self.outage_seconds = outage_seconds
+        self.holds = holds if holds is not None else Holds(outage=outage_seconds)
+        problems = self.holds.problems()
+        if problems:
+            raise DrillError("; ".join(problems))
+        self.outage_seconds = self.holds.outage
         self.timing = lab_timing(lab)
         self.allowed = frozenset(lab.scenario.outpost.allowed)
         self.probers: list[Prober] = []
@@ -208,31 +213,18 @@ class Drill:
         target, ip = self.target()
         lease = float(self.timing.get("leaseDuration", 2.5))
         f = FAULTS[scenario]
-        texts = {"target": target, "freeze": lease + 2, "outage": self.outage_seconds}
         start = monotonic() - 1.0
         node_to_check = target if f.target_checked else None
-        settled = True
         before = lab.pid(target)
-        # The fault starts when the signal is sent, or when the ip/nft command that makes it returns.
-        fault = monotonic()
-        f.fault(lab, target)
-        if f.stamped_on_return:
-            fault = monotonic()
-        action = f.fault_action.format(**texts)
-        recover_action: str | None = None
-        try:
-            if f.hold == "freeze":
-                time.sleep(lease + 2.0)
-            elif f.hold == "outage":
-                time.sleep(self.outage_seconds)
-            elif f.hold == "moved":
-                # the rest of the round: until the IP has moved and traffic flows again
-                settled = self.wait(lambda: self.settled(None, away_from=target), self.settle_timeout, at_least=lease)
-        finally:  # also on Ctrl-C or an error: the lab is left as it was found
-            if f.recover is not None:
-                f.recover(lab, target)
-                recover_action = f.recover_action.format(**texts)
-            recover = monotonic() if recover_action else None
+
+        def moved(at_least: float) -> bool:
+            # the rest of the round: until the IP has moved and traffic flows again
+            return self.wait(lambda: self.settled(None, away_from=target), self.settle_timeout, at_least=at_least)
+
+        played = play(
+            scenario, lab, target, holds=self.holds, lease=lease, clock=monotonic, sleep=time.sleep, wait_moved=moved
+        )
+        settled = played.moved
         replaced = before if f.restart else None
         settled = (
             self.wait(lambda: self.settled(node_to_check, replaced=replaced), self.settle_timeout, at_least=0.5)
@@ -247,10 +239,11 @@ class Drill:
             index=index,
             target=target,
             ip=ip,
-            fault=fault,
-            fault_action=action,
-            recover=recover,
-            recover_action=recover_action,
+            fault=played.fault,
+            fault_action=played.fault_action,
+            recover=played.recover,
+            recover_action=played.recover_action,
+            steps=played.steps,
             start=start,
             end=end,
             settled=settled,

@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import http.client
 import json
 import os
@@ -161,6 +162,9 @@ def rbac_objects() -> list[dict[str, Any]]:
 
 PARTITION_TABLE = "lab_partition"
 """The nftables table of :meth:`Lab.block_api` (egressd never touches tables it does not own)."""
+
+PEER_TABLE = "lab_peers"
+"""The nftables table of :meth:`Lab.block_peers`."""
 
 NODE_SYSCTLS: Mapping[str, str] = {
     "net.ipv4.ip_forward": "1",
@@ -344,6 +348,7 @@ class Lab:
         log_level: str = "info",
         mode: str = "static",
         apiserver: str = "embedded",
+        timing: Mapping[str, Any] | None = None,
     ) -> None:
         if mode not in MODES:
             raise LabError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -351,7 +356,11 @@ class Lab:
             raise LabError(f"apiserver must be one of {', '.join(APISERVERS)}, got {apiserver!r}")
         self.prefix = prefix
         self.state = StateDir(state_dir)
+        if timing:
+            scenario = dataclasses.replace(scenario, timing=dict(timing))
         self.scenario = scenario
+        """With ``timing``: the scenario's, with that ``timing:`` section (camelCase keys, checked by
+        :func:`egressd.lab.timing.resolve_timing`) in every daemon's config."""
         self.dataplane = dataplane
         self.log_level = log_level
         self.mode = mode
@@ -376,6 +385,7 @@ class Lab:
             log_level=str(data.get("logLevel", "info")),
             mode=str(data.get("mode", "static")),
             apiserver=str(data.get("apiserver", "embedded")),
+            timing=data.get("timing") if isinstance(data.get("timing"), dict) else None,
         )
 
     # --- names ------------------------------------------------------------------------------
@@ -499,6 +509,7 @@ class Lab:
                 "logLevel": self.log_level,
                 "mode": self.mode,
                 "apiserver": self.apiserver,
+                "timing": dict(self.scenario.timing),
                 "supervisor": self.supervisor_pid(),
                 "namespaces": self.namespaces,
                 "processes": [p.to_json() for p in self.process_specs()],
@@ -872,6 +883,53 @@ table inet {PARTITION_TABLE} {{
 """
         run_cmd(["ip", "netns", "exec", ns, "nft", "-f", "-"], input_text=rules)
 
+    def peers(self, node: str) -> list[str]:
+        """The other gateway candidates of ``node`` (every gateway of the scenario but ``node``)."""
+        return [g.name for g in self.scenario.gateways if g.name != node]
+
+    def block_peers(self, node: str, blocked: bool, peers: Sequence[str] | None = None) -> None:
+        """Partition ``node`` from its peers (default :meth:`peers`): every packet between its node
+        address and theirs dropped in both directions, in ``node``'s namespace. The API server, the
+        outpost, the workers and the pods are still reached, and ARP (not IP) is untouched."""
+        ns = self.netns(node)
+        if not blocked:
+            run_cmd(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", PEER_TABLE], check=False)
+            return
+        others = [self.scenario.node(p).address for p in (self.peers(node) if peers is None else peers)]
+        if not others:
+            raise LabError(f"{node} has no peers to be cut off from")
+        addresses = ", ".join(others)
+        rules = f"""
+table inet {PEER_TABLE}
+delete table inet {PEER_TABLE}
+table inet {PEER_TABLE} {{
+    chain output {{
+        type filter hook output priority 0; policy accept;
+        ip daddr {{ {addresses} }} drop
+    }}
+    chain input {{
+        type filter hook input priority 0; policy accept;
+        ip saddr {{ {addresses} }} drop
+    }}
+}}
+"""
+        run_cmd(["ip", "netns", "exec", ns, "nft", "-f", "-"], input_text=rules)
+
+    def partition_gateways(self, partitioned: bool) -> None:
+        """Every gateway cut off from every other (:meth:`block_peers` on each), or joined again."""
+        for g in self.scenario.gateways:
+            self.block_peers(g.name, blocked=partitioned)
+
+    def isolate(self, node: str, isolated: bool) -> None:
+        """``node`` cut off from the API server and its peers, its data path intact (pods and other
+        nodes reach it, it reaches the outpost)."""
+        if isolated:
+            self.block_api(node, blocked=True)
+            self.block_peers(node, blocked=True)
+        else:
+            self.block_peers(node, blocked=False)
+            self.block_api(node, blocked=False)
+
     def api_pause(self, paused: bool) -> None:
         """Freeze (SIGSTOP) or thaw (SIGCONT) the API server: an API outage for every node.
         Connections are accepted by the kernel but nothing is answered."""
@@ -1071,6 +1129,7 @@ table inet {PARTITION_TABLE} {{
                 with contextlib.suppress(LabError):
                     self.link(node.name, up=True)
                     self.block_api(node.name, blocked=False)
+                    self.block_peers(node.name, blocked=False)
             os.kill(sup, signal.SIGTERM)
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline and pid_alive(sup):

@@ -2,7 +2,8 @@
 
 The tests share one lab for the module (a unique prefix, a temporary state
 dir, removed even when a test fails) and run ``egressd drill`` one round per
-scenario, ``api-outage`` with a 5 s pause; they assert the safety invariant (no
+scenario, ``api-outage`` and ``double-fault`` with a 5 s pause, ``peer-partition`` with a 3 s
+partition (so one round of peer-partition and isolate each); they assert the safety invariant (no
 time with two owners) and that the gap ends, with generous bounds only. The
 pure analysis is in ``test_analysis.py``, the frames in ``test_frames.py``, the
 demo in ``tests/lab/test_demo.py``.
@@ -41,14 +42,21 @@ def _drill(lab: Lab, *argv: str) -> int:
 
 
 #: Scenarios whose outage must end within the round (generous bound).
-ENDING = {"graceful", "kill", "link-cut", "freeze", "api-partition"}
+ENDING = {"graceful", "kill", "link-cut", "freeze", "api-partition", "isolate", "double-fault"}
+
+#: Short holds, so that a round takes seconds.
+HOLDS = {
+    "api-outage": ["--outage", "5"],
+    "double-fault": ["--outage", "5"],
+    "peer-partition": ["--partition", "3"],
+}
 
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_one_round_never_has_two_owners(netlab: Lab, scenario: str, tmp_path: Path) -> None:
     out = tmp_path / f"{scenario}.json"
-    extra = ["--outage-seconds", "5"] if scenario == "api-outage" else []
+    extra = HOLDS.get(scenario, [])
     plot = ["--plot", str(tmp_path / "round.png")] if scenario == "graceful" else []
     code = _drill(netlab, "--scenario", scenario, "--rounds", "1", "--json", str(out), *extra, *plot)
     report = json.loads(out.read_text())
@@ -66,6 +74,13 @@ def test_one_round_never_has_two_owners(netlab: Lab, scenario: str, tmp_path: Pa
         assert r["timeline"]["lease"], "the lease poller saw no change"
         assert r["gap_ms"] is not None and 0 < r["gap_ms"] < 15_000, r["timeline"]["gaps"]
         assert r["carriers"], r
+    if scenario == "peer-partition":
+        # the API is fine: the IP stays served (no mesh yet: nothing even notices the partition)
+        assert r["gap_ms"] is not None and r["gap_ms"] < 1000, r["timeline"]["gaps"]
+    if scenario == "double-fault":
+        steps = [s["action"] for s in r["timeline"]["steps"]]
+        assert steps[0].startswith("SIGKILL") and steps[-1].endswith("after the IP moved"), steps
+        assert r["served_after_recover_ms"] is not None and r["served_after_recover_ms"] < 15_000
     if plot:
         png = (tmp_path / "round.png").read_bytes()
         assert png.startswith(b"\x89PNG")
@@ -76,4 +91,6 @@ def test_drill_leaves_the_lab_as_it_found_it(netlab: Lab) -> None:
     status = netlab.status()
     assert all(n["state"] == "running" and not n["held"] for n in status["nodes"])
     assert all(ip["holder"] for ip in status["egressIPs"])
-    assert netlab.exec("kind-worker3", ["nft", "list", "table", "inet", "lab_partition"]).returncode != 0
+    for gateway in ("kind-worker3", "kind-worker4"):
+        for table in ("lab_partition", "lab_peers"):
+            assert netlab.exec(gateway, ["nft", "list", "table", "inet", table], capture_output=True).returncode != 0
