@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from egressd.core.election import Action, Me, Observation, retire
+from egressd.core.election import Action, Me, retire
 from egressd.core.errors import ApiError, DataPlaneError, LostRace
 from egressd.core.lease import LeaseRecord, lease_name
 from egressd.core.model import EgressGroup, IPAddress, Timing
@@ -170,7 +170,7 @@ class ClaimRetirement:
             now = self._clock.monotonic()
             decision = retire(
                 entry.record,
-                Observation(entry.resource_version, entry.observed_at),
+                self._view.observation(entry),
                 now,
                 Me(identity=me, incarnation=self._incarnation, egress_ip=ip, candidates=()),
                 self._timing,

@@ -7,6 +7,8 @@ tests move a :class:`FakeClock` by hand; nothing sleeps.
 
 from __future__ import annotations
 
+import math
+
 import hashlib
 import ipaddress
 import random
@@ -80,16 +82,23 @@ def member(
     candidates: tuple[str, ...] = PAIR,
     incarnation: str = "inc-me",
     last_renew: float | None = None,
+    node_renew: float | None = math.inf,
     serving_locally: bool = False,
     ip: str = IP,
+    started_at: float = 0.0,
 ) -> Me:
+    """``node_renew``: our node lease's last renew; by default it holds the
+    API right forever (the tests of that right pass a time), and while we
+    hold the IP it is ``last_renew``."""
     return Me(
         identity=identity,
         incarnation=incarnation,
         egress_ip=ip,
         candidates=candidates,
         last_renew=last_renew,
+        node_renew=last_renew if last_renew is not None else node_renew,
         serving_locally=serving_locally,
+        started_at=started_at,
     )
 
 
@@ -146,15 +155,15 @@ def test_non_preferred_candidate_waits_the_extra_delay_then_acquires(record: Lea
 # --- holding -----------------------------------------------------------------------
 
 
-def test_holder_renews_and_rechecks_after_the_retry_period() -> None:
+def test_holder_holds_without_writing() -> None:
     clock = FakeClock()
     me = member(PREFERRED, last_renew=clock.now)
     record = lease(PREFERRED, incarnation=me.incarnation)
     observed = seen(record, clock.now)
     clock.advance(TIMING.retry_period)
     d = decide(record, observed, clock.now, me, TIMING)
-    assert_decision(d, Action.RENEW, "renew")
-    assert d.recheck == TIMING.retry_period
+    assert_decision(d, Action.HOLD, "holding")
+    assert d.recheck is None  # nothing to write: the daemon fence ends the tenure, news wakes the loop
 
 
 def test_holder_renews_long_after_it_first_observed_its_own_lease() -> None:
@@ -164,7 +173,7 @@ def test_holder_renews_long_after_it_first_observed_its_own_lease() -> None:
     observed = seen(record, clock.now)
     clock.advance(10 * TIMING.lease_duration)
     me = member(PREFERRED, last_renew=clock.now - 0.5)
-    assert_decision(decide(record, observed, clock.now, me, TIMING), Action.RENEW, "renew")
+    assert_decision(decide(record, observed, clock.now, me, TIMING), Action.HOLD, "holding")
 
 
 def test_holder_steps_down_after_someone_else_wrote_the_lease() -> None:
@@ -196,17 +205,19 @@ def test_holder_that_stepped_down_takes_its_untouched_lease_back() -> None:
 # --- the daemon fence ------------------------------------------------------------
 
 
-def test_renew_deadline_boundary_steps_down_only_after_the_deadline() -> None:
+def test_renew_deadline_boundary_steps_down_at_the_deadline() -> None:
+    """The serving right (rights.serving_right) lasts while the last node-lease
+    renew was sent *less* than renewDeadline ago."""
     last = 100.0 - TIMING.renew_deadline
-    clock = FakeClock(now=100.0)
+    clock = FakeClock(now=99.999)
     me = member(PREFERRED, last_renew=last)
     record = lease(PREFERRED, incarnation=me.incarnation)
     observed = seen(record, last)
 
-    # exactly renew_deadline since the last successful renew: still ours
-    assert_decision(decide(record, observed, clock.now, me, TIMING), Action.RENEW, "renew")
+    # just under renew_deadline since the last successful renew: still ours
+    assert_decision(decide(record, observed, clock.now, me, TIMING), Action.HOLD, "holding")
 
-    clock.now = 100.001
+    clock.now = 100.0
     d = decide(record, observed, clock.now, me, TIMING)
     assert_decision(d, Action.STEP_DOWN, "renew-deadline")
     assert "renewDeadline" in d.detail
@@ -365,7 +376,7 @@ def test_a_handoff_to_a_node_that_is_not_a_candidate_is_ignored() -> None:
     me = member(PREFERRED, last_renew=1000.0)
     record = lease(PREFERRED, incarnation=me.incarnation, preferred="kind-worker9")
     d = decide(record, seen(record, 1000.0), 1000.1, me, TIMING)
-    assert_decision(d, Action.RENEW, "handoff-target-not-candidate")
+    assert_decision(d, Action.HOLD, "handoff-target-not-candidate")
     assert "kind-worker9 is not a candidate" in d.detail
     # after a step-down, our own lease with that request is simply taken back
     d = decide(record, seen(record, 1000.0), 1000.1, replace(me, last_renew=None), TIMING)
@@ -375,7 +386,7 @@ def test_a_handoff_to_a_node_that_is_not_a_candidate_is_ignored() -> None:
 def test_holder_named_as_preferred_holder_just_renews() -> None:
     me = member(PREFERRED, last_renew=1000.0)
     record = lease(PREFERRED, incarnation=me.incarnation, preferred=PREFERRED)
-    assert_decision(decide(record, seen(record, 1000.0), 1000.1, me, TIMING), Action.RENEW, "renew")
+    assert_decision(decide(record, seen(record, 1000.0), 1000.1, me, TIMING), Action.HOLD, "holding")
 
 
 def test_named_successor_acquires_a_released_lease_at_once() -> None:
@@ -456,7 +467,7 @@ def test_taking_a_lease_after_the_handoff_grace_does_not_hand_it_off_again() -> 
     mine = replace(mine, resource_version="9")
     me = replace(me, last_renew=clock.now)
     clock.advance(TIMING.retry_period)
-    assert_decision(decide(mine, seen(mine, clock.now), clock.now, me, TIMING), Action.RENEW, "renew")
+    assert_decision(decide(mine, seen(mine, clock.now), clock.now, me, TIMING), Action.HOLD, "holding")
 
 
 # --- identity clash and adoption -------------------------------------------------
@@ -483,11 +494,23 @@ def test_lease_with_our_name_from_another_process_is_waited_out_when_not_serving
     record = lease(PREFERRED, incarnation="inc-unknown")
     observed = seen(record, clock.now)
     d = decide(record, observed, clock.now, me, TIMING)
-    assert_decision(d, Action.STANDBY, "held-by-other")
-    assert "other incarnation" in d.detail
+    assert_decision(d, Action.STANDBY, "previous-incarnation")
+    assert "'inc-unknown'" in d.detail
+    assert d.recheck == pytest.approx(TIMING.lease_duration)
 
+    # standbys cannot time it out (our node lease keeps changing): we settle it
     clock.advance(TIMING.lease_duration)
-    assert_decision(decide(record, observed, clock.now, me, TIMING), Action.ACQUIRE, "expired")
+    assert_decision(decide(record, observed, clock.now, me, TIMING), Action.ACQUIRE, "reacquire-after-restart")
+
+
+def test_a_restarted_process_waits_a_lease_duration_from_its_start() -> None:
+    record = lease(PREFERRED, incarnation="inc-unknown")
+    me = member(PREFERRED, started_at=1000.0)
+    d = decide(record, seen(record, 0.0), 1002.0, me, TIMING)
+    assert_decision(d, Action.STANDBY, "previous-incarnation")
+    assert d.recheck == pytest.approx(1000.0 + TIMING.lease_duration - 1002.0)
+    d = decide(record, seen(record, 0.0), 1000.0 + TIMING.lease_duration, me, TIMING)
+    assert_decision(d, Action.ACQUIRE, "reacquire-after-restart")
 
 
 # --- not a candidate ---------------------------------------------------------------
@@ -611,7 +634,10 @@ class Simulation:
             self.write(None)
 
     def carry_out(self, d: Decision) -> None:
-        if d.action in (Action.ACQUIRE, Action.RENEW):
+        if d.action is Action.HOLD:
+            # the node lease is renewed meanwhile (unless the clock jumped past it)
+            self.me = replace(self.me, last_renew=self.clock.now, node_renew=self.clock.now)
+        elif d.action is Action.ACQUIRE:
             self.write(
                 held_by(
                     self.record,
@@ -624,7 +650,7 @@ class Simulation:
                     now=WALL,
                 )
             )
-            self.me = replace(self.me, last_renew=self.clock.now, serving_locally=False)
+            self.me = replace(self.me, last_renew=self.clock.now, node_renew=self.clock.now, serving_locally=False)
         elif d.action in (Action.STEP_DOWN, Action.FENCE):
             self.me = replace(self.me, last_renew=None, serving_locally=False)
         elif d.action is Action.HANDOFF:
@@ -667,7 +693,7 @@ def test_decide_never_acquires_a_lease_another_holder_has_not_let_expire() -> No
                 assert d.recheck > 0, d
             acquisitions += d.action is Action.ACQUIRE
             sim.carry_out(d)
-    assert acquisitions > 500  # the random walk really exercises the acquiring paths
+    assert acquisitions > 250  # the random walk really exercises the acquiring paths
 
 
 # --- hold-off ------------------------------------------------------------------------
@@ -698,7 +724,7 @@ def test_a_hold_off_stops_every_acquire_until_it_ends(record: LeaseRecord | None
 def test_a_hold_off_does_not_stop_a_holder_renewing() -> None:
     me = replace(member(PREFERRED, last_renew=1000.0), hold_off_until=1010.0)
     record = lease(PREFERRED, incarnation=me.incarnation)
-    assert_decision(decide(record, seen(record, 1000.0), 1000.1, me, TIMING), Action.RENEW, "renew")
+    assert_decision(decide(record, seen(record, 1000.0), 1000.1, me, TIMING), Action.HOLD, "holding")
 
 
 def test_the_hold_off_after_failed_takeovers_grows_and_is_capped() -> None:
@@ -745,7 +771,8 @@ def test_retire_deletes_our_own_unreleased_claim_but_not_another_process_of_our_
 
 
 def test_next_look_after_a_write_or_while_owner_is_the_retry_period() -> None:
-    for action in (Action.ACQUIRE, Action.RENEW, Action.HANDOFF):
+    assert next_look(Decision(Action.HOLD, "holding"), owner=True, timing=TIMING) == TIMING.lease_duration
+    for action in (Action.ACQUIRE, Action.HANDOFF):
         assert next_look(Decision(action, "x", recheck=9.0), owner=False, timing=TIMING) == TIMING.retry_period
     assert next_look(Decision(Action.STANDBY, "x", recheck=9.0), owner=True, timing=TIMING) == TIMING.retry_period
 

@@ -49,6 +49,12 @@ from egressd.adapters.kube.informer import (
 from egressd.core.backoff import WATCH_BACKOFF, Backoff, RetryWait, retry_wait
 from egressd.core.errors import ApiTimeout, ApiUnavailable, MalformedLease, NotFound, Rejected
 from egressd.core.lease import LABEL_SELECTOR, LeaseRecord, object_from_record, record_from_object, released
+from egressd.core.node_lease import (
+    NodeLeaseRecord,
+    is_node_lease,
+    node_object_from_record,
+    node_record_from_object,
+)
 from egressd.ports import Clock, LeaseEvent
 
 log = logging.getLogger(__name__)
@@ -165,6 +171,28 @@ class KubeLeaseStore:
         records, _ = await self._list(deadline)
         return records
 
+    async def get_node_lease(self, name: str, *, deadline: float) -> NodeLeaseRecord | None:
+        try:
+            obj = await self._call(
+                "get",
+                deadline,
+                lambda t: self._leases.read_namespaced_lease(
+                    name, self._namespace, _preload_content=False, _request_timeout=t
+                ),
+            )
+        except NotFound:
+            return None
+        return node_record_from_object(obj)
+
+    async def write_node_lease(self, record: NodeLeaseRecord, *, deadline: float) -> NodeLeaseRecord:
+        body = node_object_from_record(record, self._namespace)
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{self._namespace}/leases"
+        if record.resource_version:
+            obj = await self._call("update", deadline, lambda t: self._send("PUT", f"{path}/{record.name}", body, t))
+        else:
+            obj = await self._call("create", deadline, lambda t: self._send("POST", path, body, t))
+        return node_record_from_object(obj)
+
     def connected(self) -> bool:
         """The watch is established and the latest call (the watch's requests
         included) succeeded."""
@@ -183,7 +211,7 @@ class KubeLeaseStore:
                 self._namespace, label_selector=self._selector, _preload_content=False, _request_timeout=t
             ),
         )
-        records, rv, problems = _records(obj)
+        records, _, rv, problems = _records(obj)
         for name, problem in problems:
             log.warning("lease %s is unreadable and left out of the list: %s", name or "-", problem)
         return records, rv
@@ -303,8 +331,8 @@ class KubeLeaseStore:
         )
 
     def _relist(self, emit: Callable[[LeaseEvent], None], stop: threading.Event) -> str:
-        records, rv, problems = self._list_blocking()
-        emit(LeaseEvent(kind="sync", records=tuple(records), problems=problems))
+        records, nodes, rv, problems = self._list_blocking()
+        emit(LeaseEvent(kind="sync", records=tuple(records), problems=problems, nodes=tuple(nodes)))
         return rv
 
     def _watch_failed(self, exc: BaseException) -> None:
@@ -312,7 +340,9 @@ class KubeLeaseStore:
         if isinstance(exc, ApiUnavailable):
             self._failed_unavailable(exc)
 
-    def _list_blocking(self) -> tuple[list[LeaseRecord], str, tuple[tuple[str, str], ...]]:
+    def _list_blocking(
+        self,
+    ) -> tuple[list[LeaseRecord], list[NodeLeaseRecord], str, tuple[tuple[str, str], ...]]:
         obj = blocking_json(
             lambda t: self._leases.list_namespaced_lease(
                 self._namespace, label_selector=self._selector, _preload_content=False, _request_timeout=t
@@ -345,24 +375,31 @@ class KubeLeaseStore:
             yield event
 
 
-def _records(obj: dict[str, Any]) -> tuple[list[LeaseRecord], str, tuple[tuple[str, str], ...]]:
-    """The readable leases of a list response, the list's resourceVersion, and
-    the unreadable leases as (name, problem) pairs: one bad Lease spoils
-    neither the list nor the watch. A response that is no list at all raises
-    ApiUnavailable (the server answered with garbage)."""
+def _records(
+    obj: dict[str, Any],
+) -> tuple[list[LeaseRecord], list[NodeLeaseRecord], str, tuple[tuple[str, str], ...]]:
+    """The readable claims and node leases of a list response (told apart by
+    name, :func:`egressd.core.node_lease.is_node_lease`), the list's
+    resourceVersion, and the unreadable leases as (name, problem) pairs: one
+    bad Lease spoils neither the list nor the watch. A response that is no
+    list at all raises ApiUnavailable (the server answered with garbage)."""
     items = obj.get("items")
     if items is None:
         items = []
     if not isinstance(items, list):
         raise ApiUnavailable(f"lease list: items is not a list but a {type(items).__name__}")
     records: list[LeaseRecord] = []
+    nodes: list[NodeLeaseRecord] = []
     problems: list[tuple[str, str]] = []
     for item in items:
         try:
-            records.append(record_from_object(item))
+            if is_node_lease(object_name(item)):
+                nodes.append(node_record_from_object(item))
+            else:
+                records.append(record_from_object(item))
         except MalformedLease as exc:
             problems.append((object_name(item), str(exc)))
-    return records, resource_version(obj), tuple(problems)
+    return records, nodes, resource_version(obj), tuple(problems)
 
 
 def _to_lease_event(event: dict[str, Any]) -> LeaseEvent:
@@ -374,6 +411,8 @@ def _to_lease_event(event: dict[str, Any]) -> LeaseEvent:
     if event["type"] == "DELETED":
         return LeaseEvent(kind="delete", name=name)
     try:
+        if is_node_lease(name):
+            return LeaseEvent(kind="upsert", name=name, node=node_record_from_object(obj))
         return LeaseEvent(kind="upsert", name=name, record=record_from_object(obj))
     except MalformedLease as exc:
         return LeaseEvent(kind="invalid", name=name, problem=str(exc))
