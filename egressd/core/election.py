@@ -328,8 +328,7 @@ def _decide(record: LeaseRecord | None, observation: Observation, now: float, me
             #     change (the longer of its declared duration and ours). A
             #     previous process still alive renews our node lease
             #     with its own token meanwhile, which fences us (identity clash).
-            since = max(observation.observed_at, me.started_at)
-            remaining = since + max(timing.lease_duration, record.lease_duration) - now
+            remaining = previous_incarnation_wait(record, observation, now, me, timing)
             if remaining > 0:
                 return Decision(
                     Action.STANDBY,
@@ -396,6 +395,17 @@ def retire(record: LeaseRecord | None, observation: Observation, now: float, me:
         return Decision(Action.DELETE, "free")
     if record.holder == me.identity and record.incarnation == me.incarnation and me.last_renew is None:
         return Decision(Action.DELETE, "last-held-by-us")
+    if record.holder == me.identity:
+        # our previous process's: silent once 3c of decide would settle it
+        remaining = previous_incarnation_wait(record, observation, now, me, timing)
+        if remaining <= 0:
+            return Decision(Action.DELETE, "expired", detail=f"held by our previous process, silent for {age:.3f}s")
+        return Decision(
+            Action.STANDBY,
+            "previous-incarnation",
+            recheck=remaining,
+            detail=f"held by {me.identity} incarnation {record.incarnation!r}",
+        )
     takeover = holder_lapsed(record, observation, now, me, timing)
     if takeover:
         return Decision(Action.DELETE, "expired", detail=f"held by {record.holder}, silent for {age:.3f}s")
@@ -405,6 +415,18 @@ def retire(record: LeaseRecord | None, observation: Observation, now: float, me:
         recheck=max(0.0, takeover.not_before - now) if takeover.not_before != float("inf") else None,
         detail=f"held by {record.holder}, who deletes it when it withdraws ({takeover.reason})",
     )
+
+
+def previous_incarnation_wait(
+    record: LeaseRecord, observation: Observation, now: float, me: Me, timing: Timing
+) -> float:
+    """Seconds until a claim naming our node with another process's token is
+    surely silent: a lease duration (the longer of its declared one and ours)
+    after we started and after the claim's last change. Our node lease cannot
+    time it (this process renews it); a previous process still alive renews
+    the node lease with its own token meanwhile, which fences us instead."""
+    since = max(observation.observed_at, me.started_at)
+    return since + max(timing.lease_duration, record.lease_duration) - now
 
 
 def holder_lapsed(record: LeaseRecord, observation: Observation, now: float, me: Me, timing: Timing) -> rights.Takeover:

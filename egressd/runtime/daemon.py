@@ -140,6 +140,7 @@ class Daemon:
             incarnation=self.incarnation,
             listed=lambda: {str(ip) for g in self.groups for ip in g.egress_ips},
             held=lambda: {m.name for m in self.members.values()},
+            started_at=lambda: self.liveness.started_at,
         )
         """Claims to delete: IPs no group lists any more."""
 
@@ -154,6 +155,7 @@ class Daemon:
             self.incarnation,
             ",".join(g.name for g in self.settings.groups) or "-",
         )
+        _ = self.liveness.started_at  # this process starts now
         sup.spawn("lease-watch", self._watch)
         for name, factory in self._extra_tasks:
             sup.spawn(name, factory)

@@ -67,7 +67,7 @@ class NodeLiveness:
         self._rearm = rearm
         self._lapsed = lapsed
         self._clash = clash
-        self.started_at = clock.monotonic()
+        self._started_at: float | None = None
         self.last_renew_sent: float | None = None
         """Send time of the last renew answered within the renew deadline."""
         self.renews = 0
@@ -81,6 +81,15 @@ class NodeLiveness:
         self._clash_until: float | None = None
         self._failures = Repeats()
         self.log = logging.LoggerAdapter(log, {"node": settings.node.name})
+
+    @property
+    def started_at(self) -> float:
+        """When this process started, as far as its claims are concerned: the
+        first time anyone asked (the daemon does at start). Later than the real
+        start only makes the waits that count from it longer."""
+        if self._started_at is None:
+            self._started_at = self._clock.monotonic()
+        return self._started_at
 
     # --- the right -------------------------------------------------------------
 
@@ -111,6 +120,7 @@ class NodeLiveness:
         """One renew (none while not a candidate or after a clash); whether it
         extended the right."""
         now = self._clock.monotonic()
+        _ = self.started_at
         if not self._candidate():
             return False
         if self._clash_until is not None and now < self._clash_until:
@@ -172,6 +182,7 @@ class NodeLiveness:
 
     async def run(self) -> None:
         """Renew every retry period, forever."""
+        _ = self.started_at
         while True:
             started = self._clock.monotonic()
             await self.renew_once()

@@ -127,6 +127,7 @@ class ClaimRetirement:
         incarnation: str,
         listed: Callable[[], set[str]],
         held: Callable[[], set[str]],
+        started_at: Callable[[], float] | None = None,
     ) -> None:
         self._view = view
         self._store = store
@@ -136,6 +137,8 @@ class ClaimRetirement:
         self._incarnation = incarnation
         self._listed = listed
         self._held = held
+        self._started_at = started_at
+        """When this process started (our previous process's claims are timed from it)."""
         self.retiring: dict[str, str] = {}
         """Claims to delete (lease name -> egress IP)."""
         self.news = view.listener()
@@ -172,7 +175,13 @@ class ClaimRetirement:
                 entry.record,
                 self._view.observation(entry),
                 now,
-                Me(identity=me, incarnation=self._incarnation, egress_ip=ip, candidates=()),
+                Me(
+                    identity=me,
+                    incarnation=self._incarnation,
+                    egress_ip=ip,
+                    candidates=(),
+                    started_at=self._started_at() if self._started_at is not None else 0.0,
+                ),
                 self._timing,
             )
             if self._said.get(name) != decision.reason:

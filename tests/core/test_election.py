@@ -763,7 +763,7 @@ def test_retire_deletes_our_own_unreleased_claim_but_not_another_process_of_our_
     ours = lease(PREFERRED, incarnation=me.incarnation)
     assert_decision(retire(ours, seen(ours, 1000.0), 1000.0, me, TIMING), Action.DELETE, "last-held-by-us")
     twin = lease(PREFERRED, incarnation="inc-other")
-    assert_decision(retire(twin, seen(twin, 1000.0), 1000.0, me, TIMING), Action.STANDBY, "held-by-other")
+    assert_decision(retire(twin, seen(twin, 1000.0), 1000.0, me, TIMING), Action.STANDBY, "previous-incarnation")
     assert_decision(retire(None, seen(None, 1000.0), 1000.0, me, TIMING), Action.STANDBY, "already-gone")
 
 
