@@ -105,6 +105,7 @@ class Daemon:
             rearm=self._rearm,
             lapsed=self._lapsed,
             clash=self._clash,
+            metrics=self.metrics,
         )
         """This node's lease: the serving right of every IP it holds."""
         self.members: dict[IPAddress, Member] = {}
@@ -336,6 +337,7 @@ class Daemon:
             adopt = await reconcile.reconcile_at_start(
                 self.view, self.dataplane, self.settings.node.name, groups, self.settings.timing
             )
+            self.liveness.metrics = self.metrics  # as the members: the metrics as they are at start
             await self.liveness.renew_once()
             self.supervisor.spawn("node-lease", self._renew_after_first)
             self.supervisor.spawn("node-fence", self.liveness.fence)

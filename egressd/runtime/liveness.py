@@ -30,10 +30,11 @@ from collections.abc import Awaitable, Callable
 from egressd.core import rights
 from egressd.core.backoff import Repeats
 from egressd.core.election import CLASH_HOLD_OFF, MESH_OFF, api_right
-from egressd.core.errors import ApiError, ApiTimeout, LostRace, MalformedLease
+from egressd.core.errors import ApiError, ApiTimeout, LostRace, MalformedLease, NotFound
 from egressd.core.model import Settings
 from egressd.core.node_lease import NodeLeaseRecord, node_lease_name
-from egressd.ports import Clock, LeaseStore
+from egressd.ports import Clock, LeaseStore, Metrics
+from egressd.runtime.sinks import NullMetrics
 from egressd.runtime.supervisor import wait_event
 from egressd.runtime.view import LeaseView
 
@@ -54,6 +55,7 @@ class NodeLiveness:
         rearm: Callable[[float], Awaitable[None]],
         lapsed: Callable[[str], Awaitable[None]],
         clash: Callable[[str], Awaitable[None]],
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._timing = settings.timing
@@ -67,6 +69,7 @@ class NodeLiveness:
         self._rearm = rearm
         self._lapsed = lapsed
         self._clash = clash
+        self.metrics = metrics or NullMetrics()
         self._started_at: float | None = None
         self.last_renew_sent: float | None = None
         """Send time of the last renew answered within the renew deadline."""
@@ -76,6 +79,8 @@ class NodeLiveness:
         """Set after every successful renew (the fence recomputes its deadline)."""
         self._record: NodeLeaseRecord | None = None
         """Our node lease as last written or read back (its resourceVersion is the next write's base)."""
+        self._base_on_view = True
+        """Without a record of our own, write over the view's (False after a 404: create)."""
         self._wrote = False
         """This process has written the lease at least once (a later foreign token is a clash)."""
         self._clash_until: float | None = None
@@ -102,7 +107,7 @@ class NodeLiveness:
     def _record_to_write(self) -> NodeLeaseRecord:
         node = self._settings.node
         base = self._record
-        if base is None:
+        if base is None and self._base_on_view:
             entry = self._view.node(node.name)
             base = entry.record if entry is not None else None
         return NodeLeaseRecord(
@@ -121,29 +126,14 @@ class NodeLiveness:
         extended the right."""
         now = self._clock.monotonic()
         _ = self.started_at
-        if not self._candidate():
+        if not self._candidate() or (self._clash_until is not None and now < self._clash_until):
             return False
-        if self._clash_until is not None and now < self._clash_until:
-            return False
-        record = self._record_to_write()
         started = self._clock.monotonic()
-        try:
-            written = await self._store.write_node_lease(record, deadline=started + self._timing.renew_deadline)
-        except LostRace as exc:
-            self._failures.failed("LostRace")
-            self.log.info("node lease renew lost a race (%s); reading it back", exc)
-            await self._read_back()
+        written = await self._write(self._record_to_write(), deadline=started + self._timing.renew_deadline)
+        if written is None:
             return False
-        except ApiError as exc:
-            level = logging.WARNING if self._failures.failed(type(exc).__name__) else logging.DEBUG
-            self.log.log(level, "node lease renew failed (%d in a row): %s", self._failures.failures, exc)
-            if isinstance(exc, ApiTimeout):
-                self._record = None  # it may have landed: the next write bases on the view
-            return False
-        ended = self._failures.succeeded()
-        if ended:
-            self.log.info("node lease renewed after %d failure(s) in a row", ended)
         self._record = written
+        self._base_on_view = True
         self._wrote = True
         self._view.observe_node(self._settings.node.name, written)
         if self._clock.monotonic() - started >= self._timing.renew_deadline:
@@ -154,6 +144,41 @@ class NodeLiveness:
         self.changed.set()
         await self._rearm(rights.fence_ttl(self.right(), self._clock.monotonic(), self._timing, MESH_OFF))
         return True
+
+    async def _write(self, record: NodeLeaseRecord, *, deadline: float) -> NodeLeaseRecord | None:
+        """The write of a renew; None when it failed (what failed is handled here)."""
+        started = self._clock.monotonic()
+        try:
+            written = await self._store.write_node_lease(record, deadline=deadline)
+        except ApiError as exc:
+            self.metrics.renew("node", self._clock.monotonic() - started, ok=False, error=type(exc).__name__)
+            self.metrics.api_error(type(exc).__name__)
+            await self._failed(exc)
+            return None
+        self.metrics.renew("node", self._clock.monotonic() - started, ok=True)
+        ended = self._failures.succeeded()
+        if ended:
+            self.log.info("node lease renewed after %d failure(s) in a row", ended)
+        return written
+
+    async def _failed(self, exc: ApiError) -> None:
+        """After a failed renew write: a lost race reads the lease back (a clash
+        shows there), a deleted lease is created again, anything else is
+        logged (the first failure, then at powers of two)."""
+        if isinstance(exc, LostRace):
+            self._failures.failed("LostRace")
+            self.log.info("node lease renew lost a race (%s); reading it back", exc)
+            await self._read_back()
+        elif isinstance(exc, NotFound):
+            self._failures.failed("NotFound")
+            self.log.warning("node lease was deleted; creating it again at the next renew")
+            self._record = None
+            self._base_on_view = False
+        else:
+            level = logging.WARNING if self._failures.failed(type(exc).__name__) else logging.DEBUG
+            self.log.log(level, "node lease renew failed (%d in a row): %s", self._failures.failures, exc)
+            if isinstance(exc, ApiTimeout):
+                self._record = None  # it may have landed: the next write bases on the view
 
     async def _read_back(self) -> None:
         try:
@@ -168,6 +193,7 @@ class NodeLiveness:
             self.log.warning("could not read the node lease back: %s", exc)
             return
         self._record = current
+        self._base_on_view = current is not None
         if current is not None:
             self._view.observe_node(self._settings.node.name, current)
         if current is not None and self._wrote and current.incarnation != self.incarnation:

@@ -35,6 +35,7 @@ from egressd.core.election import Action, Decision, Me, decide, hold_off, next_l
 from egressd.core.errors import ApiError, ApiTimeout, ConfigError, DataPlaneError, LostRace, MalformedLease
 from egressd.core.lease import LeaseRecord, held_by, lease_name
 from egressd.core.model import EgressGroup, IPAddress, Settings
+from egressd.core.node_lease import node_lease_name
 from egressd.core.ownership_events import OwnershipEvent
 from egressd.core.states import Event, State, StateMachine
 from egressd.ports import Addresses, Announcer, Clock, EventSink, LeaseStore, Metrics, Snat
@@ -267,7 +268,40 @@ class Member:
             return True
         return False
 
+    async def _holder_still_silent(self, base: LeaseRecord | None) -> bool:
+        """Before taking a claim from a holder timed by its node lease: read
+        that node lease (a quorum read) and check it is still the version we
+        timed. A watch that stopped delivering could otherwise show a live
+        holder as silent, and the claim's write, not renewed by its holder,
+        would not catch it. A renewal the holder sent after our observation
+        has landed by now (it answers within renewDeadline, and leaseDuration
+        is longer), so the read shows it. Whether to go on with the takeover."""
+        if base is None or not base.holder:
+            return True
+        entry = self._view.node_entry(base.holder)
+        if entry is None:
+            return True  # timed by the claim itself: the claim's write is a CAS on what we timed
+        name = node_lease_name(base.holder)
+        try:
+            deadline = self._clock.monotonic() + self._timing.api_timeout
+            current = await self._store.get_node_lease(name, deadline=deadline)
+        except MalformedLease as exc:
+            self._view.observe_node(base.holder, None, problem=str(exc))
+            return False
+        except ApiError as exc:
+            self.log.info("takeover postponed: could not read %s: %s", name, exc)
+            return False
+        seen = entry.record.resource_version if entry.record is not None else None
+        now = current.resource_version if current is not None else None
+        if now == seen:
+            return True
+        self.log.warning("takeover called off: %s changed unseen (watch behind); timing it again", name)
+        self._view.observe_node(base.holder, current)
+        return False
+
     async def _acquire(self, base: LeaseRecord | None, decision: Decision) -> None:
+        if decision.reason.startswith("expired") and not await self._holder_still_silent(base):
+            return
         written = await self._write_holder(base, decision.reason)
         if written is None:
             return

@@ -136,17 +136,25 @@ class LeaseView:
         the holder's node lease change (none: a holder of an earlier version,
         timed by its claim), or why that cannot be known."""
         record = entry.record
-        holder = self.node(record.holder) if record is not None and record.holder else None
+        holder = self._nodes.get(record.holder) if record is not None and record.holder else None
         if holder is None:
             return Observation(entry.resource_version, entry.observed_at)
-        if holder.problem or holder.record is None:
+        if holder.problem:
             return Observation(entry.resource_version, entry.observed_at, holder_unknown=holder.problem)
+        # a node lease seen deleted still times its holder from the deletion:
+        # the holder's renewals failed from then on, so its right ends within
+        # renewDeadline of it; only a holder never seen with a node lease (an
+        # earlier version) is timed by its claim
         return Observation(
             entry.resource_version,
             entry.observed_at,
             holder_seen_at=holder.observed_at,
-            holder_lease_duration=holder.record.lease_duration,
+            holder_lease_duration=holder.record.lease_duration if holder.record is not None else None,
         )
+
+    def node_entry(self, node: str) -> NodeEntry | None:
+        """The node lease of ``node`` as last seen, deleted ones included (None: never seen)."""
+        return self._nodes.get(node)
 
     def node(self, node: str) -> NodeEntry | None:
         """The node lease of ``node`` as last seen (None: never seen, or deleted)."""

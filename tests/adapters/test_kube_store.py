@@ -23,6 +23,7 @@ from egressd.apiserver.server import LabApiServer, LabSettings
 from egressd.core.errors import ApiError, ApiTimeout, ApiUnavailable, LostRace, MalformedLease, ResourceExpired
 from egressd.core.lease import ANN_DURATION_MS, LeaseRecord, held_by, lease_name, object_from_record
 from egressd.core.model import KubeSettings
+from egressd.core.node_lease import LABEL_KIND, NodeLeaseRecord, node_lease_name, node_object_from_record
 from egressd.ports import LeaseEvent
 
 NS = "egressd"
@@ -323,21 +324,22 @@ def test_any_watch_line_is_an_event_or_a_lease_error(line: bytes) -> None:
         assert decoded["type"] in {"ADDED", "MODIFIED", "DELETED"} and isinstance(decoded["object"], dict)
         event = _to_lease_event(decoded)
         assert event.kind in {"upsert", "delete", "invalid"} and isinstance(event.name, str)
-        assert (event.record is not None) == (event.kind == "upsert")
+        assert (event.record is not None or event.node is not None) == (event.kind == "upsert")
 
 
 @given(st.dictionaries(st.sampled_from(["items", "metadata", "kind"]), json_values | st.lists(json_values)))
 @settings(max_examples=300, deadline=None)
 def test_any_list_answer_is_records_and_problems_or_api_unavailable(obj: dict[str, Any]) -> None:
     try:
-        records, rv, problems = _records(obj)
+        records, nodes, rv, problems = _records(obj)
     except ApiUnavailable:
         return
     assert isinstance(rv, str)
     assert all(isinstance(r, LeaseRecord) for r in records)
+    assert all(isinstance(n, NodeLeaseRecord) for n in nodes)
     assert all(isinstance(name, str) and problem for name, problem in problems)
     items = obj.get("items") or []
-    assert len(records) + len(problems) == len(items)
+    assert len(records) + len(nodes) + len(problems) == len(items)
 
 
 @pytest.mark.parametrize(
@@ -385,11 +387,42 @@ def test_a_list_with_a_poisoned_lease_keeps_the_others_and_names_the_bad_one() -
     good["metadata"]["resourceVersion"] = "5"
     bad = poisoned_lease()
     bad["metadata"]["resourceVersion"] = "6"
-    records, rv, problems = _records({"metadata": {"resourceVersion": "6"}, "items": [bad, good, "junk"]})
+    records, nodes, rv, problems = _records({"metadata": {"resourceVersion": "6"}, "items": [bad, good, "junk"]})
     assert [r.name for r in records] == [good["metadata"]["name"]]
+    assert nodes == []
     assert rv == "6"
     assert [name for name, _ in problems] == ["egressd-172-18-0-43", ""]
     assert "lease-duration-ms" in problems[0][1]
+
+
+def test_node_leases_are_routed_apart_from_claims_by_name() -> None:
+    """A node lease is never read as a (malformed) claim, and a claim written
+    before node leases existed (no kind label) still reads as a claim."""
+    claim = object_from_record(fresh("kind-worker3"), NS)
+    claim["metadata"]["resourceVersion"] = "5"
+    claim["metadata"]["labels"].pop(LABEL_KIND, None)
+    node = node_object_from_record(
+        NodeLeaseRecord(
+            name=node_lease_name("kind-worker3"),
+            node="kind-worker3",
+            incarnation="inc-1",
+            lease_duration=2.5,
+            resource_version="7",
+            address="172.18.0.5",
+            peers=("kind-worker4",),
+        ),
+        NS,
+    )
+    records, nodes, rv, problems = _records({"metadata": {"resourceVersion": "7"}, "items": [claim, node]})
+    assert rv == "7"
+    assert [r.name for r in records] == [claim["metadata"]["name"]]
+    assert [(n.node, n.incarnation, n.peers) for n in nodes] == [("kind-worker3", "inc-1", ("kind-worker4",))]
+    assert problems == ()
+    event = _to_lease_event({"type": "MODIFIED", "object": node})
+    assert event.kind == "upsert" and event.record is None and event.node == nodes[0]
+    broken = {**node, "spec": {**node["spec"], "holderIdentity": "kind-worker9"}}
+    event = _to_lease_event({"type": "MODIFIED", "object": broken})
+    assert event.kind == "invalid" and "holderIdentity" in event.problem
 
 
 async def test_nodes_matching_a_label_selector(lab: LabApiServer) -> None:

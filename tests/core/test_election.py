@@ -7,10 +7,9 @@ tests move a :class:`FakeClock` by hand; nothing sleeps.
 
 from __future__ import annotations
 
-import math
-
 import hashlib
 import ipaddress
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass, replace
