@@ -77,6 +77,7 @@ import yaml
 from egressd.core.config import parse_settings
 from egressd.core.errors import MalformedLease
 from egressd.core.lease import LeaseRecord, record_from_object
+from egressd.core.node_lease import is_node_lease
 from egressd.lab.netns import (
     LabError,
     Namespaces,
@@ -749,6 +750,9 @@ table inet {PARTITION_TABLE} {{
             raise LabError(f"listing leases: {status} {body}")
         records = []
         for item in body.get("items") or []:
+            meta = item.get("metadata") if isinstance(item, dict) else None
+            if isinstance(meta, dict) and is_node_lease(str(meta.get("name", ""))):
+                continue  # a gateway's liveness, not a claim
             with contextlib.suppress(MalformedLease):
                 records.append(record_from_object(item))
         return records
