@@ -780,3 +780,73 @@ def test_next_look_otherwise_follows_the_decision_or_a_lease_duration_or_waits_o
     assert next_look(Decision(Action.STANDBY, "held-by-other", recheck=0.7), owner=False, timing=TIMING) == 0.7
     assert next_look(Decision(Action.STEP_DOWN, "lost-lease"), owner=False, timing=TIMING) == TIMING.lease_duration
     assert next_look(None, owner=False, timing=TIMING) == pytest.approx(4 * TIMING.retry_period)
+
+
+# --- node leases: the holder's liveness ----------------------------------------------------
+
+
+def with_node_lease(
+    record: LeaseRecord, claim_seen: float, node_seen: float, duration: float | None = None
+) -> Observation:
+    return Observation(
+        resource_version=record.resource_version,
+        observed_at=claim_seen,
+        holder_seen_at=node_seen,
+        holder_lease_duration=duration if duration is not None else TIMING.lease_duration,
+    )
+
+
+def test_a_holder_whose_node_lease_renews_is_not_taken_over_however_old_its_claim() -> None:
+    me = member(PREFERRED)
+    record = lease(SECOND)
+    observed = with_node_lease(record, claim_seen=0.0, node_seen=1000.0)
+    d = decide(record, observed, 1000.0 + TIMING.lease_duration - 0.001, me, TIMING)
+    assert_decision(d, Action.STANDBY, "held-by-other")
+    assert d.recheck == pytest.approx(0.001)
+    d = decide(record, observed, 1000.0 + TIMING.lease_duration, me, TIMING)
+    assert_decision(d, Action.ACQUIRE, "expired")
+
+
+def test_a_holder_declaring_a_longer_lease_duration_is_waited_for_that_long() -> None:
+    me = member(PREFERRED)
+    record = lease(SECOND)
+    observed = with_node_lease(record, claim_seen=0.0, node_seen=1000.0, duration=TIMING.lease_duration + 2)
+    assert_decision(
+        decide(record, observed, 1000.0 + TIMING.lease_duration + 1, me, TIMING), Action.STANDBY, "held-by-other"
+    )
+    assert_decision(decide(record, observed, 1000.0 + TIMING.lease_duration + 2, me, TIMING), Action.ACQUIRE, "expired")
+
+
+def test_a_fresh_claim_counts_even_when_the_node_lease_is_older() -> None:
+    """The later of the two changes times the holder (never less safe)."""
+    me = member(PREFERRED)
+    record = lease(SECOND)
+    observed = with_node_lease(record, claim_seen=1000.0, node_seen=900.0)
+    assert_decision(
+        decide(record, observed, 1000.0 + TIMING.lease_duration - 0.1, me, TIMING), Action.STANDBY, "held-by-other"
+    )
+
+
+def test_a_holder_whose_node_lease_is_unreadable_is_never_taken_over() -> None:
+    me = member(PREFERRED)
+    record = lease(SECOND)
+    observed = Observation(record.resource_version, 0.0, holder_unknown="egressd-node-x: spec.holderIdentity: ...")
+    d = decide(record, observed, 1e6, me, TIMING)
+    assert_decision(d, Action.STANDBY, "holder-liveness-unknown")
+    assert d.recheck is None
+    assert_decision(retire(record, observed, 1e6, me, TIMING), Action.STANDBY, "held-by-other")
+
+
+def test_nothing_is_acquired_without_a_node_lease_right() -> None:
+    me = member(PREFERRED, node_renew=1000.0)
+    assert_decision(
+        decide(None, seen(None, 1000.0), 1000.0 + TIMING.renew_deadline - 0.01, me, TIMING), Action.ACQUIRE, "free"
+    )
+    d = decide(None, seen(None, 1000.0), 1000.0 + TIMING.renew_deadline, me, TIMING)
+    assert_decision(d, Action.STANDBY, "no-node-lease-right")
+    assert d.recheck == TIMING.retry_period
+    assert_decision(
+        decide(None, seen(None, 0.0), 0.0, member(PREFERRED, node_renew=None), TIMING),
+        Action.STANDBY,
+        "no-node-lease-right",
+    )

@@ -18,11 +18,12 @@ from egressd.core import rights
 from egressd.core.errors import ConfigError
 from egressd.core.lease import held_by, lease_name
 from egressd.core.model import EgressGroup, IPAddress, NodeSettings, Settings
-from egressd.core.node_lease import node_lease_name
+from egressd.core.node_lease import NodeLeaseRecord, node_lease_name
 from egressd.core.states import State
 from egressd.ports import LeaseEvent
 from egressd.runtime.daemon import Daemon
 from egressd.runtime.member import DataPlane
+from egressd.runtime.view import LeaseView
 from tests.fakes import FakeLeaseStore
 from tests.runtime.support import TIMING, RunsDaemon, assert_no_two_owners
 from tests.virtual_time import EPOCH, VirtualClock, until
@@ -261,3 +262,35 @@ def test_start_up_refuses_promise_timings_that_break_an_inequality() -> None:
             clock=VirtualClock(),
             mesh=rights.MeshTiming(promise_duration=TIMING.lease_duration + 1),
         )
+
+
+async def test_the_view_keeps_node_leases_apart_from_claims() -> None:
+    clock = VirtualClock()
+    view = LeaseView(clock)
+    claim = held_by(
+        None,
+        name=lease_name(str(IPS[0])),
+        egress_ip=str(IPS[0]),
+        holder="gw-a",
+        holder_address=None,
+        incarnation="inc-a",
+        lease_duration=TIMING.lease_duration,
+        now=EPOCH,
+    )
+    claim = replace(claim, resource_version="1")
+    view.apply(LeaseEvent(kind="sync", records=(claim,)))
+    entry = view.get(claim.name)
+    assert view.observation(entry).holder_seen_at is None  # no node lease: timed by the claim
+    view.apply(LeaseEvent(kind="invalid", name=node_lease_name("gw-a"), problem="spec.holderIdentity: bad"))
+    assert view.records() == [claim], "a node lease was taken for a claim"
+    assert view.problems() == {node_lease_name("gw-a"): "spec.holderIdentity: bad"}
+    assert view.observation(entry).holder_unknown == "spec.holderIdentity: bad"
+    node = NodeLeaseRecord(
+        name=node_lease_name("gw-a"), node="gw-a", incarnation="inc-a", lease_duration=5.0, resource_version="2"
+    )
+    view.apply(LeaseEvent(kind="upsert", name=node.name, node=node))
+    seen = view.observation(entry)
+    assert (seen.holder_unknown, seen.holder_lease_duration) == ("", 5.0)
+    view.apply(LeaseEvent(kind="delete", name=node.name))
+    assert view.records() == [claim] and view.node("gw-a") is None
+    assert view.observation(entry).holder_seen_at is not None, "a deleted node lease still times its holder"
