@@ -129,8 +129,15 @@ class NodeLiveness:
         if not self._candidate() or (self._clash_until is not None and now < self._clash_until):
             return False
         started = self._clock.monotonic()
-        written = await self._write(self._record_to_write(), deadline=started + self._timing.renew_deadline)
+        record = self._record_to_write()
+        written = await self._write(record, deadline=started + self._timing.renew_deadline)
         if written is None:
+            return False
+        if record.resource_version and written.resource_version == record.resource_version:
+            # the API server keeps an update that changes nothing as it was:
+            # no new version, no event, so standbys saw no renewal (the
+            # renewTime makes each renewal differ unless the wall clock stands still)
+            self.log.warning("node lease renew changed nothing (renewTime unchanged?): no right from it")
             return False
         self._record = written
         self._base_on_view = True

@@ -7,10 +7,13 @@ import json
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -510,3 +513,82 @@ async def test_connected_recovers_through_the_watch_alone(quiet_lab: LabApiServe
     finally:
         await store.close()
         await other.close()
+
+
+def node_lease(node: str = "kind-worker3", rv: str = "") -> NodeLeaseRecord:
+    return NodeLeaseRecord(
+        name=node_lease_name(node),
+        node=node,
+        incarnation="inc-1",
+        lease_duration=2.5,
+        resource_version=rv,
+        address="172.18.0.5",
+        peers=("kind-worker4",),
+        renew_time=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+
+
+def renewal(record: NodeLeaseRecord) -> NodeLeaseRecord:
+    assert record.renew_time is not None
+    return replace(record, renew_time=record.renew_time + timedelta(seconds=0.25))
+
+
+async def test_node_leases_are_written_read_and_watched_apart_from_claims(store: KubeLeaseStore) -> None:
+    claim = await store.create(fresh("kind-worker3"), deadline=deadline())
+    created = await store.write_node_lease(node_lease(), deadline=deadline())
+    assert created.resource_version and created.peers == ("kind-worker4",)
+    events = store.watch()
+    sync = await next_event(events, "sync")
+    assert [r.name for r in sync.records] == [claim.name] and sync.problems == ()
+    assert [n.name for n in sync.nodes] == [created.name]
+    renewed = await store.write_node_lease(renewal(created), deadline=deadline())
+    change = await next_event(events, "upsert")
+    assert change.record is None and change.node == renewed
+    with pytest.raises(LostRace):
+        await store.write_node_lease(created, deadline=deadline())  # a stale resourceVersion
+    assert await store.get_node_lease(created.name, deadline=deadline()) == renewed
+    assert [r.name for r in await store.list_leases(deadline=deadline())] == [claim.name]
+    await events.aclose()  # type: ignore[attr-defined]
+
+
+@pytest.mark.kube_apiserver
+async def test_the_daemonset_role_lets_a_node_renew_its_node_lease(kube_control_plane: Any) -> None:
+    """On the real kube-apiserver, with the ServiceAccount token and the Role of
+    deploy/rbac.yaml: create, renew, read back, and a 409 on a stale write."""
+    ns = f"node-lease-{int(time.monotonic() * 1000) % 10**8}"
+    api = kube_control_plane.api()
+    api.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    api.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "egressd", "namespace": ns}})
+    rbac = [
+        d
+        for d in yaml.safe_load_all(Path("deploy/rbac.yaml").read_text())
+        if d and d["kind"] in ("Role", "RoleBinding")
+    ]
+    for doc in rbac:
+        doc["metadata"]["namespace"] = ns
+        for subject in doc.get("subjects", []):
+            subject["namespace"] = ns
+        api.apply(doc)
+    with kube_control_plane.as_token(ns, "egressd") as (_, kubeconfig):
+        s = KubeLeaseStore(
+            api_client(KubeSettings(access="kubeconfig", kubeconfig=str(kubeconfig), namespace=ns)),
+            ns,
+            clock=CLOCK,
+            api_timeout=2.0,
+        )
+        try:
+            created = await s.write_node_lease(node_lease(), deadline=deadline(5))
+            # an update that changes nothing is no write at all for the API
+            # server (same resourceVersion, no watch event): a renewal must
+            # change the object, which its renewTime does
+            same = await s.write_node_lease(created, deadline=deadline(5))
+            assert same.resource_version == created.resource_version
+            renewed = await s.write_node_lease(renewal(created), deadline=deadline(5))
+            assert renewed.resource_version != created.resource_version
+            with pytest.raises(LostRace):
+                await s.write_node_lease(created, deadline=deadline(5))
+            assert await s.get_node_lease(created.name, deadline=deadline(5)) == renewed
+            assert await s.list_leases(deadline=deadline(5)) == []
+        finally:
+            await s.close()
+            api.request("DELETE", f"/api/v1/namespaces/{ns}")
