@@ -294,3 +294,22 @@ async def test_the_view_keeps_node_leases_apart_from_claims() -> None:
     view.apply(LeaseEvent(kind="delete", name=node.name))
     assert view.records() == [claim] and view.node("gw-a") is None
     assert view.observation(entry).holder_seen_at is not None, "a deleted node lease still times its holder"
+
+
+async def test_a_second_process_renewing_this_nodes_lease_is_an_identity_clash() -> None:
+    """Two daemons with one node name: the first finds its node lease renewed
+    by another token and fences every IP it holds."""
+    store = FakeLeaseStore()
+    group = replace(GROUP, egress_ips=IPS[:2], candidates=("gw-a",))
+    first, second = Node("gw-a", store, group), Node("gw-a", store, group)
+    try:
+        await settle([first], IPS[:2])
+        second.start()
+        await until(lambda: not any(first.serves(ip) for ip in IPS[:2]), 2 * TIMING.lease_duration)
+        assert all(m.sm.state is State.FENCED for m in first.daemon.members.values())
+        assert first.daemon.liveness.last_renew_sent is None
+        await asyncio.sleep(TIMING.lease_duration)
+        for ip in IPS[:2]:
+            assert not (first.serves(ip) and second.serves(ip))
+    finally:
+        await stop([first, second])
