@@ -96,6 +96,7 @@ class Member:
         self._events = events
         self._metrics = metrics
         self.sm = StateMachine()
+        self._preference: tuple[tuple[Any, Any], list[str]] | None = None
         self.epoch = 0
         self.serving_locally = serving_locally
         self.last_decision: Decision | None = None
@@ -142,8 +143,16 @@ class Member:
         )
 
     def preference(self) -> list[str]:
-        """The candidates of this IP, most preferred first (spread over the group's IPs)."""
-        return spread_rank(str(self.ip), [str(ip) for ip in self.group.egress_ips], self.group.candidates)
+        """The candidates of this IP, most preferred first (spread over the group's IPs).
+
+        Kept until the group's IPs or candidates change: it costs a hash per
+        IP of the group, and a thousand members deciding four times a second
+        would otherwise spend the daemon's CPU on it."""
+        key = (self.group.egress_ips, self.group.candidates)
+        if self._preference is None or self._preference[0] != key:
+            ranking = spread_rank(str(self.ip), [str(ip) for ip in self.group.egress_ips], self.group.candidates)
+            self._preference = (key, ranking)
+        return list(self._preference[1])
 
     async def run(self) -> None:
         """Decide and act until stopped (cancellation)."""

@@ -94,6 +94,11 @@ class KubeLeaseStore:
         self._clock = clock
         self._api_timeout = api_timeout
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="egressd-api")
+        self._node_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="egressd-node-lease")
+        """The node lease's own thread: its renewal is the serving right of every
+        IP the node holds, so it never queues behind claim writes (a thousand
+        members acquiring at start would otherwise hold it past its deadline,
+        and without the right no acquire may proceed)."""
         self._watch_timeout = watch_timeout
         self._watch_idle = watch_idle
         """A watch stream silent this long is reconnected (from its last
@@ -179,6 +184,7 @@ class KubeLeaseStore:
                 lambda t: self._leases.read_namespaced_lease(
                     name, self._namespace, _preload_content=False, _request_timeout=t
                 ),
+                executor=self._node_executor,
             )
         except NotFound:
             return None
@@ -188,9 +194,14 @@ class KubeLeaseStore:
         body = node_object_from_record(record, self._namespace)
         path = f"/apis/coordination.k8s.io/v1/namespaces/{self._namespace}/leases"
         if record.resource_version:
-            obj = await self._call("update", deadline, lambda t: self._send("PUT", f"{path}/{record.name}", body, t))
+            put = f"{path}/{record.name}"
+            obj = await self._call(
+                "update", deadline, lambda t: self._send("PUT", put, body, t), executor=self._node_executor
+            )
         else:
-            obj = await self._call("create", deadline, lambda t: self._send("POST", path, body, t))
+            obj = await self._call(
+                "create", deadline, lambda t: self._send("POST", path, body, t), executor=self._node_executor
+            )
         return node_record_from_object(obj)
 
     def connected(self) -> bool:
@@ -201,6 +212,7 @@ class KubeLeaseStore:
     async def close(self) -> None:
         self._closed.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._node_executor.shutdown(wait=False, cancel_futures=True)
         await asyncio.get_running_loop().run_in_executor(None, self._api.close)
 
     async def _list(self, deadline: float) -> tuple[list[LeaseRecord], str]:
@@ -216,7 +228,9 @@ class KubeLeaseStore:
             log.warning("lease %s is unreadable and left out of the list: %s", name or "-", problem)
         return records, rv
 
-    async def _call(self, verb: str, deadline: float, fn: Callable[[float], Any]) -> dict[str, Any]:
+    async def _call(
+        self, verb: str, deadline: float, fn: Callable[[float], Any], *, executor: ThreadPoolExecutor | None = None
+    ) -> dict[str, Any]:
         """Run ``fn(timeout)`` in the pool, retried on unavailability within the deadline."""
         loop = asyncio.get_running_loop()
         budget = deadline - self._clock.monotonic()
@@ -254,7 +268,14 @@ class KubeLeaseStore:
                 retry=retry_if_exception_type(ApiUnavailable),
             ):
                 with attempt:
-                    return await self._attempt(loop, verb, deadline, fn, unavailable[0] if unavailable else None)
+                    return await self._attempt(
+                        loop,
+                        verb,
+                        deadline,
+                        fn,
+                        unavailable[0] if unavailable else None,
+                        executor=executor or self._executor,
+                    )
         except RetryError as exc:
             last = exc.last_attempt.exception()
             assert isinstance(last, ApiUnavailable)
@@ -272,9 +293,11 @@ class KubeLeaseStore:
         deadline: float,
         fn: Callable[[float], Any],
         unavailable: ApiUnavailable | None,
+        *,
+        executor: ThreadPoolExecutor,
     ) -> dict[str, Any]:
-        """One request, after the wait the server asked for if there is one;
-        ``unavailable`` is the previous attempt's error, if any."""
+        """One request, in ``executor``, after the wait the server asked for if
+        there is one; ``unavailable`` is the previous attempt's error, if any."""
         remaining = deadline - self._clock.monotonic()
         hold = self._not_before - self._clock.monotonic()
         if hold > 0:
@@ -289,7 +312,7 @@ class KubeLeaseStore:
                 raise unavailable  # the real reason, not the clock
             raise ApiTimeout(f"lease {verb}: deadline passed before the call")
         timeout = min(self._api_timeout, remaining)
-        future = loop.run_in_executor(self._executor, blocking_json, fn, timeout)
+        future = loop.run_in_executor(executor, blocking_json, fn, timeout)
         try:
             async with asyncio.timeout(timeout + 0.05):
                 result = await future
