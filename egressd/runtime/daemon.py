@@ -209,17 +209,28 @@ class Daemon:
         ``fenceTtl`` the SNAT adapter arms."""
         if ttl <= 0:
             return
-        owners = sorted(self._owners(), key=lambda m: str(m.ip))
+        # an owner whose data plane is busy (taking over, withdrawing) is left
+        # out: its takeover arms its fences itself, a withdrawal needs none,
+        # and waiting for it would hold every other IP's fences back
+        owners = [m for m in self._owners() if not m.dp_lock.locked()]
         if not owners:
             return
         async with contextlib.AsyncExitStack() as stack:
             for member in owners:
                 await stack.enter_async_context(member.dp_lock)
-            armed = [m.ip for m in owners if await m.rearm()]
+            # the fences may only be re-armed within the right they rest on
+            # (T1 counts their TTL from a moment before the renew deadline)
+            if not self.liveness.right():
+                return
+            armed = [m for m in owners if m.sm.state is State.OWNER and not m.serving_locally]
             try:
-                await self.dataplane.snat.refresh_fence(armed)
+                await self.dataplane.snat.refresh_fence([m.ip for m in armed])
             except DataPlaneError as exc:
                 log.error("could not re-arm the nftables fence of %d IP(s): %s", len(armed), exc)
+            for member in armed:
+                if not self.liveness.right():
+                    return
+                await member.rearm()
 
     async def _lapsed(self, detail: str) -> None:
         """The daemon fence: the node lease's right lapsed, every owner withdraws."""
@@ -341,6 +352,7 @@ class Daemon:
             await self.liveness.renew_once()
             self.supervisor.spawn("node-lease", self._renew_after_first)
             self.supervisor.spawn("node-fence", self.liveness.fence)
+            self.supervisor.spawn("fence-rearm", self.liveness.rearm_forever)
             for group in groups:
                 for ip in group.egress_ips:
                     self._add_member(ip, group, adopt=ip in adopt)

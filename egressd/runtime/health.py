@@ -47,7 +47,7 @@ def liveness(
     if started and not supervisor.stop_requested.is_set():
         missing = {"lease-watch"} | {f"member:{ip}" for ip in members}
         if members:
-            missing |= {"node-lease", "node-fence"}
+            missing |= {"node-lease", "node-fence", "fence-rearm"}
         missing -= set(supervisor.running())
         missing -= set(supervisor.states)  # ended unexpectedly: listed by the supervisor
         problems += [f"task {name} is not running" for name in sorted(missing)]

@@ -9,7 +9,8 @@ them all when that right lapses.
   set. The right runs from the *send* time of the last renew answered within
   ``renewDeadline`` (``rights.serving_right``).
 * **Kernel fences.** After each successful renew the fences of every owned IP
-  are re-armed at once: one nftables transaction for the set elements, then
+  are re-armed at once, by a task of their own so a slow data plane never
+  delays the next renewal: one nftables transaction for the set elements, then
   each address's lifetime; TTL ``rights.fence_ttl`` (under the API right, the
   election's ``fenceTtl``, which T1 keeps before any takeover).
 * **Daemon fence.** When the right lapses every owned IP is withdrawn (reason
@@ -75,6 +76,8 @@ class NodeLiveness:
         """Send time of the last renew answered within the renew deadline."""
         self.renews = 0
         """Successful renews so far."""
+        self._rearm_due = asyncio.Event()
+        """Set by a successful renew: :meth:`rearm_forever` re-arms the kernel fences."""
         self.changed = asyncio.Event()
         """Set after every successful renew (the fence recomputes its deadline)."""
         self._record: NodeLeaseRecord | None = None
@@ -149,7 +152,7 @@ class NodeLiveness:
         self.last_renew_sent = started
         self.renews += 1
         self.changed.set()
-        await self._rearm(rights.fence_ttl(self.right(), self._clock.monotonic(), self._timing, MESH_OFF))
+        self._rearm_due.set()
         return True
 
     async def _write(self, record: NodeLeaseRecord, *, deadline: float) -> NodeLeaseRecord | None:
@@ -220,6 +223,19 @@ class NodeLiveness:
             started = self._clock.monotonic()
             await self.renew_once()
             await self._clock.sleep(max(0.0, started + self._timing.retry_period - self._clock.monotonic()))
+
+    async def rearm_forever(self) -> None:
+        """Re-arm the kernel fences after each successful renew, apart from the
+        renewals: a slow data plane must never delay the next renew (the right
+        of every IP), and renewals that came meanwhile are served by one
+        re-arm. Nothing is re-armed once the right has lapsed."""
+        while True:
+            await self._rearm_due.wait()
+            self._rearm_due.clear()
+            now = self._clock.monotonic()
+            right = self.right(now)
+            if right:
+                await self._rearm(rights.fence_ttl(right, now, self._timing, MESH_OFF))
 
     # --- the daemon fence -------------------------------------------------------
 

@@ -313,3 +313,29 @@ async def test_a_second_process_renewing_this_nodes_lease_is_an_identity_clash()
             assert not (first.serves(ip) and second.serves(ip))
     finally:
         await stop([first, second])
+
+
+async def test_the_kernel_fences_of_all_owned_ips_are_rearmed_at_once_after_each_renew() -> None:
+    store = FakeLeaseStore()
+    node = Node("gw-a", store, replace(GROUP, candidates=("gw-a",)))
+    try:
+        await settle([node])
+        ops = len(node.plane.ops)
+        renews = node.daemon.liveness.renews
+        await asyncio.sleep(10 * TIMING.retry_period)
+        fences = [op for op in node.plane.ops[ops:] if op["op"] == "fence"]
+        done = node.daemon.liveness.renews - renews
+        assert done >= 8
+        assert done - 1 <= len(fences) <= done, (len(fences), done)
+        assert all(op["ips"] == sorted(str(ip) for ip in IPS) for op in fences), "not one transaction for all IPs"
+        claims = [op for op in node.plane.ops[ops:] if op["op"] == "claim"]
+        assert len(claims) >= len(IPS) * (done - 1), "the address lifetimes were not refreshed"
+        # once the right lapsed nothing is re-armed: the fences run out
+        store.pause()
+        await until(lambda: not any(node.serves(ip) for ip in IPS), TIMING.renew_deadline + 0.1)
+        ops = len(node.plane.ops)
+        await asyncio.sleep(5 * TIMING.retry_period)
+        assert not [op for op in node.plane.ops[ops:] if op["op"] in ("fence", "claim")]
+        store.resume()
+    finally:
+        await stop([node])
