@@ -23,6 +23,7 @@ from egressd.core.election import (
     Decision,
     Me,
     Observation,
+    api_right,
     decide,
     hold_off,
     next_look,
@@ -31,6 +32,7 @@ from egressd.core.election import (
 )
 from egressd.core.lease import LeaseRecord, held_by, released
 from egressd.core.model import Timing
+from egressd.core.rights import Source
 
 TIMING = Timing()
 IP = "172.18.0.42"
@@ -850,3 +852,12 @@ def test_nothing_is_acquired_without_a_node_lease_right() -> None:
         Action.STANDBY,
         "no-node-lease-right",
     )
+
+
+@pytest.mark.parametrize("sent", [None, 0.0, 999.0, 999.5, 1000.0])
+def test_without_the_mesh_the_serving_right_is_the_api_right_or_none(sent: float | None) -> None:
+    right = api_right(sent, 1000.0, TIMING)
+    expected = sent is not None and 1000.0 - sent < TIMING.renew_deadline
+    assert right.source is (Source.API if expected else Source.NONE), right
+    if expected:
+        assert sent is not None and right.until == sent + TIMING.renew_deadline
