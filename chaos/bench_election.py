@@ -101,6 +101,8 @@ def owned(url: str) -> tuple[int, dict[str, int]]:
     items = http("GET", f"{url}/apis/coordination.k8s.io/v1/namespaces/egressd/leases")["items"]
     per: dict[str, int] = {}
     for item in items:
+        if item["metadata"]["name"].startswith("egressd-node-"):
+            continue  # a gateway's node lease, not a claim
         holder = item["spec"].get("holderIdentity")
         if holder:
             per[holder] = per.get(holder, 0) + 1

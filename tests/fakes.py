@@ -20,12 +20,16 @@ from typing import Any
 from egressd.core.errors import ApiTimeout, ApiUnavailable, LostRace, NotFound
 from egressd.core.kube_objects import RESOURCES
 from egressd.core.lease import LeaseRecord, released
+from egressd.core.node_lease import NodeLeaseRecord
 from egressd.ports import ClusterEvent, LeaseEvent
 
 
 class FakeLeaseStore:
     def __init__(self) -> None:
         self.leases: dict[str, LeaseRecord] = {}
+        self.node_leases: dict[str, NodeLeaseRecord] = {}
+        """Node leases by name, apart from the claims as the API's list is split by the store."""
+        self.node_writes: list[NodeLeaseRecord] = []
         self.rv = 0
         self.writes: list[tuple[str, LeaseRecord]] = []
         self._watchers: list[asyncio.Queue[LeaseEvent]] = []
@@ -56,6 +60,19 @@ class FakeLeaseStore:
         self.leases[record.name] = stored
         self._publish(LeaseEvent(kind="upsert", name=record.name, record=stored))
         return stored
+
+    def put_node(self, record: NodeLeaseRecord) -> NodeLeaseRecord:
+        """Write a node lease directly, as another client would."""
+        self.rv += 1
+        stored = replace(record, resource_version=str(self.rv))
+        self.node_leases[record.name] = stored
+        self._publish(LeaseEvent(kind="upsert", name=record.name, node=stored))
+        return stored
+
+    def delete_node(self, name: str) -> None:
+        self.rv += 1
+        del self.node_leases[name]
+        self._publish(LeaseEvent(kind="delete", name=name))
 
     # --- LeaseStore ---
     async def _gate(self, deadline: float) -> None:
@@ -112,12 +129,24 @@ class FakeLeaseStore:
         await self._gate(deadline)
         return list(self.leases.values())
 
+    async def get_node_lease(self, name: str, *, deadline: float) -> NodeLeaseRecord | None:
+        await self._gate(deadline)
+        return self.node_leases.get(name)
+
+    async def write_node_lease(self, record: NodeLeaseRecord, *, deadline: float) -> NodeLeaseRecord:
+        await self._gate(deadline)
+        current = self.node_leases.get(record.name)
+        if (current.resource_version if current else "") != record.resource_version:
+            raise LostRace(f"{record.name}: stale resourceVersion {record.resource_version!r}")
+        self.node_writes.append(record)
+        return self.put_node(record)
+
     async def watch(self) -> AsyncIterator[LeaseEvent]:
         queue: asyncio.Queue[LeaseEvent] = asyncio.Queue()
         self._watchers.append(queue)
         try:
             await self._running.wait()
-            yield LeaseEvent(kind="sync", records=tuple(self.leases.values()))
+            yield LeaseEvent(kind="sync", records=tuple(self.leases.values()), nodes=tuple(self.node_leases.values()))
             while True:
                 event = await queue.get()
                 await self._running.wait()

@@ -5,8 +5,30 @@ own monotonic clock, and our own tenure, and returns what to do with a reason.
 It follows client-go's ``tryAcquireOrRenew``:
 
 * A standby never trusts the ``renewTime`` written by another node (clocks
-  differ); a lease expires ``leaseDuration`` after *we* first saw its current
-  resourceVersion.
+  differ); a holder is presumed gone ``leaseDuration`` after *we* last saw its
+  liveness change.
+
+Liveness is per gateway, not per IP (DESIGN.md, "Safety"): the claim of an IP
+is written on acquire, handoff, release and adoption only, never renewed; the
+holder's right to serve is its **node lease**, renewed every ``retryPeriod``
+(:mod:`egressd.core.node_lease`), and the rules of serving rights and takeover
+are :mod:`egressd.core.rights`':
+
+* The holder serves while it has a serving right (``rights.serving_right``:
+  without the mesh, the API right only: its last successful node-lease renew
+  was sent less than ``renewDeadline`` ago). A claim is acquired only with
+  that right in hand, so the acquiring write never starts a tenure that a
+  standby timing the node lease could already consider over.
+* A standby takes a claim over when ``rights.may_take_over`` allows it: the
+  holder's node lease has not changed for ``leaseDuration`` by our own
+  observation (the claim's own last change counts too: waiting for the later
+  of the two is never less safe). A holder without a node lease (a daemon of
+  an earlier version during an upgrade, whose claims are renewed) is timed by
+  its claim's changes as before. A holder whose node lease cannot be read is
+  never taken over from: its liveness is unknown.
+* Without the mesh nobody promises and nobody serves on peer rights, so the
+  promise and peer-set waits of ``may_take_over`` are zero: a restarted
+  process need not wait for promises its predecessor cannot have given.
 * Writes are optimistic (resourceVersion); a conflict is a lost race, handled
   by the caller re-reading, not an error.
 * ``leaseTransitions`` counts holder changes and is the ownership epoch.
@@ -42,15 +64,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from egressd.core import rights
 from egressd.core.lease import LeaseRecord
 from egressd.core.model import Timing
+
+MESH_OFF = rights.MeshTiming(promise_duration=0.0, max_hold=0.0)
+"""The promise timings while the mesh is off: no promises, hence no wait for
+them after a restart (``may_take_over``'s restart wait) and no peer rights."""
 
 
 class Action(Enum):
     ACQUIRE = "acquire"
     """Write ourselves as holder (create the lease or take it over)."""
-    RENEW = "renew"
-    """We hold it: write a fresh renewTime."""
+    HOLD = "hold"
+    """We hold it and may serve: nothing to write (liveness is the node lease)."""
     STANDBY = "standby"
     """Do nothing now; look again after ``Decision.recheck`` or on a watch event."""
     STEP_DOWN = "step-down"
@@ -81,6 +108,14 @@ class Observation:
     resource_version: str | None
     """None when the lease did not exist."""
     observed_at: float
+    holder_seen_at: float | None = None
+    """When we last saw the holder's node lease change (our monotonic clock);
+    None when the holder has no node lease (then the claim's own changes time it)."""
+    holder_lease_duration: float | None = None
+    """The lease duration the holder's node lease declares."""
+    holder_unknown: str = ""
+    """Why the holder's liveness cannot be known (its node lease is unreadable):
+    then nothing it holds is taken over."""
 
 
 @dataclass(frozen=True)
@@ -93,8 +128,15 @@ class Me:
     candidates: tuple[str, ...]
     """All candidate nodes of the IP, including us."""
     last_renew: float | None = None
-    """Monotonic time at which our last successful acquire/renew was *sent*;
-    None when we do not hold the IP (no tenure)."""
+    """When we hold the IP: the monotonic time at which our last successful
+    node-lease renew was *sent* (the serving right's source); None when we do
+    not hold the IP (no tenure)."""
+    node_renew: float | None = None
+    """The monotonic send time of our last successful node-lease renew,
+    held or not (None: none yet). Nothing is acquired without a right from it."""
+    started_at: float = 0.0
+    """Monotonic time this process started (a restarted process times its
+    predecessor's claims from it)."""
     serving_locally: bool = False
     """The kernel still serves this IP from a previous process of this node."""
     preference: tuple[str, ...] = ()
@@ -142,15 +184,21 @@ def next_look(decision: Decision | None, *, owner: bool, timing: Timing) -> floa
     ``owner``: whether we hold the IP after the action.
 
     1. An unreadable lease: :data:`UNREADABLE_RECHECK` retry periods.
-    2. After a write (acquire, renew, handoff; won, lost or failed), or while
-       we hold the IP: the retry period, when the next renew is due; a lost
-       race refreshed the view, whose news wakes the loop at once.
-    3. Otherwise the decision's own recheck; a decision that waits for news
+    2. While holding with nothing to do: a lease duration (news of the claim
+       wakes the loop sooner; the daemon fence acts without it).
+    3. After a write (acquire, handoff; won, lost or failed), or while we
+       hold the IP otherwise: the retry period; a lost race refreshed the
+       view, whose news wakes the loop at once.
+    4. Otherwise the decision's own recheck; a decision that waits for news
        only still looks again after a lease duration, so a missed watch event
        costs at most that."""
     if decision is None:
         return timing.retry_period * UNREADABLE_RECHECK
-    if decision.action in (Action.ACQUIRE, Action.RENEW, Action.HANDOFF) or owner:
+    if decision.action is Action.HOLD:
+        # nothing to write while holding; the daemon's fence ends the tenure
+        # when the node lease's right lapses, and news wakes the loop
+        return timing.lease_duration
+    if decision.action in (Action.ACQUIRE, Action.HANDOFF) or owner:
         return timing.retry_period
     return decision.recheck if decision.recheck is not None else timing.lease_duration
 
@@ -199,6 +247,16 @@ def decide(
 ) -> Decision:
     """What to do about one egress IP now. Pure: same inputs, same answer."""
     decision = _decide(record, observation, now, me, timing)
+    # 6. Nothing is acquired without the API right of our node lease: a claim
+    #    written without it could start a tenure standbys already time out.
+    if decision.action is Action.ACQUIRE and not api_right(me.node_renew, now, timing):
+        return Decision(
+            Action.STANDBY,
+            "no-node-lease-right",
+            recheck=timing.retry_period,
+            detail=f"our node lease was not renewed within renewDeadline {timing.renew_deadline:g}s "
+            f"(would acquire: {decision.reason})",
+        )
     # 5. A hold-off forbids taking the IP, whatever the state; everything else
     #    (renewing, stepping down, releasing) goes on as decided.
     if decision.action is Action.ACQUIRE and me.hold_off_until is not None and now < me.hold_off_until:
@@ -212,17 +270,27 @@ def decide(
     return decision
 
 
+def api_right(renew_sent: float | None, now: float, timing: Timing) -> rights.Right:
+    """The serving right of a node-lease renew sent at ``renew_sent``: without
+    the mesh there are no peers to promise, so it is the API right or none."""
+    holding = rights.Holding(last_renew_sent=renew_sent, last_api_write=renew_sent, required_peers=frozenset())
+    return rights.serving_right(holding, now, timing, MESH_OFF)
+
+
 def _decide(record: LeaseRecord | None, observation: Observation, now: float, me: Me, timing: Timing) -> Decision:
     age = now - observation.observed_at
     holding = me.last_renew is not None
 
-    # 1. The daemon fence comes first: whatever the record says, a tenure whose
-    #    last successful renew is older than the renew deadline must end.
-    if holding and me.last_renew is not None and now - me.last_renew > timing.renew_deadline:
+    # 1. The daemon fence comes first: whatever the record says, a tenure
+    #    without a serving right (the node lease's last successful renew is
+    #    older than the renew deadline) must end.
+    if holding and me.last_renew is not None and not api_right(me.last_renew, now, timing):
+        right = api_right(me.last_renew, now, timing)
         return Decision(
             Action.STEP_DOWN,
             "renew-deadline",
-            detail=f"last renew {now - me.last_renew:.3f}s ago > renewDeadline {timing.renew_deadline:g}s",
+            detail=f"last node-lease renew {now - me.last_renew:.3f}s ago > renewDeadline "
+            f"{timing.renew_deadline:g}s ({right.reason})",
         )
 
     # 1b. A node that is not a candidate of this IP never takes it, whatever the
@@ -252,8 +320,23 @@ def _decide(record: LeaseRecord | None, observation: Observation, now: float, me
             if me.serving_locally:
                 # 3b. Our previous process held it and our kernel still serves it.
                 return Decision(Action.ACQUIRE, "adopt-previous-incarnation")
-            # 3c. Unknown writer of our name and nothing local: wait it out like any holder.
-            return _wait_for_expiry(record, age, me, timing, holder_desc=f"{me.identity} (other incarnation)")
+            # 3c. A claim of our previous process (or of another writer of our
+            #     name) and nothing local. Standbys cannot take it: our node
+            #     lease, renewed by this process, keeps changing. So this
+            #     process settles it, once the previous one is surely silent:
+            #     a leaseDuration after we started and after the claim's last
+            #     change (the longer of its declared duration and ours). A
+            #     previous process still alive renews our node lease
+            #     with its own token meanwhile, which fences us (identity clash).
+            remaining = previous_incarnation_wait(record, observation, now, me, timing)
+            if remaining > 0:
+                return Decision(
+                    Action.STANDBY,
+                    "previous-incarnation",
+                    recheck=remaining,
+                    detail=f"held by {me.identity} incarnation {record.incarnation!r}; ours is {me.incarnation!r}",
+                )
+            return Decision(Action.ACQUIRE, "reacquire-after-restart")
         # A successor that is not a candidate of this IP could never take it:
         # handing off to it would leave the IP unowned, so the request is ignored.
         successor = record.preferred_holder if record.preferred_holder != me.identity else None
@@ -266,22 +349,21 @@ def _decide(record: LeaseRecord | None, observation: Observation, now: float, me
         if successor and successor not in me.candidates:
             # 3f. A move to a node that is not a candidate: ignored, we keep serving.
             return Decision(
-                Action.RENEW,
+                Action.HOLD,
                 "handoff-target-not-candidate",
-                recheck=timing.retry_period,
                 detail=f"preferredHolder={successor} is not a candidate of {me.egress_ip} "
                 f"(candidates: {', '.join(me.candidates)}); ignoring the handoff request",
             )
         if successor:
             # 3g. An operator asked for a move.
             return Decision(Action.HANDOFF, "handoff-requested", detail=f"preferredHolder={successor}")
-        # 3h. Fast path of the leader: renew.
-        return Decision(Action.RENEW, "renew", recheck=timing.retry_period)
+        # 3h. We hold it and may serve: nothing to write.
+        return Decision(Action.HOLD, "holding")
 
     # 4. Someone else holds it.
     if holding:
         return Decision(Action.STEP_DOWN, "lost-lease", detail=f"lease now held by {record.holder}")
-    return _wait_for_expiry(record, age, me, timing, holder_desc=str(record.holder))
+    return _wait_for_expiry(record, observation, now, me, timing, holder_desc=str(record.holder))
 
 
 def retire(record: LeaseRecord | None, observation: Observation, now: float, me: Me, timing: Timing) -> Decision:
@@ -313,14 +395,67 @@ def retire(record: LeaseRecord | None, observation: Observation, now: float, me:
         return Decision(Action.DELETE, "free")
     if record.holder == me.identity and record.incarnation == me.incarnation and me.last_renew is None:
         return Decision(Action.DELETE, "last-held-by-us")
-    if age >= record.lease_duration:
+    if record.holder == me.identity:
+        # our previous process's: silent once 3c of decide would settle it
+        remaining = previous_incarnation_wait(record, observation, now, me, timing)
+        if remaining <= 0:
+            return Decision(Action.DELETE, "expired", detail=f"held by our previous process, silent for {age:.3f}s")
+        return Decision(
+            Action.STANDBY,
+            "previous-incarnation",
+            recheck=remaining,
+            detail=f"held by {me.identity} incarnation {record.incarnation!r}",
+        )
+    takeover = holder_lapsed(record, observation, now, me, timing)
+    if takeover:
         return Decision(Action.DELETE, "expired", detail=f"held by {record.holder}, silent for {age:.3f}s")
     return Decision(
         Action.STANDBY,
         "held-by-other",
-        recheck=record.lease_duration - age,
-        detail=f"held by {record.holder}, who deletes it when it withdraws",
+        recheck=max(0.0, takeover.not_before - now) if takeover.not_before != float("inf") else None,
+        detail=f"held by {record.holder}, who deletes it when it withdraws ({takeover.reason})",
     )
+
+
+def previous_incarnation_wait(
+    record: LeaseRecord, observation: Observation, now: float, me: Me, timing: Timing
+) -> float:
+    """Seconds until a claim naming our node with another process's token is
+    surely silent: a lease duration (the longer of its declared one and ours)
+    after we started and after the claim's last change. Our node lease cannot
+    time it (this process renews it); a previous process still alive renews
+    the node lease with its own token meanwhile, which fences us instead."""
+    since = max(observation.observed_at, me.started_at)
+    return since + max(timing.lease_duration, record.lease_duration) - now
+
+
+def holder_lapsed(record: LeaseRecord, observation: Observation, now: float, me: Me, timing: Timing) -> rights.Takeover:
+    """Whether the holder of ``record`` has lapsed by our own observation
+    (``rights.may_take_over``), and if not, until when to wait.
+
+    1. A holder whose node lease is unreadable: never (``not_before`` infinite).
+    2. A holder with a node lease: the later of its node lease's and the
+       claim's last change we saw, plus the longer of its declared lease
+       duration and ours.
+    3. A holder without a node lease (an earlier version): the claim's last
+       change, plus its declared duration, as before node leases."""
+    if observation.holder_unknown:
+        return rights.Takeover(rights.TakeoverVerdict.WAIT, "holder-liveness-unknown", float("inf"))
+    if observation.holder_seen_at is None:
+        changed, duration = observation.observed_at, record.lease_duration
+    else:
+        changed = max(observation.holder_seen_at, observation.observed_at)
+        duration = observation.holder_lease_duration or record.lease_duration
+    # may_take_over waits our own leaseDuration from the change; shifting the
+    # change makes it wait the holder's declared duration instead: exactly
+    # (a claim renewed by an earlier version, as before node leases), or the
+    # longer of the two (a node lease: the holder's safety rests on its T1)
+    if observation.holder_seen_at is None:
+        shifted = changed + duration - timing.lease_duration
+    else:
+        shifted = changed + max(0.0, duration - timing.lease_duration)
+    standby = rights.Standby(promised_until=None, lease_changed_at=shifted, in_peer_set=True, started_at=me.started_at)
+    return rights.may_take_over(standby, now, timing, MESH_OFF)
 
 
 def _take_free(record: LeaseRecord | None, age: float, me: Me, timing: Timing) -> Decision:
@@ -341,12 +476,28 @@ def _take_free(record: LeaseRecord | None, age: float, me: Me, timing: Timing) -
     return _by_preference(age, me, timing, exclude=(), reason="free")
 
 
-def _wait_for_expiry(record: LeaseRecord, age: float, me: Me, timing: Timing, holder_desc: str) -> Decision:
-    remaining = record.lease_duration - age
-    if remaining > 0:
-        return Decision(Action.STANDBY, "held-by-other", recheck=remaining, detail=f"held by {holder_desc}")
+def _wait_for_expiry(
+    record: LeaseRecord, observation: Observation, now: float, me: Me, timing: Timing, *, holder_desc: str
+) -> Decision:
+    takeover = holder_lapsed(record, observation, now, me, timing)
+    if not takeover:
+        recheck = takeover.not_before - now if takeover.not_before != float("inf") else None
+        return Decision(
+            Action.STANDBY,
+            "held-by-other" if takeover.reason == "holder-alive" else takeover.reason,
+            recheck=recheck,
+            detail=f"held by {holder_desc}" + (f": {observation.holder_unknown}" if observation.holder_unknown else ""),
+        )
+    lapsed_at = _lapsed_at(record, observation, me, timing)
     holder = (record.holder,) if record.holder and record.holder != me.identity else ()
-    return _by_preference(age - record.lease_duration, me, timing, exclude=holder, reason="expired")
+    return _by_preference(now - lapsed_at, me, timing, exclude=holder, reason="expired")
+
+
+def _lapsed_at(record: LeaseRecord, observation: Observation, me: Me, timing: Timing) -> float:
+    """When the holder lapsed by our observation (the wait for the preferred
+    candidate starts then); the caller checked that it has."""
+    takeover = holder_lapsed(record, observation, float("-inf"), me, timing)
+    return takeover.not_before
 
 
 def _by_preference(waited: float, me: Me, timing: Timing, exclude: Sequence[str], reason: str) -> Decision:

@@ -84,6 +84,7 @@ import yaml
 from egressd.core.config import parse_settings
 from egressd.core.errors import MalformedLease
 from egressd.core.lease import LeaseRecord, record_from_object
+from egressd.core.node_lease import is_node_lease
 from egressd.lab.kubecontrol import (
     ControlPlaneError,
     KubeBinaries,
@@ -1035,6 +1036,9 @@ table inet {PEER_TABLE} {{
             raise LabError(f"listing leases: {status} {body}")
         records = []
         for item in body.get("items") or []:
+            meta = item.get("metadata") if isinstance(item, dict) else None
+            if isinstance(meta, dict) and is_node_lease(str(meta.get("name", ""))):
+                continue  # a gateway's liveness, not a claim
             with contextlib.suppress(MalformedLease):
                 records.append(record_from_object(item))
         return records

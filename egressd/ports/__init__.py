@@ -19,6 +19,7 @@ from egressd.core.addressing import OnLink
 from egressd.core.kube_objects import Resource
 from egressd.core.lease import LeaseRecord
 from egressd.core.model import EgressGroup, IPAddress
+from egressd.core.node_lease import NodeLeaseRecord
 from egressd.core.ownership_events import OwnershipEvent
 
 
@@ -46,6 +47,11 @@ class LeaseEvent:
     ``upsert``/``delete`` carry one lease. ``invalid`` reports a lease someone
     wrote that egressd cannot read (``problem`` names the field); it is
     treated as absent, never acted on beyond reporting.
+
+    Node leases (:mod:`egressd.core.node_lease`) travel apart from the claims:
+    a ``sync`` lists them in ``nodes``, an ``upsert`` of one carries it in
+    ``node`` (``record`` is then None); a ``delete`` or ``invalid`` is told
+    apart by its name (:func:`egressd.core.node_lease.is_node_lease`).
     """
 
     kind: Literal["sync", "upsert", "delete", "invalid"]
@@ -54,6 +60,8 @@ class LeaseEvent:
     records: tuple[LeaseRecord, ...] = ()
     problem: str = ""
     problems: tuple[tuple[str, str], ...] = ()
+    node: NodeLeaseRecord | None = None
+    nodes: tuple[NodeLeaseRecord, ...] = ()
 
 
 class LeaseStore(Protocol):
@@ -82,6 +90,15 @@ class LeaseStore(Protocol):
         ...
 
     async def list_leases(self, *, deadline: float) -> list[LeaseRecord]: ...
+
+    async def get_node_lease(self, name: str, *, deadline: float) -> NodeLeaseRecord | None:
+        """The node lease, or None if it does not exist; MalformedLease if unreadable."""
+        ...
+
+    async def write_node_lease(self, record: NodeLeaseRecord, *, deadline: float) -> NodeLeaseRecord:
+        """Create the node lease (empty resourceVersion) or replace it at its
+        resourceVersion; raises LostRace on a conflict."""
+        ...
 
     def watch(self) -> AsyncIterator[LeaseEvent]:
         """Changes of the managed leases, forever: reconnects from the last

@@ -10,12 +10,15 @@ place otherwise.
 Start-up, in order:
 
 1. Stage SNAT for the groups this node may serve (so takeover is short).
-2. Wait for the first full list of the leases (at most ``renewDeadline``).
+2. Wait for the first full list of the leases (at most ``renewDeadline``),
+   and renew this node's lease once (a gateway candidate), so the members
+   decide with a serving right in hand (an adoption needs one).
 3. Reconcile the kernel with the leases
    (:func:`egressd.runtime.reconcile.reconcile_at_start`): an egress IP this
    node still serves and holds the lease of is adopted; everything else is
    withdrawn.
-4. Start the members and their fences, drift repair and the retirement of
+4. Start the members, the node lease's renewals and the daemon fence
+   (:mod:`egressd.runtime.liveness`), drift repair and the retirement of
    claims no group lists (:mod:`egressd.runtime.reconcile`).
 
 Shutdown (SIGTERM, SIGINT or SIGHUP): every member withdraws, then frees its
@@ -30,16 +33,20 @@ says about itself (health, readiness, status) is :mod:`egressd.runtime.health`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from egressd.core.errors import ConfigError, DataPlaneError
+from egressd.core import rights
+from egressd.core.errors import ConfigError, DataPlaneError, Problem
 from egressd.core.model import EgressGroup, IPAddress, Settings
+from egressd.core.states import State
 from egressd.ports import Clock, EventSink, LeaseStore, Metrics, Steering
 from egressd.runtime import health, reconcile
+from egressd.runtime.liveness import NodeLiveness
 from egressd.runtime.member import DataPlane, Member
 from egressd.runtime.reconcile import ClaimRetirement
 from egressd.runtime.sinks import FanoutEvents, LogEvents, NullMetrics
@@ -64,8 +71,13 @@ class Daemon:
         incarnation: str | None = None,
         shutdown_grace: float = 5.0,
         repair_interval: float = 2.0,
+        mesh: rights.MeshTiming | None = None,
     ) -> None:
         problems = settings.timing.check()
+        if mesh is not None and not problems:
+            # the promises' inequalities (M1-M4); without the mesh nobody
+            # promises and no peer right exists, so they do not apply
+            problems = [Problem("timing", p) for p in rights.check(settings.timing, mesh)]
         if problems:
             # as client-go's NewLeaderElector: timings that break the safety
             # argument are refused however the daemon is built, in tests too
@@ -82,6 +94,20 @@ class Daemon:
         """Seconds between drift-repair passes."""
         self.supervisor = Supervisor(now=clock.monotonic)
         self.view = LeaseView(clock)
+        self.liveness = NodeLiveness(
+            settings,
+            store=store,
+            view=self.view,
+            clock=clock,
+            incarnation=self.incarnation,
+            peers=self.peer_set,
+            candidate=lambda: bool(self.candidate_groups()),
+            rearm=self._rearm,
+            lapsed=self._lapsed,
+            clash=self._clash,
+            metrics=self.metrics,
+        )
+        """This node's lease: the serving right of every IP it holds."""
         self.members: dict[IPAddress, Member] = {}
         self.groups: tuple[EgressGroup, ...] = settings.groups
         """The egress groups as known now (static config, or the policies' resolution)."""
@@ -115,6 +141,7 @@ class Daemon:
             incarnation=self.incarnation,
             listed=lambda: {str(ip) for g in self.groups for ip in g.egress_ips},
             held=lambda: {m.name for m in self.members.values()},
+            started_at=lambda: self.liveness.started_at,
         )
         """Claims to delete: IPs no group lists any more."""
 
@@ -129,6 +156,7 @@ class Daemon:
             self.incarnation,
             ",".join(g.name for g in self.settings.groups) or "-",
         )
+        _ = self.liveness.started_at  # this process starts now
         sup.spawn("lease-watch", self._watch)
         for name, factory in self._extra_tasks:
             sup.spawn(name, factory)
@@ -162,6 +190,57 @@ class Daemon:
     def candidate_groups(self) -> tuple[EgressGroup, ...]:
         """Groups of which this node is a candidate now."""
         return tuple(g for g in self.groups if self.settings.node.name in g.candidates)
+
+    def peer_set(self) -> tuple[str, ...]:
+        """The other candidates of the groups this node is a candidate of, sorted
+        (published in the node lease for the mesh)."""
+        me = self.settings.node.name
+        return tuple(sorted({c for g in self.candidate_groups() for c in g.candidates} - {me}))
+
+    def _owners(self) -> list[Member]:
+        return [m for m in self.members.values() if m.sm.state is State.OWNER]
+
+    async def _rearm(self, ttl: float) -> None:
+        """After a node-lease renew: re-arm the kernel fences of every owned IP
+        at once, under every owner's data-plane lock (so no IP withdrawn
+        meanwhile is armed again): one nftables transaction for the set
+        elements, then each address's lifetime. ``ttl`` is the right's fence
+        (``rights.fence_ttl``); under the API right it is the configured
+        ``fenceTtl`` the SNAT adapter arms."""
+        if ttl <= 0:
+            return
+        # an owner whose data plane is busy (taking over, withdrawing) is left
+        # out: its takeover arms its fences itself, a withdrawal needs none,
+        # and waiting for it would hold every other IP's fences back
+        owners = [m for m in self._owners() if not m.dp_lock.locked()]
+        if not owners:
+            return
+        async with contextlib.AsyncExitStack() as stack:
+            for member in owners:
+                await stack.enter_async_context(member.dp_lock)
+            # the fences may only be re-armed within the right they rest on
+            # (T1 counts their TTL from a moment before the renew deadline)
+            if not self.liveness.right():
+                return
+            armed = [m for m in owners if m.sm.state is State.OWNER and not m.serving_locally]
+            try:
+                await self.dataplane.snat.refresh_fence([m.ip for m in armed])
+            except DataPlaneError as exc:
+                log.error("could not re-arm the nftables fence of %d IP(s): %s", len(armed), exc)
+            for member in armed:
+                if not self.liveness.right():
+                    return
+                await member.rearm()
+
+    async def _lapsed(self, detail: str) -> None:
+        """The daemon fence: the node lease's right lapsed, every owner withdraws."""
+        owners = self._owners()
+        if owners:
+            await asyncio.gather(*(m.step_down("renew-deadline", detail) for m in owners))
+
+    async def _clash(self, detail: str) -> None:
+        """Another process renews this node's lease: every member fences itself."""
+        await asyncio.gather(*(m.fence_clash(detail) for m in self.members.values()))
 
     async def apply(self, groups: Sequence[EgressGroup], steering: Sequence[EgressGroup] | None = None) -> None:
         """Make ``groups`` the egress groups (Kubernetes mode), and ``steering``
@@ -233,7 +312,6 @@ class Daemon:
         log.info("ip=%s node=%s epoch=%d handing off: %s", ip, me, member.epoch, reason)
         member.stop_soon()
         await self.supervisor.cancel(f"member:{ip}")
-        await self.supervisor.cancel(f"fence:{ip}")
         await member.shutdown(reason="not-candidate")
         del self.members[ip]
 
@@ -246,7 +324,7 @@ class Daemon:
             view=self.view,
             dataplane=self.dataplane,
             clock=self.clock,
-            incarnation=self.incarnation,
+            liveness=self.liveness,
             events=self.events,
             metrics=self.metrics,
             serving_locally=adopt,
@@ -254,7 +332,6 @@ class Daemon:
         self.members[ip] = member
         # the loop returns only after stop_soon(); a failure starts it again
         self.supervisor.spawn(f"member:{ip}", member.run, one_shot=True)
-        self.supervisor.spawn(f"fence:{ip}", member.fence)
 
     async def _watch(self) -> None:
         async for event in self.store.watch():
@@ -271,6 +348,11 @@ class Daemon:
             adopt = await reconcile.reconcile_at_start(
                 self.view, self.dataplane, self.settings.node.name, groups, self.settings.timing
             )
+            self.liveness.metrics = self.metrics  # as the members: the metrics as they are at start
+            await self.liveness.renew_once()
+            self.supervisor.spawn("node-lease", self._renew_after_first)
+            self.supervisor.spawn("node-fence", self.liveness.fence)
+            self.supervisor.spawn("fence-rearm", self.liveness.rearm_forever)
             for group in groups:
                 for ip in group.egress_ips:
                     self._add_member(ip, group, adopt=ip in adopt)
@@ -286,6 +368,10 @@ class Daemon:
                 self.supervisor.spawn("drift-repair", self._repair_forever)
             if self.steerer is not None and (self.steerer.groups or self.settings.mode == "kubernetes"):
                 self.supervisor.spawn("steering", self.steerer.run)
+
+    async def _renew_after_first(self) -> None:
+        await self.clock.sleep(self.settings.timing.retry_period)
+        await self.liveness.run()
 
     def health(self) -> tuple[bool, list[str]]:
         """Liveness (:func:`egressd.runtime.health.liveness`)."""
@@ -365,7 +451,6 @@ class Daemon:
             member.stop_soon()  # ends the loop even if a cancellation were lost on the way
         for ip in self.members:
             await sup.cancel(f"member:{ip}")
-            await sup.cancel(f"fence:{ip}")
         if self.members:
             done = await asyncio.wait(
                 [asyncio.create_task(m.shutdown(), name=f"shutdown:{ip}") for ip, m in self.members.items()],

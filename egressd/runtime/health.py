@@ -45,7 +45,9 @@ def liveness(
                 f"{ip}: still owner {now - member.last_renew:.1f}s after its last renew (should have stepped down)"
             )
     if started and not supervisor.stop_requested.is_set():
-        missing = {"lease-watch"} | {f"{kind}:{ip}" for ip in members for kind in ("member", "fence")}
+        missing = {"lease-watch"} | {f"member:{ip}" for ip in members}
+        if members:
+            missing |= {"node-lease", "node-fence", "fence-rearm"}
         missing -= set(supervisor.running())
         missing -= set(supervisor.states)  # ended unexpectedly: listed by the supervisor
         problems += [f"task {name} is not running" for name in sorted(missing)]

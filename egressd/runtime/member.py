@@ -9,9 +9,13 @@ it through the ports. Order matters and is fixed here:
   write (release). A member never serves before its write succeeded, and never
   writes a release while still serving.
 
-The daemon fence is a separate task (:meth:`Member.fence`): it withdraws when
-the last successful renew is older than the renew deadline, whatever the loop
-is waiting for, so a hung API call can never keep an IP served.
+The claim is written on acquire, handoff, release and adoption only, never
+renewed: the right to serve comes from this node's lease
+(:class:`egressd.runtime.liveness.NodeLiveness`), renewed once per retry
+period for all IPs. The daemon fence is the liveness's task: it steps every
+owner down when that right lapses, whatever the loops are waiting for, so a
+hung API call can never keep an IP served; the kernel fences are re-armed
+after each renew for all owned IPs at once (:meth:`Member.rearm`).
 
 Every way out of OWNER (renew deadline, lost lease, failed takeover, handoff,
 identity clash, shutdown) goes through :meth:`Member._leave`, which keeps that
@@ -27,13 +31,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from egressd.core.backoff import Repeats
-from egressd.core.election import Action, Decision, Me, Observation, decide, hold_off, next_look, spread_rank
+from egressd.core.election import Action, Decision, Me, decide, hold_off, next_look, spread_rank
 from egressd.core.errors import ApiError, ApiTimeout, ConfigError, DataPlaneError, LostRace, MalformedLease
 from egressd.core.lease import LeaseRecord, held_by, lease_name
 from egressd.core.model import EgressGroup, IPAddress, Settings
+from egressd.core.node_lease import node_lease_name
 from egressd.core.ownership_events import OwnershipEvent
 from egressd.core.states import Event, State, StateMachine
 from egressd.ports import Addresses, Announcer, Clock, EventSink, LeaseStore, Metrics, Snat
+from egressd.runtime.liveness import NodeLiveness
 from egressd.runtime.supervisor import wait_event
 from egressd.runtime.view import LeaseView
 
@@ -67,7 +73,7 @@ class Member:
         view: LeaseView,
         dataplane: DataPlane,
         clock: Clock,
-        incarnation: str,
+        liveness: NodeLiveness,
         events: EventSink,
         metrics: Metrics,
         serving_locally: bool = False,
@@ -85,16 +91,16 @@ class Member:
         self._view = view
         self._dp = dataplane
         self._clock = clock
-        self._incarnation = incarnation
+        self._liveness = liveness
+        self._incarnation = liveness.incarnation
         self._events = events
         self._metrics = metrics
         self.sm = StateMachine()
-        self.last_renew: float | None = None
+        self._preference: tuple[tuple[Any, Any], list[str]] | None = None
         self.epoch = 0
         self.serving_locally = serving_locally
         self.last_decision: Decision | None = None
         self.last_transition = ""
-        self._tenure_changed = asyncio.Event()
         self.first_step = asyncio.Event()
         """Set after the first decision and its action."""
         self._dp_lock = asyncio.Lock()
@@ -115,13 +121,21 @@ class Member:
 
     # --- the loop ------------------------------------------------------------------
 
+    @property
+    def last_renew(self) -> float | None:
+        """While we hold the IP: the send time of the node lease's last
+        successful renew (the serving right's source); None otherwise."""
+        return self._liveness.last_renew_sent if self.sm.state is State.OWNER else None
+
     def _me(self) -> Me:
         return Me(
             identity=self._settings.node.name,
             incarnation=self._incarnation,
             egress_ip=str(self.ip),
             candidates=self.group.candidates,
-            last_renew=self.last_renew if self.sm.state is State.OWNER else None,
+            last_renew=self.last_renew,
+            node_renew=self._liveness.last_renew_sent,
+            started_at=self._liveness.started_at,
             serving_locally=self.serving_locally,
             preference=tuple(self.preference()),
             hold_off_until=self._hold_off_until,
@@ -129,8 +143,16 @@ class Member:
         )
 
     def preference(self) -> list[str]:
-        """The candidates of this IP, most preferred first (spread over the group's IPs)."""
-        return spread_rank(str(self.ip), [str(ip) for ip in self.group.egress_ips], self.group.candidates)
+        """The candidates of this IP, most preferred first (spread over the group's IPs).
+
+        Kept until the group's IPs or candidates change: it costs a hash per
+        IP of the group, and a thousand members deciding four times a second
+        would otherwise spend the daemon's CPU on it."""
+        key = (self.group.egress_ips, self.group.candidates)
+        if self._preference is None or self._preference[0] != key:
+            ranking = spread_rank(str(self.ip), [str(ip) for ip in self.group.egress_ips], self.group.candidates)
+            self._preference = (key, ranking)
+        return list(self._preference[1])
 
     async def run(self) -> None:
         """Decide and act until stopped (cancellation)."""
@@ -149,20 +171,25 @@ class Member:
         if self.sm.state is State.FENCED and (self._hold_off_until is None or now >= self._hold_off_until):
             self._fire(Event.HOLD_OFF_OVER, "hold-off-over")
         if entry.problem:
-            # Never act on a lease we cannot read; the fence ends a tenure if renews fail.
+            # Never act on a claim we cannot read. An owner withdraws: it can no
+            # longer show its tenure, and nobody takes over an unreadable claim.
+            if self.sm.state is State.OWNER:
+                await self.step_down("claim-unreadable", entry.problem)
             return next_look(None, owner=self.sm.state is State.OWNER, timing=self._timing)
-        decision = decide(
-            entry.record, Observation(entry.resource_version, entry.observed_at), now, self._me(), self._timing
-        )
+        decision = decide(entry.record, self._view.observation(entry), now, self._me(), self._timing)
         self._note(decision)
-        if self.serving_locally and decision.action is not Action.ACQUIRE:
+        if (
+            self.serving_locally
+            and decision.action is not Action.ACQUIRE
+            and decision.reason not in ("no-node-lease-right", "hold-off")
+        ):
+            # waiting for our node lease's first renew is no reason to give up
+            # what the kernel serves: the kernel fence ends it if nobody adopts
             await self._withdraw(f"not-adopted:{decision.reason}")
             self.serving_locally = False
         action = decision.action
         if action is Action.ACQUIRE:
             await self._acquire(entry.record, decision)
-        elif action is Action.RENEW:
-            await self._renew(entry.record)
         elif action is Action.STEP_DOWN:
             await self.step_down(decision.reason, decision.detail)
         elif action is Action.HANDOFF:
@@ -174,7 +201,7 @@ class Member:
     def _note(self, decision: Decision) -> None:
         last = self.last_decision
         if last is None or (last.action, last.reason) != (decision.action, decision.reason):
-            level = logging.DEBUG if decision.reason == "renew" else logging.INFO
+            level = logging.DEBUG if decision.reason == "holding" else logging.INFO
             if decision.reason == "handoff-target-not-candidate":
                 level = logging.WARNING
             self.log.log(level, "decision %s (%s) %s", decision.action.value, decision.reason, decision.detail)
@@ -249,18 +276,53 @@ class Member:
             self._view.observe(self.name, record)
             return True
         return False
+
+    async def _holder_still_silent(self, base: LeaseRecord | None) -> bool:
+        """Before taking a claim from a holder timed by its node lease: read
+        that node lease (a quorum read) and check it is still the version we
+        timed. A watch that stopped delivering could otherwise show a live
+        holder as silent, and the claim's write, not renewed by its holder,
+        would not catch it. A renewal the holder sent after our observation
+        has landed by now (it answers within renewDeadline, and leaseDuration
+        is longer), so the read shows it. Whether to go on with the takeover."""
+        if base is None or not base.holder:
+            return True
+        entry = self._view.node_entry(base.holder)
+        if entry is None:
+            return True  # timed by the claim itself: the claim's write is a CAS on what we timed
+        name = node_lease_name(base.holder)
+        try:
+            deadline = self._clock.monotonic() + self._timing.api_timeout
+            current = await self._store.get_node_lease(name, deadline=deadline)
+        except MalformedLease as exc:
+            self._view.observe_node(base.holder, None, problem=str(exc))
+            return False
+        except ApiError as exc:
+            self.log.info("takeover postponed: could not read %s: %s", name, exc)
+            return False
+        seen = entry.record.resource_version if entry.record is not None else None
+        now = current.resource_version if current is not None else None
+        if now == seen:
+            return True
+        self.log.warning("takeover called off: %s changed unseen (watch behind); timing it again", name)
+        self._view.observe_node(base.holder, current)
+        return False
+
     async def _acquire(self, base: LeaseRecord | None, decision: Decision) -> None:
+        if decision.reason.startswith("expired") and not await self._holder_still_silent(base):
+            return
         written = await self._write_holder(base, decision.reason)
         if written is None:
             return
         sent = self._sent
         self._set_epoch(written.transitions)
-        if self._clock.monotonic() - sent > self._timing.renew_deadline:
-            self.log.warning("acquired too late to serve (write took longer than renewDeadline)")
+        right = self._liveness.right()
+        if not right:
+            # the claim names us, but our node lease's right lapsed meanwhile:
+            # serve only after a renew and a fresh claim write (3e of decide)
+            self.log.warning("acquired the claim but the node lease's right lapsed (%s); not serving", right.reason)
             return
-        self.last_renew = sent
         self._fire(Event.ACQUIRED, decision.reason)
-        self._tenure_changed.set()
         self.serving_locally = False
         self.log.info("acquired the lease (%s); serving", decision.reason)
         self._emit("acquired", decision.reason, decision.detail)
@@ -281,26 +343,23 @@ class Member:
         else:
             self._takeover_failures = 0
 
-    async def _renew(self, base: LeaseRecord | None) -> None:
-        written = await self._write_holder(base)
-        if written is None:
-            return
-        sent = self._sent
-        if self.sm.state is not State.OWNER:
-            return  # the fence stepped down while the write was in flight; the next decision re-acquires
-        if self._clock.monotonic() - sent >= self._timing.renew_deadline:
-            return
-        self.last_renew = sent
-        self._fire(Event.RENEWED, "renew")
-        self._tenure_changed.set()
+    async def rearm(self) -> bool:
+        """Re-arm this IP's address lifetime after a node-lease renew (the
+        nftables elements of all owned IPs are re-armed by the caller in one
+        transaction, under every owner's lock: see the daemon). Called with
+        the data-plane lock held; whether the IP is still owned."""
+        if self.sm.state is not State.OWNER or self.serving_locally:
+            return False
         try:
-            async with self._dp_lock:
-                if self.sm.state is State.OWNER:
-                    # re-arm both kernel fences, only now that the renew succeeded in time
-                    await self._dp.snat.refresh_fence((self.ip,))
-                    await self._dp.addresses.claim(self.ip, self.group.interface, self._timing.address_lifetime)
+            await self._dp.addresses.claim(self.ip, self.group.interface, self._timing.address_lifetime)
         except DataPlaneError as exc:
-            self.log.error("could not re-arm the kernel fences: %s", exc)
+            self.log.error("could not re-arm the address lifetime: %s", exc)
+        return True
+
+    @property
+    def dp_lock(self) -> asyncio.Lock:
+        """The lock that orders this IP's data-plane changes."""
+        return self._dp_lock
 
     async def _serve(self, sent: float) -> None:
         async with self._dp_lock:
@@ -362,15 +421,11 @@ class Member:
             await self._withdraw(withdraw_as or reason)
             if self._still_owner():
                 self._fire(event, reason)
-                self.last_renew = None
                 left = True
-        if left or event is Event.CLASH:
-            self._tenure_changed.set()
         if event is Event.STEPPED_DOWN and left:
             self.log.warning("stepped down: %s %s", reason, detail)
             self._emit("stepped-down" if reason != "lost-lease" else "lost", reason, detail)
         elif event is Event.CLASH:
-            self.last_renew = None
             self._hold(hold_off("identity-clash", 1, self._timing), "identity-clash")
             self.log.error("identity clash: another daemon writes this node's name (%s); fenced", detail)
             self._emit("fenced", reason, detail)
@@ -445,16 +500,16 @@ class Member:
     async def _fence_clash(self, decision: Decision) -> None:
         await self._leave(Event.CLASH, decision.reason, decision.detail, withdraw_as="identity-clash")
 
+    async def fence_clash(self, detail: str) -> None:
+        """Another process writes this node's lease: withdraw and hold off."""
+        await self._leave(Event.CLASH, "identity-clash", detail, withdraw_as="identity-clash")
+
     # --- drift repair ----------------------------------------------------------------
 
     @property
     def serving(self) -> bool:
-        """Owner inside its renew deadline: the kernel should show our state."""
-        return (
-            self.sm.state is State.OWNER
-            and self.last_renew is not None
-            and self._clock.monotonic() - self.last_renew <= self._timing.renew_deadline
-        )
+        """Owner with a serving right: the kernel should show our state."""
+        return self.sm.state is State.OWNER and bool(self._liveness.right())
 
     async def reconcile(self, present: set[IPAddress], active: set[IPAddress]) -> list[str]:
         """Repair what the kernel shows against what this member is. ``present``
@@ -482,23 +537,6 @@ class Member:
             self._metrics.drift(str(self.ip), what)
             self._emit("drift", what)
         return repaired
-
-    # --- the daemon fence ------------------------------------------------------------
-
-    async def fence(self) -> None:
-        """Withdraw at the renew deadline, whatever the member loop is doing."""
-        while True:
-            self._tenure_changed.clear()
-            timeout: float | None = None
-            if self.sm.state is State.OWNER and self.last_renew is not None:
-                timeout = self.last_renew + self._timing.renew_deadline - self._clock.monotonic()
-                if timeout <= 0:
-                    await self.step_down(
-                        "renew-deadline",
-                        f"no successful renew for {self._clock.monotonic() - self.last_renew:.3f}s",
-                    )
-                    continue
-            await wait_event(self._tenure_changed, timeout)
 
     # --- shutdown --------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from egressd.core.backoff import WATCH_BACKOFF, Streak
-from egressd.core.election import Action, Me, Observation, retire
+from egressd.core.election import Action, Me, retire
 from egressd.core.errors import ApiError, DataPlaneError, LostRace
 from egressd.core.lease import LeaseRecord, lease_name
 from egressd.core.model import EgressGroup, IPAddress, Timing
@@ -134,6 +134,7 @@ class ClaimRetirement:
         listed: Callable[[], set[str]],
         held: Callable[[], set[str]],
         draw: Callable[[], float] = random.random,
+        started_at: Callable[[], float] | None = None,
     ) -> None:
         self._view = view
         self._store = store
@@ -143,6 +144,8 @@ class ClaimRetirement:
         self._incarnation = incarnation
         self._listed = listed
         self._held = held
+        self._started_at = started_at
+        """When this process started (our previous process's claims are timed from it)."""
         self.retiring: dict[str, str] = {}
         """Claims to delete (lease name -> egress IP)."""
         self.news = view.listener()
@@ -188,9 +191,15 @@ class ClaimRetirement:
                 continue
             decision = retire(
                 entry.record,
-                Observation(entry.resource_version, entry.observed_at),
+                self._view.observation(entry),
                 now,
-                Me(identity=me, incarnation=self._incarnation, egress_ip=ip, candidates=()),
+                Me(
+                    identity=me,
+                    incarnation=self._incarnation,
+                    egress_ip=ip,
+                    candidates=(),
+                    started_at=self._started_at() if self._started_at is not None else 0.0,
+                ),
                 self._timing,
             )
             if self._said.get(name) != decision.reason:

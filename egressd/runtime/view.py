@@ -8,6 +8,12 @@ answer to its own write). Expiry is measured from it, never from the
 A lease that someone else wrote in a shape egressd cannot read is kept as a
 *problem* entry: it is reported, and no member acts on it (it is neither free
 nor expirable) until it is fixed or deleted.
+
+Node leases (one per gateway candidate) are kept apart from the claims, by
+node name (:meth:`LeaseView.node`): the observation time of a node's lease is
+the holder's liveness as this node sees it. A node lease that cannot be read
+is a problem entry too: the holder's liveness is then unknown, and nothing it
+holds is taken over until it is readable again (or deleted).
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from egressd.core.election import Observation
 from egressd.core.lease import LeaseRecord
+from egressd.core.node_lease import NODE_PREFIX, NodeLeaseRecord, is_node_lease
 from egressd.ports import Clock, LeaseEvent
 
 log = logging.getLogger(__name__)
@@ -34,6 +42,23 @@ class Entry:
         return self.record.resource_version if self.record else None
 
 
+@dataclass(frozen=True)
+class NodeEntry:
+    """A node lease as last seen, and when this node first saw its current
+    version (the node's liveness by our own clock)."""
+
+    record: NodeLeaseRecord | None
+    observed_at: float
+    problem: str = ""
+
+
+def _same_kind(before: NodeEntry | None, after: NodeEntry) -> bool:
+    """Whether a node lease changed only by a renewal (same process, readable before and after)."""
+    if before is None or before.record is None or after.record is None or before.problem or after.problem:
+        return False
+    return before.record.incarnation == after.record.incarnation
+
+
 def _newer(candidate: str, current: str) -> bool:
     """resourceVersions are opaque, but egressd must not let a late watch event
     replace the answer to its own newer write. Compare numerically when both
@@ -47,6 +72,10 @@ class LeaseView:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._entries: dict[str, Entry] = {}
+        self._nodes: dict[str, NodeEntry] = {}
+        """Node leases by node name (the lease's name without its prefix)."""
+        self.node_news = asyncio.Event()
+        """Set whenever a node lease changes (the members of IPs held by that node look again)."""
         self._news: dict[str, asyncio.Event] = {}
         self.ready = asyncio.Event()
         """Set after the first full list (sync)."""
@@ -98,15 +127,80 @@ class LeaseView:
 
     def problems(self) -> dict[str, str]:
         """The leases seen but unreadable now, by name: what is wrong with each."""
-        return {name: e.problem for name, e in self._entries.items() if e.problem}
+        problems = {name: e.problem for name, e in self._entries.items() if e.problem}
+        problems |= {NODE_PREFIX + node: e.problem for node, e in self._nodes.items() if e.problem}
+        return problems
+
+    def observation(self, entry: Entry) -> Observation:
+        """A claim as observed, with its holder's liveness: when we last saw
+        the holder's node lease change (none: a holder of an earlier version,
+        timed by its claim), or why that cannot be known."""
+        record = entry.record
+        holder = self._nodes.get(record.holder) if record is not None and record.holder else None
+        if holder is None:
+            return Observation(entry.resource_version, entry.observed_at)
+        if holder.problem:
+            return Observation(entry.resource_version, entry.observed_at, holder_unknown=holder.problem)
+        # a node lease seen deleted still times its holder from the deletion:
+        # the holder's renewals failed from then on, so its right ends within
+        # renewDeadline of it; only a holder never seen with a node lease (an
+        # earlier version) is timed by its claim
+        return Observation(
+            entry.resource_version,
+            entry.observed_at,
+            holder_seen_at=holder.observed_at,
+            holder_lease_duration=holder.record.lease_duration if holder.record is not None else None,
+        )
+
+    def node_entry(self, node: str) -> NodeEntry | None:
+        """The node lease of ``node`` as last seen, deleted ones included (None: never seen)."""
+        return self._nodes.get(node)
+
+    def node(self, node: str) -> NodeEntry | None:
+        """The node lease of ``node`` as last seen (None: never seen, or deleted)."""
+        entry = self._nodes.get(node)
+        if entry is None or (entry.record is None and not entry.problem):
+            return None
+        return entry
+
+    def observe_node(self, node: str, record: NodeLeaseRecord | None, *, problem: str = "") -> bool:
+        """Record a node lease as seen (None: deleted); whether it changed anything."""
+        current = self._nodes.get(node)
+        if current is not None and not problem and not current.problem:
+            if record is not None and current.record is not None:
+                if record.resource_version == current.record.resource_version:
+                    return False
+                if not _newer(record.resource_version, current.record.resource_version):
+                    return False
+            elif record is None and current.record is None:
+                return False
+        if problem and (current is None or current.problem != problem):
+            log.error("node lease of %s is unreadable; its claims will not be taken over: %s", node, problem)
+        self._nodes[node] = NodeEntry(record, self._clock.monotonic(), problem)
+        self.node_news.set()
+        if _same_kind(current, self._nodes[node]):
+            # a renewal only moves the holder's liveness later: the members
+            # waiting on it look again at their recheck time, so a thousand
+            # claims do not wake four times a second for nothing
+            return True
+        for name, e in self._entries.items():
+            if e.record is not None and e.record.holder == node:
+                self.news(name).set()
+        return True
 
     def apply(self, event: LeaseEvent) -> None:
         if event.kind == "sync":
-            self._sync(event.records, event.problems)
+            self._sync(event.records, event.problems, event.nodes)
+        elif event.kind == "upsert" and event.node is not None:
+            self.observe_node(event.node.node, event.node)
         elif event.kind == "upsert" and event.record is not None:
             self.observe(event.name, event.record)
+        elif event.kind == "delete" and is_node_lease(event.name):
+            self.observe_node(event.name.removeprefix(NODE_PREFIX), None)
         elif event.kind == "delete":
             self.observe(event.name, None)
+        elif event.kind == "invalid" and is_node_lease(event.name):
+            self.observe_node(event.name.removeprefix(NODE_PREFIX), None, problem=event.problem)
         elif event.kind == "invalid":
             self._unreadable(event.name, event.problem)
 
@@ -116,9 +210,23 @@ class LeaseView:
             log.error("lease %s is unreadable and will not be acted on: %s", name or "-", problem)
         self.observe(name, None, problem=problem)
 
-    def _sync(self, records: Iterable[LeaseRecord], problems: Iterable[tuple[str, str]] = ()) -> None:
+    def _sync(
+        self,
+        records: Iterable[LeaseRecord],
+        problems: Iterable[tuple[str, str]] = (),
+        nodes: Iterable[NodeLeaseRecord] = (),
+    ) -> None:
         present = {r.name: r for r in records}
-        unreadable = dict(problems)
+        unreadable = {name: p for name, p in problems if not is_node_lease(name)}
+        node_problems = {name.removeprefix(NODE_PREFIX): p for name, p in problems if is_node_lease(name)}
+        node_records = {n.node: n for n in nodes}
+        for node in list(self._nodes):
+            if node not in node_records and node not in node_problems:
+                self.observe_node(node, None)
+        for node, node_record in node_records.items():
+            self.observe_node(node, node_record)
+        for node, problem in node_problems.items():
+            self.observe_node(node, None, problem=problem)
         for name in list(self._entries):
             if name not in present and name not in unreadable:
                 self.observe(name, None)

@@ -7,10 +7,13 @@ import json
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +26,7 @@ from egressd.apiserver.server import LabApiServer, LabSettings
 from egressd.core.errors import ApiError, ApiTimeout, ApiUnavailable, LostRace, MalformedLease, ResourceExpired
 from egressd.core.lease import ANN_DURATION_MS, LeaseRecord, held_by, lease_name, object_from_record
 from egressd.core.model import KubeSettings
+from egressd.core.node_lease import LABEL_KIND, NodeLeaseRecord, node_lease_name, node_object_from_record
 from egressd.ports import LeaseEvent
 
 NS = "egressd"
@@ -323,21 +327,22 @@ def test_any_watch_line_is_an_event_or_a_lease_error(line: bytes) -> None:
         assert decoded["type"] in {"ADDED", "MODIFIED", "DELETED"} and isinstance(decoded["object"], dict)
         event = _to_lease_event(decoded)
         assert event.kind in {"upsert", "delete", "invalid"} and isinstance(event.name, str)
-        assert (event.record is not None) == (event.kind == "upsert")
+        assert (event.record is not None or event.node is not None) == (event.kind == "upsert")
 
 
 @given(st.dictionaries(st.sampled_from(["items", "metadata", "kind"]), json_values | st.lists(json_values)))
 @settings(max_examples=300, deadline=None)
 def test_any_list_answer_is_records_and_problems_or_api_unavailable(obj: dict[str, Any]) -> None:
     try:
-        records, rv, problems = _records(obj)
+        records, nodes, rv, problems = _records(obj)
     except ApiUnavailable:
         return
     assert isinstance(rv, str)
     assert all(isinstance(r, LeaseRecord) for r in records)
+    assert all(isinstance(n, NodeLeaseRecord) for n in nodes)
     assert all(isinstance(name, str) and problem for name, problem in problems)
     items = obj.get("items") or []
-    assert len(records) + len(problems) == len(items)
+    assert len(records) + len(nodes) + len(problems) == len(items)
 
 
 @pytest.mark.parametrize(
@@ -385,11 +390,42 @@ def test_a_list_with_a_poisoned_lease_keeps_the_others_and_names_the_bad_one() -
     good["metadata"]["resourceVersion"] = "5"
     bad = poisoned_lease()
     bad["metadata"]["resourceVersion"] = "6"
-    records, rv, problems = _records({"metadata": {"resourceVersion": "6"}, "items": [bad, good, "junk"]})
+    records, nodes, rv, problems = _records({"metadata": {"resourceVersion": "6"}, "items": [bad, good, "junk"]})
     assert [r.name for r in records] == [good["metadata"]["name"]]
+    assert nodes == []
     assert rv == "6"
     assert [name for name, _ in problems] == ["egressd-172-18-0-43", ""]
     assert "lease-duration-ms" in problems[0][1]
+
+
+def test_node_leases_are_routed_apart_from_claims_by_name() -> None:
+    """A node lease is never read as a (malformed) claim, and a claim written
+    before node leases existed (no kind label) still reads as a claim."""
+    claim = object_from_record(fresh("kind-worker3"), NS)
+    claim["metadata"]["resourceVersion"] = "5"
+    claim["metadata"]["labels"].pop(LABEL_KIND, None)
+    node = node_object_from_record(
+        NodeLeaseRecord(
+            name=node_lease_name("kind-worker3"),
+            node="kind-worker3",
+            incarnation="inc-1",
+            lease_duration=2.5,
+            resource_version="7",
+            address="172.18.0.5",
+            peers=("kind-worker4",),
+        ),
+        NS,
+    )
+    records, nodes, rv, problems = _records({"metadata": {"resourceVersion": "7"}, "items": [claim, node]})
+    assert rv == "7"
+    assert [r.name for r in records] == [claim["metadata"]["name"]]
+    assert [(n.node, n.incarnation, n.peers) for n in nodes] == [("kind-worker3", "inc-1", ("kind-worker4",))]
+    assert problems == ()
+    event = _to_lease_event({"type": "MODIFIED", "object": node})
+    assert event.kind == "upsert" and event.record is None and event.node == nodes[0]
+    broken = {**node, "spec": {**node["spec"], "holderIdentity": "kind-worker9"}}
+    event = _to_lease_event({"type": "MODIFIED", "object": broken})
+    assert event.kind == "invalid" and "holderIdentity" in event.problem
 
 
 async def test_nodes_matching_a_label_selector(lab: LabApiServer) -> None:
@@ -477,3 +513,82 @@ async def test_connected_recovers_through_the_watch_alone(quiet_lab: LabApiServe
     finally:
         await store.close()
         await other.close()
+
+
+def node_lease(node: str = "kind-worker3", rv: str = "") -> NodeLeaseRecord:
+    return NodeLeaseRecord(
+        name=node_lease_name(node),
+        node=node,
+        incarnation="inc-1",
+        lease_duration=2.5,
+        resource_version=rv,
+        address="172.18.0.5",
+        peers=("kind-worker4",),
+        renew_time=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+
+
+def renewal(record: NodeLeaseRecord) -> NodeLeaseRecord:
+    assert record.renew_time is not None
+    return replace(record, renew_time=record.renew_time + timedelta(seconds=0.25))
+
+
+async def test_node_leases_are_written_read_and_watched_apart_from_claims(store: KubeLeaseStore) -> None:
+    claim = await store.create(fresh("kind-worker3"), deadline=deadline())
+    created = await store.write_node_lease(node_lease(), deadline=deadline())
+    assert created.resource_version and created.peers == ("kind-worker4",)
+    events = store.watch()
+    sync = await next_event(events, "sync")
+    assert [r.name for r in sync.records] == [claim.name] and sync.problems == ()
+    assert [n.name for n in sync.nodes] == [created.name]
+    renewed = await store.write_node_lease(renewal(created), deadline=deadline())
+    change = await next_event(events, "upsert")
+    assert change.record is None and change.node == renewed
+    with pytest.raises(LostRace):
+        await store.write_node_lease(created, deadline=deadline())  # a stale resourceVersion
+    assert await store.get_node_lease(created.name, deadline=deadline()) == renewed
+    assert [r.name for r in await store.list_leases(deadline=deadline())] == [claim.name]
+    await events.aclose()  # type: ignore[attr-defined]
+
+
+@pytest.mark.kube_apiserver
+async def test_the_daemonset_role_lets_a_node_renew_its_node_lease(kube_control_plane: Any) -> None:
+    """On the real kube-apiserver, with the ServiceAccount token and the Role of
+    deploy/rbac.yaml: create, renew, read back, and a 409 on a stale write."""
+    ns = f"node-lease-{int(time.monotonic() * 1000) % 10**8}"
+    api = kube_control_plane.api()
+    api.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    api.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "egressd", "namespace": ns}})
+    rbac = [
+        d
+        for d in yaml.safe_load_all(Path("deploy/rbac.yaml").read_text())
+        if d and d["kind"] in ("Role", "RoleBinding")
+    ]
+    for doc in rbac:
+        doc["metadata"]["namespace"] = ns
+        for subject in doc.get("subjects", []):
+            subject["namespace"] = ns
+        api.apply(doc)
+    with kube_control_plane.as_token(ns, "egressd") as (_, kubeconfig):
+        s = KubeLeaseStore(
+            api_client(KubeSettings(access="kubeconfig", kubeconfig=str(kubeconfig), namespace=ns)),
+            ns,
+            clock=CLOCK,
+            api_timeout=2.0,
+        )
+        try:
+            created = await s.write_node_lease(node_lease(), deadline=deadline(5))
+            # an update that changes nothing is no write at all for the API
+            # server (same resourceVersion, no watch event): a renewal must
+            # change the object, which its renewTime does
+            same = await s.write_node_lease(created, deadline=deadline(5))
+            assert same.resource_version == created.resource_version
+            renewed = await s.write_node_lease(renewal(created), deadline=deadline(5))
+            assert renewed.resource_version != created.resource_version
+            with pytest.raises(LostRace):
+                await s.write_node_lease(created, deadline=deadline(5))
+            assert await s.get_node_lease(created.name, deadline=deadline(5)) == renewed
+            assert await s.list_leases(deadline=deadline(5)) == []
+        finally:
+            await s.close()
+            api.request("DELETE", f"/api/v1/namespaces/{ns}")

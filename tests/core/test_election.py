@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -22,6 +23,7 @@ from egressd.core.election import (
     Decision,
     Me,
     Observation,
+    api_right,
     decide,
     hold_off,
     next_look,
@@ -30,6 +32,7 @@ from egressd.core.election import (
 )
 from egressd.core.lease import LeaseRecord, held_by, released
 from egressd.core.model import Timing
+from egressd.core.rights import Source
 
 TIMING = Timing()
 IP = "172.18.0.42"
@@ -80,16 +83,23 @@ def member(
     candidates: tuple[str, ...] = PAIR,
     incarnation: str = "inc-me",
     last_renew: float | None = None,
+    node_renew: float | None = math.inf,
     serving_locally: bool = False,
     ip: str = IP,
+    started_at: float = 0.0,
 ) -> Me:
+    """``node_renew``: our node lease's last renew; by default it holds the
+    API right forever (the tests of that right pass a time), and while we
+    hold the IP it is ``last_renew``."""
     return Me(
         identity=identity,
         incarnation=incarnation,
         egress_ip=ip,
         candidates=candidates,
         last_renew=last_renew,
+        node_renew=last_renew if last_renew is not None else node_renew,
         serving_locally=serving_locally,
+        started_at=started_at,
     )
 
 
@@ -146,15 +156,15 @@ def test_non_preferred_candidate_waits_the_extra_delay_then_acquires(record: Lea
 # --- holding -----------------------------------------------------------------------
 
 
-def test_holder_renews_and_rechecks_after_the_retry_period() -> None:
+def test_holder_holds_without_writing() -> None:
     clock = FakeClock()
     me = member(PREFERRED, last_renew=clock.now)
     record = lease(PREFERRED, incarnation=me.incarnation)
     observed = seen(record, clock.now)
     clock.advance(TIMING.retry_period)
     d = decide(record, observed, clock.now, me, TIMING)
-    assert_decision(d, Action.RENEW, "renew")
-    assert d.recheck == TIMING.retry_period
+    assert_decision(d, Action.HOLD, "holding")
+    assert d.recheck is None  # nothing to write: the daemon fence ends the tenure, news wakes the loop
 
 
 def test_holder_renews_long_after_it_first_observed_its_own_lease() -> None:
@@ -164,7 +174,7 @@ def test_holder_renews_long_after_it_first_observed_its_own_lease() -> None:
     observed = seen(record, clock.now)
     clock.advance(10 * TIMING.lease_duration)
     me = member(PREFERRED, last_renew=clock.now - 0.5)
-    assert_decision(decide(record, observed, clock.now, me, TIMING), Action.RENEW, "renew")
+    assert_decision(decide(record, observed, clock.now, me, TIMING), Action.HOLD, "holding")
 
 
 def test_holder_steps_down_after_someone_else_wrote_the_lease() -> None:
@@ -196,17 +206,19 @@ def test_holder_that_stepped_down_takes_its_untouched_lease_back() -> None:
 # --- the daemon fence ------------------------------------------------------------
 
 
-def test_renew_deadline_boundary_steps_down_only_after_the_deadline() -> None:
+def test_renew_deadline_boundary_steps_down_at_the_deadline() -> None:
+    """The serving right (rights.serving_right) lasts while the last node-lease
+    renew was sent *less* than renewDeadline ago."""
     last = 100.0 - TIMING.renew_deadline
-    clock = FakeClock(now=100.0)
+    clock = FakeClock(now=99.999)
     me = member(PREFERRED, last_renew=last)
     record = lease(PREFERRED, incarnation=me.incarnation)
     observed = seen(record, last)
 
-    # exactly renew_deadline since the last successful renew: still ours
-    assert_decision(decide(record, observed, clock.now, me, TIMING), Action.RENEW, "renew")
+    # just under renew_deadline since the last successful renew: still ours
+    assert_decision(decide(record, observed, clock.now, me, TIMING), Action.HOLD, "holding")
 
-    clock.now = 100.001
+    clock.now = 100.0
     d = decide(record, observed, clock.now, me, TIMING)
     assert_decision(d, Action.STEP_DOWN, "renew-deadline")
     assert "renewDeadline" in d.detail
@@ -365,7 +377,7 @@ def test_a_handoff_to_a_node_that_is_not_a_candidate_is_ignored() -> None:
     me = member(PREFERRED, last_renew=1000.0)
     record = lease(PREFERRED, incarnation=me.incarnation, preferred="kind-worker9")
     d = decide(record, seen(record, 1000.0), 1000.1, me, TIMING)
-    assert_decision(d, Action.RENEW, "handoff-target-not-candidate")
+    assert_decision(d, Action.HOLD, "handoff-target-not-candidate")
     assert "kind-worker9 is not a candidate" in d.detail
     # after a step-down, our own lease with that request is simply taken back
     d = decide(record, seen(record, 1000.0), 1000.1, replace(me, last_renew=None), TIMING)
@@ -375,7 +387,7 @@ def test_a_handoff_to_a_node_that_is_not_a_candidate_is_ignored() -> None:
 def test_holder_named_as_preferred_holder_just_renews() -> None:
     me = member(PREFERRED, last_renew=1000.0)
     record = lease(PREFERRED, incarnation=me.incarnation, preferred=PREFERRED)
-    assert_decision(decide(record, seen(record, 1000.0), 1000.1, me, TIMING), Action.RENEW, "renew")
+    assert_decision(decide(record, seen(record, 1000.0), 1000.1, me, TIMING), Action.HOLD, "holding")
 
 
 def test_named_successor_acquires_a_released_lease_at_once() -> None:
@@ -456,7 +468,7 @@ def test_taking_a_lease_after_the_handoff_grace_does_not_hand_it_off_again() -> 
     mine = replace(mine, resource_version="9")
     me = replace(me, last_renew=clock.now)
     clock.advance(TIMING.retry_period)
-    assert_decision(decide(mine, seen(mine, clock.now), clock.now, me, TIMING), Action.RENEW, "renew")
+    assert_decision(decide(mine, seen(mine, clock.now), clock.now, me, TIMING), Action.HOLD, "holding")
 
 
 # --- identity clash and adoption -------------------------------------------------
@@ -483,11 +495,23 @@ def test_lease_with_our_name_from_another_process_is_waited_out_when_not_serving
     record = lease(PREFERRED, incarnation="inc-unknown")
     observed = seen(record, clock.now)
     d = decide(record, observed, clock.now, me, TIMING)
-    assert_decision(d, Action.STANDBY, "held-by-other")
-    assert "other incarnation" in d.detail
+    assert_decision(d, Action.STANDBY, "previous-incarnation")
+    assert "'inc-unknown'" in d.detail
+    assert d.recheck == pytest.approx(TIMING.lease_duration)
 
+    # standbys cannot time it out (our node lease keeps changing): we settle it
     clock.advance(TIMING.lease_duration)
-    assert_decision(decide(record, observed, clock.now, me, TIMING), Action.ACQUIRE, "expired")
+    assert_decision(decide(record, observed, clock.now, me, TIMING), Action.ACQUIRE, "reacquire-after-restart")
+
+
+def test_a_restarted_process_waits_a_lease_duration_from_its_start() -> None:
+    record = lease(PREFERRED, incarnation="inc-unknown")
+    me = member(PREFERRED, started_at=1000.0)
+    d = decide(record, seen(record, 0.0), 1002.0, me, TIMING)
+    assert_decision(d, Action.STANDBY, "previous-incarnation")
+    assert d.recheck == pytest.approx(1000.0 + TIMING.lease_duration - 1002.0)
+    d = decide(record, seen(record, 0.0), 1000.0 + TIMING.lease_duration, me, TIMING)
+    assert_decision(d, Action.ACQUIRE, "reacquire-after-restart")
 
 
 # --- not a candidate ---------------------------------------------------------------
@@ -611,7 +635,10 @@ class Simulation:
             self.write(None)
 
     def carry_out(self, d: Decision) -> None:
-        if d.action in (Action.ACQUIRE, Action.RENEW):
+        if d.action is Action.HOLD:
+            # the node lease is renewed meanwhile (unless the clock jumped past it)
+            self.me = replace(self.me, last_renew=self.clock.now, node_renew=self.clock.now)
+        elif d.action is Action.ACQUIRE:
             self.write(
                 held_by(
                     self.record,
@@ -624,7 +651,7 @@ class Simulation:
                     now=WALL,
                 )
             )
-            self.me = replace(self.me, last_renew=self.clock.now, serving_locally=False)
+            self.me = replace(self.me, last_renew=self.clock.now, node_renew=self.clock.now, serving_locally=False)
         elif d.action in (Action.STEP_DOWN, Action.FENCE):
             self.me = replace(self.me, last_renew=None, serving_locally=False)
         elif d.action is Action.HANDOFF:
@@ -667,7 +694,7 @@ def test_decide_never_acquires_a_lease_another_holder_has_not_let_expire() -> No
                 assert d.recheck > 0, d
             acquisitions += d.action is Action.ACQUIRE
             sim.carry_out(d)
-    assert acquisitions > 500  # the random walk really exercises the acquiring paths
+    assert acquisitions > 250  # the random walk really exercises the acquiring paths
 
 
 # --- hold-off ------------------------------------------------------------------------
@@ -698,7 +725,7 @@ def test_a_hold_off_stops_every_acquire_until_it_ends(record: LeaseRecord | None
 def test_a_hold_off_does_not_stop_a_holder_renewing() -> None:
     me = replace(member(PREFERRED, last_renew=1000.0), hold_off_until=1010.0)
     record = lease(PREFERRED, incarnation=me.incarnation)
-    assert_decision(decide(record, seen(record, 1000.0), 1000.1, me, TIMING), Action.RENEW, "renew")
+    assert_decision(decide(record, seen(record, 1000.0), 1000.1, me, TIMING), Action.HOLD, "holding")
 
 
 def test_the_hold_off_after_failed_takeovers_grows_and_is_capped() -> None:
@@ -737,7 +764,7 @@ def test_retire_deletes_our_own_unreleased_claim_but_not_another_process_of_our_
     ours = lease(PREFERRED, incarnation=me.incarnation)
     assert_decision(retire(ours, seen(ours, 1000.0), 1000.0, me, TIMING), Action.DELETE, "last-held-by-us")
     twin = lease(PREFERRED, incarnation="inc-other")
-    assert_decision(retire(twin, seen(twin, 1000.0), 1000.0, me, TIMING), Action.STANDBY, "held-by-other")
+    assert_decision(retire(twin, seen(twin, 1000.0), 1000.0, me, TIMING), Action.STANDBY, "previous-incarnation")
     assert_decision(retire(None, seen(None, 1000.0), 1000.0, me, TIMING), Action.STANDBY, "already-gone")
 
 
@@ -745,7 +772,8 @@ def test_retire_deletes_our_own_unreleased_claim_but_not_another_process_of_our_
 
 
 def test_next_look_after_a_write_or_while_owner_is_the_retry_period() -> None:
-    for action in (Action.ACQUIRE, Action.RENEW, Action.HANDOFF):
+    assert next_look(Decision(Action.HOLD, "holding"), owner=True, timing=TIMING) == TIMING.lease_duration
+    for action in (Action.ACQUIRE, Action.HANDOFF):
         assert next_look(Decision(action, "x", recheck=9.0), owner=False, timing=TIMING) == TIMING.retry_period
     assert next_look(Decision(Action.STANDBY, "x", recheck=9.0), owner=True, timing=TIMING) == TIMING.retry_period
 
@@ -754,3 +782,82 @@ def test_next_look_otherwise_follows_the_decision_or_a_lease_duration_or_waits_o
     assert next_look(Decision(Action.STANDBY, "held-by-other", recheck=0.7), owner=False, timing=TIMING) == 0.7
     assert next_look(Decision(Action.STEP_DOWN, "lost-lease"), owner=False, timing=TIMING) == TIMING.lease_duration
     assert next_look(None, owner=False, timing=TIMING) == pytest.approx(4 * TIMING.retry_period)
+
+
+# --- node leases: the holder's liveness ----------------------------------------------------
+
+
+def with_node_lease(
+    record: LeaseRecord, claim_seen: float, node_seen: float, duration: float | None = None
+) -> Observation:
+    return Observation(
+        resource_version=record.resource_version,
+        observed_at=claim_seen,
+        holder_seen_at=node_seen,
+        holder_lease_duration=duration if duration is not None else TIMING.lease_duration,
+    )
+
+
+def test_a_holder_whose_node_lease_renews_is_not_taken_over_however_old_its_claim() -> None:
+    me = member(PREFERRED)
+    record = lease(SECOND)
+    observed = with_node_lease(record, claim_seen=0.0, node_seen=1000.0)
+    d = decide(record, observed, 1000.0 + TIMING.lease_duration - 0.001, me, TIMING)
+    assert_decision(d, Action.STANDBY, "held-by-other")
+    assert d.recheck == pytest.approx(0.001)
+    d = decide(record, observed, 1000.0 + TIMING.lease_duration, me, TIMING)
+    assert_decision(d, Action.ACQUIRE, "expired")
+
+
+def test_a_holder_declaring_a_longer_lease_duration_is_waited_for_that_long() -> None:
+    me = member(PREFERRED)
+    record = lease(SECOND)
+    observed = with_node_lease(record, claim_seen=0.0, node_seen=1000.0, duration=TIMING.lease_duration + 2)
+    assert_decision(
+        decide(record, observed, 1000.0 + TIMING.lease_duration + 1, me, TIMING), Action.STANDBY, "held-by-other"
+    )
+    assert_decision(decide(record, observed, 1000.0 + TIMING.lease_duration + 2, me, TIMING), Action.ACQUIRE, "expired")
+
+
+def test_a_fresh_claim_counts_even_when_the_node_lease_is_older() -> None:
+    """The later of the two changes times the holder (never less safe)."""
+    me = member(PREFERRED)
+    record = lease(SECOND)
+    observed = with_node_lease(record, claim_seen=1000.0, node_seen=900.0)
+    assert_decision(
+        decide(record, observed, 1000.0 + TIMING.lease_duration - 0.1, me, TIMING), Action.STANDBY, "held-by-other"
+    )
+
+
+def test_a_holder_whose_node_lease_is_unreadable_is_never_taken_over() -> None:
+    me = member(PREFERRED)
+    record = lease(SECOND)
+    observed = Observation(record.resource_version, 0.0, holder_unknown="egressd-node-x: spec.holderIdentity: ...")
+    d = decide(record, observed, 1e6, me, TIMING)
+    assert_decision(d, Action.STANDBY, "holder-liveness-unknown")
+    assert d.recheck is None
+    assert_decision(retire(record, observed, 1e6, me, TIMING), Action.STANDBY, "held-by-other")
+
+
+def test_nothing_is_acquired_without_a_node_lease_right() -> None:
+    me = member(PREFERRED, node_renew=1000.0)
+    assert_decision(
+        decide(None, seen(None, 1000.0), 1000.0 + TIMING.renew_deadline - 0.01, me, TIMING), Action.ACQUIRE, "free"
+    )
+    d = decide(None, seen(None, 1000.0), 1000.0 + TIMING.renew_deadline, me, TIMING)
+    assert_decision(d, Action.STANDBY, "no-node-lease-right")
+    assert d.recheck == TIMING.retry_period
+    assert_decision(
+        decide(None, seen(None, 0.0), 0.0, member(PREFERRED, node_renew=None), TIMING),
+        Action.STANDBY,
+        "no-node-lease-right",
+    )
+
+
+@pytest.mark.parametrize("sent", [None, 0.0, 999.0, 999.5, 1000.0])
+def test_without_the_mesh_the_serving_right_is_the_api_right_or_none(sent: float | None) -> None:
+    right = api_right(sent, 1000.0, TIMING)
+    expected = sent is not None and 1000.0 - sent < TIMING.renew_deadline
+    assert right.source is (Source.API if expected else Source.NONE), right
+    if expected:
+        assert sent is not None and right.until == sent + TIMING.renew_deadline

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from egressd.core.model import Timing
+from egressd.core.node_lease import is_node_lease
 from tests.journal import intervals, overlaps, read_journals
 
 pytestmark = pytest.mark.integration
@@ -105,7 +106,8 @@ class Cluster:
 
     def holders(self) -> dict[str, str | None]:
         items = http("GET", f"{self.url}/apis/coordination.k8s.io/v1/namespaces/egressd/leases")["items"]
-        by_ip = {i["metadata"]["annotations"]["egressd.io/egress-ip"]: i["spec"].get("holderIdentity") for i in items}
+        claims = [i for i in items if not is_node_lease(i["metadata"]["name"])]
+        by_ip = {i["metadata"]["annotations"]["egressd.io/egress-ip"]: i["spec"].get("holderIdentity") for i in claims}
         return {ip: by_ip.get(ip) for ip in IPS}
 
     def sample_forever(self) -> None:

@@ -15,9 +15,11 @@ from egressd.adapters.recording import RecordingDataPlane
 from egressd.core.errors import LostRace, MalformedLease
 from egressd.core.lease import ANN_DURATION_MS, LeaseRecord, lease_name, object_from_record, record_from_object
 from egressd.core.model import EgressGroup, NodeSettings, Settings, Timing
-from egressd.ports import LeaseEvent
+from egressd.ports import Clock, LeaseEvent, LeaseStore
 from egressd.runtime.daemon import Daemon
+from egressd.runtime.liveness import NodeLiveness
 from egressd.runtime.member import DataPlane
+from egressd.runtime.view import LeaseView
 from tests.fakes import FakeLeaseStore
 from tests.journal import intervals, overlaps
 from tests.virtual_time import VirtualClock
@@ -129,7 +131,7 @@ class ObjectLeaseStore(FakeLeaseStore):
                     except MalformedLease as exc:
                         problems.append((name, str(exc)))
                 yield replace(event, records=tuple(records), problems=tuple(problems))
-            elif event.kind == "upsert" and event.record is None:
+            elif event.kind == "upsert" and event.record is None and event.node is None:
                 if event.name in self.objects:
                     try:
                         record = record_from_object(self.objects[event.name])
@@ -174,3 +176,26 @@ def virtual_daemons(
         )
         for name, plane in planes.items()
     ]
+
+
+def standalone_liveness(
+    settings: Settings, store: LeaseStore, view: LeaseView, clock: Clock, incarnation: str
+) -> NodeLiveness:
+    """A node lease for a member run without its daemon: renewed only when
+    the test calls ``renew_once``; nothing owned to re-arm or fence."""
+
+    async def nothing(*_: object) -> None:
+        return None
+
+    return NodeLiveness(
+        settings,
+        store=store,
+        view=view,
+        clock=clock,
+        incarnation=incarnation,
+        peers=lambda: (),
+        candidate=lambda: True,
+        rearm=nothing,
+        lapsed=nothing,
+        clash=nothing,
+    )

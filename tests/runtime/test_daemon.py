@@ -31,7 +31,14 @@ from egressd.runtime.member import DataPlane, Member
 from egressd.runtime.sinks import FanoutEvents, LogEvents, NullMetrics
 from egressd.runtime.view import LeaseView
 from tests.fakes import FakeLeaseStore
-from tests.runtime.support import TIMING, ObjectLeaseStore, RunsDaemon, assert_no_two_owners, poisoned
+from tests.runtime.support import (
+    TIMING,
+    ObjectLeaseStore,
+    RunsDaemon,
+    assert_no_two_owners,
+    poisoned,
+    standalone_liveness,
+)
 from tests.virtual_time import VirtualClock, until
 
 IP = ip_address("172.18.0.42")
@@ -364,7 +371,7 @@ def test_a_member_whose_timings_break_the_safety_argument_is_refused() -> None:
             view=LeaseView(clock),
             dataplane=DataPlane(plane, plane, plane),
             clock=clock,
-            incarnation="inc-a",
+            liveness=standalone_liveness(settings, FakeLeaseStore(), LeaseView(clock), clock, "inc-a"),
             events=FanoutEvents(),
             metrics=NullMetrics(),
         )

@@ -49,4 +49,4 @@ def test_a_handoff_to_a_node_that_is_not_a_candidate_is_ignored(caplog: pytest.L
 
     with caplog.at_level(logging.WARNING):
         run_virtual(main)
-    assert "decision renew (handoff-target-not-candidate) preferredHolder=gw-z is not a candidate" in caplog.text
+    assert "decision hold (handoff-target-not-candidate) preferredHolder=gw-z is not a candidate" in caplog.text

@@ -69,7 +69,7 @@ def assert_all_up(daemons: dict[str, Daemon], tasks: list[asyncio.Task[int]]) ->
     for name in ("gw-a", "gw-b"):
         running = set(daemons[name].supervisor.running())
         for ip in (POISONED, HEALTHY):
-            assert {f"member:{ip}", f"fence:{ip}"} <= running, f"{name}: the tasks of {ip} are not running"
+            assert {f"member:{ip}", "node-lease", "node-fence"} <= running, f"{name}: the tasks of {ip} are not running"
     assert not any(t.done() for t in tasks)
 
 

@@ -23,7 +23,7 @@ from egressd.runtime.reconcile import ClaimRetirement
 from egressd.runtime.sinks import NullMetrics
 from egressd.runtime.view import LeaseView
 from tests.fakes import FakeLeaseStore
-from tests.runtime.support import TIMING
+from tests.runtime.support import TIMING, standalone_liveness
 from tests.virtual_time import EPOCH, VirtualClock, run_virtual, until
 
 IP = ip_address("172.18.0.42")
@@ -71,6 +71,9 @@ def test_a_member_cancelled_with_its_acquire_in_flight_releases_what_landed(capl
             source_cidrs=(),
             destination_cidrs=(),
         )
+        clock = VirtualClock()
+        liveness = standalone_liveness(settings("gw-a", (solo,)), store, view, clock, "inc-a")
+        assert await liveness.renew_once()  # the right to acquire
         member = Member(
             IP,
             solo,
@@ -78,8 +81,8 @@ def test_a_member_cancelled_with_its_acquire_in_flight_releases_what_landed(capl
             store=store,
             view=view,
             dataplane=DataPlane(plane, plane, plane),
-            clock=VirtualClock(),
-            incarnation="inc-a",
+            clock=clock,
+            liveness=liveness,
             events=_Quiet(),
             metrics=NullMetrics(),
         )

@@ -166,9 +166,9 @@ def test_a_member_loop_that_raises_is_started_again_and_keeps_serving() -> None:
         await until(lambda: failures == 1, 1.0)
         assert any(f"member:{IP}" in p for p in d.health()[1])
         # started again within the backoff, before the fence's renew deadline: no gap in service
-        renews = len(store.writes)
+        renews = len(store.node_writes)
         await asyncio.sleep(TIMING.lease_duration * 4)
-        assert member.sm.state is State.OWNER and len(store.writes) > renews
+        assert member.sm.state is State.OWNER and member.serving and len(store.node_writes) > renews
         await until(lambda: d.health()[0], 10.0)
         assert not d.supervisor.stop_requested.is_set()
         d.supervisor.request_stop("test")

@@ -118,8 +118,8 @@ def test_a_lone_failing_node_backs_off_with_growth_capped(caplog: pytest.LogCapt
 
 
 def test_a_lasting_api_fault_logs_a_handful_of_lines_not_one_per_write(caplog: pytest.LogCaptureFixture) -> None:
-    """A lone owner whose lease writes fail for a minute (500s) tries every
-    retry period, and logs the failure first, then at powers of two."""
+    """A lone owner whose node-lease renewals fail for a minute (500s) tries
+    every retry period, and logs the failure first, then at powers of two."""
     lines: dict[str, int] = {}
 
     async def main() -> None:
@@ -133,14 +133,14 @@ def test_a_lasting_api_fault_logs_a_handful_of_lines_not_one_per_write(caplog: p
         await asyncio.sleep(60.0)
         store.fail(False)
         await until(lambda: IP in plane.snat, 10.0)
-        failures = [r for r in caplog.records if "lease write failed" in r.getMessage()]
+        failures = [r for r in caplog.records if "node lease renew failed" in r.getMessage()]
         lines["warnings"] = sum(r.levelno >= logging.WARNING for r in failures)
         lines["tries"] = len(failures)
-        lines["recovered"] = sum("lease write worked after" in r.getMessage() for r in caplog.records)
+        lines["recovered"] = sum("node lease renewed after" in r.getMessage() for r in caplog.records)
         daemon.supervisor.request_stop("test")
         await task
 
-    with caplog.at_level(logging.DEBUG, logger="egressd.runtime.member"):
+    with caplog.at_level(logging.DEBUG, logger="egressd.runtime.liveness"):
         run_virtual(main)
     assert lines["tries"] >= 100, lines
     assert lines["warnings"] <= math.log2(lines["tries"]) + 2, lines

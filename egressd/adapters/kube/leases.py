@@ -49,6 +49,12 @@ from egressd.adapters.kube.informer import (
 from egressd.core.backoff import WATCH_BACKOFF, Backoff, RetryWait, retry_wait
 from egressd.core.errors import ApiTimeout, ApiUnavailable, MalformedLease, NotFound, Rejected
 from egressd.core.lease import LABEL_SELECTOR, LeaseRecord, object_from_record, record_from_object, released
+from egressd.core.node_lease import (
+    NodeLeaseRecord,
+    is_node_lease,
+    node_object_from_record,
+    node_record_from_object,
+)
 from egressd.ports import Clock, LeaseEvent
 
 log = logging.getLogger(__name__)
@@ -88,6 +94,11 @@ class KubeLeaseStore:
         self._clock = clock
         self._api_timeout = api_timeout
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="egressd-api")
+        self._node_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="egressd-node-lease")
+        """The node lease's own thread: its renewal is the serving right of every
+        IP the node holds, so it never queues behind claim writes (a thousand
+        members acquiring at start would otherwise hold it past its deadline,
+        and without the right no acquire may proceed)."""
         self._watch_timeout = watch_timeout
         self._watch_idle = watch_idle
         """A watch stream silent this long is reconnected (from its last
@@ -165,6 +176,34 @@ class KubeLeaseStore:
         records, _ = await self._list(deadline)
         return records
 
+    async def get_node_lease(self, name: str, *, deadline: float) -> NodeLeaseRecord | None:
+        try:
+            obj = await self._call(
+                "get",
+                deadline,
+                lambda t: self._leases.read_namespaced_lease(
+                    name, self._namespace, _preload_content=False, _request_timeout=t
+                ),
+                executor=self._node_executor,
+            )
+        except NotFound:
+            return None
+        return node_record_from_object(obj)
+
+    async def write_node_lease(self, record: NodeLeaseRecord, *, deadline: float) -> NodeLeaseRecord:
+        body = node_object_from_record(record, self._namespace)
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{self._namespace}/leases"
+        if record.resource_version:
+            put = f"{path}/{record.name}"
+            obj = await self._call(
+                "update", deadline, lambda t: self._send("PUT", put, body, t), executor=self._node_executor
+            )
+        else:
+            obj = await self._call(
+                "create", deadline, lambda t: self._send("POST", path, body, t), executor=self._node_executor
+            )
+        return node_record_from_object(obj)
+
     def connected(self) -> bool:
         """The watch is established and the latest call (the watch's requests
         included) succeeded."""
@@ -173,6 +212,7 @@ class KubeLeaseStore:
     async def close(self) -> None:
         self._closed.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._node_executor.shutdown(wait=False, cancel_futures=True)
         await asyncio.get_running_loop().run_in_executor(None, self._api.close)
 
     async def _list(self, deadline: float) -> tuple[list[LeaseRecord], str]:
@@ -183,12 +223,14 @@ class KubeLeaseStore:
                 self._namespace, label_selector=self._selector, _preload_content=False, _request_timeout=t
             ),
         )
-        records, rv, problems = _records(obj)
+        records, _, rv, problems = _records(obj)
         for name, problem in problems:
             log.warning("lease %s is unreadable and left out of the list: %s", name or "-", problem)
         return records, rv
 
-    async def _call(self, verb: str, deadline: float, fn: Callable[[float], Any]) -> dict[str, Any]:
+    async def _call(
+        self, verb: str, deadline: float, fn: Callable[[float], Any], *, executor: ThreadPoolExecutor | None = None
+    ) -> dict[str, Any]:
         """Run ``fn(timeout)`` in the pool, retried on unavailability within the deadline."""
         loop = asyncio.get_running_loop()
         budget = deadline - self._clock.monotonic()
@@ -226,7 +268,14 @@ class KubeLeaseStore:
                 retry=retry_if_exception_type(ApiUnavailable),
             ):
                 with attempt:
-                    return await self._attempt(loop, verb, deadline, fn, unavailable[0] if unavailable else None)
+                    return await self._attempt(
+                        loop,
+                        verb,
+                        deadline,
+                        fn,
+                        unavailable[0] if unavailable else None,
+                        executor=executor or self._executor,
+                    )
         except RetryError as exc:
             last = exc.last_attempt.exception()
             assert isinstance(last, ApiUnavailable)
@@ -244,9 +293,11 @@ class KubeLeaseStore:
         deadline: float,
         fn: Callable[[float], Any],
         unavailable: ApiUnavailable | None,
+        *,
+        executor: ThreadPoolExecutor,
     ) -> dict[str, Any]:
-        """One request, after the wait the server asked for if there is one;
-        ``unavailable`` is the previous attempt's error, if any."""
+        """One request, in ``executor``, after the wait the server asked for if
+        there is one; ``unavailable`` is the previous attempt's error, if any."""
         remaining = deadline - self._clock.monotonic()
         hold = self._not_before - self._clock.monotonic()
         if hold > 0:
@@ -261,7 +312,7 @@ class KubeLeaseStore:
                 raise unavailable  # the real reason, not the clock
             raise ApiTimeout(f"lease {verb}: deadline passed before the call")
         timeout = min(self._api_timeout, remaining)
-        future = loop.run_in_executor(self._executor, blocking_json, fn, timeout)
+        future = loop.run_in_executor(executor, blocking_json, fn, timeout)
         try:
             async with asyncio.timeout(timeout + 0.05):
                 result = await future
@@ -303,8 +354,8 @@ class KubeLeaseStore:
         )
 
     def _relist(self, emit: Callable[[LeaseEvent], None], stop: threading.Event) -> str:
-        records, rv, problems = self._list_blocking()
-        emit(LeaseEvent(kind="sync", records=tuple(records), problems=problems))
+        records, nodes, rv, problems = self._list_blocking()
+        emit(LeaseEvent(kind="sync", records=tuple(records), problems=problems, nodes=tuple(nodes)))
         return rv
 
     def _watch_failed(self, exc: BaseException) -> None:
@@ -312,7 +363,9 @@ class KubeLeaseStore:
         if isinstance(exc, ApiUnavailable):
             self._failed_unavailable(exc)
 
-    def _list_blocking(self) -> tuple[list[LeaseRecord], str, tuple[tuple[str, str], ...]]:
+    def _list_blocking(
+        self,
+    ) -> tuple[list[LeaseRecord], list[NodeLeaseRecord], str, tuple[tuple[str, str], ...]]:
         obj = blocking_json(
             lambda t: self._leases.list_namespaced_lease(
                 self._namespace, label_selector=self._selector, _preload_content=False, _request_timeout=t
@@ -345,24 +398,31 @@ class KubeLeaseStore:
             yield event
 
 
-def _records(obj: dict[str, Any]) -> tuple[list[LeaseRecord], str, tuple[tuple[str, str], ...]]:
-    """The readable leases of a list response, the list's resourceVersion, and
-    the unreadable leases as (name, problem) pairs: one bad Lease spoils
-    neither the list nor the watch. A response that is no list at all raises
-    ApiUnavailable (the server answered with garbage)."""
+def _records(
+    obj: dict[str, Any],
+) -> tuple[list[LeaseRecord], list[NodeLeaseRecord], str, tuple[tuple[str, str], ...]]:
+    """The readable claims and node leases of a list response (told apart by
+    name, :func:`egressd.core.node_lease.is_node_lease`), the list's
+    resourceVersion, and the unreadable leases as (name, problem) pairs: one
+    bad Lease spoils neither the list nor the watch. A response that is no
+    list at all raises ApiUnavailable (the server answered with garbage)."""
     items = obj.get("items")
     if items is None:
         items = []
     if not isinstance(items, list):
         raise ApiUnavailable(f"lease list: items is not a list but a {type(items).__name__}")
     records: list[LeaseRecord] = []
+    nodes: list[NodeLeaseRecord] = []
     problems: list[tuple[str, str]] = []
     for item in items:
         try:
-            records.append(record_from_object(item))
+            if is_node_lease(object_name(item)):
+                nodes.append(node_record_from_object(item))
+            else:
+                records.append(record_from_object(item))
         except MalformedLease as exc:
             problems.append((object_name(item), str(exc)))
-    return records, resource_version(obj), tuple(problems)
+    return records, nodes, resource_version(obj), tuple(problems)
 
 
 def _to_lease_event(event: dict[str, Any]) -> LeaseEvent:
@@ -374,6 +434,8 @@ def _to_lease_event(event: dict[str, Any]) -> LeaseEvent:
     if event["type"] == "DELETED":
         return LeaseEvent(kind="delete", name=name)
     try:
+        if is_node_lease(name):
+            return LeaseEvent(kind="upsert", name=name, node=node_record_from_object(obj))
         return LeaseEvent(kind="upsert", name=name, record=record_from_object(obj))
     except MalformedLease as exc:
         return LeaseEvent(kind="invalid", name=name, problem=str(exc))
