@@ -51,7 +51,7 @@ def readme_lease_verbs() -> list[str]:
 
 def readme_node_verbs() -> list[str]:
     text = " ".join(README.read_text(encoding="utf-8").split())
-    found = re.search(r"\(and ((?:`[a-z]+`(?:,? (?:and )?)?)+) on `nodes`", text)
+    found = re.search(r"\(?and ((?:`[a-z]+`(?:,? (?:and )?)?)+) on `nodes`", text)
     assert found, "the README names no verbs on nodes"
     return re.findall(r"`([a-z]+)`", found.group(1))
 
