@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from egressd import __version__
 from egressd.cli.configfile import read_config
-from egressd.cli.filechecks import secret_file_warnings
+from egressd.cli.filechecks import read_mesh_key, secret_file_warnings
 from egressd.core.addressing import on_link_problem
 from egressd.core.config import expand_env, parse_settings
 from egressd.core.errors import ConfigError, EgressdError, Problem
@@ -154,6 +154,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         settings = load_settings(args.file)
         for warning in secret_file_warnings(settings):
             print(f"egressd: warning: {warning}", file=sys.stderr)
+        read_mesh_key(settings)
         role = "gateway candidate" if settings.candidate_groups() else "steering only"
         print(f"{args.file}: ok (node {settings.node.name}, {len(settings.groups)} group(s), {role})")
         return 0

@@ -74,6 +74,8 @@ class Daemon:
         mesh: rights.MeshTiming | None = None,
     ) -> None:
         problems = settings.timing.check()
+        if mesh is None and settings.mesh is not None:
+            mesh = settings.mesh.timing
         if mesh is not None and not problems:
             # the promises' inequalities (M1-M4); without the mesh nobody
             # promises and no peer right exists, so they do not apply
@@ -83,6 +85,8 @@ class Daemon:
             # argument are refused however the daemon is built, in tests too
             raise ConfigError(problems, "timing")
         self.settings = settings
+        self.mesh_timing = mesh
+        """The promises' timings; None: the mesh is off, API rights alone."""
         self.store = store
         self.dataplane = dataplane
         self.clock = clock
@@ -156,6 +160,8 @@ class Daemon:
             self.incarnation,
             ",".join(g.name for g in self.settings.groups) or "-",
         )
+        if self.mesh_timing is None:
+            log.info("mesh off (no mesh.keyFile): serving on API rights alone; an API outage stops egress")
         _ = self.liveness.started_at  # this process starts now
         sup.spawn("lease-watch", self._watch)
         for name, factory in self._extra_tasks:
