@@ -42,12 +42,14 @@ from typing import Any
 
 from egressd.core import rights
 from egressd.core.errors import ConfigError, DataPlaneError, Problem
+from egressd.core.mesh_settings import DEFAULT_PORT
 from egressd.core.model import EgressGroup, IPAddress, Settings
 from egressd.core.states import State
-from egressd.ports import Clock, EventSink, LeaseStore, Metrics, Steering
+from egressd.ports import Clock, EventSink, LeaseStore, MeshTransport, Metrics, Steering
 from egressd.runtime import health, reconcile
 from egressd.runtime.liveness import NodeLiveness
 from egressd.runtime.member import DataPlane, Member
+from egressd.runtime.mesh import Mesh
 from egressd.runtime.reconcile import ClaimRetirement
 from egressd.runtime.sinks import FanoutEvents, LogEvents, NullMetrics
 from egressd.runtime.steerer import Steerer
@@ -72,6 +74,7 @@ class Daemon:
         shutdown_grace: float = 5.0,
         repair_interval: float = 2.0,
         mesh: rights.MeshTiming | None = None,
+        mesh_transport: MeshTransport | None = None,
     ) -> None:
         problems = settings.timing.check()
         if mesh is None and settings.mesh is not None:
@@ -148,6 +151,23 @@ class Daemon:
             started_at=lambda: self.liveness.started_at,
         )
         """Claims to delete: IPs no group lists any more."""
+        self.mesh: Mesh | None = None
+        """Heartbeats and promises with the peers; None when the mesh is off."""
+        if self.mesh_timing is not None and mesh_transport is not None:
+            self.mesh = Mesh(
+                node=settings.node.name,
+                incarnation=self.incarnation,
+                transport=mesh_transport,
+                clock=clock,
+                timing=settings.timing,
+                mesh=self.mesh_timing,
+                port=settings.mesh.port if settings.mesh is not None else DEFAULT_PORT,
+                heartbeat_peers=self.heartbeat_peers,
+                candidate_peers=lambda: frozenset(self.peer_set()),
+                address_of=self._peer_address,
+                api_ok=lambda: bool(self.liveness.right()),
+            )
+            self.status_parts["mesh"] = self.mesh.status
 
     async def run(self, *, install_signals: bool = True) -> int:
         """Run until a stop is requested; returns the process exit code."""
@@ -162,6 +182,8 @@ class Daemon:
         )
         if self.mesh_timing is None:
             log.info("mesh off (no mesh.keyFile): serving on API rights alone; an API outage stops egress")
+        elif self.mesh is None:
+            log.info("mesh timings set but no mesh socket: serving on API rights alone")
         _ = self.liveness.started_at  # this process starts now
         sup.spawn("lease-watch", self._watch)
         for name, factory in self._extra_tasks:
@@ -202,6 +224,34 @@ class Daemon:
         (published in the node lease for the mesh)."""
         me = self.settings.node.name
         return tuple(sorted({c for g in self.candidate_groups() for c in g.candidates} - {me}))
+
+    def held_groups(self) -> tuple[EgressGroup, ...]:
+        """The groups this node holds a claim in (as the view shows the claims)."""
+        me = self.settings.node.name
+        held = {r.egress_ip for r in self.view.records() if r.holder == me}
+        return tuple(g for g in self.candidate_groups() if any(str(ip) in held for ip in g.egress_ips))
+
+    def heartbeat_peers(self) -> frozenset[str]:
+        """The other candidates of the groups this node holds claims in: whose
+        promises its peer right needs."""
+        me = self.settings.node.name
+        return frozenset(c for g in self.held_groups() for c in g.candidates) - {me}
+
+    def _peer_address(self, peer: str) -> str | None:
+        entry = self.view.node(peer)
+        return entry.record.address if entry is not None and entry.record is not None else None
+
+    async def _open_mesh(self) -> None:
+        """Bind the mesh socket on the node's address; the mesh's tasks start."""
+        if self.mesh is None:
+            return
+        address = self.settings.node.address
+        if address is None:  # steering only (a candidate needs an address): nothing to promise
+            log.info("mesh off: this node has no node.address and is no gateway candidate")
+            return
+        await self.mesh.transport.open(str(address), self.mesh.port)
+        self.supervisor.spawn("mesh-receive", self.mesh.receive_forever)
+        self.supervisor.spawn("mesh-heartbeat", self.mesh.heartbeat_forever)
 
     def _owners(self) -> list[Member]:
         return [m for m in self.members.values() if m.sm.state is State.OWNER]
@@ -355,6 +405,7 @@ class Daemon:
                 self.view, self.dataplane, self.settings.node.name, groups, self.settings.timing
             )
             self.liveness.metrics = self.metrics  # as the members: the metrics as they are at start
+            await self._open_mesh()
             await self.liveness.renew_once()
             self.supervisor.spawn("node-lease", self._renew_after_first)
             self.supervisor.spawn("node-fence", self.liveness.fence)
@@ -465,5 +516,7 @@ class Daemon:
             for task in done[1]:
                 log.error("shutdown of %s did not finish in %.1fs", task.get_name(), self.shutdown_grace)
         await sup.shutdown(grace=1.0)
+        if self.mesh is not None:
+            self.mesh.transport.close()
         await self.store.close()
         log.info("egressd stopped (%s)", sup.stop_reason or "no reason")

@@ -102,7 +102,7 @@ def test_run_logs_the_warning_at_start(
     )
     started: list[Settings] = []
 
-    async def run_async(settings: Settings, args: object) -> int:
+    async def run_async(settings: Settings, args: object, mesh_key: bytes | None = None) -> int:
         started.append(settings)
         return 0
 
