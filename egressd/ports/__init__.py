@@ -158,8 +158,10 @@ class Snat(Protocol):
 
     async def active(self) -> set[IPAddress]: ...
 
-    async def refresh_fence(self, ips: Iterable[IPAddress]) -> None:
-        """Re-arm the sub-second kernel fence of these owned IPs (no-op when it is off)."""
+    async def refresh_fence(self, ips: Iterable[IPAddress], ttl: float | None = None) -> None:
+        """Re-arm the sub-second kernel fence of these owned IPs (no-op when it
+        is off) for ``ttl`` seconds, at most the configured ``fenceTtl`` (None:
+        that); a ``ttl`` under a millisecond arms nothing (the fence runs out)."""
         ...
 
     async def clear(self) -> None:

@@ -1,9 +1,11 @@
 """The mesh loop: heartbeats to the peers while this node holds claims,
 promises in answer to the peers' heartbeats (DESIGN.md, "The mesh").
 
-* **Heartbeat** (every ``retryPeriod``, while this node holds any claim): to
-  each other candidate of the groups it holds IPs in, at the address of the
-  peer's node lease and the mesh port. The nonce is remembered
+* **Heartbeat** (every ``retryPeriod``, while this node serves IPs on a
+  right): to each peer whose promise its peer right needs (the other
+  candidates of the groups it serves IPs of), at the address of the peer's
+  node lease and the mesh port. A node without a right sends none, so the
+  promises it was given run out and a standby may take over. The nonce is remembered
   (:class:`~egressd.core.mesh_messages.Outstanding`) so that only a promise
   echoing it, from that peer, counts, and counts from the heartbeat's send
   time.
@@ -66,8 +68,8 @@ class Mesh:
         self.timing = mesh
         self.port = port
         self._heartbeat_peers = heartbeat_peers
-        """The peers to send heartbeats to now: the other candidates of the
-        groups this node holds claims in (empty: it holds none)."""
+        """The peers to send heartbeats to now (empty: we serve nothing, or
+        have no right to)."""
         self._candidate_peers = candidate_peers
         """The nodes we take heartbeats and promises from: the other candidates
         of the groups this node is a candidate of."""
@@ -86,6 +88,8 @@ class Mesh:
         self.heartbeats_sent = 0
         self.promises_given = 0
         self.promises_received = 0
+        self.on_promise: Callable[[], None] = lambda: None
+        """Called after each promise taken (the right may reach further)."""
         self.log = logging.LoggerAdapter(log, {"node": node})
 
     def promised_until(self, holder: str) -> float | None:
@@ -163,6 +167,7 @@ class Mesh:
         sent_at = self._outstanding.answer(promise, self.node)
         self.promises[promise.sender] = max(sent_at, self.promises.get(promise.sender, sent_at))
         self.promises_received += 1
+        self.on_promise()
 
     def status(self) -> dict[str, object]:
         """For ``egressd status``."""
