@@ -144,11 +144,13 @@ class NodeLiveness:
         self.last_api_write = sent if self.last_api_write is None else max(self.last_api_write, sent)
 
     def extended(self) -> None:
-        """A promise came in: the right may reach further; the kernel fences
-        are re-armed and the daemon fence recomputes its deadline."""
-        if self.last_renew_sent is not None:
+        """A promise came in: the right may reach further; the daemon fence
+        recomputes its deadline, and under a peer right the kernel fences are
+        re-armed (under the API right the renewals re-arm them)."""
+        if self.last_renew_sent is not None or self.last_api_write is not None:
             self.changed.set()
-            self._rearm_due.set()
+            if self.right().source is rights.Source.PEER:
+                self._rearm_due.set()
 
     # --- renewing --------------------------------------------------------------
 

@@ -261,12 +261,18 @@ async def test_api_down_for_everyone_owners_keep_serving_up_to_max_hold() -> Non
         before = {ip: owners(nodes, ip) for ip in IPS}
         store.pause()
         down = loop.time()
+        await asyncio.sleep(TIMING.renew_deadline)
+        fences = [sum(o["op"] == "fence" for o in n.plane.ops) for n in nodes]
         # long past the renew deadline and the lease duration: nothing moves
         while loop.time() - down < MESH.max_hold - 4 * TIMING.lease_duration:
             await asyncio.sleep(TIMING.retry_period)
             assert {ip: owners(nodes, ip) for ip in IPS} == before
-            if loop.time() - down > TIMING.renew_deadline:
-                assert all(n.daemon.liveness.right().source is rights.Source.PEER for n in nodes)
+            assert all(n.daemon.liveness.right().source is rights.Source.PEER for n in nodes)
+        # the kernel fences were re-armed on promises, never longer than what they rest on
+        for n, count in zip(nodes, fences, strict=True):
+            armed = [o for o in n.plane.ops if o["op"] == "fence"][count:]
+            assert len(armed) >= 5, f"{n.name}: the fences were not re-armed under the peer right"
+            assert all(0 < o["ttl"] <= TIMING.fence_ttl for o in armed)
         # and not past maxHold after each owner's last API write
         last_writes = [n.daemon.liveness.last_api_write for n in nodes]
         assert all(w is not None and w <= down for w in last_writes)
