@@ -17,9 +17,11 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from egressd.adapters.mesh import MeshSocket
 from egressd.core.errors import ApiTimeout, ApiUnavailable, LostRace, NotFound
 from egressd.core.kube_objects import RESOURCES
 from egressd.core.lease import LeaseRecord, released
+from egressd.core.mesh_messages import Message, encode
 from egressd.core.node_lease import NodeLeaseRecord
 from egressd.ports import ClusterEvent, LeaseEvent
 
@@ -269,3 +271,61 @@ class FakeCluster:
     def _publish(self, event: ClusterEvent) -> None:
         for queue in self._watchers:
             queue.put_nowait(event)
+
+
+class FakeMeshNetwork:
+    """The node network of the mesh tests: datagrams between
+    :class:`FakeMeshSocket` s by address, delivered at once unless the link
+    between the two addresses is cut; ``inject`` delivers raw bytes as from
+    anyone (forged, unsigned, recorded datagrams)."""
+
+    def __init__(self) -> None:
+        self.sockets: dict[str, FakeMeshSocket] = {}
+        self.cut: set[frozenset[str]] = set()
+        self.delivered: list[tuple[str, str, bytes]] = []
+        """(from host, to host, datagram) of every datagram delivered."""
+
+    def socket(self, key: bytes) -> FakeMeshSocket:
+        return FakeMeshSocket(key, self)
+
+    def cut_link(self, a: str, b: str) -> None:
+        self.cut.add(frozenset((a, b)))
+
+    def mend_link(self, a: str, b: str) -> None:
+        self.cut.discard(frozenset((a, b)))
+
+    def deliver(self, data: bytes, source: tuple[str, int], to: tuple[str, int]) -> None:
+        target = self.sockets.get(to[0])
+        if target is None or frozenset((source[0], to[0])) in self.cut:
+            return
+        self.delivered.append((source[0], to[0], data))
+        target.feed(data, source)
+
+    def inject(self, data: bytes, source: tuple[str, int], to: str) -> None:
+        self.deliver(data, source, (to, 0))
+
+
+class FakeMeshSocket(MeshSocket):
+    """The mesh socket with its checks (signature, fields, counters), on the
+    fake network instead of UDP."""
+
+    def __init__(self, key: bytes, network: FakeMeshNetwork) -> None:
+        super().__init__(key)
+        self.network = network
+        self.bound: tuple[str, int] | None = None
+
+    async def open(self, host: str, port: int) -> tuple[str, int]:
+        self.bound = (host, port)
+        self.network.sockets[host] = self
+        return self.bound
+
+    def close(self) -> None:
+        if self.bound is not None and self.network.sockets.get(self.bound[0]) is self:
+            del self.network.sockets[self.bound[0]]
+        self.bound = None
+
+    def send(self, message: Message, peer: tuple[str, int]) -> None:
+        if self.bound is None:
+            raise RuntimeError("the mesh socket is not open")
+        self.sent += 1
+        self.network.deliver(encode(message, self._key), self.bound, peer)

@@ -18,9 +18,9 @@ import collections
 import logging
 import socket
 import time
-from dataclasses import dataclass
 
 from egressd.core.mesh_messages import MeshRejected, Message, check_key, decode, encode
+from egressd.ports import MeshReceived
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,8 @@ REPORT_INTERVAL = 60.0
 QUEUE_SIZE = 1024
 
 
-@dataclass(frozen=True)
-class Received:
-    message: Message
-    sender: tuple[str, int]
-    at: float
-    """Monotonic time of arrival."""
+Received = MeshReceived
+"""One accepted message (the port's :class:`~egressd.ports.MeshReceived`)."""
 
 
 class MeshSocket:

@@ -264,15 +264,20 @@ class NftablesSnat:
 
     # -- beyond the port --------------------------------------------------
 
-    async def refresh_fence(self, ips: Iterable[IPAddress]) -> None:
-        """Re-arm the sub-second fence of ``ips`` for ``fence_ttl`` from now.
+    async def refresh_fence(self, ips: Iterable[IPAddress], ttl: float | None = None) -> None:
+        """Re-arm the sub-second fence of ``ips`` for ``ttl`` (at most
+        ``fence_ttl``; None: ``fence_ttl``) from now.
 
-        Call after every successful renew of those IPs; no-op when the fence is
-        disabled."""
+        Call after every extension of the serving right; no-op when the fence
+        is disabled or ``ttl`` is under a millisecond (under a peer right the
+        fence must end before the promise it rests on: nothing to arm then)."""
         ips = list(ips)
         if self._fence_ms is None or not ips:
             return
-        await self._run(nft.render_fence_refresh(ips, self._fence_ms), what="fence refresh")
+        ms = self._fence_ms if ttl is None else min(self._fence_ms, int(ttl * 1000))
+        if ms < 1:
+            return
+        await self._run(nft.render_fence_refresh(ips, ms), what="fence refresh")
 
     async def fence(self) -> dict[IPAddress, float]:
         """Armed fence elements and their remaining seconds (empty when disabled)."""

@@ -110,8 +110,11 @@ class RecordingDataPlane:
     async def active(self) -> set[IPAddress]:
         return set(self.snat)
 
-    async def refresh_fence(self, ips: Iterable[IPAddress]) -> None:
-        self._record("fence", ips=sorted(str(ip) for ip in ips))
+    async def refresh_fence(self, ips: Iterable[IPAddress], ttl: float | None = None) -> None:
+        if ttl is None:
+            self._record("fence", ips=sorted(str(ip) for ip in ips))
+        else:
+            self._record("fence", ips=sorted(str(ip) for ip in ips), ttl=round(ttl, 6))
 
     async def clear(self) -> None:
         self.snat.clear()

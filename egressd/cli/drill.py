@@ -72,12 +72,16 @@ def add_parser(subparsers: Any) -> None:
         "--freeze", type=float, help="freeze: how long the target is stopped (default leaseDuration + 2)"
     )
     holds.add_argument(
-        "--partition", type=float, default=10.0, help="peer-partition: how long the gateways are cut apart (default 10)"
+        "--partition",
+        type=float,
+        default=10.0,
+        help="peer-partition, api-partition: how long the gateways are cut apart, or the target from the API "
+        "server (default 10)",
     )
     holds.add_argument(
         "--hold-min",
         type=float,
-        help="kill, link-cut, api-partition, isolate: hold the fault at least this long, and until the IP "
+        help="kill, link-cut, isolate: hold the fault at least this long, and until the IP "
         "has moved (default leaseDuration)",
     )
     holds.add_argument(

@@ -13,7 +13,13 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+from egressd.core.errors import ConfigError, Problem
+from egressd.core.mesh_messages import MIN_KEY
 from egressd.core.model import Settings
+
+MAX_KEY = 4096
+"""Bytes: the longest mesh key file read (a key is 32 to 64 bytes; anything
+much larger is the wrong file)."""
 
 
 def secret_file_warnings(settings: Settings) -> list[str]:
@@ -23,14 +29,38 @@ def secret_file_warnings(settings: Settings) -> list[str]:
     warnings: list[str] = []
     if settings.mqtt is not None and settings.mqtt.password_file is not None:
         warnings += _secret_file("mqtt.passwordFile", settings.mqtt.password_file)
+    if settings.mesh is not None:
+        warnings += _secret_file("mesh.keyFile", settings.mesh.key_file)
     return warnings
+
+
+def read_mesh_key(settings: Settings) -> bytes | None:
+    """The mesh's cluster key (the key file's bytes), None when the mesh is
+    off; ConfigError naming ``mesh.keyFile`` when the file cannot be read or
+    holds fewer than 32 bytes. Unlike the MQTT password this is an error: a
+    gateway that cannot sign takes part in no promise, and its peers would
+    count it as silent."""
+    if settings.mesh is None:
+        return None
+    path = settings.mesh.key_file
+    try:
+        with Path(path).open("rb") as f:
+            key = f.read(MAX_KEY + 1)
+    except OSError as exc:
+        raise ConfigError([Problem("mesh.keyFile", f"cannot read {path}: {exc.strerror or exc}")]) from exc
+    if not MIN_KEY <= len(key) <= MAX_KEY:
+        raise ConfigError(
+            [Problem("mesh.keyFile", f"{path} holds {len(key)} bytes; the key must be {MIN_KEY} to {MAX_KEY}")]
+        )
+    return key
 
 
 def _secret_file(field: str, path: str) -> list[str]:
     try:
         mode = Path(path).stat().st_mode  # follows symlinks: a mounted Secret is a link to its data
     except OSError as exc:
-        return [f"{field}: cannot read {path}: {exc.strerror or exc} (the MQTT publisher retries until it can)"]
+        retry = " (the MQTT publisher retries until it can)" if field.startswith("mqtt") else ""
+        return [f"{field}: cannot read {path}: {exc.strerror or exc}{retry}"]
     found: list[str] = []
     if mode & stat.S_IROTH:
         found.append(f"{field}: {path} is readable by every user (mode {stat.S_IMODE(mode):04o}); chmod o-r it")

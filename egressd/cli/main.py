@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from egressd import __version__
 from egressd.cli.configfile import read_config
-from egressd.cli.filechecks import secret_file_warnings
+from egressd.cli.filechecks import read_mesh_key, secret_file_warnings
 from egressd.core.addressing import on_link_problem
 from egressd.core.config import expand_env, parse_settings
 from egressd.core.errors import ConfigError, EgressdError, Problem
@@ -154,6 +154,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         settings = load_settings(args.file)
         for warning in secret_file_warnings(settings):
             print(f"egressd: warning: {warning}", file=sys.stderr)
+        read_mesh_key(settings)
         role = "gateway candidate" if settings.candidate_groups() else "steering only"
         print(f"{args.file}: ok (node {settings.node.name}, {len(settings.groups)} group(s), {role})")
         return 0
@@ -183,10 +184,11 @@ def _run(args: argparse.Namespace) -> int:
         log.warning("%s", warning)
     if args.journal and args.dataplane != "record":
         raise UsageError("--journal needs --dataplane record")
-    return asyncio.run(_run_async(settings, args))
+    mesh_key = read_mesh_key(settings)
+    return asyncio.run(_run_async(settings, args, mesh_key))
 
 
-async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
+async def _run_async(settings: Settings, args: argparse.Namespace, mesh_key: bytes | None = None) -> int:
     from egressd.adapters.clock import SystemClock  # noqa: PLC0415
     from egressd.adapters.kube.client import api_client  # noqa: PLC0415
     from egressd.adapters.kube.cluster import nodes_matching  # noqa: PLC0415
@@ -230,7 +232,7 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
 
         cluster = KubeCluster(api, clock=clock)
     try:
-        return await _run_dataplane(settings, args, _Inputs(store, clock, metrics, events, cluster))
+        return await _run_dataplane(settings, args, _Inputs(store, clock, metrics, events, cluster, mesh_key))
     finally:
         if mqtt is not None:
             await mqtt.close(2.0)  # after the daemon: its shutdown events go out first
@@ -245,6 +247,8 @@ class _Inputs:
     metrics: PrometheusMetrics
     events: FanoutEvents
     cluster: ClusterSource | None
+    mesh_key: bytes | None = None
+    """The mesh's cluster key; None: the mesh is off."""
 
     async def serve(
         self,
@@ -256,6 +260,7 @@ class _Inputs:
     ) -> int:
         """Build the daemon on ``dataplane`` (``built`` is told of it at once),
         attach the Kubernetes-mode controller, and run it until it stops."""
+        from egressd.adapters.mesh import MeshSocket  # noqa: PLC0415
         from egressd.runtime.daemon import Daemon  # noqa: PLC0415
 
         daemon = Daemon(
@@ -266,6 +271,7 @@ class _Inputs:
             clock=self.clock,
             metrics=self.metrics,
             events=self.events,
+            mesh_transport=MeshSocket(self.mesh_key) if self.mesh_key is not None else None,
         )
         if built is not None:
             built(daemon)

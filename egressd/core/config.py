@@ -19,6 +19,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from egressd.core import rights
 from egressd.core.addressing import (
     any_overlap,
     canonical,
@@ -28,6 +29,7 @@ from egressd.core.addressing import (
 )
 from egressd.core.errors import ConfigError, Problem
 from egressd.core.fields import Reader, check_networks, cidrs
+from egressd.core.mesh_settings import parse_mesh
 from egressd.core.model import (
     TIMING_KEYS,
     EgressGroup,
@@ -45,7 +47,7 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
-_TOP_KEYS = ("node", "mode", "kubernetes", "timing", "groups", "metrics", "mqtt")
+_TOP_KEYS = ("node", "mode", "kubernetes", "timing", "groups", "metrics", "mqtt", "mesh")
 _NODE_KEYS = ("name", "address")
 _KUBE_KEYS = ("namespace", "access", "kubeconfig", "url", "tokenFile", "caFile", "excludeCordoned")
 _GROUP_KEYS = (
@@ -125,11 +127,18 @@ def parse_settings(data: Any, source: str = "config") -> Settings:
     metrics = _parse_metrics(r, top.get("metrics"))
     mqtt, mqtt_problems = parse_mqtt(top.get("mqtt"))
     r.problems.extend(mqtt_problems)
+    mesh, mesh_problems = parse_mesh(top.get("mesh"))
+    r.problems.extend(mesh_problems)
+    if mesh is not None and not any(p.field.startswith("timing") for p in r.problems):
+        # the promises' inequalities (M1-M4), with the election's timings
+        r.problems.extend(Problem("mesh", why) for why in rights.check(timing, mesh.timing))
     _check_groups(r, groups, egress_paths, node)
     if r.problems:
         raise ConfigError(r.problems, source)
     assert node is not None
-    return Settings(node=node, mode=mode, kubernetes=kube, timing=timing, groups=groups, metrics=metrics, mqtt=mqtt)
+    return Settings(
+        node=node, mode=mode, kubernetes=kube, timing=timing, groups=groups, metrics=metrics, mqtt=mqtt, mesh=mesh
+    )
 
 
 def parse_listen(value: str) -> tuple[str, int]:

@@ -146,6 +146,17 @@ class Me:
     """Monotonic time before which we take nothing (see :func:`hold_off`)."""
     hold_off_reason: str = ""
     """Why we hold off (``dataplane-failed``, ``identity-clash``)."""
+    serving_until: float | None = None
+    """When we hold the IP: the end of our serving right as the runtime
+    reckons it (the API right, or a peer right from the mesh's promises:
+    ``rights.serving_right``); None: the API right of ``last_renew``."""
+    mesh: rights.MeshTiming = MESH_OFF
+    """The promises' timings (``MESH_OFF``: no mesh, nobody promises)."""
+    promised_until: float | None = None
+    """The end (our clock) of the latest promise we gave the IP's holder."""
+    in_holder_peer_set: bool = True
+    """We are in the peer set the IP's holder last published (True when its
+    node lease shows none: a holder without the mesh rests on no promise)."""
 
 
 HOLD_OFF_GROWTH_CAP = 16
@@ -277,6 +288,13 @@ def api_right(renew_sent: float | None, now: float, timing: Timing) -> rights.Ri
     return rights.serving_right(holding, now, timing, MESH_OFF)
 
 
+def _serving(me: Me, now: float, timing: Timing) -> bool:
+    """Whether our right to serve (API or peer) still runs."""
+    if me.serving_until is not None:
+        return now < me.serving_until
+    return bool(api_right(me.last_renew, now, timing))
+
+
 def _decide(record: LeaseRecord | None, observation: Observation, now: float, me: Me, timing: Timing) -> Decision:
     age = now - observation.observed_at
     holding = me.last_renew is not None
@@ -284,13 +302,13 @@ def _decide(record: LeaseRecord | None, observation: Observation, now: float, me
     # 1. The daemon fence comes first: whatever the record says, a tenure
     #    without a serving right (the node lease's last successful renew is
     #    older than the renew deadline) must end.
-    if holding and me.last_renew is not None and not api_right(me.last_renew, now, timing):
+    if holding and me.last_renew is not None and not _serving(me, now, timing):
         right = api_right(me.last_renew, now, timing)
         return Decision(
             Action.STEP_DOWN,
             "renew-deadline",
             detail=f"last node-lease renew {now - me.last_renew:.3f}s ago > renewDeadline "
-            f"{timing.renew_deadline:g}s ({right.reason})",
+            f"{timing.renew_deadline:g}s ({right.reason}) and no peer right",
         )
 
     # 1b. A node that is not a candidate of this IP never takes it, whatever the
@@ -454,8 +472,13 @@ def holder_lapsed(record: LeaseRecord, observation: Observation, now: float, me:
         shifted = changed + duration - timing.lease_duration
     else:
         shifted = changed + max(0.0, duration - timing.lease_duration)
-    standby = rights.Standby(promised_until=None, lease_changed_at=shifted, in_peer_set=True, started_at=me.started_at)
-    return rights.may_take_over(standby, now, timing, MESH_OFF)
+    standby = rights.Standby(
+        promised_until=me.promised_until,
+        lease_changed_at=shifted,
+        in_peer_set=me.in_holder_peer_set,
+        started_at=me.started_at,
+    )
+    return rights.may_take_over(standby, now, timing, me.mesh)
 
 
 def _take_free(record: LeaseRecord | None, age: float, me: Me, timing: Timing) -> Decision:

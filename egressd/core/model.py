@@ -29,10 +29,13 @@ import dataclasses
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from egressd.core.errors import ConfigError, Problem
 from egressd.core.mqtt_settings import MqttSettings
+
+if TYPE_CHECKING:  # mesh_settings imports rights, which imports this module
+    from egressd.core.mesh_settings import MeshSettings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -415,6 +418,9 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     mqtt: MqttSettings | None = None
     """Ownership events to an MQTT broker; None (no ``mqtt`` section) turns them off."""
+    mesh: MeshSettings | None = None
+    """The gateway mesh (promises, peer rights); None (no ``mesh.keyFile``)
+    turns it off: the daemon serves on API rights alone."""
 
     def candidate_groups(self) -> tuple[EgressGroup, ...]:
         """Groups for which this node is a named candidate."""

@@ -8,8 +8,9 @@ Scenarios (:data:`SCENARIOS`, in the order of :data:`FAULTS`):
 * ``kill-restart``    SIGKILL the target, started again after the supervisor's 100 ms.
 * ``freeze``          SIGSTOP the target for ``Holds.freeze`` (``leaseDuration + 2 s``), then SIGCONT.
 * ``link-cut``        the target's cables pulled (node loss) until the IP has moved, then plugged back.
-* ``api-partition``   the target cannot reach the API server (data plane intact) until the IP has
-  moved, then the partition is lifted.
+* ``api-partition``   the target cannot reach the API server (data plane intact) for
+  ``Holds.partition`` (10 s), then the partition is lifted. With the mesh the target serves on its
+  peers' promises: nothing should move (without it, the IP moves after ``leaseDuration``).
 * ``api-outage``      the API server frozen for everyone for ``Holds.outage`` (30 s), then thawed.
   Today egressd steps down when it cannot renew, so this measures an outage of
   about the pause; the point is that no two nodes serve an IP.
@@ -54,7 +55,8 @@ class Holds:
     freeze: float | None = None
     """``freeze``: how long the target stays stopped (default ``leaseDuration + 2``)."""
     partition: float = 10.0
-    """``peer-partition``: how long the gateways stay cut apart."""
+    """``peer-partition``, ``api-partition``: how long the gateways stay cut
+    apart, or the target from the API server."""
     moved_min: float | None = None
     """Faults held until the IP has moved: held at least this long (default ``leaseDuration``)."""
     kill_after: float = 1.0
@@ -170,8 +172,8 @@ FAULTS: dict[str, Fault] = {
     ),
     "api-partition": Fault(
         lambda lab, t: lab.block_api(t, blocked=True),
-        "{target} cut off from the API server",
-        hold="moved",
+        "{target} cut off from the API server for {partition:g} s",
+        hold="partition",
         recover=lambda lab, t: lab.block_api(t, blocked=False),
         recover_action="{target} reaches the API server again",
         restart=False,

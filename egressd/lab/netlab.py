@@ -67,6 +67,7 @@ import dataclasses
 import http.client
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -84,7 +85,10 @@ import yaml
 from egressd.core.config import parse_settings
 from egressd.core.errors import MalformedLease
 from egressd.core.lease import LeaseRecord, record_from_object
+from egressd.core.model import Timing
 from egressd.core.node_lease import is_node_lease
+from egressd.core.rights import MeshTiming
+from egressd.core.scalars import seconds
 from egressd.lab.kubecontrol import (
     ControlPlaneError,
     KubeBinaries,
@@ -411,6 +415,11 @@ class Lab:
         return self.state.config_dir / f"{node}.yaml"
 
     @property
+    def mesh_key_file(self) -> Path:
+        """The gateways' mesh key (what a Secret mounted into the DaemonSet holds)."""
+        return self.state.config_dir / "mesh.key"
+
+    @property
     def kube_dir(self) -> Path:
         """With kube-apiserver: its PKI, etcd's data, the kubeconfigs (removed by ``down``)."""
         return self.state.path / "kube"
@@ -665,6 +674,7 @@ class Lab:
         """The config of the daemon of ``node``: the scenario's, with the kubeconfig of the
         node's ServiceAccount token when the lab runs kube-apiserver."""
         config = self.scenario.daemon_config(node, self.mode)
+        config["mesh"] = self._mesh_section()
         if self.apiserver == "kube":
             config["kubernetes"] = {
                 "namespace": EGRESSD_NAMESPACE,
@@ -673,7 +683,20 @@ class Lab:
             }
         return config
 
+    def _mesh_section(self) -> dict[str, Any]:
+        """The gateways' mesh: the lab's key, and promises no longer than the
+        lease duration of a fast profile (inequality M1)."""
+        section: dict[str, Any] = {"keyFile": str(self.mesh_key_file)}
+        lease = seconds(self.scenario.timing.get("leaseDuration", Timing().lease_duration))
+        if lease is not None and lease < MeshTiming().promise_duration:
+            section["promiseDuration"] = lease
+        return section
+
     def _write_configs(self) -> None:
+        # one cluster key for every gateway's mesh, readable by root alone
+        fd = os.open(self.mesh_key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
         for node in self.scenario.nodes:
             config = self.daemon_config(node.name)
             parse_settings(config, source=f"lab config of {node.name}")  # fail here, not in 5 daemons

@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 from egressd.core.addressing import OnLink
 from egressd.core.kube_objects import Resource
 from egressd.core.lease import LeaseRecord
+from egressd.core.mesh_messages import Message
 from egressd.core.model import EgressGroup, IPAddress
 from egressd.core.node_lease import NodeLeaseRecord
 from egressd.core.ownership_events import OwnershipEvent
@@ -157,8 +158,10 @@ class Snat(Protocol):
 
     async def active(self) -> set[IPAddress]: ...
 
-    async def refresh_fence(self, ips: Iterable[IPAddress]) -> None:
-        """Re-arm the sub-second kernel fence of these owned IPs (no-op when it is off)."""
+    async def refresh_fence(self, ips: Iterable[IPAddress], ttl: float | None = None) -> None:
+        """Re-arm the sub-second kernel fence of these owned IPs (no-op when it
+        is off) for ``ttl`` seconds, at most the configured ``fenceTtl`` (None:
+        that); a ``ttl`` under a millisecond arms nothing (the fence runs out)."""
         ...
 
     async def clear(self) -> None:
@@ -268,3 +271,38 @@ class Metrics(Protocol):
     def api_error(self, kind: str) -> None:
         """A Kubernetes API call failed (LostRace, ApiTimeout, ApiUnavailable, ...)."""
         ...
+
+
+@dataclass(frozen=True)
+class MeshReceived:
+    """One mesh message that passed the signature and field checks."""
+
+    message: Message
+    sender: tuple[str, int]
+    """The datagram's source address and port."""
+    at: float
+    """Monotonic time of arrival."""
+
+
+class MeshTransport(Protocol):
+    """The mesh's datagrams to and from the other gateway candidates: signed on
+    the way out, checked (size, signature, fields) on the way in, whatever
+    fails dropped and counted before the runtime sees it."""
+
+    async def open(self, host: str, port: int) -> tuple[str, int]:
+        """Bind; the address and port bound."""
+        ...
+
+    def send(self, message: Message, peer: tuple[str, int]) -> None:
+        """Sign and send; never blocks, a lost datagram is no error."""
+        ...
+
+    def reject(self, reason: str, sender: tuple[str, int], detail: str = "") -> None:
+        """Count a message the runtime refused (``replayed``, ``stale``, ...)."""
+        ...
+
+    async def receive(self) -> MeshReceived:
+        """The next accepted message (waits for one)."""
+        ...
+
+    def close(self) -> None: ...

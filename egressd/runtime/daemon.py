@@ -42,12 +42,14 @@ from typing import Any
 
 from egressd.core import rights
 from egressd.core.errors import ConfigError, DataPlaneError, Problem
+from egressd.core.mesh_settings import DEFAULT_PORT
 from egressd.core.model import EgressGroup, IPAddress, Settings
 from egressd.core.states import State
-from egressd.ports import Clock, EventSink, LeaseStore, Metrics, Steering
+from egressd.ports import Clock, EventSink, LeaseStore, MeshTransport, Metrics, Steering
 from egressd.runtime import health, reconcile
 from egressd.runtime.liveness import NodeLiveness
 from egressd.runtime.member import DataPlane, Member
+from egressd.runtime.mesh import Mesh
 from egressd.runtime.reconcile import ClaimRetirement
 from egressd.runtime.sinks import FanoutEvents, LogEvents, NullMetrics
 from egressd.runtime.steerer import Steerer
@@ -55,6 +57,23 @@ from egressd.runtime.supervisor import Supervisor
 from egressd.runtime.view import LeaseView
 
 log = logging.getLogger(__name__)
+
+
+def _checked_timings(settings: Settings, mesh: rights.MeshTiming | None) -> rights.MeshTiming | None:
+    """The promises' timings (``mesh``, else the settings'; None: no mesh);
+    ConfigError naming each inequality the timings break."""
+    problems = settings.timing.check()
+    if mesh is None and settings.mesh is not None:
+        mesh = settings.mesh.timing
+    if mesh is not None and not problems:
+        # the promises' inequalities (M1-M4); without the mesh nobody
+        # promises and no peer right exists, so they do not apply
+        problems = [Problem("timing", p) for p in rights.check(settings.timing, mesh)]
+    if problems:
+        # as client-go's NewLeaderElector: timings that break the safety
+        # argument are refused however the daemon is built, in tests too
+        raise ConfigError(problems, "timing")
+    return mesh
 
 
 class Daemon:
@@ -72,17 +91,11 @@ class Daemon:
         shutdown_grace: float = 5.0,
         repair_interval: float = 2.0,
         mesh: rights.MeshTiming | None = None,
+        mesh_transport: MeshTransport | None = None,
     ) -> None:
-        problems = settings.timing.check()
-        if mesh is not None and not problems:
-            # the promises' inequalities (M1-M4); without the mesh nobody
-            # promises and no peer right exists, so they do not apply
-            problems = [Problem("timing", p) for p in rights.check(settings.timing, mesh)]
-        if problems:
-            # as client-go's NewLeaderElector: timings that break the safety
-            # argument are refused however the daemon is built, in tests too
-            raise ConfigError(problems, "timing")
         self.settings = settings
+        self.mesh_timing = _checked_timings(settings, mesh)
+        """The promises' timings; None: the mesh is off, API rights alone."""
         self.store = store
         self.dataplane = dataplane
         self.clock = clock
@@ -94,6 +107,8 @@ class Daemon:
         """Seconds between drift-repair passes."""
         self.supervisor = Supervisor(now=clock.monotonic)
         self.view = LeaseView(clock)
+        self.mesh = self._build_mesh(mesh_transport)
+        """Heartbeats and promises with the peers; None when the mesh is off."""
         self.liveness = NodeLiveness(
             settings,
             store=store,
@@ -106,8 +121,14 @@ class Daemon:
             lapsed=self._lapsed,
             clash=self._clash,
             metrics=self.metrics,
+            mesh=self.mesh_timing if self.mesh is not None else None,
+            required_peers=self.required_peers,
+            promises=lambda: self.mesh.promises if self.mesh is not None else {},
         )
         """This node's lease: the serving right of every IP it holds."""
+        if self.mesh is not None:
+            self.liveness.promised_until = self.mesh.promised_until
+            self.mesh.on_promise = self.liveness.extended
         self.members: dict[IPAddress, Member] = {}
         self.groups: tuple[EgressGroup, ...] = settings.groups
         """The egress groups as known now (static config, or the policies' resolution)."""
@@ -121,6 +142,8 @@ class Daemon:
         self._extra_tasks: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         self.status_parts: dict[str, Callable[[], Any]] = {}
         """More sections of :meth:`status_report` (the controller's ``policies``)."""
+        if self.mesh is not None:
+            self.status_parts["mesh"] = self.mesh.status
         self.ready_checks: list[Callable[[], list[str]]] = []
         """More readiness checks (the controller's), each returning its problems."""
         self.steerer = (
@@ -145,6 +168,25 @@ class Daemon:
         )
         """Claims to delete: IPs no group lists any more."""
 
+    def _build_mesh(self, transport: MeshTransport | None) -> Mesh | None:
+        settings = self.settings
+        clock = self.clock
+        if self.mesh_timing is None or transport is None:
+            return None
+        return Mesh(
+            node=settings.node.name,
+            incarnation=self.incarnation,
+            transport=transport,
+            clock=clock,
+            timing=settings.timing,
+            mesh=self.mesh_timing,
+            port=settings.mesh.port if settings.mesh is not None else DEFAULT_PORT,
+            heartbeat_peers=self._heartbeat_targets,
+            candidate_peers=lambda: frozenset(self.peer_set()) | self.liveness.published_peers,
+            address_of=self._peer_address,
+            api_ok=lambda: bool(self.liveness.right()),
+        )
+
     async def run(self, *, install_signals: bool = True) -> int:
         """Run until a stop is requested; returns the process exit code."""
         sup = self.supervisor
@@ -156,6 +198,10 @@ class Daemon:
             self.incarnation,
             ",".join(g.name for g in self.settings.groups) or "-",
         )
+        if self.mesh_timing is None:
+            log.info("mesh off (no mesh.keyFile): serving on API rights alone; an API outage stops egress")
+        elif self.mesh is None:
+            log.info("mesh timings set but no mesh socket: serving on API rights alone")
         _ = self.liveness.started_at  # this process starts now
         sup.spawn("lease-watch", self._watch)
         for name, factory in self._extra_tasks:
@@ -197,6 +243,49 @@ class Daemon:
         me = self.settings.node.name
         return tuple(sorted({c for g in self.candidate_groups() for c in g.candidates} - {me}))
 
+    def held_groups(self) -> tuple[EgressGroup, ...]:
+        """The groups this node serves an IP of (owner)."""
+        served = {m.ip for m in self._owners()}
+        return tuple(g for g in self.candidate_groups() if any(ip in served for ip in g.egress_ips))
+
+    def serving_peers(self) -> frozenset[str]:
+        """The other candidates of the groups this node serves IPs of."""
+        me = self.settings.node.name
+        return frozenset(c for g in self.held_groups() for c in g.candidates) - {me}
+
+    def _heartbeat_targets(self) -> frozenset[str]:
+        """Whom to send heartbeats now: our required peers while we serve on a
+        right. Without one we ask for no promise: a standby takes over only
+        once the promises it gave have run out, so a holder that lost its right
+        must let them run out."""
+        return self.required_peers() if self.liveness.right() else frozenset()
+
+    def required_peers(self) -> frozenset[str]:
+        """The peers whose promises our peer right needs (and who get our
+        heartbeats): the other candidates of the groups we serve IPs of, and
+        those of our last published peer set who are candidates no more (they
+        may still count on it); empty while we serve nothing."""
+        held = self.serving_peers()
+        if not held:
+            return held
+        return held | (self.liveness.published_peers - set(self.peer_set()))
+
+    def _peer_address(self, peer: str) -> str | None:
+        entry = self.view.node(peer)
+        return entry.record.address if entry is not None and entry.record is not None else None
+
+    async def _open_mesh(self) -> None:
+        """Bind the mesh socket on the node's address; the mesh's tasks start."""
+        if self.mesh is None:
+            return
+        address = self.settings.node.address
+        if address is None:  # steering only (a candidate needs an address): nothing to promise
+            log.info("mesh off: this node has no node.address and is no gateway candidate")
+            return
+        await self.mesh.transport.open(str(address), self.mesh.port)
+        self.supervisor.spawn("mesh-receive", self.mesh.receive_forever)
+        self.supervisor.spawn("mesh-heartbeat", self.mesh.heartbeat_forever)
+
     def _owners(self) -> list[Member]:
         return [m for m in self.members.values() if m.sm.state is State.OWNER]
 
@@ -222,9 +311,12 @@ class Daemon:
             # (T1 counts their TTL from a moment before the renew deadline)
             if not self.liveness.right():
                 return
+            ttl = self.liveness.fence_ttl()  # now, after the locks: a peer right's fence ends before its promise
+            if ttl <= 0:
+                return
             armed = [m for m in owners if m.sm.state is State.OWNER and not m.serving_locally]
             try:
-                await self.dataplane.snat.refresh_fence([m.ip for m in armed])
+                await self.dataplane.snat.refresh_fence([m.ip for m in armed], ttl)
             except DataPlaneError as exc:
                 log.error("could not re-arm the nftables fence of %d IP(s): %s", len(armed), exc)
             for member in armed:
@@ -349,6 +441,7 @@ class Daemon:
                 self.view, self.dataplane, self.settings.node.name, groups, self.settings.timing
             )
             self.liveness.metrics = self.metrics  # as the members: the metrics as they are at start
+            await self._open_mesh()
             await self.liveness.renew_once()
             self.supervisor.spawn("node-lease", self._renew_after_first)
             self.supervisor.spawn("node-fence", self.liveness.fence)
@@ -459,5 +552,7 @@ class Daemon:
             for task in done[1]:
                 log.error("shutdown of %s did not finish in %.1fs", task.get_name(), self.shutdown_grace)
         await sup.shutdown(grace=1.0)
+        if self.mesh is not None:
+            self.mesh.transport.close()
         await self.store.close()
         log.info("egressd stopped (%s)", sup.stop_reason or "no reason")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from egressd.core import rights
 from egressd.core.backoff import Repeats
@@ -57,6 +57,9 @@ class NodeLiveness:
         lapsed: Callable[[str], Awaitable[None]],
         clash: Callable[[str], Awaitable[None]],
         metrics: Metrics | None = None,
+        mesh: rights.MeshTiming | None = None,
+        required_peers: Callable[[], frozenset[str]] = frozenset,
+        promises: Callable[[], Mapping[str, float]] = dict,
     ) -> None:
         self._settings = settings
         self._timing = settings.timing
@@ -71,6 +74,17 @@ class NodeLiveness:
         self._lapsed = lapsed
         self._clash = clash
         self.metrics = metrics or NullMetrics()
+        self.mesh = mesh or MESH_OFF
+        """The promises' timings (``MESH_OFF``: no mesh, the API right alone)."""
+        self._required_peers = required_peers
+        """The peers whose promises a peer right needs now."""
+        self._promises = promises
+        """Peer -> send time of the heartbeat its latest promise answered."""
+        self.promised_until: Callable[[str], float | None] = lambda _holder: None
+        """The end of our latest promise to a holder (the mesh's; none without it)."""
+        self.last_api_write: float | None = None
+        """Send time of the last successful API write of this process (a
+        renew, or a claim write): a peer right lasts at most ``maxHold`` from it."""
         self._started_at: float | None = None
         self.last_renew_sent: float | None = None
         """Send time of the last renew answered within the renew deadline."""
@@ -102,8 +116,41 @@ class NodeLiveness:
     # --- the right -------------------------------------------------------------
 
     def right(self, now: float | None = None) -> rights.Right:
-        """The serving right now: the API right of the last renew, or none."""
-        return api_right(self.last_renew_sent, self._clock.monotonic() if now is None else now, self._timing)
+        """The serving right now: the API right of the last renew, a peer right
+        from the promises (mesh on), or none (``rights.serving_right``)."""
+        now = self._clock.monotonic() if now is None else now
+        if self.mesh is MESH_OFF:
+            return api_right(self.last_renew_sent, now, self._timing)
+        holding = rights.Holding(
+            last_renew_sent=self.last_renew_sent,
+            last_api_write=self.last_api_write,
+            required_peers=self._required_peers(),
+            promises=self._promises(),
+        )
+        return rights.serving_right(holding, now, self._timing, self.mesh)
+
+    @property
+    def published_peers(self) -> frozenset[str]:
+        """The peer set of our node lease as last written (empty before)."""
+        return frozenset(self._record.peers) if self._record is not None else frozenset()
+
+    def fence_ttl(self, now: float | None = None) -> float:
+        """The kernel fence to arm now under the right now (0: none)."""
+        now = self._clock.monotonic() if now is None else now
+        return rights.fence_ttl(self.right(now), now, self._timing, self.mesh)
+
+    def api_written(self, sent: float) -> None:
+        """A claim write sent at ``sent`` succeeded (the API answers us)."""
+        self.last_api_write = sent if self.last_api_write is None else max(self.last_api_write, sent)
+
+    def extended(self) -> None:
+        """A promise came in: the right may reach further; the daemon fence
+        recomputes its deadline, and under a peer right the kernel fences are
+        re-armed (under the API right the renewals re-arm them)."""
+        if self.last_renew_sent is not None or self.last_api_write is not None:
+            self.changed.set()
+            if self.right().source is rights.Source.PEER:
+                self._rearm_due.set()
 
     # --- renewing --------------------------------------------------------------
 
@@ -150,6 +197,7 @@ class NodeLiveness:
             self.log.warning("node lease renew answered after renewDeadline: no right from it")
             return False
         self.last_renew_sent = started
+        self.api_written(started)
         self.renews += 1
         self.changed.set()
         self._rearm_due.set()
@@ -210,6 +258,7 @@ class NodeLiveness:
             hold = CLASH_HOLD_OFF * self._timing.lease_duration
             self._clash_until = self._clock.monotonic() + hold
             self.last_renew_sent = None
+            self.last_api_write = None  # and no peer right either
             self.changed.set()
             detail = f"node lease renewed by incarnation {current.incarnation!r}, ours is {self.incarnation!r}"
             self.log.error("identity clash: %s; fencing every IP and pausing renewals for %.1fs", detail, hold)
@@ -235,7 +284,7 @@ class NodeLiveness:
             now = self._clock.monotonic()
             right = self.right(now)
             if right:
-                await self._rearm(rights.fence_ttl(right, now, self._timing, MESH_OFF))
+                await self._rearm(rights.fence_ttl(right, now, self._timing, self.mesh))
 
     # --- the daemon fence -------------------------------------------------------
 

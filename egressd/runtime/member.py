@@ -128,18 +128,31 @@ class Member:
         return self._liveness.last_renew_sent if self.sm.state is State.OWNER else None
 
     def _me(self) -> Me:
+        me = self._settings.node.name
+        last_renew = self.last_renew
+        holder = self._view.get(self.name).record
+        holder_name = holder.holder if holder is not None else None
+        in_peer_set = True
+        if holder_name is not None and holder_name != me:
+            entry = self._view.node(holder_name)
+            if entry is not None and entry.record is not None:  # none: an earlier version, no mesh
+                in_peer_set = me in entry.record.peers
         return Me(
-            identity=self._settings.node.name,
+            identity=me,
             incarnation=self._incarnation,
             egress_ip=str(self.ip),
             candidates=self.group.candidates,
-            last_renew=self.last_renew,
+            last_renew=last_renew,
             node_renew=self._liveness.last_renew_sent,
             started_at=self._liveness.started_at,
             serving_locally=self.serving_locally,
             preference=tuple(self.preference()),
             hold_off_until=self._hold_off_until,
             hold_off_reason=self._hold_off_reason,
+            serving_until=self._liveness.right().until if last_renew is not None else None,
+            mesh=self._liveness.mesh,
+            promised_until=self._liveness.promised_until(holder_name) if holder_name else None,
+            in_holder_peer_set=in_peer_set,
         )
 
     def preference(self) -> list[str]:
@@ -260,6 +273,7 @@ class Member:
             # if nothing newer is known, that was no news
             self._view.news(self.name).clear()
         self._sent = started
+        self._liveness.api_written(started)
         return written
 
     async def _refresh(self) -> bool:
@@ -525,7 +539,7 @@ class Member:
                     repaired.append("address-missing")
                 if self.ip not in active:  # the daemon re-staged the table first if it was gone
                     await self._dp.snat.activate(self.ip, self.group.name)
-                    await self._dp.snat.refresh_fence((self.ip,))
+                    await self._dp.snat.refresh_fence((self.ip,), self._liveness.fence_ttl())
                     repaired.append("snat-missing")
                 if repaired:
                     await self._dp.announcer.start(self.ip, self.group.interface)

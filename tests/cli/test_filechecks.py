@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from egressd.cli.filechecks import secret_file_warnings
+from egressd.cli.filechecks import read_mesh_key, secret_file_warnings
+from egressd.core.errors import ConfigError
+from egressd.core.mesh_settings import MeshSettings
 from egressd.core.model import NodeSettings, Settings
 from egressd.core.mqtt_settings import MqttSettings
 
@@ -100,7 +102,7 @@ def test_run_logs_the_warning_at_start(
     )
     started: list[Settings] = []
 
-    async def run_async(settings: Settings, args: object) -> int:
+    async def run_async(settings: Settings, args: object, mesh_key: bytes | None = None) -> int:
         started.append(settings)
         return 0
 
@@ -108,3 +110,36 @@ def test_run_logs_the_warning_at_start(
     assert cli.main(["run", "--config", str(config), "--dataplane", "record"]) == 0
     assert started, "the daemon still starts"
     assert f"mqtt.passwordFile: {secret} is readable by every user (mode 0604)" in caplog.text
+
+
+def with_mesh_key(path: Path) -> Settings:
+    return Settings(node=NodeSettings(name="gw-a"), mesh=MeshSettings(key_file=str(path)))
+
+
+def test_mesh_key_is_the_files_bytes(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_bytes(bytes(range(40)))
+    key.chmod(0o600)
+    assert read_mesh_key(with_mesh_key(key)) == bytes(range(40))
+    assert secret_file_warnings(with_mesh_key(key)) == []
+    assert read_mesh_key(Settings(node=NodeSettings(name="gw-a"))) is None
+
+
+@pytest.mark.parametrize("size", [0, 31, 5000])
+def test_mesh_key_of_a_wrong_size_is_refused(tmp_path: Path, size: int) -> None:
+    key = tmp_path / "key"
+    key.write_bytes(b"k" * size)
+    with pytest.raises(ConfigError) as info:
+        read_mesh_key(with_mesh_key(key))
+    assert [p.field for p in info.value.problems] == ["mesh.keyFile"]
+
+
+def test_missing_mesh_key_is_refused_and_a_world_readable_one_warned(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"mesh\.keyFile: cannot read"):
+        read_mesh_key(with_mesh_key(tmp_path / "absent"))
+    key = tmp_path / "key"
+    key.write_bytes(b"k" * 32)
+    key.chmod(0o644)
+    assert secret_file_warnings(with_mesh_key(key)) == [
+        f"mesh.keyFile: {key} is readable by every user (mode 0644); chmod o-r it"
+    ]

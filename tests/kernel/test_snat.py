@@ -409,3 +409,19 @@ async def test_five_thousand_sources_and_a_delta_of_one(
     union = ns_exec(two.gw, "nft", "list", "set", nft.FAMILY, nft.TABLE, nft.set_name("web-a", "src", 4))
     assert union.count(",") + 1 == MANY + 1
     print(f"\nstage of {MANY} sources (2 egress IPs): {staged:.3f} s; delta of 1 source on top: {delta:.3f} s")
+
+
+async def test_fence_refresh_takes_a_ttl_up_to_the_fence_ttl(net: Net) -> None:
+    snat = NftablesSnat(netns=net.gw, fence_ttl=0.6)
+    await snat.stage([GROUP])
+    await snat.activate(EGRESS, "web-a")
+    await snat.refresh_fence([EGRESS], 0.15)  # under a peer right: shorter than fenceTtl
+    await asyncio.sleep(0.3)
+    assert await snat.fence() == {}
+    await snat.refresh_fence([EGRESS], 30.0)  # never beyond fenceTtl
+    await asyncio.sleep(0.3)
+    assert EGRESS in await snat.fence()
+    await asyncio.sleep(0.4)
+    assert await snat.fence() == {}
+    await snat.refresh_fence([EGRESS], 0.0004)  # less than a millisecond arms nothing
+    assert await snat.fence() == {}

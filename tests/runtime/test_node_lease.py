@@ -7,6 +7,7 @@ make a live holder look silent."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from ipaddress import ip_address
@@ -17,6 +18,7 @@ from egressd.adapters.recording import RecordingDataPlane
 from egressd.core import rights
 from egressd.core.errors import ConfigError
 from egressd.core.lease import held_by, lease_name
+from egressd.core.mesh_settings import MeshSettings
 from egressd.core.model import EgressGroup, IPAddress, NodeSettings, Settings
 from egressd.core.node_lease import NodeLeaseRecord, node_lease_name
 from egressd.core.states import State
@@ -262,6 +264,28 @@ def test_start_up_refuses_promise_timings_that_break_an_inequality() -> None:
             clock=VirtualClock(),
             mesh=rights.MeshTiming(promise_duration=TIMING.lease_duration + 1),
         )
+
+
+def test_start_up_refuses_the_mesh_settings_timings_naming_the_inequality() -> None:
+    mesh = MeshSettings(key_file="/k", timing=rights.MeshTiming(max_hold=TIMING.lease_duration / 2))
+    settings = Settings(
+        node=NodeSettings(name="gw-a", address=ip_address("10.0.0.1")), timing=TIMING, groups=(), mesh=mesh
+    )
+    plane = RecordingDataPlane("gw-a")
+    with pytest.raises(ConfigError, match=r"\(M4\) maxHold"):
+        Daemon(settings, store=FakeLeaseStore(), dataplane=DataPlane(plane, plane, plane), clock=VirtualClock())
+
+
+async def test_without_a_mesh_the_daemon_says_it_runs_on_api_rights_alone(caplog: pytest.LogCaptureFixture) -> None:
+    node = Node("gw-a", FakeLeaseStore())
+    assert node.daemon.mesh_timing is None
+    caplog.set_level(logging.INFO, logger="egressd.runtime.daemon")
+    try:
+        node.start()
+        await until(lambda: "mesh off" in caplog.text, 1.0)
+    finally:
+        await stop([node])
+    assert "serving on API rights alone" in caplog.text
 
 
 async def test_the_view_keeps_node_leases_apart_from_claims() -> None:

@@ -1,0 +1,182 @@
+"""The mesh loop: heartbeats to the peers while this node holds claims,
+promises in answer to the peers' heartbeats (DESIGN.md, "The mesh").
+
+* **Heartbeat** (every ``retryPeriod``, while this node serves IPs on a
+  right): to each peer whose promise its peer right needs (the other
+  candidates of the groups it serves IPs of), at the address of the peer's
+  node lease and the mesh port. A node without a right sends none, so the
+  promises it was given run out and a standby may take over. The nonce is remembered
+  (:class:`~egressd.core.mesh_messages.Outstanding`) so that only a promise
+  echoing it, from that peer, counts, and counts from the heartbeat's send
+  time.
+* **Promise** (in answer to a heartbeat of a candidate peer, admitted by the
+  :class:`~egressd.core.mesh_messages.ReplayGuard`): "I take none of your
+  claims before my time now + D". We record that end (``promised``) and keep
+  it whatever the API says: ``rights.may_take_over`` reads it.
+* **Promises received** go into ``promises`` (peer -> send time of the
+  heartbeat answered): ``rights.serving_right`` reads them.
+
+Everything refused is counted by reason (``rejected``, and the transport's
+own counter): ``unknown-peer`` (a sender that is no candidate with us),
+``replayed``, ``stale`` (a nonce we do not wait for), ``misdirected``,
+``short-promise`` (a peer promising less than our promise duration, which
+our peer right would overrate). The datagrams that fail the signature or the
+fields never get here (the transport drops and counts them).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import secrets
+from collections.abc import Callable
+
+from egressd.core import rights
+from egressd.core.mesh_messages import Heartbeat, MeshRejected, Outstanding, Promise, ReplayGuard
+from egressd.core.model import Timing
+from egressd.ports import Clock, MeshReceived, MeshTransport
+
+log = logging.getLogger(__name__)
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(16)
+
+
+class Mesh:
+    def __init__(
+        self,
+        *,
+        node: str,
+        incarnation: str,
+        transport: MeshTransport,
+        clock: Clock,
+        timing: Timing,
+        mesh: rights.MeshTiming,
+        port: int,
+        heartbeat_peers: Callable[[], frozenset[str]],
+        candidate_peers: Callable[[], frozenset[str]],
+        address_of: Callable[[str], str | None],
+        api_ok: Callable[[], bool],
+        nonce: Callable[[], str] = new_nonce,
+    ) -> None:
+        self.node = node
+        self.incarnation = incarnation
+        self.transport = transport
+        self._clock = clock
+        self._timing = timing
+        self.timing = mesh
+        self.port = port
+        self._heartbeat_peers = heartbeat_peers
+        """The peers to send heartbeats to now (empty: we serve nothing, or
+        have no right to)."""
+        self._candidate_peers = candidate_peers
+        """The nodes we take heartbeats and promises from: the other candidates
+        of the groups this node is a candidate of."""
+        self._address_of = address_of
+        self._api_ok = api_ok
+        self._nonce = nonce
+        self._seq = 0
+        self._guard = ReplayGuard()
+        self._outstanding = Outstanding(keep=mesh.promise_duration)
+        self.promises: dict[str, float] = {}
+        """Holder side: peer -> send time (our clock) of the heartbeat its
+        latest promise answered."""
+        self.promised: dict[str, float] = {}
+        """Standby side: holder -> end (our clock) of the latest promise we gave it."""
+        self.rejected: collections.Counter[str] = collections.Counter()
+        self.heartbeats_sent = 0
+        self.promises_given = 0
+        self.promises_received = 0
+        self.on_promise: Callable[[], None] = lambda: None
+        """Called after each promise taken (the right may reach further)."""
+        self.log = logging.LoggerAdapter(log, {"node": node})
+
+    def promised_until(self, holder: str) -> float | None:
+        """The end of our latest promise to ``holder`` (None: never promised)."""
+        return self.promised.get(holder)
+
+    # --- heartbeats -------------------------------------------------------------
+
+    def heartbeat(self) -> list[str]:
+        """One round of heartbeats; the peers it went to (a peer without a
+        known address is skipped, and it gives no promise)."""
+        now = self._clock.monotonic()
+        self._outstanding.expire(now)
+        sent = []
+        for peer in sorted(self._heartbeat_peers() - {self.node}):
+            address = self._address_of(peer)
+            if address is None:
+                self.log.debug("no address for peer %s (no node lease seen): no heartbeat", peer)
+                continue
+            self._seq += 1
+            nonce = self._nonce()
+            message = Heartbeat(self.node, self.incarnation, self._seq, nonce, self._api_ok())
+            self._outstanding.sent(peer, nonce, now)
+            self.transport.send(message, (address, self.port))
+            self.heartbeats_sent += 1
+            sent.append(peer)
+        return sent
+
+    async def heartbeat_forever(self) -> None:
+        while True:
+            started = self._clock.monotonic()
+            self.heartbeat()
+            await self._clock.sleep(max(0.0, started + self._timing.retry_period - self._clock.monotonic()))
+
+    # --- receiving --------------------------------------------------------------
+
+    async def receive_forever(self) -> None:
+        while True:
+            self.handle(await self.transport.receive())
+
+    def handle(self, received: MeshReceived) -> None:
+        """One message that passed the transport's checks."""
+        message = received.message
+        try:
+            self._known(message.sender)
+            if isinstance(message, Heartbeat):
+                self._answer(message, received.sender)
+            else:
+                self._take(message)
+        except MeshRejected as exc:
+            self.rejected[exc.reason] += 1
+            self.transport.reject(exc.reason, received.sender, str(exc))
+
+    def _known(self, sender: str) -> None:
+        if sender == self.node or sender not in self._candidate_peers():
+            raise MeshRejected("unknown-peer", f"{sender} is no candidate with {self.node}")
+
+    def _answer(self, hb: Heartbeat, sender: tuple[str, int]) -> None:
+        """Promise, and keep it: recorded before the promise leaves."""
+        self._guard.admit(hb)
+        now = self._clock.monotonic()
+        self.promised[hb.sender] = rights.promise_until(now, self.promised.get(hb.sender), self.timing)
+        duration_ms = round(self.timing.promise_duration * 1000)
+        self.transport.send(Promise(self.node, self.incarnation, hb.sender, hb.nonce, duration_ms), sender)
+        self.promises_given += 1
+
+    def _take(self, promise: Promise) -> None:
+        if promise.duration_ms < self.timing.promise_duration * 1000:
+            # our peer right counts D of our own settings: a peer that keeps
+            # its promises shorter would be overrated (a misconfiguration)
+            raise MeshRejected(
+                "short-promise",
+                f"{promise.sender} promises {promise.duration_ms}ms, less than {self.timing.promise_duration:g}s",
+            )
+        sent_at = self._outstanding.answer(promise, self.node)
+        self.promises[promise.sender] = max(sent_at, self.promises.get(promise.sender, sent_at))
+        self.promises_received += 1
+        self.on_promise()
+
+    def status(self) -> dict[str, object]:
+        """For ``egressd status``."""
+        now = self._clock.monotonic()
+        return {
+            "heartbeatsSent": self.heartbeats_sent,
+            "promisesGiven": self.promises_given,
+            "promisesReceived": self.promises_received,
+            "promisesHeld": {p: round(rights.promise_end(at, self.timing) - now, 3) for p, at in self.promises.items()},
+            "promisedTo": {h: round(end - now, 3) for h, end in self.promised.items()},
+            "rejected": dict(self.rejected),
+        }
