@@ -103,7 +103,7 @@ def parse_time(text: str) -> datetime:
         value = value[:-1] + "+00:00"
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
-        raise ValueError(f"no time zone in {_show(text)}")
+        raise ValueError(f"no time zone in {show_value(text)}")
     return _utc(parsed)
 
 
@@ -172,10 +172,10 @@ def record_from_object(obj: Mapping[str, Any]) -> LeaseRecord:
     Whatever ``obj`` holds, this returns a record or raises
     :class:`MalformedLease` whose message starts with the lease name (when
     there is one) and names the field and the problem."""
-    obj = _mapping(obj, "object")
-    meta = _mapping(obj.get("metadata"), "metadata")
-    spec = _mapping(obj.get("spec"), "spec")
-    annotations = _mapping(meta.get("annotations"), "metadata.annotations")
+    obj = as_mapping(obj, "object")
+    meta = as_mapping(obj.get("metadata"), "metadata")
+    spec = as_mapping(obj.get("spec"), "spec")
+    annotations = as_mapping(meta.get("annotations"), "metadata.annotations")
     name = meta.get("name")
     if not isinstance(name, str) or not name:
         raise MalformedLease("metadata.name: missing")
@@ -186,25 +186,25 @@ def record_from_object(obj: Mapping[str, Any]) -> LeaseRecord:
         raise MalformedLease(f"{name}: metadata.resourceVersion: missing")
     holder = spec.get("holderIdentity")
     if holder is not None and not isinstance(holder, str):
-        raise MalformedLease(f"{name}: spec.holderIdentity: must be a string, got {_show(holder)}")
-    preferred = _annotation(name, annotations, ANN_PREFERRED_HOLDER)
+        raise MalformedLease(f"{name}: spec.holderIdentity: must be a string, got {show_value(holder)}")
+    preferred = annotation(name, annotations, ANN_PREFERRED_HOLDER)
     if preferred is None:
         preferred = spec.get("preferredHolder")
         if preferred is not None and not isinstance(preferred, str):
-            raise MalformedLease(f"{name}: spec.preferredHolder: must be a string, got {_show(preferred)}")
+            raise MalformedLease(f"{name}: spec.preferredHolder: must be a string, got {show_value(preferred)}")
     return LeaseRecord(
         name=name,
         egress_ip=_egress_ip(name, annotations),
         holder=holder or None,
-        lease_duration=_duration(name, spec, annotations, held=bool(holder)),
+        lease_duration=duration_field(name, spec, annotations, held=bool(holder)),
         transitions=_transitions(name, spec),
         resource_version=rv,
-        acquire_time=_time(name, spec, "acquireTime"),
-        renew_time=_time(name, spec, "renewTime"),
+        acquire_time=time_field(name, spec, "acquireTime"),
+        renew_time=time_field(name, spec, "renewTime"),
         preferred_holder=preferred or None,
-        holder_address=_annotation(name, annotations, ANN_HOLDER_ADDRESS) or None,
-        incarnation=_annotation(name, annotations, ANN_INCARNATION) or None,
-        transition_reason=_annotation(name, annotations, TRANSITION_REASON) or None,
+        holder_address=annotation(name, annotations, ANN_HOLDER_ADDRESS) or None,
+        incarnation=annotation(name, annotations, ANN_INCARNATION) or None,
+        transition_reason=annotation(name, annotations, TRANSITION_REASON) or None,
     )
 
 
@@ -306,7 +306,7 @@ def released(base: LeaseRecord, *, successor: str | None, now: datetime) -> Leas
     )
 
 
-def _mapping(value: Any, field: str) -> Mapping[str, Any]:
+def as_mapping(value: Any, field: str) -> Mapping[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
@@ -314,7 +314,7 @@ def _mapping(value: Any, field: str) -> Mapping[str, Any]:
     return value
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
     """A bad value, quoted for an error message: strings and numbers cut to
     :data:`_MAX_SHOWN` characters (a huge value is named, not echoed whole into
     every log line), anything else by its type."""
@@ -331,23 +331,23 @@ def _show(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def _annotation(name: str, annotations: Mapping[str, Any], key: str) -> str | None:
+def annotation(name: str, annotations: Mapping[str, Any], key: str) -> str | None:
     """An annotation's value: None when absent, else a string (the API keeps
     annotations as strings; anything else is malformed)."""
     value = annotations.get(key)
     if value is not None and not isinstance(value, str):
-        raise MalformedLease(f"{name}: metadata.annotations[{key}]: must be a string, got {_show(value)}")
+        raise MalformedLease(f"{name}: metadata.annotations[{key}]: must be a string, got {show_value(value)}")
     return value
 
 
 def _egress_ip(name: str, annotations: Mapping[str, Any]) -> str:
-    ip = _annotation(name, annotations, ANN_EGRESS_IP)
+    ip = annotation(name, annotations, ANN_EGRESS_IP)
     if ip is None:
         raise MalformedLease(f"{name}: metadata.annotations[{ANN_EGRESS_IP}]: missing")
     try:
         return str(ipaddress.ip_address(ip))
     except ValueError:
-        raise MalformedLease(f"{name}: metadata.annotations[{ANN_EGRESS_IP}]: not an IP: {_show(ip)}") from None
+        raise MalformedLease(f"{name}: metadata.annotations[{ANN_EGRESS_IP}]: not an IP: {show_value(ip)}") from None
 
 
 def _transitions(name: str, spec: Mapping[str, Any]) -> int:
@@ -357,45 +357,47 @@ def _transitions(name: str, spec: Mapping[str, Any]) -> int:
     if not isinstance(transitions, int) or isinstance(transitions, bool) or not 0 <= transitions < EPOCH_MODULUS:
         raise MalformedLease(
             f"{name}: spec.leaseTransitions: must be a non-negative integer of at most {EPOCH_MODULUS - 1} "
-            f"(int32), got {_show(transitions)}"
+            f"(int32), got {show_value(transitions)}"
         )
     return transitions
 
 
-def _time(name: str, spec: Mapping[str, Any], key: str) -> datetime | None:
+def time_field(name: str, spec: Mapping[str, Any], key: str) -> datetime | None:
     value = spec.get(key)
     if value is None:
         return None
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
-            raise MalformedLease(f"{name}: spec.{key}: a time without a time zone: {_show(value)}")
+            raise MalformedLease(f"{name}: spec.{key}: a time without a time zone: {show_value(value)}")
         try:
             return _utc(value)
         except ValueError as exc:
             raise MalformedLease(f"{name}: spec.{key}: {exc}") from None
     if not isinstance(value, str):
-        raise MalformedLease(f"{name}: spec.{key}: must be a MicroTime string, got {_show(value)}")
+        raise MalformedLease(f"{name}: spec.{key}: must be a MicroTime string, got {show_value(value)}")
     try:
         return parse_time(value)
     except ValueError:
-        raise MalformedLease(f"{name}: spec.{key}: not a MicroTime: {_show(value)}") from None
+        raise MalformedLease(f"{name}: spec.{key}: not a MicroTime: {show_value(value)}") from None
 
 
 _MS = re.compile(r"[+-]?[0-9]+")
 
 
-def _duration(name: str, spec: Mapping[str, Any], annotations: Mapping[str, Any], *, held: bool) -> float:
-    ms = _annotation(name, annotations, ANN_DURATION_MS)
+def duration_field(name: str, spec: Mapping[str, Any], annotations: Mapping[str, Any], *, held: bool) -> float:
+    ms = annotation(name, annotations, ANN_DURATION_MS)
     if ms is not None:
         field = f"metadata.annotations[{ANN_DURATION_MS}]"
         text = ms.strip()
         if not _MS.fullmatch(text):  # ASCII digits only: int() would take "1_000" or Arabic-Indic digits
-            raise MalformedLease(f"{name}: {field}: not an integer: {_show(ms)}")
+            raise MalformedLease(f"{name}: {field}: not an integer: {show_value(ms)}")
         if text.startswith("-") or not text.strip("+-0"):
-            raise MalformedLease(f"{name}: {field}: must be positive, got {_show(ms)}")
+            raise MalformedLease(f"{name}: {field}: must be positive, got {show_value(ms)}")
         digits = text.lstrip("+").lstrip("0")
         if len(digits) > len(str(MAX_LEASE_DURATION * 1000)) or int(digits) > MAX_LEASE_DURATION * 1000:
-            raise MalformedLease(f"{name}: {field}: must be at most {MAX_LEASE_DURATION * 1000} ms, got {_show(ms)}")
+            raise MalformedLease(
+                f"{name}: {field}: must be at most {MAX_LEASE_DURATION * 1000} ms, got {show_value(ms)}"
+            )
         return int(digits) / 1000
     seconds = spec.get("leaseDurationSeconds")
     if seconds is None:
@@ -403,9 +405,11 @@ def _duration(name: str, spec: Mapping[str, Any], annotations: Mapping[str, Any]
             raise MalformedLease(f"{name}: spec.leaseDurationSeconds: missing on a held lease")
         return 0.0
     if not isinstance(seconds, int) or isinstance(seconds, bool) or seconds <= 0:
-        raise MalformedLease(f"{name}: spec.leaseDurationSeconds: must be a positive integer, got {_show(seconds)}")
+        raise MalformedLease(
+            f"{name}: spec.leaseDurationSeconds: must be a positive integer, got {show_value(seconds)}"
+        )
     if seconds > MAX_LEASE_DURATION:
         raise MalformedLease(
-            f"{name}: spec.leaseDurationSeconds: must be at most {MAX_LEASE_DURATION}, got {_show(seconds)}"
+            f"{name}: spec.leaseDurationSeconds: must be at most {MAX_LEASE_DURATION}, got {show_value(seconds)}"
         )
     return float(seconds)

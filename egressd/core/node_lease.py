@@ -81,9 +81,9 @@ def node_record_from_object(obj: Mapping[str, Any]) -> NodeLeaseRecord:
     starts with the lease name (when there is one) and names the field."""
     if not isinstance(obj, Mapping):
         raise MalformedLease(f"object: must be an object, got {type(obj).__name__}")
-    meta = _mapping(obj.get("metadata"), "metadata")
-    spec = _mapping(obj.get("spec"), "spec")
-    annotations = _mapping(meta.get("annotations"), "metadata.annotations")
+    meta = claims.as_mapping(obj.get("metadata"), "metadata")
+    spec = claims.as_mapping(obj.get("spec"), "spec")
+    annotations = claims.as_mapping(meta.get("annotations"), "metadata.annotations")
     name = meta.get("name")
     if not isinstance(name, str) or not name:
         raise MalformedLease("metadata.name: missing")
@@ -96,29 +96,31 @@ def node_record_from_object(obj: Mapping[str, Any]) -> NodeLeaseRecord:
         raise MalformedLease(f"{name}: metadata.resourceVersion: missing")
     holder = spec.get("holderIdentity")
     if not isinstance(holder, str) or not holder:
-        raise MalformedLease(f"{name}: spec.holderIdentity: must be the node's name, got {_show(holder)}")
+        raise MalformedLease(f"{name}: spec.holderIdentity: must be the node's name, got {claims.show_value(holder)}")
     if node_lease_name(holder) != name:
-        raise MalformedLease(f"{name}: spec.holderIdentity: {_show(holder)} is not the node the lease is named for")
-    incarnation = claims._annotation(name, annotations, claims.ANN_INCARNATION)
+        raise MalformedLease(
+            f"{name}: spec.holderIdentity: {claims.show_value(holder)} is not the node the lease is named for"
+        )
+    incarnation = claims.annotation(name, annotations, claims.ANN_INCARNATION)
     if not incarnation:
         raise MalformedLease(f"{name}: metadata.annotations[{claims.ANN_INCARNATION}]: missing")
-    address = claims._annotation(name, annotations, claims.ANN_HOLDER_ADDRESS) or None
+    address = claims.annotation(name, annotations, claims.ANN_HOLDER_ADDRESS) or None
     if address is not None:
         try:
             address = str(ipaddress.ip_address(address))
         except ValueError:
             raise MalformedLease(
-                f"{name}: metadata.annotations[{claims.ANN_HOLDER_ADDRESS}]: not an IP: {_show(address)}"
+                f"{name}: metadata.annotations[{claims.ANN_HOLDER_ADDRESS}]: not an IP: {claims.show_value(address)}"
             ) from None
     return NodeLeaseRecord(
         name=name,
         node=holder,
         incarnation=incarnation,
-        lease_duration=claims._duration(name, spec, annotations, held=True),
+        lease_duration=claims.duration_field(name, spec, annotations, held=True),
         resource_version=rv,
         address=address,
         peers=_peers(name, annotations),
-        renew_time=claims._time(name, spec, "renewTime"),
+        renew_time=claims.time_field(name, spec, "renewTime"),
     )
 
 
@@ -149,20 +151,8 @@ def node_object_from_record(record: NodeLeaseRecord, namespace: str) -> dict[str
     return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
 
 
-def _mapping(value: Any, field: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise MalformedLease(f"{field}: must be an object, got {type(value).__name__}")
-    return value
-
-
-def _show(value: Any) -> str:
-    return claims._show(value)
-
-
 def _peers(name: str, annotations: Mapping[str, Any]) -> tuple[str, ...]:
-    text = claims._annotation(name, annotations, ANN_PEERS)
+    text = claims.annotation(name, annotations, ANN_PEERS)
     if not text:
         return ()
     field = f"metadata.annotations[{ANN_PEERS}]"
@@ -171,5 +161,5 @@ def _peers(name: str, annotations: Mapping[str, Any]) -> tuple[str, ...]:
         raise MalformedLease(f"{name}: {field}: more than {_MAX_PEERS} peers ({len(peers)})")
     for peer in peers:
         if not peer or len(peer) > 253 or peer != peer.strip():
-            raise MalformedLease(f"{name}: {field}: not a node name: {_show(peer)}")
+            raise MalformedLease(f"{name}: {field}: not a node name: {claims.show_value(peer)}")
     return tuple(sorted(set(peers)))
