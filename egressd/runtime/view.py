@@ -68,6 +68,18 @@ def _newer(candidate: str, current: str) -> bool:
     return candidate != current
 
 
+def _no_news(current: Entry | NodeEntry | None, record: LeaseRecord | NodeLeaseRecord | None, problem: str) -> bool:
+    """Whether seeing ``record`` (None: gone), or ``problem``, tells nothing
+    new over ``current``: the same or an older version, or gone again. A
+    problem, or a readable lease after one, is always news."""
+    if current is None or problem or current.problem:
+        return False
+    if record is not None and current.record is not None:
+        version = current.record.resource_version
+        return record.resource_version == version or not _newer(record.resource_version, version)
+    return record is None and current.record is None
+
+
 class LeaseView:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
@@ -110,14 +122,8 @@ class LeaseView:
         recording the answer to its own write passes ``notify=False``: its own
         write is no news to itself."""
         current = self._entries.get(name)
-        if current is not None and not problem and not current.problem:
-            if record is not None and current.record is not None:
-                if record.resource_version == current.record.resource_version:
-                    return False
-                if not _newer(record.resource_version, current.record.resource_version):
-                    return False
-            elif record is None and current.record is None:
-                return False
+        if _no_news(current, record, problem):
+            return False
         self._entries[name] = Entry(record, self._clock.monotonic(), problem)
         if notify:
             self.news(name).set()
@@ -166,14 +172,8 @@ class LeaseView:
     def observe_node(self, node: str, record: NodeLeaseRecord | None, *, problem: str = "") -> bool:
         """Record a node lease as seen (None: deleted); whether it changed anything."""
         current = self._nodes.get(node)
-        if current is not None and not problem and not current.problem:
-            if record is not None and current.record is not None:
-                if record.resource_version == current.record.resource_version:
-                    return False
-                if not _newer(record.resource_version, current.record.resource_version):
-                    return False
-            elif record is None and current.record is None:
-                return False
+        if _no_news(current, record, problem):
+            return False
         if problem and (current is None or current.problem != problem):
             log.error("node lease of %s is unreadable; its claims will not be taken over: %s", node, problem)
         self._nodes[node] = NodeEntry(record, self._clock.monotonic(), problem)
