@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import replace
 from ipaddress import ip_address
 from typing import Any
@@ -14,7 +14,7 @@ from typing import Any
 from egressd.adapters.recording import RecordingDataPlane
 from egressd.core.errors import LostRace, MalformedLease
 from egressd.core.lease import ANN_DURATION_MS, LeaseRecord, lease_name, object_from_record, record_from_object
-from egressd.core.model import EgressGroup, NodeSettings, Settings, Timing
+from egressd.core.model import EgressGroup, IPAddress, NodeSettings, Settings, Timing
 from egressd.ports import Clock, LeaseEvent, LeaseStore
 from egressd.runtime.daemon import Daemon
 from egressd.runtime.liveness import NodeLiveness
@@ -22,7 +22,7 @@ from egressd.runtime.member import DataPlane
 from egressd.runtime.view import LeaseView
 from tests.fakes import FakeLeaseStore
 from tests.journal import intervals, overlaps
-from tests.virtual_time import VirtualClock
+from tests.virtual_time import VirtualClock, until
 
 TIMING = Timing(
     lease_duration=0.6,
@@ -51,6 +51,39 @@ class RunsDaemon:
         self.daemon.supervisor.request_stop("test")
         assert self.task is not None
         await asyncio.wait_for(self.task, 5)
+
+
+class RecordedNode(RunsDaemon):
+    """A test node whose daemon records its data plane in ``plane``."""
+
+    plane: RecordingDataPlane
+
+    @property
+    def name(self) -> str:
+        return self.daemon.settings.node.name
+
+    def serves(self, ip: IPAddress) -> bool:
+        return ip in self.plane.snat
+
+
+def owners(nodes: Iterable[RecordedNode], ip: IPAddress) -> list[str]:
+    """The nodes serving ``ip`` now."""
+    return [n.name for n in nodes if n.serves(ip)]
+
+
+async def settle(nodes: Sequence[RecordedNode], ips: Iterable[IPAddress]) -> None:
+    """Start ``nodes`` and wait until each of ``ips`` has exactly one owner."""
+    for node in nodes:
+        node.start()
+    wanted = tuple(ips)
+    await until(lambda: all(len(owners(nodes, ip)) == 1 for ip in wanted), 5.0)
+
+
+async def stop_all(nodes: Iterable[RecordedNode]) -> None:
+    """Stop every node still running (the test's cleanup)."""
+    for node in nodes:
+        if node.task is not None and not node.task.done():
+            await node.stop()
 
 
 def assert_no_two_owners(planes: Iterable[RecordingDataPlane]) -> None:

@@ -21,7 +21,7 @@ from egressd.ports import LeaseEvent
 from egressd.runtime.daemon import Daemon
 from egressd.runtime.member import DataPlane
 from tests.fakes import FakeLeaseStore, FakeMeshNetwork
-from tests.runtime.support import TIMING, RunsDaemon, assert_no_two_owners
+from tests.runtime.support import TIMING, RecordedNode, assert_no_two_owners, owners, settle, stop_all
 from tests.virtual_time import VirtualClock, until
 
 KEY = b"k" * 32
@@ -34,7 +34,7 @@ GROUP = EgressGroup(
 ADDRESSES = {"gw-a": "10.0.0.1", "gw-b": "10.0.0.2", "gw-c": "10.0.0.3"}
 
 
-class Node(RunsDaemon):
+class Node(RecordedNode):
     def __init__(self, name: str, store: FakeLeaseStore, net: FakeMeshNetwork | None, key: bytes = KEY) -> None:
         mesh = MeshSettings(key_file="/k", port=PORT, timing=MESH) if net is not None else None
         settings = Settings(
@@ -54,35 +54,12 @@ class Node(RunsDaemon):
             mesh_transport=net.socket(key) if net is not None else None,
         )
 
-    @property
-    def name(self) -> str:
-        return self.daemon.settings.node.name
-
-    def serves(self, ip: IPAddress) -> bool:
-        return ip in self.plane.snat
-
-
-def owners(nodes: list[Node], ip: IPAddress) -> list[str]:
-    return [n.name for n in nodes if n.serves(ip)]
-
-
-async def settle(nodes: list[Node]) -> None:
-    for node in nodes:
-        node.start()
-    await until(lambda: all(len(owners(nodes, ip)) == 1 for ip in IPS), 5.0)
-
-
-async def stop(nodes: list[Node]) -> None:
-    for node in nodes:
-        if node.task is not None and not node.task.done():
-            await node.stop()
-
 
 async def test_holders_heartbeat_and_standbys_promise() -> None:
     store, net = FakeLeaseStore(), FakeMeshNetwork()
     nodes = [Node("gw-a", store, net), Node("gw-b", store, net)]
     try:
-        await settle(nodes)
+        await settle(nodes, IPS)
         await asyncio.sleep(5 * TIMING.retry_period)
         a, b = (n.daemon.mesh for n in nodes)
         assert a is not None and b is not None
@@ -99,7 +76,7 @@ async def test_holders_heartbeat_and_standbys_promise() -> None:
         assert "mesh" in nodes[0].daemon.status_report()
         assert_no_two_owners(n.plane for n in nodes)
     finally:
-        await stop(nodes)
+        await stop_all(nodes)
 
 
 async def test_a_node_that_holds_nothing_sends_no_heartbeat() -> None:
@@ -110,20 +87,20 @@ async def test_a_node_that_holds_nothing_sends_no_heartbeat() -> None:
         n.daemon.groups = (lone,)
         n.daemon.settings = replace(n.daemon.settings, groups=(lone,))
     try:
-        await settle(nodes[:1])
+        await settle(nodes[:1], IPS)
         nodes[1].start()
         await asyncio.sleep(5 * TIMING.retry_period)
         # gw-a holds everything but has no other candidate; gw-b is candidate of nothing
         assert net.delivered == []
     finally:
-        await stop(nodes)
+        await stop_all(nodes)
 
 
 async def test_forged_unsigned_replayed_and_strangers_datagrams_change_nothing() -> None:
     store, net = FakeLeaseStore(), FakeMeshNetwork()
     nodes = [Node("gw-a", store, net), Node("gw-b", store, net)]
     try:
-        await settle(nodes)
+        await settle(nodes, IPS)
         b = nodes[1].daemon.mesh
         assert b is not None
         await asyncio.sleep(2 * TIMING.retry_period)
@@ -152,14 +129,14 @@ async def test_forged_unsigned_replayed_and_strangers_datagrams_change_nothing()
         assert not [d for src, dst, d in net.delivered if dst == "10.0.0.66"]
         assert b.promises_given - given <= 1  # at most gw-a's own heartbeat meanwhile
     finally:
-        await stop(nodes)
+        await stop_all(nodes)
 
 
 async def test_a_promise_for_a_nonce_nobody_waits_for_is_stale() -> None:
     store, net = FakeLeaseStore(), FakeMeshNetwork()
     nodes = [Node("gw-a", store, net), Node("gw-b", store, net)]
     try:
-        await settle(nodes)
+        await settle(nodes, IPS)
         await asyncio.sleep(2 * TIMING.retry_period)
         a = nodes[0].daemon.mesh
         assert a is not None
@@ -174,18 +151,18 @@ async def test_a_promise_for_a_nonce_nobody_waits_for_is_stale() -> None:
         assert a.rejected["stale"] >= 1
         assert a.promises_received - received <= 1
     finally:
-        await stop(nodes)
+        await stop_all(nodes)
 
 
 async def test_without_a_key_there_is_no_mesh() -> None:
     store = FakeLeaseStore()
     nodes = [Node("gw-a", store, None), Node("gw-b", store, None)]
     try:
-        await settle(nodes)
+        await settle(nodes, IPS)
         assert all(n.daemon.mesh is None and n.daemon.mesh_timing is None for n in nodes)
         assert "mesh" not in nodes[0].daemon.status_report()
     finally:
-        await stop(nodes)
+        await stop_all(nodes)
 
 
 # --- rights from promises --------------------------------------------------------
@@ -256,7 +233,7 @@ async def test_api_down_for_everyone_owners_keep_serving_up_to_max_hold() -> Non
     nodes = [Node("gw-a", store, net), Node("gw-b", store, net)]
     loop = asyncio.get_running_loop()
     try:
-        await settle(nodes)
+        await settle(nodes, IPS)
         await asyncio.sleep(3 * TIMING.retry_period)
         before = {ip: owners(nodes, ip) for ip in IPS}
         store.pause()
@@ -285,7 +262,7 @@ async def test_api_down_for_everyone_owners_keep_serving_up_to_max_hold() -> Non
         assert_no_two_owners(n.plane for n in nodes)
     finally:
         store.resume()
-        await stop(nodes)
+        await stop_all(nodes)
 
 
 async def test_api_down_and_the_link_cut_the_owner_stops_before_any_promise_ends() -> None:
@@ -293,7 +270,7 @@ async def test_api_down_and_the_link_cut_the_owner_stops_before_any_promise_ends
     nodes = [Node("gw-a", store, net), Node("gw-b", store, net)]
     loop = asyncio.get_running_loop()
     try:
-        await settle(nodes)
+        await settle(nodes, IPS)
         await asyncio.sleep(3 * TIMING.retry_period)
         a, b = nodes
         store.pause()
@@ -321,7 +298,7 @@ async def test_api_down_and_the_link_cut_the_owner_stops_before_any_promise_ends
         assert_no_two_owners(n.plane for n in nodes)
     finally:
         store.resume()
-        await stop(nodes)
+        await stop_all(nodes)
 
 
 async def test_a_standby_never_takes_over_while_its_promise_runs() -> None:
@@ -330,7 +307,7 @@ async def test_a_standby_never_takes_over_while_its_promise_runs() -> None:
     nodes = [Node("gw-a", stores[0], net), Node("gw-b", stores[1], net)]
     loop = asyncio.get_running_loop()
     try:
-        await settle(nodes)
+        await settle(nodes, IPS)
         await asyncio.sleep(3 * TIMING.retry_period)
         owner = holder_of(nodes, IPS[0])
         other = next(n for n in nodes if n is not owner)
@@ -354,14 +331,14 @@ async def test_a_standby_never_takes_over_while_its_promise_runs() -> None:
     finally:
         for s in stores:
             s.up.set()
-        await stop(nodes)
+        await stop_all(nodes)
 
 
 async def test_forged_promises_give_no_right() -> None:
     store, net = FakeLeaseStore(), FakeMeshNetwork()
     nodes = [Node("gw-a", store, net), Node("gw-b", store, net, key=b"z" * 32)]  # gw-b signs with another key
     try:
-        await settle(nodes)
+        await settle(nodes, IPS)
         await asyncio.sleep(3 * TIMING.retry_period)
         assert nodes[0].daemon.mesh.transport.rejected["bad-signature"] > 0  # type: ignore[union-attr]
         assert nodes[0].daemon.mesh.promises == {}  # type: ignore[union-attr]
@@ -370,4 +347,4 @@ async def test_forged_promises_give_no_right() -> None:
         await until(lambda: not any(n.serves(ip) for n in nodes for ip in IPS), TIMING.lease_duration)
     finally:
         store.resume()
-        await stop(nodes)
+        await stop_all(nodes)

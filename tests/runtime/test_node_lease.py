@@ -19,7 +19,7 @@ from egressd.core import rights
 from egressd.core.errors import ConfigError
 from egressd.core.lease import held_by, lease_name
 from egressd.core.mesh_settings import MeshSettings
-from egressd.core.model import EgressGroup, IPAddress, NodeSettings, Settings
+from egressd.core.model import EgressGroup, NodeSettings, Settings
 from egressd.core.node_lease import NodeLeaseRecord, node_lease_name
 from egressd.core.states import State
 from egressd.ports import LeaseEvent
@@ -27,7 +27,7 @@ from egressd.runtime.daemon import Daemon
 from egressd.runtime.member import DataPlane
 from egressd.runtime.view import LeaseView
 from tests.fakes import FakeLeaseStore
-from tests.runtime.support import TIMING, RunsDaemon, assert_no_two_owners
+from tests.runtime.support import TIMING, RecordedNode, assert_no_two_owners, owners, settle, stop_all
 from tests.virtual_time import EPOCH, VirtualClock, until
 
 IPS = tuple(ip_address(f"172.18.0.{n}") for n in range(40, 60))
@@ -42,7 +42,7 @@ GROUP = EgressGroup(
 ADDRESSES = {"gw-a": "10.0.0.1", "gw-b": "10.0.0.2", "gw-old": "10.0.0.3", "worker": "10.0.0.9"}
 
 
-class Node(RunsDaemon):
+class Node(RecordedNode):
     def __init__(self, name: str, store: FakeLeaseStore, group: EgressGroup = GROUP) -> None:
         settings = Settings(
             node=NodeSettings(name=name, address=ip_address(ADDRESSES[name])), timing=TIMING, groups=(group,)
@@ -57,9 +57,6 @@ class Node(RunsDaemon):
             repair_interval=3600,
         )
 
-    def serves(self, ip: IPAddress) -> bool:
-        return ip in self.plane.snat
-
     async def crash(self) -> None:
         """Vanish without withdrawing (SIGKILL): nothing renews, nothing is released."""
         assert self.task is not None
@@ -70,27 +67,11 @@ class Node(RunsDaemon):
         await asyncio.gather(self.task, return_exceptions=True)
 
 
-def owners(nodes: list[Node], ip: IPAddress) -> list[str]:
-    return [n.daemon.settings.node.name for n in nodes if n.serves(ip)]
-
-
-async def settle(nodes: list[Node], ips: tuple[IPAddress, ...] = IPS) -> None:
-    for node in nodes:
-        node.start()
-    await until(lambda: all(len(owners(nodes, ip)) == 1 for ip in ips), 5.0)
-
-
-async def stop(nodes: list[Node]) -> None:
-    for node in nodes:
-        if node.task is not None and not node.task.done():
-            await node.stop()
-
-
 async def test_liveness_costs_one_write_per_gateway_and_claims_are_not_renewed() -> None:
     store = FakeLeaseStore()
     nodes = [Node("gw-a", store), Node("gw-b", store), Node("worker", store, replace(GROUP, candidates=("gw-a",)))]
     try:
-        await settle(nodes[:2])
+        await settle(nodes[:2], IPS)
         nodes[2].start()
         claims, node_writes = len(store.writes), len(store.node_writes)
         seconds = 10 * TIMING.lease_duration
@@ -110,14 +91,14 @@ async def test_liveness_costs_one_write_per_gateway_and_claims_are_not_renewed()
         assert all(len(owners(nodes, ip)) == 1 for ip in IPS)
         assert_no_two_owners(n.plane for n in nodes)
     finally:
-        await stop(nodes)
+        await stop_all(nodes)
 
 
 async def test_a_crashed_holder_is_taken_over_a_lease_duration_after_its_node_lease_stopped() -> None:
     store = FakeLeaseStore()
     nodes = [Node("gw-a", store), Node("gw-b", store)]
     try:
-        await settle(nodes)
+        await settle(nodes, IPS)
         victim = next(n for n in nodes if n.serves(IPS[0]))
         survivor = next(n for n in nodes if n is not victim)
         held = [ip for ip in IPS if victim.serves(ip)]
@@ -133,14 +114,14 @@ async def test_a_crashed_holder_is_taken_over_a_lease_duration_after_its_node_le
         assert loop.time() >= last_renew + TIMING.lease_duration, loop.time() - last_renew
         await until(lambda: all(survivor.serves(ip) for ip in held), TIMING.lease_duration)
     finally:
-        await stop(nodes)
+        await stop_all(nodes)
 
 
 async def test_an_owner_whose_api_fails_steps_down_at_the_renew_deadline_and_comes_back() -> None:
     store = FakeLeaseStore()
     nodes = [Node("gw-a", store, replace(GROUP, candidates=("gw-a",)))]
     try:
-        await settle(nodes)
+        await settle(nodes, IPS)
         loop = asyncio.get_running_loop()
         store.fail()
         started = loop.time()
@@ -149,7 +130,7 @@ async def test_an_owner_whose_api_fails_steps_down_at_the_renew_deadline_and_com
         store.fail(False)
         await until(lambda: all(nodes[0].serves(ip) for ip in IPS), 3 * TIMING.lease_duration)
     finally:
-        await stop(nodes)
+        await stop_all(nodes)
 
 
 async def test_a_holder_of_an_earlier_version_is_timed_by_its_claim() -> None:
@@ -193,7 +174,7 @@ async def test_a_holder_of_an_earlier_version_is_timed_by_its_claim() -> None:
         assert store.leases[name].holder == "gw-a"
     finally:
         renewer.cancel()
-        await stop([node])
+        await stop_all([node])
 
 
 class LaggingWatch(FakeLeaseStore):
@@ -233,14 +214,14 @@ async def test_a_watch_behind_cannot_make_a_live_holder_look_silent() -> None:
         assert store.leases[lease_name(str(ip))].holder == "gw-a"
         assert_no_two_owners([first.plane, second.plane])
     finally:
-        await stop([first, second])
+        await stop_all([first, second])
 
 
 async def test_a_deleted_node_lease_is_created_again_and_its_holder_kept() -> None:
     store = FakeLeaseStore()
     nodes = [Node("gw-a", store), Node("gw-b", store)]
     try:
-        await settle(nodes)
+        await settle(nodes, IPS)
         holders = {ip: owners(nodes, ip) for ip in IPS}
         store.delete_node(node_lease_name("gw-a"))
         await until(lambda: node_lease_name("gw-a") in store.node_leases, 2 * TIMING.retry_period)
@@ -250,7 +231,7 @@ async def test_a_deleted_node_lease_is_created_again_and_its_holder_kept() -> No
         assert {ip: owners(nodes, ip) for ip in IPS} == holders
         assert not any(op["op"] == "release" for n in nodes for op in n.plane.ops), "an owner stepped down"
     finally:
-        await stop(nodes)
+        await stop_all(nodes)
 
 
 def test_start_up_refuses_promise_timings_that_break_an_inequality() -> None:
@@ -284,7 +265,7 @@ async def test_without_a_mesh_the_daemon_says_it_runs_on_api_rights_alone(caplog
         node.start()
         await until(lambda: "mesh off" in caplog.text, 1.0)
     finally:
-        await stop([node])
+        await stop_all([node])
     assert "serving on API rights alone" in caplog.text
 
 
@@ -336,14 +317,14 @@ async def test_a_second_process_renewing_this_nodes_lease_is_an_identity_clash()
         for ip in IPS[:2]:
             assert not (first.serves(ip) and second.serves(ip))
     finally:
-        await stop([first, second])
+        await stop_all([first, second])
 
 
 async def test_the_kernel_fences_of_all_owned_ips_are_rearmed_at_once_after_each_renew() -> None:
     store = FakeLeaseStore()
     node = Node("gw-a", store, replace(GROUP, candidates=("gw-a",)))
     try:
-        await settle([node])
+        await settle([node], IPS)
         ops = len(node.plane.ops)
         renews = node.daemon.liveness.renews
         await asyncio.sleep(10 * TIMING.retry_period)
@@ -362,4 +343,4 @@ async def test_the_kernel_fences_of_all_owned_ips_are_rearmed_at_once_after_each
         assert not [op for op in node.plane.ops[ops:] if op["op"] in ("fence", "claim")]
         store.resume()
     finally:
-        await stop([node])
+        await stop_all([node])
