@@ -1,5 +1,6 @@
 """What the tests on the real control plane share: waiting with a deadline,
-deleting at once, running a daemon, and finding calls the RBAC refused."""
+deleting at once, reading the claims' holders, running a daemon, and finding
+calls the RBAC refused."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from egressd.lab.kubecontrol import KubeApi
 
@@ -29,6 +30,22 @@ def wait(what: str, check: Callable[[], R | None], timeout: float, interval: flo
         if time.monotonic() > end:
             raise AssertionError(f"not within {timeout:g}s: {what} (last: {last!r})")
         time.sleep(interval)
+
+
+def leases(api: KubeApi, namespace: str) -> list[dict[str, Any]]:
+    """Every Lease of ``namespace`` (claims and node leases)."""
+    status, body = api.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases")
+    assert status == 200, body
+    return list(body["items"])
+
+
+def holders(api: KubeApi, namespace: str, ips: Iterable[str]) -> dict[str, str | None]:
+    """The holder named by the claim of each of ``ips`` (None: free or no claim)."""
+    by_ip = {
+        (i["metadata"].get("annotations") or {}).get("egressd.io/egress-ip"): i["spec"].get("holderIdentity")
+        for i in leases(api, namespace)
+    }
+    return {ip: by_ip.get(ip) for ip in ips}
 
 
 def delete(api: KubeApi, path: str) -> None:

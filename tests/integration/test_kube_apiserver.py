@@ -31,7 +31,7 @@ import yaml
 
 from egressd.core.model import Timing
 from egressd.lab.kubecontrol import ControlPlane, KubeApi, object_path
-from tests.integration.kube_support import delete, refused_calls, start_daemon, stop_daemon, wait
+from tests.integration.kube_support import delete, holders, leases, refused_calls, start_daemon, stop_daemon, wait
 from tests.journal import intervals, overlaps, read_journals
 
 pytestmark = [pytest.mark.integration, pytest.mark.kube_apiserver]
@@ -135,16 +135,10 @@ class Stack:
             stop_daemon(proc, sig)
 
     def leases(self) -> list[dict[str, Any]]:
-        status, body = self.api.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases")
-        assert status == 200, body
-        return list(body["items"])
+        return leases(self.api, self.namespace)
 
     def holders(self) -> dict[str, str | None]:
-        by_ip = {
-            (i["metadata"].get("annotations") or {}).get("egressd.io/egress-ip"): i["spec"].get("holderIdentity")
-            for i in self.leases()
-        }
-        return {ip: by_ip.get(ip) for ip in self.ips}
+        return holders(self.api, self.namespace, self.ips)
 
     def owned(self) -> dict[str, str | None] | None:
         holders = self.holders()
