@@ -120,17 +120,24 @@ class KubeLeaseStore:
     # --- calls --------------------------------------------------------------
 
     async def get(self, name: str, *, deadline: float) -> LeaseRecord | None:
+        obj = await self._read(name, deadline)
+        return None if obj is None else record_from_object(obj)
+
+    async def _read(
+        self, name: str, deadline: float, *, executor: ThreadPoolExecutor | None = None
+    ) -> dict[str, Any] | None:
+        """One Lease object as the server has it (None: there is none)."""
         try:
-            obj = await self._call(
+            return await self._call(
                 "get",
                 deadline,
                 lambda t: self._leases.read_namespaced_lease(
                     name, self._namespace, _preload_content=False, _request_timeout=t
                 ),
+                executor=executor,
             )
         except NotFound:
             return None
-        return record_from_object(obj)
 
     async def create(self, record: LeaseRecord, *, deadline: float) -> LeaseRecord:
         body = object_from_record(record, self._namespace)
@@ -177,18 +184,8 @@ class KubeLeaseStore:
         return records
 
     async def get_node_lease(self, name: str, *, deadline: float) -> NodeLeaseRecord | None:
-        try:
-            obj = await self._call(
-                "get",
-                deadline,
-                lambda t: self._leases.read_namespaced_lease(
-                    name, self._namespace, _preload_content=False, _request_timeout=t
-                ),
-                executor=self._node_executor,
-            )
-        except NotFound:
-            return None
-        return node_record_from_object(obj)
+        obj = await self._read(name, deadline, executor=self._node_executor)
+        return None if obj is None else node_record_from_object(obj)
 
     async def write_node_lease(self, record: NodeLeaseRecord, *, deadline: float) -> NodeLeaseRecord:
         body = node_object_from_record(record, self._namespace)
