@@ -9,7 +9,7 @@ frozen dataclasses whose fields say their unit, meaning and why the default::
       keyFile: /etc/egressd/mesh/key   # the cluster key; absent: no mesh
       port: 7946
       promiseDuration: 2s
-      maxHold: 5m
+      maxHold: 15m
       drift: 0.01
       margin: 50ms
 

@@ -48,10 +48,15 @@ class MeshTiming:
     margin: float = 0.05
     """Seconds taken off every promise for scheduling delay between reading
     the clock and acting."""
-    max_hold: float = 300.0
+    max_hold: float = 900.0
     """Seconds a holder may serve on peer rights after its last successful API
     write: the longest API outage egress survives. A standby outside the
-    holder's published peer set waits this much longer before a takeover."""
+    holder's published peer set waits this much longer before a takeover.
+    15 minutes: a control-plane upgrade or an etcd defragmentation of several
+    minutes (5 minutes is the outage egressd is drilled against) passes with
+    room to spare, while the cost stays bounded: it is paid only by a
+    candidate added to a group whose owner dies before it has published the
+    new peer set, and such a candidate is the last resort of its group."""
     rtt_bound: float = 0.1
     """Seconds: the kernel fence under a peer right ends this much before the
     promise, room for the round trip that extends it."""

@@ -25,7 +25,7 @@ def test_defaults_with_a_key_file() -> None:
     settings = parse_settings(config() | {"mesh": {"keyFile": "/k"}})
     assert settings.mesh == MeshSettings(key_file="/k", port=DEFAULT_PORT, timing=MeshTiming())
     assert settings.mesh.timing.promise_duration == 2.0
-    assert settings.mesh.timing.max_hold == 300.0
+    assert settings.mesh.timing.max_hold == 900.0
 
 
 def test_every_field() -> None:
