@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from egressd.ports import Clock, ClusterSource, EventSink, LeaseStore, Steering
     from egressd.runtime.daemon import Daemon
     from egressd.runtime.member import DataPlane
+    from egressd.runtime.mesh import Mesh
     from egressd.runtime.sinks import FanoutEvents
 
 log = logging.getLogger("egressd")
@@ -408,6 +409,62 @@ def daemon_gauges(daemon: Daemon, metrics: PrometheusMetrics) -> None:
     )
 
 
+def right_gauges(daemon: Daemon, metrics: PrometheusMetrics) -> None:
+    """The serving right per owned IP and the time on peer rights, read when scraped."""
+    metrics.gauge_per_labels(
+        "egressd_serving_right",
+        "For each egress IP this node serves: 1 for the right it is served on now (api: the node lease's "
+        "renewals; peer: the promises of the other candidates, during an API outage), 0 for the other. "
+        "An IP not served here, or being withdrawn for want of a right, has no sample.",
+        ("ip", "right"),
+        daemon.serving_rights,
+    )
+    metrics.gauge_per_labels(
+        "egressd_peer_right",
+        "1 while this node serves on peer rights (its node lease cannot be renewed and its peers' promises "
+        "carry it, for at most maxHold), else 0.",
+        (),
+        lambda: {(): 1.0 if daemon.peer_rights.on_peer_right else 0.0},
+    )
+    metrics.counter_per_labels(
+        "egressd_peer_right_seconds",
+        "Seconds this node has served on peer rights since it started.",
+        (),
+        lambda: {(): daemon.peer_rights.seconds(daemon.clock.monotonic())},
+    )
+
+
+def _floats(counts: Mapping[str, int]) -> Callable[[], dict[str, float]]:
+    return lambda: {key: float(n) for key, n in counts.items()}
+
+
+def mesh_counters(mesh: Mesh, metrics: PrometheusMetrics) -> None:
+    """The mesh's counters and last round trips, read when scraped."""
+    per_peer = (
+        ("egressd_mesh_heartbeats_sent", "Heartbeats sent to each peer (while this node serves IPs on a right).",
+         mesh.heartbeats_to),
+        ("egressd_mesh_promises_given", "Promises given to each holder, in answer to its heartbeats.",
+         mesh.given_to),
+        ("egressd_mesh_promises_received", "Promises taken from each peer (signed, echoing a heartbeat's nonce).",
+         mesh.received_from),
+    )  # fmt: skip
+    for name, doc, counts in per_peer:
+        metrics.counter_per_label(name, doc, "peer", _floats(counts))
+    metrics.gauge_per_label(
+        "egressd_mesh_rtt_last_seconds",
+        "Seconds from this node's latest heartbeat to each peer to the promise that answered it.",
+        "peer",
+        lambda: dict(mesh.last_rtt),
+    )
+    metrics.counter_per_label(
+        "egressd_mesh_datagrams_rejected",
+        "Mesh datagrams dropped, by reason: size, unsigned, bad-signature, malformed, overflow (the "
+        "socket's checks); unknown-peer, replayed, stale, misdirected, short-promise (the protocol's).",
+        "reason",
+        lambda: {reason: float(n) for reason, n in mesh.transport.rejected.items()},  # the socket counts both
+    )
+
+
 def mqtt_counters(mqtt: MqttEvents, metrics: PrometheusMetrics) -> None:
     """The MQTT sink's counters, read when scraped."""
     metrics.counter_per_label(
@@ -428,6 +485,9 @@ async def _serve(daemon: Daemon, metrics: PrometheusMetrics, settings: Settings)
     from egressd.adapters.observability import ObservabilityServer  # noqa: PLC0415
 
     daemon_gauges(daemon, metrics)
+    right_gauges(daemon, metrics)
+    if daemon.mesh is not None:
+        mesh_counters(daemon.mesh, metrics)
     server: ObservabilityServer | None = None
     if settings.metrics.listen is not None:
         server = ObservabilityServer(metrics, health=daemon.health, ready=daemon.readiness, status=daemon.status_report)
