@@ -3,7 +3,8 @@
 ``status`` puts three views side by side for each egress IP of the config:
 the lease (holder, epoch, age of the last renew), this node's kernel (egress
 address present, SNAT active, steering via which node) and the daemon's own
-view (state, last transition and its reason, read from its ``/status``
+view (state, last transition and its reason, and for an IP it serves the
+right it serves it on: ``api`` or ``peer``; read from its ``/status``
 endpoint on ``metrics.listen``). Views that cannot be read are reported, not
 fatal: the kernel needs root in the node's network namespace, the daemon may
 be stopped.
@@ -172,7 +173,7 @@ def _kernel_row(ip: str, role: str, record: LeaseRecord | None, k: dict[str, Any
 
 
 def _print_table(report: dict[str, Any]) -> None:
-    header = ("EGRESS IP", "GROUP", "HOLDER", "EPOCH", "RENEWED", "THIS NODE", "KERNEL", "LAST TRANSITION")
+    header = ("EGRESS IP", "GROUP", "HOLDER", "EPOCH", "RENEWED", "THIS NODE", "RIGHT", "KERNEL", "LAST TRANSITION")
     table: list[tuple[str, ...]] = [header]
     for row in report["leases"]:
         kernel = row.get("kernel")
@@ -193,6 +194,7 @@ def _print_table(report: dict[str, Any]) -> None:
                 "-" if row["epoch"] is None else str(row["epoch"]),
                 "-" if row["renewedSecondsAgo"] is None else f"{row['renewedSecondsAgo']:.1f}s ago",
                 row["role"],
+                member.get("right") or "-",
                 kcell,
                 transition,
             )
@@ -210,6 +212,11 @@ def _print_table(report: dict[str, Any]) -> None:
         print(f"daemon: {process}{'healthy' if daemon['healthy'] else 'UNHEALTHY'}")
         for problem in daemon.get("problems", []):
             print(f"  - {problem}")
+        right = daemon.get("right")
+        if right:
+            left = "" if right.get("secondsLeft") is None else f", {right['secondsLeft']:.2f}s left"
+            print(f"right: {right['source']} ({right['reason']}{left})", end="")
+            print(f"; {daemon.get('peerRightSeconds', 0):.1f}s on peer rights since start")
     if not report["kernelReadable"]:
         print("kernel: not readable here (run as root in the node's network namespace)")
     for row in report["leases"]:
