@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -155,7 +155,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         settings = load_settings(args.file)
         for warning in secret_file_warnings(settings):
             print(f"egressd: warning: {warning}", file=sys.stderr)
-        read_mesh_key(settings)
+        if settings.mesh is not None and read_mesh_key(settings) is None:
+            print(
+                f"egressd: note: mesh off here: mesh.keyFile {settings.mesh.key_file} does not exist", file=sys.stderr
+            )
         role = "gateway candidate" if settings.candidate_groups() else "steering only"
         print(f"{args.file}: ok (node {settings.node.name}, {len(settings.groups)} group(s), {role})")
         return 0
@@ -186,6 +189,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.journal and args.dataplane != "record":
         raise UsageError("--journal needs --dataplane record")
     mesh_key = read_mesh_key(settings)
+    if settings.mesh is not None and mesh_key is None:
+        log.warning(
+            "mesh off: mesh.keyFile %s does not exist (mesh.optional is set; in the DaemonSet: no Secret "
+            "egressd-mesh); serving on API rights alone, an API outage stops egress",
+            settings.mesh.key_file,
+        )
+        settings = replace(settings, mesh=None)
     return asyncio.run(_run_async(settings, args, mesh_key))
 
 
