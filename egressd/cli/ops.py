@@ -212,16 +212,31 @@ def _print_table(report: dict[str, Any]) -> None:
         print(f"daemon: {process}{'healthy' if daemon['healthy'] else 'UNHEALTHY'}")
         for problem in daemon.get("problems", []):
             print(f"  - {problem}")
-        right = daemon.get("right")
-        if right:
-            left = "" if right.get("secondsLeft") is None else f", {right['secondsLeft']:.2f}s left"
-            print(f"right: {right['source']} ({right['reason']}{left})", end="")
-            print(f"; {daemon.get('peerRightSeconds', 0):.1f}s on peer rights since start")
+        _print_right_and_mesh(daemon)
     if not report["kernelReadable"]:
         print("kernel: not readable here (run as root in the node's network namespace)")
     for row in report["leases"]:
         for problem in (row.get("kernel") or {}).get("problems", []):
             print(f"kernel: {row['egressIP']}: {problem}")
+
+
+def _print_right_and_mesh(daemon: dict[str, Any]) -> None:
+    """The node's serving right and its mesh, as the daemon reports them."""
+    mesh = daemon.get("mesh")
+    if mesh:
+        held = ", ".join(f"{peer} {left:.2f}s" for peer, left in sorted(mesh.get("promisesHeld", {}).items()))
+        print(
+            f"mesh: {mesh['heartbeatsSent']} heartbeat(s) sent, {mesh['promisesReceived']} promise(s) taken, "
+            f"{mesh['promisesGiven']} given; promises held: {held or 'none'}"
+        )
+        rejected = ", ".join(f"{reason} {n}" for reason, n in sorted(mesh.get("rejected", {}).items()))
+        if rejected:
+            print(f"mesh: datagrams rejected: {rejected}")
+    right = daemon.get("right")
+    if right:
+        left = "" if right.get("secondsLeft") is None else f", {right['secondsLeft']:.2f}s left"
+        print(f"right: {right['source']} ({right['reason']}{left})", end="")
+        print(f"; {daemon.get('peerRightSeconds', 0):.1f}s on peer rights since start")
 
 
 # --- handoff and drain --------------------------------------------------------------

@@ -197,5 +197,5 @@ class Mesh:
             "promisesReceived": self.promises_received,
             "promisesHeld": {p: round(rights.promise_end(at, self.timing) - now, 3) for p, at in self.promises.items()},
             "promisedTo": {h: round(end - now, 3) for h, end in self.promised.items()},
-            "rejected": dict(self.rejected),
+            "rejected": dict(self.transport.rejected),  # the socket's checks and ours (reject() counts there too)
         }

@@ -182,6 +182,14 @@ def test_status_shows_the_right_each_ip_is_served_on(capsys: pytest.CaptureFixtu
         "problems": [],
         "right": {"source": "peer", "reason": "peer", "secondsLeft": 0.71},
         "peerRightSeconds": 12.25,
+        "mesh": {
+            "heartbeatsSent": 40,
+            "promisesGiven": 38,
+            "promisesReceived": 39,
+            "promisesHeld": {"gw-b": 1.5},
+            "promisedTo": {"gw-b": 1.9},
+            "rejected": {"bad-signature": 2},
+        },
     }
     leases = [row("172.18.0.42", "gw-a", "owner", "peer"), row("172.18.0.43", "gw-b", "candidate", None)]
     _print_table({"node": "gw-a", "daemon": daemon, "kernelReadable": False, "leases": leases})
@@ -190,3 +198,5 @@ def test_status_shows_the_right_each_ip_is_served_on(capsys: pytest.CaptureFixtu
     assert lines[1].split()[5:7] == ["owner", "peer"]
     assert lines[2].split()[5:7] == ["candidate", "-"]
     assert "right: peer (peer, 0.71s left); 12.2s on peer rights since start" in lines
+    assert "mesh: 40 heartbeat(s) sent, 39 promise(s) taken, 38 given; promises held: gw-b 1.50s" in lines
+    assert "mesh: datagrams rejected: bad-signature 2" in lines
