@@ -78,6 +78,40 @@ def test_daemonset_runs_with_only_net_admin_and_net_raw() -> None:
     assert env == {"NODE_NAME": "spec.nodeName", "NODE_IP": "status.hostIP"}
 
 
+def test_the_mesh_key_comes_from_an_optional_secret_at_the_configs_key_file() -> None:
+    """The DaemonSet mounts the Secret egressd-mesh (optional: without it the
+    mesh is off) where the ConfigMap's mesh.keyFile points, only root reads
+    it, and deploy/ commits no key."""
+    ds = by_kind("DaemonSet")[0]["spec"]["template"]["spec"]
+    config = yaml.safe_load(by_kind("ConfigMap")[0]["data"]["egressd.yaml"])
+    expanded, _ = expand_env(config, {"NODE_NAME": "kind-worker3", "NODE_IP": "172.18.0.5"})
+    mesh = parse_settings(expanded).mesh
+    assert mesh is not None and mesh.optional is True
+    volumes = {v["name"]: v for v in ds["volumes"]}
+    mounts = {m["name"]: m for m in ds["containers"][0]["volumeMounts"]}
+    secret = next(v for v in volumes.values() if "secret" in v)
+    assert secret["secret"] == {"secretName": "egressd-mesh", "optional": True, "defaultMode": 0o400}
+    mount = mounts[secret["name"]]
+    assert mount["readOnly"] is True
+    assert mesh.key_file == f"{mount['mountPath']}/key"  # the Secret's key "key"
+    # not inside another volume's mount (a read-only ConfigMap cannot take a mount point)
+    assert not any(
+        mesh.key_file.startswith(m["mountPath"] + "/") for name, m in mounts.items() if name != secret["name"]
+    )
+    assert not by_kind("Secret"), "deploy/ must not commit a mesh key"
+
+
+def test_the_daemonset_declares_the_mesh_port() -> None:
+    ds = by_kind("DaemonSet")[0]["spec"]["template"]["spec"]
+    config = yaml.safe_load(by_kind("ConfigMap")[0]["data"]["egressd.yaml"])
+    expanded, _ = expand_env(config, {"NODE_NAME": "kind-worker3", "NODE_IP": "172.18.0.5"})
+    mesh = parse_settings(expanded).mesh
+    assert mesh is not None
+    ports = {p["name"]: p for p in ds["containers"][0]["ports"]}
+    assert ports["mesh"] == {"name": "mesh", "containerPort": mesh.port, "protocol": "UDP"}
+    assert mesh.port == 7946 and ds["hostNetwork"] is True
+
+
 # --- the EgressGatewayPolicy CRD ---------------------------------------------------------
 
 POLICY_FILE = ROOT / "config" / "policy-outpost.yaml"

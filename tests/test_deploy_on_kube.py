@@ -54,8 +54,9 @@ def _status(api: KubeApi, path: str) -> int:
 
 def _documents() -> list[dict[str, Any]]:
     kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
-    return [doc for name in kustomization["resources"] for doc in yaml.safe_load_all((DEPLOY / name).read_text())
-            if doc]
+    return [
+        doc for name in kustomization["resources"] for doc in yaml.safe_load_all((DEPLOY / name).read_text()) if doc
+    ]
 
 
 def _remove_deploy(control_plane: ControlPlane) -> None:
@@ -133,6 +134,20 @@ def test_deploy_applies_cleanly_and_the_crd_enforces_its_schema(cluster: Control
         return status == 200 and conditions.get("Established") == "True" and _status(api, POLICIES) == 200
 
     _until("the CRD is Established and its resource served", established)
+
+    # 3b. The DaemonSet as stored: the mesh's UDP port and the optional Secret
+    #     with the key, mounted read-only (no Secret is applied: the mesh is
+    #     off until an administrator creates it).
+    status, ds = api.request("GET", f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets/egressd")
+    assert status == 200, ds
+    pod = ds["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert {"name": "mesh", "containerPort": 7946, "protocol": "UDP"} in container["ports"]
+    (volume,) = [v for v in pod["volumes"] if "secret" in v]
+    assert volume["secret"] == {"secretName": "egressd-mesh", "optional": True, "defaultMode": 0o400}
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True and mount["mountPath"] == "/etc/egressd-mesh"
+    assert _status(api, f"/api/v1/namespaces/{NAMESPACE}/secrets/egressd-mesh") == 404
 
     # 4. The example policy is taken as it is; broken ones are refused by the server.
     good = cluster.kubectl("apply", "-f", "-", input_text=_policy("outpost"))

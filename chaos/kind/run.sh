@@ -73,7 +73,14 @@ kubernetes:
   namespace: egressd
 metrics:
   listen: \${NODE_IP}:9464
+mesh:
+  keyFile: /etc/egressd-mesh/key
+  optional: true
 EOF
+  # the mesh's cluster key, made as docs/mesh.md says
+  head -c 32 /dev/urandom >"$STATE/mesh.key"
+  kubectl -n egressd create secret generic egressd-mesh --from-file=key="$STATE/mesh.key" \
+    --dry-run=client -o yaml | kubectl apply -f -
   kubectl apply -f - <<EOF
 apiVersion: egressd.io/v1alpha1
 kind: EgressGatewayPolicy

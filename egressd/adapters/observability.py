@@ -44,6 +44,10 @@ LOOPBACK_ONLY = frozenset({"incarnation"})
 """Fields of ``/status`` served only to clients on the loopback interface."""
 
 _FAST = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+_LAN = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+"""Round trips between gateways on one LAN: well under a millisecond when
+idle, tens of milliseconds when a node is loaded; above 100 ms (the default
+``rttBound``) a peer right's kernel fence has less room than it was given."""
 
 
 class PrometheusMetrics:
@@ -99,6 +103,13 @@ class PrometheusMetrics:
             ["ip"],
             registry=r,
         )
+        self._mesh_rtt = Histogram(
+            "egressd_mesh_rtt_seconds",
+            "Mesh round trip: from a heartbeat sent to the promise that answers it taken, per peer.",
+            ["peer"],
+            buckets=_LAN,
+            registry=r,
+        )
         self._drift = Counter(
             "egressd_drift_repairs_total",
             "Repairs of kernel state that differed from the desired state (address-missing, snat-missing, "
@@ -132,6 +143,9 @@ class PrometheusMetrics:
     def api_error(self, kind: str) -> None:
         self._api_errors.labels(kind=kind).inc()
 
+    def mesh_rtt(self, peer: str, seconds: float) -> None:
+        self._mesh_rtt.labels(peer=peer).observe(seconds)
+
     # values that exist only at scrape time
     def gauge_per_ip(self, name: str, documentation: str, values: Callable[[], dict[str, float]]) -> None:
         self.gauge_per_label(name, documentation, "ip", values)
@@ -150,6 +164,43 @@ class PrometheusMetrics:
     ) -> None:
         """A counter with one sample per value of ``label`` (e.g. per outcome)."""
         self._per_label(CounterMetricFamily, name, documentation, label, values)
+
+    def gauge_per_labels(
+        self,
+        name: str,
+        documentation: str,
+        labels: tuple[str, ...],
+        values: Callable[[], dict[tuple[str, ...], float]],
+    ) -> None:
+        """A gauge with one sample per combination of ``labels`` (e.g. per IP
+        and right; no labels: one sample, keyed ``()``)."""
+        self._per_labels(GaugeMetricFamily, name, documentation, labels, values)
+
+    def counter_per_labels(
+        self,
+        name: str,
+        documentation: str,
+        labels: tuple[str, ...],
+        values: Callable[[], dict[tuple[str, ...], float]],
+    ) -> None:
+        """A counter with one sample per combination of ``labels`` (none: one sample)."""
+        self._per_labels(CounterMetricFamily, name, documentation, labels, values)
+
+    def _per_labels(
+        self,
+        kind: type[GaugeMetricFamily] | type[CounterMetricFamily],
+        name: str,
+        documentation: str,
+        labels: tuple[str, ...],
+        values: Callable[[], dict[tuple[str, ...], float]],
+    ) -> None:
+        def collect() -> list[Metric]:
+            family = kind(name, documentation, labels=list(labels))
+            for key, value in sorted(values().items()):
+                family.add_metric(list(key), value)
+            return [family]
+
+        self.registry.register(_Callback(collect))
 
     def _per_label(
         self,

@@ -29,23 +29,28 @@ def secret_file_warnings(settings: Settings) -> list[str]:
     warnings: list[str] = []
     if settings.mqtt is not None and settings.mqtt.password_file is not None:
         warnings += _secret_file("mqtt.passwordFile", settings.mqtt.password_file)
-    if settings.mesh is not None:
+    if settings.mesh is not None and not (settings.mesh.optional and not Path(settings.mesh.key_file).exists()):
         warnings += _secret_file("mesh.keyFile", settings.mesh.key_file)
     return warnings
 
 
 def read_mesh_key(settings: Settings) -> bytes | None:
     """The mesh's cluster key (the key file's bytes), None when the mesh is
-    off; ConfigError naming ``mesh.keyFile`` when the file cannot be read or
-    holds fewer than 32 bytes. Unlike the MQTT password this is an error: a
-    gateway that cannot sign takes part in no promise, and its peers would
-    count it as silent."""
+    off (no ``mesh.keyFile``, or with ``mesh.optional`` a key file that does
+    not exist); ConfigError naming ``mesh.keyFile`` when the file cannot be
+    read or holds fewer than 32 bytes. Unlike the MQTT password this is an
+    error: a gateway that cannot sign takes part in no promise, and its peers
+    would count it as silent."""
     if settings.mesh is None:
         return None
     path = settings.mesh.key_file
     try:
         with Path(path).open("rb") as f:
             key = f.read(MAX_KEY + 1)
+    except FileNotFoundError as exc:
+        if settings.mesh.optional:
+            return None
+        raise ConfigError([Problem("mesh.keyFile", f"cannot read {path}: {exc.strerror or exc}")]) from exc
     except OSError as exc:
         raise ConfigError([Problem("mesh.keyFile", f"cannot read {path}: {exc.strerror or exc}")]) from exc
     if not MIN_KEY <= len(key) <= MAX_KEY:

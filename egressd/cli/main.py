@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from egressd.ports import Clock, ClusterSource, EventSink, LeaseStore, Steering
     from egressd.runtime.daemon import Daemon
     from egressd.runtime.member import DataPlane
+    from egressd.runtime.mesh import Mesh
     from egressd.runtime.sinks import FanoutEvents
 
 log = logging.getLogger("egressd")
@@ -154,7 +155,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         settings = load_settings(args.file)
         for warning in secret_file_warnings(settings):
             print(f"egressd: warning: {warning}", file=sys.stderr)
-        read_mesh_key(settings)
+        if settings.mesh is not None and read_mesh_key(settings) is None:
+            print(
+                f"egressd: note: mesh off here: mesh.keyFile {settings.mesh.key_file} does not exist", file=sys.stderr
+            )
         role = "gateway candidate" if settings.candidate_groups() else "steering only"
         print(f"{args.file}: ok (node {settings.node.name}, {len(settings.groups)} group(s), {role})")
         return 0
@@ -185,6 +189,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.journal and args.dataplane != "record":
         raise UsageError("--journal needs --dataplane record")
     mesh_key = read_mesh_key(settings)
+    if settings.mesh is not None and mesh_key is None:
+        log.warning(
+            "mesh off: mesh.keyFile %s does not exist (mesh.optional is set; in the DaemonSet: no Secret "
+            "egressd-mesh); serving on API rights alone, an API outage stops egress",
+            settings.mesh.key_file,
+        )
+        settings = replace(settings, mesh=None)
     return asyncio.run(_run_async(settings, args, mesh_key))
 
 
@@ -408,6 +419,62 @@ def daemon_gauges(daemon: Daemon, metrics: PrometheusMetrics) -> None:
     )
 
 
+def right_gauges(daemon: Daemon, metrics: PrometheusMetrics) -> None:
+    """The serving right per owned IP and the time on peer rights, read when scraped."""
+    metrics.gauge_per_labels(
+        "egressd_serving_right",
+        "For each egress IP this node serves: 1 for the right it is served on now (api: the node lease's "
+        "renewals; peer: the promises of the other candidates, during an API outage), 0 for the other. "
+        "An IP not served here, or being withdrawn for want of a right, has no sample.",
+        ("ip", "right"),
+        daemon.serving_rights,
+    )
+    metrics.gauge_per_labels(
+        "egressd_peer_right",
+        "1 while this node serves on peer rights (its node lease cannot be renewed and its peers' promises "
+        "carry it, for at most maxHold), else 0.",
+        (),
+        lambda: {(): 1.0 if daemon.peer_rights.on_peer_right else 0.0},
+    )
+    metrics.counter_per_labels(
+        "egressd_peer_right_seconds",
+        "Seconds this node has served on peer rights since it started.",
+        (),
+        lambda: {(): daemon.peer_rights.seconds(daemon.clock.monotonic())},
+    )
+
+
+def _floats(counts: Mapping[str, int]) -> Callable[[], dict[str, float]]:
+    return lambda: {key: float(n) for key, n in counts.items()}
+
+
+def mesh_counters(mesh: Mesh, metrics: PrometheusMetrics) -> None:
+    """The mesh's counters and last round trips, read when scraped."""
+    per_peer = (
+        ("egressd_mesh_heartbeats_sent", "Heartbeats sent to each peer (while this node serves IPs on a right).",
+         mesh.heartbeats_to),
+        ("egressd_mesh_promises_given", "Promises given to each holder, in answer to its heartbeats.",
+         mesh.given_to),
+        ("egressd_mesh_promises_received", "Promises taken from each peer (signed, echoing a heartbeat's nonce).",
+         mesh.received_from),
+    )  # fmt: skip
+    for name, doc, counts in per_peer:
+        metrics.counter_per_label(name, doc, "peer", _floats(counts))
+    metrics.gauge_per_label(
+        "egressd_mesh_rtt_last_seconds",
+        "Seconds from this node's latest heartbeat to each peer to the promise that answered it.",
+        "peer",
+        lambda: dict(mesh.last_rtt),
+    )
+    metrics.counter_per_label(
+        "egressd_mesh_datagrams_rejected",
+        "Mesh datagrams dropped, by reason: size, unsigned, bad-signature, malformed, overflow (the "
+        "socket's checks); unknown-peer, replayed, stale, misdirected, short-promise (the protocol's).",
+        "reason",
+        lambda: {reason: float(n) for reason, n in mesh.transport.rejected.items()},  # the socket counts both
+    )
+
+
 def mqtt_counters(mqtt: MqttEvents, metrics: PrometheusMetrics) -> None:
     """The MQTT sink's counters, read when scraped."""
     metrics.counter_per_label(
@@ -428,6 +495,9 @@ async def _serve(daemon: Daemon, metrics: PrometheusMetrics, settings: Settings)
     from egressd.adapters.observability import ObservabilityServer  # noqa: PLC0415
 
     daemon_gauges(daemon, metrics)
+    right_gauges(daemon, metrics)
+    if daemon.mesh is not None:
+        mesh_counters(daemon.mesh, metrics)
     server: ObservabilityServer | None = None
     if settings.metrics.listen is not None:
         server = ObservabilityServer(metrics, health=daemon.health, ready=daemon.readiness, status=daemon.status_report)

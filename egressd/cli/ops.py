@@ -3,7 +3,8 @@
 ``status`` puts three views side by side for each egress IP of the config:
 the lease (holder, epoch, age of the last renew), this node's kernel (egress
 address present, SNAT active, steering via which node) and the daemon's own
-view (state, last transition and its reason, read from its ``/status``
+view (state, last transition and its reason, and for an IP it serves the
+right it serves it on: ``api`` or ``peer``; read from its ``/status``
 endpoint on ``metrics.listen``). Views that cannot be read are reported, not
 fatal: the kernel needs root in the node's network namespace, the daemon may
 be stopped.
@@ -172,7 +173,7 @@ def _kernel_row(ip: str, role: str, record: LeaseRecord | None, k: dict[str, Any
 
 
 def _print_table(report: dict[str, Any]) -> None:
-    header = ("EGRESS IP", "GROUP", "HOLDER", "EPOCH", "RENEWED", "THIS NODE", "KERNEL", "LAST TRANSITION")
+    header = ("EGRESS IP", "GROUP", "HOLDER", "EPOCH", "RENEWED", "THIS NODE", "RIGHT", "KERNEL", "LAST TRANSITION")
     table: list[tuple[str, ...]] = [header]
     for row in report["leases"]:
         kernel = row.get("kernel")
@@ -193,6 +194,7 @@ def _print_table(report: dict[str, Any]) -> None:
                 "-" if row["epoch"] is None else str(row["epoch"]),
                 "-" if row["renewedSecondsAgo"] is None else f"{row['renewedSecondsAgo']:.1f}s ago",
                 row["role"],
+                member.get("right") or "-",
                 kcell,
                 transition,
             )
@@ -210,11 +212,31 @@ def _print_table(report: dict[str, Any]) -> None:
         print(f"daemon: {process}{'healthy' if daemon['healthy'] else 'UNHEALTHY'}")
         for problem in daemon.get("problems", []):
             print(f"  - {problem}")
+        _print_right_and_mesh(daemon)
     if not report["kernelReadable"]:
         print("kernel: not readable here (run as root in the node's network namespace)")
     for row in report["leases"]:
         for problem in (row.get("kernel") or {}).get("problems", []):
             print(f"kernel: {row['egressIP']}: {problem}")
+
+
+def _print_right_and_mesh(daemon: dict[str, Any]) -> None:
+    """The node's serving right and its mesh, as the daemon reports them."""
+    mesh = daemon.get("mesh")
+    if mesh:
+        held = ", ".join(f"{peer} {left:.2f}s" for peer, left in sorted(mesh.get("promisesHeld", {}).items()))
+        print(
+            f"mesh: {mesh['heartbeatsSent']} heartbeat(s) sent, {mesh['promisesReceived']} promise(s) taken, "
+            f"{mesh['promisesGiven']} given; promises held: {held or 'none'}"
+        )
+        rejected = ", ".join(f"{reason} {n}" for reason, n in sorted(mesh.get("rejected", {}).items()))
+        if rejected:
+            print(f"mesh: datagrams rejected: {rejected}")
+    right = daemon.get("right")
+    if right:
+        left = "" if right.get("secondsLeft") is None else f", {right['secondsLeft']:.2f}s left"
+        print(f"right: {right['source']} ({right['reason']}{left})", end="")
+        print(f"; {daemon.get('peerRightSeconds', 0):.1f}s on peer rights since start")
 
 
 # --- handoff and drain --------------------------------------------------------------

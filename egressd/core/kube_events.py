@@ -43,6 +43,8 @@ OWNERSHIP_REASONS: Mapping[str, tuple[str, str, str]] = {
     "fenced": ("Warning", "IdentityClash", "fenced itself from"),
     "conflict": ("Warning", "ARPConflict", "saw another host claim"),
     "drift": ("Warning", "DriftRepaired", "repaired the kernel state of"),
+    "peer-right-started": ("Warning", "EgressIPOnPeerRights", "moved onto peer rights for"),
+    "peer-right-ended": ("Normal", "EgressIPOffPeerRights", "moved off peer rights for"),
 }
 
 

@@ -7,6 +7,7 @@ frozen dataclasses whose fields say their unit, meaning and why the default::
 
     mesh:
       keyFile: /etc/egressd/mesh/key   # the cluster key; absent: no mesh
+      optional: false                  # true: a missing key file turns the mesh off
       port: 7946
       promiseDuration: 2s
       maxHold: 15m
@@ -16,7 +17,10 @@ frozen dataclasses whose fields say their unit, meaning and why the default::
 The key is the file's bytes (at least 32), never written in the config: in
 the DaemonSet a Kubernetes Secret mounted as a file, in the static mode a
 file only root reads. Without ``keyFile`` the mesh is off: nobody promises,
-and the daemon serves on API rights alone (and says so at start).
+and the daemon serves on API rights alone (and says so at start). With
+``optional: true`` a key file that does not exist turns the mesh off too
+(the DaemonSet mounts its Secret as optional, so the mesh is on where the
+Secret exists); without it a missing key file is an error.
 
 Pure: the key file's path is checked for shape here; the command line reads
 it (and reports a short or missing key under ``mesh.keyFile``).
@@ -39,7 +43,7 @@ MetalLB's speakers) has made the customary one for node-to-node liveness
 datagrams, so firewall rules for such meshes are commonly in place already.
 Change it where something else on the gateways uses it."""
 
-_KEYS = ("keyFile", "port", "promiseDuration", "maxHold", "drift", "margin")
+_KEYS = ("keyFile", "optional", "port", "promiseDuration", "maxHold", "drift", "margin")
 _MAX_DURATION = 86_400.0
 """Seconds: the longest duration accepted anywhere in the section (a day)."""
 
@@ -62,6 +66,12 @@ class MeshSettings:
     """Promise duration, drift, margin and ``maxHold``
     (:class:`egressd.core.rights.MeshTiming` says what each means and why
     its default)."""
+
+    optional: bool = False
+    """A key file that does not exist turns the mesh off (the daemon says so
+    at start) instead of stopping the daemon: the DaemonSet's Secret is
+    optional. False by default: in the static mode a missing key file is a
+    mistake to report, not a setting."""
 
 
 def parse_mesh(data: Any, path: str = "mesh") -> tuple[MeshSettings | None, list[Problem]]:
@@ -90,6 +100,10 @@ def parse_mesh(data: Any, path: str = "mesh") -> tuple[MeshSettings | None, list
         problem("keyFile", f"must be the path of the key file, got {key_file!r}")
         key_file = None
     port = _port(data.get("port"), problem)
+    optional = data.get("optional", False)
+    if not isinstance(optional, bool):
+        problem("optional", f"must be true or false, got {optional!r}")
+        optional = False
     d = MeshTiming()
     timing = MeshTiming(
         promise_duration=_duration(data.get("promiseDuration"), "promiseDuration", problem, d.promise_duration),
@@ -100,7 +114,7 @@ def parse_mesh(data: Any, path: str = "mesh") -> tuple[MeshSettings | None, list
     )
     if problems or key_file is None:
         return None, problems
-    return MeshSettings(key_file=key_file, port=port, timing=timing), []
+    return MeshSettings(key_file=key_file, port=port, timing=timing, optional=optional), []
 
 
 def _port(value: Any, problem: _Report) -> int:

@@ -2,7 +2,8 @@
 
 The member loop and the reconciler emit an :class:`OwnershipEvent` on every
 transition (takeover, renew failure, step-down, release, loss, fence, ARP
-conflict, drift repair); the sinks behind :class:`egressd.ports.EventSink`
+conflict, drift repair), and the node's serving right moving onto or off
+peer rights (:mod:`egressd.core.peer_rights`) once per IP it serves; the sinks behind :class:`egressd.ports.EventSink`
 turn it into log lines, Kubernetes Events (:mod:`egressd.core.kube_events`)
 and MQTT messages (:mod:`egressd.core.mqtt_messages`).
 """
@@ -18,7 +19,18 @@ from typing import Literal
 class OwnershipEvent:
     """Something that happened to one egress IP on this node."""
 
-    kind: Literal["acquired", "renew-failed", "stepped-down", "released", "lost", "fenced", "conflict", "drift"]
+    kind: Literal[
+        "acquired",
+        "renew-failed",
+        "stepped-down",
+        "released",
+        "lost",
+        "fenced",
+        "conflict",
+        "drift",
+        "peer-right-started",
+        "peer-right-ended",
+    ]
     egress_ip: str
     node: str
     epoch: int

@@ -272,6 +272,10 @@ class Metrics(Protocol):
         """A Kubernetes API call failed (LostRace, ApiTimeout, ApiUnavailable, ...)."""
         ...
 
+    def mesh_rtt(self, peer: str, seconds: float) -> None:
+        """A promise from ``peer`` came ``seconds`` after the heartbeat it answers."""
+        ...
+
 
 @dataclass(frozen=True)
 class MeshReceived:
@@ -299,6 +303,12 @@ class MeshTransport(Protocol):
 
     def reject(self, reason: str, sender: tuple[str, int], detail: str = "") -> None:
         """Count a message the runtime refused (``replayed``, ``stale``, ...)."""
+        ...
+
+    @property
+    def rejected(self) -> Mapping[str, int]:
+        """Datagrams dropped so far, by reason: the transport's own checks and
+        what the runtime refused through :meth:`reject`."""
         ...
 
     async def receive(self) -> MeshReceived:

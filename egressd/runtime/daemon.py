@@ -50,6 +50,7 @@ from egressd.runtime import health, reconcile
 from egressd.runtime.liveness import NodeLiveness
 from egressd.runtime.member import DataPlane, Member
 from egressd.runtime.mesh import Mesh
+from egressd.runtime.peer_rights import PeerRightWatch
 from egressd.runtime.reconcile import ClaimRetirement
 from egressd.runtime.sinks import FanoutEvents, LogEvents, NullMetrics
 from egressd.runtime.steerer import Steerer
@@ -129,6 +130,14 @@ class Daemon:
         if self.mesh is not None:
             self.liveness.promised_until = self.mesh.promised_until
             self.mesh.on_promise = self.liveness.extended
+        self.peer_rights = PeerRightWatch(
+            node=settings.node.name,
+            events=self.events,
+            owned=lambda: [(str(m.ip), m.epoch) for m in self._owners()],
+            last_api_write=lambda: self.liveness.last_api_write,
+        )
+        """Moves onto and off peer rights: events, log lines, time served on them."""
+        self.liveness.observed = self.peer_rights.observe
         self.members: dict[IPAddress, Member] = {}
         self.groups: tuple[EgressGroup, ...] = settings.groups
         """The egress groups as known now (static config, or the policies' resolution)."""
@@ -185,6 +194,7 @@ class Daemon:
             candidate_peers=lambda: frozenset(self.peer_set()) | self.liveness.published_peers,
             address_of=self._peer_address,
             api_ok=lambda: bool(self.liveness.right()),
+            metrics=self.metrics,
         )
 
     async def run(self, *, install_signals: bool = True) -> int:
@@ -441,6 +451,9 @@ class Daemon:
                 self.view, self.dataplane, self.settings.node.name, groups, self.settings.timing
             )
             self.liveness.metrics = self.metrics  # as the members: the metrics as they are at start
+            self.peer_rights.events = self.events
+            if self.mesh is not None:
+                self.mesh.metrics = self.metrics
             await self._open_mesh()
             await self.liveness.renew_once()
             self.supervisor.spawn("node-lease", self._renew_after_first)
@@ -485,14 +498,24 @@ class Daemon:
     def status_report(self) -> dict[str, Any]:
         """This daemon's own view, for ``egressd status`` (served on /status)."""
         ok, problems = self.health()
+        now = self.clock.monotonic()
+        right = self.liveness.right(now)
+        left = round(right.until - now, 3) if right else None
         return {
             "node": self.settings.node.name,
             "incarnation": self.incarnation,
             "healthy": ok,
             "problems": problems,
-            "members": health.members_report(self.members, self.clock.monotonic()),
+            "members": health.members_report(self.members, now, right),
+            "right": {"source": right.source.value, "reason": right.reason, "secondsLeft": left},
+            "peerRightSeconds": round(self.peer_rights.seconds(now), 3),
             "steering": health.steering_report(self.steerer),
         } | {name: part() for name, part in self.status_parts.items()}
+
+    def serving_rights(self) -> dict[tuple[str, ...], float]:
+        """(egress IP, ``api``/``peer``) -> 1/0 for each IP this node serves
+        (:func:`egressd.runtime.health.serving_rights`)."""
+        return health.serving_rights(self.members, self.liveness.right())
 
     def renew_ages(self) -> dict[str, float]:
         """Seconds since the last successful renew of each IP this node owns."""

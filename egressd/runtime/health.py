@@ -14,6 +14,7 @@ from typing import Any
 
 from egressd.core.model import IPAddress, Timing
 from egressd.core.ownership_events import OwnershipEvent
+from egressd.core.rights import Right, Source
 from egressd.core.states import State
 from egressd.ports import EventSink, Metrics
 from egressd.runtime.member import Member
@@ -69,11 +70,14 @@ def readiness(
     return not problems, problems
 
 
-def members_report(members: Mapping[IPAddress, Member], now: float) -> list[dict[str, Any]]:
-    """Each member's state, epoch, last transition and decision, for the status."""
+def members_report(members: Mapping[IPAddress, Member], now: float, right: Right | None = None) -> list[dict[str, Any]]:
+    """Each member's state, epoch, last transition and decision, for the
+    status; for an owner, the right it serves on now (``api``, ``peer``, or
+    ``none`` while it steps down), from the node's ``right``."""
     report = []
     for ip, m in _by_ip(members):
         d = m.last_decision
+        owner = m.sm.state is State.OWNER
         report.append(
             {
                 "egressIP": str(ip),
@@ -83,9 +87,24 @@ def members_report(members: Mapping[IPAddress, Member], now: float) -> list[dict
                 "lastTransition": m.last_transition or None,
                 "lastDecision": {"action": d.action.value, "reason": d.reason, "detail": d.detail} if d else None,
                 "lastRenewAgeSeconds": round(now - m.last_renew, 3) if m.last_renew is not None else None,
+                "right": right.source.value if owner and right is not None else None,
             }
         )
     return report
+
+
+def serving_rights(members: Mapping[IPAddress, Member], right: Right) -> dict[tuple[str, ...], float]:
+    """(egress IP, right) -> 1 for the right each owned IP is served on now,
+    0 for the other; nothing for an IP not owned, or owned without a right
+    (it is being withdrawn)."""
+    if not right:
+        return {}
+    rights_: dict[tuple[str, ...], float] = {}
+    for ip, m in members.items():
+        if m.sm.state is State.OWNER:
+            for source in (Source.API, Source.PEER):
+                rights_[(str(ip), source.value)] = 1.0 if right.source is source else 0.0
+    return rights_
 
 
 def steering_report(steerer: Steerer | None) -> dict[str, str | None]:

@@ -15,7 +15,10 @@ them all when that right lapses.
   election's ``fenceTtl``, which T1 keeps before any takeover).
 * **Daemon fence.** When the right lapses every owned IP is withdrawn (reason
   ``renew-deadline``), whatever the members are doing; a hung API call never
-  delays it.
+  delays it. Every right it reads goes to ``observed`` (the daemon's
+  :class:`~egressd.runtime.peer_rights.PeerRightWatch`), and under the API
+  right it also wakes when that right ends, so a move onto peer rights is
+  reported when it happens.
 * **Identity clash.** A renew that loses a race reads the lease back; if it
   shows our node with another process's token after we wrote ours, a second
   daemon claims this node's identity: every IP is fenced and the renewals stop
@@ -80,6 +83,9 @@ class NodeLiveness:
         """The peers whose promises a peer right needs now."""
         self._promises = promises
         """Peer -> send time of the heartbeat its latest promise answered."""
+        self.observed: Callable[[rights.Right, float], object] = lambda _right, _now: None
+        """Told of every right the daemon fence reads, and when (the peer-right
+        watch's :meth:`~egressd.runtime.peer_rights.PeerRightWatch.observe`)."""
         self.promised_until: Callable[[str], float | None] = lambda _holder: None
         """The end of our latest promise to a holder (the mesh's; none without it)."""
         self.last_api_write: float | None = None
@@ -296,9 +302,19 @@ class NodeLiveness:
             if self.last_renew_sent is not None:
                 now = self._clock.monotonic()
                 right = self.right(now)
+                self.observed(right, now)
                 if right:
-                    timeout = right.until - now
+                    timeout = self._next_look(right, now)
                 else:
                     detail = f"no successful node-lease renew for {now - self.last_renew_sent:.3f}s ({right.reason})"
                     await self._lapsed(detail)
             await wait_event(self.changed, timeout)
+
+    def _next_look(self, right: rights.Right, now: float) -> float:
+        """Seconds until the right ends, or, under the API right with a peer
+        right reaching further, until the API right ends: the move onto peer
+        rights is seen (and reported) when it happens."""
+        api_end = self.last_renew_sent + self._timing.renew_deadline if self.last_renew_sent is not None else now
+        if right.source is rights.Source.API and now < api_end < right.until:
+            return api_end - now
+        return right.until - now

@@ -14,7 +14,9 @@ promises in answer to the peers' heartbeats (DESIGN.md, "The mesh").
   claims before my time now + D". We record that end (``promised``) and keep
   it whatever the API says: ``rights.may_take_over`` reads it.
 * **Promises received** go into ``promises`` (peer -> send time of the
-  heartbeat answered): ``rights.serving_right`` reads them.
+  heartbeat answered): ``rights.serving_right`` reads them. The time from
+  that heartbeat to the promise taken is the mesh's round trip (``last_rtt``
+  and the metrics' histogram).
 
 Everything refused is counted by reason (``rejected``, and the transport's
 own counter): ``unknown-peer`` (a sender that is no candidate with us),
@@ -34,7 +36,8 @@ from collections.abc import Callable
 from egressd.core import rights
 from egressd.core.mesh_messages import Heartbeat, MeshRejected, Outstanding, Promise, ReplayGuard
 from egressd.core.model import Timing
-from egressd.ports import Clock, MeshReceived, MeshTransport
+from egressd.ports import Clock, MeshReceived, MeshTransport, Metrics
+from egressd.runtime.sinks import NullMetrics
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,7 @@ class Mesh:
         address_of: Callable[[str], str | None],
         api_ok: Callable[[], bool],
         nonce: Callable[[], str] = new_nonce,
+        metrics: Metrics | None = None,
     ) -> None:
         self.node = node
         self.incarnation = incarnation
@@ -88,6 +92,15 @@ class Mesh:
         self.heartbeats_sent = 0
         self.promises_given = 0
         self.promises_received = 0
+        self.heartbeats_to: collections.Counter[str] = collections.Counter()
+        """Heartbeats sent, per peer."""
+        self.given_to: collections.Counter[str] = collections.Counter()
+        """Promises given, per holder."""
+        self.received_from: collections.Counter[str] = collections.Counter()
+        """Promises taken, per peer."""
+        self.last_rtt: dict[str, float] = {}
+        """Peer -> seconds from our latest heartbeat it answered to the promise taken."""
+        self.metrics = metrics or NullMetrics()
         self.on_promise: Callable[[], None] = lambda: None
         """Called after each promise taken (the right may reach further)."""
         self.log = logging.LoggerAdapter(log, {"node": node})
@@ -115,6 +128,7 @@ class Mesh:
             self._outstanding.sent(peer, nonce, now)
             self.transport.send(message, (address, self.port))
             self.heartbeats_sent += 1
+            self.heartbeats_to[peer] += 1
             sent.append(peer)
         return sent
 
@@ -155,6 +169,7 @@ class Mesh:
         duration_ms = round(self.timing.promise_duration * 1000)
         self.transport.send(Promise(self.node, self.incarnation, hb.sender, hb.nonce, duration_ms), sender)
         self.promises_given += 1
+        self.given_to[hb.sender] += 1
 
     def _take(self, promise: Promise) -> None:
         if promise.duration_ms < self.timing.promise_duration * 1000:
@@ -167,6 +182,10 @@ class Mesh:
         sent_at = self._outstanding.answer(promise, self.node)
         self.promises[promise.sender] = max(sent_at, self.promises.get(promise.sender, sent_at))
         self.promises_received += 1
+        self.received_from[promise.sender] += 1
+        rtt = self._clock.monotonic() - sent_at
+        self.last_rtt[promise.sender] = rtt
+        self.metrics.mesh_rtt(promise.sender, rtt)
         self.on_promise()
 
     def status(self) -> dict[str, object]:
@@ -178,5 +197,5 @@ class Mesh:
             "promisesReceived": self.promises_received,
             "promisesHeld": {p: round(rights.promise_end(at, self.timing) - now, 3) for p, at in self.promises.items()},
             "promisedTo": {h: round(end - now, 3) for h, end in self.promised.items()},
-            "rejected": dict(self.rejected),
+            "rejected": dict(self.transport.rejected),  # the socket's checks and ours (reject() counts there too)
         }

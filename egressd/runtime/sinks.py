@@ -63,3 +63,6 @@ class NullMetrics:
 
     def api_error(self, kind: str) -> None:
         pass
+
+    def mesh_rtt(self, peer: str, seconds: float) -> None:
+        pass

@@ -22,12 +22,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from egressd.adapters.mqtt import MqttEvents
 from egressd.adapters.observability import ObservabilityServer, PrometheusMetrics, status_for
-from egressd.cli.main import daemon_gauges, mqtt_counters
+from egressd.cli.main import daemon_gauges, mesh_counters, mqtt_counters, right_gauges
+from egressd.core.mesh_messages import Heartbeat, encode
 from egressd.core.mqtt_settings import MqttSettings
 from egressd.core.states import State
-from tests.fakes import FakeLeaseStore
-from tests.runtime.support import TIMING, ObjectLeaseStore, poisoned
+from tests.fakes import FakeLeaseStore, FakeMeshNetwork
+from tests.runtime.support import TIMING, ObjectLeaseStore, poisoned, settle, stop_all
 from tests.runtime.test_daemon import IP, Node
+from tests.runtime.test_mesh import IPS as MESH_IPS
+from tests.runtime.test_mesh import KEY as MESH_KEY
+from tests.runtime.test_mesh import Node as MeshNode
 from tests.virtual_time import until
 
 
@@ -306,3 +310,66 @@ def test_the_endpoints_load_their_http_stack_off_the_event_loop() -> None:
     done = subprocess.run(probe, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "in-a-thread"
+
+
+@pytest.mark.virtual_time
+async def test_the_mesh_and_the_serving_right_show_in_the_metrics() -> None:
+    store, net = FakeLeaseStore(), FakeMeshNetwork()
+    nodes = [MeshNode("gw-a", store, net), MeshNode("gw-b", store, net)]
+    registries = []
+    for node in nodes:
+        m = PrometheusMetrics()
+        node.daemon.metrics = m
+        daemon_gauges(node.daemon, m)
+        right_gauges(node.daemon, m)
+        assert node.daemon.mesh is not None
+        mesh_counters(node.daemon.mesh, m)
+        registries.append(m)
+    try:
+        await settle(nodes, MESH_IPS)
+        await asyncio.sleep(5 * TIMING.retry_period)
+        for node, m, other in zip(nodes, registries, ("gw-b", "gw-a"), strict=True):
+            for ip in MESH_IPS:
+                if node.serves(ip):
+                    assert value(m, "egressd_serving_right", ip=str(ip), right="api") == 1
+                    assert value(m, "egressd_serving_right", ip=str(ip), right="peer") == 0
+                else:  # an IP not served here has no sample
+                    assert not [k for k in samples(m) if k[0] == "egressd_serving_right" and ("ip", str(ip)) in k[1]]
+            assert value(m, "egressd_peer_right") == 0
+            assert value(m, "egressd_peer_right_seconds_total") == 0
+            sent = node.daemon.mesh.heartbeats_to[other]  # type: ignore[union-attr]
+            assert sent > 0 and value(m, "egressd_mesh_heartbeats_sent_total", peer=other) == sent
+            assert value(m, "egressd_mesh_promises_given_total", peer=other) > 0
+            taken = value(m, "egressd_mesh_promises_received_total", peer=other)
+            assert taken > 0
+            assert value(m, "egressd_mesh_rtt_seconds_count", peer=other) == taken
+            assert 0 <= value(m, "egressd_mesh_rtt_last_seconds", peer=other) < 0.0005  # the fake network is instant
+            assert value(m, "egressd_mesh_rtt_seconds_bucket", peer=other, le="0.0005") == taken
+        net.inject(b"hello, gateway" * 4, ("10.0.0.66", 7946), "10.0.0.2")
+        stranger = Heartbeat("gw-c", "inc", 1, "1" * 32, api_ok=True)
+        net.inject(encode(stranger, MESH_KEY), ("10.0.0.66", 7946), "10.0.0.2")
+        await asyncio.sleep(0.01)
+        assert value(registries[1], "egressd_mesh_datagrams_rejected_total", reason="unsigned") == 1
+        assert value(registries[1], "egressd_mesh_datagrams_rejected_total", reason="unknown-peer") == 1
+        store.pause()
+        await asyncio.sleep(TIMING.lease_duration + 1.0)
+        seconds = []
+        for node, m in zip(nodes, registries, strict=True):
+            held = str(next(ip for ip in MESH_IPS if node.serves(ip)))
+            assert value(m, "egressd_serving_right", ip=held, right="peer") == 1
+            assert value(m, "egressd_serving_right", ip=held, right="api") == 0
+            assert value(m, "egressd_peer_right") == 1
+            # from the end of the API right (the last renew, sent before the pause, plus the renew deadline)
+            seconds.append(value(m, "egressd_peer_right_seconds_total"))
+            assert 1.0 < seconds[-1] <= TIMING.lease_duration + 1.0 + 0.01 + TIMING.retry_period - TIMING.renew_deadline
+        store.resume()
+        await asyncio.sleep(2 * TIMING.retry_period)
+        for m, before in zip(registries, seconds, strict=True):
+            assert value(m, "egressd_peer_right") == 0
+            after = value(m, "egressd_peer_right_seconds_total")
+            assert before <= after < before + 2 * TIMING.retry_period  # counted until the API right came back
+            await asyncio.sleep(0.5)
+            assert value(m, "egressd_peer_right_seconds_total") == after  # and no more
+    finally:
+        store.resume()
+        await stop_all(nodes)

@@ -115,6 +115,7 @@ def test_status_shows_holders_epochs_and_this_nodes_role(api_server: LabApiServe
         "RENEWED",
         "THIS",
         "NODE",
+        "RIGHT",
         "KERNEL",
         "LAST",
         "TRANSITION",
@@ -162,3 +163,40 @@ def test_status_prints_the_daemon_with_or_without_its_incarnation(
     out = capsys.readouterr().out
     expected = f"daemon: incarnation {incarnation}, healthy" if incarnation else "daemon: healthy"
     assert expected in out.splitlines()
+
+
+def test_status_shows_the_right_each_ip_is_served_on(capsys: pytest.CaptureFixture[str]) -> None:
+    """The daemon's view of each member: an owner's right (api or peer), '-' for the others."""
+    from egressd.cli.ops import _print_table  # noqa: PLC0415
+
+    def row(ip: str, holder: str, role: str, right: str | None) -> dict[str, object]:
+        member = {"egressIP": ip, "state": "owner" if right else "standby", "right": right}
+        return {
+            "egressIP": ip, "group": "outpost", "holder": holder, "holderAddress": None, "epoch": 3,
+            "renewedSecondsAgo": None, "role": role, "daemon": member,
+        }  # fmt: skip
+
+    daemon = {
+        "node": "gw-a",
+        "healthy": True,
+        "problems": [],
+        "right": {"source": "peer", "reason": "peer", "secondsLeft": 0.71},
+        "peerRightSeconds": 12.25,
+        "mesh": {
+            "heartbeatsSent": 40,
+            "promisesGiven": 38,
+            "promisesReceived": 39,
+            "promisesHeld": {"gw-b": 1.5},
+            "promisedTo": {"gw-b": 1.9},
+            "rejected": {"bad-signature": 2},
+        },
+    }
+    leases = [row("172.18.0.42", "gw-a", "owner", "peer"), row("172.18.0.43", "gw-b", "candidate", None)]
+    _print_table({"node": "gw-a", "daemon": daemon, "kernelReadable": False, "leases": leases})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[7:9] == ["NODE", "RIGHT"]
+    assert lines[1].split()[5:7] == ["owner", "peer"]
+    assert lines[2].split()[5:7] == ["candidate", "-"]
+    assert "right: peer (peer, 0.71s left); 12.2s on peer rights since start" in lines
+    assert "mesh: 40 heartbeat(s) sent, 39 promise(s) taken, 38 given; promises held: gw-b 1.50s" in lines
+    assert "mesh: datagrams rejected: bad-signature 2" in lines

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,36 @@ def test_missing_mesh_key_is_refused_and_a_world_readable_one_warned(tmp_path: P
     assert secret_file_warnings(with_mesh_key(key)) == [
         f"mesh.keyFile: {key} is readable by every user (mode 0644); chmod o-r it"
     ]
+
+
+def test_an_optional_mesh_key_that_is_missing_turns_the_mesh_off(tmp_path: Path) -> None:
+    """The DaemonSet's Secret is optional: no key file, no mesh, no error; any
+    other failure to read it stays an error."""
+    absent = Settings(node=NodeSettings(name="gw-a"), mesh=MeshSettings(key_file=str(tmp_path / "no"), optional=True))
+    assert read_mesh_key(absent) is None
+    assert secret_file_warnings(absent) == []  # the start says "mesh off" instead
+    short = tmp_path / "short"
+    short.write_bytes(b"k" * 8)
+    with pytest.raises(ConfigError, match=r"mesh\.keyFile: .* holds 8 bytes"):
+        read_mesh_key(replace(absent, mesh=MeshSettings(key_file=str(short), optional=True)))
+    with pytest.raises(ConfigError, match=r"mesh\.keyFile: cannot read"):
+        read_mesh_key(replace(absent, mesh=MeshSettings(key_file=str(tmp_path), optional=True)))  # a directory
+
+
+def test_run_with_an_optional_mesh_key_missing_starts_without_the_mesh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from egressd.cli import main as cli  # noqa: PLC0415
+
+    config = tmp_path / "egressd.yaml"
+    config.write_text(EXAMPLE.read_text() + f"mesh:\n  keyFile: {tmp_path / 'absent'}\n  optional: true\n")
+    started: list[tuple[Settings, bytes | None]] = []
+
+    async def run_async(settings: Settings, args: object, mesh_key: bytes | None = None) -> int:
+        started.append((settings, mesh_key))
+        return 0
+
+    monkeypatch.setattr(cli, "_run_async", run_async)
+    assert cli.main(["run", "--config", str(config), "--dataplane", "record"]) == 0
+    assert [(s.mesh, key) for s, key in started] == [(None, None)]
+    assert f"mesh off: mesh.keyFile {tmp_path / 'absent'} does not exist" in caplog.text

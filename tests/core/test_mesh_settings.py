@@ -106,3 +106,10 @@ def test_parse_settings_with_mesh_on_mutated_configs(data: dict[str, Any]) -> No
         parse_settings(data)
     except ConfigError as exc:
         assert exc.problems
+
+
+def test_optional_is_a_boolean() -> None:
+    settings = parse_settings(config() | {"mesh": {"keyFile": "/k", "optional": True}})
+    assert settings.mesh is not None and settings.mesh.optional is True
+    assert parse_settings(config() | {"mesh": {"keyFile": "/k"}}).mesh.optional is False  # type: ignore[union-attr]
+    assert [p.field for p in problems_of(config() | {"mesh": GOOD | {"optional": "yes"}})] == ["mesh.optional"]

@@ -237,6 +237,7 @@ def test_status_json_matches_the_kernel_and_the_leases(lab: Lab) -> None:
             assert row["kernel"]["address"] is mine and row["kernel"]["snat"] is mine
             assert row["kernel"]["consistent"] is True, row["kernel"]["problems"]
             assert row["daemon"]["state"] == ("owner" if mine else "standby")
+            assert row["daemon"]["right"] == ("api" if mine else None)  # the API answers: API rights
     # a worker steers each IP via its holder's node address
     out = lab.exec(
         "kind-worker",

@@ -121,8 +121,8 @@ async def test_forged_unsigned_replayed_and_strangers_datagrams_change_nothing()
         net.inject(encode(stranger, KEY), source, "10.0.0.2")  # signed, but no candidate with us
         await asyncio.sleep(0.01)
         transport = b.transport
-        assert transport.rejected["bad-signature"] == 2  # type: ignore[attr-defined]
-        assert transport.rejected["unsigned"] == 1  # type: ignore[attr-defined]
+        assert transport.rejected["bad-signature"] == 2
+        assert transport.rejected["unsigned"] == 1
         assert b.rejected == {"replayed": 1, "unknown-peer": 1}
         assert "gw-c" not in b.promised
         # no promise went to the injecting address, whatever the datagrams said
