@@ -469,7 +469,8 @@ def mesh_counters(mesh: Mesh, metrics: PrometheusMetrics) -> None:
     metrics.counter_per_label(
         "egressd_mesh_datagrams_rejected",
         "Mesh datagrams dropped, by reason: size, unsigned, bad-signature, malformed, overflow (the "
-        "socket's checks); unknown-peer, replayed, stale, misdirected, short-promise (the protocol's).",
+        "socket's checks); unknown-peer, replayed, retired-incarnation, stale, misdirected, short-promise "
+        "(the protocol's).",
         "reason",
         lambda: {reason: float(n) for reason, n in mesh.transport.rejected.items()},  # the socket counts both
     )

@@ -166,20 +166,35 @@ class ReplayGuard:
     """Takes each heartbeat of a process once and in order: a heartbeat whose
     sequence is not above the last one taken from the same sender and
     incarnation is ``replayed``. A new incarnation of a sender starts afresh
-    (its process restarted); the guard remembers at most ``size`` senders."""
+    (its process restarted) and retires the one before: a heartbeat of a
+    retired incarnation is ``retired-incarnation``, so that recordings of two
+    processes of one node cannot be played in turn, each taken as new. The
+    guard remembers at most ``size`` senders and, per sender, the last
+    ``retired`` incarnations."""
 
-    def __init__(self, size: int = 1024) -> None:
+    def __init__(self, size: int = 1024, retired: int = 64) -> None:
         self._last: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._retired: dict[str, OrderedDict[str, None]] = {}
         self._size = size
+        self._keep_retired = retired
 
     def admit(self, hb: Heartbeat) -> None:
         last = self._last.get(hb.sender)
+        retired = self._retired.get(hb.sender)
+        if retired is not None and hb.incarnation in retired:
+            raise MeshRejected("retired-incarnation", f"{hb.sender} incarnation {hb.incarnation} was succeeded")
         if last is not None and last[0] == hb.incarnation and hb.seq <= last[1]:
             raise MeshRejected("replayed", f"{hb.sender} seq {hb.seq} <= {last[1]}")
+        if last is not None and last[0] != hb.incarnation:
+            retired = self._retired.setdefault(hb.sender, OrderedDict())
+            retired[last[0]] = None
+            while len(retired) > self._keep_retired:
+                retired.popitem(last=False)
         self._last[hb.sender] = (hb.incarnation, hb.seq)
         self._last.move_to_end(hb.sender)
         while len(self._last) > self._size:
-            self._last.popitem(last=False)
+            gone, _ = self._last.popitem(last=False)
+            self._retired.pop(gone, None)
 
 
 class Outstanding:

@@ -20,7 +20,7 @@ promises in answer to the peers' heartbeats (DESIGN.md, "The mesh").
 
 Everything refused is counted by reason (``rejected``, and the transport's
 own counter): ``unknown-peer`` (a sender that is no candidate with us),
-``replayed``, ``stale`` (a nonce we do not wait for), ``misdirected``,
+``replayed``, ``retired-incarnation``, ``stale`` (a nonce we do not wait for), ``misdirected``,
 ``short-promise`` (a peer promising less than our promise duration, which
 our peer right would overrate). The datagrams that fail the signature or the
 fields never get here (the transport drops and counts them).

@@ -93,8 +93,9 @@ def test_any_bytes_are_rejected_or_decoded_never_raise_otherwise(data: bytes) ->
         decode(data, KEY)
 
 
-@given(st.dictionaries(st.text(max_size=8), st.none() | st.booleans() | st.integers() | st.text(max_size=40),
-                       max_size=8))
+@given(
+    st.dictionaries(st.text(max_size=8), st.none() | st.booleans() | st.integers() | st.text(max_size=40), max_size=8)
+)
 def test_any_signed_object_is_a_message_or_malformed(body: dict[str, object]) -> None:
     data = signed(body)
     if len(data) > MAX_DATAGRAM:
@@ -114,6 +115,31 @@ def test_a_replayed_or_older_heartbeat_is_rejected_and_a_restart_starts_afresh()
         guard.admit(Heartbeat("gw-a", "inc-1", 6, NONCE, api_ok=True))
     guard.admit(Heartbeat("gw-a", "inc-1", 8, NONCE, api_ok=True))
     guard.admit(Heartbeat("gw-a", "inc-2", 0, NONCE, api_ok=True))
+
+
+def test_heartbeats_of_a_retired_incarnation_are_refused() -> None:
+    """Recordings of two processes of one node, played in turn, are not each
+    taken as new: the first incarnation is retired by the second."""
+    guard = ReplayGuard()
+    old, new = (Heartbeat("gw-a", inc, 5, NONCE, api_ok=True) for inc in ("inc-1", "inc-2"))
+    guard.admit(old)
+    guard.admit(new)
+    for replay in (old, Heartbeat("gw-a", "inc-1", 99, NONCE, api_ok=True)):
+        with pytest.raises(MeshRejected, match="retired") as caught:
+            guard.admit(replay)
+        assert caught.value.reason == "retired-incarnation"
+    with pytest.raises(MeshRejected, match="replayed"):
+        guard.admit(new)
+    guard.admit(Heartbeat("gw-b", "inc-1", 1, NONCE, api_ok=True))  # per sender
+
+
+def test_the_retired_incarnations_are_bounded() -> None:
+    guard = ReplayGuard(retired=2)
+    for inc in ("i1", "i2", "i3", "i4"):
+        guard.admit(Heartbeat("gw-a", inc, 1, NONCE, api_ok=True))
+    with pytest.raises(MeshRejected, match="retired"):
+        guard.admit(Heartbeat("gw-a", "i2", 2, NONCE, api_ok=True))
+    guard.admit(Heartbeat("gw-a", "i1", 2, NONCE, api_ok=True))  # forgotten: taken again
 
 
 def test_the_replay_guard_is_bounded() -> None:
