@@ -161,8 +161,8 @@ def test_a_bad_payload_is_malformed(payload: bytes, why: str) -> None:
 # --- properties -------------------------------------------------------------------------------
 
 ports = st.integers(1, 0xFFFF)
-v4 = st.builds(ipaddress.IPv4Address, st.integers(0, 2**32 - 1))
-v6 = st.builds(ipaddress.IPv6Address, st.integers(0, 2**128 - 1))
+v4: st.SearchStrategy[IPAddress] = st.builds(ipaddress.IPv4Address, st.integers(0, 2**32 - 1))
+v6: st.SearchStrategy[IPAddress] = st.builds(ipaddress.IPv6Address, st.integers(0, 2**128 - 1))
 tcp_infos = st.builds(
     TcpInfo,
     st.sampled_from(list(TcpState)),
