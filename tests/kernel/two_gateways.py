@@ -32,12 +32,14 @@ PORT = 7000
 MARK = 0x00E90000
 MASK = 0x00FF0000
 
+SET_MARK = f"ct mark set ct mark and {~MASK & 0xFFFFFFFF:#x} or {MARK:#x}"
+"""egressd's bits of the conntrack mark, set and the others kept."""
+
 SNAT = f"""
 table inet egct {{
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
-    ip saddr {POD} ip daddr 10.99.0.0/24
-      ct mark set ct mark and {~MASK & 0xFFFFFFFF:#x} or {MARK:#x} snat ip to {EGRESS}
+    ip saddr {POD} ip daddr 10.99.0.0/24 {SET_MARK} snat ip to {EGRESS}
   }}
 }}
 """
