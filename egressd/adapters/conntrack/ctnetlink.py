@@ -31,6 +31,7 @@ the kernel does in its own dumps).
 from __future__ import annotations
 
 import ipaddress
+import operator
 import socket
 import struct
 from collections.abc import Iterator
@@ -91,9 +92,10 @@ _NFGENMSG = struct.Struct("=BBH")
 _NLATTR = struct.Struct("=HH")
 _ERRNO = struct.Struct("=i")
 
-SETTABLE_STATUS = Status.SEEN_REPLY | Status.ASSURED
+SETTABLE_STATUS = int(Status.SEEN_REPLY | Status.ASSURED)
 """Status bits a create request sets (the kernel keeps the NAT bits to
 itself, and only ever sets these two)."""
+_CONFIRMED = int(Status.CONFIRMED)
 
 
 # --- encoding ---------------------------------------------------------------------------------
@@ -141,50 +143,177 @@ def _family(t: FlowTuple) -> int:
     return socket.AF_INET6 if t.src.version == 6 else socket.AF_INET
 
 
-def create_request(entry: Entry, seq: int, *, liberal: bool) -> bytes:
-    """A request creating ``entry`` (``NLM_F_CREATE | NLM_F_EXCL``: an entry for
-    the same original tuple already there is ``EEXIST``). ``liberal`` adds
-    ``IP_CT_TCP_FLAG_BE_LIBERAL`` to both directions of a TCP entry."""
-    o = entry.original
-    v6 = o.src.version == 6
-    plain_reply = FlowTuple(o.dst, o.src, o.dport, o.sport)
-    nat = _nested(
-        CTA["CTA_NAT_SRC"],
-        _attr(NAT["CTA_NAT_V6_MINIP" if v6 else "CTA_NAT_V4_MINIP"], entry.egress_ip.packed),
-        _attr(NAT["CTA_NAT_V6_MAXIP" if v6 else "CTA_NAT_V4_MAXIP"], entry.egress_ip.packed),
-        _nested(
-            NAT["CTA_NAT_PROTO"],
-            _attr(PROTONAT["CTA_PROTONAT_PORT_MIN"], _be16(entry.mapped_port)),
-            _attr(PROTONAT["CTA_PROTONAT_PORT_MAX"], _be16(entry.mapped_port)),
+@dataclass(frozen=True)
+class _Leaf:
+    """An attribute holding one value (packed with ``fmt``), taken from slot ``slot``."""
+
+    kind: int
+    fmt: str
+    slot: int
+
+
+@dataclass(frozen=True)
+class _Nest:
+    kind: int
+    children: tuple[_Leaf | _Nest, ...]
+
+
+def _attr_size(node: _Leaf | _Nest) -> int:
+    """Bytes of ``node`` with its header and padding."""
+    if isinstance(node, _Leaf):
+        size = _NLATTR.size + struct.calcsize("=" + node.fmt)
+        return size + -size % 4
+    return _NLATTR.size + sum(_attr_size(c) for c in node.children)
+
+
+class _Template:
+    """One request layout compiled into a single :class:`struct.Struct`: the
+    headers are constants, the values come from slots. Packing a create
+    request is then one ``pack`` call (about 3 us) instead of a few dozen."""
+
+    def __init__(self, kind: int, flags: int, family: int, nodes: tuple[_Leaf | _Nest, ...], slots: int) -> None:
+        size = _NLMSGHDR.size + _NFGENMSG.size + sum(_attr_size(n) for n in nodes)
+        fmt = ["=IHHII", "BBH"]
+        # each argument of the Struct: a constant, or -1 - slot for a value
+        self._plan: list[int] = [size, kind, flags, -1, 0, family, 0, 0]
+        for node in nodes:
+            self._walk(node, fmt)
+        self._struct = struct.Struct("".join(fmt))
+        assert self._struct.size == size, (self._struct.size, size)
+        used = {-1 - a for a in self._plan if isinstance(a, int) and a < 0}
+        assert used == set(range(slots)), used
+        consts = [a for a in self._plan if a >= 0]
+        self._consts = tuple(consts)
+        # pack(values) reads its arguments from values + constants in one C call
+        picks, k = [], 0
+        for a in self._plan:
+            if a < 0:
+                picks.append(-1 - a)
+            else:
+                picks.append(slots + k)
+                k += 1
+        self._pick = operator.itemgetter(*picks)
+
+    def _walk(self, node: _Leaf | _Nest, fmt: list[str]) -> None:
+        if isinstance(node, _Nest):
+            fmt.append("HH")
+            self._plan += [_attr_size(node), node.kind | NLA_F_NESTED]
+            for child in node.children:
+                self._walk(child, fmt)
+            return
+        value_size = struct.calcsize("=" + node.fmt)
+        pad = -(_NLATTR.size + value_size) % 4
+        fmt.append(f"HH{node.fmt}{pad}x" if pad else f"HH{node.fmt}")
+        self._plan += [_NLATTR.size + value_size, node.kind, -1 - node.slot]
+
+    def pack(self, values: tuple[Any, ...]) -> bytes:
+        return self._struct.pack(*self._pick(values + self._consts))
+
+
+def _tuple_spec(kind: int, v6: bool, first: int) -> _Nest:
+    """A tuple whose source, destination, protocol, ports are slots ``first`` .. ``first + 4``."""
+    ip = "16s" if v6 else "4s"
+    return _Nest(
+        kind,
+        (
+            _Nest(
+                TUPLE["CTA_TUPLE_IP"],
+                (
+                    _Leaf(IP["CTA_IP_V6_SRC" if v6 else "CTA_IP_V4_SRC"], ip, first),
+                    _Leaf(IP["CTA_IP_V6_DST" if v6 else "CTA_IP_V4_DST"], ip, first + 1),
+                ),
+            ),
+            _Nest(
+                TUPLE["CTA_TUPLE_PROTO"],
+                (
+                    _Leaf(PROTO["CTA_PROTO_NUM"], "B", first + 2),
+                    _Leaf(PROTO["CTA_PROTO_SRC_PORT"], "2s", first + 3),
+                    _Leaf(PROTO["CTA_PROTO_DST_PORT"], "2s", first + 4),
+                ),
+            ),
         ),
     )
-    status = (entry.status & SETTABLE_STATUS) | Status.CONFIRMED
-    attrs = [
-        _tuple(CTA["CTA_TUPLE_ORIG"], entry.proto, o),
-        _tuple(CTA["CTA_TUPLE_REPLY"], entry.proto, plain_reply),
-        nat,
-        _attr(CTA["CTA_STATUS"], _be32(status)),
-        _attr(CTA["CTA_TIMEOUT"], _be32(entry.timeout)),
-        _attr(CTA["CTA_MARK"], _be32(entry.mark)),
+
+
+def _create_template(v6: bool, tcp: bool) -> _Template:
+    """Slots: 0 seq; 1-5 original tuple; 6-10 reply tuple; 11 egress IP;
+    12 mapped port; 13 status; 14 timeout; 15 mark; TCP: 16 state,
+    17/18 window scales, 19/20 flags (with their mask)."""
+    ip = "16s" if v6 else "4s"
+    nodes: list[_Leaf | _Nest] = [
+        _tuple_spec(CTA["CTA_TUPLE_ORIG"], v6, 1),
+        _tuple_spec(CTA["CTA_TUPLE_REPLY"], v6, 6),
+        _Nest(
+            CTA["CTA_NAT_SRC"],
+            (
+                _Leaf(NAT["CTA_NAT_V6_MINIP" if v6 else "CTA_NAT_V4_MINIP"], ip, 11),
+                _Leaf(NAT["CTA_NAT_V6_MAXIP" if v6 else "CTA_NAT_V4_MAXIP"], ip, 11),
+                _Nest(
+                    NAT["CTA_NAT_PROTO"],
+                    (
+                        _Leaf(PROTONAT["CTA_PROTONAT_PORT_MIN"], "2s", 12),
+                        _Leaf(PROTONAT["CTA_PROTONAT_PORT_MAX"], "2s", 12),
+                    ),
+                ),
+            ),
+        ),
+        _Leaf(CTA["CTA_STATUS"], "4s", 13),
+        _Leaf(CTA["CTA_TIMEOUT"], "4s", 14),
+        _Leaf(CTA["CTA_MARK"], "4s", 15),
     ]
-    if entry.tcp is not None:
-        extra = IP_CT_TCP_FLAG_BE_LIBERAL if liberal else 0
-        t = entry.tcp
-        attrs.append(
-            _nested(
+    if tcp:
+        nodes.append(
+            _Nest(
                 CTA["CTA_PROTOINFO"],
-                _nested(
-                    PROTOINFO["CTA_PROTOINFO_TCP"],
-                    _attr(TCPINFO["CTA_PROTOINFO_TCP_STATE"], bytes([t.state])),
-                    _attr(TCPINFO["CTA_PROTOINFO_TCP_WSCALE_ORIGINAL"], bytes([t.wscale_original])),
-                    _attr(TCPINFO["CTA_PROTOINFO_TCP_WSCALE_REPLY"], bytes([t.wscale_reply])),
-                    _attr(TCPINFO["CTA_PROTOINFO_TCP_FLAGS_ORIGINAL"], bytes([t.flags_original | extra, 0xFF])),
-                    _attr(TCPINFO["CTA_PROTOINFO_TCP_FLAGS_REPLY"], bytes([t.flags_reply | extra, 0xFF])),
+                (
+                    _Nest(
+                        PROTOINFO["CTA_PROTOINFO_TCP"],
+                        (
+                            _Leaf(TCPINFO["CTA_PROTOINFO_TCP_STATE"], "B", 16),
+                            _Leaf(TCPINFO["CTA_PROTOINFO_TCP_WSCALE_ORIGINAL"], "B", 17),
+                            _Leaf(TCPINFO["CTA_PROTOINFO_TCP_WSCALE_REPLY"], "B", 18),
+                            _Leaf(TCPINFO["CTA_PROTOINFO_TCP_FLAGS_ORIGINAL"], "2s", 19),
+                            _Leaf(TCPINFO["CTA_PROTOINFO_TCP_FLAGS_REPLY"], "2s", 20),
+                        ),
+                    ),
                 ),
             )
         )
     flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
-    return _message(MSG_NEW, flags, seq, _family(o), b"".join(attrs))
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    return _Template(MSG_NEW, flags, family, tuple(nodes), 21 if tcp else 16)
+
+
+_CREATE = {(v6, tcp): _create_template(v6, tcp) for v6 in (False, True) for tcp in (False, True)}
+
+
+def create_request(entry: Entry, seq: int, *, liberal: bool) -> bytes:
+    """A request creating ``entry`` (``NLM_F_CREATE | NLM_F_EXCL``: an entry for
+    the same original tuple already there is ``EEXIST``). ``liberal`` adds
+    ``IP_CT_TCP_FLAG_BE_LIBERAL`` to both directions of a TCP entry.
+
+    The reply tuple sent is the plain inverse of the original, and the NAT
+    mapping goes in ``CTA_NAT_SRC``: the kernel derives the translated reply
+    tuple from them and marks the entry ``IPS_SRC_NAT`` (see the module's
+    docstring)."""
+    o = entry.original
+    src, dst = o.src.packed, o.dst.packed
+    sport, dport = o.sport.to_bytes(2, "big"), o.dport.to_bytes(2, "big")
+    status = (entry.status & SETTABLE_STATUS) | _CONFIRMED
+    values: tuple[Any, ...] = (
+        seq,
+        src, dst, entry.proto, sport, dport,
+        dst, src, entry.proto, dport, sport,
+        entry.egress_ip.packed, entry.mapped_port.to_bytes(2, "big"),
+        status.to_bytes(4, "big"), entry.timeout.to_bytes(4, "big"), entry.mark.to_bytes(4, "big"),
+    )  # fmt: skip
+    if entry.tcp is not None:
+        t, extra = entry.tcp, IP_CT_TCP_FLAG_BE_LIBERAL if liberal else 0
+        values += (
+            int(t.state), t.wscale_original, t.wscale_reply,
+            bytes((t.flags_original | extra, 0xFF)), bytes((t.flags_reply | extra, 0xFF)),
+        )  # fmt: skip
+    return _CREATE[(o.src.version == 6, entry.tcp is not None)].pack(values)
 
 
 def delete_request(removal: Removal, seq: int) -> bytes:
@@ -234,6 +363,18 @@ def messages(data: bytes) -> Iterator[NetlinkMessage]:
         if size < _NLMSGHDR.size or at + size > len(data):
             raise Malformed(f"netlink message of {size} bytes at {at} in a buffer of {len(data)}")
         yield NetlinkMessage(kind, flags, seq, data[at + _NLMSGHDR.size : at + size])
+        at += (size + 3) & ~3
+
+
+def acks(data: bytes) -> Iterator[tuple[int, int]]:
+    """(sequence number, errno) of every acknowledgement in one buffer (0: done)."""
+    at, end = 0, len(data)
+    while at + _NLMSGHDR.size + _ERRNO.size <= end:
+        size, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, at)
+        if size < _NLMSGHDR.size:
+            raise Malformed(f"netlink message of {size} bytes at {at}")
+        if kind == NLMSG_ERROR:
+            yield seq, -int(_ERRNO.unpack_from(data, at + _NLMSGHDR.size)[0])
         at += (size + 3) & ~3
 
 

@@ -204,13 +204,16 @@ class KernelConntrack:
             self._sock.close()
             self._sock = None
 
-    def _read(self, sock: socket.socket) -> Iterator[ctnetlink.NetlinkMessage]:
+    def _recv(self, sock: socket.socket) -> bytes:
         try:
             n = sock.recv_into(self._buf)
         except OSError as exc:
             self._close()  # answers may still be queued on it: a fresh socket starts clean
             raise DataPlaneError(f"ctnetlink read failed: {exc}") from exc
-        return ctnetlink.messages(bytes(self._buf[:n]))
+        return bytes(self._buf[:n])
+
+    def _read(self, sock: socket.socket) -> Iterator[ctnetlink.NetlinkMessage]:
+        return ctnetlink.messages(self._recv(sock))
 
     def _dump(self) -> list[Entry]:
         sock = self._socket()
@@ -246,11 +249,10 @@ class KernelConntrack:
             except OSError as exc:
                 raise DataPlaneError(f"ctnetlink send of {len(parts)} requests failed: {exc}") from exc
             while waiting:
-                for message in self._read(sock):
-                    code = message.error
-                    if code is None or message.seq not in waiting:
-                        continue
-                    record = waiting.pop(message.seq)
+                for seq, code in ctnetlink.acks(self._recv(sock)):
+                    if seq not in waiting:
+                        continue  # an answer to an earlier call that gave up
+                    record = waiting.pop(seq)
                     if code:
                         failures.append(ConntrackFailure(record, code, _reason(code)))
         return failures
