@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from egressd.adapters.conntrack import KernelConntrack
-from egressd.core.conntrack_entries import TCP, Entry, Status, TcpState
+from egressd.core.conntrack_entries import TCP, UDP, Entry, FlowTuple, Status, TcpInfo, TcpState, snat_reply
+from egressd.lab.netns import run_cmd
 from egressd.ports import ConntrackEvent
 from tests.kernel.two_gateways import EGRESS, MARK, MASK, POD, PORT, SERVER, TwoGateways
 
@@ -141,3 +142,32 @@ def test_a_mark_outside_its_mask_is_refused() -> None:
     with pytest.raises(ValueError, match="outside its mask"):
         KernelConntrack(mark=0x1_0000_0000 | MARK, mask=MASK)
     assert ipaddress.ip_address(EGRESS).version == 4
+
+
+def synthetic(proto: int, pod: str, server: str, egress: str, port: int) -> Entry:
+    original = FlowTuple(ipaddress.ip_address(pod), ipaddress.ip_address(server), port, 443)
+    tcp = TcpInfo(TcpState.ESTABLISHED, 7, 7, 0x23, 0x23) if proto == TCP else None
+    status = int(Status.SEEN_REPLY | Status.ASSURED | Status.CONFIRMED | Status.SRC_NAT)
+    return Entry(proto, original, snat_reply(original, ipaddress.ip_address(egress), port + 1), status, 120, MARK, tcp)
+
+
+async def test_ipv6_and_udp_entries_install_and_dump_back(gws: TwoGateways) -> None:
+    entries = [
+        synthetic(UDP, POD, SERVER, EGRESS, 5000),
+        synthetic(TCP, "fd00:98::10", "fd00:99::100", "fd00:99::42", 5000),
+        synthetic(UDP, "fd00:98::10", "fd00:99::100", "fd00:99::42", 5002),
+    ]
+    async with table(gws.gwb) as ct:
+        assert await ct.install(entries) == []
+        back = {e.key: e for e in await ct.dump()}
+        assert set(back) == {e.key for e in entries}
+        for entry in entries:
+            copy = back[entry.key]
+            liberal = entry.tcp and dataclasses.replace(entry.tcp, flags_original=0x2B, flags_reply=0x2B)
+            assert (copy.reply, copy.mark, copy.tcp) == (entry.reply, entry.mark, liberal)  # BE_LIBERAL added
+            assert copy.status & Status.SRC_NAT
+        listed = gws.conntrack_list(gws.gwb) + run_cmd(
+            ["ip", "netns", "exec", gws.gwb, "conntrack", "-L", "-f", "ipv6"]
+        )
+        assert "dst=fd00:99::42 sport=443 dport=5001" in listed
+        assert "udp" in listed
