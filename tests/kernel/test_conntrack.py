@@ -28,6 +28,17 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.sendto(b"not egress", ("10.99.0.100", 9999))
 """
 
+UNMARKED_SNAT = f"""
+table inet egct_other {{
+  chain postrouting {{
+    type nat hook postrouting priority srcnat + 1; policy accept;
+    udp dport 9999 snat ip to {EGRESS}
+  }}
+}}
+"""
+"""Source NAT of the gateway's own UDP flow by someone else's rule: SNATed like
+egressd's flows, but without egressd's mark."""
+
 
 @pytest.fixture
 def gws() -> Iterator[TwoGateways]:
@@ -59,8 +70,9 @@ async def owner_entry(gws: TwoGateways) -> Entry:
 
 
 async def test_a_dump_by_mark_shows_the_nat_mapping_status_tcp_state_and_timeout(gws: TwoGateways) -> None:
+    gws.nft(gws.gwa, UNMARKED_SNAT)
     stream = gws.stream(duration=1.0)
-    gws.exec(gws.gwa, sys.executable, "-c", UNMARKED_UDP)  # the gateway's own flow: no SNAT, no mark
+    gws.exec(gws.gwa, sys.executable, "-c", UNMARKED_UDP)  # SNATed, without egressd's mark
     entry = await owner_entry(gws)
     assert entry.proto == TCP
     assert (str(entry.original.src), str(entry.original.dst)) == (POD, SERVER)
@@ -75,7 +87,8 @@ async def test_a_dump_by_mark_shows_the_nat_mapping_status_tcp_state_and_timeout
     assert entry.tcp.wscale_original > 0
     assert entry.timeout > 400_000  # the established timeout, 5 days
     assert entry.mark & MASK == MARK
-    assert "udp" in gws.conntrack_list(gws.gwa)  # the unmarked flow is in the table, not in the dump
+    (udp,) = [line for line in gws.conntrack_list(gws.gwa).splitlines() if "dport=9999" in line]
+    assert f"dst={EGRESS}" in udp and "mark=0 " in udp  # the other flow: SNATed, unmarked, not dumped
     async with table(gws.gwa, mark=0x00E80000) as other:
         assert await other.dump() == []
     server, client = stream.results()
@@ -122,7 +135,8 @@ async def test_events_come_filtered_by_mark(gws: TwoGateways) -> None:
         events = ct.events()
         first = asyncio.ensure_future(anext(events))
         await asyncio.sleep(0.3)  # the event socket is open (opening it in a namespace forks)
-        gws.exec(gws.gwa, sys.executable, "-c", UNMARKED_UDP)  # an unmarked new flow: no event
+        gws.nft(gws.gwa, UNMARKED_SNAT)
+        gws.exec(gws.gwa, sys.executable, "-c", UNMARKED_UDP)  # SNATed without egressd's mark: no event
         stream = gws.stream(duration=0.3)
         new = await asyncio.wait_for(first, 5)
         assert new.kind == "new"
