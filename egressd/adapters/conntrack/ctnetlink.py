@@ -97,6 +97,9 @@ SETTABLE_STATUS = int(Status.SEEN_REPLY | Status.ASSURED)
 """Status bits a create request sets (the kernel keeps the NAT bits to
 itself, and only ever sets these two)."""
 _CONFIRMED = int(Status.CONFIRMED)
+_SRC_NAT = int(Status.SRC_NAT)
+_TCP_STATES = {int(state): state for state in TcpState}
+"""The states by number: a dict lookup, where calling the enum costs more than the rest of a parse."""
 
 
 # --- encoding ---------------------------------------------------------------------------------
@@ -419,8 +422,9 @@ def _parse_tcp(data: bytes | None) -> TcpInfo | None:
     if data is None:
         return None
     info = _attrs(_attrs(data).get(PROTOINFO["CTA_PROTOINFO_TCP"], b""))
-    state = info.get(TCPINFO["CTA_PROTOINFO_TCP_STATE"])
-    if state is None or state[0] not in TcpState.__members__.values():
+    raw = info.get(TCPINFO["CTA_PROTOINFO_TCP_STATE"])
+    state = _TCP_STATES.get(raw[0]) if raw else None
+    if state is None:
         return None
 
     def byte(name: str) -> int:
@@ -428,7 +432,7 @@ def _parse_tcp(data: bytes | None) -> TcpInfo | None:
         return value[0] if value else 0
 
     return TcpInfo(
-        TcpState(state[0]),
+        state,
         byte("CTA_PROTOINFO_TCP_WSCALE_ORIGINAL"),
         byte("CTA_PROTOINFO_TCP_WSCALE_REPLY"),
         byte("CTA_PROTOINFO_TCP_FLAGS_ORIGINAL"),
@@ -450,7 +454,7 @@ def parse(message: NetlinkMessage) -> tuple[Entry | Removal | None, int]:
             return Removal(proto, original), mark
         _, reply = _parse_tuple(a[CTA["CTA_TUPLE_REPLY"]])
         status = _u32(a[CTA["CTA_STATUS"]])
-        if not status & Status.SRC_NAT:
+        if not status & _SRC_NAT:
             return None, mark
         entry = Entry(
             proto=proto,
