@@ -63,7 +63,8 @@ async def replicate(gws: TwoGateways, *, liberal: bool = True) -> float:
 
 def report(case: str, server: dict[str, Any], client: dict[str, Any], moved: float) -> None:
     print(
-        f"\n[{case}] move {moved * 1000:.0f} ms; server sent {server['sent']} lines, error {server['error']}; "
+        f"\n[{case}] move {moved * 1000:.0f} ms; server sent {server['sent']} lines, error {server['error']}, "
+        f"unacknowledged at the end {server['unacked']} bytes; "
         f"pod read {client['lines']} lines, longest silence {client['max_gap_ms']} ms"
     )
 
@@ -100,6 +101,7 @@ async def test_with_the_entry_installed_before_the_move_the_connection_survives(
     assert server["error"] is None, server
     assert client["error"] is None, client
     assert client["lines"] == server["sent"]  # every line arrived
+    assert server["unacked"] == 0  # and the pod's acknowledgements left B translated
     assert client["max_gap_ms"] < 1000
 
 
@@ -115,6 +117,7 @@ async def test_with_the_guard_a_late_entry_costs_a_retransmission_not_the_connec
     print(gws.exec(gws.gwb, "nft", "list", "table", "inet", "egct_guard"))
     assert server["error"] is None, server
     assert client["lines"] == server["sent"]
+    assert server["unacked"] == 0
     assert client["max_gap_ms"] >= LATE * 1000  # nothing got through before the entry
 
 

@@ -57,7 +57,11 @@ table inet egct_guard {{
 ``invalid``), never delivered to the local stack, which would answer a reset."""
 
 SERVER_SCRIPT = """
-import json, socket, sys, time
+import array, fcntl, json, socket, sys, termios, time
+def unacked(conn):
+    out = array.array("i", [0])
+    fcntl.ioctl(conn.fileno(), termios.TIOCOUTQ, out)
+    return out[0]
 duration = float(sys.argv[1])
 listener = socket.socket()
 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -73,9 +77,17 @@ try:
         time.sleep(0.02)
 except OSError as exc:
     error = f"{type(exc).__name__}: {exc}"
-print(json.dumps({"peer": list(peer), "sent": sent, "error": error}), flush=True)
+left = unacked(conn) if error is None else -1
+for _ in range(50):
+    if left <= 0:
+        break
+    time.sleep(0.02)
+    left = unacked(conn)
+print(json.dumps({"peer": list(peer), "sent": sent, "error": error, "unacked": left}), flush=True)
 """
-"""Sends a line every 20 ms for ``duration`` seconds on the one connection it accepts."""
+"""Sends a line every 20 ms for ``duration`` seconds on the one connection it
+accepts; reports the bytes the pod has not acknowledged at the end (after up to
+1 s more), which shows that the pod's packets reach it translated."""
 
 CLIENT_SCRIPT = """
 import json, socket, sys, time
