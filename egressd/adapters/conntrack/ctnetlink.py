@@ -67,6 +67,7 @@ from egressd.core.conntrack_entries import (
     TcpInfo,
     TcpState,
 )
+from egressd.core.errors import DataPlaneError
 
 
 def _numbers(table: Any) -> dict[str, int]:
@@ -355,7 +356,7 @@ class NetlinkMessage:
         return -int(_ERRNO.unpack_from(self.body)[0])
 
 
-class Malformed(ValueError):
+class Malformed(DataPlaneError):
     """Bytes from the kernel that do not parse as ctnetlink."""
 
 

@@ -136,7 +136,12 @@ class KernelConntrack:
         failures = await self._call(
             self._batch, list(entries), lambda e, seq: ctnetlink.create_request(e, seq, liberal=liberal)
         )
-        log.info("installed %d conntrack entries, %d refused", len(entries) - len(failures), len(failures))
+        if failures:
+            reasons = sorted({f.reason for f in failures})
+            log.warning("installed %d conntrack entries, %d refused (%s)", len(entries) - len(failures), len(failures),
+                        ", ".join(reasons))  # fmt: skip
+        else:
+            log.debug("installed %d conntrack entries", len(entries))
         return failures
 
     async def delete(self, flows: Sequence[Removal]) -> list[ConntrackFailure]:
@@ -218,7 +223,10 @@ class KernelConntrack:
     def _dump(self) -> list[Entry]:
         sock = self._socket()
         seq = self._next_seq()
-        sock.send(ctnetlink.dump_request(seq, self._mark, self._mask))
+        try:
+            sock.send(ctnetlink.dump_request(seq, self._mark, self._mask))
+        except OSError as exc:
+            raise DataPlaneError(f"ctnetlink dump request failed: {exc}") from exc
         found: list[Entry] = []
         while True:
             for message in self._read(sock):
@@ -228,7 +236,11 @@ class KernelConntrack:
                     return found
                 if message.error:
                     raise DataPlaneError(f"conntrack dump failed: {errno.errorcode.get(message.error, message.error)}")
-                record, mark = ctnetlink.parse(message)
+                try:
+                    record, mark = ctnetlink.parse(message)
+                except ctnetlink.Malformed as exc:
+                    log.warning("conntrack entry not understood, left out of the dump: %s", exc)
+                    continue
                 if isinstance(record, Entry) and self._ours(mark):
                     found.append(record)
 
