@@ -18,9 +18,11 @@ replicating SNATed flows:
   applying it (otherwise ``EBUSY``).
 * **Speed.** Building one create request with pyroute2's nla classes costs
   about 1 ms of CPU (measured: 999 us per message), 10 s for 10,000 entries;
-  decoding a dump is of the same order. Here a request is a few
-  ``struct.pack`` calls (about 10 us) and a batch of them goes to the kernel
-  in one ``send``, acknowledged per message, so every entry gets its own error.
+  decoding a kernel message through them takes about twice as long as
+  :func:`parse` (62 against 29 us, measured on a busy machine). Here a create
+  request is one ``struct.pack`` of a layout compiled once (about 10 us with
+  the values prepared), and a batch of them goes to the kernel in one
+  ``send``, acknowledged per message, so every entry gets its own error.
 
 Layout: ``nlmsghdr`` (native endian) | ``nfgenmsg`` (family, version 0,
 res_id) | attributes (``nlattr`` header native endian, payload big-endian
