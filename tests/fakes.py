@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from egressd.adapters.mesh import MeshSocket
+from egressd.core.conntrack_entries import Entry, Removal
 from egressd.core.errors import ApiTimeout, ApiUnavailable, LostRace, NotFound
 from egressd.core.kube_objects import RESOURCES
 from egressd.core.lease import LeaseRecord, released
 from egressd.core.mesh_messages import Message, encode
 from egressd.core.node_lease import NodeLeaseRecord
-from egressd.ports import ClusterEvent, LeaseEvent
+from egressd.ports import ClusterEvent, ConntrackEvent, ConntrackFailure, LeaseEvent
 
 
 class FakeLeaseStore:
@@ -329,3 +330,69 @@ class FakeMeshSocket(MeshSocket):
             raise RuntimeError("the mesh socket is not open")
         self.sent += 1
         self.network.deliver(encode(message, self._key), self.bound, peer)
+
+
+class FakeConntrack:
+    """One kernel's conntrack table of egressd's flows (the Conntrack port),
+    keyed like the kernel's by protocol and original tuple. ``install``
+    refuses an entry whose flow is there (``exists``), ``delete`` a flow that
+    is not (``absent``), as the kernel does. The owner's side of a test
+    changes the table with ``flow_new``/``flow_update``/``flow_gone``, which
+    also emit the events; ``overflow`` emits the kernel's "events lost"."""
+
+    def __init__(self) -> None:
+        self.table: dict[Removal, Entry] = {}
+        self.installs: list[list[Entry]] = []
+        """Every batch :meth:`install` was given, in order."""
+        self._watchers: list[asyncio.Queue[ConntrackEvent]] = []
+
+    async def dump(self) -> list[Entry]:
+        return list(self.table.values())
+
+    async def events(self) -> AsyncIterator[ConntrackEvent]:
+        queue: asyncio.Queue[ConntrackEvent] = asyncio.Queue()
+        self._watchers.append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._watchers.remove(queue)
+
+    async def install(self, entries: Sequence[Entry]) -> list[ConntrackFailure]:
+        self.installs.append(list(entries))
+        failures = []
+        for entry in entries:
+            if entry.key in self.table:
+                failures.append(ConntrackFailure(entry, 17, "exists"))
+            else:
+                self.table[entry.key] = entry
+        return failures
+
+    async def delete(self, flows: Sequence[Removal]) -> list[ConntrackFailure]:
+        failures = []
+        for flow in flows:
+            if self.table.pop(flow, None) is None:
+                failures.append(ConntrackFailure(flow, 2, "absent"))
+        return failures
+
+    async def close(self) -> None:
+        self._watchers.clear()
+
+    def flow_new(self, entry: Entry) -> None:
+        self.table[entry.key] = entry
+        self._publish(ConntrackEvent("new", entry))
+
+    def flow_update(self, entry: Entry) -> None:
+        self.table[entry.key] = entry
+        self._publish(ConntrackEvent("update", entry))
+
+    def flow_gone(self, flow: Removal) -> None:
+        self.table.pop(flow, None)
+        self._publish(ConntrackEvent("destroy", flow))
+
+    def overflow(self) -> None:
+        self._publish(ConntrackEvent("overflow"))
+
+    def _publish(self, event: ConntrackEvent) -> None:
+        for queue in self._watchers:
+            queue.put_nowait(event)

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from egressd.core.addressing import OnLink
+from egressd.core.conntrack_entries import Entry, Removal
 from egressd.core.kube_objects import Resource
 from egressd.core.lease import LeaseRecord
 from egressd.core.mesh_messages import Message
@@ -316,3 +317,52 @@ class MeshTransport(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ConntrackEvent:
+    """One change of a flow egressd SNATs (its entry carries egressd's mark).
+
+    ``new`` and ``update`` carry the entry, ``destroy`` the removal of its
+    flow. ``overflow`` carries nothing: the kernel dropped events (the
+    socket's buffer was full), so the consumer's copy may be stale and it
+    must read the whole table again (:meth:`Conntrack.dump`).
+    """
+
+    kind: Literal["new", "update", "destroy", "overflow"]
+    record: Entry | Removal | None = None
+
+
+@dataclass(frozen=True)
+class ConntrackFailure:
+    """One entry the kernel refused to install or delete."""
+
+    record: Entry | Removal
+    errno: int
+    reason: str
+    """Short and fixed (a metric label): ``exists``, ``absent``, or the errno's name."""
+
+
+class Conntrack(Protocol):
+    """The kernel's conntrack table, limited to the flows egressd SNATs (those
+    whose conntrack mark matches egressd's, set by the SNAT rule)."""
+
+    async def dump(self) -> list[Entry]:
+        """Every source-NATed TCP and UDP entry with egressd's mark, now."""
+        ...
+
+    def events(self) -> AsyncIterator[ConntrackEvent]:
+        """New, updated and destroyed entries with egressd's mark, as they happen."""
+        ...
+
+    async def install(self, entries: Sequence[Entry]) -> list[ConntrackFailure]:
+        """Create these entries (same tuples, NAT mapping, TCP state, timeout,
+        mark); the ones refused, each with its reason. An entry whose flow
+        already has one is refused (``exists``), never overwritten."""
+        ...
+
+    async def delete(self, flows: Sequence[Removal]) -> list[ConntrackFailure]:
+        """Delete the entries of these flows; those not found are ``absent``."""
+        ...
+
+    async def close(self) -> None: ...
