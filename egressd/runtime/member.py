@@ -20,6 +20,11 @@ after each renew for all owned IPs at once (:meth:`Member.rearm`).
 Every way out of OWNER (renew deadline, lost lease, failed takeover, handoff,
 identity clash, shutdown) goes through :meth:`Member._leave`, which keeps that
 order and records the reason in the state machine, metrics, events and log.
+
+A release naming a successor is followed at once by a wake over the mesh
+(``wake``, the daemon's): the successor's member, woken (:meth:`Member.woken`),
+reads its claim before its next decision instead of waiting for the watch to
+bring the release, and then decides and writes as it would on the watch's news.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from egressd.core.backoff import Repeats
 from egressd.core.election import Action, Decision, Me, decide, hold_off, next_look, spread_rank
 from egressd.core.errors import ApiError, ApiTimeout, ConfigError, DataPlaneError, LostRace, MalformedLease
 from egressd.core.lease import LeaseRecord, held_by, lease_name
+from egressd.core.mesh_messages import Wake
 from egressd.core.model import EgressGroup, IPAddress, Settings
 from egressd.core.node_lease import node_lease_name
 from egressd.core.ownership_events import OwnershipEvent
@@ -77,6 +83,7 @@ class Member:
         events: EventSink,
         metrics: Metrics,
         serving_locally: bool = False,
+        wake: Callable[[LeaseRecord, str], None] | None = None,
     ) -> None:
         problems = settings.timing.check()
         if problems:
@@ -117,6 +124,10 @@ class Member:
         self._write_unsure = False
         """A write naming us was sent and its answer never came (cancelled,
         timed out): it may have landed, so a release must read the lease back."""
+        self._wake = wake or (lambda _released, _successor: None)
+        """Wakes the successor of a release (the mesh's; nothing without it)."""
+        self._woken: Wake | None = None
+        """A wake taken for this IP and not yet answered by a read of the claim."""
         self.log = ContextLog(log, {"egress_ip": str(ip), "node": settings.node.name, "epoch": 0})
 
     # --- the loop ------------------------------------------------------------------
@@ -172,6 +183,8 @@ class Member:
         await self._view.ready.wait()
         news = self._view.news(self.name)
         while not self._stopping:
+            if self._woken is not None:
+                await self._read_on_wake()
             news.clear()
             wait = await self.step()
             self.first_step.set()
@@ -210,6 +223,27 @@ class Member:
         elif action is Action.FENCE:
             await self._fence_clash(decision)
         return next_look(decision, owner=self.sm.state is State.OWNER, timing=self._timing)
+
+    def woken(self, wake: Wake) -> None:
+        """The old owner says it released this IP's claim to us: read the
+        claim before the next decision (the loop is woken for it). The wake
+        only says when to look; what is read decides, as the watch's news would."""
+        if self.sm.state is State.OWNER:
+            return
+        self._woken = wake
+        self._view.news(self.name).set()
+
+    async def _read_on_wake(self) -> None:
+        wake, self._woken = self._woken, None
+        if wake is None or self._view.get(self.name).resource_version == wake.resource_version:
+            return  # the watch brought the release meanwhile
+        self.log.info(
+            "woken by %s: released to us at epoch %d (version %s); reading the claim",
+            wake.sender,
+            wake.epoch,
+            wake.resource_version,
+        )
+        await self._refresh()
 
     def _note(self, decision: Decision) -> None:
         last = self.last_decision
@@ -446,7 +480,9 @@ class Member:
         if not release:
             return
         released = await self._release(successor=successor, base=base)
-        if released and event is Event.RELEASED:
+        if released is not None and successor is not None:
+            self._wake(released, successor)
+        if released is not None and event is Event.RELEASED:
             # the release is the leaving itself (handoff, shutdown): it is what is announced
             self.log.info("released the lease (%s; successor %s)", reason, successor or "-")
             self._emit("released", reason, f"to {successor}" if successor else "")
@@ -472,8 +508,9 @@ class Member:
             record is not None and record.holder == self._settings.node.name and record.incarnation == self._incarnation
         )
 
-    async def _release(self, *, successor: str | None, base: LeaseRecord | None = None) -> bool:
-        """Write the lease free if it names this process; whether it did.
+    async def _release(self, *, successor: str | None, base: LeaseRecord | None = None) -> LeaseRecord | None:
+        """Write the lease free if it names this process; the released lease
+        as written (None: not released).
 
         The view may be behind our own last write (its answer never came: the
         loop was cancelled in flight, or it timed out): then the lease is read
@@ -493,7 +530,7 @@ class Member:
                 if record is not None and record.holder == self._settings.node.name:
                     why += f" (incarnation {record.incarnation}, ours is {self._incarnation})"
                 self.log.info("release not needed: %s", why)
-                return False
+                return None
             assert record is not None
             try:
                 written = await self._store.release(record, successor=successor, deadline=deadline)
@@ -505,11 +542,11 @@ class Member:
             except ApiError as exc:
                 self._write_unsure = self._write_unsure or isinstance(exc, ApiTimeout)
                 self.log.warning("release failed: %s", exc)
-                return False
+                return None
             self._view.observe(self.name, written, notify=False)
-            return True
+            return written
         self.log.warning("release gave up: the lease kept changing under us")
-        return False
+        return None
 
     async def _fence_clash(self, decision: Decision) -> None:
         await self._leave(Event.CLASH, decision.reason, decision.detail, withdraw_as="identity-clash")
