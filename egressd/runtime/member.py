@@ -23,7 +23,7 @@ order and records the reason in the state machine, metrics, events and log.
 
 A release naming a successor is followed at once by a wake over the mesh
 (``wake``, the daemon's): the successor's member, woken (:meth:`Member.woken`),
-reads its claim before its next decision instead of waiting for the watch to
+reads its claim at once beside its loop instead of waiting for the watch to
 bring the release, and then decides and writes as it would on the watch's news.
 """
 
@@ -126,8 +126,8 @@ class Member:
         timed out): it may have landed, so a release must read the lease back."""
         self._wake = wake or (lambda _released, _successor: None)
         """Wakes the successor of a release (the mesh's; nothing without it)."""
-        self._woken: Wake | None = None
-        """A wake taken for this IP and not yet answered by a read of the claim."""
+        self._wake_read: asyncio.Task[None] | None = None
+        """The read of the claim a wake asked for, beside the loop (see :meth:`woken`)."""
         self.log = ContextLog(log, {"egress_ip": str(ip), "node": settings.node.name, "epoch": 0})
 
     # --- the loop ------------------------------------------------------------------
@@ -183,8 +183,6 @@ class Member:
         await self._view.ready.wait()
         news = self._view.news(self.name)
         while not self._stopping:
-            if self._woken is not None:
-                await self._read_on_wake()
             news.clear()
             wait = await self.step()
             self.first_step.set()
@@ -226,16 +224,20 @@ class Member:
 
     def woken(self, wake: Wake) -> None:
         """The old owner says it released this IP's claim to us: read the
-        claim before the next decision (the loop is woken for it). The wake
-        only says when to look; what is read decides, as the watch's news would."""
-        if self.sm.state is State.OWNER:
+        claim now. The read runs beside the loop, which goes on waiting for
+        news: whichever brings the release first, the read or the watch,
+        wakes it (a read never holds back news the watch has brought). The
+        wake only says when to look; what is read is decided on as the
+        watch's news would be."""
+        if self.sm.state is State.OWNER or self._stopping:
             return
-        self._woken = wake
-        self._view.news(self.name).set()
+        if self._wake_read is not None and not self._wake_read.done():
+            return  # a read is on its way; it sees this release too
+        self._wake_read = asyncio.get_running_loop().create_task(self._read_on_wake(wake), name=f"wake-read:{self.ip}")
+        self._wake_read.add_done_callback(self._wake_read_done)
 
-    async def _read_on_wake(self) -> None:
-        wake, self._woken = self._woken, None
-        if wake is None or self._view.get(self.name).resource_version == wake.resource_version:
+    async def _read_on_wake(self, wake: Wake) -> None:
+        if self._view.get(self.name).resource_version == wake.resource_version:
             return  # the watch brought the release meanwhile
         self.log.info(
             "woken by %s: released to us at epoch %d (version %s); reading the claim",
@@ -243,7 +245,21 @@ class Member:
             wake.epoch,
             wake.resource_version,
         )
-        await self._refresh()
+        try:
+            record = await self._store.get(self.name, deadline=self._clock.monotonic() + self._timing.api_timeout)
+        except MalformedLease as exc:
+            self._view.observe(self.name, None, problem=str(exc))
+            return
+        except ApiError as exc:
+            self.log.info("could not read the claim a wake announced (the watch will bring it): %s", exc)
+            return
+        if self.sm.state is State.OWNER:
+            return  # taken meanwhile (the watch was first): our write's answer is newer than this read
+        self._view.observe(self.name, record)
+
+    def _wake_read_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("the read of the claim a wake announced failed: %r", task.exception())
 
     def _note(self, decision: Decision) -> None:
         last = self.last_decision
@@ -592,8 +608,11 @@ class Member:
     # --- shutdown --------------------------------------------------------------------
 
     def stop_soon(self) -> None:
-        """Make the loop end at its next turn (shutdown cancels it as well)."""
+        """Make the loop end at its next turn (shutdown cancels it as well),
+        and a read a wake asked for end now."""
         self._stopping = True
+        if self._wake_read is not None:
+            self._wake_read.cancel()
 
     async def shutdown(self, reason: str = "shutdown") -> None:
         """Withdraw first, then free the lease for the next preferred candidate
