@@ -5,9 +5,11 @@ last decision, asks :func:`egressd.core.election.decide` what to do, and does
 it through the ports. Order matters and is fixed here:
 
 * takeover: lease written → address claimed (with lifetime) → SNAT on → first GARP;
-* withdraw: GARP stopped → SNAT off → address removed, and only then any API
+* withdraw: GARP stopped → address removed → SNAT off, and only then any API
   write (release). A member never serves before its write succeeded, and never
-  writes a release while still serving.
+  writes a release while still serving. SNAT goes last because traffic stops
+  with it: in a handoff the outage then starts as late as it can, right
+  before the release is sent.
 
 The claim is written on acquire, handoff, release and adoption only, never
 renewed: the right to serve comes from this node's lease
@@ -439,16 +441,20 @@ class Member:
             self._metrics.owned(ip, True)
 
     async def _withdraw(self, reason: str) -> None:
-        """Stop serving: announcements, SNAT, address — each attempted even if one fails."""
+        """Stop serving: announcements, address, SNAT — each attempted even if one fails."""
         async with self._dp_lock:
             await self._withdraw_locked(reason)
 
     async def _withdraw_locked(self, reason: str) -> None:
         """:meth:`_withdraw` for callers that hold the data-plane lock already."""
+        # SNAT (with its nftables fence) goes last: traffic stops only with it
+        # (the flows' replies are un-NATed before routing, so they still pass
+        # once the address is gone), and what follows it until a release
+        # leaves is the start of the handoff's outage: nothing but the release
         steps: tuple[tuple[str, Callable[[], Awaitable[None]]], ...] = (
             ("announcer", lambda: self._dp.announcer.stop(self.ip)),
-            ("snat", lambda: self._dp.snat.deactivate(self.ip)),
             ("address", lambda: self._dp.addresses.release(self.ip, self.group.interface)),
+            ("snat", lambda: self._dp.snat.deactivate(self.ip)),
         )
         for what, op in steps:
             try:
