@@ -38,6 +38,10 @@ def test_a_wake_after_the_watch_brought_the_release_needs_no_read() -> None:
     released = replace(HELD, holder=None, preferred_holder="gw-b", resource_version="41")
     verdict = judge_wake(WAKE, me="gw-b", candidates=CANDIDATES, known=released)
     assert (verdict.action, verdict.reason) == (WakeAction.SEEN, "seen")
+    # or after we took the claim on the watch's news: an older epoch, but nobody's fault
+    taken = replace(HELD, holder="gw-b", transitions=4, resource_version="42")
+    verdict = judge_wake(WAKE, me="gw-b", candidates=CANDIDATES, known=taken)
+    assert (verdict.action, verdict.reason) == (WakeAction.SEEN, "held")
 
 
 @pytest.mark.parametrize(
@@ -49,7 +53,7 @@ def test_a_wake_after_the_watch_brought_the_release_needs_no_read() -> None:
         (replace(WAKE, sender="gw-c"), CANDIDATES, HELD, "not-candidate"),  # the sender is none
         (replace(WAKE, epoch=2), CANDIDATES, HELD, "stale-epoch"),  # from an earlier handoff
         (replace(WAKE, epoch=2**31 - 1), CANDIDATES, replace(HELD, transitions=0), "stale-epoch"),  # the wrap
-        (WAKE, CANDIDATES, replace(HELD, holder="gw-b", transitions=4, resource_version="42"), "stale-epoch"),
+        (WAKE, CANDIDATES, replace(HELD, holder="gw-c", transitions=4, resource_version="42"), "stale-epoch"),
     ],
 )
 def test_wakes_not_worth_a_read_are_dropped_with_the_reason(
