@@ -2,7 +2,9 @@
 
 A node serves an IP from its first ``claim`` until its ``release`` or until
 the address would have expired (last claim + lifetime): the kernel fence as
-the recording data plane models it.
+the recording data plane models it. A withdrawal removes the address before
+SNAT (traffic stops with SNAT): a ``snat-off`` right after a ``release``
+ends the interval then.
 """
 
 from __future__ import annotations
@@ -25,12 +27,20 @@ class Interval:
 def intervals(ops: Iterable[Mapping[str, Any]], until: float) -> list[Interval]:
     open_: dict[tuple[str, str], tuple[float, float]] = {}
     out: list[Interval] = []
+    released: dict[tuple[str, str], int] = {}
+    """Where in ``out`` the interval a ``release`` ended, until its withdrawal's ``snat-off``."""
     for op in sorted(ops, key=lambda o: float(o["t"])):
         kind = op["op"]
-        if kind not in ("claim", "release"):
+        if kind not in ("claim", "release", "snat-off"):
             continue
         key = (str(op["node"]), str(op["ip"]))
         t = float(op["t"])
+        if kind == "snat-off":
+            index = released.pop(key, None)
+            if index is not None:
+                out[index] = Interval(key[0], key[1], out[index].start, t)
+            continue
+        released.pop(key, None)
         current = open_.get(key)
         if current is not None and current[1] <= t:
             out.append(Interval(key[0], key[1], current[0], current[1]))
@@ -41,6 +51,7 @@ def intervals(ops: Iterable[Mapping[str, Any]], until: float) -> list[Interval]:
             open_[key] = (start, t + float(op["lifetime"]))
         elif current is not None:
             out.append(Interval(key[0], key[1], current[0], t))
+            released[key] = len(out) - 1
             del open_[key]
     for (node, ip), (start, expiry) in open_.items():
         out.append(Interval(node, ip, start, min(expiry, until)))

@@ -22,10 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TypeGuard
+
+from egressd.core.lease import EPOCH_MODULUS
 
 MAGIC = b"EGM1"
 TAG_SIZE = 32
@@ -37,6 +41,9 @@ MAX_NAME = 253
 NONCE_HEX = 32
 MAX_SEQ = 2**63 - 1
 MAX_PROMISE_MS = 300_000
+MAX_TOKEN = 64
+"""Characters of an incarnation token, or of a resourceVersion in a wake
+(opaque to clients; etcd's are decimal revisions): printable ASCII."""
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _HEX = re.compile(rf"^[0-9a-f]{{{NONCE_HEX}}}$")
@@ -71,7 +78,23 @@ class Promise:
     """How long the sender keeps the promise, from when it answered."""
 
 
-Message = Heartbeat | Promise
+@dataclass(frozen=True)
+class Wake:
+    sender: str
+    incarnation: str
+    seq: int
+    """From the sender's heartbeat sequence: grows with every datagram of the process."""
+    ip: str
+    """The egress IP whose claim was released (canonical text form)."""
+    epoch: int
+    """The released claim's epoch (``leaseTransitions``)."""
+    resource_version: str
+    """The released claim's resourceVersion, as the release write's answer gave it."""
+    to: str
+    """The successor the claim was released to."""
+
+
+Message = Heartbeat | Promise | Wake
 
 
 def check_key(key: bytes) -> bytes:
@@ -85,9 +108,13 @@ def encode(message: Message, key: bytes) -> bytes:
     if isinstance(message, Heartbeat):
         body = {"k": "hb", "from": message.sender, "inc": message.incarnation, "seq": message.seq,
                 "nonce": message.nonce, "api": message.api_ok}  # fmt: skip
-    else:
+    elif isinstance(message, Promise):
         body = {"k": "promise", "from": message.sender, "inc": message.incarnation, "to": message.to,
                 "nonce": message.nonce, "ms": message.duration_ms}  # fmt: skip
+    else:
+        body = {"k": "wake", "from": message.sender, "inc": message.incarnation, "seq": message.seq,
+                "ip": message.ip, "epoch": message.epoch, "rv": message.resource_version,
+                "to": message.to}  # fmt: skip
     raw = MAGIC + json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
     datagram = raw + hmac.new(key, raw, hashlib.sha256).digest()
     if len(datagram) > MAX_DATAGRAM:
@@ -118,13 +145,18 @@ def _message(body: dict[str, object]) -> Message:
     kind = body.get("k")
     if kind == "hb":
         _keys(body, {"k", "from", "inc", "seq", "nonce", "api"})
-        seq = body["seq"]
-        if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
-            raise MeshRejected("malformed", f"seq: must be 0 to {MAX_SEQ}")
+        seq = _int(body, "seq", MAX_SEQ)
         api = body["api"]
         if not isinstance(api, bool):
             raise MeshRejected("malformed", "api: must be true or false")
         return Heartbeat(_name(body, "from"), _token(body, "inc"), seq, _nonce(body), api)
+    if kind == "wake":
+        _keys(body, {"k", "from", "inc", "seq", "ip", "epoch", "rv", "to"})
+        seq = _int(body, "seq", MAX_SEQ)
+        epoch = _int(body, "epoch", EPOCH_MODULUS - 1)
+        return Wake(
+            _name(body, "from"), _token(body, "inc"), seq, _ip(body), epoch, _token(body, "rv"), _name(body, "to")
+        )
     if kind == "promise":
         _keys(body, {"k", "from", "inc", "to", "nonce", "ms"})
         ms = body["ms"]
@@ -141,6 +173,27 @@ def _keys(body: dict[str, object], expected: set[str]) -> None:
         raise MeshRejected("malformed", f"fields: missing {missing}, unknown {[e[:20] for e in extra]}")
 
 
+def _int(body: dict[str, object], key: str, most: int) -> int:
+    value = body[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+        raise MeshRejected("malformed", f"{key}: must be 0 to {most}")
+    return value
+
+
+def _ip(body: dict[str, object]) -> str:
+    """An IP address in its canonical form (the form claims are named by)."""
+    value = body["ip"]
+    if not isinstance(value, str) or len(value) > 45:
+        raise MeshRejected("malformed", "ip: not an IP address")
+    try:
+        canonical = str(ipaddress.ip_address(value))
+    except ValueError:
+        raise MeshRejected("malformed", "ip: not an IP address") from None
+    if canonical != value:
+        raise MeshRejected("malformed", "ip: not in canonical form")
+    return value
+
+
 def _name(body: dict[str, object], key: str) -> str:
     value = body[key]
     if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME or not _NAME.match(value):
@@ -148,10 +201,15 @@ def _name(body: dict[str, object], key: str) -> str:
     return value
 
 
+def fits_token(value: object) -> TypeGuard[str]:
+    """Whether ``value`` can travel as an incarnation or a resourceVersion."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_TOKEN and value.isascii() and value.isprintable()
+
+
 def _token(body: dict[str, object], key: str) -> str:
     value = body[key]
-    if not isinstance(value, str) or not 0 < len(value) <= 64 or not value.isascii() or not value.isprintable():
-        raise MeshRejected("malformed", f"{key}: must be 1 to 64 printable ASCII characters")
+    if not fits_token(value):
+        raise MeshRejected("malformed", f"{key}: must be 1 to {MAX_TOKEN} printable ASCII characters")
     return value
 
 
@@ -163,14 +221,14 @@ def _nonce(body: dict[str, object]) -> str:
 
 
 class ReplayGuard:
-    """Takes each heartbeat of a process once and in order: a heartbeat whose
-    sequence is not above the last one taken from the same sender and
-    incarnation is ``replayed``. A new incarnation of a sender starts afresh
-    (its process restarted) and retires the one before: a heartbeat of a
-    retired incarnation is ``retired-incarnation``, so that recordings of two
-    processes of one node cannot be played in turn, each taken as new. The
-    guard remembers at most ``size`` senders and, per sender, the last
-    ``retired`` incarnations."""
+    """Takes each heartbeat (or each wake: one guard per kind) of a process
+    once and in order: a datagram whose sequence is not above the last one
+    taken from the same sender and incarnation is ``replayed``. A new
+    incarnation of a sender starts afresh (its process restarted) and retires
+    the one before: a datagram of a retired incarnation is
+    ``retired-incarnation``, so that recordings of two processes of one node
+    cannot be played in turn, each taken as new. The guard remembers at most
+    ``size`` senders and, per sender, the last ``retired`` incarnations."""
 
     def __init__(self, size: int = 1024, retired: int = 64) -> None:
         self._last: OrderedDict[str, tuple[str, int]] = OrderedDict()
@@ -178,7 +236,7 @@ class ReplayGuard:
         self._size = size
         self._keep_retired = retired
 
-    def admit(self, hb: Heartbeat) -> None:
+    def admit(self, hb: Heartbeat | Wake) -> None:
         last = self._last.get(hb.sender)
         retired = self._retired.get(hb.sender)
         if retired is not None and hb.incarnation in retired:

@@ -38,13 +38,17 @@ import logging
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import replace
+from ipaddress import ip_address
 from typing import Any
 
 from egressd.core import rights
 from egressd.core.errors import ConfigError, DataPlaneError, Problem
+from egressd.core.lease import LeaseRecord
+from egressd.core.mesh_messages import Wake
 from egressd.core.mesh_settings import DEFAULT_PORT
 from egressd.core.model import EgressGroup, IPAddress, Settings
 from egressd.core.states import State
+from egressd.core.wake import WakeAction, WakeVerdict, judge_wake
 from egressd.ports import Clock, EventSink, LeaseStore, MeshTransport, Metrics, Steering
 from egressd.runtime import health, reconcile
 from egressd.runtime.liveness import NodeLiveness
@@ -130,6 +134,7 @@ class Daemon:
         if self.mesh is not None:
             self.liveness.promised_until = self.mesh.promised_until
             self.mesh.on_promise = self.liveness.extended
+            self.mesh.on_wake = self._woken
         self.peer_rights = PeerRightWatch(
             node=settings.node.name,
             events=self.events,
@@ -293,8 +298,33 @@ class Daemon:
             log.info("mesh off: this node has no node.address and is no gateway candidate")
             return
         await self.mesh.transport.open(str(address), self.mesh.port)
+        self.mesh.open = True
         self.supervisor.spawn("mesh-receive", self.mesh.receive_forever)
         self.supervisor.spawn("mesh-heartbeat", self.mesh.heartbeat_forever)
+
+    def _wake_successor(self, released: LeaseRecord, successor: str) -> None:
+        """A member released its claim to ``successor``: wake it over the mesh."""
+        if self.mesh is not None and self.mesh.wake(
+            released.egress_ip, released.transitions, released.resource_version, successor
+        ):
+            log.debug("ip=%s node=%s woke %s over the mesh", released.egress_ip, self.settings.node.name, successor)
+
+    def _woken(self, wake: Wake) -> WakeVerdict:
+        """A wake from a candidate peer: judged (``judge_wake``) and, if worth
+        it, handed to the IP's member, which reads its claim at once."""
+        try:
+            member = self.members.get(ip_address(wake.ip))
+        except ValueError:  # the parser let through only addresses; never here
+            member = None
+        verdict = judge_wake(
+            wake,
+            me=self.settings.node.name,
+            candidates=member.group.candidates if member is not None else None,
+            known=self.view.get(member.name).record if member is not None else None,
+        )
+        if member is not None and verdict.action is WakeAction.READ:
+            member.woken(wake)
+        return verdict
 
     def _owners(self) -> list[Member]:
         return [m for m in self.members.values() if m.sm.state is State.OWNER]
@@ -430,6 +460,7 @@ class Daemon:
             events=self.events,
             metrics=self.metrics,
             serving_locally=adopt,
+            wake=self._wake_successor,
         )
         self.members[ip] = member
         # the loop returns only after stop_soon(); a failure starts it again
@@ -576,6 +607,7 @@ class Daemon:
                 log.error("shutdown of %s did not finish in %.1fs", task.get_name(), self.shutdown_grace)
         await sup.shutdown(grace=1.0)
         if self.mesh is not None:
+            self.mesh.open = False
             self.mesh.transport.close()
         await self.store.close()
         log.info("egressd stopped (%s)", sup.stop_reason or "no reason")

@@ -5,9 +5,11 @@ last decision, asks :func:`egressd.core.election.decide` what to do, and does
 it through the ports. Order matters and is fixed here:
 
 * takeover: lease written → address claimed (with lifetime) → SNAT on → first GARP;
-* withdraw: GARP stopped → SNAT off → address removed, and only then any API
+* withdraw: GARP stopped → address removed → SNAT off, and only then any API
   write (release). A member never serves before its write succeeded, and never
-  writes a release while still serving.
+  writes a release while still serving. SNAT goes last because traffic stops
+  with it: in a handoff the outage then starts as late as it can, right
+  before the release is sent.
 
 The claim is written on acquire, handoff, release and adoption only, never
 renewed: the right to serve comes from this node's lease
@@ -20,6 +22,11 @@ after each renew for all owned IPs at once (:meth:`Member.rearm`).
 Every way out of OWNER (renew deadline, lost lease, failed takeover, handoff,
 identity clash, shutdown) goes through :meth:`Member._leave`, which keeps that
 order and records the reason in the state machine, metrics, events and log.
+
+A release naming a successor is followed at once by a wake over the mesh
+(``wake``, the daemon's): the successor's member, woken (:meth:`Member.woken`),
+reads its claim at once beside its loop instead of waiting for the watch to
+bring the release, and then decides and writes as it would on the watch's news.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from egressd.core.backoff import Repeats
 from egressd.core.election import Action, Decision, Me, decide, hold_off, next_look, spread_rank
 from egressd.core.errors import ApiError, ApiTimeout, ConfigError, DataPlaneError, LostRace, MalformedLease
 from egressd.core.lease import LeaseRecord, held_by, lease_name
+from egressd.core.mesh_messages import Wake
 from egressd.core.model import EgressGroup, IPAddress, Settings
 from egressd.core.node_lease import node_lease_name
 from egressd.core.ownership_events import OwnershipEvent
@@ -77,6 +85,7 @@ class Member:
         events: EventSink,
         metrics: Metrics,
         serving_locally: bool = False,
+        wake: Callable[[LeaseRecord, str], None] | None = None,
     ) -> None:
         problems = settings.timing.check()
         if problems:
@@ -117,6 +126,10 @@ class Member:
         self._write_unsure = False
         """A write naming us was sent and its answer never came (cancelled,
         timed out): it may have landed, so a release must read the lease back."""
+        self._wake = wake or (lambda _released, _successor: None)
+        """Wakes the successor of a release (the mesh's; nothing without it)."""
+        self._wake_read: asyncio.Task[None] | None = None
+        """The read of the claim a wake asked for, beside the loop (see :meth:`woken`)."""
         self.log = ContextLog(log, {"egress_ip": str(ip), "node": settings.node.name, "epoch": 0})
 
     # --- the loop ------------------------------------------------------------------
@@ -210,6 +223,45 @@ class Member:
         elif action is Action.FENCE:
             await self._fence_clash(decision)
         return next_look(decision, owner=self.sm.state is State.OWNER, timing=self._timing)
+
+    def woken(self, wake: Wake) -> None:
+        """The old owner says it released this IP's claim to us: read the
+        claim now. The read runs beside the loop, which goes on waiting for
+        news: whichever brings the release first, the read or the watch,
+        wakes it (a read never holds back news the watch has brought). The
+        wake only says when to look; what is read is decided on as the
+        watch's news would be."""
+        if self.sm.state is State.OWNER or self._stopping:
+            return
+        if self._wake_read is not None and not self._wake_read.done():
+            return  # a read is on its way; it sees this release too
+        self._wake_read = asyncio.get_running_loop().create_task(self._read_on_wake(wake), name=f"wake-read:{self.ip}")
+        self._wake_read.add_done_callback(self._wake_read_done)
+
+    async def _read_on_wake(self, wake: Wake) -> None:
+        if self._view.get(self.name).resource_version == wake.resource_version:
+            return  # the watch brought the release meanwhile
+        self.log.info(
+            "woken by %s: released to us at epoch %d (version %s); reading the claim",
+            wake.sender,
+            wake.epoch,
+            wake.resource_version,
+        )
+        try:
+            record = await self._store.get(self.name, deadline=self._clock.monotonic() + self._timing.api_timeout)
+        except MalformedLease as exc:
+            self._view.observe(self.name, None, problem=str(exc))
+            return
+        except ApiError as exc:
+            self.log.info("could not read the claim a wake announced (the watch will bring it): %s", exc)
+            return
+        if self.sm.state is State.OWNER:
+            return  # taken meanwhile (the watch was first): our write's answer is newer than this read
+        self._view.observe(self.name, record)
+
+    def _wake_read_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("the read of the claim a wake announced failed: %r", task.exception())
 
     def _note(self, decision: Decision) -> None:
         last = self.last_decision
@@ -389,16 +441,20 @@ class Member:
             self._metrics.owned(ip, True)
 
     async def _withdraw(self, reason: str) -> None:
-        """Stop serving: announcements, SNAT, address — each attempted even if one fails."""
+        """Stop serving: announcements, address, SNAT — each attempted even if one fails."""
         async with self._dp_lock:
             await self._withdraw_locked(reason)
 
     async def _withdraw_locked(self, reason: str) -> None:
         """:meth:`_withdraw` for callers that hold the data-plane lock already."""
+        # SNAT (with its nftables fence) goes last: traffic stops only with it
+        # (the flows' replies are un-NATed before routing, so they still pass
+        # once the address is gone), and what follows it until a release
+        # leaves is the start of the handoff's outage: nothing but the release
         steps: tuple[tuple[str, Callable[[], Awaitable[None]]], ...] = (
             ("announcer", lambda: self._dp.announcer.stop(self.ip)),
-            ("snat", lambda: self._dp.snat.deactivate(self.ip)),
             ("address", lambda: self._dp.addresses.release(self.ip, self.group.interface)),
+            ("snat", lambda: self._dp.snat.deactivate(self.ip)),
         )
         for what, op in steps:
             try:
@@ -446,7 +502,9 @@ class Member:
         if not release:
             return
         released = await self._release(successor=successor, base=base)
-        if released and event is Event.RELEASED:
+        if released is not None and successor is not None:
+            self._wake(released, successor)
+        if released is not None and event is Event.RELEASED:
             # the release is the leaving itself (handoff, shutdown): it is what is announced
             self.log.info("released the lease (%s; successor %s)", reason, successor or "-")
             self._emit("released", reason, f"to {successor}" if successor else "")
@@ -472,8 +530,9 @@ class Member:
             record is not None and record.holder == self._settings.node.name and record.incarnation == self._incarnation
         )
 
-    async def _release(self, *, successor: str | None, base: LeaseRecord | None = None) -> bool:
-        """Write the lease free if it names this process; whether it did.
+    async def _release(self, *, successor: str | None, base: LeaseRecord | None = None) -> LeaseRecord | None:
+        """Write the lease free if it names this process; the released lease
+        as written (None: not released).
 
         The view may be behind our own last write (its answer never came: the
         loop was cancelled in flight, or it timed out): then the lease is read
@@ -493,7 +552,7 @@ class Member:
                 if record is not None and record.holder == self._settings.node.name:
                     why += f" (incarnation {record.incarnation}, ours is {self._incarnation})"
                 self.log.info("release not needed: %s", why)
-                return False
+                return None
             assert record is not None
             try:
                 written = await self._store.release(record, successor=successor, deadline=deadline)
@@ -505,11 +564,11 @@ class Member:
             except ApiError as exc:
                 self._write_unsure = self._write_unsure or isinstance(exc, ApiTimeout)
                 self.log.warning("release failed: %s", exc)
-                return False
+                return None
             self._view.observe(self.name, written, notify=False)
-            return True
+            return written
         self.log.warning("release gave up: the lease kept changing under us")
-        return False
+        return None
 
     async def _fence_clash(self, decision: Decision) -> None:
         await self._leave(Event.CLASH, decision.reason, decision.detail, withdraw_as="identity-clash")
@@ -555,8 +614,11 @@ class Member:
     # --- shutdown --------------------------------------------------------------------
 
     def stop_soon(self) -> None:
-        """Make the loop end at its next turn (shutdown cancels it as well)."""
+        """Make the loop end at its next turn (shutdown cancels it as well),
+        and a read a wake asked for end now."""
         self._stopping = True
+        if self._wake_read is not None:
+            self._wake_read.cancel()
 
     async def shutdown(self, reason: str = "shutdown") -> None:
         """Withdraw first, then free the lease for the next preferred candidate

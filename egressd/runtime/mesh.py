@@ -17,12 +17,19 @@ promises in answer to the peers' heartbeats (DESIGN.md, "The mesh").
   heartbeat answered): ``rights.serving_right`` reads them. The time from
   that heartbeat to the promise taken is the mesh's round trip (``last_rtt``
   and the metrics' histogram).
+* **Wake** (:meth:`Mesh.wake`, sent by an old owner right after its release
+  write naming a successor succeeded): the successor reads the claim at once
+  instead of waiting for its watch. Taken from a candidate peer once
+  (a :class:`~egressd.core.mesh_messages.ReplayGuard` of its own) and judged
+  by ``on_wake`` (:func:`egressd.core.wake.judge_wake`): it never decides
+  more than *when* the claim is read.
 
 Everything refused is counted by reason (``rejected``, and the transport's
 own counter): ``unknown-peer`` (a sender that is no candidate with us),
 ``replayed``, ``retired-incarnation``, ``stale`` (a nonce we do not wait for), ``misdirected``,
 ``short-promise`` (a peer promising less than our promise duration, which
-our peer right would overrate). The datagrams that fail the signature or the
+our peer right would overrate), and for wakes ``not-candidate`` and
+``stale-epoch``. The datagrams that fail the signature or the
 fields never get here (the transport drops and counts them).
 """
 
@@ -34,8 +41,9 @@ import secrets
 from collections.abc import Callable
 
 from egressd.core import rights
-from egressd.core.mesh_messages import Heartbeat, MeshRejected, Outstanding, Promise, ReplayGuard
+from egressd.core.mesh_messages import Heartbeat, MeshRejected, Outstanding, Promise, ReplayGuard, Wake, fits_token
 from egressd.core.model import Timing
+from egressd.core.wake import WakeAction, WakeVerdict
 from egressd.ports import Clock, MeshReceived, MeshTransport, Metrics
 from egressd.runtime.sinks import NullMetrics
 
@@ -82,6 +90,9 @@ class Mesh:
         self._nonce = nonce
         self._seq = 0
         self._guard = ReplayGuard()
+        self._wake_guard = ReplayGuard()
+        """Wakes are numbered from the heartbeats' sequence but guarded apart,
+        so a heartbeat overtaking a wake on the way does not void it."""
         self._outstanding = Outstanding(keep=mesh.promise_duration)
         self.promises: dict[str, float] = {}
         """Holder side: peer -> send time (our clock) of the heartbeat its
@@ -103,6 +114,16 @@ class Mesh:
         self.metrics = metrics or NullMetrics()
         self.on_promise: Callable[[], None] = lambda: None
         """Called after each promise taken (the right may reach further)."""
+        self.on_wake: Callable[[Wake], WakeVerdict] = lambda w: WakeVerdict(WakeAction.DROP, "not-candidate")
+        """Judges a wake from a candidate peer and, if it is worth it, has the
+        IP's member read the claim (the daemon's)."""
+        self.wakes_sent = 0
+        self.wakes_read = 0
+        """Wakes that made a member read its claim at once."""
+        self.wakes_seen = 0
+        """Wakes that came after the watch had brought the release."""
+        self.open = False
+        """Whether the transport is bound (wakes are sent only then)."""
         self.log = logging.LoggerAdapter(log, {"node": node})
 
     def promised_until(self, holder: str) -> float | None:
@@ -138,6 +159,37 @@ class Mesh:
             self.heartbeat()
             await self._clock.sleep(max(0.0, started + self._timing.retry_period - self._clock.monotonic()))
 
+    # --- wakes ------------------------------------------------------------------
+
+    def wake(self, ip: str, epoch: int, resource_version: str, successor: str) -> bool:
+        """Tell ``successor`` that the claim of ``ip`` was released to it (the
+        release write's answer: ``epoch``, ``resource_version``); whether a
+        datagram left. None leaves without an address for the successor (no
+        node lease seen) or an open socket: its watch brings the release."""
+        if not self.open or successor == self.node:
+            return False
+        address = self._address_of(successor)
+        if address is None or not fits_token(resource_version):
+            self.log.debug("no wake to %s for %s (address %s, version %r)", successor, ip, address, resource_version)
+            return False
+        self._seq += 1
+        message = Wake(self.node, self.incarnation, self._seq, ip, epoch, resource_version, successor)
+        self.transport.send(message, (address, self.port))
+        self.wakes_sent += 1
+        return True
+
+    def _woken(self, wake: Wake) -> None:
+        if wake.to != self.node:
+            raise MeshRejected("misdirected", f"a wake for {wake.to}")
+        self._wake_guard.admit(wake)
+        verdict = self.on_wake(wake)
+        if verdict.action is WakeAction.DROP:
+            raise MeshRejected(verdict.reason, verdict.detail)
+        if verdict.action is WakeAction.SEEN:
+            self.wakes_seen += 1
+        else:
+            self.wakes_read += 1
+
     # --- receiving --------------------------------------------------------------
 
     async def receive_forever(self) -> None:
@@ -151,6 +203,8 @@ class Mesh:
             self._known(message.sender)
             if isinstance(message, Heartbeat):
                 self._answer(message, received.sender)
+            elif isinstance(message, Wake):
+                self._woken(message)
             else:
                 self._take(message)
         except MeshRejected as exc:
@@ -197,5 +251,8 @@ class Mesh:
             "promisesReceived": self.promises_received,
             "promisesHeld": {p: round(rights.promise_end(at, self.timing) - now, 3) for p, at in self.promises.items()},
             "promisedTo": {h: round(end - now, 3) for h, end in self.promised.items()},
+            "wakesSent": self.wakes_sent,
+            "wakesRead": self.wakes_read,
+            "wakesAfterWatch": self.wakes_seen,
             "rejected": dict(self.transport.rejected),  # the socket's checks and ours (reject() counts there too)
         }

@@ -27,10 +27,10 @@ from egressd.core.mesh_messages import Heartbeat, encode
 from egressd.core.mqtt_settings import MqttSettings
 from egressd.core.states import State
 from tests.fakes import FakeLeaseStore, FakeMeshNetwork
+from tests.runtime.support import KEY as MESH_KEY
 from tests.runtime.support import TIMING, ObjectLeaseStore, poisoned, settle, stop_all
 from tests.runtime.test_daemon import IP, Node
 from tests.runtime.test_mesh import IPS as MESH_IPS
-from tests.runtime.test_mesh import KEY as MESH_KEY
 from tests.runtime.test_mesh import Node as MeshNode
 from tests.virtual_time import until
 

@@ -19,6 +19,7 @@ from egressd.core.mesh_messages import (
     Outstanding,
     Promise,
     ReplayGuard,
+    Wake,
     check_key,
     decode,
     encode,
@@ -29,6 +30,8 @@ OTHER = b"o" * 32
 NONCE = "0123456789abcdef" * 2
 HB = Heartbeat("gw-a", "inc-1", 7, NONCE, api_ok=True)
 PROMISE = Promise("gw-b", "inc-2", "gw-a", NONCE, 2000)
+WAKE = Wake("gw-a", "inc-1", 8, "172.18.0.42", 3, "4711", "gw-b")
+WAKE_BODY = {"k": "wake", "from": "gw-a", "inc": "i", "seq": 1, "ip": "172.18.0.42", "epoch": 3, "rv": "9", "to": "b"}
 
 
 def signed(body: object, key: bytes = KEY) -> bytes:
@@ -42,8 +45,8 @@ def reason(datagram: bytes) -> str:
     return info.value.reason
 
 
-@pytest.mark.parametrize("message", [HB, PROMISE])
-def test_a_message_survives_the_round_trip(message: Heartbeat | Promise) -> None:
+@pytest.mark.parametrize("message", [HB, PROMISE, WAKE, Wake("gw-a", "i", 0, "2001:db8::42", 2**31 - 1, "x/1", "b")])
+def test_a_message_survives_the_round_trip(message: Heartbeat | Promise | Wake) -> None:
     assert decode(encode(message, KEY), KEY) == message
 
 
@@ -73,6 +76,19 @@ def test_forged_unsigned_and_oversized_datagrams_are_rejected() -> None:
         ({"k": "promise", "from": "gw-b", "inc": "i", "to": "gw-a", "nonce": NONCE, "ms": 10**9}, "ms"),
         ({"k": "promise", "from": "gw-b", "inc": "\x00", "to": "gw-a", "nonce": NONCE, "ms": 5}, "inc"),
         ({"k": "what"}, "k"),
+        ({**WAKE_BODY, "ip": "172.18.0.420"}, "ip"),
+        ({**WAKE_BODY, "ip": "2001:DB8::42"}, "ip"),  # not the canonical form claims are named by
+        ({**WAKE_BODY, "ip": 42}, "ip"),
+        ({**WAKE_BODY, "epoch": -1}, "epoch"),
+        ({**WAKE_BODY, "epoch": 2**31}, "epoch"),
+        ({**WAKE_BODY, "epoch": "3"}, "epoch"),
+        ({**WAKE_BODY, "seq": False}, "seq"),
+        ({**WAKE_BODY, "rv": ""}, "rv"),
+        ({**WAKE_BODY, "rv": "9" * 65}, "rv"),
+        ({**WAKE_BODY, "to": "GW-B"}, "to"),
+        ({**WAKE_BODY, "from": ""}, "from"),
+        ({k: v for k, v in WAKE_BODY.items() if k != "epoch"}, "fields"),
+        ({**WAKE_BODY, "successor": "gw-b"}, "fields"),
     ],
 )
 def test_a_signed_but_malformed_message_names_the_field(body: dict[str, object], field: str) -> None:
@@ -104,6 +120,61 @@ def test_any_signed_object_is_a_message_or_malformed(body: dict[str, object]) ->
         decode(data, KEY)
     except MeshRejected as exc:
         assert exc.reason == "malformed"
+
+
+names = st.from_regex(r"\A[a-z0-9]([-a-z0-9.]{0,30}[a-z0-9])?\Z")
+tokens = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=64)
+addresses = st.ip_addresses().map(str)
+
+
+@given(
+    st.builds(
+        Wake,
+        sender=names,
+        incarnation=tokens,
+        seq=st.integers(0, 2**63 - 1),
+        ip=addresses,
+        epoch=st.integers(0, 2**31 - 1),
+        resource_version=tokens,
+        to=names,
+    )
+)
+def test_any_wake_survives_the_round_trip_and_no_other_key_opens_it(wake: Wake) -> None:
+    data = encode(wake, KEY)
+    assert decode(data, KEY) == wake
+    with pytest.raises(MeshRejected, match="bad-signature"):
+        decode(data, OTHER)
+
+
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "k": st.just("wake"),
+            "from": names | st.text(max_size=5),
+            "inc": tokens | st.integers(),
+            "seq": st.integers() | st.booleans() | st.none(),
+            "ip": addresses | st.text(max_size=10),
+            "epoch": st.integers() | st.text(max_size=3),
+            "rv": tokens | st.none(),
+            "to": names | st.integers(),
+        },
+    )
+)
+def test_any_signed_wake_body_is_a_wake_or_malformed_naming_a_field(body: dict[str, object]) -> None:
+    try:
+        message = decode(signed(body), KEY)
+    except MeshRejected as exc:
+        assert exc.reason == "malformed"
+        assert str(exc).split(": ")[1] in {"k", "fields", "from", "inc", "seq", "ip", "epoch", "rv", "to"}
+    else:
+        assert isinstance(message, Wake)
+        assert (message.sender, message.ip, message.epoch, message.to) == (
+            body["from"],
+            body["ip"],
+            body["epoch"],
+            body["to"],
+        )
 
 
 def test_a_replayed_or_older_heartbeat_is_rejected_and_a_restart_starts_afresh() -> None:
@@ -140,6 +211,14 @@ def test_the_retired_incarnations_are_bounded() -> None:
     with pytest.raises(MeshRejected, match="retired"):
         guard.admit(Heartbeat("gw-a", "i2", 2, NONCE, api_ok=True))
     guard.admit(Heartbeat("gw-a", "i1", 2, NONCE, api_ok=True))  # forgotten: taken again
+
+
+def test_a_replayed_wake_is_rejected() -> None:
+    guard = ReplayGuard()
+    guard.admit(WAKE)
+    with pytest.raises(MeshRejected, match="replayed"):
+        guard.admit(WAKE)
+    guard.admit(Wake("gw-a", "inc-2", 1, "172.18.0.42", 3, "4711", "gw-b"))  # its process restarted
 
 
 def test_the_replay_guard_is_bounded() -> None:

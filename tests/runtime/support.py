@@ -1,6 +1,7 @@
-"""What the runtime tests share: a daemon run as a task, the check that no two
-recorded data planes served one IP at once, and a lease store that holds Lease
-objects egressd may not be able to read."""
+"""What the runtime tests share: a daemon run as a task (with the mesh on a
+fake network: :class:`MeshNode`), the check that no two recorded data planes
+served one IP at once, a lease store that holds Lease objects egressd may not
+be able to read, and one whose calls the test can cut (:class:`CutStore`)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,18 @@ from ipaddress import ip_address
 from typing import Any
 
 from egressd.adapters.recording import RecordingDataPlane
-from egressd.core.errors import LostRace, MalformedLease
+from egressd.core import rights
+from egressd.core.errors import ApiTimeout, LostRace, MalformedLease
 from egressd.core.lease import ANN_DURATION_MS, LeaseRecord, lease_name, object_from_record, record_from_object
+from egressd.core.mesh_settings import MeshSettings
 from egressd.core.model import EgressGroup, IPAddress, NodeSettings, Settings, Timing
+from egressd.core.node_lease import NodeLeaseRecord
 from egressd.ports import Clock, LeaseEvent, LeaseStore
 from egressd.runtime.daemon import Daemon
 from egressd.runtime.liveness import NodeLiveness
 from egressd.runtime.member import DataPlane
 from egressd.runtime.view import LeaseView
-from tests.fakes import FakeLeaseStore
+from tests.fakes import FakeLeaseStore, FakeMeshNetwork
 from tests.journal import intervals, overlaps
 from tests.virtual_time import VirtualClock, until
 
@@ -66,6 +70,39 @@ class RecordedNode(RunsDaemon):
         return ip in self.plane.snat
 
 
+KEY = b"k" * 32
+"""The mesh tests' cluster key."""
+MESH = rights.MeshTiming(promise_duration=0.5, margin=0.01, max_hold=3.0, rtt_bound=0.05)
+PORT = 7946
+ADDRESSES = {"gw-a": "10.0.0.1", "gw-b": "10.0.0.2", "gw-c": "10.0.0.3"}
+"""Node addresses on the fake mesh network."""
+
+
+class MeshNode(RecordedNode):
+    """A test node of ``group`` with the mesh on ``net`` (None: no mesh key)."""
+
+    def __init__(
+        self, name: str, store: LeaseStore, net: FakeMeshNetwork | None, group: EgressGroup, key: bytes = KEY
+    ) -> None:
+        mesh = MeshSettings(key_file="/k", port=PORT, timing=MESH) if net is not None else None
+        settings = Settings(
+            node=NodeSettings(name=name, address=ip_address(ADDRESSES[name])),
+            timing=TIMING,
+            groups=(group,),
+            mesh=mesh,
+        )
+        self.plane = RecordingDataPlane(name)
+        self.daemon = Daemon(
+            settings,
+            store=store,
+            dataplane=DataPlane(self.plane, self.plane, self.plane),
+            steering=self.plane,
+            clock=VirtualClock(),
+            repair_interval=3600,
+            mesh_transport=net.socket(key) if net is not None else None,
+        )
+
+
 def owners(nodes: Iterable[RecordedNode], ip: IPAddress) -> list[str]:
     """The nodes serving ``ip`` now."""
     return [n.name for n in nodes if n.serves(ip)]
@@ -92,6 +129,62 @@ def assert_no_two_owners(planes: Iterable[RecordingDataPlane]) -> None:
     # monotonic clock, not the loop's: order is what the check is about
     bad = overlaps(intervals(ops, until=time.monotonic()))
     assert not bad, f"two nodes served one IP: {bad}"
+
+
+class CutStore(FakeLeaseStore):
+    """One node's way to the shared store, which the test can cut: calls then
+    time out at their deadline, as towards an API server that does not answer."""
+
+    def __init__(self, shared: FakeLeaseStore) -> None:
+        self.shared = shared
+        self.up = asyncio.Event()
+        self.up.set()
+
+    async def _through(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                await self.up.wait()
+        except TimeoutError:
+            raise ApiTimeout("cut from the API") from None
+
+    async def get(self, name: str, *, deadline: float) -> LeaseRecord | None:
+        await self._through(deadline)
+        return await self.shared.get(name, deadline=deadline)
+
+    async def create(self, record: LeaseRecord, *, deadline: float) -> LeaseRecord:
+        await self._through(deadline)
+        return await self.shared.create(record, deadline=deadline)
+
+    async def update(self, record: LeaseRecord, *, deadline: float) -> LeaseRecord:
+        await self._through(deadline)
+        return await self.shared.update(record, deadline=deadline)
+
+    async def release(self, record: LeaseRecord, *, successor: str | None, deadline: float) -> LeaseRecord:
+        await self._through(deadline)
+        return await self.shared.release(record, successor=successor, deadline=deadline)
+
+    async def delete(self, record: LeaseRecord, *, deadline: float) -> bool:
+        await self._through(deadline)
+        return await self.shared.delete(record, deadline=deadline)
+
+    async def list_leases(self, *, deadline: float) -> list[LeaseRecord]:
+        await self._through(deadline)
+        return await self.shared.list_leases(deadline=deadline)
+
+    async def get_node_lease(self, name: str, *, deadline: float) -> NodeLeaseRecord | None:
+        await self._through(deadline)
+        return await self.shared.get_node_lease(name, deadline=deadline)
+
+    async def write_node_lease(self, record: NodeLeaseRecord, *, deadline: float) -> NodeLeaseRecord:
+        await self._through(deadline)
+        return await self.shared.write_node_lease(record, deadline=deadline)
+
+    def watch(self) -> AsyncIterator[LeaseEvent]:
+        return self.shared.watch()
+
+    def connected(self) -> bool:
+        return self.up.is_set()
 
 
 class ObjectLeaseStore(FakeLeaseStore):

@@ -5,54 +5,36 @@ stranger dropped and counted."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from ipaddress import ip_address
 
-from egressd.adapters.recording import RecordingDataPlane
 from egressd.core import rights
-from egressd.core.errors import ApiTimeout
-from egressd.core.lease import LeaseRecord
 from egressd.core.mesh_messages import Heartbeat, Promise, decode, encode
-from egressd.core.mesh_settings import MeshSettings
-from egressd.core.model import EgressGroup, IPAddress, NodeSettings, Settings
-from egressd.core.node_lease import NodeLeaseRecord
-from egressd.ports import LeaseEvent
-from egressd.runtime.daemon import Daemon
-from egressd.runtime.member import DataPlane
+from egressd.core.model import EgressGroup, IPAddress
 from tests.fakes import FakeLeaseStore, FakeMeshNetwork
-from tests.runtime.support import TIMING, RecordedNode, assert_no_two_owners, owners, settle, stop_all
-from tests.virtual_time import VirtualClock, until
+from tests.runtime.support import (
+    KEY,
+    MESH,
+    PORT,
+    TIMING,
+    CutStore,
+    MeshNode,
+    assert_no_two_owners,
+    owners,
+    settle,
+    stop_all,
+)
+from tests.virtual_time import until
 
-KEY = b"k" * 32
-MESH = rights.MeshTiming(promise_duration=0.5, margin=0.01, max_hold=3.0, rtt_bound=0.05)
-PORT = 7946
 IPS = tuple(ip_address(f"172.18.0.{n}") for n in range(40, 44))
 GROUP = EgressGroup(
     name="outpost", egress_ips=IPS, interface="net0", candidates=("gw-a", "gw-b"), source_cidrs=(), destination_cidrs=()
 )
-ADDRESSES = {"gw-a": "10.0.0.1", "gw-b": "10.0.0.2", "gw-c": "10.0.0.3"}
 
 
-class Node(RecordedNode):
+class Node(MeshNode):
     def __init__(self, name: str, store: FakeLeaseStore, net: FakeMeshNetwork | None, key: bytes = KEY) -> None:
-        mesh = MeshSettings(key_file="/k", port=PORT, timing=MESH) if net is not None else None
-        settings = Settings(
-            node=NodeSettings(name=name, address=ip_address(ADDRESSES[name])),
-            timing=TIMING,
-            groups=(GROUP,),
-            mesh=mesh,
-        )
-        self.plane = RecordingDataPlane(name)
-        self.daemon = Daemon(
-            settings,
-            store=store,
-            dataplane=DataPlane(self.plane, self.plane, self.plane),
-            steering=self.plane,
-            clock=VirtualClock(),
-            repair_interval=3600,
-            mesh_transport=net.socket(key) if net is not None else None,
-        )
+        super().__init__(name, store, net, GROUP, key=key)
 
 
 async def test_holders_heartbeat_and_standbys_promise() -> None:
@@ -166,62 +148,6 @@ async def test_without_a_key_there_is_no_mesh() -> None:
 
 
 # --- rights from promises --------------------------------------------------------
-
-
-class CutStore(FakeLeaseStore):
-    """One node's way to the shared store, which the test can cut: calls then
-    time out at their deadline, as towards an API server that does not answer."""
-
-    def __init__(self, shared: FakeLeaseStore) -> None:
-        self.shared = shared
-        self.up = asyncio.Event()
-        self.up.set()
-
-    async def _through(self, deadline: float) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(max(0.0, deadline - loop.time())):
-                await self.up.wait()
-        except TimeoutError:
-            raise ApiTimeout("cut from the API") from None
-
-    async def get(self, name: str, *, deadline: float) -> LeaseRecord | None:
-        await self._through(deadline)
-        return await self.shared.get(name, deadline=deadline)
-
-    async def create(self, record: LeaseRecord, *, deadline: float) -> LeaseRecord:
-        await self._through(deadline)
-        return await self.shared.create(record, deadline=deadline)
-
-    async def update(self, record: LeaseRecord, *, deadline: float) -> LeaseRecord:
-        await self._through(deadline)
-        return await self.shared.update(record, deadline=deadline)
-
-    async def release(self, record: LeaseRecord, *, successor: str | None, deadline: float) -> LeaseRecord:
-        await self._through(deadline)
-        return await self.shared.release(record, successor=successor, deadline=deadline)
-
-    async def delete(self, record: LeaseRecord, *, deadline: float) -> bool:
-        await self._through(deadline)
-        return await self.shared.delete(record, deadline=deadline)
-
-    async def list_leases(self, *, deadline: float) -> list[LeaseRecord]:
-        await self._through(deadline)
-        return await self.shared.list_leases(deadline=deadline)
-
-    async def get_node_lease(self, name: str, *, deadline: float) -> NodeLeaseRecord | None:
-        await self._through(deadline)
-        return await self.shared.get_node_lease(name, deadline=deadline)
-
-    async def write_node_lease(self, record: NodeLeaseRecord, *, deadline: float) -> NodeLeaseRecord:
-        await self._through(deadline)
-        return await self.shared.write_node_lease(record, deadline=deadline)
-
-    def watch(self) -> AsyncIterator[LeaseEvent]:
-        return self.shared.watch()
-
-    def connected(self) -> bool:
-        return self.up.is_set()
 
 
 def holder_of(nodes: list[Node], ip: IPAddress) -> Node:

@@ -13,8 +13,8 @@ from egressd.core.ownership_events import OwnershipEvent
 from egressd.runtime.liveness import NodeLiveness
 from egressd.runtime.view import LeaseView
 from tests.fakes import FakeLeaseStore, FakeMeshNetwork
-from tests.runtime.support import TIMING, assert_no_two_owners, owners, settle, stop_all
-from tests.runtime.test_mesh import IPS, MESH, Node
+from tests.runtime.support import MESH, TIMING, assert_no_two_owners, owners, settle, stop_all
+from tests.runtime.test_mesh import IPS, Node
 from tests.virtual_time import VirtualClock, until
 
 
