@@ -60,7 +60,6 @@ class Script:
         if not self.problems:
             self.closed.set()
         raise problem
-        yield {}  # a generator, as the real watch
 
     def run(self, *, reachable: bool = True) -> None:
         informer = Informer[dict[str, Any]](
@@ -134,7 +133,5 @@ def test_the_first_410_after_a_network_fault_relists_after_the_first_step() -> N
         (ApiUnavailable("503"), False),
     ],
 )
-def test_could_not_connect_names_the_failures_that_never_reached_the_server(
-    exc: BaseException, expected: bool
-) -> None:
+def test_could_not_connect_names_the_failures_that_never_reached_the_server(exc: BaseException, expected: bool) -> None:
     assert could_not_connect(exc) is expected
