@@ -12,6 +12,13 @@ Per round (:class:`RoundResult`):
     them starts at the last good arrival before the fault). The round's gap is the
     largest over probers (the prober whose IP was not faulted shows the probe
     interval). ``None`` when good traffic did not come back before the round ended.
+    Each prober's gap in the JSON timeline carries its anatomy (:func:`gap_anatomy`):
+    ``probes_between``, the probes the prober sent between the two that bound the gap (0: the
+    prober sent nothing in between, so no probe went unserved and the gap is the prober's or the
+    outpost's own timing, not the gateway's), ``send_gap_ms`` (how far apart the prober sent those
+    two) and each one's delay from send to the outpost's record (``delay_before_ms``,
+    ``delay_after_ms``) and to the bridge (``bridge_before_ms``, ``bridge_after_ms``). The gap is
+    ``send_gap_ms + delay_after_ms - delay_before_ms``.
 ``lost_probes``
     Probes sent in the round that the prober got no echo of and that the
     outpost did not record either (with any source address).
@@ -123,7 +130,67 @@ class Gap:
         return self.end - self.start
 
 
+@dataclass(frozen=True)
+class GapAnatomy:
+    """Where a gap between two good arrivals of one prober comes from (see the module doc)."""
+
+    probes_between: int | None
+    """Probes sent between the two bounding probes (None: a bound is missing or unknown)."""
+    send_gap: float | None
+    """Seconds between the sends of the two bounding probes."""
+    delay_before: float | None
+    """Send to the outpost's record, seconds, of the probe that opens the gap."""
+    delay_after: float | None
+    """The same for the probe that closes it."""
+    bridge_before: float | None
+    """Send to the bridge (the watcher's kernel timestamp), seconds, of the probe that opens the gap."""
+    bridge_after: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "probes_between": self.probes_between,
+            "send_gap_ms": _ms(self.send_gap),
+            "delay_before_ms": _ms(self.delay_before),
+            "delay_after_ms": _ms(self.delay_after),
+            "bridge_before_ms": _ms(self.bridge_before),
+            "bridge_after_ms": _ms(self.bridge_after),
+        }
+
+
 # --- pure analysis ---------------------------------------------------------------------------
+
+
+def gap_anatomy(
+    gap: Gap, prober: str, sent: Iterable[Sent], arrivals: Iterable[Arrival], claims: Iterable[Claim]
+) -> GapAnatomy:
+    """The anatomy of ``gap``, one of ``prober``'s: the probes that bound it (the good arrivals at
+    ``gap.start`` and ``gap.end``), when they were sent, when they crossed the bridge, and how many
+    probes the prober sent between them."""
+    sends = {s.seq: s.t for s in sent if s.prober == prober}
+    bridge = {c.seq: c.t for c in claims if c.kind == "probe" and c.prober == prober and c.seq is not None}
+
+    def bound(t: float | None) -> Arrival | None:
+        if t is None:
+            return None
+        return next((a for a in arrivals if a.prober == prober and a.t == t), None)
+
+    first, last = bound(gap.start), bound(gap.end)
+
+    def since_send(a: Arrival | None, at: Mapping[int, float]) -> float | None:
+        if a is None or a.seq not in sends or a.seq not in at:
+            return None
+        return at[a.seq] - sends[a.seq]
+
+    arrived = {a.seq: a.t for a in (first, last) if a is not None}
+    known = first is not None and last is not None and first.seq in sends and last.seq in sends
+    return GapAnatomy(
+        probes_between=last.seq - first.seq - 1 if known and first and last else None,
+        send_gap=sends[last.seq] - sends[first.seq] if known and first and last else None,
+        delay_before=since_send(first, arrived),
+        delay_after=since_send(last, arrived),
+        bridge_before=since_send(first, bridge),
+        bridge_after=since_send(last, bridge),
+    )
 
 
 def outage_gap(good: Sequence[float], fault: float) -> Gap:
@@ -327,7 +394,12 @@ class RoundResult:
             "arp": {ip: dict(sorted(nodes.items())) for ip, nodes in sorted(arp.items())},
             "traffic": {ip: dict(sorted(nodes.items())) for ip, nodes in sorted(traffic.items())},
             "gaps": {
-                p: {"from_ms": self.rel(g.start), "to_ms": self.rel(g.end), "gap_ms": _ms(g.seconds)}
+                p: {
+                    "from_ms": self.rel(g.start),
+                    "to_ms": self.rel(g.end),
+                    "gap_ms": _ms(g.seconds),
+                    **gap_anatomy(g, p, self.sent_events, self.arrivals, self.claims).to_json(),
+                }
                 for p, g in sorted(self.gaps.items())
             },
             "dual_owner": [
