@@ -39,7 +39,7 @@ from egressd.drill.analysis import ARP_INTERVAL, Arrival, Claim, LeaseChange, Se
 from egressd.drill.frames import arp_request, bpf_program, parse_frame
 from egressd.lab.netlab import SWITCH, Lab
 from egressd.lab.netns import LabError
-from egressd.lab.outpost import decode_echo, encode_probe, monotonic
+from egressd.lab.outpost import decode_echo, encode_probe, kernel_receive_time, monotonic
 from egressd.lab.scenario import BRIDGE
 
 PROBE_INTERVAL = 0.005
@@ -61,6 +61,7 @@ _PACKET_MR_PROMISC = 1
 _PACKET_OUTGOING = 4
 _SO_ATTACH_FILTER = 26
 _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+"""Ask for receive timestamps (read by :func:`egressd.lab.outpost.kernel_receive_time`)."""
 
 
 class DrillError(LabError):
@@ -283,13 +284,9 @@ class Watcher(Worker):
 
 
 def _receive_time(ancdata: Sequence[tuple[int, int, bytes]]) -> float:
-    """The kernel's receive timestamp (CLOCK_REALTIME) moved to CLOCK_MONOTONIC; now if absent."""
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= 16:
-            sec, nsec = struct.unpack_from("qq", data)
-            offset = monotonic() - time.clock_gettime(time.CLOCK_REALTIME)
-            return float(sec + nsec / 1e9 + offset)
-    return monotonic()
+    """The kernel's receive timestamp moved to CLOCK_MONOTONIC; now if absent."""
+    t = kernel_receive_time(ancdata)
+    return monotonic() if t is None else t
 
 
 def _ifindex(lab: Lab, host: str, ifname: str) -> int:
