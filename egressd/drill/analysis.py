@@ -22,6 +22,11 @@ Per round (:class:`RoundResult`):
 ``lost_probes``
     Probes sent in the round that the prober got no echo of and that the
     outpost did not record either (with any source address).
+``transit_ms``
+    p50/p99/max over the round's probes that arrived with an allowed source of the time from
+    their send to the outpost's record (the kernel's receive time). With no probe lost, its
+    ``max`` bounds how long the service held up any probe: a prober that did not send (its
+    thread descheduled) makes a gap but no transit time.
 ``served_after_recover_ms``
     When the fault was undone at a known time (``recover``): from then until the last prober is
     served again (the end of the round's gap). Negative when traffic came back before the undo
@@ -310,7 +315,31 @@ def summarize(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "double_answers": sum(int(r.get("double_answers") or 0) for r in rounds),
         "lost_probes": sum(int(r.get("lost_probes") or 0) for r in rounds),
         "probes_sent": sum(int(r.get("probes_sent") or 0) for r in rounds),
+        "transit_max_ms": finite(max(transits) if (transits := _transit_maxima(rounds)) else None),
     }
+
+
+def _transit_maxima(rounds: Sequence[Mapping[str, Any]]) -> list[float]:
+    maxima = []
+    for r in rounds:
+        transit = r.get("transit_ms")
+        if isinstance(transit, Mapping) and transit.get("max") is not None:
+            maxima.append(float(transit["max"]))
+    return maxima
+
+
+def transit_times(sent: Iterable[Sent], arrivals: Iterable[Arrival], allowed: frozenset[str]) -> list[float]:
+    """Seconds from send to the outpost's record of every probe that arrived with an allowed
+    source (the first record of a probe recorded twice)."""
+    sends = {(s.prober, s.seq): s.t for s in sent}
+    seen: set[tuple[str, int]] = set()
+    out = []
+    for a in arrivals:
+        key = (a.prober, a.seq)
+        if a.src in allowed and key in sends and key not in seen:
+            seen.add(key)
+            out.append(a.t - sends[key])
+    return out
 
 
 # --- rounds ----------------------------------------------------------------------------------
@@ -360,6 +389,15 @@ class RoundResult:
     @property
     def dual_owner_ms(self) -> float:
         return union_length(self.duals) * 1000
+
+    def transit(self) -> dict[str, float | None]:
+        """p50/p99/max of the send-to-record time of the round's good probes, milliseconds."""
+        times = transit_times(self.sent_events, self.arrivals, self.allowed)
+        return {
+            "p50": _ms(percentile(times, 50)),
+            "p99": _ms(percentile(times, 99)),
+            "max": _ms(max(times) if times else None),
+        }
 
     def rel(self, t: float | None) -> float | None:
         """Milliseconds after the fault."""
@@ -421,6 +459,7 @@ class RoundResult:
             "lost_probes": self.lost,
             "probes_sent": self.sent,
             "unsnat_probes": self.unsnat,
+            "transit_ms": self.transit(),
             "settled": self.settled,
             "carriers": self.carriers(),
             "timeline": self.timeline(),

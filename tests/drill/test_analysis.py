@@ -18,6 +18,7 @@ from egressd.drill.analysis import (
     outage_gap,
     percentile,
     summarize,
+    transit_times,
     union_length,
 )
 
@@ -73,6 +74,21 @@ def test_a_gap_without_an_end_has_no_anatomy() -> None:
     anatomy = gap_anatomy(Gap(0.001, None), "p", sent, [Arrival("p", 0, 0.001, "ip")], [])
     assert anatomy.probes_between is None and anatomy.send_gap is None
     assert anatomy.delay_before == pytest.approx(0.001)
+
+
+def test_transit_counts_good_probes_once_from_send_to_record() -> None:
+    sent = [Sent("p", i, 0.005 * i) for i in range(4)]
+    arrivals = [
+        Arrival("p", 0, 0.001, "ip"),
+        Arrival("p", 1, 0.007, "ip"),
+        Arrival("p", 1, 0.009, "ip"),  # recorded twice: the first record counts
+        Arrival("p", 2, 0.030, "other"),  # not SNATed: not served
+        Arrival("p", 3, 0.018, "ip"),
+    ]
+    assert transit_times(sent, arrivals, frozenset({"ip"})) == pytest.approx([0.001, 0.002, 0.003])
+    summary = summarize([{"gap_ms": 5.0, "transit_ms": {"max": 3.0}}, {"gap_ms": 9.0, "transit_ms": {"max": 7.5}}])
+    assert summary["transit_max_ms"] == 7.5
+    assert summarize([{"gap_ms": 5.0}])["transit_max_ms"] is None
 
 
 def _claims(ip: str, node: str, times: list[float], kind: str = "probe") -> list[Claim]:
