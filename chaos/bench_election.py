@@ -194,7 +194,7 @@ def main() -> int:
         )
         print(f"IPs: {args.ips}  gateways: {args.gateways}  window: {elapsed:.1f} s  retryPeriod: {retry:g} s")
         print(f"API writes per second: {(rv1 - rv0) / elapsed:.1f}")
-        print(f"  (renewals needed: {args.ips / retry:.0f} per second)")
+        print(f"  (node-lease renewals needed: {args.gateways / retry:.0f} per second; claims: on transitions only)")
         print(f"daemon CPU: {cpu} (of one core)")
         print(f"  (API server CPU: {(api1 - api0) / elapsed * 100:.1f} % of one core)")
         print(f"  (load average of the machine: {load0:.2f} before the window, {os.getloadavg()[0]:.2f} after)")
