@@ -167,9 +167,10 @@ class _ProbePort:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                # an ICMP error for an earlier echo (the prober is gone): nothing to do
+                # an ICMP error for an earlier echo (the prober is gone): nothing to do; the
+                # loop calls again while datagrams wait
                 log.debug("udp error: %s", exc)
-                continue
+                return
             seen = monotonic()
             t = kernel_receive_time(ancdata)
             src, port = _peer(addr)
