@@ -30,6 +30,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -211,6 +212,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)  # the daemons' configs and logs
 
 
 if __name__ == "__main__":
