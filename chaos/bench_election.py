@@ -30,6 +30,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -194,7 +195,7 @@ def main() -> int:
         )
         print(f"IPs: {args.ips}  gateways: {args.gateways}  window: {elapsed:.1f} s  retryPeriod: {retry:g} s")
         print(f"API writes per second: {(rv1 - rv0) / elapsed:.1f}")
-        print(f"  (renewals needed: {args.ips / retry:.0f} per second)")
+        print(f"  (node-lease renewals needed: {args.gateways / retry:.0f} per second; claims: on transitions only)")
         print(f"daemon CPU: {cpu} (of one core)")
         print(f"  (API server CPU: {(api1 - api0) / elapsed * 100:.1f} % of one core)")
         print(f"  (load average of the machine: {load0:.2f} before the window, {os.getloadavg()[0]:.2f} after)")
@@ -211,6 +212,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)  # the daemons' configs and logs
 
 
 if __name__ == "__main__":

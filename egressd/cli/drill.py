@@ -2,11 +2,12 @@
 
     egressd drill --scenario NAME --rounds N [--json FILE] [--plot FILE] [--state-dir DIR] [--prefix P]
                   [--mode static|kubernetes] [--apiserver embedded|kube]
-                  [--outage S] [--freeze S] [--partition S] [--hold-min S] [--kill-after S]
+                  [--outage S] [--freeze S] [--partition S] [--hold-min S] [--kill-after S] [--quiet S]
                   [--timing FILE] [--lease-duration S] ... (every timing key)
 
 Scenarios: graceful, kill, kill-restart, freeze, link-cut, api-partition,
-api-outage, peer-partition, isolate, double-fault (see :mod:`egressd.drill.faults`).
+api-outage, peer-partition, isolate, double-fault, and baseline (no fault: the
+probers' own jitter) (see :mod:`egressd.drill.faults`).
 Uses the lab that is up in the state directory; when none is, brings one up
 (with the timing profile given) and removes it at the end (also on Ctrl-C or
 error), so the lab is left as it was found. A timing profile given for a lab
@@ -85,6 +86,13 @@ def add_parser(subparsers: Any) -> None:
         "has moved (default leaseDuration)",
     )
     holds.add_argument(
+        "--quiet",
+        type=float,
+        default=10.0,
+        help="baseline: how long the lab is watched with no fault (default 10; the length of the rounds it is "
+        "compared with)",
+    )
+    holds.add_argument(
         "--kill-after", type=float, default=1.0, help="double-fault: seconds from the API pause to the kill (default 1)"
     )
     add_timing_arguments(p)
@@ -104,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         partition=args.partition,
         moved_min=args.hold_min,
         kill_after=args.kill_after,
+        quiet=args.quiet,
     )
     problems = holds.problems()
     if problems:
@@ -143,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{args.scenario}: {s['rounds']} round(s)  gap p50 {_fmt(gap['p50'])}  p99 {_fmt(gap['p99'])}  "
         f"max {_fmt(gap['max'])}  unrecovered {s['unrecovered_rounds']}  lost probes {s['lost_probes']}/"
-        f"{s['probes_sent']}  dual-owner {s['dual_owner_ms']} ms ({s['double_answers']} doubly answered ARP requests)"
+        f"{s['probes_sent']}  dual-owner {s['dual_owner_ms']} ms ({s['double_answers']} doubly answered ARP requests)  "
+        f"transit max {_fmt(s['transit_max_ms'])}"
     )
     if args.scenario in ("api-outage", "double-fault"):
         served = s["served_after_recover_ms"]

@@ -102,6 +102,11 @@ class Repeats:
         self.failures = 0
         self._problem = ""
 
+    @property
+    def problem(self) -> str:
+        """The kind of the last failure of the current run ("" after a success)."""
+        return self._problem
+
     def failed(self, problem: str) -> bool:
         """Count a failure of kind ``problem`` (a short, stable text such as the
         error's class); whether it deserves a log line."""
@@ -128,6 +133,11 @@ class Streak:
     @property
     def failures(self) -> int:
         return self._repeats.failures
+
+    @property
+    def problem(self) -> str:
+        """The kind of the streak's last failure ("" when there is no streak)."""
+        return self._repeats.problem
 
     def failed(self, problem: str, *, retry_after: float | None = None) -> Step:
         """Record a failure of kind ``problem`` (a short, stable text such as

@@ -12,9 +12,21 @@ Per round (:class:`RoundResult`):
     them starts at the last good arrival before the fault). The round's gap is the
     largest over probers (the prober whose IP was not faulted shows the probe
     interval). ``None`` when good traffic did not come back before the round ended.
+    Each prober's gap in the JSON timeline carries its anatomy (:func:`gap_anatomy`):
+    ``probes_between``, the probes the prober sent between the two that bound the gap (0: the
+    prober sent nothing in between, so no probe went unserved and the gap is the prober's or the
+    outpost's own timing, not the gateway's), ``send_gap_ms`` (how far apart the prober sent those
+    two) and each one's delay from send to the outpost's record (``delay_before_ms``,
+    ``delay_after_ms``) and to the bridge (``bridge_before_ms``, ``bridge_after_ms``). The gap is
+    ``send_gap_ms + delay_after_ms - delay_before_ms``.
 ``lost_probes``
     Probes sent in the round that the prober got no echo of and that the
     outpost did not record either (with any source address).
+``transit_ms``
+    p50/p99/max over the round's probes that arrived with an allowed source of the time from
+    their send to the outpost's record (the kernel's receive time). With no probe lost, its
+    ``max`` bounds how long the service held up any probe: a prober that did not send (its
+    thread descheduled) makes a gap but no transit time.
 ``served_after_recover_ms``
     When the fault was undone at a known time (``recover``): from then until the last prober is
     served again (the end of the round's gap). Negative when traffic came back before the undo
@@ -123,7 +135,67 @@ class Gap:
         return self.end - self.start
 
 
+@dataclass(frozen=True)
+class GapAnatomy:
+    """Where a gap between two good arrivals of one prober comes from (see the module doc)."""
+
+    probes_between: int | None
+    """Probes sent between the two bounding probes (None: a bound is missing or unknown)."""
+    send_gap: float | None
+    """Seconds between the sends of the two bounding probes."""
+    delay_before: float | None
+    """Send to the outpost's record, seconds, of the probe that opens the gap."""
+    delay_after: float | None
+    """The same for the probe that closes it."""
+    bridge_before: float | None
+    """Send to the bridge (the watcher's kernel timestamp), seconds, of the probe that opens the gap."""
+    bridge_after: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "probes_between": self.probes_between,
+            "send_gap_ms": _ms(self.send_gap),
+            "delay_before_ms": _ms(self.delay_before),
+            "delay_after_ms": _ms(self.delay_after),
+            "bridge_before_ms": _ms(self.bridge_before),
+            "bridge_after_ms": _ms(self.bridge_after),
+        }
+
+
 # --- pure analysis ---------------------------------------------------------------------------
+
+
+def gap_anatomy(
+    gap: Gap, prober: str, sent: Iterable[Sent], arrivals: Iterable[Arrival], claims: Iterable[Claim]
+) -> GapAnatomy:
+    """The anatomy of ``gap``, one of ``prober``'s: the probes that bound it (the good arrivals at
+    ``gap.start`` and ``gap.end``), when they were sent, when they crossed the bridge, and how many
+    probes the prober sent between them."""
+    sends = {s.seq: s.t for s in sent if s.prober == prober}
+    bridge = {c.seq: c.t for c in claims if c.kind == "probe" and c.prober == prober and c.seq is not None}
+
+    def bound(t: float | None) -> Arrival | None:
+        if t is None:
+            return None
+        return next((a for a in arrivals if a.prober == prober and a.t == t), None)
+
+    first, last = bound(gap.start), bound(gap.end)
+
+    def since_send(a: Arrival | None, at: Mapping[int, float]) -> float | None:
+        if a is None or a.seq not in sends or a.seq not in at:
+            return None
+        return at[a.seq] - sends[a.seq]
+
+    arrived = {a.seq: a.t for a in (first, last) if a is not None}
+    known = first is not None and last is not None and first.seq in sends and last.seq in sends
+    return GapAnatomy(
+        probes_between=last.seq - first.seq - 1 if known and first and last else None,
+        send_gap=sends[last.seq] - sends[first.seq] if known and first and last else None,
+        delay_before=since_send(first, arrived),
+        delay_after=since_send(last, arrived),
+        bridge_before=since_send(first, bridge),
+        bridge_after=since_send(last, bridge),
+    )
 
 
 def outage_gap(good: Sequence[float], fault: float) -> Gap:
@@ -243,7 +315,31 @@ def summarize(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "double_answers": sum(int(r.get("double_answers") or 0) for r in rounds),
         "lost_probes": sum(int(r.get("lost_probes") or 0) for r in rounds),
         "probes_sent": sum(int(r.get("probes_sent") or 0) for r in rounds),
+        "transit_max_ms": finite(max(transits) if (transits := _transit_maxima(rounds)) else None),
     }
+
+
+def _transit_maxima(rounds: Sequence[Mapping[str, Any]]) -> list[float]:
+    maxima = []
+    for r in rounds:
+        transit = r.get("transit_ms")
+        if isinstance(transit, Mapping) and transit.get("max") is not None:
+            maxima.append(float(transit["max"]))
+    return maxima
+
+
+def transit_times(sent: Iterable[Sent], arrivals: Iterable[Arrival], allowed: frozenset[str]) -> list[float]:
+    """Seconds from send to the outpost's record of every probe that arrived with an allowed
+    source (the first record of a probe recorded twice)."""
+    sends = {(s.prober, s.seq): s.t for s in sent}
+    seen: set[tuple[str, int]] = set()
+    out = []
+    for a in arrivals:
+        key = (a.prober, a.seq)
+        if a.src in allowed and key in sends and key not in seen:
+            seen.add(key)
+            out.append(a.t - sends[key])
+    return out
 
 
 # --- rounds ----------------------------------------------------------------------------------
@@ -294,6 +390,15 @@ class RoundResult:
     def dual_owner_ms(self) -> float:
         return union_length(self.duals) * 1000
 
+    def transit(self) -> dict[str, float | None]:
+        """p50/p99/max of the send-to-record time of the round's good probes, milliseconds."""
+        times = transit_times(self.sent_events, self.arrivals, self.allowed)
+        return {
+            "p50": _ms(percentile(times, 50)),
+            "p99": _ms(percentile(times, 99)),
+            "max": _ms(max(times) if times else None),
+        }
+
     def rel(self, t: float | None) -> float | None:
         """Milliseconds after the fault."""
         return None if t is None else round((t - self.fault) * 1000, 1)
@@ -327,7 +432,12 @@ class RoundResult:
             "arp": {ip: dict(sorted(nodes.items())) for ip, nodes in sorted(arp.items())},
             "traffic": {ip: dict(sorted(nodes.items())) for ip, nodes in sorted(traffic.items())},
             "gaps": {
-                p: {"from_ms": self.rel(g.start), "to_ms": self.rel(g.end), "gap_ms": _ms(g.seconds)}
+                p: {
+                    "from_ms": self.rel(g.start),
+                    "to_ms": self.rel(g.end),
+                    "gap_ms": _ms(g.seconds),
+                    **gap_anatomy(g, p, self.sent_events, self.arrivals, self.claims).to_json(),
+                }
                 for p, g in sorted(self.gaps.items())
             },
             "dual_owner": [
@@ -349,6 +459,7 @@ class RoundResult:
             "lost_probes": self.lost,
             "probes_sent": self.sent,
             "unsnat_probes": self.unsnat,
+            "transit_ms": self.transit(),
             "settled": self.settled,
             "carriers": self.carriers(),
             "timeline": self.timeline(),

@@ -23,6 +23,9 @@ Scenarios (:data:`SCENARIOS`, in the order of :data:`FAULTS`):
   and held down; the API server thawed ``Holds.outage`` after the pause; the target released once
   the IP has moved. The round reports the time from the API server's return until every prober
   is served again (``served_after_recover_ms``).
+* ``baseline``        no fault at all: the instruments watch a quiet lab for ``Holds.quiet`` (10 s).
+  Its gap is the longest hole between two good arrivals that the probers, the outpost and the
+  machine's load make by themselves: the jitter the other rounds' gaps are to be compared with.
 
 Every round's verdict is the drill's: no time with two owners, no ARP request answered twice, and
 the lab settled again (every IP owned, good probes, the target healthy where it is checked).
@@ -39,10 +42,10 @@ from typing import Literal
 
 from egressd.lab.netlab import Lab
 
-Hold = Literal["", "freeze", "outage", "partition", "moved"]
+Hold = Literal["", "freeze", "outage", "partition", "quiet", "moved"]
 """How long a fault is held before it is undone: ``""`` not held (nothing to undo, or undone at
-once); ``freeze``, ``outage``, ``partition`` the :class:`Holds` of that name (seconds from the
-fault); ``moved`` until the IP has moved away from the target and traffic flows again (at least
+once); ``freeze``, ``outage``, ``partition``, ``quiet`` the :class:`Holds` of that name (seconds
+from the fault); ``moved`` until the IP has moved away from the target and traffic flows again (at least
 ``Holds.moved_min``)."""
 
 
@@ -61,11 +64,14 @@ class Holds:
     """Faults held until the IP has moved: held at least this long (default ``leaseDuration``)."""
     kill_after: float = 1.0
     """``double-fault``: seconds from the API server's pause to the kill of the target."""
+    quiet: float = 10.0
+    """``baseline``: how long the lab is watched with no fault (make it the length of the round
+    it is compared with: ``--quiet 30`` beside a 30 s ``api-outage``)."""
 
     def problems(self) -> list[str]:
         """Every hold out of its bounds, naming its setting."""
         out = []
-        for name in ("outage", "freeze", "partition", "moved_min", "kill_after"):
+        for name in ("outage", "freeze", "partition", "moved_min", "kill_after", "quiet"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 3600:
                 out.append(f"{name.replace('_', '-')}: must be 0 to 3600 s, got {value:g}")
@@ -84,6 +90,8 @@ class Holds:
             return self.outage
         if hold == "partition":
             return self.partition
+        if hold == "quiet":
+            return self.quiet
         if hold == "moved":
             return lease if self.moved_min is None else self.moved_min
         return 0.0
@@ -96,6 +104,7 @@ class Holds:
             "outage": self.outage,
             "partition": self.partition,
             "kill_after": self.kill_after,
+            "quiet": self.quiet,
         }
 
 
@@ -220,6 +229,15 @@ FAULTS: dict[str, Fault] = {
         restart=True,
         measures=("served_after_recover_ms",),
     ),
+    "baseline": Fault(
+        lambda lab, t: None,
+        "nothing done for {quiet:g} s (baseline)",
+        hold="quiet",
+        recover=None,
+        recover_action="",
+        restart=False,
+        measures=("gap_ms",),
+    ),
 }
 
 SCENARIOS = tuple(FAULTS)
@@ -269,7 +287,7 @@ def play(
             sleep(max(0.0, fault + holds.kill_after - clock()))
             f.then(lab, target)
             played.steps.append((clock(), f.then_action.format(**texts)))
-        if f.hold in ("freeze", "outage", "partition"):
+        if f.hold in ("freeze", "outage", "partition", "quiet"):
             sleep(max(0.0, fault + hold - clock()))
         elif f.hold == "moved":
             played.moved = wait_moved(hold)

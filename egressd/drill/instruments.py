@@ -39,7 +39,7 @@ from egressd.drill.analysis import ARP_INTERVAL, Arrival, Claim, LeaseChange, Se
 from egressd.drill.frames import arp_request, bpf_program, parse_frame
 from egressd.lab.netlab import SWITCH, Lab
 from egressd.lab.netns import LabError
-from egressd.lab.outpost import decode_echo, encode_probe, monotonic
+from egressd.lab.outpost import decode_echo, encode_probe, kernel_receive_time, monotonic
 from egressd.lab.scenario import BRIDGE
 
 PROBE_INTERVAL = 0.005
@@ -47,6 +47,13 @@ PROBE_INTERVAL = 0.005
 
 LEASE_POLL = 0.02
 """Seconds between two reads of the leases."""
+
+TAIL_INTERVAL = 0.1
+"""Seconds between two reads of the outpost's log (it writes every 50 ms)."""
+
+SWITCH_INTERVAL = 0.001
+"""The interpreter's thread switch interval in a drill (default 5 ms): a prober thread woken to
+send waits at most this long for the interpreter lock held by another instrument's thread."""
 
 WATCHER_MAC = bytes.fromhex("02e9d0000001")
 """Source MAC of the watcher's ARP requests: locally administered, used by nothing in the lab."""
@@ -61,6 +68,7 @@ _PACKET_MR_PROMISC = 1
 _PACKET_OUTGOING = 4
 _SO_ATTACH_FILTER = 26
 _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+"""Ask for receive timestamps (read by :func:`egressd.lab.outpost.kernel_receive_time`)."""
 
 
 class DrillError(LabError):
@@ -157,10 +165,17 @@ class Prober(Worker):
                 self.echoed[probe.seq] = (monotonic(), source)
 
 
-class OutpostTail:
-    """The outpost's probe records of our probers, read incrementally from its log."""
+class OutpostTail(Worker):
+    """The outpost's probe records of our probers, read incrementally from its log: every
+    :data:`TAIL_INTERVAL` by its own thread once started, and on every :meth:`read`. Reading
+    as the log grows keeps each parse small: parsing the records of a whole 30 s hold at once
+    held the interpreter long enough to delay the probers' sends by 20-50 ms, a hole in the
+    traffic the drill itself made."""
+
+    name = "outpost tail"
 
     def __init__(self, path: Path, probers: Iterable[str]) -> None:
+        super().__init__()
         self._path = path
         self._probers = set(probers)
         try:
@@ -168,16 +183,30 @@ class OutpostTail:
         except OSError:
             self._offset = 0
         self._partial = b""
+        self._lock = threading.Lock()
         self.arrivals: list[Arrival] = []
 
+    def start(self) -> OutpostTail:
+        self._spawn(self._follow, "outpost-tail")
+        return self
+
+    def _follow(self) -> None:
+        while not self._stop.wait(TAIL_INTERVAL):
+            self.read()
+
     def read(self) -> list[Arrival]:
-        """Read what was appended since the last call; every arrival so far."""
+        """Read what was appended since the last read; every arrival so far."""
+        with self._lock:
+            self._read()
+            return list(self.arrivals)
+
+    def _read(self) -> None:
         try:
             with self._path.open("rb") as f:
                 f.seek(self._offset)
                 chunk = f.read()
         except OSError:
-            return self.arrivals
+            return
         self._offset += len(chunk)
         data = self._partial + chunk
         lines = data.split(b"\n")
@@ -191,7 +220,6 @@ class OutpostTail:
                 continue
             if rec.get("kind") == "udp" and rec.get("prober") in self._probers:
                 self.arrivals.append(Arrival(rec["prober"], int(rec["seq"]), float(rec["t"]), str(rec["src"])))
-        return self.arrivals
 
 
 class Watcher(Worker):
@@ -283,13 +311,9 @@ class Watcher(Worker):
 
 
 def _receive_time(ancdata: Sequence[tuple[int, int, bytes]]) -> float:
-    """The kernel's receive timestamp (CLOCK_REALTIME) moved to CLOCK_MONOTONIC; now if absent."""
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= 16:
-            sec, nsec = struct.unpack_from("qq", data)
-            offset = monotonic() - time.clock_gettime(time.CLOCK_REALTIME)
-            return float(sec + nsec / 1e9 + offset)
-    return monotonic()
+    """The kernel's receive timestamp moved to CLOCK_MONOTONIC; now if absent."""
+    t = kernel_receive_time(ancdata)
+    return monotonic() if t is None else t
 
 
 def _ifindex(lab: Lab, host: str, ifname: str) -> int:

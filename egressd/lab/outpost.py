@@ -19,9 +19,11 @@ need on top. Standard library only (asyncio)::
 * **The log** (``--log``, JSON lines): one ``start`` record, then one record
   per HTTP request (``kind: "http"``: ``src``, ``port``, ``method``, ``path``,
   ``status``) and per datagram (``kind: "udp"``: ``src``, ``port``,
-  ``prober``, ``seq``, ``sent``). ``t`` is CLOCK_MONOTONIC seconds, the
+  ``prober``, ``seq``, ``sent``, ``seen``). ``t`` is CLOCK_MONOTONIC seconds, the
   same clock in every process of the machine (compare it with the probers'
-  ``sent``), ``wall`` is Unix time. Lines are buffered and written at least
+  ``sent``): for a datagram, the kernel's receive timestamp, so that the
+  outpost's own scheduling delays (``seen`` is when it read the datagram) are
+  no holes in the traffic; ``wall`` is Unix time. Lines are buffered and written at least
   every :data:`FLUSH_INTERVAL` (an outpost that keeps up with thousands of
   datagrams per second cannot afford a write per datagram); SIGTERM and
   SIGINT flush and exit.
@@ -36,12 +38,14 @@ import ipaddress
 import json
 import logging
 import signal
+import socket
+import struct
 import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Self, cast
+from typing import IO, Any, Self
 
 log = logging.getLogger(__name__)
 
@@ -132,37 +136,60 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-class _ProbeProtocol(asyncio.DatagramProtocol):
-    def __init__(self, outpost: Outpost) -> None:
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESTAMP_SPACE = socket.CMSG_SPACE(16)
+
+
+def kernel_receive_time(ancdata: Sequence[tuple[int, int, bytes]]) -> float | None:
+    """The kernel's receive timestamp of a datagram (``SO_TIMESTAMPNS``, CLOCK_REALTIME) moved to
+    CLOCK_MONOTONIC; None when the ancillary data has none."""
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = struct.unpack_from("qq", data)
+            offset = monotonic() - time.clock_gettime(time.CLOCK_REALTIME)
+            return float(sec + nsec / 1e9 + offset)
+    return None
+
+
+class _ProbePort:
+    """The probe port: a non-blocking UDP socket read on the loop with ``recvmsg``, so that a
+    record's ``t`` is when the kernel received the datagram, not when the loop got round to it
+    (a busy or descheduled outpost would otherwise show its own delays as holes in the traffic)."""
+
+    def __init__(self, outpost: Outpost, sock: socket.socket) -> None:
         self._outpost = outpost
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock = sock
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # The selector loop's datagram transport is not a DatagramTransport subclass in 3.11.
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        t = monotonic()
-        src, port = _peer(addr)
-        probe = decode_probe(data)
-        self._outpost.record(
-            {
-                "t": t,
-                "wall": time.time(),
-                "kind": "udp",
-                "src": src,
-                "port": port,
-                "prober": probe.prober if probe else None,
-                "seq": probe.seq if probe else None,
-                "sent": probe.sent if probe else None,
-            }
-        )
-        if self.transport is not None:
-            self.transport.sendto(data + b" " + src.encode(), addr)
-
-    def error_received(self, exc: Exception) -> None:
-        # An ICMP error for an earlier echo (the prober is gone): nothing to do.
-        log.debug("udp error: %s", exc)
+    def readable(self) -> None:
+        while True:
+            try:
+                data, ancdata, _, addr = self.sock.recvmsg(2048, _TIMESTAMP_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # an ICMP error for an earlier echo (the prober is gone): nothing to do; the
+                # loop calls again while datagrams wait
+                log.debug("udp error: %s", exc)
+                return
+            seen = monotonic()
+            t = kernel_receive_time(ancdata)
+            src, port = _peer(addr)
+            probe = decode_probe(data)
+            self._outpost.record(
+                {
+                    "t": seen if t is None else t,
+                    "seen": seen,
+                    "wall": time.time(),
+                    "kind": "udp",
+                    "src": src,
+                    "port": port,
+                    "prober": probe.prober if probe else None,
+                    "seq": probe.seq if probe else None,
+                    "sent": probe.sent if probe else None,
+                }
+            )
+            with contextlib.suppress(OSError):  # a full socket buffer drops the echo, as the network may
+                self.sock.sendto(data + b" " + src.encode(), addr)
 
 
 class Outpost:
@@ -181,7 +208,7 @@ class Outpost:
         self._udp = udp
         self._log = JsonLines(log_stream) if log_stream is not None else None
         self._server: asyncio.Server | None = None
-        self._udp_transport: asyncio.DatagramTransport | None = None
+        self._udp_port: _ProbePort | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._connections: set[asyncio.Task[Any]] = set()
         self.http_address: tuple[str, int] | None = None
@@ -205,9 +232,17 @@ class Outpost:
             self.http_address = _peer(self._server.sockets[0].getsockname())
         if self._udp is not None:
             host, port = parse_listen(self._udp)
-            transport, _ = await loop.create_datagram_endpoint(lambda: _ProbeProtocol(self), local_addr=(host, port))
-            self._udp_transport = transport
-            self.udp_address = _peer(transport.get_extra_info("sockname"))
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+                sock.bind((host, port))
+            except OSError:
+                sock.close()
+                raise
+            self._udp_port = _ProbePort(self, sock)
+            loop.add_reader(sock.fileno(), self._udp_port.readable)
+            self.udp_address = _peer(sock.getsockname())
         self.record(
             {
                 "t": monotonic(),
@@ -230,9 +265,10 @@ class Outpost:
             await asyncio.gather(*self._connections, return_exceptions=True)
             await self._server.wait_closed()
             self._server = None
-        if self._udp_transport is not None:
-            self._udp_transport.close()
-            self._udp_transport = None
+        if self._udp_port is not None:
+            asyncio.get_running_loop().remove_reader(self._udp_port.sock.fileno())
+            self._udp_port.sock.close()
+            self._udp_port = None
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -8,12 +8,17 @@ from typing import Any
 import pytest
 
 from egressd.drill.analysis import (
+    Arrival,
     Claim,
+    Gap,
+    Sent,
     double_answers,
     dual_owner_intervals,
+    gap_anatomy,
     outage_gap,
     percentile,
     summarize,
+    transit_times,
     union_length,
 )
 
@@ -39,6 +44,51 @@ def test_gap_without_recovery_has_no_end() -> None:
     gap = outage_gap([0.0, 0.005], fault=0.006)
     assert gap.end is None
     assert gap.seconds is None
+
+
+def test_a_gap_with_no_probe_sent_inside_is_the_probers_own() -> None:
+    # the prober sends every 5 ms, then stalls 30 ms between seq 2 and 3; every probe arrives
+    sent = [Sent("p", 0, 0.0), Sent("p", 1, 0.005), Sent("p", 2, 0.010), Sent("p", 3, 0.040)]
+    arrivals = [Arrival("p", s.seq, s.t + 0.001, "ip") for s in sent]
+    bridge = [Claim(s.t + 0.0005, "ip", "a", "probe", "p", s.seq) for s in sent]
+    anatomy = gap_anatomy(Gap(0.011, 0.041), "p", sent, arrivals, bridge)
+    assert anatomy.probes_between == 0
+    assert anatomy.send_gap == pytest.approx(0.030)
+    assert anatomy.delay_before == pytest.approx(0.001) and anatomy.delay_after == pytest.approx(0.001)
+    assert anatomy.bridge_before == pytest.approx(0.0005) and anatomy.bridge_after == pytest.approx(0.0005)
+
+
+def test_a_gap_over_unserved_probes_counts_them() -> None:
+    # probes 2..5 sent on time but never arrived: an interruption of service
+    sent = [Sent("p", i, 0.005 * i) for i in range(8)]
+    arrivals = [Arrival("p", s.seq, s.t + 0.002, "ip") for s in sent if s.seq not in (2, 3, 4, 5)]
+    anatomy = gap_anatomy(Gap(0.007, 0.032), "p", sent, arrivals, [])
+    assert anatomy.probes_between == 4
+    assert anatomy.send_gap == pytest.approx(0.025)
+    assert anatomy.bridge_after is None
+    assert anatomy.to_json()["probes_between"] == 4
+
+
+def test_a_gap_without_an_end_has_no_anatomy() -> None:
+    sent = [Sent("p", 0, 0.0)]
+    anatomy = gap_anatomy(Gap(0.001, None), "p", sent, [Arrival("p", 0, 0.001, "ip")], [])
+    assert anatomy.probes_between is None and anatomy.send_gap is None
+    assert anatomy.delay_before == pytest.approx(0.001)
+
+
+def test_transit_counts_good_probes_once_from_send_to_record() -> None:
+    sent = [Sent("p", i, 0.005 * i) for i in range(4)]
+    arrivals = [
+        Arrival("p", 0, 0.001, "ip"),
+        Arrival("p", 1, 0.007, "ip"),
+        Arrival("p", 1, 0.009, "ip"),  # recorded twice: the first record counts
+        Arrival("p", 2, 0.030, "other"),  # not SNATed: not served
+        Arrival("p", 3, 0.018, "ip"),
+    ]
+    assert transit_times(sent, arrivals, frozenset({"ip"})) == pytest.approx([0.001, 0.002, 0.003])
+    summary = summarize([{"gap_ms": 5.0, "transit_ms": {"max": 3.0}}, {"gap_ms": 9.0, "transit_ms": {"max": 7.5}}])
+    assert summary["transit_max_ms"] == 7.5
+    assert summarize([{"gap_ms": 5.0}])["transit_max_ms"] is None
 
 
 def _claims(ip: str, node: str, times: list[float], kind: str = "probe") -> list[Claim]:

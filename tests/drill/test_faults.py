@@ -170,6 +170,27 @@ def test_api_outage_takes_its_duration_from_the_holds() -> None:
     assert Holds().outage == 30.0
 
 
+def test_baseline_does_nothing_for_the_quiet_hold() -> None:
+    clock = FakeClock()
+    lab = RecordingLab(clock)
+    played = play(
+        "baseline",
+        lab,  # type: ignore[arg-type]  # the methods the faults call
+        "kind-worker3",
+        holds=Holds(quiet=30.0),
+        lease=LEASE,
+        clock=clock,
+        sleep=clock.sleep,
+        wait_moved=lambda _: pytest.fail("a baseline waits for nothing to move"),
+    )
+    assert lab.calls == []
+    assert clock.now == 130.0  # watched for the quiet hold
+    assert played.fault == 100.0 and played.recover is None
+    assert played.fault_action == "nothing done for 30 s (baseline)"
+    assert Holds().quiet == 10.0
+    assert any(p.startswith("quiet:") for p in Holds(quiet=-1.0).problems())
+
+
 def test_freeze_hold_defaults_to_lease_duration_plus_two_and_can_be_set() -> None:
     _, lab, _ = _play("freeze")
     assert [t for t, _, _ in lab.calls] == [100.0, 104.5]

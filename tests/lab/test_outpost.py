@@ -154,7 +154,22 @@ async def test_udp_echo_and_record(outpost: tuple[Outpost, Path]) -> None:
     records = await _records(log_path, "udp", 2)
     assert [(r["src"], r["prober"], r["seq"]) for r in records] == [(REFUSED, "p1", 1), (REFUSED, None, None)]
     assert records[0]["sent"] == pytest.approx(sent, abs=1e-6)
-    assert sent <= records[0]["t"] <= monotonic()
+    assert sent <= records[0]["t"] <= records[0]["seen"] <= monotonic()
+
+
+async def test_a_record_is_timed_when_the_kernel_received_the_datagram_not_when_the_loop_read_it(
+    outpost: tuple[Outpost, Path],
+) -> None:
+    server, log_path = outpost
+    assert server.udp_address is not None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((REFUSED, 0))
+        sent = monotonic()
+        sock.sendto(encode_probe("p1", 1, sent), server.udp_address)
+        time.sleep(0.1)  # the outpost's loop (this one) is busy: it reads the datagram 100 ms late
+        (record,) = await _records(log_path, "udp", 1)
+    assert record["seen"] - sent >= 0.1
+    assert record["t"] - sent < 0.05  # loopback: received within the sendto
 
 
 async def test_udp_keeps_up_with_three_probers_and_flushes_quickly(outpost: tuple[Outpost, Path]) -> None:

@@ -73,9 +73,9 @@ def test_the_lab_writes_the_profile_into_every_daemon_config_and_keeps_it(tmp_pa
     for node in lab.scenario.nodes:
         config = lab.daemon_config(node.name)
         assert config["timing"] == timing
-        assert parse_settings(config).timing.lease_duration == 0.45
+        assert parse_settings(config).timing.lease_duration == 0.4
         # the mesh is on, its promises no longer than the fast profile's lease (M1)
-        assert config["mesh"] == {"keyFile": str(lab.mesh_key_file), "promiseDuration": 0.45}
+        assert config["mesh"] == {"keyFile": str(lab.mesh_key_file), "promiseDuration": 0.4}
     lab.state.path.mkdir(parents=True, exist_ok=True)
     lab._write_state("up")
     assert Lab.attach(tmp_path).scenario.timing == timing

@@ -9,7 +9,14 @@ to the event loop (used by the lease store and by the cluster watches).
   :data:`egressd.core.backoff.WATCH_BACKOFF` (longer if the server asks with
   ``Retry-After``; a storm of 410s must not become a storm of relists), and
   logged once per change of problem, not once per try. A watch silent for
-  its idle time is reconnected at once, quietly.
+  its idle time is reconnected at once, quietly. Two exceptions to the
+  backoff, both for a watch that lost its server to the network, not to a
+  refusal: a watch that could not connect tries again as soon as another
+  request of its owner reached the API server (``reachable``: the fault is
+  over, and a connection attempt costs a server nothing), and the first 410
+  after another problem relists after the backoff's first step, not after
+  the streak the network fault built up (the resourceVersion went stale
+  while the node was cut off; a run of 410s still backs off).
 * :func:`stream` runs informers in threads of their own (the client blocks)
   and yields what they emit on the event loop, through a queue; a thread that
   dies ends the stream with its error (:func:`start_watch_thread`).
@@ -64,6 +71,18 @@ class Pacing:
     """How the thread waits out a backoff."""
 
 
+RECONNECT_POLL = 0.1
+"""Seconds between two looks at ``Informer.reachable`` while a watch that could not connect waits
+(the shortest such wait: the first step of the watch backoff)."""
+
+
+def could_not_connect(exc: BaseException) -> bool:
+    """The request never reached the API server: no route, refused, connect timeout."""
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        exc = exc.reason
+    return isinstance(exc, urllib3.exceptions.ConnectTimeoutError | ConnectionRefusedError)
+
+
 Relist = Callable[[Callable[[T], None], threading.Event], "str | None"]
 """List the collection and emit what it holds; the list's resourceVersion,
 or None when there is nothing to watch yet (a CRD not installed): the relist
@@ -87,6 +106,10 @@ class Informer(Generic[T]):
     logger: logging.Logger
     failed: Callable[[BaseException], None] = lambda exc: None
     """Told of each error of a list or watch request but a 410 (routine: a relist follows at once)."""
+    reachable: Callable[[float], bool] | None = None
+    """Whether another request of the informer's owner was answered by the API server after the
+    given time (the owner's clock): a watch that could not connect stops waiting out its backoff
+    then. None: it always waits the backoff out."""
 
     def run(self, emit: Callable[[T], None], stop: threading.Event) -> None:
         """The loop of the informer's thread, until ``stop`` or its owner's ``closed`` is set."""
@@ -144,9 +167,31 @@ class Informer(Generic[T]):
             problem = EOFError(f"the watch ended after {ran:.1f}s")
         if problem is None:
             return  # a watch that ran its course, or sat idle: reconnect at once
+        if isinstance(problem, ResourceExpired) and streak.problem != type(problem).__name__:
+            streak.reset()  # a stale resourceVersion after another fault: resync fast
         step = streak.failed(type(problem).__name__, retry_after=getattr(problem, "retry_after", None))
         log_step(self.logger, self.what, problem, step, rv)
-        self.pacing.wait(stop, step.delay)
+        if self.reachable is not None and could_not_connect(problem):
+            self._wait_unless_reachable(stop, step.delay)
+        else:
+            self.pacing.wait(stop, step.delay)
+
+    def _wait_unless_reachable(self, stop: threading.Event, seconds: float) -> None:
+        """Wait ``seconds``, or until another request sent after the failure reached the API
+        server, but at least :data:`RECONNECT_POLL`: a server that answers requests on kept-alive
+        connections while it refuses new ones sees at most one connection attempt per poll from
+        this watch, and the streak still grows and logs as before."""
+        assert self.reachable is not None
+        failed_at = self.pacing.clock.monotonic()
+        end = failed_at + seconds
+        while not stop.is_set():
+            left = end - self.pacing.clock.monotonic()
+            if left <= 0:
+                return
+            self.pacing.wait(stop, min(left, RECONNECT_POLL))
+            if self.reachable(failed_at):
+                self.logger.debug("%s: the API server answers again; reconnecting now", self.what)
+                return
 
 
 async def stream(informers: Mapping[str, Informer[T]]) -> AsyncIterator[T]:

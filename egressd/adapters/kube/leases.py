@@ -348,6 +348,7 @@ class KubeLeaseStore:
             closed=self._closed,
             logger=log,
             failed=self._watch_failed,
+            reachable=lambda since: self._last_ok > since,
         )
 
     def _relist(self, emit: Callable[[LeaseEvent], None], stop: threading.Event) -> str:
