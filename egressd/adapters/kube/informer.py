@@ -8,7 +8,11 @@ to the event loop (used by the lease store and by the cluster watches).
   watch refused, failed or ended early is retried after
   :data:`egressd.core.backoff.WATCH_BACKOFF` (longer if the server asks with
   ``Retry-After``; a storm of 410s must not become a storm of relists), and
-  logged once per change of problem, not once per try. A watch silent for
+  logged once per change of problem, not once per try. A failure the server
+  never answered (refused, timed out: the API is down or paused) may have a
+  shorter policy of its own (:func:`unanswered`; the lease watch's is
+  :data:`egressd.core.backoff.UNANSWERED_BACKOFF`), so the watch is back soon
+  after the API returns. A watch silent for
   its idle time is reconnected at once, quietly.
 * :func:`stream` runs informers in threads of their own (the client blocks)
   and yields what they emit on the event loop, through a queue; a thread that
@@ -30,8 +34,9 @@ from functools import partial
 from typing import Any, Generic, TypeVar
 
 import urllib3
+from kubernetes.client.exceptions import ApiException
 
-from egressd.core.backoff import WATCH_BACKOFF, Step, Streak
+from egressd.core.backoff import WATCH_BACKOFF, Backoff, Step, Streak
 from egressd.core.errors import ApiError, ApiUnavailable, EgressdError, NotFound, ResourceExpired, clip
 from egressd.ports import Clock
 
@@ -87,6 +92,9 @@ class Informer(Generic[T]):
     logger: logging.Logger
     failed: Callable[[BaseException], None] = lambda exc: None
     """Told of each error of a list or watch request but a 410 (routine: a relist follows at once)."""
+    unanswered_backoff: Backoff | None = None
+    """The backoff after a failure the server never answered (:func:`unanswered`);
+    None: :data:`WATCH_BACKOFF` for every failure."""
 
     def run(self, emit: Callable[[T], None], stop: threading.Event) -> None:
         """The loop of the informer's thread, until ``stop`` or its owner's ``closed`` is set."""
@@ -144,9 +152,33 @@ class Informer(Generic[T]):
             problem = EOFError(f"the watch ended after {ran:.1f}s")
         if problem is None:
             return  # a watch that ran its course, or sat idle: reconnect at once
-        step = streak.failed(type(problem).__name__, retry_after=getattr(problem, "retry_after", None))
+        policy = self.unanswered_backoff if unanswered(problem) else None
+        step = streak.failed(type(problem).__name__, retry_after=getattr(problem, "retry_after", None), backoff=policy)
         log_step(self.logger, self.what, problem, step, rv)
         self.pacing.wait(stop, step.delay)
+
+
+_NO_ANSWER = (
+    urllib3.exceptions.ConnectTimeoutError,  # NewConnectionError (refused, no route) is one too
+    urllib3.exceptions.ReadTimeoutError,
+    urllib3.exceptions.ProtocolError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def unanswered(exc: BaseException) -> bool:
+    """Whether a failed request got no answer from the server at all: the
+    connection was refused, reset or timed out, here or in the error it was
+    raised from. An HTTP status (410, 429, 5xx) is an answer."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain of causes is short; never loop on a cycle
+        if seen is None or isinstance(seen, ApiException):
+            return False
+        if isinstance(seen, _NO_ANSWER):
+            return True
+        seen = seen.reason if isinstance(seen, urllib3.exceptions.MaxRetryError) else seen.__cause__
+    return False
 
 
 async def stream(informers: Mapping[str, Informer[T]]) -> AsyncIterator[T]:
