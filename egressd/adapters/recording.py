@@ -73,6 +73,12 @@ class RecordingDataPlane:
         self.addresses[(ip, interface)] = now + lifetime
         self._record("claim", ip=str(ip), interface=interface, lifetime=lifetime)
 
+    async def refresh(self, addresses: Sequence[tuple[IPAddress, str]], lifetime: int) -> None:
+        now = time.monotonic()
+        for key in addresses:
+            self.addresses[key] = now + lifetime
+        self._record("refresh", ips=[str(ip) for ip, _ in addresses], lifetime=lifetime)
+
     async def release(self, ip: IPAddress, interface: str) -> None:
         self.addresses.pop((ip, interface), None)
         self._record("release", ip=str(ip), interface=interface)

@@ -15,7 +15,7 @@ renewed: the right to serve comes from this node's lease
 period for all IPs. The daemon fence is the liveness's task: it steps every
 owner down when that right lapses, whatever the loops are waiting for, so a
 hung API call can never keep an IP served; the kernel fences are re-armed
-after each renew for all owned IPs at once (:meth:`Member.rearm`).
+after each renew for all owned IPs at once (by the daemon).
 
 Every way out of OWNER (renew deadline, lost lease, failed takeover, handoff,
 identity clash, shutdown) goes through :meth:`Member._leave`, which keeps that
@@ -356,19 +356,6 @@ class Member:
             await self._leave(Event.STEPPED_DOWN, "dataplane-failed", str(exc), release=True, successor=successor)
         else:
             self._takeover_failures = 0
-
-    async def rearm(self) -> bool:
-        """Re-arm this IP's address lifetime after a node-lease renew (the
-        nftables elements of all owned IPs are re-armed by the caller in one
-        transaction, under every owner's lock: see the daemon). Called with
-        the data-plane lock held; whether the IP is still owned."""
-        if self.sm.state is not State.OWNER or self.serving_locally:
-            return False
-        try:
-            await self._dp.addresses.claim(self.ip, self.group.interface, self._timing.address_lifetime)
-        except DataPlaneError as exc:
-            self.log.error("could not re-arm the address lifetime: %s", exc)
-        return True
 
     @property
     def dp_lock(self) -> asyncio.Lock:

@@ -333,14 +333,15 @@ async def test_the_kernel_fences_of_all_owned_ips_are_rearmed_at_once_after_each
         assert done >= 8
         assert done - 1 <= len(fences) <= done, (len(fences), done)
         assert all(op["ips"] == sorted(str(ip) for ip in IPS) for op in fences), "not one transaction for all IPs"
-        claims = [op for op in node.plane.ops[ops:] if op["op"] == "claim"]
-        assert len(claims) >= len(IPS) * (done - 1), "the address lifetimes were not refreshed"
+        refreshes = [op for op in node.plane.ops[ops:] if op["op"] == "refresh"]
+        assert done - 1 <= len(refreshes) <= done, "the address lifetimes were not refreshed after each renew"
+        assert all(sorted(op["ips"]) == sorted(str(ip) for ip in IPS) for op in refreshes), "not one batch for all IPs"
         # once the right lapsed nothing is re-armed: the fences run out
         store.pause()
         await until(lambda: not any(node.serves(ip) for ip in IPS), TIMING.renew_deadline + 0.1)
         ops = len(node.plane.ops)
         await asyncio.sleep(5 * TIMING.retry_period)
-        assert not [op for op in node.plane.ops[ops:] if op["op"] in ("fence", "claim")]
+        assert not [op for op in node.plane.ops[ops:] if op["op"] in ("fence", "claim", "refresh")]
         store.resume()
     finally:
         await stop_all([node])
