@@ -343,10 +343,14 @@ class Daemon:
         owners = self._owners()
         if owners:
             await asyncio.gather(*(m.step_down("renew-deadline", detail) for m in owners))
+            for member in owners:
+                member.wake()  # its loop waits for news while holding: it decides again (to take it back)
 
     async def _clash(self, detail: str) -> None:
         """Another process renews this node's lease: every member fences itself."""
         await asyncio.gather(*(m.fence_clash(detail) for m in self.members.values()))
+        for member in self.members.values():
+            member.wake()
 
     async def apply(self, groups: Sequence[EgressGroup], steering: Sequence[EgressGroup] | None = None) -> None:
         """Make ``groups`` the egress groups (Kubernetes mode), and ``steering``

@@ -177,6 +177,11 @@ class Member:
             self.first_step.set()
             await wait_event(news, max(0.0, wait))
 
+    def wake(self) -> None:
+        """Make the loop decide again now: the daemon left OWNER for it (the
+        fence, a clash), and an owner's loop waits for news only, or long."""
+        self._view.news(self.name).set()
+
     async def step(self) -> float:
         """One decision and its action; returns how long to wait for news at most."""
         entry = self._view.get(self.name)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from ipaddress import ip_address
 
@@ -318,6 +318,31 @@ async def test_a_second_process_renewing_this_nodes_lease_is_an_identity_clash()
             assert not (first.serves(ip) and second.serves(ip))
     finally:
         await stop_all([first, second])
+
+
+async def test_an_owner_with_nothing_to_do_decides_again_on_news_only_or_rarely() -> None:
+    """A thousand owned IPs must not cost a thousand decisions per lease
+    duration: an owner that holds looks again after four lease durations,
+    unless its claim changes."""
+    store = FakeLeaseStore()
+    node = Node("gw-a", store, replace(GROUP, candidates=("gw-a",)))
+    try:
+        await settle([node], IPS)
+        steps = 0
+        for member in node.daemon.members.values():
+            step = member.step
+
+            async def counted(step: Callable[[], Awaitable[float]] = step) -> float:
+                nonlocal steps
+                steps += 1
+                return await step()
+
+            member.step = counted  # type: ignore[method-assign]
+        await asyncio.sleep(8 * TIMING.lease_duration)
+        assert all(node.serves(ip) for ip in IPS)
+        assert steps <= len(IPS) * 3, f"{steps} decisions of {len(IPS)} owners in 8 lease durations"
+    finally:
+        await stop_all([node])
 
 
 async def test_the_kernel_fences_of_all_owned_ips_are_rearmed_at_once_after_each_renew() -> None:
