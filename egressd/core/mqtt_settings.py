@@ -335,3 +335,5 @@ def _is_host(value: str) -> bool:
     except ValueError:
         return bool(_HOSTNAME.match(value))
     return True
+
+
