@@ -15,7 +15,7 @@ measured anyway), then for ``--seconds``:
   and still be done by the server, so a Lease may name a holder that does not serve.
 
 Every run is bounded: the acquisition by ``--acquire-timeout``, the window by ``--seconds``, and
-the processes are ended at the end (also on Ctrl-C). Run:
+the processes are ended and their temporary directory removed at the end (also on Ctrl-C). Run:
 
     python chaos/bench_election.py --ips 100 --gateways 2 --seconds 20
 

@@ -5,12 +5,14 @@ the address would have expired (last claim + lifetime): the kernel fence as
 the recording data plane models it. A withdrawal removes the address before
 SNAT (traffic stops with SNAT): a ``snat-off`` right after a ``release``
 ends the interval then.
+A ``refresh`` (the lifetimes of many addresses re-armed at once) is a
+claim of each of its IPs.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +26,22 @@ class Interval:
     end: float
 
 
+def as_claims(ops: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
+    """``ops`` with each ``refresh`` spelled out as one ``claim`` per IP."""
+    for op in ops:
+        if op["op"] == "refresh":
+            for ip in op["ips"]:
+                yield {**op, "op": "claim", "ip": ip}
+        else:
+            yield dict(op)
+
+
 def intervals(ops: Iterable[Mapping[str, Any]], until: float) -> list[Interval]:
     open_: dict[tuple[str, str], tuple[float, float]] = {}
     out: list[Interval] = []
     released: dict[tuple[str, str], int] = {}
     """Where in ``out`` the interval a ``release`` ended, until its withdrawal's ``snat-off``."""
-    for op in sorted(ops, key=lambda o: float(o["t"])):
+    for op in sorted(as_claims(ops), key=lambda o: float(o["t"])):
         kind = op["op"]
         if kind not in ("claim", "release", "snat-off"):
             continue

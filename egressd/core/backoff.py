@@ -76,6 +76,21 @@ reflector cap; it is this long because a watch-only node makes about one
 request per watch per minute when all is well: at a cap of a few seconds a
 storm of refused watches would multiply that rate by ten."""
 
+UNANSWERED_BACKOFF = Backoff(initial=0.1, cap=2.0, factor=4.0)
+"""The lease watch after a failure the server never answered (connection
+refused, connect or read timeout: the API server is down, paused or cut
+off). The claims and node leases are what failover and steering act on, so
+the watch must be back within a couple of seconds of the API's return: with
+:data:`WATCH_BACKOFF` a 30-second outage grew the wait to up to 25.6 s, and a
+steering node kept sending traffic to a dead owner for seconds after the API
+answered again. The ceilings are 0.1, 0.4, 1.6, 2 s; at the cap one watch
+tries once every 1 to 2 s plus the timeout of the try (the connect timeout,
+1 s): at most about one request per 2 s to a down API, which costs a server
+that is down nothing and one that is paused a queued connection each.
+Failures the server did answer (410, 429, 5xx, a watch ended early) keep
+:data:`WATCH_BACKOFF`: they come from a server that is up and may be
+overloaded."""
+
 WATCH_HEALTHY_AFTER = 10.0
 """A watch that stayed open this long was not refused: the streak ends."""
 
@@ -139,14 +154,18 @@ class Streak:
         """The kind of the streak's last failure ("" when there is no streak)."""
         return self._repeats.problem
 
-    def failed(self, problem: str, *, retry_after: float | None = None) -> Step:
+    def failed(self, problem: str, *, retry_after: float | None = None, backoff: Backoff | None = None) -> Step:
         """Record a failure of kind ``problem`` (a short, stable text such as
         the error's class); a ``retry_after`` the server asked for lengthens
-        the wait, up to the backoff's cap."""
+        the wait, up to the backoff's cap. ``backoff``: the policy for this
+        failure when it is not the streak's (a failure the server never
+        answered, :data:`UNANSWERED_BACKOFF`); the count of failures in a row
+        is the streak's either way."""
+        policy = backoff or self.backoff
         report = self._repeats.failed(problem)
-        delay = self.backoff.delay(self.failures, self._draw())
+        delay = policy.delay(self.failures, self._draw())
         if retry_after is not None and retry_after > delay:
-            delay = min(retry_after, self.backoff.cap)
+            delay = min(retry_after, policy.cap)
         return Step(delay, self.failures, report)
 
     def reset(self) -> None:

@@ -122,6 +122,13 @@ class Addresses(Protocol):
         """Add ``ip``/32 (or /128) on ``interface``, or refresh its lifetime."""
         ...
 
+    async def refresh(self, addresses: Sequence[tuple[IPAddress, str]], lifetime: int) -> None:
+        """Reset the lifetime of each (ip, interface), adding any that is
+        missing, as ``claim`` does one by one but at the cost of a few
+        (it runs after every node-lease renew, for every owned IP). Every
+        address is tried; DataPlaneError names those that failed."""
+        ...
+
     async def release(self, ip: IPAddress, interface: str) -> None:
         """Remove it; no error if it is already gone."""
         ...

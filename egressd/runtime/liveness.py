@@ -11,7 +11,8 @@ them all when that right lapses.
 * **Kernel fences.** After each successful renew the fences of every owned IP
   are re-armed at once, by a task of their own so a slow data plane never
   delays the next renewal: one nftables transaction for the set elements, then
-  each address's lifetime; TTL ``rights.fence_ttl`` (under the API right, the
+  one batched netlink write for the addresses' lifetimes (a cost per renew,
+  not per IP and renew); TTL ``rights.fence_ttl`` (under the API right, the
   election's ``fenceTtl``, which T1 keeps before any takeover).
 * **Daemon fence.** When the right lapses every owned IP is withdrawn (reason
   ``renew-deadline``), whatever the members are doing; a hung API call never

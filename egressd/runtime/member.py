@@ -17,7 +17,7 @@ renewed: the right to serve comes from this node's lease
 period for all IPs. The daemon fence is the liveness's task: it steps every
 owner down when that right lapses, whatever the loops are waiting for, so a
 hung API call can never keep an IP served; the kernel fences are re-armed
-after each renew for all owned IPs at once (:meth:`Member.rearm`).
+after each renew for all owned IPs at once (by the daemon).
 
 Every way out of OWNER (renew deadline, lost lease, failed takeover, handoff,
 identity clash, shutdown) goes through :meth:`Member._leave`, which keeps that
@@ -189,6 +189,11 @@ class Member:
             wait = await self.step()
             self.first_step.set()
             await wait_event(news, max(0.0, wait))
+
+    def wake(self) -> None:
+        """Make the loop decide again now: the daemon left OWNER for it (the
+        fence, a clash), and an owner's loop waits for news only, or long."""
+        self._view.news(self.name).set()
 
     async def step(self) -> float:
         """One decision and its action; returns how long to wait for news at most."""
@@ -408,19 +413,6 @@ class Member:
             await self._leave(Event.STEPPED_DOWN, "dataplane-failed", str(exc), release=True, successor=successor)
         else:
             self._takeover_failures = 0
-
-    async def rearm(self) -> bool:
-        """Re-arm this IP's address lifetime after a node-lease renew (the
-        nftables elements of all owned IPs are re-armed by the caller in one
-        transaction, under every owner's lock: see the daemon). Called with
-        the data-plane lock held; whether the IP is still owned."""
-        if self.sm.state is not State.OWNER or self.serving_locally:
-            return False
-        try:
-            await self._dp.addresses.claim(self.ip, self.group.interface, self._timing.address_lifetime)
-        except DataPlaneError as exc:
-            self.log.error("could not re-arm the address lifetime: %s", exc)
-        return True
 
     @property
     def dp_lock(self) -> asyncio.Lock:

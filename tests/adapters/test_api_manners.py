@@ -27,6 +27,7 @@ from kubernetes.client.rest import RESTResponse
 from egressd.adapters.kube.client import api_client
 from egressd.adapters.kube.cluster import KubeCluster
 from egressd.adapters.kube.leases import KubeLeaseStore
+from egressd.core.backoff import UNANSWERED_BACKOFF
 from egressd.core.errors import ApiError, ApiUnavailable, LostRace
 from egressd.core.lease import held_by, lease_name, object_from_record
 from egressd.core.model import KubeSettings, Timing
@@ -137,6 +138,9 @@ class FakeTransport:
             answer = status(429, "TooManyRequests", "Too many requests, please try again later.")
             answer["details"] = {"retryAfterSeconds": 1}
             return FakeResponse(429, answer, {"Retry-After": "1"})
+        if fault == "down":
+            # nothing listens (or the listen queue is full): no answer at all
+            raise urllib3.exceptions.NewConnectionError(None, "Failed to establish a new connection: refused")  # type: ignore[arg-type]
         if fault == "503-hour":
             return FakeResponse(503, status(503, "ServiceUnavailable", "come back later"), {"Retry-After": "3600"})
         if fault == "409" and method in ("PUT", "POST"):
@@ -261,12 +265,59 @@ async def test_renewing_under_a_storm_stays_within_twice_the_steady_rate(fault: 
     assert stormy <= 2 * steady, f"{fault}: {stormy:.2f} requests/s against {steady:.2f} steady"
 
 
-@pytest.mark.parametrize("fault", ["410", "early-end", "500", "429", "stall"])
+@pytest.mark.parametrize("fault", ["410", "early-end", "500", "429"])
 def test_the_lease_watch_under_a_storm_stays_within_twice_the_steady_rate(fault: str) -> None:
     steady = watch_rate("steady")
     stormy = watch_rate(fault)
     assert steady == pytest.approx(1 / WATCH_IDLE, rel=0.05)  # an idle watch reconnects every watch_idle
     assert stormy <= 2 * steady, f"{fault}: {stormy:.3f} requests/s against {steady:.3f} steady"
+
+
+@pytest.mark.parametrize("fault", ["down", "stall"])
+def test_the_lease_watch_asks_a_silent_api_at_most_every_two_seconds(fault: str) -> None:
+    """A server that answers nothing (down, or paused) costs nothing to ask:
+    the lease watch tries every 1 to 2 s after the time its try took, so it
+    is back soon after the API returns, and never faster than that."""
+    rate = watch_rate(fault)
+    took = LATENCY if fault == "down" else 2.0  # a stalled list waits out its timeout
+    fastest = 1 / (UNANSWERED_BACKOFF.cap / 2 + took)  # draw 0: the floor of equal jitter
+    assert rate == pytest.approx(fastest, rel=0.05), f"{fault}: {rate:.3f} requests/s"
+    assert rate <= 1.0
+
+
+def test_the_lease_watch_is_back_within_the_cap_of_the_apis_return() -> None:
+    """After ten minutes of a down API the lease watch lists again within
+    UNANSWERED_BACKOFF.cap of the API's return (WATCH_BACKOFF's 30 s before)."""
+    store, transport, clock, stop = make_store("down", DEFAULT)
+    back = clock.now + 600.0
+    listed: list[float] = []
+    draws = iter(lambda: 0.999, None)  # the longest waits equal jitter allows
+
+    def emit(event: LeaseEvent | BaseException) -> None:
+        if isinstance(event, LeaseEvent) and event.kind == "sync":
+            listed.append(clock.now)
+            stop.set()
+
+    original = transport._answer
+
+    def answer(method: str, url: str, body: Any, timeout: Any) -> FakeResponse:
+        if transport.fault == "down" and clock.now >= back:
+            transport.fault = "steady"
+        return original(method, url, body, timeout)
+
+    transport._answer = answer  # type: ignore[method-assign]
+    transport.end = back + 60.0
+    informer = replace(store._informer(), pacing=replace(store._pacing, draw=lambda: next(draws)))
+    informer.run(emit, stop)
+    assert listed, "the watch never listed again"
+    assert listed[0] - back <= UNANSWERED_BACKOFF.cap + 2 * LATENCY
+
+
+@pytest.mark.parametrize("resource", ["policies", "pods"])
+def test_the_cluster_watches_keep_the_long_backoff_for_a_silent_api(resource: ClusterResource) -> None:
+    """Only the lease watch hurries back: the cluster watches ask a down API
+    no more often than a refusing one."""
+    assert cluster_watch_rate("down", resource) <= 2 * cluster_watch_rate("steady", resource)
 
 
 async def test_a_429_asks_for_longer_than_the_renew_deadline_so_the_renew_reports_at_once() -> None:

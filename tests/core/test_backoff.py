@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egressd.core.backoff import WATCH_BACKOFF, Backoff, Repeats, Streak, retry_after, retry_wait
+from egressd.core.backoff import UNANSWERED_BACKOFF, WATCH_BACKOFF, Backoff, Repeats, Streak, retry_after, retry_wait
 
 NOW = datetime(2026, 12, 4, 12, 0, 0, tzinfo=UTC)
 
@@ -52,6 +52,16 @@ def test_a_server_asking_for_longer_waits_longer_but_not_past_the_cap() -> None:
     assert streak.failed("ApiUnavailable", retry_after=2.0).delay == 2.0
     assert streak.failed("ApiUnavailable", retry_after=3600.0).delay == 30.0
     assert streak.failed("ApiUnavailable", retry_after=0.0).delay == pytest.approx(0.2)
+
+
+def test_a_failure_with_a_policy_of_its_own_waits_by_it_and_counts_in_the_streak() -> None:
+    streak = Streak(WATCH_BACKOFF, lambda: 0.999999)
+    steps = [streak.failed("ApiTimeout", backoff=UNANSWERED_BACKOFF) for _ in range(6)]
+    assert [s.delay for s in steps] == pytest.approx([0.1, 0.4, 1.6, 2.0, 2.0, 2.0], abs=1e-5)
+    assert streak.failures == 6
+    assert streak.failed("ApiUnavailable").delay == pytest.approx(30.0, abs=1e-4)  # the streak's own, 7 in a row
+    # a Retry-After is honoured up to the cap of the policy in use
+    assert streak.failed("ApiTimeout", retry_after=10.0, backoff=UNANSWERED_BACKOFF).delay == 2.0
 
 
 def test_the_watch_policy_keeps_a_storm_to_a_few_requests_a_minute() -> None:

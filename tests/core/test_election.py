@@ -772,7 +772,7 @@ def test_retire_deletes_our_own_unreleased_claim_but_not_another_process_of_our_
 
 
 def test_next_look_after_a_write_or_while_owner_is_the_retry_period() -> None:
-    assert next_look(Decision(Action.HOLD, "holding"), owner=True, timing=TIMING) == TIMING.lease_duration
+    assert next_look(Decision(Action.HOLD, "holding"), owner=True, timing=TIMING) == 4 * TIMING.lease_duration
     for action in (Action.ACQUIRE, Action.HANDOFF):
         assert next_look(Decision(action, "x", recheck=9.0), owner=False, timing=TIMING) == TIMING.retry_period
     assert next_look(Decision(Action.STANDBY, "x", recheck=9.0), owner=True, timing=TIMING) == TIMING.retry_period

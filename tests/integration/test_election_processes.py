@@ -28,7 +28,7 @@ import pytest
 
 from egressd.core.model import Timing
 from egressd.core.node_lease import is_node_lease
-from tests.journal import intervals, overlaps, read_journals
+from tests.journal import as_claims, intervals, overlaps, read_journals
 
 pytestmark = pytest.mark.integration
 
@@ -138,7 +138,8 @@ class Cluster:
         raise AssertionError(f"{ip} still not taken over from {old} after {timeout}s")
 
     def ops(self) -> list[dict[str, Any]]:
-        return read_journals(self.journal(n) for n in NODES)
+        """Every node's journal; a refresh of many addresses as a claim of each (as before it was)."""
+        return list(as_claims(read_journals(self.journal(n) for n in NODES)))
 
     def assert_safe(self) -> None:
         bad = overlaps(intervals(self.ops(), until=time.monotonic()))

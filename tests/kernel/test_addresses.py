@@ -65,6 +65,24 @@ async def test_claim_sets_lifetime_and_refresh_resets_it(gw: Host, addrs: Kernel
     assert lifetimes(gw) == {(IP, gw.ifname): 3}
 
 
+async def test_refresh_resets_the_lifetimes_of_many_addresses_at_once(gw: Host, addrs: KernelAddresses) -> None:
+    many = [ipaddress.ip_address("10.99.1.0") + i for i in range(600)]  # more than one batch
+    await addrs.claim(many[0], gw.ifname, 9)
+    await addrs.refresh([(ip, gw.ifname) for ip in [*many, IP6]], 5)
+    found = lifetimes(gw)
+    assert {ip for ip, _ in found} == set(many) and set(found.values()) == {5}  # added or refreshed
+    assert (IP6, gw.ifname) in await addrs.owned()
+    await addrs.refresh([(ip, gw.ifname) for ip in many[:10]], 3)
+    assert sorted(lifetimes(gw).values()) == [3] * 10 + [5] * 590
+
+
+async def test_a_refresh_that_fails_for_some_addresses_refreshes_the_others(gw: Host, addrs: KernelAddresses) -> None:
+    await addrs.claim(IP, gw.ifname, 9)
+    with pytest.raises(DataPlaneError, match=r"refresh of 1 of 2 address\(es\) failed: .*no-such-link"):
+        await addrs.refresh([(IP6, "no-such-link"), (IP, gw.ifname)], 4)
+    assert lifetimes(gw) == {(IP, gw.ifname): 4}
+
+
 async def test_interface_addresses_are_the_nodes_own_with_their_prefix(gw: Host, addrs: KernelAddresses) -> None:
     await addrs.claim(IP, gw.ifname, 5)  # egressd's own address is left out
     found = await addrs.interface_addresses(gw.ifname)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from ipaddress import ip_address
 
@@ -320,6 +320,31 @@ async def test_a_second_process_renewing_this_nodes_lease_is_an_identity_clash()
         await stop_all([first, second])
 
 
+async def test_an_owner_with_nothing_to_do_decides_again_on_news_only_or_rarely() -> None:
+    """A thousand owned IPs must not cost a thousand decisions per lease
+    duration: an owner that holds looks again after four lease durations,
+    unless its claim changes."""
+    store = FakeLeaseStore()
+    node = Node("gw-a", store, replace(GROUP, candidates=("gw-a",)))
+    try:
+        await settle([node], IPS)
+        steps = 0
+        for member in node.daemon.members.values():
+            step = member.step
+
+            async def counted(step: Callable[[], Awaitable[float]] = step) -> float:
+                nonlocal steps
+                steps += 1
+                return await step()
+
+            member.step = counted  # type: ignore[method-assign]
+        await asyncio.sleep(8 * TIMING.lease_duration)
+        assert all(node.serves(ip) for ip in IPS)
+        assert steps <= len(IPS) * 3, f"{steps} decisions of {len(IPS)} owners in 8 lease durations"
+    finally:
+        await stop_all([node])
+
+
 async def test_the_kernel_fences_of_all_owned_ips_are_rearmed_at_once_after_each_renew() -> None:
     store = FakeLeaseStore()
     node = Node("gw-a", store, replace(GROUP, candidates=("gw-a",)))
@@ -333,14 +358,15 @@ async def test_the_kernel_fences_of_all_owned_ips_are_rearmed_at_once_after_each
         assert done >= 8
         assert done - 1 <= len(fences) <= done, (len(fences), done)
         assert all(op["ips"] == sorted(str(ip) for ip in IPS) for op in fences), "not one transaction for all IPs"
-        claims = [op for op in node.plane.ops[ops:] if op["op"] == "claim"]
-        assert len(claims) >= len(IPS) * (done - 1), "the address lifetimes were not refreshed"
+        refreshes = [op for op in node.plane.ops[ops:] if op["op"] == "refresh"]
+        assert done - 1 <= len(refreshes) <= done, "the address lifetimes were not refreshed after each renew"
+        assert all(sorted(op["ips"]) == sorted(str(ip) for ip in IPS) for op in refreshes), "not one batch for all IPs"
         # once the right lapsed nothing is re-armed: the fences run out
         store.pause()
         await until(lambda: not any(node.serves(ip) for ip in IPS), TIMING.renew_deadline + 0.1)
         ops = len(node.plane.ops)
         await asyncio.sleep(5 * TIMING.retry_period)
-        assert not [op for op in node.plane.ops[ops:] if op["op"] in ("fence", "claim")]
+        assert not [op for op in node.plane.ops[ops:] if op["op"] in ("fence", "claim", "refresh")]
         store.resume()
     finally:
         await stop_all([node])

@@ -8,8 +8,7 @@ to the event loop (used by the lease store and by the cluster watches).
   watch refused, failed or ended early is retried after
   :data:`egressd.core.backoff.WATCH_BACKOFF` (longer if the server asks with
   ``Retry-After``; a storm of 410s must not become a storm of relists), and
-  logged once per change of problem, not once per try. A watch silent for
-  its idle time is reconnected at once, quietly. Two exceptions to the
+  logged once per change of problem, not once per try. Two exceptions to the
   backoff, both for a watch that lost its server to the network, not to a
   refusal: a watch that could not connect tries again as soon as another
   request of its owner reached the API server (``reachable``: the fault is
@@ -17,6 +16,11 @@ to the event loop (used by the lease store and by the cluster watches).
   after another problem relists after the backoff's first step, not after
   the streak the network fault built up (the resourceVersion went stale
   while the node was cut off; a run of 410s still backs off).
+  A failure the server never answered (refused, timed out: the API is down
+  or paused) may have a shorter policy of its own (:func:`unanswered`; the
+  lease watch's is :data:`egressd.core.backoff.UNANSWERED_BACKOFF`), so the
+  watch is back soon after the API returns. A watch silent for its idle time
+  is reconnected at once, quietly.
 * :func:`stream` runs informers in threads of their own (the client blocks)
   and yields what they emit on the event loop, through a queue; a thread that
   dies ends the stream with its error (:func:`start_watch_thread`).
@@ -37,8 +41,9 @@ from functools import partial
 from typing import Any, Generic, TypeVar
 
 import urllib3
+from kubernetes.client.exceptions import ApiException
 
-from egressd.core.backoff import WATCH_BACKOFF, Step, Streak
+from egressd.core.backoff import WATCH_BACKOFF, Backoff, Step, Streak
 from egressd.core.errors import ApiError, ApiUnavailable, EgressdError, NotFound, ResourceExpired, clip
 from egressd.ports import Clock
 
@@ -110,6 +115,9 @@ class Informer(Generic[T]):
     """Whether another request of the informer's owner was answered by the API server after the
     given time (the owner's clock): a watch that could not connect stops waiting out its backoff
     then. None: it always waits the backoff out."""
+    unanswered_backoff: Backoff | None = None
+    """The backoff after a failure the server never answered (:func:`unanswered`);
+    None: :data:`WATCH_BACKOFF` for every failure."""
 
     def run(self, emit: Callable[[T], None], stop: threading.Event) -> None:
         """The loop of the informer's thread, until ``stop`` or its owner's ``closed`` is set."""
@@ -169,7 +177,8 @@ class Informer(Generic[T]):
             return  # a watch that ran its course, or sat idle: reconnect at once
         if isinstance(problem, ResourceExpired) and streak.problem != type(problem).__name__:
             streak.reset()  # a stale resourceVersion after another fault: resync fast
-        step = streak.failed(type(problem).__name__, retry_after=getattr(problem, "retry_after", None))
+        policy = self.unanswered_backoff if unanswered(problem) else None
+        step = streak.failed(type(problem).__name__, retry_after=getattr(problem, "retry_after", None), backoff=policy)
         log_step(self.logger, self.what, problem, step, rv)
         if self.reachable is not None and could_not_connect(problem):
             self._wait_unless_reachable(stop, step.delay)
@@ -192,6 +201,29 @@ class Informer(Generic[T]):
             if self.reachable(failed_at):
                 self.logger.debug("%s: the API server answers again; reconnecting now", self.what)
                 return
+
+
+_NO_ANSWER = (
+    urllib3.exceptions.ConnectTimeoutError,  # NewConnectionError (refused, no route) is one too
+    urllib3.exceptions.ReadTimeoutError,
+    urllib3.exceptions.ProtocolError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def unanswered(exc: BaseException) -> bool:
+    """Whether a failed request got no answer from the server at all: the
+    connection was refused, reset or timed out, here or in the error it was
+    raised from. An HTTP status (410, 429, 5xx) is an answer."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain of causes is short; never loop on a cycle
+        if seen is None or isinstance(seen, ApiException):
+            return False
+        if isinstance(seen, _NO_ANSWER):
+            return True
+        seen = seen.reason if isinstance(seen, urllib3.exceptions.MaxRetryError) else seen.__cause__
+    return False
 
 
 async def stream(informers: Mapping[str, Informer[T]]) -> AsyncIterator[T]:

@@ -46,7 +46,7 @@ from egressd.adapters.kube.informer import (
     wait_on,
     watch_events,
 )
-from egressd.core.backoff import WATCH_BACKOFF, Backoff, RetryWait, retry_wait
+from egressd.core.backoff import UNANSWERED_BACKOFF, WATCH_BACKOFF, Backoff, RetryWait, retry_wait
 from egressd.core.errors import ApiTimeout, ApiUnavailable, MalformedLease, NotFound, Rejected
 from egressd.core.lease import LABEL_SELECTOR, LeaseRecord, object_from_record, record_from_object, released
 from egressd.core.node_lease import (
@@ -349,6 +349,7 @@ class KubeLeaseStore:
             logger=log,
             failed=self._watch_failed,
             reachable=lambda since: self._last_ok > since,
+            unanswered_backoff=UNANSWERED_BACKOFF,  # failover and steering act on what it sees
         )
 
     def _relist(self, emit: Callable[[LeaseEvent], None], stop: threading.Event) -> str:
