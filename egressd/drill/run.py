@@ -277,8 +277,11 @@ class Drill:
         )
         if reports is not None:
             sync = self.connections.sync_interval
+            keepers, server = reports
             result.connections = survival.round_json(
-                survival.flows(reports[0], reports[1], fault=played.fault, sync=sync), sync
+                survival.flows(keepers, server, fault=played.fault, ip=ip, sync=sync),
+                sync,
+                survival.loop_lags(keepers, server),
             )
         return result
 

@@ -21,6 +21,9 @@ Per connection (:class:`Flow`, from the pod's keeper and the server joined by co
     TCP: the server's socket takes only segments of the tuple it accepted, so a line received
     after the fault proves the mapping unchanged (``False``); a changed mapping cannot show
     otherwise than as a reset (``None``: not known, no line after the fault).
+``faulted``
+    The server saw the connection come from the egress IP the round faulted (the others cross the
+    round without a move and show what the rest of the lab sees).
 ``age_ms``
     The connection's age at the fault (from the end of its opening); *old* when at least the
     sync interval (:data:`SYNC_INTERVAL`), the time within which a replicated entry is assumed
@@ -61,6 +64,8 @@ class Flow:
     port_changed: bool | None
     source: str | None
     """The source address:port the server saw first."""
+    faulted: bool
+    """The source address is the faulted egress IP."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,13 +75,19 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
-def tcp_flow(kept: Mapping[str, Any], served: Mapping[str, Any] | None, *, fault: float, sync: float) -> Flow:
+def _faulted(source: str | None, ip: str | None) -> bool:
+    return source is not None and ip is not None and source.rpartition(":")[0] == ip
+
+
+def tcp_flow(
+    kept: Mapping[str, Any], served: Mapping[str, Any] | None, *, fault: float, sync: float, ip: str | None = None
+) -> Flow:
     """One TCP connection from the pod's record and the server's (None: the server never saw it)."""
     opened = kept.get("opened")
     if opened is None:
         return Flow(
             str(kept["id"]), str(kept["kind"]), False, None, None, False, None, kept.get("end"), None, False, False,
-            None, None,
+            None, None, False,
         )  # fmt: skip
     ends: list[tuple[float, str]] = []
     if kept.get("end") is not None:
@@ -87,6 +98,7 @@ def tcp_flow(kept: Mapping[str, Any], served: Mapping[str, Any] | None, *, fault
     last_rx = kept.get("last_rx")
     after = last_rx is not None and float(last_rx) > fault
     age = fault - float(opened)
+    source = served.get("source") if served is not None else kept.get("seen")
     return Flow(
         id=str(kept["id"]),
         kind=str(kept["kind"]),
@@ -100,17 +112,21 @@ def tcp_flow(kept: Mapping[str, Any], served: Mapping[str, Any] | None, *, fault
         stall_open=bool(kept.get("stall_open")),
         stuck=first is None and not after,
         port_changed=False if after and first is None else None,
-        source=None if served is None else served.get("source"),
+        source=source,
+        faulted=_faulted(source, ip),
     )
 
 
-def udp_flow(kept: Mapping[str, Any], served: Mapping[str, Any] | None, *, fault: float, sync: float) -> Flow:
+def udp_flow(
+    kept: Mapping[str, Any], served: Mapping[str, Any] | None, *, fault: float, sync: float, ip: str | None = None
+) -> Flow:
     """One UDP flow: the pod's record and the server's (sources seen)."""
     opened = kept.get("opened")
     sources: Sequence[Sequence[Any]] = (served or {}).get("sources") or kept.get("sources") or []
     more = int((served or {}).get("more_sources") or 0)
     last_rx = kept.get("last_rx")
     age = None if opened is None else fault - float(opened)
+    source = str(sources[0][0]) if sources else None
     return Flow(
         id=str(kept["id"]),
         kind="udp",
@@ -124,22 +140,29 @@ def udp_flow(kept: Mapping[str, Any], served: Mapping[str, Any] | None, *, fault
         stall_open=bool(kept.get("stall_open")),
         stuck=last_rx is None or float(last_rx) <= fault,
         port_changed=(len(sources) > 1 or more > 0) if sources else None,
-        source=str(sources[0][0]) if sources else None,
+        source=source,
+        faulted=_faulted(source, ip),
     )
 
 
 def flows(
-    keepers: Iterable[Mapping[str, Any]], server: Mapping[str, Any] | None, *, fault: float, sync: float = SYNC_INTERVAL
+    keepers: Iterable[Mapping[str, Any]],
+    server: Mapping[str, Any] | None,
+    *,
+    fault: float,
+    ip: str | None = None,
+    sync: float = SYNC_INTERVAL,
 ) -> list[Flow]:
-    """Every connection and flow of a round, from the keepers' reports and the server's."""
+    """Every connection and flow of a round, from the keepers' reports and the server's; ``ip``
+    is the egress IP the round faulted."""
     served = {str(c["id"]): c for c in (server or {}).get("connections", [])}
     served_udp: Mapping[str, Any] = (server or {}).get("udp", {})
     out: list[Flow] = []
     for report in keepers:
         for kept in report.get("connections", []):
-            out.append(tcp_flow(kept, served.get(str(kept["id"])), fault=fault, sync=sync))
+            out.append(tcp_flow(kept, served.get(str(kept["id"])), fault=fault, sync=sync, ip=ip))
         for kept in report.get("udp", []):
-            out.append(udp_flow(kept, served_udp.get(str(kept["id"])), fault=fault, sync=sync))
+            out.append(udp_flow(kept, served_udp.get(str(kept["id"])), fault=fault, sync=sync, ip=ip))
     return out
 
 
@@ -170,6 +193,7 @@ def summarize(records: Iterable[Mapping[str, Any]], sync: float = SYNC_INTERVAL)
     for r in tcp:
         by_kind[r["kind"]]["of"] += 1
     old = [r for r in tcp if r["old"]]
+    faulted = [r for r in tcp if r.get("faulted")]
     young = [r for r in tcp if not r["old"]]
     kept = [float(r["stall_ms"]) for r in tcp if not r["reset"] and not r["stuck"] and r["stall_ms"] is not None]
     udp_back = [float(r["stall_ms"]) for r in udp if not r["stuck"] and r["stall_ms"] is not None]
@@ -181,6 +205,7 @@ def summarize(records: Iterable[Mapping[str, Any]], sync: float = SYNC_INTERVAL)
         "reset_by_kind": by_kind,
         "reset_old": {"reset": count(old, "reset"), "of": len(old)},
         "reset_young": {"reset": count(young, "reset"), "of": len(young)},
+        "reset_faulted": {"reset": count(faulted, "reset"), "of": len(faulted)},
         "stuck": count(tcp, "stuck"),
         "stall_ms": _stats(kept),
         "udp_flows": len(udp),
@@ -193,10 +218,23 @@ def summarize(records: Iterable[Mapping[str, Any]], sync: float = SYNC_INTERVAL)
     }
 
 
-def round_json(flows_: Sequence[Flow], sync: float = SYNC_INTERVAL) -> dict[str, Any]:
-    """A round's ``connections`` part of the drill's JSON: every flow and their summary."""
+def loop_lags(keepers: Iterable[Mapping[str, Any]], server: Mapping[str, Any] | None) -> dict[str, float | None]:
+    """The longest lateness of each process's ticker, ms: a stall no longer than the lag of the
+    process that measured it may be that process's, not the network's."""
+    keeper_lags = [float(k["loop_lag"]) for k in keepers if k.get("loop_lag") is not None]
+    server_lag = None if server is None or server.get("loop_lag") is None else float(server["loop_lag"])
+    return {"keepers": _ms(max(keeper_lags)) if keeper_lags else None, "server": _ms(server_lag)}
+
+
+def round_json(
+    flows_: Sequence[Flow], sync: float = SYNC_INTERVAL, lags: Mapping[str, float | None] | None = None
+) -> dict[str, Any]:
+    """A round's ``connections`` part of the drill's JSON: every flow, their summary, the processes' lags."""
     records = [f.to_json() for f in flows_]
-    return {"flows": records, "summary": summarize(records, sync)}
+    summary = summarize(records, sync)
+    if lags is not None:
+        summary["loop_lag_ms"] = dict(lags)
+    return {"flows": records, "summary": summary}
 
 
 def over_rounds(rounds: Iterable[Mapping[str, Any]], sync: float = SYNC_INTERVAL) -> dict[str, Any] | None:
@@ -204,7 +242,13 @@ def over_rounds(rounds: Iterable[Mapping[str, Any]], sync: float = SYNC_INTERVAL
     parts = [r["connections"] for r in rounds if r.get("connections")]
     if not parts:
         return None
-    return summarize([f for p in parts for f in p["flows"]], sync)
+    summary = summarize([f for p in parts for f in p["flows"]], sync)
+    lags: dict[str, float | None] = {}
+    for key in ("keepers", "server"):
+        values = [float(v) for p in parts if (v := p["summary"].get("loop_lag_ms", {}).get(key)) is not None]
+        lags[key] = max(values) if values else None
+    summary["loop_lag_ms"] = lags
+    return summary
 
 
 def line(summary: Mapping[str, Any]) -> str:
@@ -214,15 +258,19 @@ def line(summary: Mapping[str, Any]) -> str:
         return "-" if v is None else f"{v:.0f}"
 
     k, s, u = summary["reset_by_kind"], summary["stall_ms"], summary["udp_stall_ms"]
-    old, young = summary["reset_old"], summary["reset_young"]
+    old, young, moved = summary["reset_old"], summary["reset_young"], summary["reset_faulted"]
     text = (
-        f"connections reset {summary['reset']}/{summary['connections']} "
+        f"connections reset {summary['reset']}/{summary['connections']}, {moved['reset']}/{moved['of']} through the "
+        "faulted IP "
         f"(server-first {k['sf']['reset']}/{k['sf']['of']}, client-first {k['cf']['reset']}/{k['cf']['of']}; "
         f"older than {summary['sync_interval_ms']:.0f} ms {old['reset']}/{old['of']}, "
         f"younger {young['reset']}/{young['of']})  "
         f"stall p50/p99/max {ms(s['p50'])}/{ms(s['p99'])}/{ms(s['max'])} ms  "
         f"udp {summary['udp_flows']} flows, stall max {ms(u['max'])} ms, port changes {summary['port_changes']['udp']}"
     )
+    lag = summary.get("loop_lag_ms") or {}
+    if lag:
+        text += f"  (own delay: keepers {ms(lag.get('keepers'))}, server {ms(lag.get('server'))} ms)"
     if summary["stuck"] or summary["udp_stuck"]:
         text += f"  stuck {summary['stuck']} tcp, {summary['udp_stuck']} udp"
     if summary["failed_to_open"]:

@@ -66,6 +66,13 @@ MAX_SECONDS = 900.0
 """Default lifetime of a process whose stop never came."""
 
 
+def _next(due: float) -> float:
+    """The next tick of an absolute schedule; a ticker that fell behind skips what it missed."""
+    now = monotonic()
+    due += INTERVAL
+    return due if due >= now else now + INTERVAL
+
+
 class Gaps:
     """The longest gap between received lines, in O(1) memory."""
 
@@ -101,6 +108,24 @@ class Gaps:
             "stall_end": end,
             "stall_open": open_,
         }
+
+
+class Lag:
+    """How late a ticker woke up: the process's own delay, against which a stall is judged (a stall
+    no longer than the lag of the process that measured it may be the process, not the network)."""
+
+    __slots__ = ("longest", "longest_at")
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self.longest_at: float | None = None
+
+    def woke(self, due: float, now: float) -> None:
+        if now - due > self.longest:
+            self.longest, self.longest_at = now - due, now
+
+    def report(self) -> dict[str, Any]:
+        return {"loop_lag": self.longest, "loop_lag_at": self.longest_at}
 
 
 # --- server -------------------------------------------------------------------------------------
@@ -185,6 +210,7 @@ class Server:
         self._udp_transport: asyncio.DatagramTransport | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
+        self.lag = Lag()
 
     async def __aenter__(self) -> Server:
         loop = asyncio.get_running_loop()
@@ -215,15 +241,13 @@ class Server:
         """Every :data:`INTERVAL`, a line on every open server-first connection (absolute schedule)."""
         due = monotonic()
         while True:
+            self.lag.woke(due, monotonic())
             for c in self.conns.values():
                 if c.kind == "sf" and c.end is None:
                     c.seq += 1
                     c.writer.write(b"D %d\n" % c.seq)
-            due += INTERVAL
-            now = monotonic()
-            if due < now:
-                due = now + INTERVAL
-            await asyncio.sleep(due - now)
+            due = _next(due)
+            await asyncio.sleep(due - monotonic())
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -266,6 +290,7 @@ class Server:
     def report(self) -> dict[str, Any]:
         return {
             "role": "server",
+            **self.lag.report(),
             "connections": [c.report() for c in self.conns.values()],
             "udp": {
                 fid: {"count": f.count, "sources": f.sources, "more_sources": f.more_sources}
@@ -385,6 +410,7 @@ class Keeper:
         self.conns.sort(key=lambda c: (int(c.id.rsplit("-", 1)[1]), c.kind))
         self.flows = [_KeptFlow(f"{pod}-udp-{i}", udp_base_port + i) for i in range(udp_flows)]
         self.stopped: float | None = None
+        self.lag = Lag()
         self._transports: list[asyncio.DatagramTransport] = []
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -449,6 +475,7 @@ class Keeper:
         a datagram on every UDP flow."""
         due = monotonic()
         while True:
+            self.lag.woke(due, monotonic())
             for conn in self.conns:
                 if conn.kind == "cf" and conn.writer is not None and conn.error is None and not conn.waiting:
                     conn.seq += 1
@@ -458,11 +485,8 @@ class Keeper:
                 flow.seq += 1
                 with contextlib.suppress(OSError):
                     transport.sendto(f"U {flow.id} {flow.seq}\n".encode())
-            due += INTERVAL
-            now = monotonic()
-            if due < now:
-                due = now + INTERVAL
-            await asyncio.sleep(due - now)
+            due = _next(due)
+            await asyncio.sleep(due - monotonic())
 
     async def close(self) -> None:
         """The stop: note its time, say ``BYE`` on every live connection, close everything."""
@@ -495,6 +519,7 @@ class Keeper:
         return {
             "role": "keeper",
             "stopped": self.stopped,
+            **self.lag.report(),
             "connections": [c.report(self.stopped) for c in self.conns],
             "udp": [f.report(self.stopped) for f in self.flows],
         }
