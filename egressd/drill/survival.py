@@ -60,6 +60,8 @@ class Flow:
     """How it ended before the stop, as the first end that saw it put it (``server: reset``...)."""
     stall_ms: float | None
     stall_open: bool
+    stall_to_ms: float | None
+    """When the longest stall ended, ms after the fault (None: open, or no stall measured)."""
     stuck: bool
     port_changed: bool | None
     source: str | None
@@ -75,8 +77,33 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
+def _rel(t: float | None, fault: float) -> float | None:
+    return None if t is None else _ms(float(t) - fault)
+
+
 def _faulted(source: str | None, ip: str | None) -> bool:
     return source is not None and ip is not None and source.rpartition(":")[0] == ip
+
+
+def _unopened(kept: Mapping[str, Any]) -> Flow:
+    """A connection that never opened: counted apart, in no other figure."""
+    return Flow(
+        id=str(kept["id"]),
+        kind=str(kept["kind"]),
+        opened=False,
+        age_ms=None,
+        old=None,
+        reset=False,
+        reset_ms=None,
+        end=kept.get("end"),
+        stall_ms=None,
+        stall_open=False,
+        stall_to_ms=None,
+        stuck=False,
+        port_changed=None,
+        source=None,
+        faulted=False,
+    )
 
 
 def tcp_flow(
@@ -85,10 +112,7 @@ def tcp_flow(
     """One TCP connection from the pod's record and the server's (None: the server never saw it)."""
     opened = kept.get("opened")
     if opened is None:
-        return Flow(
-            str(kept["id"]), str(kept["kind"]), False, None, None, False, None, kept.get("end"), None, False, False,
-            None, None, False,
-        )  # fmt: skip
+        return _unopened(kept)
     ends: list[tuple[float, str]] = []
     if kept.get("end") is not None:
         ends.append((float(kept.get("ended") or fault), f"pod: {kept['end']}"))
@@ -110,6 +134,7 @@ def tcp_flow(
         end=None if first is None else first[1],
         stall_ms=_ms(kept.get("stall")),
         stall_open=bool(kept.get("stall_open")),
+        stall_to_ms=_rel(kept.get("stall_end"), fault),
         stuck=first is None and not after,
         port_changed=False if after and first is None else None,
         source=source,
@@ -138,6 +163,7 @@ def udp_flow(
         end=kept.get("end"),
         stall_ms=_ms(kept.get("stall")),
         stall_open=bool(kept.get("stall_open")),
+        stall_to_ms=_rel(kept.get("stall_end"), fault),
         stuck=last_rx is None or float(last_rx) <= fault,
         port_changed=(len(sources) > 1 or more > 0) if sources else None,
         source=source,
