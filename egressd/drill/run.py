@@ -229,6 +229,7 @@ class Drill:
             return self.wait(lambda: self.settled(None, away_from=target), self.settle_timeout, at_least=at_least)
 
         kept = Keepers(lab, self.pods, self.connections).start() if self.connections.enabled else None
+        moved_ips = {ip_ for ip_, holder in self.holders().items() if holder == target}
         try:
             played = play(
                 scenario,
@@ -279,7 +280,7 @@ class Drill:
             sync = self.connections.sync_interval
             keepers, server = reports
             result.connections = survival.round_json(
-                survival.flows(keepers, server, fault=played.fault, ip=ip, sync=sync),
+                survival.flows(keepers, server, fault=played.fault, ips=moved_ips, sync=sync),
                 sync,
                 survival.loop_lags(keepers, server),
             )

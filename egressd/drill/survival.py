@@ -22,8 +22,9 @@ Per connection (:class:`Flow`, from the pod's keeper and the server joined by co
     after the fault proves the mapping unchanged (``False``); a changed mapping cannot show
     otherwise than as a reset (``None``: not known, no line after the fault).
 ``faulted``
-    The server saw the connection come from the egress IP the round faulted (the others cross the
-    round without a move and show what the rest of the lab sees).
+    The server saw the connection come from an egress IP the round's target owned at the fault
+    (the others cross the round without a move and show what the rest of the lab sees). The
+    lab's two egress IPs are often both on one gateway, so both pods' connections move.
 ``age_ms``
     The connection's age at the fault (from the end of its opening); *old* when at least the
     sync interval (:data:`SYNC_INTERVAL`), the time within which a replicated entry is assumed
@@ -32,7 +33,7 @@ Per connection (:class:`Flow`, from the pod's keeper and the server joined by co
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -67,7 +68,7 @@ class Flow:
     source: str | None
     """The source address:port the server saw first."""
     faulted: bool
-    """The source address is the faulted egress IP."""
+    """The source address is an egress IP the faulted gateway owned."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,8 +82,8 @@ def _rel(t: float | None, fault: float) -> float | None:
     return None if t is None else _ms(float(t) - fault)
 
 
-def _faulted(source: str | None, ip: str | None) -> bool:
-    return source is not None and ip is not None and source.rpartition(":")[0] == ip
+def _faulted(source: str | None, ips: Collection[str]) -> bool:
+    return source is not None and source.rpartition(":")[0] in ips
 
 
 def _unopened(kept: Mapping[str, Any]) -> Flow:
@@ -107,7 +108,7 @@ def _unopened(kept: Mapping[str, Any]) -> Flow:
 
 
 def tcp_flow(
-    kept: Mapping[str, Any], served: Mapping[str, Any] | None, *, fault: float, sync: float, ip: str | None = None
+    kept: Mapping[str, Any], served: Mapping[str, Any] | None, *, fault: float, sync: float, ips: Collection[str] = ()
 ) -> Flow:
     """One TCP connection from the pod's record and the server's (None: the server never saw it)."""
     opened = kept.get("opened")
@@ -138,12 +139,12 @@ def tcp_flow(
         stuck=first is None and not after,
         port_changed=False if after and first is None else None,
         source=source,
-        faulted=_faulted(source, ip),
+        faulted=_faulted(source, ips),
     )
 
 
 def udp_flow(
-    kept: Mapping[str, Any], served: Mapping[str, Any] | None, *, fault: float, sync: float, ip: str | None = None
+    kept: Mapping[str, Any], served: Mapping[str, Any] | None, *, fault: float, sync: float, ips: Collection[str] = ()
 ) -> Flow:
     """One UDP flow: the pod's record and the server's (sources seen)."""
     opened = kept.get("opened")
@@ -167,7 +168,7 @@ def udp_flow(
         stuck=last_rx is None or float(last_rx) <= fault,
         port_changed=(len(sources) > 1 or more > 0) if sources else None,
         source=source,
-        faulted=_faulted(source, ip),
+        faulted=_faulted(source, ips),
     )
 
 
@@ -176,19 +177,19 @@ def flows(
     server: Mapping[str, Any] | None,
     *,
     fault: float,
-    ip: str | None = None,
+    ips: Collection[str] = (),
     sync: float = SYNC_INTERVAL,
 ) -> list[Flow]:
-    """Every connection and flow of a round, from the keepers' reports and the server's; ``ip``
-    is the egress IP the round faulted."""
+    """Every connection and flow of a round, from the keepers' reports and the server's; ``ips``
+    are the egress IPs the faulted gateway owned at the fault."""
     served = {str(c["id"]): c for c in (server or {}).get("connections", [])}
     served_udp: Mapping[str, Any] = (server or {}).get("udp", {})
     out: list[Flow] = []
     for report in keepers:
         for kept in report.get("connections", []):
-            out.append(tcp_flow(kept, served.get(str(kept["id"])), fault=fault, sync=sync, ip=ip))
+            out.append(tcp_flow(kept, served.get(str(kept["id"])), fault=fault, sync=sync, ips=ips))
         for kept in report.get("udp", []):
-            out.append(udp_flow(kept, served_udp.get(str(kept["id"])), fault=fault, sync=sync, ip=ip))
+            out.append(udp_flow(kept, served_udp.get(str(kept["id"])), fault=fault, sync=sync, ips=ips))
     return out
 
 
@@ -287,7 +288,7 @@ def line(summary: Mapping[str, Any]) -> str:
     old, young, moved = summary["reset_old"], summary["reset_young"], summary["reset_faulted"]
     text = (
         f"connections reset {summary['reset']}/{summary['connections']}, {moved['reset']}/{moved['of']} through the "
-        "faulted IP "
+        "faulted gateway "
         f"(server-first {k['sf']['reset']}/{k['sf']['of']}, client-first {k['cf']['reset']}/{k['cf']['of']}; "
         f"older than {summary['sync_interval_ms']:.0f} ms {old['reset']}/{old['of']}, "
         f"younger {young['reset']}/{young['of']})  "
