@@ -78,6 +78,11 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
+def _is_old(age_ms: float | None, sync: float) -> bool | None:
+    """At least one sync interval old at the fault (on the rounded figures the JSON shows)."""
+    return None if age_ms is None else age_ms >= round(sync * 1000, 1)
+
+
 def _rel(t: float | None, fault: float) -> float | None:
     return None if t is None else _ms(float(t) - fault)
 
@@ -129,7 +134,7 @@ def tcp_flow(
         kind=str(kept["kind"]),
         opened=True,
         age_ms=_ms(age),
-        old=age >= sync,
+        old=_is_old(_ms(age), sync),
         reset=first is not None,
         reset_ms=None if first is None else _ms(first[0] - fault),
         end=None if first is None else first[1],
@@ -158,7 +163,7 @@ def udp_flow(
         kind="udp",
         opened=opened is not None,
         age_ms=_ms(age),
-        old=None if age is None else age >= sync,
+        old=_is_old(_ms(age), sync),
         reset=False,
         reset_ms=None,
         end=kept.get("end"),
@@ -219,9 +224,9 @@ def summarize(records: Iterable[Mapping[str, Any]], sync: float = SYNC_INTERVAL)
     by_kind = {k: {"reset": count((r for r in tcp if r["kind"] == k), "reset"), "of": 0} for k in ("sf", "cf")}
     for r in tcp:
         by_kind[r["kind"]]["of"] += 1
-    old = [r for r in tcp if r["old"]]
+    old = [r for r in tcp if _is_old(r["age_ms"], sync)]
+    young = [r for r in tcp if not _is_old(r["age_ms"], sync)]
     faulted = [r for r in tcp if r.get("faulted")]
-    young = [r for r in tcp if not r["old"]]
     kept = [float(r["stall_ms"]) for r in tcp if not r["reset"] and not r["stuck"] and r["stall_ms"] is not None]
     udp_back = [float(r["stall_ms"]) for r in udp if not r["stuck"] and r["stall_ms"] is not None]
     return {
