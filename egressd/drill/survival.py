@@ -70,8 +70,13 @@ class Flow:
     faulted: bool
     """The source address is an egress IP the faulted gateway owned."""
 
+    @property
+    def survived(self) -> bool:
+        """Opened, not reset, and came back after the fault."""
+        return self.opened and not self.reset and not self.stuck
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "survived": self.survived}
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -233,6 +238,7 @@ def summarize(records: Iterable[Mapping[str, Any]], sync: float = SYNC_INTERVAL)
         "sync_interval_ms": round(sync * 1000, 1),
         "connections": len(tcp),
         "failed_to_open": sum(1 for r in recs if not r["opened"]),
+        "survived": count(tcp, "survived"),
         "reset": count(tcp, "reset"),
         "reset_by_kind": by_kind,
         "reset_old": {"reset": count(old, "reset"), "of": len(old)},

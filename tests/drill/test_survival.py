@@ -75,7 +75,7 @@ def test_a_server_first_connection_reset_at_the_server_is_reset_though_the_pod_s
         [_kept("xwing-sf-0", last_rx=100.01, stall=2.0, stall_end=None, stall_open=True)],
         [_served("xwing-sf-0", end="reset", ended=100.2)],
     )
-    assert f.reset
+    assert f.reset and not f.survived
     assert f.reset_ms == pytest.approx(200.0)
     assert f.end == "server: reset"
     assert f.stall_open
@@ -94,6 +94,7 @@ def test_the_earliest_end_of_either_side_is_the_reset() -> None:
 def test_a_clean_bye_is_not_a_reset_and_lines_after_the_fault_prove_the_port_kept() -> None:
     (f,) = _flows([_kept("xwing-cf-0", stall=0.23, stall_end=100.2)], [_served("xwing-cf-0")])
     assert not f.reset and not f.stuck
+    assert f.survived and f.to_json()["survived"]
     assert f.port_changed is False
     assert f.stall_ms == 230.0
     assert f.stall_to_ms == pytest.approx(200.0)
@@ -101,7 +102,7 @@ def test_a_clean_bye_is_not_a_reset_and_lines_after_the_fault_prove_the_port_kep
 
 def test_silent_since_the_fault_without_a_reset_is_stuck() -> None:
     (f,) = _flows([_kept("xwing-cf-0", last_rx=99.9, stall=2.1, stall_end=None, stall_open=True)], [])
-    assert f.stuck and not f.reset
+    assert f.stuck and not f.reset and not f.survived
     assert f.source == f"{IP}:40000"  # the server never reported it: the pod's view
 
 
@@ -172,6 +173,7 @@ def test_summary_splits_resets_by_kind_age_and_faulted_gateway() -> None:
     s = _round()["summary"]
     assert s["connections"] == 5
     assert s["reset"] == 2
+    assert s["survived"] == 3
     assert s["reset_by_kind"] == {"sf": {"reset": 2, "of": 3}, "cf": {"reset": 0, "of": 2}}
     assert s["reset_old"] == {"reset": 1, "of": 4}
     assert s["reset_young"] == {"reset": 1, "of": 1}
