@@ -3,6 +3,7 @@
     egressd drill --scenario NAME --rounds N [--json FILE] [--plot FILE] [--state-dir DIR] [--prefix P]
                   [--mode static|kubernetes] [--apiserver embedded|kube]
                   [--outage S] [--freeze S] [--partition S] [--hold-min S] [--kill-after S] [--quiet S]
+                  [--connections N [--udp-flows M] [--sync-interval MS] [--ramp S]]
                   [--timing FILE] [--lease-duration S] ... (every timing key)
 
 Scenarios: graceful, kill, kill-restart, freeze, link-cut, api-partition,
@@ -14,6 +15,12 @@ error), so the lab is left as it was found. A timing profile given for a lab
 that is up already must be the one it runs with. Prints one line per round
 and a summary; ``--json`` writes every round, ``--plot`` draws one round's
 timeline (the worst by default) as a PNG.
+
+``--connections N`` keeps N long-lived TCP connections from the probing pods to
+a server in the outpost through every round's fault (half server-first, half
+client-first, the same number per pod), plus ``--udp-flows`` UDP flows per pod
+on fixed source ports, and reports per connection whether it was reset, its
+longest stall and whether its source port changed (:mod:`egressd.drill.survival`).
 
 Wiring only; the drill is :mod:`egressd.drill`.
 """
@@ -29,8 +36,10 @@ from typing import Any
 
 from egressd.cli.lab import add_apiserver_argument, add_timing_arguments, timing_from_args
 from egressd.drill.faults import SCENARIOS, Holds
+from egressd.drill.keepers import Connections
 from egressd.drill.report import plot_round, report_json, worst_round
-from egressd.drill.run import Drill
+from egressd.drill.run import PROBE_PODS, Drill
+from egressd.drill.survival import line as connections_line
 from egressd.lab.netlab import DEFAULT_PREFIX, DEFAULT_STATE_DIR, Lab
 from egressd.lab.netns import LabError
 
@@ -95,6 +104,30 @@ def add_parser(subparsers: Any) -> None:
     holds.add_argument(
         "--kill-after", type=float, default=1.0, help="double-fault: seconds from the API pause to the kill (default 1)"
     )
+    conns = p.add_argument_group("long-lived connections kept through the fault")
+    conns.add_argument(
+        "--connections",
+        type=int,
+        default=0,
+        metavar="N",
+        help="TCP connections from xwing and ywing to a server in the outpost, opened before each fault and "
+        "kept through it; half server-first (the server sends a line every 20 ms), half client-first (the pod "
+        "sends and waits for the echo); a multiple of 4 (default 0: none)",
+    )
+    conns.add_argument(
+        "--udp-flows",
+        type=int,
+        metavar="M",
+        help="UDP flows per pod on fixed source ports, echoed by the server (default 2 with --connections, else 0)",
+    )
+    conns.add_argument(
+        "--sync-interval",
+        type=float,
+        default=100.0,
+        metavar="MS",
+        help="connections at least this old at the fault are reported apart (default 100 ms)",
+    )
+    conns.add_argument("--ramp", type=float, default=1.0, help="seconds over which the connections open (default 1)")
     add_timing_arguments(p)
     p.add_argument(
         "--settle-timeout", type=float, default=60.0, help="seconds to wait for the lab to settle (default 60)"
@@ -114,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
         kill_after=args.kill_after,
         quiet=args.quiet,
     )
-    problems = holds.problems()
+    connections = connections_from_args(args)
+    problems = holds.problems() + connections.problems(len(PROBE_PODS))
     if problems:
         print("egressd drill: " + "; ".join(problems), file=sys.stderr)
         return 2
@@ -128,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         if ours:
             print(f"bringing the lab up (prefix {lab.prefix!r}, state {lab.state.path}) ...", flush=True)
             lab.up()
-        with Drill(lab, settle_timeout=args.settle_timeout, holds=holds) as d:
+        with Drill(lab, settle_timeout=args.settle_timeout, holds=holds, connections=connections) as d:
             results = d.run(args.scenario, args.rounds, report=lambda line: print(line, flush=True))
             timing = d.timing
     except LabError as exc:
@@ -146,6 +180,19 @@ def run(args: argparse.Namespace) -> int:
         timingProfile=args.timing,
         outageSeconds=holds.outage if args.scenario in ("api-outage", "double-fault") else None,
         holds={k: v for k, v in dataclasses.asdict(holds).items() if v is not None},
+        sync_interval=connections.sync_interval,
+        **(
+            {
+                "connections": {
+                    "tcp": connections.total,
+                    "udpPerPod": connections.udp_per_pod,
+                    "syncIntervalMs": args.sync_interval,
+                    "rampSeconds": connections.ramp,
+                }
+            }
+            if connections.enabled
+            else {}
+        ),
     )
     s = report["summary"]
     gap = s["gap_ms"]
@@ -158,6 +205,8 @@ def run(args: argparse.Namespace) -> int:
     if args.scenario in ("api-outage", "double-fault"):
         served = s["served_after_recover_ms"]
         print(f"  served again after the API server's return: p50 {_fmt(served['p50'])}  max {_fmt(served['max'])}")
+    if "connections" in s:
+        print("  " + connections_line(s["connections"]))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         print(f"rounds written to {args.json}")
@@ -172,6 +221,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"round {chosen.index} drawn in {args.plot}")
     safe = s["dual_owner_ms"] == 0 and s["double_answers"] == 0
     return 0 if safe and all(r.settled for r in results) else 1
+
+
+def connections_from_args(args: argparse.Namespace) -> Connections:
+    """The long-lived connections of ``args`` (checked by :meth:`Connections.problems`)."""
+    udp = args.udp_flows if args.udp_flows is not None else (2 if args.connections > 0 else 0)
+    return Connections(total=args.connections, udp_per_pod=udp, sync_interval=args.sync_interval / 1000, ramp=args.ramp)
 
 
 def _lab(args: argparse.Namespace, timing: dict[str, Any]) -> tuple[Lab, bool]:

@@ -374,6 +374,9 @@ class RoundResult:
     allowed: frozenset[str] = frozenset()
     steps: list[tuple[float, str]] = field(default_factory=list)
     """Actions after the fault and besides the undo (a second fault, a release), with their times."""
+    connections: dict[str, Any] | None = None
+    """The long-lived connections kept through the fault (:func:`egressd.drill.survival.round_json`),
+    when the drill keeps any."""
 
     @property
     def gap_ms(self) -> float | None:
@@ -463,6 +466,7 @@ class RoundResult:
             "settled": self.settled,
             "carriers": self.carriers(),
             "timeline": self.timeline(),
+            **({} if self.connections is None else {"connections": self.connections}),
         }
 
     def progress(self, rounds: int) -> str:

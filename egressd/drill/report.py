@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from egressd.drill import survival
 from egressd.drill.analysis import RoundResult, summarize
 
 if TYPE_CHECKING:
@@ -15,10 +16,21 @@ if TYPE_CHECKING:
 
 
 def report_json(
-    scenario: str, timing: Mapping[str, Any], results: Sequence[RoundResult], **extra: Any
+    scenario: str,
+    timing: Mapping[str, Any],
+    results: Sequence[RoundResult],
+    *,
+    sync_interval: float = survival.SYNC_INTERVAL,
+    **extra: Any,
 ) -> dict[str, Any]:
+    """The drill's JSON; ``summary.connections`` (over every round's long-lived connections, old
+    ones being at least ``sync_interval`` seconds old at the fault) when the rounds kept any."""
     rounds = [r.to_json() for r in results]
-    return {"scenario": scenario, "timings": dict(timing), **extra, "rounds": rounds, "summary": summarize(rounds)}
+    summary = summarize(rounds)
+    connections = survival.over_rounds(rounds, sync_interval)
+    if connections is not None:
+        summary["connections"] = connections
+    return {"scenario": scenario, "timings": dict(timing), **extra, "rounds": rounds, "summary": summary}
 
 
 def worst_round(results: Sequence[RoundResult]) -> RoundResult | None:

@@ -22,6 +22,7 @@ import yaml
 from egressd.core.assignment import sources_for
 from egressd.core.config import parse_settings
 from egressd.core.model import Timing
+from egressd.drill import survival
 from egressd.drill.analysis import RoundResult, analyse_round
 from egressd.drill.faults import FAULTS, SCENARIOS, Holds, play
 from egressd.drill.instruments import (
@@ -34,6 +35,7 @@ from egressd.drill.instruments import (
     Worker,
     node_macs,
 )
+from egressd.drill.keepers import Connections, Keepers
 from egressd.lab.netlab import Lab
 from egressd.lab.netns import LabError
 from egressd.lab.outpost import monotonic
@@ -85,8 +87,13 @@ class Drill:
         settle_timeout: float = 60.0,
         outage_seconds: float = 30.0,
         holds: Holds | None = None,
+        connections: Connections | None = None,
     ) -> None:
         self.lab = lab
+        self.connections = connections if connections is not None else Connections()
+        problems = self.connections.problems(len(probers))
+        if problems:
+            raise DrillError("; ".join(problems))
         self.pods = tuple(probers)
         self.settle_timeout = settle_timeout
         self.holds = holds if holds is not None else Holds(outage=outage_seconds)
@@ -238,20 +245,34 @@ class Drill:
             # the rest of the round: until the IP has moved and traffic flows again
             return self.wait(lambda: self.settled(None, away_from=target), self.settle_timeout, at_least=at_least)
 
-        played = play(
-            scenario, lab, target, holds=self.holds, lease=lease, clock=monotonic, sleep=time.sleep, wait_moved=moved
-        )
-        settled = played.moved
-        replaced = before if f.restart else None
-        settled = (
-            self.wait(lambda: self.settled(node_to_check, replaced=replaced), self.settle_timeout, at_least=0.5)
-            and settled
-        )
-        end = monotonic()
-        time.sleep(0.3)  # the outpost writes its log every 50 ms; echoes in flight
+        kept = Keepers(lab, self.pods, self.connections).start() if self.connections.enabled else None
+        moved_ips = {ip_ for ip_, holder in self.holders().items() if holder == target}
+        try:
+            played = play(
+                scenario,
+                lab,
+                target,
+                holds=self.holds,
+                lease=lease,
+                clock=monotonic,
+                sleep=time.sleep,
+                wait_moved=moved,
+            )
+            settled = played.moved
+            replaced = before if f.restart else None
+            settled = (
+                self.wait(lambda: self.settled(node_to_check, replaced=replaced), self.settle_timeout, at_least=0.5)
+                and settled
+            )
+            end = monotonic()
+            time.sleep(0.3)  # the outpost writes its log every 50 ms; echoes in flight
+            reports = kept.stop() if kept is not None else None
+        finally:
+            if kept is not None:
+                kept.kill()
         assert self.tail is not None and self.watcher is not None and self.leases is not None
         arrivals = list(self.tail.read())
-        return analyse_round(
+        result = analyse_round(
             scenario=scenario,
             index=index,
             target=target,
@@ -272,6 +293,15 @@ class Drill:
             leases=list(self.leases.changes),
             allowed=self.allowed,
         )
+        if reports is not None:
+            sync = self.connections.sync_interval
+            keepers, server = reports
+            result.connections = survival.round_json(
+                survival.flows(keepers, server, fault=played.fault, ips=moved_ips, sync=sync),
+                sync,
+                survival.loop_lags(keepers, server),
+            )
+        return result
 
     def run(self, scenario: str, rounds: int, report: Callable[[str], None] | None = None) -> list[RoundResult]:
         results = []
@@ -279,5 +309,8 @@ class Drill:
             result = self.round(scenario, i)
             results.append(result)
             if report is not None:
-                report(result.progress(rounds))
+                line = result.progress(rounds)
+                if result.connections is not None:
+                    line += "\n  " + survival.line(result.connections["summary"])
+                report(line)
         return results
