@@ -314,6 +314,7 @@ async def _run_kernel(settings: Settings, args: argparse.Namespace, inputs: _Inp
     from egressd.adapters.announcer import ScapyAnnouncer  # noqa: PLC0415
     from egressd.adapters.nftables import NftablesSnat  # noqa: PLC0415
     from egressd.adapters.steering import PolicySteering  # noqa: PLC0415
+    from egressd.core.nft import CtMark  # noqa: PLC0415
     from egressd.runtime.member import DataPlane  # noqa: PLC0415
 
     daemons: list[Daemon] = []
@@ -324,7 +325,12 @@ async def _run_kernel(settings: Settings, args: argparse.Namespace, inputs: _Inp
 
     addresses = KernelAddresses()
     await _check_interface_addresses(settings, args, addresses)
-    snat = NftablesSnat(fence_ttl=settings.timing.fence_ttl or None)
+    ct = settings.conntrack
+    snat = NftablesSnat(
+        fence_ttl=settings.timing.fence_ttl or None,
+        mark=CtMark(ct.mark, ct.mask) if settings.replicates else None,
+        guard=settings.replicates,
+    )
     announcer = ScapyAnnouncer(on_conflict=on_conflict, guard=lambda ip: any(d.may_announce(ip) for d in daemons))
     steering = PolicySteering()
     inputs.metrics.counter_per_ip(
