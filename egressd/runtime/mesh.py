@@ -34,7 +34,7 @@ import secrets
 from collections.abc import Callable
 
 from egressd.core import rights
-from egressd.core.mesh_messages import Heartbeat, MeshRejected, Outstanding, Promise, ReplayGuard
+from egressd.core.mesh_messages import CtBatch, Heartbeat, MeshRejected, Outstanding, Promise, ReplayGuard
 from egressd.core.model import Timing
 from egressd.ports import Clock, MeshReceived, MeshTransport, Metrics
 from egressd.runtime.sinks import NullMetrics
@@ -103,6 +103,14 @@ class Mesh:
         self.metrics = metrics or NullMetrics()
         self.on_promise: Callable[[], None] = lambda: None
         """Called after each promise taken (the right may reach further)."""
+        self.on_peer_promise: Callable[[str, str], None] = lambda _peer, _incarnation: None
+        """Called with the peer and its incarnation after each promise taken
+        (the conntrack stream resyncs a peer that restarted or came back)."""
+        self.on_conntrack: Callable[[CtBatch, tuple[str, int]], None] = lambda _batch, _sender: None
+        """Called with each conntrack datagram from a candidate peer."""
+        self.peer_incarnation: dict[str, str] = {}
+        """The incarnation of each peer whose heartbeat we took last (a
+        conntrack batch of any other process of that peer is refused)."""
         self.log = logging.LoggerAdapter(log, {"node": node})
 
     def promised_until(self, holder: str) -> float | None:
@@ -151,6 +159,8 @@ class Mesh:
             self._known(message.sender)
             if isinstance(message, Heartbeat):
                 self._answer(message, received.sender)
+            elif isinstance(message, CtBatch):
+                self.on_conntrack(message, received.sender)
             else:
                 self._take(message)
         except MeshRejected as exc:
@@ -164,6 +174,7 @@ class Mesh:
     def _answer(self, hb: Heartbeat, sender: tuple[str, int]) -> None:
         """Promise, and keep it: recorded before the promise leaves."""
         self._guard.admit(hb)
+        self.peer_incarnation[hb.sender] = hb.incarnation
         now = self._clock.monotonic()
         self.promised[hb.sender] = rights.promise_until(now, self.promised.get(hb.sender), self.timing)
         duration_ms = round(self.timing.promise_duration * 1000)
@@ -187,6 +198,7 @@ class Mesh:
         self.last_rtt[promise.sender] = rtt
         self.metrics.mesh_rtt(promise.sender, rtt)
         self.on_promise()
+        self.on_peer_promise(promise.sender, promise.incarnation)
 
     def status(self) -> dict[str, object]:
         """For ``egressd status``."""
