@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from egressd.adapters.addresses import KernelAddresses
     from egressd.adapters.mqtt import MqttEvents
     from egressd.adapters.observability import ObservabilityServer, PrometheusMetrics
-    from egressd.ports import Clock, ClusterSource, EventSink, LeaseStore, Steering
+    from egressd.ports import Clock, ClusterSource, ConnectionGuard, Conntrack, EventSink, LeaseStore, Steering
+    from egressd.runtime.conntrack import Replication
     from egressd.runtime.daemon import Daemon
     from egressd.runtime.member import DataPlane
     from egressd.runtime.mesh import Mesh
@@ -268,6 +269,8 @@ class _Inputs:
         steering: Steering,
         *,
         built: Callable[[Daemon], None] | None = None,
+        conntrack: Conntrack | None = None,
+        guard: ConnectionGuard | None = None,
     ) -> int:
         """Build the daemon on ``dataplane`` (``built`` is told of it at once),
         attach the Kubernetes-mode controller, and run it until it stops."""
@@ -283,6 +286,8 @@ class _Inputs:
             metrics=self.metrics,
             events=self.events,
             mesh_transport=MeshSocket(self.mesh_key) if self.mesh_key is not None else None,
+            conntrack=conntrack if self.mesh_key is not None else None,
+            guard=guard,
         )
         if built is not None:
             built(daemon)
@@ -338,9 +343,23 @@ async def _run_kernel(settings: Settings, args: argparse.Namespace, inputs: _Inp
         "Gratuitous ARP / unsolicited NA frames sent for the egress IP (takeover burst and refresh).",
         lambda: {str(ip): float(announcer.sent(ip)) for d in daemons for ip in d.members},
     )
+    conntrack = None
+    if settings.replicates and inputs.mesh_key is not None:
+        from egressd.adapters.conntrack.table import KernelConntrack  # noqa: PLC0415
+
+        conntrack = KernelConntrack(mark=ct.mark, mask=ct.mask)
     try:
-        return await inputs.serve(settings, DataPlane(addresses, snat, announcer), steering, built=daemons.append)
+        return await inputs.serve(
+            settings,
+            DataPlane(addresses, snat, announcer),
+            steering,
+            built=daemons.append,
+            conntrack=conntrack,
+            guard=snat if conntrack is not None else None,
+        )
     finally:
+        if conntrack is not None:
+            await conntrack.close()
         await announcer.close()
         await addresses.close()
         await steering.close()
@@ -482,6 +501,52 @@ def mesh_counters(mesh: Mesh, metrics: PrometheusMetrics) -> None:
     )
 
 
+def conntrack_counters(replication: Replication, metrics: PrometheusMetrics) -> None:
+    """The conntrack stream's counters (docs/metrics.md), read when scraped."""
+    r = replication
+    per_peer = (
+        ("egressd_conntrack_entries_sent", "Conntrack entries and removals sent to each peer (stream and resyncs).",
+         r.sent),
+        ("egressd_conntrack_entries_received", "Conntrack entries and removals taken from each holder.", r.received),
+    )  # fmt: skip
+    for name, doc, counts in per_peer:
+        metrics.counter_per_label(name, doc, "peer", _floats(counts))
+    metrics.gauge_per_label(
+        "egressd_conntrack_entries_held",
+        "Conntrack entries kept for a takeover, per sending holder (bounded by conntrack.maxEntriesPerPeer).",
+        "peer",
+        lambda: {peer: float(n) for peer, n in r.replica.held().items()},
+    )
+    metrics.counter_per_label(
+        "egressd_conntrack_entries_refused",
+        "Conntrack records (or datagrams) refused, by reason: not-candidate, not-owned, over-limit, malformed, "
+        "replayed, unknown-incarnation, request-not-held; and entries the kernel refused at install "
+        "(install-exists, install-<errno>).",
+        "reason",
+        lambda: {**_floats(r.refused)(), **{f"install-{k}": float(n) for k, n in r.install_failed.items()}},
+    )
+    metrics.counter_per_labels(
+        "egressd_conntrack_installed", "Conntrack entries installed at takeovers.", (), lambda: {(): float(r.installed)}
+    )
+    metrics.gauge_per_labels(
+        "egressd_conntrack_install_last_seconds",
+        "Seconds the last takeover's install of conntrack entries took, before and after the announcement.",
+        (),
+        lambda: {(): r.install_seconds[-1]} if r.install_seconds else {},
+    )
+    metrics.counter_per_labels(
+        "egressd_conntrack_resyncs", "Full resyncs of an egress IP's entries sent to a peer.", (),
+        lambda: {(): float(r.resyncs)},
+    )  # fmt: skip
+    metrics.counter_per_labels(
+        "egressd_conntrack_guard_drops",
+        "Inbound packets to an egress IP matching no conntrack entry, dropped by the guard after a takeover "
+        "(read from the guard's nftables counter every few seconds).",
+        (),
+        lambda: {(): float(r.guard_drops)},
+    )
+
+
 def mqtt_counters(mqtt: MqttEvents, metrics: PrometheusMetrics) -> None:
     """The MQTT sink's counters, read when scraped."""
     metrics.counter_per_label(
@@ -505,6 +570,8 @@ async def _serve(daemon: Daemon, metrics: PrometheusMetrics, settings: Settings)
     right_gauges(daemon, metrics)
     if daemon.mesh is not None:
         mesh_counters(daemon.mesh, metrics)
+    if daemon.replication is not None:
+        conntrack_counters(daemon.replication, metrics)
     server: ObservabilityServer | None = None
     if settings.metrics.listen is not None:
         server = ObservabilityServer(metrics, health=daemon.health, ready=daemon.readiness, status=daemon.status_report)

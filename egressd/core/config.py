@@ -373,4 +373,3 @@ def _check_egress_ip(
             r.problem(where, f"{ip} is inside sourceCIDRs[{i}] {net}, the addresses of the pods it would serve")
     if (why := subnet_edge_problem(key, (*group.destination_cidrs, *group.excluded_cidrs))) is not None:
         r.problem(where, f"{why}; it cannot be an egress IP")
-

@@ -594,18 +594,21 @@ def render_guard_stage() -> str:
     up, before the NAT and the local stack. ``ct state new,invalid``: a
     segment of a flow the kernel has no entry for is picked up as ``new``
     (or is ``invalid``); an installed entry's packets are ``established``."""
-    return "\n".join(
-        [
-            f"add table {FAMILY} {GUARD_TABLE}",
-            f"add set {FAMILY} {GUARD_TABLE} guard4 {{ type ipv4_addr; flags timeout; }}",
-            f"add set {FAMILY} {GUARD_TABLE} guard6 {{ type ipv6_addr; flags timeout; }}",
-            f"add chain {FAMILY} {GUARD_TABLE} {GUARD_CHAIN} {{ type filter hook prerouting priority mangle; "
-            "policy accept; }",
-            f"flush chain {FAMILY} {GUARD_TABLE} {GUARD_CHAIN}",
-            f"add rule {FAMILY} {GUARD_TABLE} {GUARD_CHAIN} ip daddr @guard4 ct state new,invalid counter drop",
-            f"add rule {FAMILY} {GUARD_TABLE} {GUARD_CHAIN} ip6 daddr @guard6 ct state new,invalid counter drop",
-        ]
-    ) + "\n"
+    return (
+        "\n".join(
+            [
+                f"add table {FAMILY} {GUARD_TABLE}",
+                f"add set {FAMILY} {GUARD_TABLE} guard4 {{ type ipv4_addr; flags timeout; }}",
+                f"add set {FAMILY} {GUARD_TABLE} guard6 {{ type ipv6_addr; flags timeout; }}",
+                f"add chain {FAMILY} {GUARD_TABLE} {GUARD_CHAIN} {{ type filter hook prerouting priority mangle; "
+                "policy accept; }",
+                f"flush chain {FAMILY} {GUARD_TABLE} {GUARD_CHAIN}",
+                f"add rule {FAMILY} {GUARD_TABLE} {GUARD_CHAIN} ip daddr @guard4 ct state new,invalid counter drop",
+                f"add rule {FAMILY} {GUARD_TABLE} {GUARD_CHAIN} ip6 daddr @guard6 ct state new,invalid counter drop",
+            ]
+        )
+        + "\n"
+    )
 
 
 def render_guard_arm(ips: Iterable[IPAddress], ms: int) -> str:

@@ -39,6 +39,7 @@ from egressd.core.node_lease import node_lease_name
 from egressd.core.ownership_events import OwnershipEvent
 from egressd.core.states import Event, State, StateMachine
 from egressd.ports import Addresses, Announcer, Clock, EventSink, LeaseStore, Metrics, Snat
+from egressd.runtime.conntrack import Replication
 from egressd.runtime.liveness import NodeLiveness
 from egressd.runtime.supervisor import wait_event
 from egressd.runtime.view import LeaseView
@@ -77,6 +78,7 @@ class Member:
         events: EventSink,
         metrics: Metrics,
         serving_locally: bool = False,
+        connections: Replication | None = None,
     ) -> None:
         problems = settings.timing.check()
         if problems:
@@ -117,6 +119,9 @@ class Member:
         self._write_unsure = False
         """A write naming us was sent and its answer never came (cancelled,
         timed out): it may have landed, so a release must read the lease back."""
+        self._connections = connections
+        """The conntrack stream: entries installed before the first GARP of a
+        takeover, a final batch before a release; None: not replicated."""
         self.log = ContextLog(log, {"egress_ip": str(ip), "node": settings.node.name, "epoch": 0})
 
     # --- the loop ------------------------------------------------------------------
@@ -380,6 +385,11 @@ class Member:
             if self.sm.state is not State.OWNER:
                 return
             ip, phases = str(self.ip), self._metrics
+            if self._connections is not None:
+                # before the address answers ARP and before the first GARP: the
+                # server's next segment must meet an installed entry or the guard
+                await self._connections.takeover(ip)
+                phases.takeover_phase(ip, "conntrack", self._clock.monotonic() - sent)
             await self._dp.addresses.claim(self.ip, self.group.interface, self._timing.address_lifetime)
             phases.takeover_phase(ip, "address", self._clock.monotonic() - sent)
             await self._dp.snat.activate(self.ip, self.group.name)
@@ -445,6 +455,10 @@ class Member:
             self._emit("fenced", reason, detail)
         if not release:
             return
+        if left and self._connections is not None:
+            # withdrawn: no new flow gets this IP here; the successor gets the
+            # changes not sent yet before it is woken by the release
+            await self._connections.final_batch(str(self.ip))
         released = await self._release(successor=successor, base=base)
         if released and event is Event.RELEASED:
             # the release is the leaving itself (handoff, shutdown): it is what is announced
