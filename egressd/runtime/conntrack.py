@@ -335,6 +335,16 @@ class Replication:
             log.error("ip=%s node=%s conntrack install of %d entries failed: %s", ip, self.node, len(entries), exc)
             self.install_failed[type(exc).__name__] += len(entries)
             return
+        stale = [f.record for f in failures if f.reason == "exists" and isinstance(f.record, Entry)]
+        if stale:
+            # this node's own entry of the flow, left from when it held the IP
+            # before: its TCP state is older than what the holder sent, and its
+            # window tracking strict; the holder's state replaces it
+            try:
+                await self.conntrack.delete([e.key for e in stale])
+                failures = [f for f in failures if f.reason != "exists"] + await self.conntrack.install(stale)
+            except Exception as exc:
+                log.error("ip=%s node=%s replacing %d stale entries failed: %s", ip, self.node, len(stale), exc)
         self.installed += len(entries) - len(failures)
         for failure in failures:
             self.install_failed[failure.reason] += 1

@@ -185,6 +185,8 @@ async def test_at_takeover_the_guard_and_the_entries_come_before_the_first_garp(
         flows = [flow(p, ip) for p in range(4001, 4011)]
         for f in flows:
             owner.table.flow_new(f)
+        stale = dataclasses.replace(flows[0], timeout=5)
+        other.table.table[stale.key] = stale  # left from when the other held the IP before
         await asyncio.sleep(3 * CT.batch_interval)
         # the owner dies to the others: no API, no mesh
         stores[nodes.index(owner)].up.clear()
@@ -197,6 +199,7 @@ async def test_at_takeover_the_guard_and_the_entries_come_before_the_first_garp(
         assert names[:first].count("guard") == 1 and "ct-install" in names[:first]
         assert names.index("ct-install") < names.index("announce")
         assert ports(list(other.table.table.values())) == ports(flows)
+        assert other.table.table[stale.key] == flows[0]  # the holder's state replaced the stale entry
         assert other.replication.installed == 10
         assert other.replication.replica.held_for(str(ip)) == 0  # installed, forgotten: its own stream now
         assert_no_two_owners(n.plane for n in nodes)
