@@ -35,7 +35,7 @@ recently updated first, with their timeouts less the time they were kept.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from egressd.core.conntrack_entries import Entry, EntryRejected, Record, Removal, decode_batch, encode_batch, sort_out
@@ -191,12 +191,12 @@ class Replica:
                     self._count[sender] -= 1
                 applied += 1
                 continue
-            if record.key not in stream.entries:
+            if stream.entries.pop(record.key, None) is None:
                 if self._count[sender] >= self.max_per_peer:
                     refused["over-limit"] += 1
                     continue
                 self._count[sender] += 1
-            stream.entries[record.key] = (record, now)
+            stream.entries[record.key] = (record, now)  # at the end: the dict is in update order
             if stream.resync is not None:
                 stream.resync.add(record.key)
             applied += 1
@@ -230,13 +230,21 @@ class Replica:
         stream = self._streams.pop(key)
         self._count[key[0]] -= len(stream.entries)
 
-    def entries_for(self, ip: str, now: float) -> list[Entry]:
-        """The entries kept for ``ip`` (from whichever sender held it),
-        most recently updated first, each with its timeout less the time it
-        was kept; those that would have expired are left out."""
-        held = [held for (_, i), s in self._streams.items() if i == ip for held in s.entries.values()]
+    def kept(self, ip: str) -> list[tuple[Entry, float]]:
+        """The entries kept for ``ip`` (from whichever sender held it) with
+        the time each was last updated, most recently updated first. Cheap
+        (the takeover path): a stream's entries are kept in update order,
+        and :func:`aged` adjusts their timeouts chunk by chunk."""
+        streams = [s for (_, i), s in self._streams.items() if i == ip]
+        if len(streams) == 1:
+            return list(reversed(streams[0].entries.values()))
+        held = [h for s in streams for h in s.entries.values()]
         held.sort(key=lambda h: h[1], reverse=True)
-        return list(_aged(held, now))
+        return held
+
+    def entries_for(self, ip: str, now: float) -> list[Entry]:
+        """:meth:`kept`, :func:`aged`."""
+        return aged(self.kept(ip), now)
 
     def forget(self, ip: str) -> None:
         """Forget what was kept for ``ip`` (installed at a takeover: this
@@ -252,14 +260,13 @@ class Replica:
         return sum(len(s.entries) for (_, i), s in self._streams.items() if i == ip)
 
 
-def _aged(held: Iterable[tuple[Entry, float]], now: float) -> Iterator[Entry]:
+def aged(held: Iterable[tuple[Entry, float]], now: float) -> list[Entry]:
+    """Kept entries with their timeouts less the whole seconds they were
+    kept (a flow's entry times out on the holder as well); those that would
+    have expired are left out."""
+    out = []
     for entry, at in held:
         left = entry.timeout - int(now - at)
         if left >= 1:
-            yield entry if left == entry.timeout else replace(entry, timeout=left)
-
-
-def split_budget(entries: Sequence[Entry], count: int) -> tuple[Sequence[Entry], Sequence[Entry]]:
-    """The first ``count`` entries (installed before the first gratuitous
-    ARP) and the rest (installed right after, under the guard)."""
-    return entries[:count], entries[count:]
+            out.append(entry if left == entry.timeout else replace(entry, timeout=left))
+    return out

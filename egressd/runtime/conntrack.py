@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from egressd.core.conntrack_entries import Entry
 from egressd.core.conntrack_settings import ConntrackSettings
-from egressd.core.conntrack_stream import Outbox, Replica
+from egressd.core.conntrack_stream import Outbox, Replica, aged
 from egressd.core.mesh_messages import CT_REQUEST, CtBatch
 from egressd.ports import Clock, ConnectionGuard, Conntrack, MeshTransport
 
@@ -303,27 +303,27 @@ class Replication:
                 self._guard_armed = True
             except Exception as exc:
                 log.error("ip=%s node=%s could not arm the connection guard: %s", ip, self.node, exc)
-        entries = self.replica.entries_for(ip, started)
+        kept = self.replica.kept(ip)
         self.replica.forget(ip)
         done = 0
-        while done < len(entries) and self.clock.monotonic() - started < self.settings.install_budget:
-            await self._install(ip, entries[done : done + INSTALL_CHUNK])
+        while done < len(kept) and self.clock.monotonic() - started < self.settings.install_budget:
+            await self._install(ip, aged(kept[done : done + INSTALL_CHUNK], started))
             done += INSTALL_CHUNK
-        before = min(done, len(entries))
+        before = min(done, len(kept))
         log.info(
             "ip=%s node=%s takeover: %d conntrack entries installed before the announcement in %.1f ms, %d after",
-            ip, self.node, before, (self.clock.monotonic() - started) * 1000, len(entries) - before,
+            ip, self.node, before, (self.clock.monotonic() - started) * 1000, len(kept) - before,
         )  # fmt: skip
-        if before < len(entries):
-            task = asyncio.create_task(self._install_rest(ip, entries[before:], started), name=f"conntrack:{ip}")
+        if before < len(kept):
+            task = asyncio.create_task(self._install_rest(ip, kept[before:], started), name=f"conntrack:{ip}")
             self._installing.add(task)
             task.add_done_callback(self._installing.discard)
         else:
             self._record_install(started)
 
-    async def _install_rest(self, ip: str, entries: Sequence[Entry], started: float) -> None:
-        for at in range(0, len(entries), INSTALL_CHUNK):
-            await self._install(ip, entries[at : at + INSTALL_CHUNK])
+    async def _install_rest(self, ip: str, kept: Sequence[tuple[Entry, float]], started: float) -> None:
+        for at in range(0, len(kept), INSTALL_CHUNK):
+            await self._install(ip, aged(kept[at : at + INSTALL_CHUNK], started))
         self._record_install(started)
         log.info("ip=%s node=%s takeover: all conntrack entries installed after %.1f ms",
                  ip, self.node, (self.clock.monotonic() - started) * 1000)  # fmt: skip
