@@ -123,6 +123,8 @@ class _Stream:
     resync: set[Removal] | None = None
     """Flows repeated by the resync under way (None: none under way)."""
     entries: dict[Removal, tuple[Entry, float]] = field(default_factory=dict)
+    last_at: float = 0.0
+    """When the last datagram of the stream was taken."""
 
 
 @dataclass(frozen=True)
@@ -167,10 +169,12 @@ class Replica:
                          detail=f"seq {batch.seq} <= {stream.last_seq} from {batch.sender}")  # fmt: skip
         gap = stream.last_seq is not None and batch.seq != stream.last_seq + 1 and not batch.flags & CT_START
         stream.last_seq = batch.seq
+        stream.last_at = now
         if batch.flags & CT_START:
             stream.resync = set()
         elif gap:
             stream.resync = None  # a resync with a hole (if one was under way): the next one replaces it
+            stream.synced = False  # something is missing until a whole resync came
         # 3. the records
         taken, refused = sort_out(records, lambda ip: holds and str(ip) == batch.ip)
         counts = collections.Counter(exc.reason for _, exc in refused)
@@ -229,6 +233,11 @@ class Replica:
     def _drop(self, key: tuple[str, str]) -> None:
         stream = self._streams.pop(key)
         self._count[key[0]] -= len(stream.entries)
+
+    def unsynced(self, now: float, quiet: float) -> list[tuple[str, str]]:
+        """(sender, IP) of the streams without a whole resync that have had no
+        datagram for ``quiet`` seconds: their holder is asked again."""
+        return [key for key, s in self._streams.items() if not s.synced and now - s.last_at >= quiet]
 
     def kept(self, ip: str) -> list[tuple[Entry, float]]:
         """The entries kept for ``ip`` (from whichever sender held it) with

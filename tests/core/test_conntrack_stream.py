@@ -180,3 +180,18 @@ def test_kept_entries_age_and_expire() -> None:
     assert replica.entries_for(IP, 40.0) == []
     replica.forget(IP)
     assert replica.held() == {} and replica.held_for(IP) == 0
+
+
+def test_a_stream_with_a_hole_stays_unsynced_until_a_whole_resync() -> None:
+    outbox, replica = Outbox("gw-a", "inc1"), Replica(1000)
+    take(replica, resync(outbox, [flow(1)]), now=1.0)
+    assert replica.unsynced(5.0, 1.0) == []
+    outbox.datagrams("b", IP, [flow(2)])  # lost
+    take(replica, outbox.datagrams("b", IP, [flow(3)]), now=2.0)
+    assert replica.unsynced(2.5, 1.0) == []  # quiet for less than a second: the request is under way
+    assert replica.unsynced(3.0, 1.0) == [("gw-a", IP)]
+    holed = resync(outbox, [flow(p) for p in range(1, 100)])
+    take(replica, holed[:-1], now=3.5)  # its end lost
+    assert replica.unsynced(4.5, 1.0) == [("gw-a", IP)]
+    take(replica, resync(outbox, [flow(p) for p in range(1, 100)]), now=5.0)
+    assert replica.unsynced(9.0, 1.0) == []

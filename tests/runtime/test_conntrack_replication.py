@@ -18,7 +18,7 @@ from egressd.core.mesh_messages import encode
 from egressd.core.mesh_settings import MeshSettings
 from egressd.core.model import EgressGroup, IPAddress, NodeSettings, Settings
 from egressd.ports import ConntrackFailure
-from egressd.runtime.conntrack import Replication
+from egressd.runtime.conntrack import QUIET, Replication
 from egressd.runtime.daemon import Daemon
 from egressd.runtime.member import DataPlane
 from tests.core.test_conntrack_entries import ENTRY
@@ -302,5 +302,24 @@ async def test_a_flood_is_bounded_per_peer() -> None:
         await asyncio.sleep(3 * CT.batch_interval)
         assert other.replication.replica.held() == {owner.name: 50}
         assert other.replication.refused["over-limit"] == 70
+    finally:
+        await stop_all(nodes)
+
+
+async def test_a_stream_left_without_a_whole_resync_is_asked_again_when_quiet() -> None:
+    store, net = FakeLeaseStore(), FakeMeshNetwork()
+    nodes = await two(store, net)
+    try:
+        ip = IPS[0]
+        owner = holder(nodes, ip)
+        other = next(n for n in nodes if n is not owner)
+        owner.table.flow_new(flow(7001, ip))
+        await asyncio.sleep(3 * CT.batch_interval)
+        replica = other.replication.replica
+        assert replica.unsynced(asyncio.get_running_loop().time(), 0.0) == []
+        replica._streams[(owner.name, str(ip))].synced = False  # as if the end of its resync was lost
+        asked = other.replication.resync_requests
+        await until(lambda: other.replication.resync_requests > asked, 2 * QUIET)
+        await until(lambda: not replica.unsynced(asyncio.get_running_loop().time(), 0.0), 2.0)
     finally:
         await stop_all(nodes)
