@@ -57,9 +57,12 @@ MIN_RESYNC_GAP = 1.0
 """Seconds: the least time between two resyncs of one IP to one peer that a
 peer's request (or a new incarnation) triggers, so that a peer, or someone
 replaying its requests, cannot make the holder dump its table continuously."""
+FIRST_CHUNK = 64
+"""Entries installed in one call before the announcement, between two looks
+at the budget (1-2 ms of kernel work each here: the budget is overrun by one
+call at most)."""
 INSTALL_CHUNK = 256
-"""Entries installed in one call at takeover, between two looks at the budget
-(about 4 ms of kernel work each here)."""
+"""Entries installed in one call after the announcement."""
 GUARD_READ_INTERVAL = 10.0
 """Seconds between two reads of the guard's drop counter (an ``nft`` listing)."""
 PACE_BURST = 16
@@ -155,6 +158,9 @@ class Replication:
 
     async def run(self) -> None:
         """Send the changes every ``batchInterval``, and the resyncs due."""
+        # open the request socket now, not on a takeover's path (an empty
+        # install opens it and sends nothing)
+        await self.conntrack.install([])
         while True:
             await self.clock.sleep(self.settings.batch_interval)
             await self.flush()
@@ -326,46 +332,66 @@ class Replication:
         kept = self.replica.kept(ip)
         self.replica.forget(ip)
         done = 0
+        stale: list[Entry] = []
         while done < len(kept) and self.clock.monotonic() - started < self.settings.install_budget:
-            await self._install(ip, aged(kept[done : done + INSTALL_CHUNK], started))
-            done += INSTALL_CHUNK
+            stale += await self._install(ip, aged(kept[done : done + FIRST_CHUNK], started))
+            done += FIRST_CHUNK
         before = min(done, len(kept))
         log.info(
             "ip=%s node=%s takeover: %d conntrack entries installed before the announcement in %.1f ms, %d after",
             ip, self.node, before, (self.clock.monotonic() - started) * 1000, len(kept) - before,
         )  # fmt: skip
-        if before < len(kept):
-            task = asyncio.create_task(self._install_rest(ip, kept[before:], started), name=f"conntrack:{ip}")
+        if before < len(kept) or stale:
+            rest = self._install_rest(ip, stale, kept[before:], started)
+            task = asyncio.create_task(rest, name=f"conntrack:{ip}")
             self._installing.add(task)
             task.add_done_callback(self._installing.discard)
         else:
             self._record_install(started)
 
-    async def _install_rest(self, ip: str, kept: Sequence[tuple[Entry, float]], started: float) -> None:
+    async def _install_rest(
+        self, ip: str, stale: list[Entry], kept: Sequence[tuple[Entry, float]], started: float
+    ) -> None:
+        """After the announcement: replace the stale entries met before it,
+        then install the rest (replacing what is stale among them at once)."""
+        await self._replace(ip, stale)
         for at in range(0, len(kept), INSTALL_CHUNK):
-            await self._install(ip, aged(kept[at : at + INSTALL_CHUNK], started))
+            await self._replace(ip, await self._install(ip, aged(kept[at : at + INSTALL_CHUNK], started)))
         self._record_install(started)
         log.info("ip=%s node=%s takeover: all conntrack entries installed after %.1f ms",
                  ip, self.node, (self.clock.monotonic() - started) * 1000)  # fmt: skip
 
-    async def _install(self, ip: str, entries: Sequence[Entry]) -> None:
+    async def _install(self, ip: str, entries: Sequence[Entry]) -> list[Entry]:
+        """Install ``entries``; those refused because the flow has an entry
+        already (``exists``), for :meth:`_replace`."""
         try:
             failures = await self.conntrack.install(entries)
         except Exception as exc:
             log.error("ip=%s node=%s conntrack install of %d entries failed: %s", ip, self.node, len(entries), exc)
             self.install_failed[type(exc).__name__] += len(entries)
-            return
+            return []
         stale = [f.record for f in failures if f.reason == "exists" and isinstance(f.record, Entry)]
-        if stale:
-            # this node's own entry of the flow, left from when it held the IP
-            # before: its TCP state is older than what the holder sent, and its
-            # window tracking strict; the holder's state replaces it
-            try:
-                await self.conntrack.delete([e.key for e in stale])
-                failures = [f for f in failures if f.reason != "exists"] + await self.conntrack.install(stale)
-            except Exception as exc:
-                log.error("ip=%s node=%s replacing %d stale entries failed: %s", ip, self.node, len(stale), exc)
         self.installed += len(entries) - len(failures)
+        for failure in failures:
+            if failure.reason != "exists":
+                self.install_failed[failure.reason] += 1
+        return stale
+
+    async def _replace(self, ip: str, stale: Sequence[Entry]) -> None:
+        """Replace this node's own entries of these flows, left from when it
+        held the IP before: their TCP state is older than what the holder
+        sent, and their window tracking strict (until then the guard drops,
+        never resets, what they would judge invalid). Done after the
+        announcement: a delete and a create more per entry."""
+        if not stale:
+            return
+        try:
+            await self.conntrack.delete([e.key for e in stale])
+            failures = await self.conntrack.install(stale)
+        except Exception as exc:
+            log.error("ip=%s node=%s replacing %d stale entries failed: %s", ip, self.node, len(stale), exc)
+            return
+        self.installed += len(stale) - len(failures)
         for failure in failures:
             self.install_failed[failure.reason] += 1
 
