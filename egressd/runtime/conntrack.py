@@ -127,6 +127,8 @@ class Replication:
         """Peer -> (incarnation, time) of its last promise."""
         self._last_periodic = clock.monotonic()
         self._installing: set[asyncio.Task[None]] = set()
+        self._rest: dict[str, tuple[list[Entry], Sequence[tuple[Entry, float]], float]] = {}
+        """IP -> what its takeover left for after the announcement."""
         # what the operators see (status, metrics)
         self.sent: collections.Counter[str] = collections.Counter()
         """Entries and removals sent, per peer."""
@@ -342,12 +344,19 @@ class Replication:
             ip, self.node, before, (self.clock.monotonic() - started) * 1000, len(kept) - before,
         )  # fmt: skip
         if before < len(kept) or stale:
-            rest = self._install_rest(ip, stale, kept[before:], started)
-            task = asyncio.create_task(rest, name=f"conntrack:{ip}")
-            self._installing.add(task)
-            task.add_done_callback(self._installing.discard)
+            self._rest[ip] = (stale, kept[before:], started)
         else:
             self._record_install(started)
+
+    def announced(self, ip: str) -> None:
+        """The first gratuitous ARP of ``ip`` is out: install the rest now (not
+        sooner: it would compete with the address, SNAT and ARP for the CPU)."""
+        rest = self._rest.pop(ip, None)
+        if rest is None:
+            return
+        task = asyncio.create_task(self._install_rest(ip, *rest), name=f"conntrack:{ip}")
+        self._installing.add(task)
+        task.add_done_callback(self._installing.discard)
 
     async def _install_rest(
         self, ip: str, stale: list[Entry], kept: Sequence[tuple[Entry, float]], started: float

@@ -396,6 +396,8 @@ class Member:
             phases.takeover_phase(ip, "snat", self._clock.monotonic() - sent)
             await self._dp.announcer.start(self.ip, self.group.interface)
             phases.takeover_phase(ip, "garp", self._clock.monotonic() - sent)
+            if self._connections is not None:
+                self._connections.announced(ip)  # the entries the budget left, under the guard
             self._metrics.owned(ip, True)
 
     async def _withdraw(self, reason: str) -> None:
