@@ -448,6 +448,8 @@ class Member:
             if self._still_owner():
                 self._fire(event, reason)
                 left = True
+                if self._connections is not None:
+                    self._connections.left(str(self.ip))  # its entries here, cleared later
         if event is Event.STEPPED_DOWN and left:
             self.log.warning("stepped down: %s %s", reason, detail)
             self._emit("stepped-down" if reason != "lost-lease" else "lost", reason, detail)

@@ -203,6 +203,10 @@ async def test_at_takeover_the_guard_and_the_entries_come_before_the_first_garp(
         assert other.table.table[stale.key] == flows[0]  # the holder's state replaced the stale entry
         assert other.replication.installed == 10
         assert other.replication.replica.held_for(str(ip)) == 0  # installed, forgotten: its own stream now
+        # the old owner clears its own entries of the IP once the guard's time is over
+        assert any(str(e.egress_ip) == str(ip) for e in owner.table.table.values())
+        await asyncio.sleep(CT.guard_grace + 0.1)
+        assert not any(str(e.egress_ip) == str(ip) for e in owner.table.table.values())
         assert_no_two_owners(n.plane for n in nodes)
     finally:
         for s in stores:
