@@ -122,6 +122,9 @@ class _Stream:
     """A full resync of this process was taken whole."""
     resync: set[Removal] | None = None
     """Flows repeated by the resync under way (None: none under way)."""
+    resync_at: float = 0.0
+    """When the resync under way started: an entry updated since came from
+    the stream, newer than the holder's dump, and its end keeps it."""
     entries: dict[Removal, tuple[Entry, float]] = field(default_factory=dict)
     last_at: float = 0.0
     """When the last datagram of the stream was taken."""
@@ -172,12 +175,15 @@ class Replica:
         stream.last_at = now
         if batch.flags & CT_START:
             stream.resync = set()
+            stream.resync_at = now
         elif gap:
             stream.resync = None  # a resync with a hole (if one was under way): the next one replaces it
             stream.synced = False  # something is missing until a whole resync came
         # 3. the records
         taken, refused = sort_out(records, lambda ip: holds and str(ip) == batch.ip)
         counts = collections.Counter(exc.reason for _, exc in refused)
+        if counts["not-owned"] and not holds:
+            stream.synced = False  # our view may be behind the claims: asked again once quiet
         applied = self._apply(batch.sender, stream, taken, now, counts)
         # 4. the end of a resync: what it did not repeat is gone
         ask = self._end(batch, stream) if batch.flags & CT_END else gap
@@ -210,7 +216,8 @@ class Replica:
         """The last datagram of a resync; whether to ask for another (its start was lost)."""
         if stream.resync is None:
             return True
-        for key in [k for k in stream.entries if k not in stream.resync]:
+        started = stream.resync_at
+        for key in [k for k, (_, at) in stream.entries.items() if k not in stream.resync and at < started]:
             del stream.entries[key]
             self._count[batch.sender] -= 1
         stream.resync = None

@@ -127,6 +127,8 @@ class Replication:
         """Peer -> (incarnation, time) of its last promise."""
         self._last_periodic = clock.monotonic()
         self._installing: set[asyncio.Task[None]] = set()
+        self._busy: set[str] = set()
+        """IPs whose takeover's install runs (no resync of them meanwhile)."""
         self._rest: dict[str, tuple[list[Entry], Sequence[tuple[Entry, float]], float]] = {}
         """IP -> what its takeover left for after the announcement."""
         # what the operators see (status, metrics)
@@ -215,7 +217,12 @@ class Replication:
         :data:`MIN_RESYNC_GAP` ago waits (stays due)."""
         now = self.clock.monotonic()
         self._due = {(p, ip) for p, ip in self._due if ip in owned}
-        due = {k for k in self._due if now - self._resynced.get(k, -MIN_RESYNC_GAP) >= MIN_RESYNC_GAP}
+        installing = set(self._rest) | self._busy  # a dump now would hold part of them; the stream carries them
+        due = {
+            (p, ip)
+            for p, ip in self._due
+            if now - self._resynced.get((p, ip), -MIN_RESYNC_GAP) >= MIN_RESYNC_GAP and ip not in installing
+        }
         self._due -= due
         if not due:
             return
@@ -363,9 +370,13 @@ class Replication:
     ) -> None:
         """After the announcement: replace the stale entries met before it,
         then install the rest (replacing what is stale among them at once)."""
-        await self._replace(ip, stale)
-        for at in range(0, len(kept), INSTALL_CHUNK):
-            await self._replace(ip, await self._install(ip, aged(kept[at : at + INSTALL_CHUNK], started)))
+        self._busy.add(ip)
+        try:
+            await self._replace(ip, stale)
+            for at in range(0, len(kept), INSTALL_CHUNK):
+                await self._replace(ip, await self._install(ip, aged(kept[at : at + INSTALL_CHUNK], started)))
+        finally:
+            self._busy.discard(ip)
         self._record_install(started)
         log.info("ip=%s node=%s takeover: all conntrack entries installed after %.1f ms",
                  ip, self.node, (self.clock.monotonic() - started) * 1000)  # fmt: skip

@@ -128,12 +128,12 @@ def test_a_stream_without_a_resync_or_with_a_gap_asks_for_one() -> None:
 
 def test_a_resync_replaces_what_was_kept_but_not_if_it_has_a_hole() -> None:
     outbox, replica = Outbox("gw-a", "inc1"), Replica(1000)
-    take(replica, resync(outbox, [flow(p) for p in range(1, 80)]))
+    take(replica, resync(outbox, [flow(p) for p in range(1, 80)]), now=1.0)
     whole = resync(outbox, [flow(p) for p in range(50, 150)])
-    assert take(replica, whole) == [False] * len(whole)
+    assert take(replica, whole, now=2.0) == [False] * len(whole)
     assert {e.original.sport for e in replica.entries_for(IP, 0.0)} == set(range(50, 150))
     holed = resync(outbox, [flow(p) for p in range(200, 300)])
-    assert take(replica, [holed[0], *holed[2:]])[-1] is True  # a middle datagram lost: asks again
+    assert take(replica, [holed[0], *holed[2:]], now=3.0)[-1] is True  # a middle datagram lost: asks again
     assert {e.original.sport for e in replica.entries_for(IP, 0.0)} >= set(range(50, 150))  # nothing pruned
 
 
@@ -195,3 +195,21 @@ def test_a_stream_with_a_hole_stays_unsynced_until_a_whole_resync() -> None:
     assert replica.unsynced(4.5, 1.0) == [("gw-a", IP)]
     take(replica, resync(outbox, [flow(p) for p in range(1, 100)]), now=5.0)
     assert replica.unsynced(9.0, 1.0) == []
+
+
+def test_the_end_of_a_resync_keeps_what_the_stream_updated_meanwhile() -> None:
+    outbox, replica = Outbox("gw-a", "inc1"), Replica(1000)
+    first, last = resync(outbox, [flow(p) for p in range(1, 41)])  # a dump taken before flow 500 existed
+    (change,) = Outbox("gw-a", "inc1").datagrams("b", IP, [flow(500)])
+    take(replica, [first], now=1.0)
+    take(replica, [dataclasses.replace(change, seq=first.seq + 1)], now=1.1)  # the stream, between the two
+    assert take(replica, [dataclasses.replace(last, seq=first.seq + 2)], now=1.2) == [False]
+    assert {e.original.sport for e in replica.entries_for(IP, 2.0)} == {*range(1, 41), 500}
+
+
+def test_entries_refused_as_not_owned_leave_the_stream_unsynced() -> None:
+    outbox, replica = Outbox("gw-a", "inc1"), Replica(1000)
+    take(replica, resync(outbox, [flow(1)]), now=1.0)
+    # the view does not show the sender as holder yet (its watch is behind): asked again once quiet
+    replica.take(outbox.datagrams("b", IP, [flow(2)])[0], 2.0, candidate=True, holds=False)
+    assert replica.unsynced(3.0, 1.0) == [("gw-a", IP)]
