@@ -122,9 +122,6 @@ class _Stream:
     """A full resync of this process was taken whole."""
     resync: set[Removal] | None = None
     """Flows repeated by the resync under way (None: none under way)."""
-    resync_at: float = 0.0
-    """When the resync under way started: an entry updated since came from
-    the stream, newer than the holder's dump, and its end keeps it."""
     entries: dict[Removal, tuple[Entry, float]] = field(default_factory=dict)
     last_at: float = 0.0
     """When the last datagram of the stream was taken."""
@@ -175,7 +172,6 @@ class Replica:
         stream.last_at = now
         if batch.flags & CT_START:
             stream.resync = set()
-            stream.resync_at = now
         elif gap:
             stream.resync = None  # a resync with a hole (if one was under way): the next one replaces it
             stream.synced = False  # something is missing until a whole resync came
@@ -216,8 +212,7 @@ class Replica:
         """The last datagram of a resync; whether to ask for another (its start was lost)."""
         if stream.resync is None:
             return True
-        started = stream.resync_at
-        for key in [k for k, (_, at) in stream.entries.items() if k not in stream.resync and at < started]:
+        for key in [k for k in stream.entries if k not in stream.resync]:
             del stream.entries[key]
             self._count[batch.sender] -= 1
         stream.resync = None
