@@ -63,12 +63,18 @@ class PlaneGuard:
 
 class Node(RecordedNode):
     def __init__(
-        self, name: str, store: FakeLeaseStore, net: FakeMeshNetwork, ct: ConntrackSettings = CT, delay: float = 0.0
+        self,
+        name: str,
+        store: FakeLeaseStore,
+        net: FakeMeshNetwork,
+        ct: ConntrackSettings = CT,
+        delay: float = 0.0,
+        groups: tuple[EgressGroup, ...] = (GROUP,),
     ) -> None:
         settings = Settings(
             node=NodeSettings(name=name, address=ip_address(ADDRESSES[name])),
             timing=TIMING,
-            groups=(GROUP,),
+            groups=groups,
             mesh=MeshSettings(key_file="/k", port=PORT, timing=MESH),
             conntrack=ct,
         )
@@ -326,5 +332,44 @@ async def test_a_stream_left_without_a_whole_resync_is_asked_again_when_quiet() 
         asked = other.replication.resync_requests
         await until(lambda: other.replication.resync_requests > asked, 2 * QUIET)
         await until(lambda: not replica.unsynced(asyncio.get_running_loop().time(), 0.0), 2.0)
+    finally:
+        await stop_all(nodes)
+
+
+async def test_entries_from_a_peer_that_is_no_candidate_of_the_ip_are_refused() -> None:
+    store, net = FakeLeaseStore(), FakeMeshNetwork()
+    other_ip = ip_address("172.18.0.50")
+    other = EgressGroup(name="other", egress_ips=(other_ip,), interface="net0", candidates=("gw-a", "gw-c"),
+                        source_cidrs=(), destination_cidrs=())  # fmt: skip
+    c = Node("gw-c", store, net, groups=(GROUP, other))
+    await settle([c], [other_ip])  # gw-c holds .50, so it heartbeats gw-a: gw-a knows its process
+    a = Node("gw-a", store, net, groups=(GROUP, other))
+    nodes = [c, a]
+    try:
+        a.start()
+        await until(lambda: a.daemon.mesh is not None and "gw-c" in a.daemon.mesh.peer_incarnation, 2.0)
+        # gw-c, a peer of gw-a through "other", sends entries of an IP of "outpost", which it is no candidate of
+        outbox = Outbox("gw-c", c.daemon.incarnation)
+        for batch in outbox.datagrams("gw-a", str(IPS[0]), [flow(8001, IPS[0]), flow(8002, IPS[0])], resync=True):
+            net.inject(encode(batch, KEY), (ADDRESSES["gw-c"], PORT), ADDRESSES["gw-a"])
+        await asyncio.sleep(0.01)
+        assert a.replication.refused["not-candidate"] == 2
+        assert a.replication.replica.held() == {}
+    finally:
+        await stop_all(nodes)
+
+
+async def test_a_node_serving_the_ip_again_before_the_clear_keeps_its_entries() -> None:
+    store, net = FakeLeaseStore(), FakeMeshNetwork()
+    nodes = await two(store, net)
+    try:
+        ip = IPS[0]
+        owner = holder(nodes, ip)
+        owner.table.flow_new(flow(9001, ip))
+        await asyncio.sleep(3 * CT.batch_interval)
+        owner.replication.left(str(ip))  # as if it had stepped down and taken the IP back at once
+        await asyncio.sleep(CT.guard_grace + 0.1)
+        assert owner.serves(ip)
+        assert flow(9001, ip).key in owner.table.table
     finally:
         await stop_all(nodes)
