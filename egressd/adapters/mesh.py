@@ -27,6 +27,25 @@ log = logging.getLogger(__name__)
 REPORT_INTERVAL = 60.0
 """Seconds between two log lines about the same reason and sender."""
 QUEUE_SIZE = 1024
+RECEIVE_BUFFER = 4 << 20
+"""Bytes of the socket's receive buffer: a conntrack resync of 10,000 flows
+is about 390 kB, arriving faster than a busy daemon reads it; the default
+(about 200 kB) overflowed and the resync had to be sent again."""
+SO_RCVBUFFORCE = 33
+
+
+def _receive_buffer(sock: socket.socket | None) -> None:
+    """Raise the receive buffer (past ``rmem_max`` with CAP_NET_ADMIN, which
+    the daemon has; else as far as ``rmem_max`` allows)."""
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+    except OSError:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        except OSError as exc:
+            log.debug("mesh socket: receive buffer left as it is: %s", exc)
 
 
 Received = MeshReceived
@@ -57,6 +76,7 @@ class MeshSocket:
             lambda: _Protocol(self), local_addr=(host, port), family=family
         )
         self._transport = transport
+        _receive_buffer(transport.get_extra_info("socket"))
         bound: tuple[str, int] = transport.get_extra_info("sockname")[:2]
         log.info("mesh listening on %s:%d", *bound)
         return bound

@@ -21,6 +21,12 @@ is enabled, ``activate`` arms the fence of the IP for ``fence_ttl`` and the
 runtime MUST call :meth:`NftablesSnat.refresh_fence` after every successful
 renew (together with the address refresh), or the node stops serving the IP
 after ``fence_ttl``. When it is disabled (the default) no fence table exists.
+
+``mark``: egressd's bits of the conntrack mark, set by every SNAT rule (the
+conntrack stream follows those flows). ``guard``: the connection guard's
+table is staged with the SNAT table; :meth:`NftablesSnat.arm_guard` guards an
+IP for a grace period after a takeover, :meth:`NftablesSnat.guard_drops`
+reads how many packets it dropped (see :mod:`egressd.core.nft`).
 """
 
 from __future__ import annotations
@@ -109,10 +115,14 @@ class NftablesSnat:
         nft_binary: str = "nft",
         timeout: float = 10.0,
         library: bool = True,
+        mark: nft.CtMark | None = None,
+        guard: bool = False,
     ) -> None:
         """``fence_ttl``: seconds of the optional sub-second fence (e.g. 0.8), None
         disables it. ``timeout``: upper bound of one ``nft`` run (a 10,000
-        element stage takes well under a second)."""
+        element stage takes well under a second). ``mark``: the conntrack
+        mark the SNAT rules set (None: none). ``guard``: stage the connection
+        guard's table."""
         if fence_ttl is not None and fence_ttl < 0.001:
             raise ValueError(f"fence_ttl must be at least 1 ms, got {fence_ttl}")
         self._netns = netns
@@ -135,6 +145,9 @@ class NftablesSnat:
         self._loaded = False
         self._lock = asyncio.Lock()
         self._lib = _open_libnftables(netns) if library else None
+        self._mark = mark
+        self._guard = guard
+        self._guard_staged = False
 
     # -- the port ---------------------------------------------------------
 
@@ -163,11 +176,12 @@ class NftablesSnat:
             try:
                 owners = {g.name: source_owners(g) for g in groups}
                 sets = {g.name: nft.group_source_sets(g, owners[g.name]) for g in groups}
-                script = nft.render_table(groups, owned, sets=sets) + fence
+                script = nft.render_table(groups, owned, sets=sets, mark=self._mark) + fence + self._guard_stage()
             except ValueError as exc:  # a group name nftables cannot carry
                 raise DataPlaneError(f"nft stage: {exc}") from exc
             await self._run(script, what="stage")
             self._changes += 1
+            self._guard_staged = self._guard_staged or self._guard
             self._remember(groups, sets, owners, owned, ips if fence else self._fenced)
             log.info(
                 "staged SNAT table for %d group(s), %d active egress IP(s) in %.3fs",
@@ -264,6 +278,30 @@ class NftablesSnat:
 
     # -- beyond the port --------------------------------------------------
 
+    async def arm_guard(self, ips: Iterable[IPAddress], grace: float) -> None:
+        """Drop packets to ``ips`` that match no conntrack entry for ``grace``
+        seconds from now (no-op without the guard)."""
+        ips = list(ips)
+        if not self._guard or not ips:
+            return
+        script = nft.render_guard_arm(ips, max(1, round(grace * 1000)))
+        if not self._guard_staged:
+            script = nft.render_guard_stage() + script
+        await self._run(script, what="guard arm")
+        self._guard_staged = True
+
+    async def guard_drops(self) -> int:
+        """Packets the guard dropped so far (0 without the guard or its table)."""
+        if not self._guard:
+            return 0
+        out = await self._exec(
+            ["-j", "list", "chain", nft.FAMILY, nft.GUARD_TABLE, nft.GUARD_CHAIN], what="list guard", missing_ok=True
+        )
+        try:
+            return nft.parse_counted_drops(json.loads(out)) if out else 0
+        except json.JSONDecodeError as exc:
+            raise DataPlaneError(f"nft list guard: unreadable JSON: {exc}") from exc
+
     async def refresh_fence(self, ips: Iterable[IPAddress], ttl: float | None = None) -> None:
         """Re-arm the sub-second fence of ``ips`` for ``ttl`` (at most
         ``fence_ttl``; None: ``fence_ttl``) from now.
@@ -299,6 +337,7 @@ class NftablesSnat:
             self._sets = {}
             self._owners = {}
             self._fenced = None
+            self._guard_staged = False
             self._changes += 1
             self._loaded = True
             log.info("removed egressd nftables tables")
@@ -321,7 +360,11 @@ class NftablesSnat:
         self._fenced = fenced
 
     def _chain_script(self, group: str, version: int, owned: dict[IPAddress, str]) -> str:
-        return nft.render_group_chain(group, version, [ip for ip, g in owned.items() if g == group])
+        return nft.render_group_chain(group, version, [ip for ip, g in owned.items() if g == group], self._mark)
+
+    def _guard_stage(self) -> str:
+        """The guard's table once (a rewrite of its chain would reset its counter)."""
+        return nft.render_guard_stage() if self._guard and not self._guard_staged else ""
 
     async def _load(self) -> None:
         """Learn the active SNAT rules once, so a restarted daemon keeps them."""

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from egressd.adapters.addresses import KernelAddresses
     from egressd.adapters.mqtt import MqttEvents
     from egressd.adapters.observability import ObservabilityServer, PrometheusMetrics
-    from egressd.ports import Clock, ClusterSource, EventSink, LeaseStore, Steering
+    from egressd.ports import Clock, ClusterSource, ConnectionGuard, Conntrack, EventSink, LeaseStore, Steering
+    from egressd.runtime.conntrack import Replication
     from egressd.runtime.daemon import Daemon
     from egressd.runtime.member import DataPlane
     from egressd.runtime.mesh import Mesh
@@ -268,6 +269,8 @@ class _Inputs:
         steering: Steering,
         *,
         built: Callable[[Daemon], None] | None = None,
+        conntrack: Conntrack | None = None,
+        guard: ConnectionGuard | None = None,
     ) -> int:
         """Build the daemon on ``dataplane`` (``built`` is told of it at once),
         attach the Kubernetes-mode controller, and run it until it stops."""
@@ -283,6 +286,8 @@ class _Inputs:
             metrics=self.metrics,
             events=self.events,
             mesh_transport=MeshSocket(self.mesh_key) if self.mesh_key is not None else None,
+            conntrack=conntrack if self.mesh_key is not None else None,
+            guard=guard,
         )
         if built is not None:
             built(daemon)
@@ -314,6 +319,7 @@ async def _run_kernel(settings: Settings, args: argparse.Namespace, inputs: _Inp
     from egressd.adapters.announcer import ScapyAnnouncer  # noqa: PLC0415
     from egressd.adapters.nftables import NftablesSnat  # noqa: PLC0415
     from egressd.adapters.steering import PolicySteering  # noqa: PLC0415
+    from egressd.core.nft import CtMark  # noqa: PLC0415
     from egressd.runtime.member import DataPlane  # noqa: PLC0415
 
     daemons: list[Daemon] = []
@@ -324,7 +330,12 @@ async def _run_kernel(settings: Settings, args: argparse.Namespace, inputs: _Inp
 
     addresses = KernelAddresses()
     await _check_interface_addresses(settings, args, addresses)
-    snat = NftablesSnat(fence_ttl=settings.timing.fence_ttl or None)
+    ct = settings.conntrack
+    snat = NftablesSnat(
+        fence_ttl=settings.timing.fence_ttl or None,
+        mark=CtMark(ct.mark, ct.mask) if settings.replicates else None,
+        guard=settings.replicates,
+    )
     announcer = ScapyAnnouncer(on_conflict=on_conflict, guard=lambda ip: any(d.may_announce(ip) for d in daemons))
     steering = PolicySteering()
     inputs.metrics.counter_per_ip(
@@ -332,9 +343,23 @@ async def _run_kernel(settings: Settings, args: argparse.Namespace, inputs: _Inp
         "Gratuitous ARP / unsolicited NA frames sent for the egress IP (takeover burst and refresh).",
         lambda: {str(ip): float(announcer.sent(ip)) for d in daemons for ip in d.members},
     )
+    conntrack = None
+    if settings.replicates and inputs.mesh_key is not None:
+        from egressd.adapters.conntrack.table import KernelConntrack  # noqa: PLC0415
+
+        conntrack = KernelConntrack(mark=ct.mark, mask=ct.mask)
     try:
-        return await inputs.serve(settings, DataPlane(addresses, snat, announcer), steering, built=daemons.append)
+        return await inputs.serve(
+            settings,
+            DataPlane(addresses, snat, announcer),
+            steering,
+            built=daemons.append,
+            conntrack=conntrack,
+            guard=snat if conntrack is not None else None,
+        )
     finally:
+        if conntrack is not None:
+            await conntrack.close()
         await announcer.close()
         await addresses.close()
         await steering.close()
@@ -452,11 +477,11 @@ def mesh_counters(mesh: Mesh, metrics: PrometheusMetrics) -> None:
     """The mesh's counters and last round trips, read when scraped."""
     per_peer = (
         ("egressd_mesh_heartbeats_sent", "Heartbeats sent to each peer (while this node serves IPs on a right).",
-         mesh.heartbeats_to),
+         mesh.per_peer.heartbeats_to),
         ("egressd_mesh_promises_given", "Promises given to each holder, in answer to its heartbeats.",
-         mesh.given_to),
+         mesh.per_peer.given_to),
         ("egressd_mesh_promises_received", "Promises taken from each peer (signed, echoing a heartbeat's nonce).",
-         mesh.received_from),
+         mesh.per_peer.received_from),
     )  # fmt: skip
     for name, doc, counts in per_peer:
         metrics.counter_per_label(name, doc, "peer", _floats(counts))
@@ -464,7 +489,7 @@ def mesh_counters(mesh: Mesh, metrics: PrometheusMetrics) -> None:
         "egressd_mesh_rtt_last_seconds",
         "Seconds from this node's latest heartbeat to each peer to the promise that answered it.",
         "peer",
-        lambda: dict(mesh.last_rtt),
+        lambda: dict(mesh.per_peer.last_rtt),
     )
     metrics.counter_per_label(
         "egressd_mesh_datagrams_rejected",
@@ -473,6 +498,52 @@ def mesh_counters(mesh: Mesh, metrics: PrometheusMetrics) -> None:
         "(the protocol's).",
         "reason",
         lambda: {reason: float(n) for reason, n in mesh.transport.rejected.items()},  # the socket counts both
+    )
+
+
+def conntrack_counters(replication: Replication, metrics: PrometheusMetrics) -> None:
+    """The conntrack stream's counters (docs/metrics.md), read when scraped."""
+    r = replication
+    per_peer = (
+        ("egressd_conntrack_entries_sent", "Conntrack entries and removals sent to each peer (stream and resyncs).",
+         r.sent),
+        ("egressd_conntrack_entries_received", "Conntrack entries and removals taken from each holder.", r.received),
+    )  # fmt: skip
+    for name, doc, counts in per_peer:
+        metrics.counter_per_label(name, doc, "peer", _floats(counts))
+    metrics.gauge_per_label(
+        "egressd_conntrack_entries_held",
+        "Conntrack entries kept for a takeover, per sending holder (bounded by conntrack.maxEntriesPerPeer).",
+        "peer",
+        lambda: {peer: float(n) for peer, n in r.replica.held().items()},
+    )
+    metrics.counter_per_label(
+        "egressd_conntrack_entries_refused",
+        "Conntrack records (or datagrams) refused, by reason: not-candidate, not-owned, over-limit, malformed, "
+        "replayed, unknown-incarnation, request-not-held; and entries the kernel refused at install "
+        "(install-exists, install-<errno>).",
+        "reason",
+        lambda: {**_floats(r.refused)(), **{f"install-{k}": float(n) for k, n in r.install_failed.items()}},
+    )
+    metrics.counter_per_labels(
+        "egressd_conntrack_installed", "Conntrack entries installed at takeovers.", (), lambda: {(): float(r.installed)}
+    )
+    metrics.gauge_per_labels(
+        "egressd_conntrack_install_last_seconds",
+        "Seconds the last takeover's install of conntrack entries took, before and after the announcement.",
+        (),
+        lambda: {(): r.install_seconds[-1]} if r.install_seconds else {},
+    )
+    metrics.counter_per_labels(
+        "egressd_conntrack_resyncs", "Full resyncs of an egress IP's entries sent to a peer.", (),
+        lambda: {(): float(r.resyncs)},
+    )  # fmt: skip
+    metrics.counter_per_labels(
+        "egressd_conntrack_guard_drops",
+        "Inbound packets to an egress IP matching no conntrack entry, dropped by the guard after a takeover "
+        "(read from the guard's nftables counter every few seconds).",
+        (),
+        lambda: {(): float(r.guard_drops)},
     )
 
 
@@ -499,6 +570,8 @@ async def _serve(daemon: Daemon, metrics: PrometheusMetrics, settings: Settings)
     right_gauges(daemon, metrics)
     if daemon.mesh is not None:
         mesh_counters(daemon.mesh, metrics)
+    if daemon.replication is not None:
+        conntrack_counters(daemon.replication, metrics)
     server: ObservabilityServer | None = None
     if settings.metrics.listen is not None:
         server = ObservabilityServer(metrics, health=daemon.health, ready=daemon.readiness, status=daemon.status_report)

@@ -27,6 +27,7 @@ from egressd.core.addressing import (
     node_address_problem,
     subnet_edge_problem,
 )
+from egressd.core.conntrack_settings import parse_conntrack
 from egressd.core.errors import ConfigError, Problem
 from egressd.core.fields import Reader, check_networks, cidrs
 from egressd.core.mesh_settings import parse_mesh
@@ -47,7 +48,7 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
-_TOP_KEYS = ("node", "mode", "kubernetes", "timing", "groups", "metrics", "mqtt", "mesh")
+_TOP_KEYS = ("node", "mode", "kubernetes", "timing", "groups", "metrics", "mqtt", "mesh", "conntrack")
 _NODE_KEYS = ("name", "address")
 _KUBE_KEYS = ("namespace", "access", "kubeconfig", "url", "tokenFile", "caFile", "excludeCordoned")
 _GROUP_KEYS = (
@@ -132,13 +133,16 @@ def parse_settings(data: Any, source: str = "config") -> Settings:
     if mesh is not None and not any(p.field.startswith("timing") for p in r.problems):
         # the promises' inequalities (M1-M4), with the election's timings
         r.problems.extend(Problem("mesh", why) for why in rights.check(timing, mesh.timing))
+    conntrack, conntrack_problems = parse_conntrack(top.get("conntrack"))
+    r.problems.extend(conntrack_problems)
     _check_groups(r, groups, egress_paths, node)
     if r.problems:
         raise ConfigError(r.problems, source)
     assert node is not None
     return Settings(
-        node=node, mode=mode, kubernetes=kube, timing=timing, groups=groups, metrics=metrics, mqtt=mqtt, mesh=mesh
-    )
+        node=node, mode=mode, kubernetes=kube, timing=timing, groups=groups, metrics=metrics, mqtt=mqtt, mesh=mesh,
+        conntrack=conntrack,
+    )  # fmt: skip
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -369,4 +373,3 @@ def _check_egress_ip(
             r.problem(where, f"{ip} is inside sourceCIDRs[{i}] {net}, the addresses of the pods it would serve")
     if (why := subnet_edge_problem(key, (*group.destination_cidrs, *group.excluded_cidrs))) is not None:
         r.problem(where, f"{why}; it cannot be an egress IP")
-

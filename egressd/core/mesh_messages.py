@@ -25,9 +25,10 @@ import hmac
 import ipaddress
 import json
 import re
+import struct
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TypeGuard
+from typing import TypeAlias, TypeGuard
 
 from egressd.core.lease import EPOCH_MODULUS
 
@@ -94,7 +95,7 @@ class Wake:
     """The successor the claim was released to."""
 
 
-Message = Heartbeat | Promise | Wake
+Message: TypeAlias = "Heartbeat | Promise | Wake | CtBatch"
 
 
 def check_key(key: bytes) -> bytes:
@@ -105,6 +106,8 @@ def check_key(key: bytes) -> bytes:
 
 
 def encode(message: Message, key: bytes) -> bytes:
+    if isinstance(message, CtBatch):
+        return encode_ct(message, key)
     if isinstance(message, Heartbeat):
         body = {"k": "hb", "from": message.sender, "inc": message.incarnation, "seq": message.seq,
                 "nonce": message.nonce, "api": message.api_ok}  # fmt: skip
@@ -127,6 +130,8 @@ def decode(datagram: bytes, key: bytes) -> Message:
     ``unsigned`` (no magic), ``bad-signature``, ``malformed``."""
     if not len(MAGIC) + TAG_SIZE < len(datagram) <= MAX_DATAGRAM:
         raise MeshRejected("size", f"{len(datagram)} bytes")
+    if datagram.startswith(CT_MAGIC):
+        return decode_ct(datagram, key)
     if not datagram.startswith(MAGIC):
         raise MeshRejected("unsigned", "no mesh header")
     raw, tag = datagram[:-TAG_SIZE], datagram[-TAG_SIZE:]
@@ -282,3 +287,111 @@ class Outstanding:
         if at is None:
             raise MeshRejected("stale", f"no heartbeat to {promise.sender} waits for this nonce")
         return at
+
+
+# --- the conntrack stream -------------------------------------------------------------------
+#
+# Conntrack entries travel in binary datagrams of their own (JSON would not
+# leave room for a useful batch), signed the same way:
+#
+#     b"EGC1" | flags (u8) | seq (u64) | ip length (u8) | ip (4 or 16)
+#             | sender length (u8) | sender | incarnation length (u8) | incarnation
+#             | payload (egressd.core.conntrack_entries, possibly empty) | HMAC-SHA256 (32)
+#
+# ``seq`` numbers the datagrams of one stream (sender process, receiver, IP)
+# from 1, so a receiver sees a lost datagram as a gap and asks for a resync.
+
+CT_MAGIC = b"EGC1"
+CT_START = 0x01
+"""The first datagram of a full resync: what the receiver holds for this
+sender and IP and does not get again before ``CT_END`` is gone."""
+CT_END = 0x02
+"""The last datagram of a full resync (may be the first as well)."""
+CT_REQUEST = 0x04
+"""A candidate asks the IP's holder for a full resync (no payload)."""
+_CT_FLAGS = CT_START | CT_END | CT_REQUEST
+_CT_HEAD = struct.Struct("!BQ")
+
+
+@dataclass(frozen=True)
+class CtBatch:
+    """Conntrack entries of one egress IP, from its holder to a candidate
+    (or, with ``CT_REQUEST``, a candidate's request for a resync)."""
+
+    sender: str
+    incarnation: str
+    ip: str
+    seq: int
+    flags: int
+    payload: bytes = b""
+
+
+def ct_header_size(sender: str, incarnation: str, ip: str) -> int:
+    """Bytes a :class:`CtBatch` of these fields takes besides its payload."""
+    packed = ipaddress.ip_address(ip).packed
+    return len(CT_MAGIC) + _CT_HEAD.size + 3 + len(packed) + len(sender.encode()) + len(incarnation.encode())
+
+
+def ct_payload_limit(sender: str, incarnation: str, ip: str) -> int:
+    """The largest payload a :class:`CtBatch` of these fields can carry."""
+    return MAX_DATAGRAM - TAG_SIZE - ct_header_size(sender, incarnation, ip)
+
+
+def encode_ct(batch: CtBatch, key: bytes) -> bytes:
+    if batch.flags & ~_CT_FLAGS or not 0 < batch.seq <= MAX_SEQ:
+        raise ValueError(f"a conntrack batch with flags {batch.flags:#x} and seq {batch.seq} cannot be sent")
+    sender, incarnation = batch.sender.encode(), batch.incarnation.encode()
+    packed = ipaddress.ip_address(batch.ip).packed
+    raw = b"".join(
+        [
+            CT_MAGIC,
+            _CT_HEAD.pack(batch.flags, batch.seq),
+            bytes([len(packed)]),
+            packed,
+            bytes([len(sender)]),
+            sender,
+            bytes([len(incarnation)]),
+            incarnation,
+            batch.payload,
+        ]
+    )
+    datagram = raw + hmac.new(key, raw, hashlib.sha256).digest()
+    if len(datagram) > MAX_DATAGRAM:
+        raise ValueError(f"a conntrack datagram of {len(datagram)} bytes is larger than {MAX_DATAGRAM}")
+    return datagram
+
+
+def decode_ct(datagram: bytes, key: bytes) -> CtBatch:
+    """The batch in ``datagram`` (size checked by :func:`decode`), or
+    :class:`MeshRejected` ``bad-signature`` or ``malformed``. The payload is
+    not read here (:func:`egressd.core.conntrack_entries.decode_batch`)."""
+    raw, tag = datagram[:-TAG_SIZE], datagram[-TAG_SIZE:]
+    if not hmac.compare_digest(hmac.new(key, raw, hashlib.sha256).digest(), tag):
+        raise MeshRejected("bad-signature")
+    at = len(CT_MAGIC)
+
+    def take(n: int, what: str) -> bytes:
+        nonlocal at
+        if at + n > len(raw):
+            raise MeshRejected("malformed", f"conntrack batch ends before its {what}")
+        out = raw[at : at + n]
+        at += n
+        return out
+
+    flags, seq = _CT_HEAD.unpack(take(_CT_HEAD.size, "header"))
+    if flags & ~_CT_FLAGS:
+        raise MeshRejected("malformed", f"flags: unknown bits {flags:#x}")
+    if not 0 < seq <= MAX_SEQ:
+        raise MeshRejected("malformed", f"seq: must be 1 to {MAX_SEQ}")
+    size = take(1, "ip length")[0]
+    if size not in (4, 16):
+        raise MeshRejected("malformed", f"ip: {size} bytes is neither IPv4 nor IPv6")
+    ip = str(ipaddress.ip_address(take(size, "ip")))
+    sender = take(take(1, "sender length")[0], "sender").decode("ascii", errors="replace")
+    incarnation = take(take(1, "incarnation length")[0], "incarnation").decode("ascii", errors="replace")
+    body: dict[str, object] = {"from": sender, "inc": incarnation}
+    name, token = _name(body, "from"), _token(body, "inc")
+    payload = raw[at:]
+    if flags & CT_REQUEST and (payload or flags & (CT_START | CT_END)):
+        raise MeshRejected("malformed", "a resync request carries nothing else")
+    return CtBatch(name, token, ip, seq, flags, payload)

@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
+from egressd.core.conntrack_settings import ConntrackSettings
 from egressd.core.errors import ConfigError, Problem
 from egressd.core.mqtt_settings import MqttSettings
 
@@ -421,6 +422,15 @@ class Settings:
     mesh: MeshSettings | None = None
     """The gateway mesh (promises, peer rights); None (no ``mesh.keyFile``)
     turns it off: the daemon serves on API rights alone."""
+    conntrack: ConntrackSettings = field(default_factory=ConntrackSettings)
+    """Connection survival (mark, stream, guard); in effect only while the
+    mesh is on (:attr:`replicates`)."""
+
+    @property
+    def replicates(self) -> bool:
+        """Whether the conntrack entries of the flows this node SNATs are
+        marked, streamed to the candidates and guarded at takeover."""
+        return self.mesh is not None and self.conntrack.enabled
 
     def candidate_groups(self) -> tuple[EgressGroup, ...]:
         """Groups for which this node is a named candidate."""

@@ -335,5 +335,3 @@ def _is_host(value: str) -> bool:
     except ValueError:
         return bool(_HOSTNAME.match(value))
     return True
-
-

@@ -69,6 +69,21 @@ refreshes after every successful renew; a frozen daemon stops serving the IP
 when the element times out, long before the address lifetime (whole seconds)
 runs out. The fence lives in tables of its own (``inet egressd_fence`` and
 ``arp egressd_arp``) so that re-staging the SNAT table never resets it.
+
+**Conntrack mark** (:class:`CtMark`, ``docs/conntrack.md`` section 1): with
+one, every SNAT rule also sets egressd's bits of the flow's conntrack mark,
+``ct mark set ct mark and ~MASK or VALUE``, in the same rule as the ``snat``
+(a NAT chain sees only a flow's first packet, so the mark is written once,
+when the entry is made, and other software's bits of the mark are kept).
+The conntrack stream follows exactly the entries that carry it.
+
+**Connection guard** (:func:`render_guard_stage`, table ``inet egressd_guard``):
+for a grace period after a takeover (an element with a timeout in the
+``guard4``/``guard6`` set), a packet to the egress IP that matches no
+conntrack entry (``ct state new,invalid``: a mid-stream segment of a flow
+whose entry is not installed yet) is dropped in prerouting, before the local
+stack would answer it with a reset; the server retransmits, and by then the
+entry is there. Its counter is the number of packets the guard dropped.
 """
 
 from __future__ import annotations
@@ -87,6 +102,8 @@ FAMILY = "inet"
 TABLE = "egressd"
 FENCE_TABLE = "egressd_fence"
 ARP_TABLE = "egressd_arp"
+GUARD_TABLE = "egressd_guard"
+GUARD_CHAIN = "prerouting"
 
 #: Longest name nft accepts for a table, chain or set (NFT_NAME_MAXLEN is 256
 #: bytes with the terminating NUL; 256 characters fail with ERANGE).
@@ -290,12 +307,34 @@ def group_source_sets(group: EgressGroup, owners: Owners | None = None) -> dict[
     return {name: tuple(e) for v in families(group) for name, e in source_sets(group, v, owners).items()}
 
 
-def snat_rules(group: str, version: int, ips: Iterable[IPAddress]) -> list[str]:
+@dataclass(frozen=True)
+class CtMark:
+    """egressd's bits of the conntrack mark: a flow is egressd's when
+    ``ct mark & mask == value``."""
+
+    value: int
+    mask: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.mask <= 0xFFFFFFFF:
+            raise ValueError(f"conntrack mark mask {self.mask:#x} must be 1 to 0xffffffff")
+        if not 0 <= self.value <= 0xFFFFFFFF or self.value & ~self.mask:
+            raise ValueError(f"conntrack mark {self.value:#x} has bits outside its mask {self.mask:#x}")
+
+    def statement(self) -> str:
+        """The nft statement that sets these bits and keeps the others."""
+        return f"ct mark set ct mark and {~self.mask & 0xFFFFFFFF:#010x} or {self.value:#010x}"
+
+
+def snat_rules(group: str, version: int, ips: Iterable[IPAddress], mark: CtMark | None = None) -> list[str]:
     """Rule bodies of a group chain for the owned ``ips`` of that family: each
-    IP NATs its own sources only."""
+    IP NATs its own sources only; with ``mark``, the same rule marks the flow
+    (one rule: a newline would end it, and a rule split in two would mark and
+    NAT everything)."""
     own = sorted({ip for ip in ips if ip.version == version}, key=int)
     proto = _proto(version)
-    return [f"{proto} saddr @{ip_set_name(group, ip)} snat {proto} to {ip}" for ip in own]
+    marking = f"{mark.statement()} " if mark is not None else ""
+    return [f"{proto} saddr @{ip_set_name(group, ip)} {marking}snat {proto} to {ip}" for ip in own]
 
 
 def render_table(
@@ -303,6 +342,7 @@ def render_table(
     owned: Mapping[IPAddress, str] | None = None,
     *,
     sets: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+    mark: CtMark | None = None,
 ) -> str:
     """The whole SNAT table as one transaction that replaces it atomically.
 
@@ -332,7 +372,7 @@ def render_table(
             jumps.append(f"\t\t{selected} jump {chain}")
             guards.append(f"\t\t{selected} counter drop")
             ips = [ip for ip, name in owned.items() if name == g.name and ip in g.egress_ips]
-            body = [f"\t\t{r}" for r in snat_rules(g.name, v, ips)]
+            body = [f"\t\t{r}" for r in snat_rules(g.name, v, ips, mark)]
             chains += [f"\tchain {chain} {{", *body, "\t}"]
     lines += chains
     lines += ["\tchain postrouting {", "\t\ttype nat hook postrouting priority srcnat; policy accept;", *jumps, "\t}"]
@@ -346,12 +386,12 @@ def render_table(
     return "\n".join(lines) + "\n"
 
 
-def render_group_chain(group: str, version: int, ips: Iterable[IPAddress]) -> str:
+def render_group_chain(group: str, version: int, ips: Iterable[IPAddress], mark: CtMark | None = None) -> str:
     """Replace the SNAT rules of one group chain (the takeover fast path):
     one rule per owned IP of the family, NATing that IP's sources."""
     chain = group_chain(group, version)
     lines = [f"flush chain {FAMILY} {TABLE} {chain}"]
-    lines += [f"add rule {FAMILY} {TABLE} {chain} {r}" for r in snat_rules(group, version, ips)]
+    lines += [f"add rule {FAMILY} {TABLE} {chain} {r}" for r in snat_rules(group, version, ips, mark)]
     return "\n".join(lines) + "\n"
 
 
@@ -421,7 +461,7 @@ def render_delete(*, fence: bool = True) -> str:
     """Remove egressd's tables (no error if absent: each is created first)."""
     tables = [(FAMILY, TABLE)]
     if fence:
-        tables += [(FAMILY, FENCE_TABLE), ("arp", ARP_TABLE)]
+        tables += [(FAMILY, FENCE_TABLE), ("arp", ARP_TABLE), (FAMILY, GUARD_TABLE)]
     lines: list[str] = []
     for family, name in tables:
         lines += [f"table {family} {name}", f"delete table {family} {name}"]
@@ -540,3 +580,62 @@ def parse_fence(listing: Mapping[str, Any]) -> dict[IPAddress, float]:
             elif isinstance(elem, str):
                 out[ipaddress.ip_address(elem)] = 0.0
     return out
+
+
+# -- the connection guard -----------------------------------------------------
+
+
+def render_guard_stage() -> str:
+    """Create the guard table if absent: its timeout sets are declared (a
+    no-op if they exist), never flushed, so re-staging does not end a grace
+    period that runs; the chain is rewritten.
+
+    Priority ``mangle`` (-150): after conntrack (-200) has looked the packet
+    up, before the NAT and the local stack. ``ct state new,invalid``: a
+    segment of a flow the kernel has no entry for is picked up as ``new``
+    (or is ``invalid``); an installed entry's packets are ``established``."""
+    return (
+        "\n".join(
+            [
+                f"add table {FAMILY} {GUARD_TABLE}",
+                f"add set {FAMILY} {GUARD_TABLE} guard4 {{ type ipv4_addr; flags timeout; }}",
+                f"add set {FAMILY} {GUARD_TABLE} guard6 {{ type ipv6_addr; flags timeout; }}",
+                f"add chain {FAMILY} {GUARD_TABLE} {GUARD_CHAIN} {{ type filter hook prerouting priority mangle; "
+                "policy accept; }",
+                f"flush chain {FAMILY} {GUARD_TABLE} {GUARD_CHAIN}",
+                f"add rule {FAMILY} {GUARD_TABLE} {GUARD_CHAIN} ip daddr @guard4 ct state new,invalid counter drop",
+                f"add rule {FAMILY} {GUARD_TABLE} {GUARD_CHAIN} ip6 daddr @guard6 ct state new,invalid counter drop",
+            ]
+        )
+        + "\n"
+    )
+
+
+def render_guard_arm(ips: Iterable[IPAddress], ms: int) -> str:
+    """Guard ``ips`` for ``ms`` milliseconds from now (re-arming restarts
+    the period: ``add``, ``delete``, ``add``, as the fence)."""
+    if ms < 1:
+        raise ValueError(f"guard grace must be at least 1 ms, got {ms}")
+    lines: list[str] = []
+    for ip in sorted(set(ips), key=lambda ip: (ip.version, int(ip))):
+        name = "guard4" if ip.version == 4 else "guard6"
+        lines += [
+            f"add element {FAMILY} {GUARD_TABLE} {name} {{ {ip} timeout {ms}ms }}",
+            f"delete element {FAMILY} {GUARD_TABLE} {name} {{ {ip} }}",
+            f"add element {FAMILY} {GUARD_TABLE} {name} {{ {ip} timeout {ms}ms }}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_counted_drops(listing: Mapping[str, Any]) -> int:
+    """Packets counted by the rules of an ``nft -j list chain`` listing."""
+    total = 0
+    for item in listing.get("nftables", []):
+        rule = item.get("rule") if isinstance(item, dict) else None
+        if not isinstance(rule, dict):
+            continue
+        for expr in rule.get("expr", []):
+            counter = expr.get("counter") if isinstance(expr, dict) else None
+            if isinstance(counter, dict) and isinstance(counter.get("packets"), int):
+                total += counter["packets"]
+    return total

@@ -318,7 +318,6 @@ def _served_outcome(
     )
 
 
-
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 

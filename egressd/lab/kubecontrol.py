@@ -149,8 +149,13 @@ def make_pki(directory: Path, addresses: Sequence[str]) -> Pki:
         "-out", "ca.crt", cwd=directory,
     )  # fmt: skip
     ips = sorted({"127.0.0.1", *addresses})
-    server_sans = [f"IP:{ip}" for ip in ips] + ["IP:10.96.0.1", "DNS:localhost", "DNS:kubernetes",
-                                                  "DNS:kubernetes.default", "DNS:kubernetes.default.svc"]
+    server_sans = [f"IP:{ip}" for ip in ips] + [
+        "IP:10.96.0.1",
+        "DNS:localhost",
+        "DNS:kubernetes",
+        "DNS:kubernetes.default",
+        "DNS:kubernetes.default.svc",
+    ]
     _certificate(pki, "apiserver", "/CN=kube-apiserver", usage="serverAuth", sans=server_sans)
     _certificate(pki, "etcd", "/CN=etcd", usage="serverAuth,clientAuth", sans=[f"IP:{ip}" for ip in ips])
     _certificate(pki, "apiserver-etcd-client", "/CN=kube-apiserver-etcd-client", usage="clientAuth")
@@ -244,8 +249,15 @@ def apiserver_argv(bins: KubeBinaries, layout: Layout) -> list[str]:
     ]
 
 
-def kubeconfig(url: str, ca: Path, *, cert: Path | None = None, key: Path | None = None,
-               token: str | None = None, user: str = "admin") -> dict[str, Any]:
+def kubeconfig(
+    url: str,
+    ca: Path,
+    *,
+    cert: Path | None = None,
+    key: Path | None = None,
+    token: str | None = None,
+    user: str = "admin",
+) -> dict[str, Any]:
     """A kubeconfig for one user: a client certificate or a bearer token."""
     creds: dict[str, Any] = {}
     if cert is not None and key is not None:
@@ -275,8 +287,9 @@ def write_kubeconfig(path: Path, config: dict[str, Any]) -> Path:
 class KubeApi:
     """Requests to kube-apiserver as admin (client certificate) or with a bearer token."""
 
-    def __init__(self, url: str, ca: Path, *, cert: Path | None = None, key: Path | None = None,
-                 token: str | None = None) -> None:
+    def __init__(
+        self, url: str, ca: Path, *, cert: Path | None = None, key: Path | None = None, token: str | None = None
+    ) -> None:
         self.url = url
         host, _, port = url.removeprefix("https://").rpartition(":")
         self._host = host.strip("[]")
@@ -286,8 +299,9 @@ class KubeApi:
             self._context.load_cert_chain(str(cert), str(key))
         self._token = token
 
-    def request(self, method: str, path: str, body: Any = None, *, content_type: str = "application/json",
-                timeout: float = 10.0) -> tuple[int, Any]:
+    def request(
+        self, method: str, path: str, body: Any = None, *, content_type: str = "application/json", timeout: float = 10.0
+    ) -> tuple[int, Any]:
         """One request: (status, decoded JSON, or the text when it is not JSON)."""
         conn = http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=self._context)
         try:
@@ -381,8 +395,11 @@ class KubeApi:
     def token(self, namespace: str, serviceaccount: str, *, seconds: int = 3600) -> str:
         """A token for ``namespace/serviceaccount`` from the TokenRequest API."""
         path = f"/api/v1/namespaces/{namespace}/serviceaccounts/{serviceaccount}/token"
-        request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                   "spec": {"expirationSeconds": seconds}}
+        request = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": seconds},
+        }
         status, body = self.request("POST", path, request)
         if status != 201:
             raise ControlPlaneError(f"no token for {namespace}/{serviceaccount}: {status} {body}")
@@ -438,8 +455,14 @@ class ControlPlane:
     kube-apiserver is ready, and stops them (and removes nothing but what it
     made: the state directory stays for the logs)."""
 
-    def __init__(self, state: Path, *, address: str = "127.0.0.1", binaries: KubeBinaries | None = None,
-                 ready_timeout: float = 90.0) -> None:
+    def __init__(
+        self,
+        state: Path,
+        *,
+        address: str = "127.0.0.1",
+        binaries: KubeBinaries | None = None,
+        ready_timeout: float = 90.0,
+    ) -> None:
         self.binaries = binaries or KubeBinaries.find()
         self.layout = Layout(address, free_port(address), free_port(address), free_port(address), state)
         self.ready_timeout = ready_timeout
@@ -472,9 +495,7 @@ class ControlPlane:
         state = self.layout.state
         state.mkdir(parents=True, exist_ok=True)
         pki = make_pki(self.layout.pki.dir, [self.layout.address])
-        write_kubeconfig(
-            self.admin_kubeconfig, kubeconfig(self.url, pki.ca_crt, cert=pki.admin_crt, key=pki.admin_key)
-        )
+        write_kubeconfig(self.admin_kubeconfig, kubeconfig(self.url, pki.ca_crt, cert=pki.admin_crt, key=pki.admin_key))
         try:
             self._spawn("etcd", etcd_argv(self.binaries, self.layout))
             self._spawn("kube-apiserver", apiserver_argv(self.binaries, self.layout))
@@ -523,8 +544,9 @@ class ControlPlane:
     def resume(self) -> None:
         os.kill(self.pid("kube-apiserver"), signal.SIGCONT)
 
-    def kubectl(self, *args: str, kubeconfig_file: Path | None = None, input_text: str | None = None,
-                timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, kubeconfig_file: Path | None = None, input_text: str | None = None, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
         """Run kubectl (admin unless another kubeconfig is given); the result, not checked."""
         config = kubeconfig_file or self.admin_kubeconfig
         return subprocess.run(

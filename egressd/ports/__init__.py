@@ -373,3 +373,17 @@ class Conntrack(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class ConnectionGuard(Protocol):
+    """Drops inbound packets to an egress IP that match no conntrack entry,
+    for a grace period after a takeover (so they are not answered with a
+    reset before the flows' entries are installed)."""
+
+    async def arm_guard(self, ips: Iterable[IPAddress], grace: float) -> None:
+        """Guard ``ips`` for ``grace`` seconds from now."""
+        ...
+
+    async def guard_drops(self) -> int:
+        """Packets the guard dropped so far."""
+        ...

@@ -42,14 +42,24 @@ from typing import Any
 
 from egressd.core import rights
 from egressd.core.errors import ConfigError, DataPlaneError, Problem
-from egressd.core.lease import LeaseRecord
+from egressd.core.lease import LeaseRecord, lease_name
 from egressd.core.mesh_messages import Wake
 from egressd.core.mesh_settings import DEFAULT_PORT
 from egressd.core.model import EgressGroup, IPAddress, Settings
 from egressd.core.states import State
 from egressd.core.wake import WakeAction, WakeVerdict, judge_wake
-from egressd.ports import Clock, EventSink, LeaseStore, MeshTransport, Metrics, Steering
+from egressd.ports import (
+    Clock,
+    ConnectionGuard,
+    Conntrack,
+    EventSink,
+    LeaseStore,
+    MeshTransport,
+    Metrics,
+    Steering,
+)
 from egressd.runtime import health, reconcile
+from egressd.runtime.conntrack import Replication
 from egressd.runtime.liveness import NodeLiveness
 from egressd.runtime.member import DataPlane, Member
 from egressd.runtime.mesh import Mesh
@@ -96,6 +106,8 @@ class Daemon:
         repair_interval: float = 2.0,
         mesh: rights.MeshTiming | None = None,
         mesh_transport: MeshTransport | None = None,
+        conntrack: Conntrack | None = None,
+        guard: ConnectionGuard | None = None,
     ) -> None:
         self.settings = settings
         self.mesh_timing = _checked_timings(settings, mesh)
@@ -157,6 +169,10 @@ class Daemon:
         """More sections of :meth:`status_report` (the controller's ``policies``)."""
         if self.mesh is not None:
             self.status_parts["mesh"] = self.mesh.status
+        self.replication = self._build_replication(conntrack, guard)
+        """The conntrack stream and the install at takeover; None when
+        connections are not replicated (no mesh, ``conntrack.enabled: false``,
+        or no conntrack port)."""
         self.ready_checks: list[Callable[[], list[str]]] = []
         """More readiness checks (the controller's), each returning its problems."""
         self.steerer = (
@@ -200,6 +216,47 @@ class Daemon:
             api_ok=lambda: bool(self.liveness.right()),
             metrics=self.metrics,
         )
+
+    def _build_replication(self, conntrack: Conntrack | None, guard: ConnectionGuard | None) -> Replication | None:
+        settings = self.settings
+        mesh = self.mesh
+        if mesh is None or conntrack is None or not settings.conntrack.enabled:
+            return None
+        replication = Replication(
+            node=settings.node.name,
+            incarnation=self.incarnation,
+            settings=settings.conntrack,
+            conntrack=conntrack,
+            transport=mesh.transport,
+            port=mesh.port,
+            clock=self.clock,
+            owned=lambda: [str(m.ip) for m in self._owners()],
+            peers_of=self._peers_of_ip,
+            address_of=self._peer_address,
+            candidate=self._candidate_with_us,
+            holder_of=self._holder_of,
+            peer_incarnation=mesh.peer_incarnation.get,
+            guard=guard,
+        )
+        mesh.on_conntrack = replication.on_batch
+        mesh.on_peer_promise = replication.on_peer_promise
+        self.status_parts["conntrack"] = replication.status
+        return replication
+
+    def _group_of(self, ip: str) -> EgressGroup | None:
+        return next((g for g in self.candidate_groups() if any(str(i) == ip for i in g.egress_ips)), None)
+
+    def _peers_of_ip(self, ip: str) -> frozenset[str]:
+        """The other candidates of ``ip`` (the conntrack stream's receivers)."""
+        group = self._group_of(ip)
+        return frozenset(group.candidates) - {self.settings.node.name} if group is not None else frozenset()
+
+    def _candidate_with_us(self, node: str, ip: str) -> bool:
+        return node in self._peers_of_ip(ip)
+
+    def _holder_of(self, ip: str) -> str | None:
+        record = self.view.get(lease_name(ip)).record
+        return record.holder if record is not None and record.holder else None
 
     async def run(self, *, install_signals: bool = True) -> int:
         """Run until a stop is requested; returns the process exit code."""
@@ -300,6 +357,9 @@ class Daemon:
         self.mesh.open = True
         self.supervisor.spawn("mesh-receive", self.mesh.receive_forever)
         self.supervisor.spawn("mesh-heartbeat", self.mesh.heartbeat_forever)
+        if self.replication is not None:
+            self.supervisor.spawn("conntrack-events", self.replication.follow)
+            self.supervisor.spawn("conntrack-stream", self.replication.run)
 
     def _wake_successor(self, released: LeaseRecord, successor: str) -> None:
         """A member released its claim to ``successor``: wake it over the mesh."""
@@ -479,6 +539,7 @@ class Daemon:
             metrics=self.metrics,
             serving_locally=adopt,
             wake=self._wake_successor,
+            connections=self.replication,
         )
         self.members[ip] = member
         # the loop returns only after stop_soon(); a failure starts it again

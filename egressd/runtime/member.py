@@ -47,6 +47,7 @@ from egressd.core.node_lease import node_lease_name
 from egressd.core.ownership_events import OwnershipEvent
 from egressd.core.states import Event, State, StateMachine
 from egressd.ports import Addresses, Announcer, Clock, EventSink, LeaseStore, Metrics, Snat
+from egressd.runtime.conntrack import Replication
 from egressd.runtime.liveness import NodeLiveness
 from egressd.runtime.supervisor import wait_event
 from egressd.runtime.view import LeaseView
@@ -86,6 +87,7 @@ class Member:
         metrics: Metrics,
         serving_locally: bool = False,
         wake: Callable[[LeaseRecord, str], None] | None = None,
+        connections: Replication | None = None,
     ) -> None:
         problems = settings.timing.check()
         if problems:
@@ -130,6 +132,9 @@ class Member:
         """Wakes the successor of a release (the mesh's; nothing without it)."""
         self._wake_read: asyncio.Task[None] | None = None
         """The read of the claim a wake asked for, beside the loop (see :meth:`woken`)."""
+        self._connections = connections
+        """The conntrack stream: entries installed before the first GARP of a
+        takeover, a final batch before a release; None: not replicated."""
         self.log = ContextLog(log, {"egress_ip": str(ip), "node": settings.node.name, "epoch": 0})
 
     # --- the loop ------------------------------------------------------------------
@@ -424,12 +429,19 @@ class Member:
             if self.sm.state is not State.OWNER:
                 return
             ip, phases = str(self.ip), self._metrics
+            if self._connections is not None:
+                # before the address answers ARP and before the first GARP: the
+                # server's next segment must meet an installed entry or the guard
+                await self._connections.takeover(ip)
+                phases.takeover_phase(ip, "conntrack", self._clock.monotonic() - sent)
             await self._dp.addresses.claim(self.ip, self.group.interface, self._timing.address_lifetime)
             phases.takeover_phase(ip, "address", self._clock.monotonic() - sent)
             await self._dp.snat.activate(self.ip, self.group.name)
             phases.takeover_phase(ip, "snat", self._clock.monotonic() - sent)
             await self._dp.announcer.start(self.ip, self.group.interface)
             phases.takeover_phase(ip, "garp", self._clock.monotonic() - sent)
+            if self._connections is not None:
+                self._connections.announced(ip)  # the entries the budget left, under the guard
             self._metrics.owned(ip, True)
 
     async def _withdraw(self, reason: str) -> None:
@@ -484,6 +496,8 @@ class Member:
             if self._still_owner():
                 self._fire(event, reason)
                 left = True
+                if self._connections is not None:
+                    self._connections.left(str(self.ip))  # its entries here, cleared later
         if event is Event.STEPPED_DOWN and left:
             self.log.warning("stepped down: %s %s", reason, detail)
             self._emit("stepped-down" if reason != "lost-lease" else "lost", reason, detail)
@@ -493,6 +507,10 @@ class Member:
             self._emit("fenced", reason, detail)
         if not release:
             return
+        if left and self._connections is not None:
+            # withdrawn: no new flow gets this IP here; the successor gets the
+            # changes not sent yet before it is woken by the release
+            await self._connections.final_batch(str(self.ip))
         released = await self._release(successor=successor, base=base)
         if released is not None and successor is not None:
             self._wake(released, successor)

@@ -39,9 +39,19 @@ import collections
 import logging
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from egressd.core import rights
-from egressd.core.mesh_messages import Heartbeat, MeshRejected, Outstanding, Promise, ReplayGuard, Wake, fits_token
+from egressd.core.mesh_messages import (
+    CtBatch,
+    Heartbeat,
+    MeshRejected,
+    Outstanding,
+    Promise,
+    ReplayGuard,
+    Wake,
+    fits_token,
+)
 from egressd.core.model import Timing
 from egressd.core.wake import WakeAction, WakeVerdict
 from egressd.ports import Clock, MeshReceived, MeshTransport, Metrics
@@ -52,6 +62,27 @@ log = logging.getLogger(__name__)
 
 def new_nonce() -> str:
     return secrets.token_hex(16)
+
+
+@dataclass
+class PeerCounts:
+    heartbeats_to: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Heartbeats sent, per peer."""
+    given_to: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Promises given, per holder."""
+    received_from: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Promises taken, per peer."""
+    last_rtt: dict[str, float] = field(default_factory=dict)
+    """Peer -> seconds from our latest heartbeat it answered to the promise taken."""
+
+
+@dataclass
+class WakeCounts:
+    sent: int = 0
+    read: int = 0
+    """Wakes that made a member read its claim at once."""
+    seen: int = 0
+    """Wakes that came after the watch had brought the release."""
 
 
 class Mesh:
@@ -103,27 +134,25 @@ class Mesh:
         self.heartbeats_sent = 0
         self.promises_given = 0
         self.promises_received = 0
-        self.heartbeats_to: collections.Counter[str] = collections.Counter()
-        """Heartbeats sent, per peer."""
-        self.given_to: collections.Counter[str] = collections.Counter()
-        """Promises given, per holder."""
-        self.received_from: collections.Counter[str] = collections.Counter()
-        """Promises taken, per peer."""
-        self.last_rtt: dict[str, float] = {}
-        """Peer -> seconds from our latest heartbeat it answered to the promise taken."""
+        self.per_peer = PeerCounts()
+        """Heartbeats, promises and round trips per peer (the metrics')."""
         self.metrics = metrics or NullMetrics()
         self.on_promise: Callable[[], None] = lambda: None
         """Called after each promise taken (the right may reach further)."""
         self.on_wake: Callable[[Wake], WakeVerdict] = lambda w: WakeVerdict(WakeAction.DROP, "not-candidate")
         """Judges a wake from a candidate peer and, if it is worth it, has the
         IP's member read the claim (the daemon's)."""
-        self.wakes_sent = 0
-        self.wakes_read = 0
-        """Wakes that made a member read its claim at once."""
-        self.wakes_seen = 0
-        """Wakes that came after the watch had brought the release."""
+        self.wakes = WakeCounts()
         self.open = False
         """Whether the transport is bound (wakes are sent only then)."""
+        self.on_peer_promise: Callable[[str, str], None] = lambda _peer, _incarnation: None
+        """Called with the peer and its incarnation after each promise taken
+        (the conntrack stream resyncs a peer that restarted or came back)."""
+        self.on_conntrack: Callable[[CtBatch, tuple[str, int]], None] = lambda _batch, _sender: None
+        """Called with each conntrack datagram from a candidate peer."""
+        self.peer_incarnation: dict[str, str] = {}
+        """The incarnation of each peer whose heartbeat we took last (a
+        conntrack batch of any other process of that peer is refused)."""
         self.log = logging.LoggerAdapter(log, {"node": node})
 
     def promised_until(self, holder: str) -> float | None:
@@ -149,7 +178,7 @@ class Mesh:
             self._outstanding.sent(peer, nonce, now)
             self.transport.send(message, (address, self.port))
             self.heartbeats_sent += 1
-            self.heartbeats_to[peer] += 1
+            self.per_peer.heartbeats_to[peer] += 1
             sent.append(peer)
         return sent
 
@@ -175,7 +204,7 @@ class Mesh:
         self._seq += 1
         message = Wake(self.node, self.incarnation, self._seq, ip, epoch, resource_version, successor)
         self.transport.send(message, (address, self.port))
-        self.wakes_sent += 1
+        self.wakes.sent += 1
         return True
 
     def _woken(self, wake: Wake) -> None:
@@ -186,9 +215,9 @@ class Mesh:
         if verdict.action is WakeAction.DROP:
             raise MeshRejected(verdict.reason, verdict.detail)
         if verdict.action is WakeAction.SEEN:
-            self.wakes_seen += 1
+            self.wakes.seen += 1
         else:
-            self.wakes_read += 1
+            self.wakes.read += 1
 
     # --- receiving --------------------------------------------------------------
 
@@ -205,6 +234,8 @@ class Mesh:
                 self._answer(message, received.sender)
             elif isinstance(message, Wake):
                 self._woken(message)
+            elif isinstance(message, CtBatch):
+                self.on_conntrack(message, received.sender)
             else:
                 self._take(message)
         except MeshRejected as exc:
@@ -218,12 +249,13 @@ class Mesh:
     def _answer(self, hb: Heartbeat, sender: tuple[str, int]) -> None:
         """Promise, and keep it: recorded before the promise leaves."""
         self._guard.admit(hb)
+        self.peer_incarnation[hb.sender] = hb.incarnation
         now = self._clock.monotonic()
         self.promised[hb.sender] = rights.promise_until(now, self.promised.get(hb.sender), self.timing)
         duration_ms = round(self.timing.promise_duration * 1000)
         self.transport.send(Promise(self.node, self.incarnation, hb.sender, hb.nonce, duration_ms), sender)
         self.promises_given += 1
-        self.given_to[hb.sender] += 1
+        self.per_peer.given_to[hb.sender] += 1
 
     def _take(self, promise: Promise) -> None:
         if promise.duration_ms < self.timing.promise_duration * 1000:
@@ -236,11 +268,12 @@ class Mesh:
         sent_at = self._outstanding.answer(promise, self.node)
         self.promises[promise.sender] = max(sent_at, self.promises.get(promise.sender, sent_at))
         self.promises_received += 1
-        self.received_from[promise.sender] += 1
+        self.per_peer.received_from[promise.sender] += 1
         rtt = self._clock.monotonic() - sent_at
-        self.last_rtt[promise.sender] = rtt
+        self.per_peer.last_rtt[promise.sender] = rtt
         self.metrics.mesh_rtt(promise.sender, rtt)
         self.on_promise()
+        self.on_peer_promise(promise.sender, promise.incarnation)
 
     def status(self) -> dict[str, object]:
         """For ``egressd status``."""
@@ -251,8 +284,8 @@ class Mesh:
             "promisesReceived": self.promises_received,
             "promisesHeld": {p: round(rights.promise_end(at, self.timing) - now, 3) for p, at in self.promises.items()},
             "promisedTo": {h: round(end - now, 3) for h, end in self.promised.items()},
-            "wakesSent": self.wakes_sent,
-            "wakesRead": self.wakes_read,
-            "wakesAfterWatch": self.wakes_seen,
+            "wakesSent": self.wakes.sent,
+            "wakesRead": self.wakes.read,
+            "wakesAfterWatch": self.wakes.seen,
             "rejected": dict(self.transport.rejected),  # the socket's checks and ours (reject() counts there too)
         }

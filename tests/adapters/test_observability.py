@@ -22,13 +22,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from egressd.adapters.mqtt import MqttEvents
 from egressd.adapters.observability import ObservabilityServer, PrometheusMetrics, status_for
-from egressd.cli.main import daemon_gauges, mesh_counters, mqtt_counters, right_gauges
+from egressd.cli.main import conntrack_counters, daemon_gauges, mesh_counters, mqtt_counters, right_gauges
 from egressd.core.mesh_messages import Heartbeat, encode
 from egressd.core.mqtt_settings import MqttSettings
 from egressd.core.states import State
 from tests.fakes import FakeLeaseStore, FakeMeshNetwork
 from tests.runtime.support import KEY as MESH_KEY
 from tests.runtime.support import TIMING, ObjectLeaseStore, poisoned, settle, stop_all
+from tests.runtime.test_conntrack_replication import IPS as CT_IPS
+from tests.runtime.test_conntrack_replication import Node as CtNode
+from tests.runtime.test_conntrack_replication import flow
 from tests.runtime.test_daemon import IP, Node
 from tests.runtime.test_mesh import IPS as MESH_IPS
 from tests.runtime.test_mesh import Node as MeshNode
@@ -337,7 +340,7 @@ async def test_the_mesh_and_the_serving_right_show_in_the_metrics() -> None:
                     assert not [k for k in samples(m) if k[0] == "egressd_serving_right" and ("ip", str(ip)) in k[1]]
             assert value(m, "egressd_peer_right") == 0
             assert value(m, "egressd_peer_right_seconds_total") == 0
-            sent = node.daemon.mesh.heartbeats_to[other]  # type: ignore[union-attr]
+            sent = node.daemon.mesh.per_peer.heartbeats_to[other]  # type: ignore[union-attr]
             assert sent > 0 and value(m, "egressd_mesh_heartbeats_sent_total", peer=other) == sent
             assert value(m, "egressd_mesh_promises_given_total", peer=other) > 0
             taken = value(m, "egressd_mesh_promises_received_total", peer=other)
@@ -372,4 +375,32 @@ async def test_the_mesh_and_the_serving_right_show_in_the_metrics() -> None:
             assert value(m, "egressd_peer_right_seconds_total") == after  # and no more
     finally:
         store.resume()
+        await stop_all(nodes)
+
+
+@pytest.mark.virtual_time
+async def test_the_conntrack_stream_shows_in_the_metrics() -> None:
+    store, net = FakeLeaseStore(), FakeMeshNetwork()
+    nodes = [CtNode("gw-a", store, net), CtNode("gw-b", store, net)]
+    registries = []
+    for node in nodes:
+        m = PrometheusMetrics()
+        assert node.daemon.replication is not None
+        conntrack_counters(node.daemon.replication, m)
+        registries.append(m)
+    try:
+        await settle(nodes, CT_IPS)
+        await asyncio.sleep(4 * TIMING.retry_period)
+        ip = CT_IPS[0]
+        i = next(i for i, n in enumerate(nodes) if n.serves(ip))
+        owner, other = nodes[i], nodes[1 - i]
+        for port in (1, 2, 3):
+            owner.table.flow_new(flow(port, ip))
+        await asyncio.sleep(0.2)
+        assert value(registries[i], "egressd_conntrack_entries_sent_total", peer=other.name) == 3
+        assert value(registries[1 - i], "egressd_conntrack_entries_received_total", peer=owner.name) == 3
+        assert value(registries[1 - i], "egressd_conntrack_entries_held", peer=owner.name) == 3
+        assert value(registries[i], "egressd_conntrack_resyncs_total") >= 1
+        assert value(registries[1 - i], "egressd_conntrack_installed_total") == 0
+    finally:
         await stop_all(nodes)

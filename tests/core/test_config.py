@@ -456,7 +456,8 @@ def test_unknown_top_level_key() -> None:
     data = config()
     data["logging"] = {"level": "debug"}
     message = message_of(data, "logging")
-    assert message.startswith("unknown key (known keys: node, mode, kubernetes, timing, groups, metrics, mqtt, mesh)")
+    known = "node, mode, kubernetes, timing, groups, metrics, mqtt, mesh, conntrack"
+    assert message.startswith(f"unknown key (known keys: {known})")
 
 
 def test_unknown_timing_key_in_snake_case_gets_a_hint() -> None:

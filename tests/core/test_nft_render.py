@@ -444,3 +444,57 @@ def test_parse_fence_reads_remaining_time() -> None:
         ]
     }
     assert nft.parse_fence(listing) == {ip("172.18.0.42"): 0.5}
+
+
+# -- the conntrack mark and the guard -------------------------------------------
+
+MARK = nft.CtMark(0x00E90000, 0x00FF0000)
+
+
+def test_the_mark_is_set_in_the_snat_rule_itself_keeping_other_bits() -> None:
+    g = group()
+    owned = {ip("172.18.0.42"): "web-a"}
+    rule = "ip saddr @g_web_a_s_172_18_0_42 ct mark set ct mark and 0xff00ffff or 0x00e90000 snat ip to 172.18.0.42"
+    assert f"\t\t{rule}\n" in nft.render_table([g], owned, mark=MARK)
+    chain = nft.render_group_chain("web-a", 4, [ip("172.18.0.42")], MARK)
+    assert chain.splitlines()[1] == f"add rule inet egressd g_web_a_v4 {rule}"
+    assert "ct mark" not in nft.render_table([g], owned)  # no mark asked: none set
+
+
+def test_a_marked_snat_rule_is_still_read_back_as_active() -> None:
+    expr = [{"mangle": {"key": {"ct": {"key": "mark"}}, "value": 1}}, {"snat": {"family": "ip", "addr": "172.18.0.42"}}]
+    listing = {"nftables": [{"rule": {"table": "egressd", "chain": "g_web_a_v4", "expr": expr}}]}
+    assert nft.parse_active(listing) == {ip("172.18.0.42"): "web-a"}
+
+
+@pytest.mark.parametrize(("value", "mask"), [(0x1, 0x0), (0x100, 0xFF), (-1, 0xFF), (0x1, 0x1_0000_0000)])
+def test_a_mark_outside_its_mask_is_refused(value: int, mask: int) -> None:
+    with pytest.raises(ValueError, match="mark"):
+        nft.CtMark(value, mask)
+
+
+def test_guard_drops_untracked_inbound_to_guarded_ips_only() -> None:
+    text = nft.render_guard_stage()
+    assert "type filter hook prerouting priority mangle" in text
+    assert "add rule inet egressd_guard prerouting ip daddr @guard4 ct state new,invalid counter drop" in text
+    assert "add rule inet egressd_guard prerouting ip6 daddr @guard6 ct state new,invalid counter drop" in text
+    assert "flush set" not in text  # re-staging never ends a grace period that runs
+    assert nft.render_guard_arm([ip("fd00::42"), ip("172.18.0.42")], 3000).splitlines() == [
+        "add element inet egressd_guard guard4 { 172.18.0.42 timeout 3000ms }",
+        "delete element inet egressd_guard guard4 { 172.18.0.42 }",
+        "add element inet egressd_guard guard4 { 172.18.0.42 timeout 3000ms }",
+        "add element inet egressd_guard guard6 { fd00::42 timeout 3000ms }",
+        "delete element inet egressd_guard guard6 { fd00::42 }",
+        "add element inet egressd_guard guard6 { fd00::42 timeout 3000ms }",
+    ]
+    with pytest.raises(ValueError, match="at least 1 ms"):
+        nft.render_guard_arm([ip("172.18.0.42")], 0)
+    assert "delete table inet egressd_guard" in nft.render_delete()
+
+
+def test_guard_drops_are_the_sum_of_the_chains_counters() -> None:
+    def rule(packets: int) -> dict[str, Any]:
+        return {"rule": {"chain": "prerouting", "expr": [{"counter": {"packets": packets, "bytes": 60 * packets}}]}}
+
+    assert nft.parse_counted_drops({"nftables": [{"metainfo": {}}, rule(3), rule(4)]}) == 7
+    assert nft.parse_counted_drops({}) == 0

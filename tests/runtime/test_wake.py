@@ -135,8 +135,8 @@ async def test_a_woken_successor_takes_the_ip_at_once_while_its_watch_lags() -> 
         owner, successor, took = await _handoff(nodes, stores)
         # the watch would have told it LAG later: the wake made it read the claim at once
         assert took < LAG / 10, f"the successor served {took * 1000:.1f} ms after the stop"
-        assert owner.daemon.mesh.wakes_sent == 1  # type: ignore[union-attr]
-        assert successor.daemon.mesh.wakes_read == 1  # type: ignore[union-attr]
+        assert owner.daemon.mesh.wakes.sent == 1  # type: ignore[union-attr]
+        assert successor.daemon.mesh.wakes.read == 1  # type: ignore[union-attr]
         store = stores[nodes.index(successor)]
         assert store.reads.count(NAME) == 1
         # it read the release, and took the claim by the usual conditional write on that version
@@ -158,7 +158,7 @@ async def test_a_slow_read_on_a_wake_never_holds_back_the_watchs_news() -> None:
         for store in stores:
             store.read_delay = 0.2  # the read the wake starts answers long after the watch
         _, successor, took = await _handoff(nodes, stores, lag=0.01)
-        assert successor.daemon.mesh.wakes_read == 1  # type: ignore[union-attr]
+        assert successor.daemon.mesh.wakes.read == 1  # type: ignore[union-attr]
         assert took < 0.05, f"the successor served {took * 1000:.1f} ms after the stop"
         assert owners(nodes, IP) == [successor.name]
         assert_no_two_owners(n.plane for n in nodes)
@@ -173,8 +173,8 @@ async def test_a_lost_wake_still_ends_in_a_handoff_when_the_watch_brings_the_rel
         net.drop_wakes = True
         owner, successor, took = await _handoff(nodes, stores)
         assert took >= LAG  # the watch's news, late as it is, made the move
-        assert owner.daemon.mesh.wakes_sent == 1  # type: ignore[union-attr]
-        assert successor.daemon.mesh.wakes_read == 0  # type: ignore[union-attr]
+        assert owner.daemon.mesh.wakes.sent == 1  # type: ignore[union-attr]
+        assert successor.daemon.mesh.wakes.read == 0  # type: ignore[union-attr]
         assert owners(nodes, IP) == [successor.name]
         assert_no_two_owners(n.plane for n in nodes)
     finally:
@@ -220,7 +220,7 @@ async def test_wakes_that_are_forged_replayed_stale_or_not_for_us_are_dropped_an
             "stale-epoch": 1,
             "replayed": 1,
         }
-        assert (mesh.wakes_read, mesh.wakes_seen) == (0, 1)
+        assert (mesh.wakes.read, mesh.wakes.seen) == (0, 1)
         assert len(stores[nodes.index(standby)].reads) == reads, "a dropped wake made the standby read"
         assert owners(nodes, IP) == [owner.name]
     finally:
@@ -247,7 +247,7 @@ async def test_a_wake_that_lies_makes_the_successor_read_never_serve() -> None:
         for _ in range(round(TIMING.lease_duration / TIMING.retry_period)):
             await asyncio.sleep(TIMING.retry_period)
             assert owners(nodes, IP) == [owner.name]
-        assert standby.daemon.mesh.wakes_read == 1  # type: ignore[union-attr]
+        assert standby.daemon.mesh.wakes.read == 1  # type: ignore[union-attr]
         assert len(store.reads) == reads + 1  # it read the claim: held, so it stays put
         assert shared.leases[NAME].holder == owner.name
         assert_no_two_owners(n.plane for n in nodes)
