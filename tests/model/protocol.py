@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import re
 import sys
 import time
 from collections import deque
@@ -222,6 +223,15 @@ def _at(age: int) -> float | None:
     return None if age == NEVER else NOW - age
 
 
+def _n(i: int) -> str:
+    """A node in a trace's label (renamed to the start's names in the trace)."""
+    return f"<n{i}>"
+
+
+def _ip(x: int) -> str:
+    return f"<ip{x}>"
+
+
 def _names(mask: int) -> frozenset[str]:
     return frozenset(str(n) for n in range(mask.bit_length()) if mask >> n & 1)
 
@@ -327,7 +337,7 @@ class Model:
                 if node.mode == UP and s.api[i]:
                     for x, held in enumerate(node.holds):
                         if held and s.claims[x] == i:
-                            yield f"handoff-{i}-ip{x}", self._release(s._replace(handoffs=s.handoffs - 1), i, x)
+                            yield f"handoff-{_n(i)}-{_ip(x)}", self._release(s._replace(handoffs=s.handoffs - 1), i, x)
         yield from self.faults(s)
 
     def _learn(self, s: State, i: int, config: int) -> State:
@@ -357,27 +367,27 @@ class Model:
             for pair in itertools.combinations(range(self.p.gateways), 2):
                 cut_links = tuple(sorted(set(s.link) ^ {pair}))
                 what = "cut" if pair not in s.link else "mend"
-                yield f"link-{what}-{pair[0]}{pair[1]}", spent._replace(link=cut_links)
+                yield f"link-{what}-{_n(pair[0])}-{_n(pair[1])}", spent._replace(link=cut_links)
 
     def _node_faults(self, s: State, spent: State, i: int) -> Iterator[tuple[str, State]]:
         kinds, node = self.p.kinds, s.nodes[i]
         cut = spent._replace(api=_put(s.api, i, not s.api[i]))
         if "api" in kinds:
-            yield f"api-{'down' if s.api[i] else 'up'}-{i}", cut
+            yield f"api-{'down' if s.api[i] else 'up'}-{_n(i)}", cut
         if "unsure" in kinds and s.api[i] and node.mode == UP and self.renews(i, node.known):
             yield from self._unsure_renew(cut, i)
         if node.mode == UP:
             if "freeze" in kinds:
-                yield f"freeze-{i}", self._set(spent, i, node._replace(mode=FROZEN))
+                yield f"freeze-{_n(i)}", self._set(spent, i, node._replace(mode=FROZEN))
             if "kill" in kinds:
-                yield f"kill-{i}", self._set(spent, i, self._fresh(node.rate, node.fence, node.known))
+                yield f"kill-{_n(i)}", self._set(spent, i, self._fresh(node.rate, node.fence, node.known))
             if "lose" in kinds:
                 lost = self._fresh(node.rate, (0,) * self.p.ips, node.known)._replace(mode=LOST)
-                yield f"lose-{i}", self._set(spent, i, lost)
+                yield f"lose-{_n(i)}", self._set(spent, i, lost)
         elif node.mode == FROZEN:
-            yield f"thaw-{i}", self._set(spent, i, node._replace(mode=UP))
+            yield f"thaw-{_n(i)}", self._set(spent, i, node._replace(mode=UP))
         elif node.mode == LOST:
-            yield f"return-{i}", self._set(spent, i, node._replace(mode=UP, started=0))
+            yield f"return-{_n(i)}", self._set(spent, i, node._replace(mode=UP, started=0))
 
     def _unsure_renew(self, s: State, i: int) -> Iterator[tuple[str, State]]:
         """The API is cut from node ``i`` while its renew is under way: the
@@ -390,8 +400,8 @@ class Model:
             tuple(True if n == i and o != i else d for n, d in enumerate(row)) for o, row in enumerate(s.dirty)
         )
         landed = s._replace(leases=_put(s.leases, i, attempted), dirty=dirty)
-        yield f"api-down-{i}-renew-landed", landed
-        yield f"api-down-{i}-renew-lost", s
+        yield f"api-down-{_n(i)}-renew-landed", landed
+        yield f"api-down-{_n(i)}-renew-lost", s
 
     @staticmethod
     def _set(s: State, i: int, node: Node) -> State:
@@ -511,7 +521,7 @@ class Model:
         known = s.nodes[i].known
         newest = min(max(node.known for node in s.nodes) + 1, len(self.groups) - 1)
         for config in range(known + 1, newest + 1):
-            yield self._learn(s, i, config), f"{i} learns groups {config}"
+            yield self._learn(s, i, config), f"{_n(i)} learns groups {config}"
 
     def _arrivals(self, node: Node, i: int) -> Iterator[Node]:
         """The promises on their way to node ``i``: each arrives now, or later
@@ -704,15 +714,17 @@ class Model:
 
     # --- symmetry ----------------------------------------------------------------------------
 
-    def canonical(self, s: State) -> State:
+    def canonical(self, s: State) -> tuple[State, tuple[int, ...], tuple[int, ...]]:
         """The least of the states that differ from ``s`` only in the names of
-        nodes and IPs that nothing tells apart."""
+        nodes and IPs that nothing tells apart, and the renaming (new node n
+        is old node perm[n], new IP y is old IP ips[y])."""
         rates = tuple(node.rate for node in s.nodes)
         symmetries = self._symmetries.get(rates)
         if symmetries is None:
             symmetries = self._symmetries[rates] = self._find_symmetries(rates)
+        same = (tuple(range(self.p.gateways)), tuple(range(self.p.ips)))
         if not symmetries:
-            return s
+            return s, *same
         # Only renamings that order the nodes by what their names do not change
         # can give the least state; it is the least of those (usually one).
         signatures = [self._signature(s, n) for n in range(len(s.nodes))]
@@ -724,7 +736,7 @@ class Model:
                 least, chosen = order, [symmetry]
             elif order == least:
                 chosen.append(symmetry)
-        return min(s if c is None else self._rename(s, *c) for c in chosen)
+        return min(((s, *same) if c is None else (self._rename(s, *c), c[0], c[1]) for c in chosen), key=lambda r: r[0])
 
     def forget(self, s: State) -> State:
         """``s`` without what no rule can read again, so that states that differ
@@ -834,15 +846,18 @@ class Result:
     seconds: float = 0.0
 
 
+Renaming = tuple[tuple[int, ...], tuple[int, ...]]
+
+
 def explore(params: Params, *, limit: int = 5_000_000) -> Result:
     """Breadth-first over every reachable state; stops at the first violation."""
     started = time.monotonic()
     model = Model(params)
-    parent: dict[State, tuple[State | None, str]] = {}
+    parent: dict[State, tuple[State | None, str, Renaming]] = {}
     queue: deque[State] = deque()
     for first in model.initial():
-        start = model.canonical(model.forget(first))
-        parent[start] = (None, "start")
+        start, perm, ips = model.canonical(model.forget(first))
+        parent[start] = (None, "start", (perm, ips))
         queue.append(start)
     transitions = 0
     while queue:
@@ -851,25 +866,42 @@ def explore(params: Params, *, limit: int = 5_000_000) -> Result:
             transitions += 1
             if bad is not None:
                 node, ip = bad
-                trace = [*_trace(parent, s), f"{event}; ip{ip} served by two after node {node} steps"]
+                trace = _trace(parent, s, f"{event}; {_ip(ip)} served by two after {_n(node)} steps")
                 return Result(len(parent), transitions, trace, time.monotonic() - started)
-            nxt = model.canonical(model.forget(successor))
+            nxt, perm, ips = model.canonical(model.forget(successor))
             if nxt not in parent:
-                parent[nxt] = (s, event)
+                parent[nxt] = (s, event, (perm, ips))
                 if len(parent) > limit:
                     raise RuntimeError(f"more than {limit} states")
                 queue.append(nxt)
     return Result(len(parent), transitions, None, time.monotonic() - started)
 
 
-def _trace(parent: dict[State, tuple[State | None, str]], s: State) -> list[str]:
-    out = []
+def _trace(parent: dict[State, tuple[State | None, str, Renaming]], s: State, last: str) -> list[str]:
+    """The events from the start to ``s``, then ``last``, with every node and
+    IP called by its name in the start (the states on the way were renamed)."""
+    steps: list[tuple[str, Renaming]] = []
     cur: State | None = s
     while cur is not None:
-        prev, event = parent[cur]
-        out.append(event)
+        prev, event, renaming = parent[cur]
+        steps.append((event, renaming))
         cur = prev
-    return out[::-1]
+    steps.reverse()
+    # names[n]: the start's name of node n of the state reached so far
+    nodes, ips = list(range(len(s.nodes))), list(range(len(s.claims)))
+    out = []
+    labels = [event for event, _ in steps[1:]] + [last]
+    for (_, (perm, ip_perm)), label in zip([*steps[1:], ((), ((), ()))], labels, strict=True):
+        out.append(_named(label, nodes, ips))
+        if perm:
+            nodes = [nodes[old] for old in perm]
+            ips = [ips[old] for old in ip_perm]
+    return ["start", *out]
+
+
+def _named(label: str, nodes: list[int], ips: list[int]) -> str:
+    label = re.sub(r"<n(\d+)>", lambda m: f"n{nodes[int(m[1])]}", label)
+    return re.sub(r"<ip(\d+)>", lambda m: f"ip{ips[int(m[1])]}", label)
 
 
 def main(argv: list[str] | None = None) -> int:
