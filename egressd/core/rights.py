@@ -25,7 +25,7 @@ logs, the metrics and the Events.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from egressd.core.model import Timing
@@ -125,6 +125,33 @@ class Holding:
     and our last published peer set."""
     promises: Mapping[str, float] = field(default_factory=dict)
     """Peer -> send time of the heartbeat its latest promise answered."""
+
+
+def peer_set(node: str, groups: Iterable[Collection[str]]) -> frozenset[str]:
+    """The peer set of ``node``: the other candidates of the groups (each given
+    by its candidates) that ``node`` is a candidate of. Published in its node
+    lease; a standby outside the holder's published set waits a further
+    ``max_hold`` before a takeover."""
+    return frozenset(c for g in groups if node in g for c in g) - {node}
+
+
+def required_peers(
+    node: str, served: Iterable[Collection[str]], current: Collection[str], published: Collection[str]
+) -> frozenset[str]:
+    """The peers whose promises a peer right of ``node`` needs (and who get
+    its heartbeats).
+
+    1. The other candidates of the groups whose IPs ``node`` serves (``served``,
+       each group given by its candidates); none while it serves nothing.
+    2. Those of the peer set it last published that are not in its ``current``
+       one: the lease still names them, so they take over without waiting
+       ``max_hold`` as long as their view of the groups is older than ours.
+    ``published`` must cover every peer set the node lease may show: after a
+    renew whose outcome is unknown, the previous set and the one written."""
+    held = frozenset(c for g in served for c in g) - {node}
+    if not held:
+        return held
+    return held | (frozenset(published) - frozenset(current) - {node})
 
 
 def serving_right(h: Holding, now: float, timing: Timing, mesh: MeshTiming) -> Right:

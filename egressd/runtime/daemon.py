@@ -311,18 +311,12 @@ class Daemon:
     def peer_set(self) -> tuple[str, ...]:
         """The other candidates of the groups this node is a candidate of, sorted
         (published in the node lease for the mesh)."""
-        me = self.settings.node.name
-        return tuple(sorted({c for g in self.candidate_groups() for c in g.candidates} - {me}))
+        return tuple(sorted(rights.peer_set(self.settings.node.name, (g.candidates for g in self.groups))))
 
     def held_groups(self) -> tuple[EgressGroup, ...]:
         """The groups this node serves an IP of (owner)."""
         served = {m.ip for m in self._owners()}
         return tuple(g for g in self.candidate_groups() if any(ip in served for ip in g.egress_ips))
-
-    def serving_peers(self) -> frozenset[str]:
-        """The other candidates of the groups this node serves IPs of."""
-        me = self.settings.node.name
-        return frozenset(c for g in self.held_groups() for c in g.candidates) - {me}
 
     def _heartbeat_targets(self) -> frozenset[str]:
         """Whom to send heartbeats now: our required peers while we serve on a
@@ -335,11 +329,10 @@ class Daemon:
         """The peers whose promises our peer right needs (and who get our
         heartbeats): the other candidates of the groups we serve IPs of, and
         those of our last published peer set who are candidates no more (they
-        may still count on it); empty while we serve nothing."""
-        held = self.serving_peers()
-        if not held:
-            return held
-        return held | (self.liveness.published_peers - set(self.peer_set()))
+        may still count on it); empty while we serve nothing
+        (``rights.required_peers``)."""
+        served = (g.candidates for g in self.held_groups())
+        return rights.required_peers(self.settings.node.name, served, self.peer_set(), self.liveness.published_peers)
 
     def _peer_address(self, peer: str) -> str | None:
         entry = self.view.node(peer)

@@ -15,8 +15,10 @@ from egressd.core.rights import (
     check,
     fence_ttl,
     may_take_over,
+    peer_set,
     promise_end,
     promise_until,
+    required_peers,
     serving_right,
 )
 
@@ -85,8 +87,12 @@ def test_a_peer_fence_never_outlasts_the_promise(sent: float, later: float, extr
 
 
 def standby(**kw: object) -> Standby:
-    base: dict[str, object] = {"promised_until": None, "lease_changed_at": 0.0, "in_peer_set": True,
-                               "started_at": -100.0}
+    base: dict[str, object] = {
+        "promised_until": None,
+        "lease_changed_at": 0.0,
+        "in_peer_set": True,
+        "started_at": -100.0,
+    }
     base.update(kw)
     return Standby(**base)  # type: ignore[arg-type]
 
@@ -128,3 +134,23 @@ def test_check_names_each_broken_inequality() -> None:
     assert check(T, M) == []
     problems = check(T, MeshTiming(promise_duration=3.0, drift=0.6, margin=3.0, max_hold=1.0))
     assert [p[:4] for p in problems] == ["(M1)", "(M2)", "(M3)", "(M4)"]
+
+
+def test_the_peer_set_is_the_other_candidates_of_our_groups() -> None:
+    groups = [("a", "b"), ("b", "c"), ("a", "d", "a")]
+    assert peer_set("a", groups) == {"b", "d"}
+    assert peer_set("c", groups) == {"b"}
+    assert peer_set("e", groups) == frozenset()
+
+
+def test_required_peers_are_those_of_the_served_groups() -> None:
+    assert required_peers("a", [("a", "b")], current={"b", "c"}, published={"b", "c"}) == {"b"}
+    assert required_peers("a", [], current={"b"}, published={"b", "c"}) == frozenset()  # serving nothing
+
+
+def test_required_peers_keep_those_published_but_no_longer_current() -> None:
+    """c left our groups; our node lease still names it, so it may take over
+    without the further maxHold until we publish again: we need its promise."""
+    assert required_peers("a", [("a", "b")], current={"b"}, published={"b", "c"}) == {"b", "c"}
+    assert required_peers("a", [("a", "b")], current={"b"}, published={"b"}) == {"b"}
+    assert required_peers("a", [("a", "b")], current={"b"}, published={"a", "b"}) == {"b"}

@@ -1,64 +1,143 @@
 """An explicit-state model of the ownership protocol: every reachable state of
-a few gateways, one egress IP, the API server and the mesh, under faults, with
-the invariant "no two nodes serve the IP" checked in each.
+a few gateways, one or two egress IPs, the API server, the mesh and the
+groups' changing candidates, under faults, with the invariant "no two nodes
+serve an IP" checked for each IP in each state.
 
 What is modelled, in discrete time (one tick is one round of every daemon):
 
 * each node's clock runs at its own rate, chosen at the start among
   ``rates`` (local time units per tick): the rules read only local clocks;
-* the API server holds the IP's claim (holder) and, for every node, whether
-  its node lease changed since each other node last looked;
-* a daemon that is up, every tick: looks at the API (when it reaches it),
-  renews its node lease, heartbeats every peer it reaches (a peer that is up
-  answers with a promise), then decides about the IP with the rules of
-  :mod:`egressd.core.rights`: keeps serving and re-arms its kernel fence
-  while it has a right, withdraws when it has none, takes a free, own or
-  lapsed claim over by a compare-and-swap write;
-* the kernel of a node serves the IP while its fence has time left; the
+* the groups: each IP's candidates, as a plan of configurations the cluster
+  moves through, one step at any tick (a candidate added to an IP's group,
+  then removed...). Each daemon knows one of them and learns the newest at a
+  tick of its own (the policies' watch, or a static file edited node by
+  node), so nodes disagree about the groups for a while;
+* the API server holds, per IP, the claim (its holder, or free), and per
+  node its node lease: whether it changed since each other node last looked,
+  and the peer set it publishes. A daemon's step reads and writes the API at
+  once: that is what the claim's epoch (its resourceVersion) buys the real
+  daemons, whose compare-and-swap on a stale view fails and changes nothing;
+* a daemon that is up, every tick: takes the promises that reach it, looks at
+  the API (when it reaches it), renews its node lease while it is a
+  candidate of some IP (publishing its peer set, ``rights.peer_set``),
+  heartbeats its required peers (``rights.required_peers``) while it serves
+  on a right (a peer that is up, reached, and counts it among its candidates
+  or its last published peers answers with a promise, which reaches the
+  holder at once or, with ``delay``, up to that many ticks later, whatever
+  becomes of the link meanwhile), then decides about each IP with the rules
+  of :mod:`egressd.core.rights`: keeps serving and re-arms its kernel fences
+  while it has a right, withdraws them all when it has none, takes a free,
+  own or lapsed claim of an IP it is a candidate of by a write;
+* the kernel of a node serves an IP while that IP's fence has time left; the
   fence runs down on the node's clock also while the daemon is frozen or
   dead; a lost node serves nothing;
+* a daemon that learns it is no candidate of an IP it serves any more
+  withdraws it and writes the claim free (with the API); a holder with the
+  API may hand an IP off (withdraw, then write the claim free) at any tick,
+  at most ``handoffs`` times;
 * faults, at most ``faults`` toggles per run, at any tick: the API cut from
-  one node or restored; the link between two nodes cut or restored; a daemon
-  frozen or thawed; a daemon killed (restarted at once, with nothing in
-  memory, its kernel still serving until its fence runs out); a node lost
-  (kernel and daemon) and back.
+  one node or restored (also, kind ``unsure``, cut in the middle of a renew
+  that lands or not, the daemon cannot tell); the link between two
+  nodes cut or restored; a daemon frozen or thawed; a daemon killed
+  (restarted at once, with nothing in memory, its kernel still serving until
+  its fences run out); a node lost (kernel and daemon) and back.
 
-A round trip of heartbeat and promise happens within the tick or not at all:
-a late answer only shortens the right a holder counts from its heartbeat's
-send time, so delivery at once is the worst case.
+A heartbeat reaches its peer within the tick or not at all: a late heartbeat
+only moves the peer's promise later, which the holder does not count on.
 
 Ages are kept instead of clock readings, and saturate where the rules stop
-telling values apart, so the state space is finite.
+telling values apart, so the state space is finite. Nodes (and IPs) that
+nothing tells apart (clock rate, every configuration of the plan) are
+renamed to one representative state.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import re
 import sys
+import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from egressd.core import rights
+from egressd.core.mesh_messages import MeshRejected, Outstanding, Promise
 from egressd.core.model import Timing
 
 NOW = 10_000.0
 """The local clock reading of "now" given to the rules; times are NOW - age."""
 
-UP, FROZEN, KILLED, LOST = "up", "frozen", "killed", "lost"
+UP, FROZEN, LOST = "up", "frozen", "lost"
+
+T = TypeVar("T")
+
+KINDS = frozenset({"api", "link", "freeze", "kill", "lose"})
+"""The kinds of faults explored unless a configuration says otherwise."""
+
+NEVER = -1
+"""An age that was never started (no renew yet, no promise, never seen);
+also a free claim's holder."""
+
+
+def answered_at(outstanding: Outstanding, promise: Promise, me: str, now: float) -> float:
+    """The time a promise is counted from: the send time of the heartbeat it
+    answers, as the mesh takes it (``Outstanding.answer``)."""
+    return outstanding.answer(promise, me)
+
+
+def published_after_unsure_renew(previous: frozenset[str], attempted: frozenset[str]) -> frozenset[str]:
+    """The peer sets a node lease may show after a renew whose outcome is
+    unknown: the one before or the one written (``rights.required_peers``
+    needs both)."""
+    return previous | attempted
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The rules the daemons follow (the real ones unless a test plants a bug)."""
+
+    serving_right: Callable[[rights.Holding, float, Timing, rights.MeshTiming], rights.Right] = rights.serving_right
+    fence_ttl: Callable[[rights.Right, float, Timing, rights.MeshTiming], float] = rights.fence_ttl
+    may_take_over: Callable[[rights.Standby, float, Timing, rights.MeshTiming], rights.Takeover] = rights.may_take_over
+    promise_until: Callable[[float, float | None, rights.MeshTiming], float] = rights.promise_until
+    peer_set: Callable[[str, Iterable[Collection[str]]], frozenset[str]] = rights.peer_set
+    required_peers: Callable[[str, Iterable[Collection[str]], Collection[str], Collection[str]], frozenset[str]] = (
+        rights.required_peers
+    )
+    answered_at: Callable[[Outstanding, Promise, str, float], float] = answered_at
+    published_after_unsure_renew: Callable[[frozenset[str], frozenset[str]], frozenset[str]] = (
+        published_after_unsure_renew
+    )
 
 
 @dataclass(frozen=True)
 class Params:
     gateways: int = 2
+    ips: int = 1
+    plan: tuple[tuple[int, ...], ...] = ()
+    """The groups as they change: ``plan[k][x]`` is the set of IP x's
+    candidates in the k-th configuration, as a bit mask of node indices (bit
+    n: node n). The cluster starts in the first and may move on to the next at
+    any tick. Empty: every node a candidate of every IP, unchanging."""
     rates: tuple[int, ...] = (9, 11)
     """Local time units per tick a node's clock may run at (one per node, for
     the whole run): two clocks differ by up to 18 %, within ``mesh.drift``.
     A daemon steps once a tick, about ten times a lease duration, as the
     default timings renew ten times a lease duration."""
     faults: int = 3
+    handoffs: int = 0
+    """Handoffs a holder may make (withdraw, then write the claim free)."""
+    delay: int = 0
+    """Ticks a promise may take to reach the holder (0: at once)."""
+    kinds: frozenset[str] = KINDS
+    """The kinds of faults: ``api`` (the API cut from a node, restored),
+    ``unsure`` (the API cut from a node in the middle of a renew whose outcome
+    the daemon cannot tell, a timeout: it landed, or not), ``link`` (the link
+    between two nodes cut, mended), ``freeze`` (and thaw), ``kill`` (and
+    restart), ``lose`` (a node, and its return)."""
     timing: Timing = field(
         default_factory=lambda: Timing(
             lease_duration=130,
@@ -75,27 +154,22 @@ class Params:
         )
     )
     mesh: rights.MeshTiming = field(
-        default_factory=lambda: rights.MeshTiming(
-            promise_duration=60, drift=0.2, margin=5, max_hold=200, rtt_bound=0
-        )
+        default_factory=lambda: rights.MeshTiming(promise_duration=60, drift=0.2, margin=5, max_hold=200, rtt_bound=0)
     )
     rules: Rules | None = None
 
-
-@dataclass(frozen=True)
-class Rules:
-    """The rules the daemons follow (the real ones unless a test plants a bug)."""
-
-    serving_right: Callable[[rights.Holding, float, Timing, rights.MeshTiming], rights.Right] = rights.serving_right
-    fence_ttl: Callable[[rights.Right, float, Timing, rights.MeshTiming], float] = rights.fence_ttl
-    may_take_over: Callable[[rights.Standby, float, Timing, rights.MeshTiming], rights.Takeover] = (
-        rights.may_take_over
-    )
-    promise_until: Callable[[float, float | None, rights.MeshTiming], float] = rights.promise_until
+    def groups(self) -> tuple[tuple[int, ...], ...]:
+        """The plan, or its default: every node a candidate of every IP."""
+        return self.plan or (((1 << self.gateways) - 1,) * self.ips,)
 
 
-NEVER = -1
-"""An age that was never started (no renew yet, no promise, never seen)."""
+def grow_and_shrink(gateways: int, ips: int, node: int, ip: int) -> tuple[tuple[int, ...], ...]:
+    """A plan: every other node a candidate of every IP; then ``node`` joins
+    the group of ``ip``; then it leaves it again."""
+    others = ((1 << gateways) - 1) & ~(1 << node)
+    base = tuple(others for _ in range(ips))
+    grown = tuple(others | (1 << node) if x == ip else others for x in range(ips))
+    return (base, grown, base)
 
 
 class Node(NamedTuple):
@@ -103,32 +177,41 @@ class Node(NamedTuple):
     rate: int
     started: int
     """Age of the daemon process (saturates at the promise duration)."""
-    holds: bool
-    """The daemon believes it holds the claim and may serve."""
     since_renew: int
     """Age of the last successful node-lease renew (NEVER: none)."""
     since_write: int
     """Age of the last successful API write."""
     promises: tuple[int, ...]
     """Per node: age of the heartbeat the latest promise from it answered."""
+    inflight: tuple[int, ...]
+    """Per node: age of the heartbeat a promise from it on its way to us answers."""
     promised: tuple[int, ...]
     """Per node: how much longer our promise to it runs (0: none)."""
     unchanged: tuple[int, ...]
     """Per node: age of our last sight of its node lease changing."""
-    fence: int
-    """Kernel: how much longer the fence lets the IP be served."""
+    holds: tuple[bool, ...]
+    """Per IP: the daemon believes it holds the claim and may serve."""
+    fence: tuple[int, ...]
+    """Kernel, per IP: how much longer the fence lets the IP be served."""
+    known: int
+    """The configuration of the plan this daemon knows."""
+    published: int
+    """The peer set this daemon believes its node lease shows (bit mask)."""
 
 
 class State(NamedTuple):
     nodes: tuple[Node, ...]
-    claim: int
-    """The claim's holder (a node index) or NEVER (free)."""
+    claims: tuple[int, ...]
+    """Per IP: the claim's holder (a node index) or NEVER (free)."""
+    leases: tuple[int, ...]
+    """Per node: the peer set its node lease shows (bit mask)."""
     dirty: tuple[tuple[bool, ...], ...]
     """dirty[o][n]: n's node lease changed since o last looked."""
     api: tuple[bool, ...]
     link: tuple[tuple[int, int], ...]
     """Cut links (pairs, smaller index first), sorted."""
     budget: int
+    handoffs: int
 
 
 def _grow(age: int, by: int, cap: int) -> int:
@@ -140,10 +223,34 @@ def _at(age: int) -> float | None:
     return None if age == NEVER else NOW - age
 
 
+def _n(i: int) -> str:
+    """A node in a trace's label (renamed to the start's names in the trace)."""
+    return f"<n{i}>"
+
+
+def _ip(x: int) -> str:
+    return f"<ip{x}>"
+
+
+def _names(mask: int) -> frozenset[str]:
+    return frozenset(str(n) for n in range(mask.bit_length()) if mask >> n & 1)
+
+
+def _mask(names: Iterable[str]) -> int:
+    return sum(1 << int(n) for n in set(names))
+
+
+def _put(seq: tuple[T, ...], i: int, value: T) -> tuple[T, ...]:
+    out = list(seq)
+    out[i] = value
+    return tuple(out)
+
+
 class Model:
     def __init__(self, params: Params) -> None:
         self.p = params
         self.rules = params.rules or Rules()
+        self.groups = params.groups()
         t, m = params.timing, params.mesh
         # Beyond these ages the rules cannot tell values apart.
         self.cap_renew = int(t.renew_deadline) + 1
@@ -151,208 +258,583 @@ class Model:
         self.cap_unchanged = int(t.lease_duration + m.max_hold) + 1
         self.cap_started = int(m.promise_duration) + 1
         self.cap_promise = int(m.promise_duration) + 1
-        self._perms: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
-        self._orders: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+        self._symmetries: dict[tuple[int, ...], list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]] = {}
+        # The rules are pure: their answers are kept by their (small, integer) arguments.
+        self._peer_masks: dict[tuple[int, int], int] = {}
+        self._required: dict[tuple[int, int, tuple[bool, ...], int], int] = {}
+        self._rights: dict[tuple[int, int, int, tuple[int, ...]], rights.Right] = {}
+        self._aged_nodes: dict[Node, Node] = {}
+        self._steps: dict[tuple[object, ...], list[tuple[Node, tuple[int, ...], int, tuple[int, ...], str]]] = {}
+        n = params.gateways
+        self._none = (NEVER,) * n
+        self._clean = {n: (False,) * n}
+        self._all_peers = [((1 << n) - 1) & ~(1 << i) for i in range(n)]
+
+    # --- the groups --------------------------------------------------------------------------
+
+    def candidate(self, i: int, x: int, config: int) -> bool:
+        return bool(self.groups[config][x] >> i & 1)
+
+    def peers(self, i: int, config: int) -> int:
+        """The peer set of node ``i`` in ``config`` (``rights.peer_set``), a bit mask."""
+        key = (i, config)
+        mask = self._peer_masks.get(key)
+        if mask is None:
+            mask = _mask(self.rules.peer_set(str(i), [_names(g) for g in self.groups[config]]))
+            self._peer_masks[key] = mask
+        return mask
+
+    def required(self, i: int, known: int, holds: tuple[bool, ...], published: int) -> int:
+        """The peers whose promises node ``i``'s peer right needs (``rights.required_peers``)."""
+        key = (i, known, holds, published)
+        mask = self._required.get(key)
+        if mask is None:
+            groups = self.groups[known]
+            served = [_names(groups[x]) for x, held in enumerate(holds) if held and groups[x] >> i & 1]
+            current = _names(self.peers(i, known))
+            mask = _mask(self.rules.required_peers(str(i), served, current, _names(published)))
+            self._required[key] = mask
+        return mask
+
+    def renews(self, i: int, config: int) -> bool:
+        """Whether node ``i`` renews its node lease: it is a candidate of some IP."""
+        return any(g >> i & 1 for g in self.groups[config])
+
+    def accepts(self, peer: Node, j: int, i: int) -> bool:
+        """Whether node ``j`` answers ``i``'s heartbeats: ``i`` is among its
+        candidates now or in the peer set it last published (the mesh's rule)."""
+        return bool((self.peers(j, peer.known) | peer.published) >> i & 1)
 
     # --- the start ---------------------------------------------------------------------------
 
     def initial(self) -> Iterator[State]:
         n = self.p.gateways
         for rates in itertools.combinations_with_replacement(self.p.rates, n):
-            nodes = tuple(self._fresh(r) for r in rates)
             yield State(
-                nodes=nodes,
-                claim=NEVER,
+                nodes=tuple(self._fresh(r, (0,) * self.p.ips, 0) for r in rates),
+                claims=(NEVER,) * self.p.ips,
+                # the node leases of earlier processes, in the first configuration
+                leases=tuple(self.peers(i, 0) for i in range(n)),
                 dirty=tuple((False,) * n for _ in range(n)),
                 api=(True,) * n,
                 link=(),
                 budget=self.p.faults,
+                handoffs=self.p.handoffs,
             )
 
-    def _fresh(self, rate: int, fence: int = 0) -> Node:
+    def _fresh(self, rate: int, fence: tuple[int, ...], known: int) -> Node:
         """A daemon just started: nothing in memory; its kernel keeps ``fence``."""
-        n = self.p.gateways
-        return Node(UP, rate, 0, False, NEVER, NEVER, (NEVER,) * n, (0,) * n, (NEVER,) * n, fence)
+        n, k = self.p.gateways, self.p.ips
+        none = (NEVER,) * n
+        return Node(UP, rate, 0, NEVER, NEVER, none, none, (0,) * n, none, (False,) * k, fence, known, 0)
 
-    # --- faults ------------------------------------------------------------------------------
+    # --- events: the groups change, daemons learn them, handoffs, faults ---------------------
+
+    def events(self, s: State) -> Iterator[tuple[str, State]]:
+        yield "none", s
+        if s.handoffs:
+            for i, node in enumerate(s.nodes):
+                if node.mode == UP and s.api[i]:
+                    for x, held in enumerate(node.holds):
+                        if held and s.claims[x] == i:
+                            yield f"handoff-{_n(i)}-{_ip(x)}", self._release(s._replace(handoffs=s.handoffs - 1), i, x)
+        yield from self.faults(s)
+
+    def _learn(self, s: State, i: int, config: int) -> State:
+        """Node ``i`` learns the groups of ``config``, and hands off what it is
+        no candidate of any more."""
+        s = self._set(s, i, s.nodes[i]._replace(known=config))
+        for x, held in enumerate(s.nodes[i].holds):
+            if held and not self.candidate(i, x, config):
+                s = self._release(s, i, x)
+        return s
+
+    def _release(self, s: State, i: int, x: int) -> State:
+        """Withdraw IP ``x`` from node ``i``, then write its claim free (with the API)."""
+        node = s.nodes[i]
+        s = self._set(s, i, node._replace(holds=_put(node.holds, x, False), fence=_put(node.fence, x, 0)))
+        if s.api[i] and s.claims[x] == i:
+            s = s._replace(claims=_put(s.claims, x, NEVER))
+        return s
 
     def faults(self, s: State) -> Iterator[tuple[str, State]]:
-        yield "none", s
         if s.budget == 0:
             return
-        n = self.p.gateways
         spent = s._replace(budget=s.budget - 1)
-        for i in range(n):
-            api = list(s.api)
-            api[i] = not api[i]
-            yield f"api-{'down' if s.api[i] else 'up'}-{i}", spent._replace(api=tuple(api))
-            node = s.nodes[i]
-            if node.mode == UP:
-                yield f"freeze-{i}", self._set(spent, i, node._replace(mode=FROZEN))
-                yield f"kill-{i}", self._set(spent, i, self._fresh(node.rate, node.fence))
-                yield f"lose-{i}", self._set(spent, i, self._fresh(node.rate)._replace(mode=LOST))
-            elif node.mode == FROZEN:
-                yield f"thaw-{i}", self._set(spent, i, node._replace(mode=UP))
-            elif node.mode == LOST:
-                yield f"return-{i}", self._set(spent, i, node._replace(mode=UP, started=0))
-        for pair in itertools.combinations(range(n), 2):
-            cut = tuple(sorted(set(s.link) ^ {pair}))
-            yield f"link-{'cut' if pair not in s.link else 'mend'}-{pair[0]}{pair[1]}", spent._replace(link=cut)
+        for i in range(self.p.gateways):
+            yield from self._node_faults(s, spent, i)
+        if "link" in self.p.kinds:
+            for pair in itertools.combinations(range(self.p.gateways), 2):
+                cut_links = tuple(sorted(set(s.link) ^ {pair}))
+                what = "cut" if pair not in s.link else "mend"
+                yield f"link-{what}-{_n(pair[0])}-{_n(pair[1])}", spent._replace(link=cut_links)
+
+    def _node_faults(self, s: State, spent: State, i: int) -> Iterator[tuple[str, State]]:
+        kinds, node = self.p.kinds, s.nodes[i]
+        cut = spent._replace(api=_put(s.api, i, not s.api[i]))
+        if "api" in kinds:
+            yield f"api-{'down' if s.api[i] else 'up'}-{_n(i)}", cut
+        if "unsure" in kinds and s.api[i] and node.mode == UP and self.renews(i, node.known):
+            yield from self._unsure_renew(cut, i)
+        if node.mode == UP:
+            if "freeze" in kinds:
+                yield f"freeze-{_n(i)}", self._set(spent, i, node._replace(mode=FROZEN))
+            if "kill" in kinds:
+                yield f"kill-{_n(i)}", self._set(spent, i, self._fresh(node.rate, node.fence, node.known))
+            if "lose" in kinds:
+                lost = self._fresh(node.rate, (0,) * self.p.ips, node.known)._replace(mode=LOST)
+                yield f"lose-{_n(i)}", self._set(spent, i, lost)
+        elif node.mode == FROZEN:
+            yield f"thaw-{_n(i)}", self._set(spent, i, node._replace(mode=UP))
+        elif node.mode == LOST:
+            yield f"return-{_n(i)}", self._set(spent, i, node._replace(mode=UP, started=0))
+
+    def _unsure_renew(self, s: State, i: int) -> Iterator[tuple[str, State]]:
+        """The API is cut from node ``i`` while its renew is under way: the
+        write lands or not, and the daemon cannot tell."""
+        node = s.nodes[i]
+        attempted = self.peers(i, node.known)
+        kept = _mask(self.rules.published_after_unsure_renew(_names(node.published), _names(attempted)))
+        s = self._set(s, i, node._replace(published=kept))
+        dirty = tuple(
+            tuple(True if n == i and o != i else d for n, d in enumerate(row)) for o, row in enumerate(s.dirty)
+        )
+        landed = s._replace(leases=_put(s.leases, i, attempted), dirty=dirty)
+        yield f"api-down-{_n(i)}-renew-landed", landed
+        yield f"api-down-{_n(i)}-renew-lost", s
 
     @staticmethod
     def _set(s: State, i: int, node: Node) -> State:
-        nodes = list(s.nodes)
-        nodes[i] = node
-        return s._replace(nodes=tuple(nodes))
+        return s._replace(nodes=_put(s.nodes, i, node))
 
     # --- one tick ----------------------------------------------------------------------------
 
-    def tick(self, s: State) -> Iterator[tuple[str, State, int | None]]:
-        """Every successor after one tick: (fault, state, node index after whose step two
-        nodes served, or None). Daemons step in every order (the API serializes their writes)."""
-        for fault, f in self.faults(s):
+    def tick(self, s: State) -> Iterator[tuple[str, State, tuple[int, int] | None]]:
+        """Every successor after one tick: (what happened, state, (node, IP) if
+        two nodes served the IP after that node's step on some way there, else
+        None). Daemons step in every order (the API serializes their writes);
+        orders that meet in one state on the way (steps that commute) go on as one."""
+        for event, f in self.events(s):
             aged = self._age(f)
-            up = tuple(i for i, node in enumerate(aged.nodes) if node.mode == UP)
-            if up not in self._orders:
-                self._orders[up] = list(itertools.permutations(up))
-            for order in self._orders[up]:
-                state = aged
-                bad: int | None = None
-                for i in order:
-                    state = self._step(state, i)
-                    if bad is None and self.serving(state) > 1:
-                        bad = i
-                yield fault, state, bad
+            up = frozenset(i for i, node in enumerate(aged.nodes) if node.mode == UP)
+            Way = tuple[tuple[int, int] | None, str]
+            layer: dict[tuple[State, frozenset[int]], Way] = {(aged, frozenset()): (None, event)}
+            for _ in up:
+                nxt: dict[tuple[State, frozenset[int]], Way] = {}
+                for (state, done), (bad, what) in layer.items():
+                    for i in up - done:
+                        for after, learnt in self._step(state, i):
+                            key = (after, done | {i})
+                            seen = nxt.get(key)
+                            if seen is None or seen[0] is None:
+                                x = self.doubled(after) if bad is None else None
+                                now_bad = bad if bad is not None else (None if x is None else (i, x))
+                                if seen is None or now_bad is not None:
+                                    nxt[key] = (now_bad, f"{what}, {learnt}" if learnt else what)
+                layer = nxt
+            for (state, _), (bad, what) in layer.items():
+                yield what, state, bad
 
-    def serving(self, s: State) -> int:
-        return sum(1 for node in s.nodes if node.mode != LOST and node.fence > 0)
+    def doubled(self, s: State) -> int | None:
+        """An IP that two nodes serve in ``s``, or None."""
+        for x in range(self.p.ips):
+            if sum(1 for node in s.nodes if node.mode != LOST and node.fence[x] > 0) > 1:
+                return x
+        return None
 
     def _age(self, s: State) -> State:
-        nodes = []
-        for node in s.nodes:
-            r = node.rate
-            nodes.append(
-                node._replace(
-                    started=min(node.started + r, self.cap_started),
-                    since_renew=_grow(node.since_renew, r, self.cap_renew),
-                    since_write=_grow(node.since_write, r, self.cap_write),
-                    promises=tuple(_grow(a, r, self.cap_promise) for a in node.promises),
-                    promised=tuple(max(0, x - r) for x in node.promised),
-                    unchanged=tuple(_grow(a, r, self.cap_unchanged) for a in node.unchanged),
-                    fence=max(0, node.fence - r),
-                )
-            )
-        return s._replace(nodes=tuple(nodes))
+        return s._replace(nodes=tuple(self._aged(node) for node in s.nodes))
 
-    def canonical(self, s: State) -> State:
-        """The least of the states that differ from ``s`` only in the nodes' names."""
-        rates = tuple(node.rate for node in s.nodes)
-        perms = self._perms.get(rates)
-        if perms is None:
-            # Only renaming nodes of equal clock rates gives a state that can occur.
-            everything = itertools.permutations(range(len(rates)))
-            perms = [
-                p for p in everything if list(p) != sorted(p) and all(rates[o] == rates[n] for n, o in enumerate(p))
+    def _aged(self, node: Node) -> Node:
+        """``node`` one tick later (kept: nodes recur in many states)."""
+        aged = self._aged_nodes.get(node)
+        if aged is None:
+            r = node.rate
+            aged = Node(
+                node.mode,
+                r,
+                min(node.started + r, self.cap_started),
+                _grow(node.since_renew, r, self.cap_renew),
+                _grow(node.since_write, r, self.cap_write),
+                tuple(_grow(a, r, self.cap_promise) for a in node.promises),
+                tuple(_grow(a, r, self.cap_promise) for a in node.inflight),
+                tuple(max(0, x - r) for x in node.promised),
+                tuple(_grow(a, r, self.cap_unchanged) for a in node.unchanged),
+                node.holds,
+                tuple(max(0, f - r) for f in node.fence),
+                node.known,
+                node.published,
+            )
+            self._aged_nodes[node] = aged
+        return aged
+
+    def _step(self, s: State, i: int) -> Iterator[tuple[State, str]]:
+        """Node ``i``'s step: every state it may leave, and what it learnt ("": nothing).
+
+        A step reads only node ``i``, the API (its reach, the claims, the
+        leases, its row of ``dirty``), its links, and of each peer whether it
+        is up, whether it answers ``i``, and its promise to ``i``; it is worked
+        out once per such context and applied to ``s`` as a change."""
+        node = s.nodes[i]
+        if node.mode != UP:
+            yield s, ""
+            return
+        api = s.api[i]
+        context = tuple(
+            (peer.mode == UP and self._reach(s, i, j) and self.accepts(peer, j, i), peer.promised[i])
+            for j, peer in enumerate(s.nodes)
+        )
+        newest = max(n.known for n in s.nodes)
+        key = (i, node, api, s.claims, s.leases, s.dirty[i], context, newest)
+        changes = self._steps.get(key)
+        if changes is None:
+            changes = self._steps[key] = [
+                (after.nodes[i], after.claims, after.leases[i], tuple(p.promised[i] for p in after.nodes), learnt)
+                for after, learnt in self._work_out(s, i)
             ]
-            self._perms[rates] = perms
-        best = s
-        for perm in perms:
-            inv = [0] * len(perm)
-            for new, old in enumerate(perm):
-                inv[old] = new
-            nodes = tuple(
-                s.nodes[old]._replace(
-                    promises=tuple(s.nodes[old].promises[o] for o in perm),
-                    promised=tuple(s.nodes[old].promised[o] for o in perm),
-                    unchanged=tuple(s.nodes[old].unchanged[o] for o in perm),
-                )
-                for old in perm
+        renewed = api and self.renews(i, node.known)
+        dirty = s.dirty
+        if api:
+            clean = self._clean[len(s.nodes)]
+            dirty = tuple(clean if o == i else (_put(row, i, True) if renewed else row) for o, row in enumerate(dirty))
+        for mine, claims, lease, promised, learnt in changes:
+            nodes = list(s.nodes)
+            nodes[i] = mine
+            for j, value in enumerate(promised):
+                if j != i and value != nodes[j].promised[i]:
+                    nodes[j] = nodes[j]._replace(promised=_put(nodes[j].promised, i, value))
+            leases = s.leases if lease == s.leases[i] else _put(s.leases, i, lease)
+            yield State(tuple(nodes), claims, leases, dirty, s.api, s.link, s.budget, s.handoffs), learnt
+
+    def _work_out(self, s: State, i: int) -> Iterator[tuple[State, str]]:
+        node = s.nodes[i]
+        arrivals = (node,) if node.inflight == self._none else self._arrivals(node, i)
+        for arrived in arrivals:
+            for after in self._act(s, i, arrived):
+                yield after, ""
+                yield from self._learning(after, i)
+
+    def _learning(self, s: State, i: int) -> Iterator[tuple[State, str]]:
+        """After its step, node ``i`` may learn a newer configuration: the
+        newest a daemon knows, or the next one (the cluster moves on; a change
+        nobody knows of yet changes nothing). Its next renew publishes it."""
+        known = s.nodes[i].known
+        newest = min(max(node.known for node in s.nodes) + 1, len(self.groups) - 1)
+        for config in range(known + 1, newest + 1):
+            yield self._learn(s, i, config), f"{_n(i)} learns groups {config}"
+
+    def _arrivals(self, node: Node, i: int) -> Iterator[Node]:
+        """The promises on their way to node ``i``: each arrives now, or later
+        (but within ``delay`` ticks of its heartbeat)."""
+        waiting = [j for j, a in enumerate(node.inflight) if a != NEVER]
+        choices = [(True,) if node.inflight[j] >= self.p.delay * node.rate else (True, False) for j in waiting]
+        for now in itertools.product(*choices):
+            promises, inflight = list(node.promises), list(node.inflight)
+            for j, take in zip(waiting, now, strict=True):
+                if take:
+                    sent = self._taken(i, j, inflight[j])
+                    inflight[j] = NEVER
+                    if sent is not None and (promises[j] == NEVER or sent < promises[j]):
+                        promises[j] = sent
+            yield node._replace(promises=tuple(promises), inflight=tuple(inflight))
+
+    def _taken(self, i: int, j: int, age: int) -> int | None:
+        """The age a promise from ``j`` answering our heartbeat of age ``age``
+        is counted from, as the mesh takes it; None: refused (too old)."""
+        outstanding = Outstanding(keep=self.p.mesh.promise_duration)
+        outstanding.sent(str(j), "n", NOW - age)
+        outstanding.expire(NOW)
+        duration_ms = round(self.p.mesh.promise_duration * 1000)
+        try:
+            at = self.rules.answered_at(outstanding, Promise(str(j), "p", str(i), "n", duration_ms), str(i), NOW)
+        except MeshRejected:
+            return None
+        return int(NOW - at)
+
+    def _act(self, s: State, i: int, node: Node) -> Iterator[State]:
+        """Steps 1-4 of node ``i``'s round; step 5 (:meth:`_decide`) once per way its answers travel."""
+        n = self.p.gateways
+        known, holds, fence = node.known, node.holds, node.fence
+        since_renew, since_write, published, unchanged = (
+            node.since_renew,
+            node.since_write,
+            node.published,
+            node.unchanged,
+        )
+        leases, dirty = s.leases, s.dirty
+        if s.api[i]:
+            # 1. Look: a node lease that changed since our last look was seen changing now.
+            mine = dirty[i]
+            if any(mine):
+                unchanged = tuple(0 if mine[j] else a for j, a in enumerate(unchanged))
+            # 2. Renew our node lease, publishing our peer set, while a candidate.
+            if self.renews(i, known):
+                published = self.peers(i, known)
+                leases = _put(leases, i, published)
+                since_renew = since_write = 0
+                dirty = tuple(self._clean[n] if o == i else _put(row, i, True) for o, row in enumerate(dirty))
+            elif any(mine):
+                dirty = _put(dirty, i, self._clean[n])
+            # 3. A claim written by another since is lost.
+            if any(h and s.claims[x] != i for x, h in enumerate(holds)):
+                lost = [h and s.claims[x] != i for x, h in enumerate(holds)]
+                holds = tuple(h and not gone for h, gone in zip(holds, lost, strict=True))
+                fence = tuple(0 if gone else f for f, gone in zip(fence, lost, strict=True))
+        # 4. Heartbeats to our required peers while we serve on a right; who promises.
+        nodes, answered = s.nodes, list[int]()
+        if any(holds) and self.right(i, since_renew, since_write, known, holds, published, node.promises):
+            nodes, answered = self._heartbeats(s, i, self.required(i, known, holds, published))
+        s = s._replace(nodes=nodes, leases=leases, dirty=dirty)
+        base = Node(
+            node.mode,
+            node.rate,
+            node.started,
+            since_renew,
+            since_write,
+            node.promises,
+            node.inflight,
+            node.promised,
+            unchanged,
+            holds,
+            fence,
+            known,
+            published,
+        )
+        if not answered:
+            yield from self._decide(s, i, base)
+            return
+        # The answers reach us now, or (with a delay, none other on its way) later.
+        slow = [j for j in answered if self.p.delay and node.inflight[j] == NEVER]
+        for late in itertools.product((False, True), repeat=len(slow)):
+            promises, inflight = list(node.promises), list(node.inflight)
+            for j in answered:
+                promises[j] = 0
+            for j, on_its_way in zip(slow, late, strict=True):
+                if on_its_way:
+                    inflight[j] = 0
+                    promises[j] = node.promises[j]
+            yield from self._decide(s, i, base._replace(promises=tuple(promises), inflight=tuple(inflight)))
+
+    def _heartbeats(self, s: State, i: int, required: int) -> tuple[tuple[Node, ...], list[int]]:
+        """Node ``i``'s heartbeats to ``required``: the nodes after, and who promised."""
+        listed, answered = list(s.nodes), []
+        for j, peer in enumerate(s.nodes):
+            if j == i or not required >> j & 1 or peer.mode != UP or not self._reach(s, i, j):
+                continue
+            if self.accepts(peer, j, i):
+                previous = peer.promised[i]
+                end = self.rules.promise_until(NOW, NOW + previous if previous else None, self.p.mesh)
+                listed[j] = peer._replace(promised=_put(peer.promised, i, int(end - NOW)))
+                answered.append(j)
+        return tuple(listed), answered
+
+    def _decide(self, s: State, i: int, node: Node) -> Iterator[State]:
+        """5. Each IP: keep serving on a right, withdraw all without one, take
+        what may be taken. A daemon that serves an IP may leave a free or
+        lapsed claim to another candidate (the spread: ``spread_rank`` and
+        ``non_preferred_delay`` make it wait for the preferred one)."""
+        t, m = self.p.timing, self.p.mesh
+        holds, fence = list(node.holds), list(node.fence)
+        if any(holds):
+            right = self.right(
+                i, node.since_renew, node.since_write, node.known, node.holds, node.published, node.promises
             )
-            other = State(
-                nodes=nodes,
-                claim=NEVER if s.claim == NEVER else inv[s.claim],
-                dirty=tuple(tuple(s.dirty[old][o] for o in perm) for old in perm),
-                api=tuple(s.api[old] for old in perm),
-                link=tuple(sorted((min(inv[a], inv[b]), max(inv[a], inv[b])) for a, b in s.link)),
-                budget=s.budget,
+            ttl = int(self.rules.fence_ttl(right, NOW, t, m)) if right else 0
+            for x, held in enumerate(holds):
+                if held:
+                    fence[x] = ttl
+                    holds[x] = bool(right)  # without a right: the daemon fence
+        takeable = [x for x in range(self.p.ips) if s.api[i] and not holds[x] and self._may_take(s, i, node, x)]
+        serving = any(holds)
+        for taken in itertools.product((True, False), repeat=len(takeable)):
+            if takeable and not serving and not any(taken):
+                continue
+            now_holds, now_fence, claims = list(holds), list(fence), s.claims
+            for x, take in zip(takeable, taken, strict=True):
+                if take:
+                    # A free claim, our own, or a lapsed holder's: the compare-and-swap write.
+                    now_holds[x] = True
+                    claims = _put(claims, x, i)
+            write = node.since_write
+            if any(taken):
+                write = 0
+                right = self.right(i, node.since_renew, 0, node.known, tuple(now_holds), node.published, node.promises)
+                ttl = int(self.rules.fence_ttl(right, NOW, t, m)) if right else 0
+                for x, take in zip(takeable, taken, strict=True):
+                    if take:
+                        now_fence[x] = ttl
+            after = node._replace(holds=tuple(now_holds), fence=tuple(now_fence), since_write=write)
+            yield s._replace(nodes=_put(s.nodes, i, after), claims=claims)
+
+    def _may_take(self, s: State, i: int, node: Node, x: int) -> bool:
+        """Whether node ``i`` may write IP ``x``'s claim now: a candidate, and
+        the claim free, its own, or its holder lapsed (``rights.may_take_over``)."""
+        if not self.candidate(i, x, node.known):
+            return False
+        h = s.claims[x]
+        if h in (NEVER, i):
+            return True
+        standby = rights.Standby(
+            promised_until=NOW + node.promised[h] if node.promised[h] else None,
+            lease_changed_at=_at(node.unchanged[h]),
+            in_peer_set=bool(s.leases[h] >> i & 1),
+            started_at=NOW - node.started,
+        )
+        return bool(self.rules.may_take_over(standby, NOW, self.p.timing, self.p.mesh))
+
+    def right(
+        self,
+        i: int,
+        since_renew: int,
+        since_write: int,
+        known: int,
+        holds: tuple[bool, ...],
+        published: int,
+        promises: tuple[int, ...],
+    ) -> rights.Right:
+        """Node ``i``'s serving right now (``rights.serving_right``)."""
+        required = self.required(i, known, holds, published)
+        if required != self._all_peers[i]:
+            promises = tuple(a if required >> j & 1 else NEVER for j, a in enumerate(promises))
+        key = (since_renew, since_write, required, promises)
+        right = self._rights.get(key)
+        if right is None:
+            holding = rights.Holding(
+                last_renew_sent=_at(since_renew),
+                last_api_write=_at(since_write),
+                required_peers=_names(required),
+                promises={str(j): NOW - a for j, a in enumerate(promises) if a != NEVER and required >> j & 1},
             )
-            best = min(best, other)
-        return best
+            right = self.rules.serving_right(holding, NOW, self.p.timing, self.p.mesh)
+            self._rights[key] = right
+        return right
 
     def _reach(self, s: State, i: int, j: int) -> bool:
         return (min(i, j), max(i, j)) not in s.link
 
-    def _step(self, s: State, i: int) -> State:
-        node = s.nodes[i]
-        if node.mode != UP:
-            return s
+    # --- symmetry ----------------------------------------------------------------------------
+
+    def canonical(self, s: State) -> tuple[State, tuple[int, ...], tuple[int, ...]]:
+        """The least of the states that differ from ``s`` only in the names of
+        nodes and IPs that nothing tells apart, and the renaming (new node n
+        is old node perm[n], new IP y is old IP ips[y])."""
+        rates = tuple(node.rate for node in s.nodes)
+        symmetries = self._symmetries.get(rates)
+        if symmetries is None:
+            symmetries = self._symmetries[rates] = self._find_symmetries(rates)
+        same = (tuple(range(self.p.gateways)), tuple(range(self.p.ips)))
+        if not symmetries:
+            return s, *same
+        # Only renamings that order the nodes by what their names do not change
+        # can give the least state; it is the least of those (usually one).
+        signatures = [self._signature(s, n) for n in range(len(s.nodes))]
+        least = tuple(signatures)
+        chosen: list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None] = [None]  # None: as it is
+        for symmetry in symmetries:
+            order = tuple(signatures[old] for old in symmetry[0])
+            if order < least:
+                least, chosen = order, [symmetry]
+            elif order == least:
+                chosen.append(symmetry)
+        return min(((s, *same) if c is None else (self._rename(s, *c), c[0], c[1]) for c in chosen), key=lambda r: r[0])
+
+    def forget(self, s: State) -> State:
+        """``s`` without what no rule can read again, so that states that differ
+        only there are one:
+
+        * what others know of a node's lease (when they last saw it change,
+          whether it changed since, the peer set it shows) while no claim names
+          that node: a claim naming it comes from its own write, after a renew
+          in the same step, and every other node looks at the API (and sees
+          that renew) before it can decide to take the claim over;
+        * a daemon's renew and write ages while it holds nothing: they count
+          only for a right, and an acquisition renews and writes first."""
+        named = set(s.claims)
         n = self.p.gateways
-        dirty = [list(row) for row in s.dirty]
-        unchanged = list(node.unchanged)
-        promises = list(node.promises)
-        nodes = list(s.nodes)
-        if s.api[i]:
-            # 1. Look: a node lease that changed since our last look was seen changing now.
-            for j in range(n):
-                if j != i and dirty[i][j]:
-                    unchanged[j] = 0
-                    dirty[i][j] = False
-            # 2. Renew our node lease.
-            for o in range(n):
-                dirty[o][i] = True
-            node = node._replace(since_renew=0, since_write=0)
-        # 3. Heartbeats, answered by every peer that is up and reached, while we hold the IP.
-        if node.holds:
-            for j in range(n):
-                peer = nodes[j]
-                if j == i or peer.mode != UP or not self._reach(s, i, j):
-                    continue
-                promised = list(peer.promised)
-                end = self.rules.promise_until(NOW, NOW + promised[i] if promised[i] else None, self.p.mesh)
-                promised[i] = int(end - NOW)
-                nodes[j] = peer._replace(promised=tuple(promised))
-                promises[j] = 0
-        node = node._replace(unchanged=tuple(unchanged), promises=tuple(promises))
-        node, claim = self._decide(s, i, node)
-        nodes[i] = node
-        return s._replace(nodes=tuple(nodes), claim=claim, dirty=tuple(tuple(row) for row in dirty))
-
-    def _decide(self, s: State, i: int, node: Node) -> tuple[Node, int]:
-        t, m = self.p.timing, self.p.mesh
-        claim = s.claim
-        if node.holds and s.api[i] and claim != i:
-            return node._replace(holds=False, fence=0), claim  # lost the claim
-        if node.holds:
-            right = self._right(node, i)
-            if not right:
-                return node._replace(holds=False, fence=0), claim  # the daemon fence
-            return node._replace(fence=int(self.rules.fence_ttl(right, NOW, t, m))), claim
-        if not s.api[i]:
-            return node, claim
-        if claim not in (NEVER, i):
-            h = claim
-            standby = rights.Standby(
-                promised_until=NOW + node.promised[h] if node.promised[h] else None,
-                lease_changed_at=_at(node.unchanged[h]),
-                in_peer_set=True,
-                started_at=NOW - node.started,
+        idle = [j for j in range(n) if j not in named]
+        nodes = s.nodes
+        if idle:
+            nodes = tuple(
+                node._replace(unchanged=tuple(NEVER if j in idle else a for j, a in enumerate(node.unchanged)))
+                for node in nodes
             )
-            if not self.rules.may_take_over(standby, NOW, t, m):
-                return node, claim
-        # A free claim, our own, or a lapsed holder's: the compare-and-swap write.
-        node = node._replace(holds=True, since_write=0)
-        right = self._right(node, i)
-        return node._replace(fence=int(self.rules.fence_ttl(right, NOW, t, m)) if right else 0), i
-
-    def _right(self, node: Node, i: int) -> rights.Right:
-        peers = frozenset(str(j) for j in range(self.p.gateways) if j != i)
-        holding = rights.Holding(
-            last_renew_sent=_at(node.since_renew),
-            last_api_write=_at(node.since_write),
-            required_peers=peers,
-            promises={str(j): NOW - a for j, a in enumerate(node.promises) if j != i and a != NEVER},
+            s = s._replace(
+                dirty=tuple(tuple(d and j not in idle for j, d in enumerate(row)) for row in s.dirty),
+                leases=tuple(0 if j in idle else m for j, m in enumerate(s.leases)),
+            )
+        nodes = tuple(
+            node
+            if any(node.holds) or node.since_write == NEVER
+            else node._replace(since_renew=NEVER, since_write=NEVER)
+            for node in nodes
         )
-        return self.rules.serving_right(holding, NOW, self.p.timing, self.p.mesh)
+        return s._replace(nodes=nodes)
+
+    @staticmethod
+    def _signature(s: State, n: int) -> tuple[object, ...]:
+        """What node ``n`` is in ``s`` whatever the names of nodes and IPs."""
+        node = s.nodes[n]
+        return (
+            node.mode,
+            node.started,
+            node.since_renew,
+            node.since_write,
+            s.api[n],
+            sorted(zip(node.holds, node.fence, strict=True)),
+            sorted(node.promises),
+            sorted(node.promised),
+            sorted(node.unchanged),
+            sorted(node.inflight),
+            node.known,
+        )
+
+    def _find_symmetries(
+        self, rates: tuple[int, ...]
+    ) -> list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """Renamings (new node n is old perm[n], new IP y is old ips[y]) that
+        keep every node's clock rate and every configuration of the plan."""
+        n, k = self.p.gateways, self.p.ips
+        found = []
+        for perm in itertools.permutations(range(n)):
+            if any(rates[old] != rates[new] for new, old in enumerate(perm)):
+                continue
+            inv = [0] * n
+            for new, old in enumerate(perm):
+                inv[old] = new
+            masks = tuple(sum(1 << inv[b] for b in range(n) if m >> b & 1) for m in range(1 << n))
+            for ips in itertools.permutations(range(k)):
+                if list(perm) == sorted(perm) and list(ips) == sorted(ips):
+                    continue
+                if all(masks[config[ips[y]]] == config[y] for config in self.groups for y in range(k)):
+                    found.append((perm, ips, masks))
+        return found
+
+    @staticmethod
+    def _rename(s: State, perm: tuple[int, ...], ips: tuple[int, ...], masks: tuple[int, ...]) -> State:
+        inv = {old: new for new, old in enumerate(perm)}
+        inv[NEVER] = NEVER
+        nodes = tuple(
+            s.nodes[old]._replace(
+                promises=tuple(s.nodes[old].promises[o] for o in perm),
+                inflight=tuple(s.nodes[old].inflight[o] for o in perm),
+                promised=tuple(s.nodes[old].promised[o] for o in perm),
+                unchanged=tuple(s.nodes[old].unchanged[o] for o in perm),
+                holds=tuple(s.nodes[old].holds[x] for x in ips),
+                fence=tuple(s.nodes[old].fence[x] for x in ips),
+                published=masks[s.nodes[old].published],
+            )
+            for old in perm
+        )
+        return State(
+            nodes=nodes,
+            claims=tuple(inv[s.claims[x]] for x in ips),
+            leases=tuple(masks[s.leases[old]] for old in perm),
+            dirty=tuple(tuple(s.dirty[old][o] for o in perm) for old in perm),
+            api=tuple(s.api[old] for old in perm),
+            link=tuple(sorted((min(inv[a], inv[b]), max(inv[a], inv[b])) for a, b in s.link)),
+            budget=s.budget,
+            handoffs=s.handoffs,
+        )
 
 
 @dataclass
@@ -360,54 +842,105 @@ class Result:
     states: int
     transitions: int
     violation: list[str] | None
-    """The trace (faults per tick) to the first state where two nodes served, if any."""
+    """The trace (events per tick) to the first state where two nodes served an IP, if any."""
+    seconds: float = 0.0
+
+
+Renaming = tuple[tuple[int, ...], tuple[int, ...]]
 
 
 def explore(params: Params, *, limit: int = 5_000_000) -> Result:
     """Breadth-first over every reachable state; stops at the first violation."""
+    started = time.monotonic()
     model = Model(params)
-    parent: dict[State, tuple[State | None, str]] = {}
+    parent: dict[State, tuple[State | None, str, Renaming]] = {}
     queue: deque[State] = deque()
     for first in model.initial():
-        start = model.canonical(first)
-        parent[start] = (None, "start")
+        start, perm, ips = model.canonical(model.forget(first))
+        parent[start] = (None, "start", (perm, ips))
         queue.append(start)
     transitions = 0
     while queue:
         s = queue.popleft()
-        for fault, successor, bad in model.tick(s):
+        for event, successor, bad in model.tick(s):
             transitions += 1
             if bad is not None:
-                trace = [*_trace(parent, s), f"{fault}; two serve after node {bad} steps"]
-                return Result(len(parent), transitions, trace)
-            nxt = model.canonical(successor)
+                node, ip = bad
+                trace = _trace(parent, s, f"{event}; {_ip(ip)} served by two after {_n(node)} steps")
+                return Result(len(parent), transitions, trace, time.monotonic() - started)
+            nxt, perm, ips = model.canonical(model.forget(successor))
             if nxt not in parent:
-                parent[nxt] = (s, fault)
+                parent[nxt] = (s, event, (perm, ips))
                 if len(parent) > limit:
                     raise RuntimeError(f"more than {limit} states")
                 queue.append(nxt)
-    return Result(len(parent), transitions, None)
+    return Result(len(parent), transitions, None, time.monotonic() - started)
 
 
-def _trace(parent: dict[State, tuple[State | None, str]], s: State) -> list[str]:
-    out = []
+def _trace(parent: dict[State, tuple[State | None, str, Renaming]], s: State, last: str) -> list[str]:
+    """The events from the start to ``s``, then ``last``, with every node and
+    IP called by its name in the start (the states on the way were renamed)."""
+    steps: list[tuple[str, Renaming]] = []
     cur: State | None = s
     while cur is not None:
-        prev, fault = parent[cur]
-        out.append(fault)
+        prev, event, renaming = parent[cur]
+        steps.append((event, renaming))
         cur = prev
-    return out[::-1]
+    steps.reverse()
+    # names[n]: the start's name of node n of the state reached so far
+    nodes, ips = list(range(len(s.nodes))), list(range(len(s.claims)))
+    out = []
+    labels = [event for event, _ in steps[1:]] + [last]
+    for (_, (perm, ip_perm)), label in zip([*steps[1:], ((), ((), ()))], labels, strict=True):
+        out.append(_named(label, nodes, ips))
+        if perm:
+            nodes = [nodes[old] for old in perm]
+            ips = [ips[old] for old in ip_perm]
+    return ["start", *out]
+
+
+def _named(label: str, nodes: list[int], ips: list[int]) -> str:
+    label = re.sub(r"<n(\d+)>", lambda m: f"n{nodes[int(m[1])]}", label)
+    return re.sub(r"<ip(\d+)>", lambda m: f"ip{ips[int(m[1])]}", label)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--gateways", type=int, default=2)
+    parser.add_argument("--ips", type=int, default=1)
     parser.add_argument("--faults", type=int, default=3)
+    parser.add_argument("--handoffs", type=int, default=0)
+    parser.add_argument("--delay", type=int, default=0, help="ticks a promise may take to arrive")
+    parser.add_argument(
+        "--plan",
+        choices=("none", "add", "remove", "add-remove"),
+        default="none",
+        help="the last node joins the first IP's group, leaves it, or both (grow_and_shrink)",
+    )
+    parser.add_argument("--rates", default="9,11", help="clock rates a node may have, comma-separated")
+    parser.add_argument(
+        "--kinds",
+        default=",".join(sorted(KINDS)),
+        help="kinds of faults, comma-separated, among api,unsure,link,freeze,kill,lose",
+    )
     args = parser.parse_args(argv)
-    result = explore(Params(gateways=args.gateways, faults=args.faults))
-    print(f"gateways={args.gateways} faults={args.faults}: {result.states} states, {result.transitions} transitions")
+    steps = grow_and_shrink(args.gateways, args.ips, args.gateways - 1, 0)
+    plan = {"none": (), "add": steps[:2], "remove": steps[1:], "add-remove": steps}[args.plan]
+    params = Params(
+        gateways=args.gateways,
+        ips=args.ips,
+        faults=args.faults,
+        handoffs=args.handoffs,
+        delay=args.delay,
+        plan=plan,
+        kinds=frozenset(args.kinds.split(",")),
+        rates=tuple(int(r) for r in args.rates.split(",")),
+    )
+    result = explore(params)
+    what = " ".join(f"{a}={v}" for a, v in vars(args).items())
+    print(f"{what}: {result.states} states, {result.transitions} transitions, {result.seconds:.1f}s")
     if result.violation:
-        print("two owners:", " -> ".join(result.violation))
+        print(f"two owners after {len(result.violation) - 1} ticks:", " -> ".join(result.violation))
         return 1
     print("never two owners")
     return 0
