@@ -103,6 +103,10 @@ class NodeLiveness:
         """Set after every successful renew (the fence recomputes its deadline)."""
         self._record: NodeLeaseRecord | None = None
         """Our node lease as last written or read back (its resourceVersion is the next write's base)."""
+        self._published: frozenset[str] = frozenset()
+        """Every peer the node lease may name now: the peer set of the last
+        write that succeeded, joined with those of the writes whose outcome is
+        unknown since (a timed-out renew may have landed) and of a read back."""
         self._base_on_view = True
         """Without a record of our own, write over the view's (False after a 404: create)."""
         self._wrote = False
@@ -138,8 +142,13 @@ class NodeLiveness:
 
     @property
     def published_peers(self) -> frozenset[str]:
-        """The peer set of our node lease as last written (empty before)."""
-        return frozenset(self._record.peers) if self._record is not None else frozenset()
+        """Every peer our node lease may name now (empty before the first
+        write): the peer set last written, and after a renew whose outcome is
+        unknown also the one it tried to write, until a write succeeds. A
+        holder needs promises from all of them (``rights.required_peers``): a
+        peer dropped from our groups that still sees itself in our lease takes
+        over without waiting ``maxHold``."""
+        return self._published
 
     def fence_ttl(self, now: float | None = None) -> float:
         """The kernel fence to arm now under the right now (0: none)."""
@@ -197,6 +206,7 @@ class NodeLiveness:
             self.log.warning("node lease renew changed nothing (renewTime unchanged?): no right from it")
             return False
         self._record = written
+        self._published = frozenset(written.peers)  # a write based on an older version can no longer land
         self._base_on_view = True
         self._wrote = True
         self._view.observe_node(self._settings.node.name, written)
@@ -218,7 +228,7 @@ class NodeLiveness:
         except ApiError as exc:
             self.metrics.renew("node", self._clock.monotonic() - started, ok=False, error=type(exc).__name__)
             self.metrics.api_error(type(exc).__name__)
-            await self._failed(exc)
+            await self._failed(exc, record)
             return None
         self.metrics.renew("node", self._clock.monotonic() - started, ok=True)
         ended = self._failures.succeeded()
@@ -226,7 +236,7 @@ class NodeLiveness:
             self.log.info("node lease renewed after %d failure(s) in a row", ended)
         return written
 
-    async def _failed(self, exc: ApiError) -> None:
+    async def _failed(self, exc: ApiError, record: NodeLeaseRecord) -> None:
         """After a failed renew write: a lost race reads the lease back (a clash
         shows there), a deleted lease is created again, anything else is
         logged (the first failure, then at powers of two)."""
@@ -244,6 +254,7 @@ class NodeLiveness:
             self.log.log(level, "node lease renew failed (%d in a row): %s", self._failures.failures, exc)
             if isinstance(exc, ApiTimeout):
                 self._record = None  # it may have landed: the next write bases on the view
+                self._published |= frozenset(record.peers)  # and the lease may name its peers
 
     async def _read_back(self) -> None:
         try:
@@ -258,6 +269,8 @@ class NodeLiveness:
             self.log.warning("could not read the node lease back: %s", exc)
             return
         self._record = current
+        if current is not None:
+            self._published |= frozenset(current.peers)
         self._base_on_view = current is not None
         if current is not None:
             self._view.observe_node(self._settings.node.name, current)

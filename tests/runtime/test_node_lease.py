@@ -16,7 +16,7 @@ import pytest
 
 from egressd.adapters.recording import RecordingDataPlane
 from egressd.core import rights
-from egressd.core.errors import ConfigError
+from egressd.core.errors import ApiTimeout, ConfigError
 from egressd.core.lease import held_by, lease_name
 from egressd.core.mesh_settings import MeshSettings
 from egressd.core.model import EgressGroup, NodeSettings, Settings
@@ -24,6 +24,7 @@ from egressd.core.node_lease import NodeLeaseRecord, node_lease_name
 from egressd.core.states import State
 from egressd.ports import LeaseEvent
 from egressd.runtime.daemon import Daemon
+from egressd.runtime.liveness import NodeLiveness
 from egressd.runtime.member import DataPlane
 from egressd.runtime.view import LeaseView
 from tests.fakes import FakeLeaseStore
@@ -370,3 +371,59 @@ async def test_the_kernel_fences_of_all_owned_ips_are_rearmed_at_once_after_each
         store.resume()
     finally:
         await stop_all([node])
+
+
+class LandsThenTimesOut(FakeLeaseStore):
+    """A node-lease write that lands but whose answer never comes, once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.time_out_next = False
+
+    async def write_node_lease(self, record: NodeLeaseRecord, *, deadline: float) -> NodeLeaseRecord:
+        written = await super().write_node_lease(record, deadline=deadline)
+        if self.time_out_next:
+            self.time_out_next = False
+            raise ApiTimeout("the renew's answer never came")
+        return written
+
+
+async def test_after_a_renew_of_unknown_outcome_the_published_peers_keep_the_old_set() -> None:
+    """A holder that dropped a peer from its groups still needs that peer's
+    promise while its node lease may name it: the renew that would publish
+    the change may have failed, and the dropped peer, seeing itself in the
+    lease, would take over without waiting maxHold (the model check's trace)."""
+    store = LandsThenTimesOut()
+    peers = ["gw-b", "gw-c"]
+    settings = Settings(node=NodeSettings(name="gw-a", address=ip_address("10.0.0.1")), timing=TIMING)
+
+    async def nothing(*_: object) -> None:
+        return None
+
+    clock = VirtualClock()
+    liveness = NodeLiveness(
+        settings,
+        store=store,
+        view=LeaseView(clock),
+        clock=clock,
+        incarnation="inc-a",
+        peers=lambda: tuple(peers),
+        candidate=lambda: True,
+        rearm=nothing,
+        lapsed=nothing,
+        clash=nothing,
+    )
+    assert await liveness.renew_once()
+    assert liveness.published_peers == {"gw-b", "gw-c"}
+    peers.remove("gw-c")
+    store.time_out_next = True  # lands naming gw-b only, but we cannot know
+    assert not await liveness.renew_once()
+    assert liveness.published_peers == {"gw-b", "gw-c"}
+    assert rights.required_peers("gw-a", [{"gw-a", "gw-b"}], {"gw-b"}, liveness.published_peers) == {"gw-b", "gw-c"}
+    # the next write, based on the version before the landed one, loses the
+    # race and reads the lease back (which names gw-b): still both, as a
+    # write of ours might yet land; the one after is answered
+    assert not await liveness.renew_once()
+    assert liveness.published_peers == {"gw-b", "gw-c"}
+    assert await liveness.renew_once()
+    assert liveness.published_peers == {"gw-b"}  # the lease names gw-b alone now
