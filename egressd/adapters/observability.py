@@ -210,24 +210,10 @@ class PrometheusMetrics:
         label: str,
         values: Callable[[], dict[str, float]],
     ) -> None:
-        self.registry.register(_Callback(lambda: [_family(kind, name, documentation, values(), label=label)]))
+        self._per_labels(kind, name, documentation, (label,), lambda: {(k,): v for k, v in values().items()})
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def _family(
-    kind: type[GaugeMetricFamily] | type[CounterMetricFamily],
-    name: str,
-    doc: str,
-    values: dict[str, float],
-    *,
-    label: str,
-) -> Metric:
-    family = kind(name, doc, labels=[label])
-    for key, value in sorted(values.items()):
-        family.add_metric([key], value)
-    return family
 
 
 class _Callback(Collector):
