@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import replace
 from ipaddress import ip_address
-from typing import Any
+from typing import Any, TypeVar
 
 from egressd.adapters.recording import RecordingDataPlane
 from egressd.core import rights
@@ -101,6 +101,16 @@ class MeshNode(RecordedNode):
             repair_interval=3600,
             mesh_transport=net.socket(key) if net is not None else None,
         )
+
+
+Node_ = TypeVar("Node_", bound=RecordedNode)
+
+
+def holder_and_other(nodes: Sequence[Node_], ip: IPAddress) -> tuple[Node_, Node_]:
+    """The node serving ``ip`` now and the first of the others (a pair's
+    standby)."""
+    owner = next(n for n in nodes if n.serves(ip))
+    return owner, next(n for n in nodes if n is not owner)
 
 
 def owners(nodes: Iterable[RecordedNode], ip: IPAddress) -> list[str]:

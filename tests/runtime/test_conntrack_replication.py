@@ -32,6 +32,7 @@ from tests.runtime.support import (
     CutStore,
     RecordedNode,
     assert_no_two_owners,
+    holder_and_other,
     owners,
     settle,
     stop_all,
@@ -114,10 +115,6 @@ def flow(port: int, egress: IPAddress) -> Entry:
     return dataclasses.replace(ENTRY, original=original, reply=snat_reply(original, egress, port))
 
 
-def holder(nodes: list[Node], ip: IPAddress) -> Node:
-    return next(n for n in nodes if n.serves(ip))
-
-
 def ports(entries: Sequence[Entry]) -> set[int]:
     return {e.original.sport for e in entries}
 
@@ -134,8 +131,7 @@ async def test_the_holder_streams_its_flows_and_the_candidate_keeps_them() -> No
     nodes = await two(store, net)
     try:
         ip = IPS[0]
-        owner = holder(nodes, ip)
-        other = next(n for n in nodes if n is not owner)
+        owner, other = holder_and_other(nodes, ip)
         for port in (1001, 1002, 1003):
             owner.table.flow_new(flow(port, ip))
         owner.table.flow_update(dataclasses.replace(flow(1001, ip), timeout=77))
@@ -176,8 +172,7 @@ async def test_a_lost_datagram_is_repaired_by_a_resync_the_candidate_asks_for() 
     nodes = await two(store, net)
     try:
         ip = IPS[0]
-        owner = holder(nodes, ip)
-        other = next(n for n in nodes if n is not owner)
+        owner, other = holder_and_other(nodes, ip)
         net.cut_link(ADDRESSES["gw-a"], ADDRESSES["gw-b"])
         owner.table.flow_new(flow(3001, ip))
         await asyncio.sleep(2 * CT.batch_interval)  # sent into the cut: lost
@@ -197,8 +192,7 @@ async def test_at_takeover_the_guard_and_the_entries_come_before_the_first_garp(
         await settle(nodes, IPS)
         await asyncio.sleep(4 * TIMING.retry_period)
         ip = IPS[0]
-        owner = holder(nodes, ip)
-        other = next(n for n in nodes if n is not owner)
+        owner, other = holder_and_other(nodes, ip)
         flows = [flow(p, ip) for p in range(4001, 4011)]
         for f in flows:
             owner.table.flow_new(f)
@@ -239,8 +233,7 @@ async def test_what_the_budget_leaves_is_installed_after_the_garp() -> None:
         await settle(nodes, IPS)
         await asyncio.sleep(4 * TIMING.retry_period)
         ip = IPS[0]
-        owner = holder(nodes, ip)
-        other = next(n for n in nodes if n is not owner)
+        owner, other = holder_and_other(nodes, ip)
         for p in range(1, 1201):
             owner.table.flow_new(flow(p, ip))
         await until(lambda: other.replication.replica.held_for(str(ip)) == 1200, 1.0)
@@ -269,8 +262,7 @@ async def test_a_graceful_handoff_sends_its_last_changes_before_the_release() ->
         await settle(nodes, IPS)
         await asyncio.sleep(4 * TIMING.retry_period)
         ip = IPS[0]
-        owner = holder(nodes, ip)
-        other = next(n for n in nodes if n is not owner)
+        owner, other = holder_and_other(nodes, ip)
         owner.table.flow_new(flow(5001, ip))
         await asyncio.sleep(0)
         await owner.stop()  # releases to the other candidate
@@ -317,8 +309,7 @@ async def test_a_flood_is_bounded_per_peer() -> None:
         await settle(nodes, IPS)
         await asyncio.sleep(4 * TIMING.retry_period)
         ip = IPS[0]
-        owner = holder(nodes, ip)
-        other = next(n for n in nodes if n is not owner)
+        owner, other = holder_and_other(nodes, ip)
         for p in range(1, 121):
             owner.table.flow_new(flow(p, ip))
         await asyncio.sleep(3 * CT.batch_interval)
@@ -333,8 +324,7 @@ async def test_a_stream_left_without_a_whole_resync_is_asked_again_when_quiet() 
     nodes = await two(store, net)
     try:
         ip = IPS[0]
-        owner = holder(nodes, ip)
-        other = next(n for n in nodes if n is not owner)
+        owner, other = holder_and_other(nodes, ip)
         owner.table.flow_new(flow(7001, ip))
         await asyncio.sleep(3 * CT.batch_interval)
         replica = other.replication.replica
@@ -375,7 +365,7 @@ async def test_a_node_serving_the_ip_again_before_the_clear_keeps_its_entries() 
     nodes = await two(store, net)
     try:
         ip = IPS[0]
-        owner = holder(nodes, ip)
+        owner, _ = holder_and_other(nodes, ip)
         owner.table.flow_new(flow(9001, ip))
         await asyncio.sleep(3 * CT.batch_interval)
         owner.replication.left(str(ip))  # as if it had stepped down and taken the IP back at once

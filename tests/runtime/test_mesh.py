@@ -10,7 +10,7 @@ from ipaddress import ip_address
 
 from egressd.core import rights
 from egressd.core.mesh_messages import Heartbeat, Promise, decode, encode
-from egressd.core.model import EgressGroup, IPAddress
+from egressd.core.model import EgressGroup
 from tests.fakes import FakeLeaseStore, FakeMeshNetwork
 from tests.runtime.support import (
     KEY,
@@ -20,6 +20,7 @@ from tests.runtime.support import (
     CutStore,
     MeshNode,
     assert_no_two_owners,
+    holder_and_other,
     owners,
     settle,
     stop_all,
@@ -150,10 +151,6 @@ async def test_without_a_key_there_is_no_mesh() -> None:
 # --- rights from promises --------------------------------------------------------
 
 
-def holder_of(nodes: list[Node], ip: IPAddress) -> Node:
-    return next(n for n in nodes if n.serves(ip))
-
-
 async def test_api_down_for_everyone_owners_keep_serving_up_to_max_hold() -> None:
     store, net = FakeLeaseStore(), FakeMeshNetwork()
     nodes = [Node("gw-a", store, net), Node("gw-b", store, net)]
@@ -235,8 +232,7 @@ async def test_a_standby_never_takes_over_while_its_promise_runs() -> None:
     try:
         await settle(nodes, IPS)
         await asyncio.sleep(3 * TIMING.retry_period)
-        owner = holder_of(nodes, IPS[0])
-        other = next(n for n in nodes if n is not owner)
+        owner, other = holder_and_other(nodes, IPS[0])
         held = [ip for ip in IPS if owner.serves(ip)]
         stores[nodes.index(owner)].up.clear()  # the API cut from the owner only
         cut = loop.time()
