@@ -8,10 +8,11 @@ the root namespace, not even for a moment.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from egressd.lab.netns import Namespaces, link_mac
@@ -115,3 +116,37 @@ def start_echo_server(ns: str, port: int = 9000) -> subprocess.Popen[str]:
 def probe(ns: str, src: str, dst: str, port: int = 9000, timeout: float = 0.5) -> str:
     """Source address the echo server saw for a datagram from ``src``, or ``timeout``."""
     return ns_exec(ns, sys.executable, "-c", PROBE, src, dst, str(port), str(timeout)).strip()
+
+
+@dataclass
+class GatewayNet:
+    """A client behind one gateway, and a server on the gateway's node network."""
+
+    gw: str
+    cl: str
+    srv: str
+
+
+@contextlib.contextmanager
+def gateway_topology(lab: Lab, *, egress: str, clients: Sequence[str], servers: Sequence[str]) -> Iterator[GatewayNet]:
+    """``cl`` (``clients``, 10.98.0.0/24) -- lan0 ``gw`` net0 (10.99.0.2 and
+    ``egress``) -- switch -- ``srv`` (``servers``, 10.99.0.0/24), the gateway
+    forwarding and an echo server running in ``srv`` until the block ends."""
+    gw = lab.attach("gw", ["10.99.0.2/24", f"{egress}/32"])
+    srv = lab.attach("srv", [f"{a}/24" for a in servers])
+    cl = lab.ns("cl")
+    lab.wire(gw.ns, "lan0", cl, "eth0")
+    sh("ip", "-n", gw.ns, "addr", "add", "10.98.0.1/24", "dev", "lan0")
+    for a in clients:
+        sh("ip", "-n", cl, "addr", "add", f"{a}/24", "dev", "eth0")
+    sh("ip", "-n", cl, "route", "add", "default", "via", "10.98.0.1")
+    sh("ip", "-n", srv.ns, "route", "add", "10.98.0.0/24", "via", "10.99.0.2")
+    ns_exec(gw.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    server = start_echo_server(srv.ns)
+    try:
+        yield GatewayNet(gw=gw.ns, cl=cl, srv=srv.ns)
+    finally:
+        server.kill()
+        server.wait()
+        if server.stdout is not None:
+            server.stdout.close()

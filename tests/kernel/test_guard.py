@@ -14,11 +14,9 @@ cl 10.98.0.10 -- lan0 gw net0 -- switch -- net0 srv
 from __future__ import annotations
 
 import ipaddress
-import secrets
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 
 import pytest
 
@@ -26,8 +24,8 @@ from egressd.adapters.conntrack import KernelConntrack
 from egressd.adapters.nftables import NftablesSnat
 from egressd.core import nft
 from egressd.core.model import EgressGroup
-from egressd.lab.netns import Namespaces
-from tests.kernel.netns import Lab, ns_exec, probe, sh, start_echo_server
+from tests.kernel.netns import GatewayNet as Net
+from tests.kernel.netns import Lab, gateway_topology, ns_exec, probe
 
 pytestmark = pytest.mark.kernel
 
@@ -58,36 +56,10 @@ except TimeoutError:
 """
 
 
-@dataclass
-class Net:
-    gw: str
-    cl: str
-    srv: str
-
-
 @pytest.fixture
-def net() -> Iterator[Net]:
-    lab = Lab(net=Namespaces(f"egcr-{secrets.token_hex(3)}-"))
-    try:
-        gw = lab.attach("gw", ["10.99.0.2/24", f"{EGRESS}/32"])
-        srv = lab.attach("srv", [f"{SERVER}/24"])
-        cl = lab.ns("cl")
-        lab.wire(gw.ns, "lan0", cl, "eth0")
-        sh("ip", "-n", gw.ns, "addr", "add", "10.98.0.1/24", "dev", "lan0")
-        sh("ip", "-n", cl, "addr", "add", f"{POD}/24", "dev", "eth0")
-        sh("ip", "-n", cl, "route", "add", "default", "via", "10.98.0.1")
-        sh("ip", "-n", srv.ns, "route", "add", "10.98.0.0/24", "via", "10.99.0.2")
-        ns_exec(gw.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        server = start_echo_server(srv.ns)
-        try:
-            yield Net(gw=gw.ns, cl=cl, srv=srv.ns)
-        finally:
-            server.kill()
-            server.wait()
-            if server.stdout is not None:
-                server.stdout.close()
-    finally:
-        lab.close()
+def net(lab: Lab) -> Iterator[Net]:
+    with gateway_topology(lab, egress=str(EGRESS), clients=(POD,), servers=(SERVER,)) as n:
+        yield n
 
 
 @pytest.fixture

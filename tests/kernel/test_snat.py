@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 
 import pytest
 
@@ -26,7 +25,8 @@ from egressd.core import nft
 from egressd.core.assignment import sources_for
 from egressd.core.errors import DataPlaneError
 from egressd.core.model import EgressGroup, IPAddress, IPNetwork
-from tests.kernel.netns import Lab, ns_exec, probe, sh, start_echo_server
+from tests.kernel.netns import GatewayNet as Net
+from tests.kernel.netns import Lab, gateway_topology, ns_exec, probe, sh
 
 pytestmark = pytest.mark.kernel
 
@@ -52,33 +52,10 @@ table ip foreign {
 """
 
 
-@dataclass
-class Net:
-    gw: str
-    cl: str
-    srv: str
-
-
 @pytest.fixture
 def net(lab: Lab) -> Iterator[Net]:
-    gw = lab.attach("gw", ["10.99.0.2/24", f"{EGRESS}/32"])
-    srv = lab.attach("srv", [f"{SERVER}/24", f"{EXCLUDED}/24"])
-    cl = lab.ns("cl")
-    lab.wire(gw.ns, "lan0", cl, "eth0")
-    sh("ip", "-n", gw.ns, "addr", "add", "10.98.0.1/24", "dev", "lan0")
-    for a in (SELECTED, UNSELECTED):
-        sh("ip", "-n", cl, "addr", "add", f"{a}/24", "dev", "eth0")
-    sh("ip", "-n", cl, "route", "add", "default", "via", "10.98.0.1")
-    sh("ip", "-n", srv.ns, "route", "add", "10.98.0.0/24", "via", "10.99.0.2")
-    ns_exec(gw.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-    server = start_echo_server(srv.ns)
-    try:
-        yield Net(gw=gw.ns, cl=cl, srv=srv.ns)
-    finally:
-        server.kill()
-        server.wait()
-        if server.stdout is not None:
-            server.stdout.close()
+    with gateway_topology(lab, egress=str(EGRESS), clients=(SELECTED, UNSELECTED), servers=(SERVER, EXCLUDED)) as n:
+        yield n
 
 
 @pytest.fixture
