@@ -45,7 +45,7 @@ import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Sequence
 
-from egressd.core.conntrack_entries import Entry
+from egressd.core.conntrack_entries import Entry, Record
 from egressd.core.conntrack_settings import ConntrackSettings
 from egressd.core.conntrack_stream import Outbox, Replica, aged
 from egressd.core.mesh_messages import CT_REQUEST, CtBatch
@@ -184,8 +184,7 @@ class Replication:
             if ip not in owned:
                 self.outbox.forget(ip)  # no longer ours: its new holder streams it
                 continue
-            for peer in sorted(self._peers_of(ip)):
-                await self._send(peer, self.outbox.datagrams(peer, ip, records))
+            await self._send_changes(ip, records)
         self._periodic(owned)
         await self._resync(owned)
         await self._read_guard()
@@ -273,14 +272,18 @@ class Replication:
             log.info("node=%s conntrack: resync due to %s (%s)", self.node, peer, why)
             self.resync_all(peer)
 
+    async def _send_changes(self, ip: str, records: Sequence[Record]) -> None:
+        """The changes of ``ip`` taken from the outbox, to each of its other candidates."""
+        for peer in sorted(self._peers_of(ip)):
+            await self._send(peer, self.outbox.datagrams(peer, ip, records))
+
     async def final_batch(self, ip: str) -> None:
         """After the withdrawal and before the release of ``ip`` (a handoff,
         a shutdown): let the events read so far through, then send its
         changes not sent yet to its candidates (the successor among them)."""
         await asyncio.sleep(0)
         records = self.outbox.take(ip)
-        for peer in sorted(self._peers_of(ip)):
-            await self._send(peer, self.outbox.datagrams(peer, ip, records))
+        await self._send_changes(ip, records)
         self.outbox.forget(ip)
         log.info("ip=%s node=%s conntrack: final batch of %d changes sent", ip, self.node, len(records))
 
