@@ -53,6 +53,8 @@ _PACKET_OUTGOING = 4
 _BROADCAST = "ff:ff:ff:ff:ff:ff"
 _ALL_NODES_MAC = "33:33:00:00:00:01"
 _CONFLICT_REPORT_INTERVAL = 1.0
+_FRAMES_KEPT = 4096
+"""Announcement frames kept built (one per egress IP and interface MAC)."""
 
 
 @dataclass
@@ -86,6 +88,11 @@ class ScapyAnnouncer:
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="egressd-garp", initializer=self._enter_netns
         )
+        self._closer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="egressd-arp-close")
+        """Closes ARP listeners: closing a bound ``AF_PACKET`` socket waits for
+        an RCU grace period (8-20 ms measured here), which must block neither
+        the event loop (a withdrawal, a release) nor the frames' thread."""
+        self._frames: dict[tuple[IPAddress, str, str], bytes] = {}
         self._interfaces: dict[str, _Interface] = {}
         self._tasks: dict[IPAddress, asyncio.Task[None]] = {}
         self._where: dict[IPAddress, str] = {}
@@ -169,6 +176,8 @@ class ScapyAnnouncer:
         for iface in interfaces:
             await loop.run_in_executor(self._executor, iface.sender.close)
         self._executor.shutdown(wait=True)
+        await loop.run_in_executor(self._closer, lambda: None)  # the listeners handed over are closed
+        self._closer.shutdown(wait=True)
 
     # -- internals --------------------------------------------------------
 
@@ -209,6 +218,17 @@ class ScapyAnnouncer:
         return sender, mac
 
     def _frame(self, ip: IPAddress, mac: str) -> bytes:
+        """The announcement of ``ip`` from ``mac``, built once: building it with
+        scapy costs about a millisecond of the takeover path each time."""
+        key = (ip, mac, self._schedule.form)
+        frame = self._frames.get(key)
+        if frame is None:
+            if len(self._frames) >= _FRAMES_KEPT:
+                self._frames.clear()
+            frame = self._frames[key] = self._build_frame(ip, mac)
+        return frame
+
+    def _build_frame(self, ip: IPAddress, mac: str) -> bytes:
         if ip.version == 4:
             # request: target MAC zero (RFC 5227 announcement); reply: target MAC = sender MAC, which
             # Linux requires to treat a reply as gratuitous (and bypass its neighbour locktime)
@@ -241,7 +261,7 @@ class ScapyAnnouncer:
         loop = asyncio.get_running_loop()
         listener = await loop.run_in_executor(self._executor, self._open_listener, iface.name)
         if _has_listener(iface):  # another start() got there first
-            listener.close()
+            self._closer.submit(listener.close)
             return
         iface.listener = listener
         asyncio.get_running_loop().add_reader(listener.fileno(), self._readable, iface)
@@ -259,12 +279,18 @@ class ScapyAnnouncer:
         return sock
 
     def _unlisten(self, iface: _Interface) -> None:
-        if iface.listener is None:
+        """Stop reading the interface's ARP listener now; its close goes to the
+        closer thread (see ``_closer``)."""
+        listener = iface.listener
+        if listener is None:
             return
-        with contextlib.suppress(Exception):
-            asyncio.get_running_loop().remove_reader(iface.listener.fileno())
-        iface.listener.close()
         iface.listener = None
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(listener.fileno())
+        try:
+            self._closer.submit(listener.close)
+        except RuntimeError:  # closed announcer: nothing else runs, close here
+            listener.close()
 
     def _readable(self, iface: _Interface) -> None:
         sock = iface.listener

@@ -72,3 +72,61 @@ async def test_stopping_while_the_interface_opens_sends_nothing(slow_open: tuple
         assert sender.frames == []
     finally:
         await announcer.close()
+
+
+class Listener:
+    """An ARP listener that records the thread closing it."""
+
+    def __init__(self) -> None:
+        self.closed_by: str | None = None
+        self.closed = threading.Event()
+
+    def fileno(self) -> int:
+        return -1
+
+    def close(self) -> None:
+        self.closed_by = threading.current_thread().name
+        self.closed.set()
+
+
+async def test_the_last_withdrawal_closes_the_arp_listener_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Closing a bound packet socket waits for an RCU grace period (8-20 ms):
+    done on the loop, it held up the withdrawals and releases that follow."""
+    sender, listener = Sender(), Listener()
+    monkeypatch.setattr(ScapyAnnouncer, "_open", lambda self, name: (sender, "02:00:00:00:00:01"))
+    monkeypatch.setattr(ScapyAnnouncer, "_open_listener", lambda self, name: listener)
+    monkeypatch.setattr(asyncio.get_running_loop(), "add_reader", lambda *args: None)
+    announcer = ScapyAnnouncer(on_conflict=lambda ip, mac: None)
+    try:
+        await announcer.prepare("net0")
+        await announcer.start(IP, "net0")
+        for _ in range(500):
+            if announcer._interfaces["net0"].listener is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert announcer._interfaces["net0"].listener is listener
+        await announcer.stop(IP)
+        assert announcer._interfaces["net0"].listener is None
+        assert listener.closed.wait(5)
+        assert listener.closed_by is not None and listener.closed_by.startswith("egressd-arp-close")
+    finally:
+        await announcer.close()
+
+
+async def test_an_announcement_frame_is_built_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    sender, built = Sender(), []
+    monkeypatch.setattr(ScapyAnnouncer, "_open", lambda self, name: (sender, "02:00:00:00:00:01"))
+    monkeypatch.setattr(ScapyAnnouncer, "_listen", lambda self, iface: asyncio.sleep(0))
+    monkeypatch.setattr(ScapyAnnouncer, "_build_frame", lambda self, ip, mac: built.append(ip) or b"frame")
+    announcer = ScapyAnnouncer()
+    try:
+        await announcer.prepare("net0")
+        for _ in range(3):
+            await announcer.start(IP, "net0")
+            await announcer.stop(IP)
+        assert sender.frames == [b"frame"] * 3
+        assert built == [IP]
+    finally:
+        await announcer.close()
