@@ -65,6 +65,11 @@ INSTALL_CHUNK = 256
 """Entries installed in one call after the announcement."""
 GUARD_READ_INTERVAL = 10.0
 """Seconds between two reads of the guard's drop counter (an ``nft`` listing)."""
+AHEAD_VALID = 0.5
+"""Seconds a guard armed beside the claim write (:meth:`Replication.arm_ahead`)
+counts for the takeover that follows; later, the takeover arms it again, so
+the guard always lasts about ``guardGrace`` after the announcement."""
+"""Seconds between two reads of the guard's drop counter (an ``nft`` listing)."""
 PACE_BURST = 16
 PACE_GAP = 0.02
 """Datagrams sent back to back, and seconds between two such bursts: 800
@@ -146,6 +151,8 @@ class Replication:
         """Packets the guard dropped (read every :data:`GUARD_READ_INTERVAL` once it was armed)."""
         self._guard_armed = False
         self._guard_read = clock.monotonic()
+        self._ahead: dict[str, tuple[asyncio.Task[bool], float]] = {}
+        """IP -> the guard's arming started beside the claim write, and when."""
         self.install_seconds: list[float] = []
         """Seconds each takeover's install took (before and after the GARP), the last 100."""
 
@@ -335,12 +342,11 @@ class Replication:
         """Before the address and the first gratuitous ARP of ``ip``: the
         guard, then the kept entries within the budget; the rest after."""
         started = self.clock.monotonic()
-        if self.guard is not None:
-            try:
-                await self.guard.arm_guard([ipaddress.ip_address(ip)], self.settings.guard_grace)
-                self._guard_armed = True
-            except Exception as exc:
-                log.error("ip=%s node=%s could not arm the connection guard: %s", ip, self.node, exc)
+        ahead = self._ahead.pop(ip, None)
+        if ahead is not None and started - ahead[1] <= AHEAD_VALID and await ahead[0]:
+            pass  # armed beside the claim write, moments ago
+        elif self.guard is not None:
+            await self._arm(ip)
         kept = self.replica.kept(ip)
         self.replica.forget(ip)
         done = 0
@@ -357,6 +363,31 @@ class Replication:
             self._rest[ip] = (stale, kept[before:], started)
         else:
             self._record_install(started)
+
+    def arm_ahead(self, ip: str) -> None:
+        """About to write the claim of ``ip``: arm the guard now, beside the
+        write, so the takeover does not wait for it. Harmless if the write
+        fails: packets to ``ip`` reach this node only once it holds the address
+        (its ARP), and the guard ends by itself after ``guardGrace``."""
+        if self.guard is None:
+            return
+        task = asyncio.create_task(self._arm(ip), name=f"guard:{ip}")
+        previous = self._ahead.get(ip)
+        if previous is not None:
+            previous[0].cancel()
+        self._ahead[ip] = (task, self.clock.monotonic())
+
+    async def _arm(self, ip: str) -> bool:
+        """Arm the guard for ``ip``; whether that worked (a failure is logged)."""
+        if self.guard is None:
+            return False
+        try:
+            await self.guard.arm_guard([ipaddress.ip_address(ip)], self.settings.guard_grace)
+        except Exception as exc:
+            log.error("ip=%s node=%s could not arm the connection guard: %s", ip, self.node, exc)
+            return False
+        self._guard_armed = True
+        return True
 
     def announced(self, ip: str) -> None:
         """The first gratuitous ARP of ``ip`` is out: install the rest now (not

@@ -387,6 +387,8 @@ class Member:
     async def _acquire(self, base: LeaseRecord | None, decision: Decision) -> None:
         if decision.reason.startswith("expired") and not await self._holder_still_silent(base):
             return
+        if self._connections is not None:
+            self._connections.arm_ahead(str(self.ip))  # beside the write, off the takeover path
         written = await self._write_holder(base, decision.reason)
         if written is None:
             return
@@ -434,15 +436,33 @@ class Member:
                 # server's next segment must meet an installed entry or the guard
                 await self._connections.takeover(ip)
                 phases.takeover_phase(ip, "conntrack", self._clock.monotonic() - sent)
-            await self._dp.addresses.claim(self.ip, self.group.interface, self._timing.address_lifetime)
-            phases.takeover_phase(ip, "address", self._clock.monotonic() - sent)
-            await self._dp.snat.activate(self.ip, self.group.name)
-            phases.takeover_phase(ip, "snat", self._clock.monotonic() - sent)
+            # the address and SNAT at once (two threads): neither needs the
+            # other, and both come before the first GARP
+            failures = [
+                exc
+                for exc in await asyncio.gather(
+                    self._phase(
+                        "address",
+                        sent,
+                        self._dp.addresses.claim(self.ip, self.group.interface, self._timing.address_lifetime),
+                    ),
+                    self._phase("snat", sent, self._dp.snat.activate(self.ip, self.group.name)),
+                    return_exceptions=True,
+                )
+                if exc is not None
+            ]
+            if failures:
+                raise failures[0]  # after both ended: a withdrawal never races a step still running
             await self._dp.announcer.start(self.ip, self.group.interface)
             phases.takeover_phase(ip, "garp", self._clock.monotonic() - sent)
             if self._connections is not None:
                 self._connections.announced(ip)  # the entries the budget left, under the guard
             self._metrics.owned(ip, True)
+
+    async def _phase(self, phase: str, sent: float, step: Awaitable[None]) -> None:
+        """Run one step of a takeover and record when it ended (from the claim write's send)."""
+        await step
+        self._metrics.takeover_phase(str(self.ip), phase, self._clock.monotonic() - sent)
 
     async def _withdraw(self, reason: str) -> None:
         """Stop serving: announcements, address, SNAT — each attempted even if one fails."""

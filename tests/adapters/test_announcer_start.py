@@ -11,6 +11,7 @@ import pytest
 
 from egressd.adapters.announcer import ScapyAnnouncer
 from egressd.core.errors import DataPlaneError
+from egressd.core.model import IPAddress
 
 IP = ipaddress.ip_address("192.0.2.42")
 
@@ -102,13 +103,17 @@ async def test_the_last_withdrawal_closes_the_arp_listener_off_the_event_loop(
     try:
         await announcer.prepare("net0")
         await announcer.start(IP, "net0")
+
+        def current() -> Any:
+            return announcer._interfaces["net0"].listener
+
         for _ in range(500):
-            if announcer._interfaces["net0"].listener is not None:
+            if current() is not None:
                 break
             await asyncio.sleep(0.01)
-        assert announcer._interfaces["net0"].listener is listener
+        assert current() is listener
         await announcer.stop(IP)
-        assert announcer._interfaces["net0"].listener is None
+        assert current() is None
         assert listener.closed.wait(5)
         assert listener.closed_by is not None and listener.closed_by.startswith("egressd-arp-close")
     finally:
@@ -116,10 +121,15 @@ async def test_the_last_withdrawal_closes_the_arp_listener_off_the_event_loop(
 
 
 async def test_an_announcement_frame_is_built_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    sender, built = Sender(), []
+    sender, built = Sender(), list[IPAddress]()
+
+    def build(self: ScapyAnnouncer, ip: IPAddress, mac: str) -> bytes:
+        built.append(ip)
+        return b"frame"
+
     monkeypatch.setattr(ScapyAnnouncer, "_open", lambda self, name: (sender, "02:00:00:00:00:01"))
     monkeypatch.setattr(ScapyAnnouncer, "_listen", lambda self, iface: asyncio.sleep(0))
-    monkeypatch.setattr(ScapyAnnouncer, "_build_frame", lambda self, ip, mac: built.append(ip) or b"frame")
+    monkeypatch.setattr(ScapyAnnouncer, "_build_frame", build)
     announcer = ScapyAnnouncer()
     try:
         await announcer.prepare("net0")

@@ -14,6 +14,7 @@ from egressd.adapters.recording import RecordingDataPlane
 from egressd.core.conntrack_entries import Entry, Removal, snat_reply
 from egressd.core.conntrack_settings import ConntrackSettings
 from egressd.core.conntrack_stream import Outbox
+from egressd.core.lease import LeaseRecord
 from egressd.core.mesh_messages import encode
 from egressd.core.mesh_settings import MeshSettings
 from egressd.core.model import EgressGroup, IPAddress, NodeSettings, Settings
@@ -222,6 +223,44 @@ async def test_at_takeover_the_guard_and_the_entries_come_before_the_first_garp(
     finally:
         for s in stores:
             s.up.set()
+        await stop_all(nodes)
+
+
+class SlowClaims(CutStore):
+    """Claim writes that take ``delay`` seconds, recorded in ``plane`` when they end."""
+
+    def __init__(self, shared: FakeLeaseStore, delay: float) -> None:
+        super().__init__(shared)
+        self.delay = delay
+        self.plane: RecordingDataPlane | None = None
+
+    async def update(self, record: LeaseRecord, *, deadline: float) -> LeaseRecord:
+        await asyncio.sleep(self.delay)
+        written = await super().update(record, deadline=deadline)
+        if self.plane is not None:
+            self.plane._record("claim-written", ip=record.egress_ip)
+        return written
+
+
+async def test_the_guard_is_armed_beside_the_claim_write_not_after_it() -> None:
+    """The guard's nftables transaction is off the takeover path: it runs
+    while the claim write is on its way, and the takeover does not arm it again."""
+    shared, net = FakeLeaseStore(), FakeMeshNetwork()
+    stores = [SlowClaims(shared, 0.05), SlowClaims(shared, 0.05)]
+    nodes = [Node("gw-a", stores[0], net), Node("gw-b", stores[1], net)]
+    for node, store in zip(nodes, stores, strict=True):
+        store.plane = node.plane
+    try:
+        await settle(nodes, IPS)
+        ip = IPS[0]
+        owner, other = holder_and_other(nodes, ip)
+        mark = len(other.plane.ops)
+        await owner.daemon.members[ip].shutdown()  # a release to the other
+        await until(lambda: owners(nodes, ip) == [other.name], 4 * TIMING.lease_duration)
+        names = [o["op"] for o in other.plane.ops[mark:] if o.get("ip") in (None, str(ip)) or o["op"] == "guard"]
+        assert names.count("guard") == 1
+        assert names.index("guard") < names.index("claim-written") < names.index("claim")
+    finally:
         await stop_all(nodes)
 
 
