@@ -64,7 +64,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from egressd.core import rights
+from egressd.core import rights, transfer
 from egressd.core.lease import LeaseRecord
 from egressd.core.model import Timing
 
@@ -76,6 +76,9 @@ them after a restart (``may_take_over``'s restart wait) and no peer rights."""
 class Action(Enum):
     ACQUIRE = "acquire"
     """Write ourselves as holder (create the lease or take it over)."""
+    ASSUME = "assume"
+    """Serve on a claim the old owner wrote naming us, a transfer we accepted
+    (:mod:`egressd.core.transfer`): no write of our own."""
     HOLD = "hold"
     """We hold it and may serve: nothing to write (liveness is the node lease)."""
     STANDBY = "standby"
@@ -154,6 +157,8 @@ class Me:
     """The promises' timings (``MESH_OFF``: no mesh, nobody promises)."""
     promised_until: float | None = None
     """The end (our clock) of the latest promise we gave the IP's holder."""
+    accepted: transfer.Accepted | None = None
+    """The transfer of this IP's claim we accepted last, if any."""
     in_holder_peer_set: bool = True
     """We are in the peer set the IP's holder last published (True when its
     node lease shows none: a holder without the mesh rests on no promise)."""
@@ -268,9 +273,10 @@ def decide(
 ) -> Decision:
     """What to do about one egress IP now. Pure: same inputs, same answer."""
     decision = _decide(record, observation, now, me, timing)
+    taking = decision.action in (Action.ACQUIRE, Action.ASSUME)
     # 6. Nothing is acquired without the API right of our node lease: a claim
     #    written without it could start a tenure standbys already time out.
-    if decision.action is Action.ACQUIRE and not api_right(me.node_renew, now, timing):
+    if taking and not api_right(me.node_renew, now, timing):
         return Decision(
             Action.STANDBY,
             "no-node-lease-right",
@@ -280,7 +286,7 @@ def decide(
         )
     # 5. A hold-off forbids taking the IP, whatever the state; everything else
     #    (renewing, stepping down, releasing) goes on as decided.
-    if decision.action is Action.ACQUIRE and me.hold_off_until is not None and now < me.hold_off_until:
+    if taking and me.hold_off_until is not None and now < me.hold_off_until:
         return Decision(
             Action.STANDBY,
             "hold-off",
@@ -372,7 +378,11 @@ def _decide(record: LeaseRecord | None, observation: Observation, now: float, me
             if successor and successor in me.candidates:
                 # 3d. We withdrew for a handoff but the release did not land: release again.
                 return Decision(Action.HANDOFF, "handoff-release-retry", detail=f"preferredHolder={successor}")
-            # 3e. We wrote it, then stepped down; nobody took it since. Take it back.
+            if transfer.may_assume(me.accepted, record, now, timing):
+                # 3e'. The old owner transferred it to us as we accepted, moments ago.
+                return Decision(Action.ASSUME, "transferred", detail=f"epoch {record.transitions}")
+            # 3e. We wrote it, then stepped down (or it was transferred to us
+            #     and we saw it late); nobody took it since. Take it back.
             return Decision(Action.ACQUIRE, "reacquire-own-lease")
         if successor and successor not in me.candidates:
             # 3f. A move to a node that is not a candidate: ignored, we keep serving.

@@ -95,7 +95,44 @@ class Wake:
     """The successor the claim was released to."""
 
 
-Message: TypeAlias = "Heartbeat | Promise | Wake | CtBatch"
+@dataclass(frozen=True)
+class Offer:
+    """An owner about to leave an IP offers its claim to a successor: if the
+    successor accepts, the owner writes the claim naming it (a **transfer**)
+    instead of writing it free, and the successor serves on that write
+    without one of its own (:mod:`egressd.core.transfer`)."""
+
+    sender: str
+    incarnation: str
+    seq: int
+    """From the sender's heartbeat sequence: grows with every datagram of the process."""
+    ip: str
+    """The egress IP whose claim is offered (canonical text form)."""
+    epoch: int
+    """The offered claim's epoch (``leaseTransitions``) as the owner holds it."""
+    nonce: str
+    """Random: the accept echoes it, so a recorded accept answers nothing later."""
+    to: str
+    """The successor offered the claim."""
+
+
+@dataclass(frozen=True)
+class Accept:
+    """The successor's answer to an :class:`Offer`: it takes the claim if it is
+    written to this process (``incarnation``) soon."""
+
+    sender: str
+    incarnation: str
+    """The accepting process: the transfer names it, so a restarted process never serves on it."""
+    to: str
+    ip: str
+    epoch: int
+    """The offered epoch, echoed."""
+    nonce: str
+    """The offer's nonce, echoed."""
+
+
+Message: TypeAlias = "Heartbeat | Promise | Wake | Offer | Accept | CtBatch"
 
 
 def check_key(key: bytes) -> bytes:
@@ -114,6 +151,13 @@ def encode(message: Message, key: bytes) -> bytes:
     elif isinstance(message, Promise):
         body = {"k": "promise", "from": message.sender, "inc": message.incarnation, "to": message.to,
                 "nonce": message.nonce, "ms": message.duration_ms}  # fmt: skip
+    elif isinstance(message, Offer):
+        body = {"k": "offer", "from": message.sender, "inc": message.incarnation, "seq": message.seq,
+                "ip": message.ip, "epoch": message.epoch, "nonce": message.nonce,
+                "to": message.to}  # fmt: skip
+    elif isinstance(message, Accept):
+        body = {"k": "accept", "from": message.sender, "inc": message.incarnation, "to": message.to,
+                "ip": message.ip, "epoch": message.epoch, "nonce": message.nonce}  # fmt: skip
     else:
         body = {"k": "wake", "from": message.sender, "inc": message.incarnation, "seq": message.seq,
                 "ip": message.ip, "epoch": message.epoch, "rv": message.resource_version,
@@ -162,6 +206,15 @@ def _message(body: dict[str, object]) -> Message:
         return Wake(
             _name(body, "from"), _token(body, "inc"), seq, _ip(body), epoch, _token(body, "rv"), _name(body, "to")
         )
+    if kind == "offer":
+        _keys(body, {"k", "from", "inc", "seq", "ip", "epoch", "nonce", "to"})
+        seq = _int(body, "seq", MAX_SEQ)
+        epoch = _int(body, "epoch", EPOCH_MODULUS - 1)
+        return Offer(_name(body, "from"), _token(body, "inc"), seq, _ip(body), epoch, _nonce(body), _name(body, "to"))
+    if kind == "accept":
+        _keys(body, {"k", "from", "inc", "to", "ip", "epoch", "nonce"})
+        epoch = _int(body, "epoch", EPOCH_MODULUS - 1)
+        return Accept(_name(body, "from"), _token(body, "inc"), _name(body, "to"), _ip(body), epoch, _nonce(body))
     if kind == "promise":
         _keys(body, {"k", "from", "inc", "to", "nonce", "ms"})
         ms = body["ms"]
@@ -241,7 +294,7 @@ class ReplayGuard:
         self._size = size
         self._keep_retired = retired
 
-    def admit(self, hb: Heartbeat | Wake) -> None:
+    def admit(self, hb: Heartbeat | Wake | Offer) -> None:
         last = self._last.get(hb.sender)
         retired = self._retired.get(hb.sender)
         if retired is not None and hb.incarnation in retired:

@@ -43,10 +43,11 @@ from typing import Any
 from egressd.core import rights
 from egressd.core.errors import ConfigError, DataPlaneError, Problem
 from egressd.core.lease import LeaseRecord, lease_name
-from egressd.core.mesh_messages import Wake
+from egressd.core.mesh_messages import Accept, Offer, Wake
 from egressd.core.mesh_settings import DEFAULT_PORT
 from egressd.core.model import EgressGroup, IPAddress, Settings
 from egressd.core.states import State
+from egressd.core.transfer import OfferVerdict
 from egressd.core.wake import WakeAction, WakeVerdict, judge_wake
 from egressd.ports import (
     Clock,
@@ -142,10 +143,7 @@ class Daemon:
             promises=lambda: self.mesh.promises if self.mesh is not None else {},
         )
         """This node's lease: the serving right of every IP it holds."""
-        if self.mesh is not None:
-            self.liveness.promised_until = self.mesh.promised_until
-            self.mesh.on_promise = self.liveness.extended
-            self.mesh.on_wake = self._woken
+        self._hook_mesh()
         self.peer_rights = PeerRightWatch(
             node=settings.node.name,
             events=self.events,
@@ -338,6 +336,15 @@ class Daemon:
         entry = self.view.node(peer)
         return entry.record.address if entry is not None and entry.record is not None else None
 
+    def _hook_mesh(self) -> None:
+        """What the mesh's datagrams reach: promises, wakes, offers."""
+        if self.mesh is None:
+            return
+        self.liveness.promised_until = self.mesh.promised_until
+        self.mesh.on_promise = self.liveness.extended
+        self.mesh.on_wake = self._woken
+        self.mesh.on_offer = self._offered
+
     async def _open_mesh(self) -> None:
         """Bind the mesh socket on the node's address; the mesh's tasks start."""
         if self.mesh is None:
@@ -377,6 +384,21 @@ class Daemon:
         if member is not None and verdict.action is WakeAction.READ:
             member.woken(wake)
         return verdict
+
+    def _offer_claim(self, ip: str, epoch: int, successor: str) -> asyncio.Future[Accept] | None:
+        """A member leaving ``ip`` offers its claim to ``successor`` over the mesh."""
+        return self.mesh.offer(ip, epoch, successor) if self.mesh is not None else None
+
+    def _offered(self, offer: Offer) -> OfferVerdict:
+        """An offer from a candidate peer: judged by the IP's member, which
+        records it if it accepts."""
+        try:
+            member = self.members.get(ip_address(offer.ip))
+        except ValueError:  # the parser let through only addresses; never here
+            member = None
+        if member is None:
+            return OfferVerdict(False, "not-candidate", f"{offer.ip}: not a candidate here")
+        return member.offered(offer)
 
     def _owners(self) -> list[Member]:
         return [m for m in self.members.values() if m.sm.state is State.OWNER]
@@ -532,6 +554,7 @@ class Daemon:
             metrics=self.metrics,
             serving_locally=adopt,
             wake=self._wake_successor,
+            offer=self._offer_claim,
             connections=self.replication,
         )
         self.members[ip] = member

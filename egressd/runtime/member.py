@@ -37,11 +37,12 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from egressd.core import transfer
 from egressd.core.backoff import Repeats
-from egressd.core.election import Action, Decision, Me, decide, hold_off, next_look, spread_rank
+from egressd.core.election import Action, Decision, Me, api_right, decide, hold_off, next_look, spread_rank
 from egressd.core.errors import ApiError, ApiTimeout, ConfigError, DataPlaneError, LostRace, MalformedLease
 from egressd.core.lease import LeaseRecord, held_by, lease_name
-from egressd.core.mesh_messages import Wake
+from egressd.core.mesh_messages import Accept, Offer, Wake
 from egressd.core.model import EgressGroup, IPAddress, Settings
 from egressd.core.node_lease import node_lease_name
 from egressd.core.ownership_events import OwnershipEvent
@@ -87,6 +88,7 @@ class Member:
         metrics: Metrics,
         serving_locally: bool = False,
         wake: Callable[[LeaseRecord, str], None] | None = None,
+        offer: Callable[[str, int, str], asyncio.Future[Accept] | None] | None = None,
         connections: Replication | None = None,
     ) -> None:
         problems = settings.timing.check()
@@ -130,6 +132,11 @@ class Member:
         timed out): it may have landed, so a release must read the lease back."""
         self._wake = wake or (lambda _released, _successor: None)
         """Wakes the successor of a release (the mesh's; nothing without it)."""
+        self._offer = offer or (lambda _ip, _epoch, _successor: None)
+        """Offers the claim to a successor before leaving (the mesh's; nothing
+        without it): see :mod:`egressd.core.transfer`."""
+        self._accepted: transfer.Accepted | None = None
+        """The transfer of our claim we accepted last (as a successor)."""
         self._wake_read: asyncio.Task[None] | None = None
         """The read of the claim a wake asked for, beside the loop (see :meth:`woken`)."""
         self._connections = connections
@@ -171,6 +178,7 @@ class Member:
             mesh=self._liveness.mesh,
             promised_until=self._liveness.promised_until(holder_name) if holder_name else None,
             in_holder_peer_set=in_peer_set,
+            accepted=self._accepted,
         )
 
     def preference(self) -> list[str]:
@@ -216,7 +224,7 @@ class Member:
         self._note(decision)
         if (
             self.serving_locally
-            and decision.action is not Action.ACQUIRE
+            and decision.action not in (Action.ACQUIRE, Action.ASSUME)
             and decision.reason not in ("no-node-lease-right", "hold-off")
         ):
             # waiting for our node lease's first renew is no reason to give up
@@ -226,6 +234,8 @@ class Member:
         action = decision.action
         if action is Action.ACQUIRE:
             await self._acquire(entry.record, decision)
+        elif action is Action.ASSUME:
+            await self._assume(entry.record, decision)
         elif action is Action.STEP_DOWN:
             await self.step_down(decision.reason, decision.detail)
         elif action is Action.HANDOFF:
@@ -268,6 +278,30 @@ class Member:
         if self.sm.state is State.OWNER:
             return  # taken meanwhile (the watch was first): our write's answer is newer than this read
         self._view.observe(self.name, record)
+
+    def offered(self, offer: Offer) -> transfer.OfferVerdict:
+        """The owner offers us its claim (:mod:`egressd.core.transfer`):
+        accept if we could take it now by a write of our own, and record it;
+        the guard is armed at once, ahead of the takeover."""
+        now = self._clock.monotonic()
+        verdict = transfer.judge_offer(
+            offer,
+            me=self._settings.node.name,
+            candidates=self.group.candidates,
+            known=self._view.get(self.name).record,
+            standby=self.sm.state is not State.OWNER and not self.serving_locally,
+            api_right=bool(api_right(self._liveness.last_renew_sent, now, self._timing)),
+            held_off=self._hold_off_until is not None and now < self._hold_off_until,
+            stopping=self._stopping,
+        )
+        if verdict.accept:
+            self._accepted = transfer.accepted(offer, now)
+            if self._connections is not None:
+                self._connections.arm_ahead(str(self.ip))
+            self.log.info("accepted %s's offer of the claim (epoch %d)", offer.sender, offer.epoch)
+        else:
+            self.log.info("refused %s's offer of the claim: %s %s", offer.sender, verdict.reason, verdict.detail)
+        return verdict
 
     def _wake_read_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -392,17 +426,29 @@ class Member:
         written = await self._write_holder(base, decision.reason)
         if written is None:
             return
-        sent = self._sent
+        await self._start_serving(written, decision, self._sent, "acquired the lease")
+
+    async def _assume(self, record: LeaseRecord | None, decision: Decision) -> None:
+        """The old owner transferred the claim to us as we accepted: serve on
+        its write (:mod:`egressd.core.transfer`)."""
+        self._accepted = None  # one transfer, one tenure
+        if record is None:
+            return
+        await self._start_serving(record, decision, self._clock.monotonic(), "took the transferred lease")
+
+    async def _start_serving(self, written: LeaseRecord, decision: Decision, sent: float, what: str) -> None:
+        """The claim names us (``written``): serve if our node lease's right
+        still holds, else wait (3e of decide writes it again later)."""
         self._set_epoch(written.transitions)
         right = self._liveness.right()
         if not right:
             # the claim names us, but our node lease's right lapsed meanwhile:
             # serve only after a renew and a fresh claim write (3e of decide)
-            self.log.warning("acquired the claim but the node lease's right lapsed (%s); not serving", right.reason)
+            self.log.warning("%s but the node lease's right lapsed (%s); not serving", what, right.reason)
             return
         self._fire(Event.ACQUIRED, decision.reason)
         self.serving_locally = False
-        self.log.info("acquired the lease (%s); serving", decision.reason)
+        self.log.info("%s (%s); serving", what, decision.reason)
         self._emit("acquired", decision.reason, decision.detail)
         try:
             await self._serve(sent)
@@ -510,6 +556,11 @@ class Member:
         not land, a write that landed unseen): :meth:`_release` writes only a
         lease that names this process. ``withdraw_as`` names the withdrawal in
         the log when it differs from ``reason``."""
+        offered: tuple[asyncio.Future[Accept], float] | None = None
+        if release and successor is not None and self.sm.state is State.OWNER:
+            # before the withdrawal: the accept comes back while we withdraw
+            future = self._offer(str(self.ip), self.epoch, successor)
+            offered = (future, self._clock.monotonic()) if future is not None else None
         left = False
         if self.sm.state is State.OWNER:
             await self._withdraw(withdraw_as or reason)
@@ -526,18 +577,89 @@ class Member:
             self.log.error("identity clash: another daemon writes this node's name (%s); fenced", detail)
             self._emit("fenced", reason, detail)
         if not release:
+            if offered is not None:
+                offered[0].cancel()
             return
+        await self._hand_over(event, reason, successor, base, left=left, offered=offered)
+
+    async def _hand_over(
+        self,
+        event: Event,
+        reason: str,
+        successor: str | None,
+        base: LeaseRecord | None,
+        *,
+        left: bool,
+        offered: tuple[asyncio.Future[Accept], float] | None,
+    ) -> None:
+        """After the withdrawal: transfer the claim to a successor that accepted
+        our offer, else write it free naming ``successor``; then wake the successor."""
         if left and self._connections is not None:
             # withdrawn: no new flow gets this IP here; the successor gets the
             # changes not sent yet before it is woken by the release
             await self._connections.final_batch(str(self.ip))
-        released = await self._release(successor=successor, base=base)
+        released, how = None, "released"
+        if offered is not None:
+            accept = await self._accept_of(*offered)
+            if accept is not None and left and successor is not None:
+                released = await self._transfer(successor, accept, base)
+                how = "transferred" if released is not None else how
+        if released is None:
+            released = await self._release(successor=successor, base=base)
         if released is not None and successor is not None:
             self._wake(released, successor)
         if released is not None and event is Event.RELEASED:
             # the release is the leaving itself (handoff, shutdown): it is what is announced
-            self.log.info("released the lease (%s; successor %s)", reason, successor or "-")
-            self._emit("released", reason, f"to {successor}" if successor else "")
+            self.log.info("%s the lease (%s; successor %s)", how, reason, successor or "-")
+            self._emit("released", reason, f"{how} to {successor}" if successor else "")
+
+    async def _accept_of(self, future: asyncio.Future[Accept], offered_at: float) -> Accept | None:
+        """The successor's accept of our offer, if it comes within
+        ``ACCEPT_WAIT`` of the offer (None: release instead)."""
+        try:
+            if not future.done():
+                remaining = offered_at + transfer.ACCEPT_WAIT - self._clock.monotonic()
+                await asyncio.wait({future}, timeout=max(0.0, remaining))
+            if future.done() and not future.cancelled():
+                return future.result()
+            self.log.info("no accept of our offer within %.0f ms: releasing instead", transfer.ACCEPT_WAIT * 1000)
+            return None
+        finally:
+            future.cancel()
+
+    async def _transfer(self, successor: str, accept: Accept, base: LeaseRecord | None) -> LeaseRecord | None:
+        """Write the claim held by the successor's process that accepted
+        (withdrawn already): the transfer; None if it was not written (the
+        caller releases instead, which reads back a write of unknown outcome)."""
+        record = base or self._view.get(self.name).record
+        node = self._view.node(successor)
+        address = node.record.address if node is not None and node.record is not None else None
+        if not self._names_us(record) or address is None or accept.sender != successor:
+            return None
+        assert record is not None
+        to = held_by(
+            record,
+            name=self.name,
+            egress_ip=str(self.ip),
+            holder=successor,
+            holder_address=address,
+            incarnation=accept.incarnation,
+            lease_duration=self._timing.lease_duration,
+            now=self._clock.wall(),
+            reason=f"transferred-from-{self._settings.node.name}",
+        )
+        started = self._clock.monotonic()
+        try:
+            written = await self._store.update(to, deadline=started + self._timing.renew_deadline)
+        except LostRace as exc:
+            self.log.info("transfer to %s lost a race (%s); releasing instead", successor, exc)
+            return None
+        except ApiError as exc:
+            self._write_unsure = self._write_unsure or isinstance(exc, ApiTimeout)
+            self.log.warning("transfer to %s failed (%s); releasing instead", successor, exc)
+            return None
+        self._view.observe(self.name, written, notify=False)
+        return written
 
     async def step_down(self, reason: str, detail: str = "") -> None:
         """Withdraw now (deadline passed, lease lost)."""

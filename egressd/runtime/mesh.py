@@ -17,6 +17,13 @@ promises in answer to the peers' heartbeats (DESIGN.md, "The mesh").
   heartbeat answered): ``rights.serving_right`` reads them. The time from
   that heartbeat to the promise taken is the mesh's round trip (``last_rtt``
   and the metrics' histogram).
+* **Offer** and **Accept** (:meth:`Mesh.offer`, sent by an owner about to
+  leave an IP for a named successor): a successor that could take the claim
+  now answers with an accept naming its process, judged by ``on_offer``
+  (:func:`egressd.core.transfer.judge_offer`), and the owner then writes the
+  claim to it instead of free (:mod:`egressd.core.transfer`). An offer is
+  taken from a candidate peer once (a replay guard of its own); an accept
+  only for an offer we sent, still waiting, to that peer, with its nonce.
 * **Wake** (:meth:`Mesh.wake`, sent by an old owner right after its release
   write naming a successor succeeded): the successor reads the claim at once
   instead of waiting for its watch. Taken from a candidate peer once
@@ -28,13 +35,14 @@ Everything refused is counted by reason (``rejected``, and the transport's
 own counter): ``unknown-peer`` (a sender that is no candidate with us),
 ``replayed``, ``retired-incarnation``, ``stale`` (a nonce we do not wait for), ``misdirected``,
 ``short-promise`` (a peer promising less than our promise duration, which
-our peer right would overrate), and for wakes ``not-candidate`` and
-``stale-epoch``. The datagrams that fail the signature or the
+our peer right would overrate), for wakes ``not-candidate`` and
+``stale-epoch``, and for offers the reasons of ``judge_offer``. The datagrams that fail the signature or the
 fields never get here (the transport drops and counts them).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import secrets
@@ -43,9 +51,11 @@ from dataclasses import dataclass, field
 
 from egressd.core import rights
 from egressd.core.mesh_messages import (
+    Accept,
     CtBatch,
     Heartbeat,
     MeshRejected,
+    Offer,
     Outstanding,
     Promise,
     ReplayGuard,
@@ -53,6 +63,7 @@ from egressd.core.mesh_messages import (
     fits_token,
 )
 from egressd.core.model import Timing
+from egressd.core.transfer import OfferVerdict
 from egressd.core.wake import WakeAction, WakeVerdict
 from egressd.ports import Clock, MeshReceived, MeshTransport, Metrics
 from egressd.runtime.sinks import NullMetrics
@@ -74,6 +85,16 @@ class PeerCounts:
     """Promises taken, per peer."""
     last_rtt: dict[str, float] = field(default_factory=dict)
     """Peer -> seconds from our latest heartbeat it answered to the promise taken."""
+
+
+@dataclass
+class TransferCounts:
+    offered: int = 0
+    """Offers sent (as the owner leaving an IP)."""
+    accepted: int = 0
+    """Offers we accepted (as a successor)."""
+    taken: int = 0
+    """Accepts taken in answer to our offers."""
 
 
 @dataclass
@@ -143,6 +164,13 @@ class Mesh:
         """Judges a wake from a candidate peer and, if it is worth it, has the
         IP's member read the claim (the daemon's)."""
         self.wakes = WakeCounts()
+        self.on_offer: Callable[[Offer], OfferVerdict] = lambda o: OfferVerdict(False, "not-candidate")
+        """Judges an offer from a candidate peer and, if accepted, has the IP's
+        member record it (the daemon's)."""
+        self._offer_guard = ReplayGuard()
+        self._offers: dict[tuple[str, str], tuple[asyncio.Future[Accept], str, int]] = {}
+        """(successor, nonce) -> the accept awaited, with the IP and epoch offered."""
+        self.transfers = TransferCounts()
         self.open = False
         """Whether the transport is bound (wakes are sent only then)."""
         self.on_peer_promise: Callable[[str, str], None] = lambda _peer, _incarnation: None
@@ -207,6 +235,51 @@ class Mesh:
         self.wakes.sent += 1
         return True
 
+    # --- transfers ----------------------------------------------------------------
+
+    def offer(self, ip: str, epoch: int, successor: str) -> asyncio.Future[Accept] | None:
+        """Offer the claim of ``ip`` (held at ``epoch``) to ``successor``; the
+        future is its accept. None: no offer left (socket closed, or no
+        address for the successor). The caller waits as long as it likes,
+        then cancels the future: a later accept is then ``stale``."""
+        if not self.open or successor == self.node:
+            return None
+        address = self._address_of(successor)
+        if address is None:
+            self.log.debug("no offer to %s for %s: no address", successor, ip)
+            return None
+        for key in [k for k, (f, _ip, _epoch) in self._offers.items() if f.done()]:
+            del self._offers[key]  # given up by their owners (a late accept is then stale)
+        self._seq += 1
+        nonce = self._nonce()
+        future: asyncio.Future[Accept] = asyncio.get_running_loop().create_future()
+        self._offers[(successor, nonce)] = (future, ip, epoch)
+        message = Offer(self.node, self.incarnation, self._seq, ip, epoch, nonce, successor)
+        self.transport.send(message, (address, self.port))
+        self.transfers.offered += 1
+        return future
+
+    def _offered(self, offer: Offer, sender: tuple[str, int]) -> None:
+        if offer.to != self.node:
+            raise MeshRejected("misdirected", f"an offer for {offer.to}")
+        self._offer_guard.admit(offer)
+        verdict = self.on_offer(offer)
+        if not verdict.accept:
+            raise MeshRejected(verdict.reason, verdict.detail)
+        reply = Accept(self.node, self.incarnation, offer.sender, offer.ip, offer.epoch, offer.nonce)
+        self.transport.send(reply, sender)
+        self.transfers.accepted += 1
+
+    def _accepted(self, accept: Accept) -> None:
+        if accept.to != self.node:
+            raise MeshRejected("misdirected", f"an accept for {accept.to}")
+        waiting = self._offers.get((accept.sender, accept.nonce))
+        if waiting is None or waiting[0].done() or (waiting[1], waiting[2]) != (accept.ip, accept.epoch):
+            raise MeshRejected("stale", f"no offer to {accept.sender} waits for this accept")
+        del self._offers[(accept.sender, accept.nonce)]
+        waiting[0].set_result(accept)
+        self.transfers.taken += 1
+
     def _woken(self, wake: Wake) -> None:
         if wake.to != self.node:
             raise MeshRejected("misdirected", f"a wake for {wake.to}")
@@ -234,6 +307,10 @@ class Mesh:
                 self._answer(message, received.sender)
             elif isinstance(message, Wake):
                 self._woken(message)
+            elif isinstance(message, Offer):
+                self._offered(message, received.sender)
+            elif isinstance(message, Accept):
+                self._accepted(message)
             elif isinstance(message, CtBatch):
                 self.on_conntrack(message, received.sender)
             else:
@@ -287,5 +364,8 @@ class Mesh:
             "wakesSent": self.wakes.sent,
             "wakesRead": self.wakes.read,
             "wakesAfterWatch": self.wakes.seen,
+            "transfersOffered": self.transfers.offered,
+            "transfersAccepted": self.transfers.accepted,
+            "acceptsTaken": self.transfers.taken,
             "rejected": dict(self.transport.rejected),  # the socket's checks and ours (reject() counts there too)
         }

@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 from egressd.core.mesh_messages import (
     MAGIC,
     MAX_DATAGRAM,
+    Accept,
     Heartbeat,
     MeshRejected,
+    Offer,
     Outstanding,
     Promise,
     ReplayGuard,
@@ -31,6 +33,11 @@ NONCE = "0123456789abcdef" * 2
 HB = Heartbeat("gw-a", "inc-1", 7, NONCE, api_ok=True)
 PROMISE = Promise("gw-b", "inc-2", "gw-a", NONCE, 2000)
 WAKE = Wake("gw-a", "inc-1", 8, "172.18.0.42", 3, "4711", "gw-b")
+OFFER = Offer("gw-a", "inc-1", 9, "172.18.0.42", 3, NONCE, "gw-b")
+ACCEPT = Accept("gw-b", "inc-2", "gw-a", "172.18.0.42", 3, NONCE)
+OFFER_BODY = {"k": "offer", "from": "gw-a", "inc": "i", "seq": 1, "ip": "172.18.0.42", "epoch": 3, "nonce": NONCE,
+              "to": "b"}  # fmt: skip
+ACCEPT_BODY = {"k": "accept", "from": "b", "inc": "i", "to": "gw-a", "ip": "172.18.0.42", "epoch": 3, "nonce": NONCE}
 WAKE_BODY = {"k": "wake", "from": "gw-a", "inc": "i", "seq": 1, "ip": "172.18.0.42", "epoch": 3, "rv": "9", "to": "b"}
 
 
@@ -45,8 +52,11 @@ def reason(datagram: bytes) -> str:
     return info.value.reason
 
 
-@pytest.mark.parametrize("message", [HB, PROMISE, WAKE, Wake("gw-a", "i", 0, "2001:db8::42", 2**31 - 1, "x/1", "b")])
-def test_a_message_survives_the_round_trip(message: Heartbeat | Promise | Wake) -> None:
+@pytest.mark.parametrize(
+    "message",
+    [HB, PROMISE, WAKE, Wake("gw-a", "i", 0, "2001:db8::42", 2**31 - 1, "x/1", "b"), OFFER, ACCEPT],
+)
+def test_a_message_survives_the_round_trip(message: Heartbeat | Promise | Wake | Offer | Accept) -> None:
     assert decode(encode(message, KEY), KEY) == message
 
 
@@ -89,6 +99,15 @@ def test_forged_unsigned_and_oversized_datagrams_are_rejected() -> None:
         ({**WAKE_BODY, "from": ""}, "from"),
         ({k: v for k, v in WAKE_BODY.items() if k != "epoch"}, "fields"),
         ({**WAKE_BODY, "successor": "gw-b"}, "fields"),
+        ({**OFFER_BODY, "nonce": NONCE.upper()}, "nonce"),
+        ({**OFFER_BODY, "epoch": 2**31}, "epoch"),
+        ({**OFFER_BODY, "seq": -1}, "seq"),
+        ({**OFFER_BODY, "to": ""}, "to"),
+        ({k: v for k, v in OFFER_BODY.items() if k != "nonce"}, "fields"),
+        ({**ACCEPT_BODY, "ip": "::FFFF:1.2.3.4"}, "ip"),
+        ({**ACCEPT_BODY, "inc": "x" * 65}, "inc"),
+        ({**ACCEPT_BODY, "seq": 1}, "fields"),
+        ({**ACCEPT_BODY, "nonce": 5}, "nonce"),
     ],
 )
 def test_a_signed_but_malformed_message_names_the_field(body: dict[str, object], field: str) -> None:
@@ -173,6 +192,63 @@ def test_any_signed_wake_body_is_a_wake_or_malformed_naming_a_field(body: dict[s
             body["from"],
             body["ip"],
             body["epoch"],
+            body["to"],
+        )
+
+
+@given(
+    st.builds(
+        Offer,
+        sender=names,
+        incarnation=tokens,
+        seq=st.integers(0, 2**63 - 1),
+        ip=addresses,
+        epoch=st.integers(0, 2**31 - 1),
+        nonce=st.from_regex(r"\A[0-9a-f]{32}\Z"),
+        to=names,
+    ),
+    tokens,
+)
+def test_any_offer_and_its_accept_survive_the_round_trip(offer: Offer, incarnation: str) -> None:
+    accept = Accept(offer.to, incarnation, offer.sender, offer.ip, offer.epoch, offer.nonce)
+    for message in (offer, accept):
+        data = encode(message, KEY)
+        assert decode(data, KEY) == message
+        with pytest.raises(MeshRejected, match="bad-signature"):
+            decode(data, OTHER)
+
+
+@given(
+    st.sampled_from(["offer", "accept"]),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "from": names | st.text(max_size=5),
+            "inc": tokens | st.integers(),
+            "seq": st.integers() | st.booleans() | st.none(),
+            "ip": addresses | st.text(max_size=10),
+            "epoch": st.integers() | st.text(max_size=3),
+            "nonce": st.from_regex(r"\A[0-9a-f]{32}\Z") | st.text(max_size=40),
+            "to": names | st.integers(),
+        },
+    ),
+)
+def test_any_signed_offer_or_accept_body_is_that_message_or_malformed_naming_a_field(
+    kind: str, fields: dict[str, object]
+) -> None:
+    body = {"k": kind, **fields}
+    try:
+        message = decode(signed(body), KEY)
+    except MeshRejected as exc:
+        assert exc.reason == "malformed"
+        assert str(exc).split(": ")[1] in {"fields", "from", "inc", "seq", "ip", "epoch", "nonce", "to"}
+    else:
+        assert isinstance(message, Offer if kind == "offer" else Accept)
+        assert (message.sender, message.ip, message.epoch, message.nonce, message.to) == (
+            body["from"],
+            body["ip"],
+            body["epoch"],
+            body["nonce"],
             body["to"],
         )
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 from ipaddress import ip_address
 
 from egressd.core.lease import LeaseRecord, lease_name
-from egressd.core.mesh_messages import Wake, decode, encode
+from egressd.core.mesh_messages import Offer, Wake, decode, encode
 from egressd.core.model import EgressGroup
 from egressd.ports import LeaseEvent
 from tests.fakes import FakeLeaseStore, FakeMeshNetwork
@@ -86,19 +86,23 @@ class LaggingStore(CutStore):
 
 
 class LossyNetwork(FakeMeshNetwork):
-    """The fake node network, losing every wake while ``drop_wakes`` is set."""
+    """The fake node network, losing every wake while ``drop_wakes`` is set,
+    and every offer while ``drop_offers`` is: here by default, so that a
+    graceful handoff is a release and the successor's claim write, the path
+    these tests are about (a transfer: tests/runtime/test_transfer.py)."""
 
     drop_wakes = False
+    drop_offers = True
 
     def deliver(self, data: bytes, source: tuple[str, int], to: tuple[str, int]) -> None:
-        if self.drop_wakes and _is_wake(data):
+        if (self.drop_wakes and _is_a(data, Wake)) or (self.drop_offers and _is_a(data, Offer)):
             return
         super().deliver(data, source, to)
 
 
-def _is_wake(data: bytes) -> bool:
+def _is_a(data: bytes, kind: type) -> bool:
     try:
-        return isinstance(decode(data, KEY), Wake)
+        return isinstance(decode(data, KEY), kind)
     except Exception:  # not ours to judge here: the socket drops and counts it
         return False
 

@@ -1,0 +1,149 @@
+"""A graceful handoff by transfer (virtual clock): the leaving owner offers
+its claim over the mesh, the successor accepts, and the owner writes the
+claim naming the successor's process; the successor serves on that write
+without one of its own. Without an accept in time the owner releases as
+before; a transfer seen too late is written again by the successor; an
+accept nobody waits for is dropped."""
+
+from __future__ import annotations
+
+import asyncio
+
+from egressd.core import transfer
+from egressd.core.mesh_messages import Accept, encode
+from tests.runtime.support import (
+    ADDRESSES,
+    KEY,
+    PORT,
+    TIMING,
+    MeshNode,
+    assert_no_two_owners,
+    owners,
+    stop_all,
+)
+from tests.runtime.test_wake import IP, NAME, LaggingStore, LossyNetwork, _handoff, _pair
+from tests.virtual_time import until
+
+
+def _claim_writes(writes: list[tuple[str, object]], since: int) -> list[tuple[str, str | None, str | None]]:
+    return [(verb, r.holder, r.transition_reason) for verb, r in writes[since:] if r.name == NAME]  # type: ignore[attr-defined]
+
+
+async def _transfer_pair() -> tuple[LossyNetwork, list[MeshNode], list[LaggingStore], object]:
+    net = LossyNetwork()
+    net.drop_offers = False
+    nodes, stores, shared = await _pair(net)
+    return net, nodes, stores, shared
+
+
+async def test_the_successor_serves_on_the_owners_transfer_without_a_write_of_its_own() -> None:
+    _net, nodes, stores, shared = await _transfer_pair()
+    try:
+        since = len(shared.writes)  # type: ignore[attr-defined]
+        owner, successor, took = await _handoff(nodes, stores, lag=0.0)
+        assert took < 0.05, f"the successor served {took * 1000:.1f} ms after the stop"
+        # one claim write in the handoff: the owner's, naming the successor's process
+        assert _claim_writes(shared.writes, since) == [  # type: ignore[attr-defined]
+            ("update", successor.name, f"transferred-from-{owner.name}")
+        ]
+        claim = shared.leases[NAME]  # type: ignore[attr-defined]
+        assert (claim.holder, claim.incarnation) == (successor.name, successor.daemon.incarnation)
+        assert claim.holder_address == ADDRESSES[successor.name]
+        assert owner.daemon.mesh.transfers.taken == 1  # type: ignore[union-attr]
+        assert successor.daemon.mesh.transfers.accepted == 1  # type: ignore[union-attr]
+        assert successor.daemon.members[IP].last_decision.reason == "transferred"  # type: ignore[union-attr]
+        assert owners(nodes, IP) == [successor.name]
+        # the successor is a holder like any other: it keeps the IP
+        await asyncio.sleep(3 * TIMING.lease_duration)
+        assert owners(nodes, IP) == [successor.name]
+        assert_no_two_owners(n.plane for n in nodes)
+    finally:
+        await stop_all(nodes)
+
+
+async def test_a_successor_whose_watch_lags_is_woken_and_serves_on_the_transfer() -> None:
+    _net, nodes, stores, shared = await _transfer_pair()
+    try:
+        since = len(shared.writes)  # type: ignore[attr-defined]
+        _, successor, took = await _handoff(nodes, stores, lag=0.4)
+        assert took < 0.05, f"the successor served {took * 1000:.1f} ms after the stop"
+        assert successor.daemon.mesh.wakes.read == 1  # type: ignore[union-attr]
+        assert [w[1] for w in _claim_writes(shared.writes, since)] == [successor.name]  # type: ignore[attr-defined]
+        assert_no_two_owners(n.plane for n in nodes)
+    finally:
+        await stop_all(nodes)
+
+
+async def test_without_an_accept_in_time_the_owner_releases_and_the_successor_writes() -> None:
+    net, nodes, stores, shared = await _transfer_pair()
+    try:
+        net.drop_offers = True  # the successor never hears of the offer
+        since = len(shared.writes)  # type: ignore[attr-defined]
+        _owner, successor, took = await _handoff(nodes, stores, lag=0.0)
+        assert transfer.ACCEPT_WAIT <= took < transfer.ACCEPT_WAIT + 0.05
+        writes = _claim_writes(shared.writes, since)  # type: ignore[attr-defined]
+        assert [(verb, holder) for verb, holder, _ in writes] == [("update", None), ("update", successor.name)]
+        assert owners(nodes, IP) == [successor.name]
+        assert_no_two_owners(n.plane for n in nodes)
+    finally:
+        await stop_all(nodes)
+
+
+async def test_a_transfer_seen_after_the_renew_deadline_is_written_again_by_the_successor() -> None:
+    """Serving on the owner's write is safe only soon after the accept (no
+    standby can have timed the successor out yet); later, the successor's
+    own conditional write settles any race, as for any claim naming it."""
+    _net, nodes, stores, shared = await _transfer_pair()
+    try:
+        owner = next(n for n in nodes if n.serves(IP))
+        successor = next(n for n in nodes if n is not owner)
+        store = stores[nodes.index(successor)]
+        store.lag = TIMING.renew_deadline + 0.2  # the transfer reaches its view late
+        store.read_delay = TIMING.renew_deadline + 0.2  # and so does the read a wake starts
+        since = len(shared.writes)  # type: ignore[attr-defined]
+        await owner.stop()
+        await until(lambda: successor.serves(IP), 4 * TIMING.lease_duration)
+        writes = _claim_writes(shared.writes, since)  # type: ignore[attr-defined]
+        assert [(verb, holder) for verb, holder, _ in writes] == [("update", successor.name)] * 2
+        assert successor.daemon.members[IP].last_decision.reason == "reacquire-own-lease"  # type: ignore[union-attr]
+        assert_no_two_owners(n.plane for n in nodes)
+    finally:
+        await stop_all(nodes)
+
+
+async def test_accepts_nobody_waits_for_are_dropped_and_give_nothing() -> None:
+    net, nodes, _stores, _shared = await _transfer_pair()
+    try:
+        owner = next(n for n in nodes if n.serves(IP))
+        standby = next(n for n in nodes if n is not owner)
+        mesh = owner.daemon.mesh
+        assert mesh is not None
+        inc = standby.daemon.incarnation
+        nonce = "0123456789abcdef" * 2
+        for datagram in (
+            encode(Accept(standby.name, inc, owner.name, str(IP), 1, nonce), KEY),  # no offer waits
+            encode(Accept(standby.name, inc, "gw-c", str(IP), 1, nonce), KEY),  # misdirected
+        ):
+            net.inject(datagram, (ADDRESSES[standby.name], PORT), ADDRESSES[owner.name])
+        await asyncio.sleep(TIMING.retry_period)
+        assert (mesh.rejected["stale"], mesh.rejected["misdirected"]) == (1, 1)
+        assert mesh.transfers.taken == 0
+        assert owners(nodes, IP) == [owner.name]
+    finally:
+        await stop_all(nodes)
+
+
+async def test_a_standby_held_off_refuses_the_offer_and_the_owner_releases() -> None:
+    _net, nodes, _stores, shared = await _transfer_pair()
+    try:
+        owner = next(n for n in nodes if n.serves(IP))
+        successor = next(n for n in nodes if n is not owner)
+        successor.daemon.members[IP]._hold(0.3, "dataplane-failed")
+        await owner.stop()
+        assert successor.daemon.mesh.rejected["hold-off"] == 1  # type: ignore[union-attr]
+        assert successor.daemon.mesh.transfers.accepted == 0  # type: ignore[union-attr]
+        assert shared.leases[NAME].holder is None  # type: ignore[attr-defined]
+        await until(lambda: successor.serves(IP), 4 * TIMING.lease_duration)
+        assert_no_two_owners(n.plane for n in nodes)
+    finally:
+        await stop_all(nodes)
