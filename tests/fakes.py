@@ -332,6 +332,10 @@ class FakeMeshSocket(MeshSocket):
         self.network.deliver(encode(message, self._key), self.bound, peer)
 
 
+_READABLE = ConntrackEvent("update")
+"""What wakes :meth:`FakeConntrack.events` to read what is queued (never yielded)."""
+
+
 class FakeConntrack:
     """One kernel's conntrack table of egressd's flows (the Conntrack port),
     keyed like the kernel's by protocol and original tuple. ``install``
@@ -345,6 +349,10 @@ class FakeConntrack:
         self.installs: list[list[Entry]] = []
         """Every batch :meth:`install` was given, in order."""
         self._watchers: list[asyncio.Queue[ConntrackEvent]] = []
+        self.socket_like = False
+        """Deliver one event per turn of the event loop, as a socket read
+        each: events published at once wait in ``_queued`` meanwhile."""
+        self._queued: list[ConntrackEvent] = []
 
     async def dump(self) -> list[Entry]:
         return list(self.table.values())
@@ -354,9 +362,18 @@ class FakeConntrack:
         self._watchers.append(queue)
         try:
             while True:
-                yield await queue.get()
+                if self._queued:
+                    await asyncio.sleep(0)  # one read per turn
+                    yield self._queued.pop(0)
+                    continue
+                event = await queue.get()
+                if event is not _READABLE:
+                    yield event
         finally:
             self._watchers.remove(queue)
+
+    def events_pending(self) -> bool:
+        return bool(self._queued) or any(q.qsize() for q in self._watchers)
 
     async def install(self, entries: Sequence[Entry]) -> list[ConntrackFailure]:
         self.installs.append(list(entries))
@@ -394,5 +411,10 @@ class FakeConntrack:
         self._publish(ConntrackEvent("overflow"))
 
     def _publish(self, event: ConntrackEvent) -> None:
+        if self.socket_like and self._watchers:
+            self._queued.append(event)
+            if len(self._queued) == 1:
+                self._watchers[0].put_nowait(_READABLE)  # wakes the reader
+            return
         for queue in self._watchers:
             queue.put_nowait(event)

@@ -362,6 +362,11 @@ class Conntrack(Protocol):
         """New, updated and destroyed entries with egressd's mark, as they happen."""
         ...
 
+    def events_pending(self) -> bool:
+        """Whether events the kernel queued wait to be read by :meth:`events`
+        (a handoff's final batch reads them first)."""
+        ...
+
     async def install(self, entries: Sequence[Entry]) -> list[ConntrackFailure]:
         """Create these entries (same tuples, NAT mapping, TCP state, timeout,
         mark); the ones refused, each with its reason. An entry whose flow

@@ -65,6 +65,8 @@ INSTALL_CHUNK = 256
 """Entries installed in one call after the announcement."""
 GUARD_READ_INTERVAL = 10.0
 """Seconds between two reads of the guard's drop counter (an ``nft`` listing)."""
+DRAIN_TURNS = 256
+"""Turns of the event loop a final batch gives the events socket at most."""
 AHEAD_VALID = 0.5
 """Seconds a guard armed beside the claim write (:meth:`Replication.arm_ahead`)
 counts for the takeover that follows; later, the takeover arms it again, so
@@ -286,13 +288,23 @@ class Replication:
 
     async def final_batch(self, ip: str) -> None:
         """After the withdrawal and before the release of ``ip`` (a handoff,
-        a shutdown): let the events read so far through, then send its
+        a shutdown): read the events the kernel queued so far, then send its
         changes not sent yet to its candidates (the successor among them)."""
-        await asyncio.sleep(0)
+        await self._read_queued_events()
         records = self.outbox.take(ip)
         await self._send_changes(ip, records)
         self.outbox.forget(ip)
         log.info("ip=%s node=%s conntrack: final batch of %d changes sent", ip, self.node, len(records))
+
+    async def _read_queued_events(self) -> None:
+        """Let :meth:`follow` read every event the kernel queued so far (a
+        flow opened just before the withdrawal), one socket read per turn of
+        the loop; bounded, so a flood cannot hold a handoff back."""
+        for _ in range(DRAIN_TURNS):
+            await asyncio.sleep(0)
+            if not self.conntrack.events_pending():
+                break
+        await asyncio.sleep(0)  # the last read's events are noted
 
     # --- the candidate's side --------------------------------------------------------------------
 

@@ -316,6 +316,28 @@ async def test_a_graceful_handoff_sends_its_last_changes_before_the_release() ->
         await stop_all(nodes)
 
 
+async def test_the_final_batch_reads_every_event_the_kernel_queued_before_it() -> None:
+    """Flows opened just before the withdrawal: their events wait in the
+    socket, one read per turn of the loop, when the final batch is taken."""
+    store, net = FakeLeaseStore(), FakeMeshNetwork()
+    slow = dataclasses.replace(CT, batch_interval=2.0)  # only the final batch can carry the flows
+    nodes = [Node("gw-a", store, net, ct=slow), Node("gw-b", store, net, ct=slow)]
+    try:
+        await settle(nodes, IPS)
+        await asyncio.sleep(4 * TIMING.retry_period)
+        ip = IPS[0]
+        owner, other = holder_and_other(nodes, ip)
+        owner.table.socket_like = True
+        young = [flow(p, ip) for p in range(5101, 5121)]
+        for f in young:
+            owner.table.flow_new(f)
+        await owner.daemon.members[ip].shutdown()  # at once: withdraw, final batch, hand over
+        await until(lambda: owners(nodes, ip) == [other.name], 4 * TIMING.lease_duration)
+        assert ports([e for e in other.table.table.values() if e.original.sport > 5100]) == ports(young)
+    finally:
+        await stop_all(nodes)
+
+
 async def test_entries_from_a_non_holder_a_stranger_or_a_replay_are_refused() -> None:
     store, net = FakeLeaseStore(), FakeMeshNetwork()
     nodes = await two(store, net)

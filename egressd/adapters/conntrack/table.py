@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import select
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -123,6 +124,8 @@ class KernelConntrack:
         self._chunk = chunk
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="egressd-ctnetlink")
         self._sock: socket.socket | None = None
+        self._event_sock: socket.socket | None = None
+        """The socket :meth:`events` reads, while it runs."""
         self._seq = 0
         self._buf = bytearray(READ)
 
@@ -152,6 +155,7 @@ class KernelConntrack:
         loop = asyncio.get_running_loop()
         sock = await loop.run_in_executor(self._executor, _open, self._netns, _groups())
         sock.setblocking(False)
+        self._event_sock = sock
         try:
             while True:
                 try:
@@ -165,7 +169,18 @@ class KernelConntrack:
                 for event in self._events(data):
                     yield event
         finally:
+            self._event_sock = None
             sock.close()
+
+    def events_pending(self) -> bool:
+        """Whether the events socket holds messages not read yet."""
+        sock = self._event_sock
+        if sock is None:
+            return False
+        try:
+            return bool(select.select([sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return False
 
     async def close(self) -> None:
         await self._call(self._close)
