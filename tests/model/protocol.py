@@ -35,6 +35,19 @@ What is modelled, in discrete time (one tick is one round of every daemon):
   withdraws it and writes the claim free (with the API); a holder with the
   API may hand an IP off (withdraw, then write the claim free) at any tick,
   at most ``handoffs`` times;
+* a holder with the API may also hand an IP off by a **transfer**, at most
+  ``transfers`` times: a candidate it reaches that accepts the offer
+  (``transfer.judge_offer``: it neither holds nor serves the IP and has its
+  node lease's API right) records the acceptance, the holder withdraws and
+  writes the claim naming it, all in that tick (the accept as late as it can
+  be: a transfer written later only shortens the successor's window). The
+  successor may then serve on that claim *without the API*
+  (``transfer.may_assume``, with its API right, as ``decide`` asks), or take
+  it by its own write like any claim naming it. The model's writes are
+  atomic with the reads that justify them, so it cannot show what the
+  window after the accept protects against (a standby's takeover write on
+  its way while the successor starts serving); the docstring of
+  :mod:`egressd.core.transfer` argues that part;
 * faults, at most ``faults`` toggles per run, at any tick: the API cut from
   one node or restored (also, kind ``unsure``, cut in the middle of a renew
   that lands or not, the daemon cannot tell); the link between two
@@ -63,8 +76,10 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar
 
-from egressd.core import rights
-from egressd.core.mesh_messages import MeshRejected, Outstanding, Promise
+from egressd.core import rights, transfer
+from egressd.core.election import api_right
+from egressd.core.lease import LeaseRecord
+from egressd.core.mesh_messages import MeshRejected, Offer, Outstanding, Promise
 from egressd.core.model import Timing
 
 NOW = 10_000.0
@@ -111,6 +126,10 @@ class Rules:
     published_after_unsure_renew: Callable[[frozenset[str], frozenset[str]], frozenset[str]] = (
         published_after_unsure_renew
     )
+    judge_offer: Callable[..., transfer.OfferVerdict] = transfer.judge_offer
+    may_assume: Callable[[transfer.Accepted | None, LeaseRecord, float, Timing], bool] = transfer.may_assume
+    transfer_withdraws: bool = True
+    """The holder withdraws before it writes a transfer (a planted bug turns it off)."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +149,9 @@ class Params:
     faults: int = 3
     handoffs: int = 0
     """Handoffs a holder may make (withdraw, then write the claim free)."""
+    transfers: int = 0
+    """Transfers a holder may make (an accepted offer: withdraw, then write the
+    claim naming the successor, who may serve on it without the API)."""
     delay: int = 0
     """Ticks a promise may take to reach the holder (0: at once)."""
     kinds: frozenset[str] = KINDS
@@ -197,6 +219,8 @@ class Node(NamedTuple):
     """The configuration of the plan this daemon knows."""
     published: int
     """The peer set this daemon believes its node lease shows (bit mask)."""
+    accepted: tuple[int, ...]
+    """Per IP: age of the transfer offer we accepted last (NEVER: none)."""
 
 
 class State(NamedTuple):
@@ -212,6 +236,7 @@ class State(NamedTuple):
     """Cut links (pairs, smaller index first), sorted."""
     budget: int
     handoffs: int
+    transfers: int
 
 
 def _grow(age: int, by: int, cap: int) -> int:
@@ -258,6 +283,13 @@ class Model:
         self.cap_unchanged = int(t.lease_duration + m.max_hold) + 1
         self.cap_started = int(m.promise_duration) + 1
         self.cap_promise = int(m.promise_duration) + 1
+        self.cap_accepted = int(t.renew_deadline) + 1
+        self._claim_record = LeaseRecord(
+            name="claim", egress_ip="192.0.2.1", holder="holder", lease_duration=t.lease_duration, transitions=1,
+            resource_version="1", incarnation="holder",
+        )  # fmt: skip
+        """What a transferred claim looks like to ``may_assume`` (the model keeps no epochs: every
+        acceptance is taken as one for the claim at hand, which allows more, never less)."""
         self._symmetries: dict[tuple[int, ...], list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]] = {}
         # The rules are pure: their answers are kept by their (small, integer) arguments.
         self._peer_masks: dict[tuple[int, int], int] = {}
@@ -320,13 +352,14 @@ class Model:
                 link=(),
                 budget=self.p.faults,
                 handoffs=self.p.handoffs,
+                transfers=self.p.transfers,
             )
 
     def _fresh(self, rate: int, fence: tuple[int, ...], known: int) -> Node:
         """A daemon just started: nothing in memory; its kernel keeps ``fence``."""
         n, k = self.p.gateways, self.p.ips
         none = (NEVER,) * n
-        return Node(UP, rate, 0, NEVER, NEVER, none, none, (0,) * n, none, (False,) * k, fence, known, 0)
+        return Node(UP, rate, 0, NEVER, NEVER, none, none, (0,) * n, none, (False,) * k, fence, known, 0, (NEVER,) * k)
 
     # --- events: the groups change, daemons learn them, handoffs, faults ---------------------
 
@@ -338,7 +371,53 @@ class Model:
                     for x, held in enumerate(node.holds):
                         if held and s.claims[x] == i:
                             yield f"handoff-{_n(i)}-{_ip(x)}", self._release(s._replace(handoffs=s.handoffs - 1), i, x)
+        if s.transfers:
+            yield from self._transfers(s)
         yield from self.faults(s)
+
+    def _transfers(self, s: State) -> Iterator[tuple[str, State]]:
+        """Every transfer a holder with the API may make now to a candidate it reaches that accepts."""
+        for i, node in enumerate(s.nodes):
+            if node.mode != UP or not s.api[i]:
+                continue
+            for x, held in enumerate(node.holds):
+                if not held or s.claims[x] != i:
+                    continue
+                for j, peer in enumerate(s.nodes):
+                    if j == i or peer.mode != UP or not self._reach(s, i, j) or not self._accepts_offer(peer, j, i, x):
+                        continue
+                    spent = s._replace(transfers=s.transfers - 1)
+                    if self.rules.transfer_withdraws:
+                        spent = self._set(
+                            spent, i, node._replace(holds=_put(node.holds, x, False), fence=_put(node.fence, x, 0))
+                        )
+                    spent = spent._replace(claims=_put(spent.claims, x, j))
+                    spent = self._set(spent, j, peer._replace(accepted=_put(peer.accepted, x, 0)))
+                    yield f"transfer-{_n(i)}-{_ip(x)}-to-{_n(j)}", spent
+
+    def _accepts_offer(self, peer: Node, j: int, i: int, x: int) -> bool:
+        """Whether node ``j`` accepts ``i``'s offer of IP ``x`` (``transfer.judge_offer``)."""
+        offer = Offer(str(i), "p", 1, "192.0.2.1", 0, "0" * 32, str(j))
+        candidates = [str(c) for c in range(self.p.gateways) if self.candidate(c, x, peer.known)]
+        verdict = self.rules.judge_offer(
+            offer,
+            me=str(j),
+            candidates=candidates,
+            known=None,
+            standby=not peer.holds[x] and peer.fence[x] == 0,
+            api_right=bool(api_right(_at(peer.since_renew), NOW, self.p.timing)),
+            held_off=False,
+            stopping=False,
+        )
+        return bool(verdict.accept)
+
+    def _may_assume(self, node: Node, x: int) -> bool:
+        """Whether a node whose claim of IP ``x`` was transferred to it may serve
+        on it without a write (``transfer.may_assume``, and the API right ``decide`` asks for)."""
+        age = node.accepted[x]
+        if age == NEVER or not api_right(_at(node.since_renew), NOW, self.p.timing):
+            return False
+        return self.rules.may_assume(transfer.Accepted(1, NOW - age), self._claim_record, NOW, self.p.timing)
 
     def _learn(self, s: State, i: int, config: int) -> State:
         """Node ``i`` learns the groups of ``config``, and hands off what it is
@@ -464,6 +543,7 @@ class Model:
                 tuple(max(0, f - r) for f in node.fence),
                 node.known,
                 node.published,
+                tuple(_grow(a, r, self.cap_accepted) for a in node.accepted),
             )
             self._aged_nodes[node] = aged
         return aged
@@ -504,7 +584,7 @@ class Model:
                 if j != i and value != nodes[j].promised[i]:
                     nodes[j] = nodes[j]._replace(promised=_put(nodes[j].promised, i, value))
             leases = s.leases if lease == s.leases[i] else _put(s.leases, i, lease)
-            yield State(tuple(nodes), claims, leases, dirty, s.api, s.link, s.budget, s.handoffs), learnt
+            yield State(tuple(nodes), claims, leases, dirty, s.api, s.link, s.budget, s.handoffs, s.transfers), learnt
 
     def _work_out(self, s: State, i: int) -> Iterator[tuple[State, str]]:
         node = s.nodes[i]
@@ -599,6 +679,7 @@ class Model:
             fence,
             known,
             published,
+            node.accepted,
         )
         if not answered:
             yield from self._decide(s, i, base)
@@ -645,25 +726,42 @@ class Model:
                     fence[x] = ttl
                     holds[x] = bool(right)  # without a right: the daemon fence
         takeable = [x for x in range(self.p.ips) if s.api[i] and not holds[x] and self._may_take(s, i, node, x)]
+        # a claim transferred to us, served on without a write (no API needed)
+        assumable = [
+            x
+            for x in range(self.p.ips)
+            if not holds[x] and x not in takeable and s.claims[x] == i and self._may_assume(node, x)
+        ]
         serving = any(holds)
-        for taken in itertools.product((True, False), repeat=len(takeable)):
+        for taken, assumed in itertools.product(
+            itertools.product((True, False), repeat=len(takeable)),
+            itertools.product((True, False), repeat=len(assumable)),
+        ):
             if takeable and not serving and not any(taken):
                 continue
-            now_holds, now_fence, claims = list(holds), list(fence), s.claims
+            now_holds, now_fence, claims, accepted = list(holds), list(fence), s.claims, list(node.accepted)
             for x, take in zip(takeable, taken, strict=True):
                 if take:
                     # A free claim, our own, or a lapsed holder's: the compare-and-swap write.
                     now_holds[x] = True
                     claims = _put(claims, x, i)
-            write = node.since_write
-            if any(taken):
-                write = 0
-                right = self.right(i, node.since_renew, 0, node.known, tuple(now_holds), node.published, node.promises)
+            for x, assume in zip(assumable, assumed, strict=True):
+                if assume:
+                    now_holds[x] = True
+            write = 0 if any(taken) else node.since_write
+            if any(taken) or any(assumed):
+                right = self.right(
+                    i, node.since_renew, write, node.known, tuple(now_holds), node.published, node.promises
+                )
                 ttl = int(self.rules.fence_ttl(right, NOW, t, m)) if right else 0
-                for x, take in zip(takeable, taken, strict=True):
-                    if take:
-                        now_fence[x] = ttl
-            after = node._replace(holds=tuple(now_holds), fence=tuple(now_fence), since_write=write)
+                for x in [x for x, take in zip(takeable, taken, strict=True) if take] + [
+                    x for x, assume in zip(assumable, assumed, strict=True) if assume
+                ]:
+                    now_fence[x] = ttl
+                    accepted[x] = NEVER
+            after = node._replace(
+                holds=tuple(now_holds), fence=tuple(now_fence), since_write=write, accepted=tuple(accepted)
+            )
             yield s._replace(nodes=_put(s.nodes, i, after), claims=claims)
 
     def _may_take(self, s: State, i: int, node: Node, x: int) -> bool:
@@ -748,7 +846,9 @@ class Model:
           in the same step, and every other node looks at the API (and sees
           that renew) before it can decide to take the claim over;
         * a daemon's renew and write ages while it holds nothing: they count
-          only for a right, and an acquisition renews and writes first."""
+          only for a right, and an acquisition renews and writes first (its
+          renew's age is kept while transfers remain or it accepted one:
+          accepting an offer and serving on a transfer read it)."""
         named = set(s.claims)
         n = self.p.gateways
         idle = [j for j in range(n) if j not in named]
@@ -765,10 +865,18 @@ class Model:
         nodes = tuple(
             node
             if any(node.holds) or node.since_write == NEVER
-            else node._replace(since_renew=NEVER, since_write=NEVER)
+            else node._replace(
+                since_renew=node.since_renew if self._may_need_renew(s, node) else NEVER, since_write=NEVER
+            )
             for node in nodes
         )
         return s._replace(nodes=nodes)
+
+    @staticmethod
+    def _may_need_renew(s: State, node: Node) -> bool:
+        """Whether a node that holds nothing may still read its renew's age: to
+        accept an offer (transfers remain) or to serve on a transfer it accepted."""
+        return s.transfers > 0 or any(a != NEVER for a in node.accepted)
 
     @staticmethod
     def _signature(s: State, n: int) -> tuple[object, ...]:
@@ -780,7 +888,7 @@ class Model:
             node.since_renew,
             node.since_write,
             s.api[n],
-            sorted(zip(node.holds, node.fence, strict=True)),
+            sorted(zip(node.holds, node.fence, node.accepted, strict=True)),
             sorted(node.promises),
             sorted(node.promised),
             sorted(node.unchanged),
@@ -822,6 +930,7 @@ class Model:
                 holds=tuple(s.nodes[old].holds[x] for x in ips),
                 fence=tuple(s.nodes[old].fence[x] for x in ips),
                 published=masks[s.nodes[old].published],
+                accepted=tuple(s.nodes[old].accepted[x] for x in ips),
             )
             for old in perm
         )
@@ -834,6 +943,7 @@ class Model:
             link=tuple(sorted((min(inv[a], inv[b]), max(inv[a], inv[b])) for a, b in s.link)),
             budget=s.budget,
             handoffs=s.handoffs,
+            transfers=s.transfers,
         )
 
 
@@ -910,6 +1020,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ips", type=int, default=1)
     parser.add_argument("--faults", type=int, default=3)
     parser.add_argument("--handoffs", type=int, default=0)
+    parser.add_argument("--transfers", type=int, default=0)
     parser.add_argument("--delay", type=int, default=0, help="ticks a promise may take to arrive")
     parser.add_argument(
         "--plan",
@@ -931,6 +1042,7 @@ def main(argv: list[str] | None = None) -> int:
         ips=args.ips,
         faults=args.faults,
         handoffs=args.handoffs,
+        transfers=args.transfers,
         delay=args.delay,
         plan=plan,
         kinds=frozenset(args.kinds.split(",")),

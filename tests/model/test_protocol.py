@@ -47,6 +47,16 @@ def test_two_ips_with_a_handoff_under_any_one_fault_never_two_serve_either() -> 
     _safe(Params(gateways=2, ips=2, faults=1, handoffs=1), 15_000)
 
 
+def test_a_transfer_under_any_one_fault_never_makes_two_serve() -> None:
+    """A holder hands the IP to a candidate that accepted its offer by a
+    transfer; the successor may serve on it without the API."""
+    _safe(Params(gateways=2, faults=1, transfers=1), 8_000)
+
+
+def test_two_ips_with_a_transfer_under_any_one_fault_never_two_serve() -> None:
+    _safe(Params(gateways=2, ips=2, faults=1, transfers=1), 20_000)
+
+
 def test_late_promises_under_api_and_link_faults_never_make_two_serve() -> None:
     _safe(Params(gateways=2, faults=2, delay=2, kinds=frozenset({"api", "link"})), 10_000)
 
@@ -68,6 +78,16 @@ def test_large_two_ips_with_two_handoffs_under_any_two_faults() -> None:
 def test_large_a_candidate_joining_then_leaving_under_api_faults() -> None:
     plan = grow_and_shrink(3, 1, 2, 0)
     _safe(Params(gateways=3, faults=1, plan=plan, kinds=frozenset({"api", "unsure"}), rates=COARSE), 40_000)
+
+
+@large
+def test_large_a_transfer_under_any_two_faults() -> None:
+    _safe(Params(gateways=2, faults=2, transfers=1), 100_000)
+
+
+@large
+def test_large_three_gateways_with_a_transfer_under_any_one_fault() -> None:
+    _safe(Params(gateways=3, faults=1, transfers=1), 60_000)
 
 
 @large
@@ -190,6 +210,13 @@ def test_a_holder_that_forgets_its_published_peer_set_after_a_timed_out_renew_is
     rules = Rules(published_after_unsure_renew=forget)
     trace = _found(rules, faults=1, gateways=3, plan=REMOVE, rates=COARSE, kinds=frozenset({"unsure"}))
     assert any("renew-lost" in step for step in trace)
+
+
+def test_a_transfer_written_before_the_withdrawal_is_caught() -> None:
+    """The old owner writes the claim naming the successor while it still
+    serves: the successor serves on it at once."""
+    trace = _found(Rules(transfer_withdraws=False), faults=0, transfers=1)
+    assert any("transfer-" in step for step in trace)
 
 
 def test_the_command_prints_the_state_count(capsys: pytest.CaptureFixture[str]) -> None:
