@@ -66,7 +66,10 @@ INSTALL_CHUNK = 256
 GUARD_READ_INTERVAL = 10.0
 """Seconds between two reads of the guard's drop counter (an ``nft`` listing)."""
 DRAIN_TURNS = 256
-"""Turns of the event loop a final batch gives the events socket at most."""
+DRAIN_SECONDS = 0.005
+"""Turns of the event loop, and seconds, a final batch gives the events
+socket at most: under a steady flood of new flows the socket is never empty,
+and the handoff must not wait for it."""
 AHEAD_VALID = 0.5
 """Seconds a guard armed beside the claim write (:meth:`Replication.arm_ahead`)
 counts for the takeover that follows; later, the takeover arms it again, so
@@ -300,9 +303,10 @@ class Replication:
         """Let :meth:`follow` read every event the kernel queued so far (a
         flow opened just before the withdrawal), one socket read per turn of
         the loop; bounded, so a flood cannot hold a handoff back."""
+        until = self.clock.monotonic() + DRAIN_SECONDS
         for _ in range(DRAIN_TURNS):
             await asyncio.sleep(0)
-            if not self.conntrack.events_pending():
+            if not self.conntrack.events_pending() or self.clock.monotonic() >= until:
                 break
         await asyncio.sleep(0)  # the last read's events are noted
 
