@@ -17,11 +17,14 @@ rest. Nothing is added and no fence is touched.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from egressd.core import rights
 from egressd.core.errors import DataPlaneError
-from egressd.core.model import IPAddress, Timing
-from egressd.ports import Addresses, Snat
+
+if TYPE_CHECKING:  # the ports module loads the protocols' message types: not needed this early
+    from egressd.core.model import IPAddress, Timing
+    from egressd.ports import Addresses, Snat
 
 log = logging.getLogger(__name__)
 
