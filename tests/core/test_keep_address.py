@@ -35,9 +35,7 @@ def test_without_the_nftables_fence_the_address_is_the_fence_and_is_never_kept()
     fence_ms=st.integers(min_value=250, max_value=5000),
     lifetime=st.integers(min_value=1, max_value=10),
 )
-def test_a_kept_address_outlives_any_element_and_is_never_shorter_than_configured(
-    fence_ms: int, lifetime: int
-) -> None:
+def test_a_kept_address_outlives_any_element_and_is_never_shorter_than_configured(fence_ms: int, lifetime: int) -> None:
     timing = Timing(fence_ttl=fence_ms / 1000, address_lifetime=lifetime, lease_duration=30.0, renew_deadline=0.8)
     verdict = keep_address_at_start(timing, fence_armed=True)
     assert verdict.lifetime >= timing.fence_ttl
