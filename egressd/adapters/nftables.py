@@ -318,13 +318,20 @@ class NftablesSnat:
         await self._run(nft.render_fence_refresh(ips, ms), what="fence refresh")
 
     async def fence(self) -> dict[IPAddress, float]:
-        """Armed fence elements and their remaining seconds (empty when disabled)."""
+        """Armed fence elements and their remaining seconds (nft 1.0 prints
+        whole seconds, rounded down; a timed-out element is not listed);
+        empty when the fence is disabled or its table does not exist."""
         if self._fence_ms is None:
             return {}
-        out = await self._exec(["-j", "list", "set", nft.FAMILY, nft.FENCE_TABLE, "owned4"], what="list fence")
-        out6 = await self._exec(["-j", "list", "set", nft.FAMILY, nft.FENCE_TABLE, "owned6"], what="list fence")
-        result = nft.parse_fence(json.loads(out))
-        result.update(nft.parse_fence(json.loads(out6)))
+        result: dict[IPAddress, float] = {}
+        for name in ("owned4", "owned6"):
+            out = await self._exec(
+                ["-j", "list", "set", nft.FAMILY, nft.FENCE_TABLE, name], what="list fence", missing_ok=True
+            )
+            try:
+                result.update(nft.parse_fence(json.loads(out)) if out else {})
+            except json.JSONDecodeError as exc:
+                raise DataPlaneError(f"nft list fence: unreadable JSON: {exc}") from exc
         return result
 
     async def clear(self) -> None:

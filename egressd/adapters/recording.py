@@ -47,6 +47,9 @@ class RecordingDataPlane:
         self.ops: list[dict[str, Any]] = []
         self.on_link: dict[str, list[OnLink]] = {}
         """The node's own addresses per interface (none unless a test sets them)."""
+        self.fenced: dict[IPAddress, float] = {}
+        """What :meth:`fence` reports (armed fence elements and seconds left;
+        none unless a test sets them: a recording arms nothing)."""
         self.journal_errors = 0
         """Journal lines that could not be written."""
         self._names: dict[IPAddress, str] = {}
@@ -132,6 +135,9 @@ class RecordingDataPlane:
             self._record("fence", ips=names)
         else:
             self._record("fence", ips=names, ttl=round(ttl, 6))
+
+    async def fence(self) -> dict[IPAddress, float]:
+        return dict(self.fenced)
 
     async def clear(self) -> None:
         self.snat.clear()

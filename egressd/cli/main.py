@@ -28,6 +28,7 @@ from egressd.core.model import IPAddress, Settings
 if TYPE_CHECKING:
     from egressd.adapters.addresses import KernelAddresses
     from egressd.adapters.mqtt import MqttEvents
+    from egressd.adapters.nftables import NftablesSnat
     from egressd.adapters.observability import ObservabilityServer, PrometheusMetrics
     from egressd.ports import Clock, ClusterSource, ConnectionGuard, Conntrack, EventSink, LeaseStore, Steering
     from egressd.runtime.conntrack import Replication
@@ -201,9 +202,22 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _run_async(settings: Settings, args: argparse.Namespace, mesh_key: bytes | None = None) -> int:
+    # The kernel first: after a crash and restart the addresses the previous
+    # process left may expire while the Kubernetes client loads (a few hundred
+    # ms); the adoption needs the API, keeping them does not (runtime.restart).
+    kernel = await _kernel_at_start(settings, args) if args.dataplane == "kernel" else None
+    try:
+        return await _run_with_api(settings, args, mesh_key, kernel)
+    finally:
+        if kernel is not None:
+            await kernel.addresses.close()
+
+
+async def _run_with_api(
+    settings: Settings, args: argparse.Namespace, mesh_key: bytes | None, kernel: _KernelAtStart | None
+) -> int:
     from egressd.adapters.clock import SystemClock  # noqa: PLC0415
     from egressd.adapters.kube.client import api_client  # noqa: PLC0415
-    from egressd.adapters.kube.cluster import nodes_matching  # noqa: PLC0415
     from egressd.adapters.kube.leases import KubeLeaseStore  # noqa: PLC0415
     from egressd.adapters.observability import PrometheusMetrics  # noqa: PLC0415
     from egressd.runtime.sinks import FanoutEvents, LogEvents  # noqa: PLC0415
@@ -211,6 +225,8 @@ async def _run_async(settings: Settings, args: argparse.Namespace, mesh_key: byt
     clock = SystemClock()
     api = api_client(settings.kubernetes)
     if any(g.node_selector for g in settings.groups):
+        from egressd.adapters.kube.cluster import nodes_matching  # noqa: PLC0415
+
         # candidates by Node labels, read once at start (a Kubernetes-mode concern beyond that)
         selected = {
             g.name: await nodes_matching(api, g.node_selector, request_timeout=10.0)
@@ -243,11 +259,47 @@ async def _run_async(settings: Settings, args: argparse.Namespace, mesh_key: byt
         from egressd.adapters.kube.cluster import KubeCluster  # noqa: PLC0415
 
         cluster = KubeCluster(api, clock=clock)
+    inputs = _Inputs(store, clock, metrics, events, cluster, mesh_key)
     try:
-        return await _run_dataplane(settings, args, _Inputs(store, clock, metrics, events, cluster, mesh_key))
+        if kernel is None:
+            return await _run_recorded(settings, args, inputs)
+        return await _run_kernel(settings, inputs, kernel)
     finally:
         if mqtt is not None:
             await mqtt.close(2.0)  # after the daemon: its shutdown events go out first
+
+
+@dataclass(frozen=True)
+class _KernelAtStart:
+    """The kernel adapters built (and used) before the Kubernetes client loads."""
+
+    addresses: KernelAddresses
+    snat: NftablesSnat
+
+
+async def _kernel_at_start(settings: Settings, args: argparse.Namespace) -> _KernelAtStart:
+    """The address and nftables adapters: the interfaces checked against the
+    config, then the addresses a previous process left kept
+    (:func:`egressd.runtime.restart.keep_addresses`)."""
+    from egressd.adapters.addresses import KernelAddresses  # noqa: PLC0415
+    from egressd.adapters.nftables import NftablesSnat  # noqa: PLC0415
+    from egressd.core.nft import CtMark  # noqa: PLC0415
+    from egressd.runtime.restart import keep_addresses  # noqa: PLC0415
+
+    addresses = KernelAddresses()
+    await _check_interface_addresses(settings, args, addresses)
+    ct = settings.conntrack
+    snat = NftablesSnat(
+        fence_ttl=settings.timing.fence_ttl or None,
+        mark=CtMark(ct.mark, ct.mask) if settings.replicates else None,
+        guard=settings.replicates,
+    )
+    try:
+        await keep_addresses(addresses, snat, settings.timing)
+    except BaseException:
+        await addresses.close()
+        raise
+    return _KernelAtStart(addresses, snat)
 
 
 @dataclass(frozen=True)
@@ -295,12 +347,6 @@ class _Inputs:
         return await _serve(daemon, self.metrics, settings)
 
 
-async def _run_dataplane(settings: Settings, args: argparse.Namespace, inputs: _Inputs) -> int:
-    """Runs the daemon on the data plane ``--dataplane`` names: a recording, or the kernel."""
-    run = _run_recorded if args.dataplane == "record" else _run_kernel
-    return await run(settings, args, inputs)
-
-
 async def _run_recorded(settings: Settings, args: argparse.Namespace, inputs: _Inputs) -> int:
     """The daemon on a data plane that records what it would do (``--journal``: to a file)."""
     from egressd.adapters.recording import RecordingDataPlane  # noqa: PLC0415
@@ -313,13 +359,11 @@ async def _run_recorded(settings: Settings, args: argparse.Namespace, inputs: _I
         recorder.close()
 
 
-async def _run_kernel(settings: Settings, args: argparse.Namespace, inputs: _Inputs) -> int:
-    """The daemon on the kernel: addresses, nftables SNAT, ARP and policy routing."""
-    from egressd.adapters.addresses import KernelAddresses  # noqa: PLC0415
+async def _run_kernel(settings: Settings, inputs: _Inputs, kernel: _KernelAtStart) -> int:
+    """The daemon on the kernel: addresses, nftables SNAT, ARP and policy routing
+    (``kernel``: the adapters built at start; the caller closes them)."""
     from egressd.adapters.announcer import ScapyAnnouncer  # noqa: PLC0415
-    from egressd.adapters.nftables import NftablesSnat  # noqa: PLC0415
     from egressd.adapters.steering import PolicySteering  # noqa: PLC0415
-    from egressd.core.nft import CtMark  # noqa: PLC0415
     from egressd.runtime.member import DataPlane  # noqa: PLC0415
 
     daemons: list[Daemon] = []
@@ -328,14 +372,8 @@ async def _run_kernel(settings: Settings, args: argparse.Namespace, inputs: _Inp
         for daemon in daemons:
             daemon.report_conflict(ip, mac)
 
-    addresses = KernelAddresses()
-    await _check_interface_addresses(settings, args, addresses)
+    addresses, snat = kernel.addresses, kernel.snat
     ct = settings.conntrack
-    snat = NftablesSnat(
-        fence_ttl=settings.timing.fence_ttl or None,
-        mark=CtMark(ct.mark, ct.mask) if settings.replicates else None,
-        guard=settings.replicates,
-    )
     announcer = ScapyAnnouncer(on_conflict=on_conflict, guard=lambda ip: any(d.may_announce(ip) for d in daemons))
     steering = PolicySteering()
     inputs.metrics.counter_per_ip(
@@ -361,7 +399,6 @@ async def _run_kernel(settings: Settings, args: argparse.Namespace, inputs: _Inp
         if conntrack is not None:
             await conntrack.close()
         await announcer.close()
-        await addresses.close()
         await steering.close()
 
 

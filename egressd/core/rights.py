@@ -25,6 +25,7 @@ logs, the metrics and the Events.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -258,3 +259,52 @@ def promise_until(now: float, previous: float | None, mesh: MeshTiming) -> float
     """The end of our promise after answering a heartbeat now: promises only grow."""
     end = now + mesh.promise_duration
     return end if previous is None else max(previous, end)
+
+
+@dataclass(frozen=True)
+class KeepAddress:
+    """Whether a starting process may re-arm an address its predecessor left."""
+
+    keep: bool
+    reason: str
+    lifetime: int = 0
+    """Seconds to re-arm the address's lifetime to (0: not kept)."""
+
+    def __bool__(self) -> bool:
+        return self.keep
+
+
+def keep_address_at_start(timing: Timing, *, fence_armed: bool) -> KeepAddress:
+    """Whether a process that finds an egress address of its predecessor in
+    the kernel (a crash and restart) may re-arm that address's lifetime at
+    start-up, before it has a serving right of its own: before its node lease
+    is renewed and its claim written, which an adoption needs and which take
+    the Kubernetes client's import and a few API calls. Without it the address
+    can expire meanwhile (``valid_lft`` is 1 s) and nobody answers ARP for the
+    IP until the adoption adds it again. ``fence_armed``: the IP's element is
+    in the nftables fence's owned set now (an element that timed out is not
+    listed).
+
+    1. The nftables fence is off (``fence_ttl`` 0): the address's lifetime is
+       the kernel fence, (T1) counts it; re-arming it would let the node serve
+       past its predecessor's right. No.
+    2. The IP's fence element is gone: the predecessor's right is over and the
+       node serves nothing with the IP; the adoption, if any, adds the address
+       again. No.
+    3. Otherwise yes. The fence element, armed by the predecessor under its
+       right and ending before any standby may take over (T1), decides
+       whether the node serves the IP: once it runs out the node sends
+       nothing with the IP as source and answers no ARP for it, address or
+       not ((T1) with the fence on does not count the address). Keeping the
+       address changes neither how long the node serves nor who may take
+       over; the element itself is left alone (only a claim written under
+       this process's own right re-arms it). The lifetime covers the longest
+       the element can last (``fence_ttl`` rounded up to whole seconds, the
+       address's granularity), at least ``address_lifetime``; whether the
+       address stays after that is the adoption's business (the start-up
+       reconcile removes it when the claim does not name this node)."""
+    if timing.fence_ttl <= 0:
+        return KeepAddress(False, "address-is-the-fence")
+    if not fence_armed:
+        return KeepAddress(False, "fence-expired")
+    return KeepAddress(True, "fence-armed", max(timing.address_lifetime, math.ceil(timing.fence_ttl)))

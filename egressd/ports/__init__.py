@@ -172,6 +172,13 @@ class Snat(Protocol):
         that); a ``ttl`` under a millisecond arms nothing (the fence runs out)."""
         ...
 
+    async def fence(self) -> dict[IPAddress, float]:
+        """The IPs whose fence element is armed now, with the seconds left as
+        the kernel reports them (nft: whole seconds, rounded down; an element
+        that timed out is not listed); empty when the fence is off or its
+        tables do not exist."""
+        ...
+
     async def clear(self) -> None:
         """Remove every trace of egressd's SNAT and fence tables (``egressd cleanup``)."""
         ...
