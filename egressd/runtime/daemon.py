@@ -143,9 +143,7 @@ class Daemon:
         )
         """This node's lease: the serving right of every IP it holds."""
         if self.mesh is not None:
-            self.liveness.promised_until = self.mesh.promised_until
-            self.mesh.on_promise = self.liveness.extended
-            self.mesh.on_wake = self._woken
+            self._wire_mesh(self.mesh)
         self.peer_rights = PeerRightWatch(
             node=settings.node.name,
             events=self.events,
@@ -196,6 +194,16 @@ class Daemon:
             started_at=lambda: self.liveness.started_at,
         )
         """Claims to delete: IPs no group lists any more."""
+
+    def _wire_mesh(self, mesh: Mesh) -> None:
+        """The node lease and the mesh, both ways: our promises and receipts
+        for the members' takeovers, the sequence each renew carries, promises
+        taken extending the right, wakes."""
+        self.liveness.promised_until = mesh.promised_until
+        self.liveness.heartbeat_seq = lambda: mesh.seq
+        self.liveness.sent_by = mesh.sent_by
+        mesh.on_promise = self.liveness.extended
+        mesh.on_wake = self._woken
 
     def _build_mesh(self, transport: MeshTransport | None) -> Mesh | None:
         settings = self.settings

@@ -17,6 +17,11 @@ promises in answer to the peers' heartbeats (DESIGN.md, "The mesh").
   heartbeat answered): ``rights.serving_right`` reads them. The time from
   that heartbeat to the promise taken is the mesh's round trip (``last_rtt``
   and the metrics' histogram).
+* **Receipts** (``receipts``): when each heartbeat and wake of a peer's
+  process was taken, by sequence. A holder's node lease carries the sequence
+  of its last datagram when the renew was stamped (:attr:`Mesh.seq`), so a
+  standby knows the renew was stamped before the receipt of a larger one
+  (``rights.stamped_by``, the heartbeat bound of ``rights.may_take_over``).
 * **Wake** (:meth:`Mesh.wake`, sent by an old owner right after its release
   write naming a successor succeeded): the successor reads the claim at once
   instead of waiting for its watch. Taken from a candidate peer once
@@ -53,11 +58,19 @@ from egressd.core.mesh_messages import (
     fits_token,
 )
 from egressd.core.model import Timing
+from egressd.core.receipts import HeartbeatReceipts
 from egressd.core.wake import WakeAction, WakeVerdict
 from egressd.ports import Clock, MeshReceived, MeshTransport, Metrics
 from egressd.runtime.sinks import NullMetrics
 
 log = logging.getLogger(__name__)
+
+
+RECEIPT_STEP = 0.1
+"""Seconds: receipts of one process are kept at least this far apart (but the
+newest), so a peer's memory of them is bounded by ``maxHold`` over this,
+whatever the heartbeat rate; the heartbeat bound is then up to this much
+later than it could be, which only delays a takeover."""
 
 
 def new_nonce() -> str:
@@ -125,6 +138,8 @@ class Mesh:
         """Wakes are numbered from the heartbeats' sequence but guarded apart,
         so a heartbeat overtaking a wake on the way does not void it."""
         self._outstanding = Outstanding(keep=mesh.promise_duration)
+        self.receipts = HeartbeatReceipts(keep=mesh.max_hold + timing.lease_duration, step=RECEIPT_STEP)
+        """Standby side: when we took each peer process's heartbeats and wakes."""
         self.promises: dict[str, float] = {}
         """Holder side: peer -> send time (our clock) of the heartbeat its
         latest promise answered."""
@@ -158,6 +173,18 @@ class Mesh:
     def promised_until(self, holder: str) -> float | None:
         """The end of our latest promise to ``holder`` (None: never promised)."""
         return self.promised.get(holder)
+
+    @property
+    def seq(self) -> int:
+        """The sequence of the last datagram we sent (heartbeats and wakes
+        share it; 0: none yet). A node-lease renew carries it, read in the step
+        that stamps the renew: any datagram numbered above it left later."""
+        return self._seq
+
+    def sent_by(self, holder: str, incarnation: str, seq: int) -> float | None:
+        """When we first took a datagram of ``holder``'s process
+        ``incarnation`` numbered above ``seq`` (None: none kept)."""
+        return self.receipts.sent_by(holder, incarnation, seq)
 
     # --- heartbeats -------------------------------------------------------------
 
@@ -211,6 +238,7 @@ class Mesh:
         if wake.to != self.node:
             raise MeshRejected("misdirected", f"a wake for {wake.to}")
         self._wake_guard.admit(wake)
+        self.receipts.took(wake.sender, wake.incarnation, wake.seq, self._clock.monotonic())
         verdict = self.on_wake(wake)
         if verdict.action is WakeAction.DROP:
             raise MeshRejected(verdict.reason, verdict.detail)
@@ -251,6 +279,7 @@ class Mesh:
         self._guard.admit(hb)
         self.peer_incarnation[hb.sender] = hb.incarnation
         now = self._clock.monotonic()
+        self.receipts.took(hb.sender, hb.incarnation, hb.seq, now)
         self.promised[hb.sender] = rights.promise_until(now, self.promised.get(hb.sender), self.timing)
         duration_ms = round(self.timing.promise_duration * 1000)
         self.transport.send(Promise(self.node, self.incarnation, hb.sender, hb.nonce, duration_ms), sender)
