@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from egressd.core import rights, transfer
@@ -119,6 +119,10 @@ class Observation:
     holder_unknown: str = ""
     """Why the holder's liveness cannot be known (its node lease is unreadable):
     then nothing it holds is taken over."""
+    holder_stamped_by: float | None = None
+    """The heartbeat bound of the holder's node-lease version we see (our
+    monotonic clock): when we took a datagram of the holder's process sent
+    after that version was stamped (``rights.stamped_by``); None: none."""
 
 
 @dataclass(frozen=True)
@@ -474,7 +478,8 @@ def holder_lapsed(record: LeaseRecord, observation: Observation, now: float, me:
     1. A holder whose node lease is unreadable: never (``not_before`` infinite).
     2. A holder with a node lease: the later of its node lease's and the
        claim's last change we saw, plus the longer of its declared lease
-       duration and ours.
+       duration and ours; the node lease's change may be counted from its
+       heartbeat bound instead, when that is earlier (``Standby.lease_stamped_by``).
     3. A holder without a node lease (an earlier version): the claim's last
        change, plus its declared duration, as before node leases."""
     if observation.holder_unknown:
@@ -488,15 +493,20 @@ def holder_lapsed(record: LeaseRecord, observation: Observation, now: float, me:
     # change makes it wait the holder's declared duration instead: exactly
     # (a claim renewed by an earlier version, as before node leases), or the
     # longer of the two (a node lease: the holder's safety rests on its T1)
+    stamped = None
     if observation.holder_seen_at is None:
         shifted = changed + duration - timing.lease_duration
     else:
         shifted = changed + max(0.0, duration - timing.lease_duration)
+        if observation.holder_stamped_by is not None:
+            stamped = max(observation.holder_stamped_by, observation.observed_at)
+            stamped += max(0.0, duration - timing.lease_duration)
     standby = rights.Standby(
         promised_until=me.promised_until,
         lease_changed_at=shifted,
         in_peer_set=me.in_holder_peer_set,
         started_at=me.started_at,
+        lease_stamped_by=stamped,
     )
     return rights.may_take_over(standby, now, timing, me.mesh)
 
@@ -533,7 +543,16 @@ def _wait_for_expiry(
         )
     lapsed_at = _lapsed_at(record, observation, me, timing)
     holder = (record.holder,) if record.holder and record.holder != me.identity else ()
-    return _by_preference(now - lapsed_at, me, timing, exclude=holder, reason="expired")
+    decision = _by_preference(now - lapsed_at, me, timing, exclude=holder, reason="expired")
+    if takeover.reason == "holder-lapsed-by-heartbeat" and observation.holder_seen_at is not None:
+        # the heartbeat bound shortened the wait: say by how much, for the logs
+        early = observation.holder_seen_at - (observation.holder_stamped_by or observation.holder_seen_at)
+        why = (
+            f"{holder_desc}'s node lease version was stamped before a datagram of its process "
+            f"we took {early:.3f}s before we saw that version (holder-lapsed-by-heartbeat)"
+        )
+        decision = replace(decision, detail=f"{decision.detail}; {why}" if decision.detail else why)
+    return decision
 
 
 def _lapsed_at(record: LeaseRecord, observation: Observation, me: Me, timing: Timing) -> float:

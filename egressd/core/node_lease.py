@@ -18,7 +18,12 @@ Besides the standard fields (``holderIdentity`` = the node's name,
 * ``egressd.io/holder-address`` — the node's address (the mesh's peers);
 * ``egressd.io/lease-duration-ms`` — the node's lease duration in milliseconds;
 * ``egressd.io/peers`` — the node's published peer set: the other candidates
-  of the groups this node is a candidate of, sorted, comma-separated.
+  of the groups this node is a candidate of, sorted, comma-separated;
+* ``egressd.io/heartbeat-seq`` — the sequence number of the last mesh
+  datagram the renewing process had sent when it stamped this renew (decimal;
+  absent without the mesh, and from earlier versions). A standby that took a
+  datagram of that process with a larger sequence knows the renew was stamped
+  before it (``rights.stamped_by``).
 
 :func:`node_record_from_object` reads any object defensively: a
 :class:`NodeLeaseRecord` or :class:`MalformedLease` naming the field.
@@ -35,11 +40,13 @@ from typing import Any
 
 from egressd.core import lease as claims
 from egressd.core.errors import MalformedLease
+from egressd.core.mesh_messages import MAX_SEQ
 
 NODE_PREFIX = "egressd-node-"
 LABEL_KIND = "egressd.io/lease-kind"
 KIND_NODE = "node"
 ANN_PEERS = "egressd.io/peers"
+ANN_HEARTBEAT_SEQ = "egressd.io/heartbeat-seq"
 
 _MAX_PEERS = 1000
 """The most peers a node lease may publish (a cluster's gateway candidates)."""
@@ -73,6 +80,9 @@ class NodeLeaseRecord:
     """The published peer set, sorted."""
     renew_time: datetime | None = None
     """Informational only: nobody compares another node's clock with its own."""
+    heartbeat_seq: int | None = None
+    """The sequence of the last mesh datagram the renewing process had sent
+    when it stamped this renew (None: no mesh, or an earlier version)."""
 
 
 def node_record_from_object(obj: Mapping[str, Any]) -> NodeLeaseRecord:
@@ -121,6 +131,7 @@ def node_record_from_object(obj: Mapping[str, Any]) -> NodeLeaseRecord:
         address=address,
         peers=_peers(name, annotations),
         renew_time=claims.time_field(name, spec, "renewTime"),
+        heartbeat_seq=_heartbeat_seq(name, annotations),
     )
 
 
@@ -134,6 +145,8 @@ def node_object_from_record(record: NodeLeaseRecord, namespace: str) -> dict[str
     }
     if record.address:
         annotations[claims.ANN_HOLDER_ADDRESS] = record.address
+    if record.heartbeat_seq is not None:
+        annotations[ANN_HEARTBEAT_SEQ] = str(record.heartbeat_seq)
     metadata: dict[str, Any] = {
         "name": record.name,
         "namespace": namespace,
@@ -163,3 +176,18 @@ def _peers(name: str, annotations: Mapping[str, Any]) -> tuple[str, ...]:
         if not peer or len(peer) > 253 or peer != peer.strip():
             raise MalformedLease(f"{name}: {field}: not a node name: {claims.show_value(peer)}")
     return tuple(sorted(set(peers)))
+
+
+def _heartbeat_seq(name: str, annotations: Mapping[str, Any]) -> int | None:
+    text = claims.annotation(name, annotations, ANN_HEARTBEAT_SEQ)
+    if text is None:
+        return None
+    # digits only, no sign, no leading zero: one text per number, as written
+    if not (text.isascii() and text.isdigit()) or (len(text) > 1 and text[0] == "0") or len(text) > 19:
+        raise MalformedLease(
+            f"{name}: metadata.annotations[{ANN_HEARTBEAT_SEQ}]: not a sequence number: {claims.show_value(text)}"
+        )
+    seq = int(text)
+    if seq > MAX_SEQ:
+        raise MalformedLease(f"{name}: metadata.annotations[{ANN_HEARTBEAT_SEQ}]: {seq} is above {MAX_SEQ}")
+    return seq

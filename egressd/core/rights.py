@@ -17,6 +17,19 @@ by P's own observation, a further ``max_hold`` has passed when P is not in the
 peer set H published, and P's own process is older than the longest promise
 (a restarted process cannot know what its predecessor promised).
 
+"By P's own observation" has one refinement that still reads no clock of
+another node: the **heartbeat bound** (:func:`stamped_by`). H writes into
+each node-lease renew the sequence number ``c`` of the last mesh datagram it
+had sent when it stamped the renew (read in the same step as its clock, no
+await between). A datagram of the same process with a larger sequence was
+sent after that stamp; if P took one at its time ``t_r``, the renew was
+stamped before ``t_r`` in real time, so the API right H draws from it ends
+``renew_deadline`` (H's clock) after a moment before ``t_r``: exactly what
+P's observation of the change guaranteed before, with ``t_r`` in its place.
+P counts ``lease_duration`` from the earlier of the two. A paused API server
+that commits a dead holder's last renew on its return is then no news to a
+standby that heard the holder's heartbeats after that renew was sent.
+
 Everything here is pure: times are readings of the caller's own monotonic
 clock, never a time written by another node. Decisions carry a reason for the
 logs, the metrics and the Events.
@@ -24,9 +37,10 @@ logs, the metrics and the Events.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import math
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from egressd.core.model import Timing
@@ -214,6 +228,12 @@ class Standby:
     """We are in the peer set the holder last published."""
     started_at: float
     """Our clock: when this process started."""
+    lease_stamped_by: float | None = None
+    """Our clock: a time by which the holder surely stamped the node-lease
+    version we see: when we took a datagram of the holder's process sent after
+    that stamp (:func:`stamped_by`); None: no such datagram taken, or the
+    lease carries no sequence. Counts only when earlier than
+    ``lease_changed_at``."""
 
 
 class TakeoverVerdict(enum.Enum):
@@ -238,21 +258,53 @@ def may_take_over(s: Standby, now: float, timing: Timing, mesh: MeshTiming) -> T
     1. A restarted process waits out the longest promise its predecessor can
        have given.
     2. Our own promise to the holder must have run out.
-    3. The holder's node lease must have stood still for ``lease_duration``.
-    4. Outside the holder's published peer set, a further ``max_hold``: the
-       holder may be serving on promises of peers we do not know of."""
+    3. The holder's node lease must have stood still for ``lease_duration``,
+       counted from our observation of its last change, or from the heartbeat
+       bound when that is earlier (``lease_stamped_by``: the version we see
+       was stamped before it, so the API right it gave ends before then +
+       ``renew_deadline``, as for an observation then).
+    4. Outside the holder's published peer set, a further ``max_hold`` from
+       the same point: the holder may be serving on promises of peers we do
+       not know of, for at most ``max_hold`` after its last API write, which
+       its API right covered.
+
+    Allowed earlier than the observation alone would allow, the reason is
+    ``holder-lapsed-by-heartbeat``."""
+    observed = s.lease_changed_at if s.lease_changed_at is not None else s.started_at
+    seen = observed if s.lease_stamped_by is None else min(observed, s.lease_stamped_by)
+    end, reason = _takeover_wait(s, seen, timing, mesh)
+    if now < end:
+        return Takeover(TakeoverVerdict.WAIT, reason, end)
+    if seen < observed and now < _takeover_wait(s, observed, timing, mesh)[0]:
+        return Takeover(TakeoverVerdict.ALLOWED, "holder-lapsed-by-heartbeat", now)
+    return Takeover(TakeoverVerdict.ALLOWED, "holder-lapsed", now)
+
+
+def _takeover_wait(s: Standby, seen: float, timing: Timing, mesh: MeshTiming) -> tuple[float, str]:
+    """The end of the longest wait of :func:`may_take_over`, and its reason,
+    the holder's lease counted from ``seen``."""
     waits = [
         (s.started_at + mesh.promise_duration, "restart-promise-wait"),
         (s.promised_until if s.promised_until is not None else float("-inf"), "promised"),
+        (seen + timing.lease_duration, "holder-alive"),
     ]
-    seen = s.lease_changed_at if s.lease_changed_at is not None else s.started_at
-    waits.append((seen + timing.lease_duration, "holder-alive"))
     if not s.in_peer_set:
         waits.append((seen + timing.lease_duration + mesh.max_hold, "outside-peer-set"))
-    end, reason = max(waits, key=lambda w: w[0])
-    if now < end:
-        return Takeover(TakeoverVerdict.WAIT, reason, end)
-    return Takeover(TakeoverVerdict.ALLOWED, "holder-lapsed", now)
+    return max(waits, key=lambda w: w[0])
+
+
+def stamped_by(seqs: Sequence[int], times: Sequence[float], seq: int) -> float | None:
+    """The heartbeat bound of a node-lease version carrying ``seq``: the
+    earliest receipt (our clock) of a datagram of the same process whose
+    sequence is *above* ``seq``, from the receipts ``seqs[i]`` taken at
+    ``times[i]`` (both increasing); None when there is none.
+
+    The datagram numbered ``seq`` itself went out before the stamp (it was the
+    last one sent then), possibly long before: it bounds nothing. Any receipt
+    of a larger sequence is an upper bound of the stamp; receipts left out
+    (bounded memory) make the answer later, which is safe."""
+    at = bisect.bisect_right(seqs, seq)
+    return times[at] if at < len(times) else None
 
 
 def promise_until(now: float, previous: float | None, mesh: MeshTiming) -> float:

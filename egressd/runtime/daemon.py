@@ -143,7 +143,8 @@ class Daemon:
             promises=lambda: self.mesh.promises if self.mesh is not None else {},
         )
         """This node's lease: the serving right of every IP it holds."""
-        self._hook_mesh()
+        if self.mesh is not None:
+            self._wire_mesh(self.mesh)
         self.peer_rights = PeerRightWatch(
             node=settings.node.name,
             events=self.events,
@@ -194,6 +195,17 @@ class Daemon:
             started_at=lambda: self.liveness.started_at,
         )
         """Claims to delete: IPs no group lists any more."""
+
+    def _wire_mesh(self, mesh: Mesh) -> None:
+        """The node lease and the mesh, both ways: our promises and receipts
+        for the members' takeovers, the sequence each renew carries, promises
+        taken extending the right, wakes and transfer offers."""
+        self.liveness.promised_until = mesh.promised_until
+        self.liveness.heartbeat_seq = lambda: mesh.seq
+        self.liveness.sent_by = mesh.sent_by
+        mesh.on_promise = self.liveness.extended
+        mesh.on_wake = self._woken
+        mesh.on_offer = self._offered
 
     def _build_mesh(self, transport: MeshTransport | None) -> Mesh | None:
         settings = self.settings
@@ -335,15 +347,6 @@ class Daemon:
     def _peer_address(self, peer: str) -> str | None:
         entry = self.view.node(peer)
         return entry.record.address if entry is not None and entry.record is not None else None
-
-    def _hook_mesh(self) -> None:
-        """What the mesh's datagrams reach: promises, wakes, offers."""
-        if self.mesh is None:
-            return
-        self.liveness.promised_until = self.mesh.promised_until
-        self.mesh.on_promise = self.liveness.extended
-        self.mesh.on_wake = self._woken
-        self.mesh.on_offer = self._offered
 
     async def _open_mesh(self) -> None:
         """Bind the mesh socket on the node's address; the mesh's tasks start."""

@@ -6,8 +6,12 @@ them all when that right lapses.
   (:mod:`egressd.core.node_lease`). Only a gateway candidate renews; a node
   that only steers has no node lease. The renew carries the process's
   incarnation, the node's address, its lease duration and its published peer
-  set. The right runs from the *send* time of the last renew answered within
-  ``renewDeadline`` (``rights.serving_right``).
+  set, and (mesh on) the sequence of the last mesh datagram sent when the
+  renew was stamped: read in the same step as the clock, no await between,
+  so every datagram numbered above it left after the stamp the right counts
+  from. The right runs from the *send* time of the last renew answered within
+  ``renewDeadline`` (``rights.serving_right``); a retry of the write resends
+  the same body within that deadline, never with a newer stamp.
 * **Kernel fences.** After each successful renew the fences of every owned IP
   are re-armed at once, by a task of their own so a slow data plane never
   delays the next renewal: one nftables transaction for the set elements, then
@@ -89,6 +93,12 @@ class NodeLiveness:
         watch's :meth:`~egressd.runtime.peer_rights.PeerRightWatch.observe`)."""
         self.promised_until: Callable[[str], float | None] = lambda _holder: None
         """The end of our latest promise to a holder (the mesh's; none without it)."""
+        self.heartbeat_seq: Callable[[], int | None] = lambda: None
+        """The sequence of the last mesh datagram sent (the mesh's; None
+        without it): each renew carries it."""
+        self.sent_by: Callable[[str, str, int], float | None] = lambda _holder, _incarnation, _seq: None
+        """When we first took a datagram of a holder's process numbered above
+        a sequence (the mesh's receipts; None without them)."""
         self.last_api_write: float | None = None
         """Send time of the last successful API write of this process (a
         renew, or a claim write): a peer right lasts at most ``maxHold`` from it."""
@@ -185,7 +195,17 @@ class NodeLiveness:
             address=str(node.address) if node.address else None,
             peers=tuple(sorted(set(self._peers()) - {node.name})),
             renew_time=self._clock.wall(),
+            heartbeat_seq=self.heartbeat_seq(),
         )
+
+    def stamped_by(self, record: NodeLeaseRecord) -> float | None:
+        """The heartbeat bound of a holder's node-lease version: when we took a
+        datagram of the renewing process sent after the renew was stamped (its
+        sequence above the one the renew carries); None: none taken, or the
+        lease carries no sequence (no mesh, an earlier version)."""
+        if record.heartbeat_seq is None:
+            return None
+        return self.sent_by(record.node, record.incarnation, record.heartbeat_seq)
 
     async def renew_once(self) -> bool:
         """One renew (none while not a candidate or after a clash); whether it
@@ -194,6 +214,8 @@ class NodeLiveness:
         _ = self.started_at
         if not self._candidate() or (self._clash_until is not None and now < self._clash_until):
             return False
+        # the stamp and the record (its heartbeat sequence) in one step, no
+        # await between: every datagram numbered above it leaves after `started`
         started = self._clock.monotonic()
         record = self._record_to_write()
         written = await self._write(record, deadline=started + self._timing.renew_deadline)

@@ -220,7 +220,8 @@ class Member:
             if self.sm.state is State.OWNER:
                 await self.step_down("claim-unreadable", entry.problem)
             return next_look(None, owner=self.sm.state is State.OWNER, timing=self._timing)
-        decision = decide(entry.record, self._view.observation(entry), now, self._me(), self._timing)
+        observation = self._view.observation(entry, self._liveness.stamped_by)
+        decision = decide(entry.record, observation, now, self._me(), self._timing)
         self._note(decision)
         if (
             self.serving_locally

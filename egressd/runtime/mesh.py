@@ -24,6 +24,11 @@ promises in answer to the peers' heartbeats (DESIGN.md, "The mesh").
   claim to it instead of free (:mod:`egressd.core.transfer`). An offer is
   taken from a candidate peer once (a replay guard of its own); an accept
   only for an offer we sent, still waiting, to that peer, with its nonce.
+* **Receipts** (``receipts``): when each heartbeat and wake of a peer's
+  process was taken, by sequence. A holder's node lease carries the sequence
+  of its last datagram when the renew was stamped (:attr:`Mesh.seq`), so a
+  standby knows the renew was stamped before the receipt of a larger one
+  (``rights.stamped_by``, the heartbeat bound of ``rights.may_take_over``).
 * **Wake** (:meth:`Mesh.wake`, sent by an old owner right after its release
   write naming a successor succeeded): the successor reads the claim at once
   instead of waiting for its watch. Taken from a candidate peer once
@@ -63,12 +68,20 @@ from egressd.core.mesh_messages import (
     fits_token,
 )
 from egressd.core.model import Timing
+from egressd.core.receipts import HeartbeatReceipts
 from egressd.core.transfer import OfferVerdict
 from egressd.core.wake import WakeAction, WakeVerdict
 from egressd.ports import Clock, MeshReceived, MeshTransport, Metrics
 from egressd.runtime.sinks import NullMetrics
 
 log = logging.getLogger(__name__)
+
+
+RECEIPT_STEP = 0.1
+"""Seconds: receipts of one process are kept at least this far apart (but the
+newest), so a peer's memory of them is bounded by ``maxHold`` over this,
+whatever the heartbeat rate; the heartbeat bound is then up to this much
+later than it could be, which only delays a takeover."""
 
 
 def new_nonce() -> str:
@@ -88,7 +101,13 @@ class PeerCounts:
 
 
 @dataclass
-class TransferCounts:
+class Transfers:
+    """The offers of claims (:mod:`egressd.core.transfer`): ours waiting for
+    their accept, the replay guard of the peers', and the counts."""
+
+    guard: ReplayGuard = field(default_factory=ReplayGuard)
+    waiting: dict[tuple[str, str], tuple[asyncio.Future[Accept], str, int]] = field(default_factory=dict)
+    """(successor, nonce) -> the accept awaited, with the IP and epoch offered."""
     offered: int = 0
     """Offers sent (as the owner leaving an IP)."""
     accepted: int = 0
@@ -146,6 +165,8 @@ class Mesh:
         """Wakes are numbered from the heartbeats' sequence but guarded apart,
         so a heartbeat overtaking a wake on the way does not void it."""
         self._outstanding = Outstanding(keep=mesh.promise_duration)
+        self.receipts = HeartbeatReceipts(keep=mesh.max_hold + timing.lease_duration, step=RECEIPT_STEP)
+        """Standby side: when we took each peer process's heartbeats and wakes."""
         self.promises: dict[str, float] = {}
         """Holder side: peer -> send time (our clock) of the heartbeat its
         latest promise answered."""
@@ -167,10 +188,7 @@ class Mesh:
         self.on_offer: Callable[[Offer], OfferVerdict] = lambda o: OfferVerdict(False, "not-candidate")
         """Judges an offer from a candidate peer and, if accepted, has the IP's
         member record it (the daemon's)."""
-        self._offer_guard = ReplayGuard()
-        self._offers: dict[tuple[str, str], tuple[asyncio.Future[Accept], str, int]] = {}
-        """(successor, nonce) -> the accept awaited, with the IP and epoch offered."""
-        self.transfers = TransferCounts()
+        self.transfers = Transfers()
         self.open = False
         """Whether the transport is bound (wakes are sent only then)."""
         self.on_peer_promise: Callable[[str, str], None] = lambda _peer, _incarnation: None
@@ -186,6 +204,18 @@ class Mesh:
     def promised_until(self, holder: str) -> float | None:
         """The end of our latest promise to ``holder`` (None: never promised)."""
         return self.promised.get(holder)
+
+    @property
+    def seq(self) -> int:
+        """The sequence of the last datagram we sent (heartbeats and wakes
+        share it; 0: none yet). A node-lease renew carries it, read in the step
+        that stamps the renew: any datagram numbered above it left later."""
+        return self._seq
+
+    def sent_by(self, holder: str, incarnation: str, seq: int) -> float | None:
+        """When we first took a datagram of ``holder``'s process
+        ``incarnation`` numbered above ``seq`` (None: none kept)."""
+        return self.receipts.sent_by(holder, incarnation, seq)
 
     # --- heartbeats -------------------------------------------------------------
 
@@ -248,12 +278,12 @@ class Mesh:
         if address is None:
             self.log.debug("no offer to %s for %s: no address", successor, ip)
             return None
-        for key in [k for k, (f, _ip, _epoch) in self._offers.items() if f.done()]:
-            del self._offers[key]  # given up by their owners (a late accept is then stale)
+        for key in [k for k, (f, _ip, _epoch) in self.transfers.waiting.items() if f.done()]:
+            del self.transfers.waiting[key]  # given up by their owners (a late accept is then stale)
         self._seq += 1
         nonce = self._nonce()
         future: asyncio.Future[Accept] = asyncio.get_running_loop().create_future()
-        self._offers[(successor, nonce)] = (future, ip, epoch)
+        self.transfers.waiting[(successor, nonce)] = (future, ip, epoch)
         message = Offer(self.node, self.incarnation, self._seq, ip, epoch, nonce, successor)
         self.transport.send(message, (address, self.port))
         self.transfers.offered += 1
@@ -262,7 +292,8 @@ class Mesh:
     def _offered(self, offer: Offer, sender: tuple[str, int]) -> None:
         if offer.to != self.node:
             raise MeshRejected("misdirected", f"an offer for {offer.to}")
-        self._offer_guard.admit(offer)
+        self.transfers.guard.admit(offer)
+        self.receipts.took(offer.sender, offer.incarnation, offer.seq, self._clock.monotonic())
         verdict = self.on_offer(offer)
         if not verdict.accept:
             raise MeshRejected(verdict.reason, verdict.detail)
@@ -273,10 +304,10 @@ class Mesh:
     def _accepted(self, accept: Accept) -> None:
         if accept.to != self.node:
             raise MeshRejected("misdirected", f"an accept for {accept.to}")
-        waiting = self._offers.get((accept.sender, accept.nonce))
+        waiting = self.transfers.waiting.get((accept.sender, accept.nonce))
         if waiting is None or waiting[0].done() or (waiting[1], waiting[2]) != (accept.ip, accept.epoch):
             raise MeshRejected("stale", f"no offer to {accept.sender} waits for this accept")
-        del self._offers[(accept.sender, accept.nonce)]
+        del self.transfers.waiting[(accept.sender, accept.nonce)]
         waiting[0].set_result(accept)
         self.transfers.taken += 1
 
@@ -284,6 +315,7 @@ class Mesh:
         if wake.to != self.node:
             raise MeshRejected("misdirected", f"a wake for {wake.to}")
         self._wake_guard.admit(wake)
+        self.receipts.took(wake.sender, wake.incarnation, wake.seq, self._clock.monotonic())
         verdict = self.on_wake(wake)
         if verdict.action is WakeAction.DROP:
             raise MeshRejected(verdict.reason, verdict.detail)
@@ -328,6 +360,7 @@ class Mesh:
         self._guard.admit(hb)
         self.peer_incarnation[hb.sender] = hb.incarnation
         now = self._clock.monotonic()
+        self.receipts.took(hb.sender, hb.incarnation, hb.seq, now)
         self.promised[hb.sender] = rights.promise_until(now, self.promised.get(hb.sender), self.timing)
         duration_ms = round(self.timing.promise_duration * 1000)
         self.transport.send(Promise(self.node, self.incarnation, hb.sender, hb.nonce, duration_ms), sender)

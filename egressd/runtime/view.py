@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from egressd.core.election import Observation
@@ -137,10 +137,14 @@ class LeaseView:
         problems |= {NODE_PREFIX + node: e.problem for node, e in self._nodes.items() if e.problem}
         return problems
 
-    def observation(self, entry: Entry) -> Observation:
+    def observation(
+        self, entry: Entry, stamped_by: Callable[[NodeLeaseRecord], float | None] = lambda _r: None
+    ) -> Observation:
         """A claim as observed, with its holder's liveness: when we last saw
         the holder's node lease change (none: a holder of an earlier version,
-        timed by its claim), or why that cannot be known."""
+        timed by its claim), or why that cannot be known; and the heartbeat
+        bound of that node-lease version, by ``stamped_by`` (the mesh's
+        receipts: ``NodeLiveness.stamped_by``)."""
         record = entry.record
         holder = self._nodes.get(record.holder) if record is not None and record.holder else None
         if holder is None:
@@ -156,6 +160,7 @@ class LeaseView:
             entry.observed_at,
             holder_seen_at=holder.observed_at,
             holder_lease_duration=holder.record.lease_duration if holder.record is not None else None,
+            holder_stamped_by=stamped_by(holder.record) if holder.record is not None else None,
         )
 
     def node_entry(self, node: str) -> NodeEntry | None:

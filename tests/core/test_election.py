@@ -819,6 +819,39 @@ def test_a_holder_declaring_a_longer_lease_duration_is_waited_for_that_long() ->
     assert_decision(decide(record, observed, 1000.0 + TIMING.lease_duration + 2, me, TIMING), Action.ACQUIRE, "expired")
 
 
+def test_the_heartbeat_bound_times_the_holder_from_a_receipt_before_our_sight_of_its_renew() -> None:
+    """A paused API server's late commit of a dead holder's renew: we took a
+    datagram the holder sent after stamping it, at 970, before we saw it at 1000."""
+    me = member(PREFERRED)
+    record = lease(SECOND)
+    observed = replace(with_node_lease(record, claim_seen=0.0, node_seen=1000.0), holder_stamped_by=970.0)
+    assert_decision(
+        decide(record, observed, 970.0 + TIMING.lease_duration - 0.1, me, TIMING), Action.STANDBY, "held-by-other"
+    )
+    d = decide(record, observed, 1000.0, me, TIMING)
+    assert_decision(d, Action.ACQUIRE, "expired")
+    assert "holder-lapsed-by-heartbeat" in d.detail and "30.000s before we saw" in d.detail
+    # the claim's own later change still counts, and a longer declared lease duration too
+    fresh_claim = replace(observed, observed_at=990.0)
+    assert_decision(
+        decide(record, fresh_claim, 990.0 + TIMING.lease_duration - 0.1, me, TIMING), Action.STANDBY, "held-by-other"
+    )
+    longer = replace(observed, holder_lease_duration=TIMING.lease_duration + 5)
+    assert_decision(
+        decide(record, longer, 970.0 + TIMING.lease_duration + 4.9, me, TIMING), Action.STANDBY, "held-by-other"
+    )
+    assert_decision(decide(record, longer, 970.0 + TIMING.lease_duration + 5, me, TIMING), Action.ACQUIRE, "expired")
+
+
+def test_a_holder_without_a_node_lease_is_timed_by_its_claim_whatever_the_bound() -> None:
+    me = member(PREFERRED)
+    record = lease(SECOND)
+    observed = replace(seen(record, 1000.0), holder_stamped_by=900.0)
+    assert_decision(
+        decide(record, observed, 1000.0 + TIMING.lease_duration - 0.1, me, TIMING), Action.STANDBY, "held-by-other"
+    )
+
+
 def test_a_fresh_claim_counts_even_when_the_node_lease_is_older() -> None:
     """The later of the two changes times the holder (never less safe)."""
     me = member(PREFERRED)

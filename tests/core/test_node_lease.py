@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from egressd.core.errors import MalformedLease
 from egressd.core.lease import ANN_DURATION_MS, ANN_HOLDER_ADDRESS, ANN_INCARNATION, MAX_LEASE_DURATION, lease_name
 from egressd.core.node_lease import (
+    ANN_HEARTBEAT_SEQ,
     ANN_PEERS,
     KIND_NODE,
     LABEL_KIND,
@@ -34,6 +36,7 @@ RECORD = NodeLeaseRecord(
     address="172.18.0.5",
     peers=("kind-worker4", "kind-worker5"),
     renew_time=datetime(2026, 1, 1, 12, 0, 0, 500, tzinfo=UTC),
+    heartbeat_seq=1234,
 )
 
 
@@ -46,7 +49,16 @@ def test_a_written_node_lease_reads_back_the_same() -> None:
     assert obj["metadata"]["labels"][LABEL_KIND] == KIND_NODE
     assert obj["metadata"]["annotations"][ANN_PEERS] == "kind-worker4,kind-worker5"
     assert obj["metadata"]["annotations"][ANN_DURATION_MS] == "2500"
+    assert obj["metadata"]["annotations"][ANN_HEARTBEAT_SEQ] == "1234"
     assert node_record_from_object(obj) == RECORD
+
+
+def test_the_heartbeat_sequence_is_optional() -> None:
+    obj = node_object_from_record(replace(RECORD, heartbeat_seq=None), "egressd")
+    assert ANN_HEARTBEAT_SEQ not in obj["metadata"]["annotations"]  # no mesh, or an earlier version
+    assert node_record_from_object(obj).heartbeat_seq is None
+    obj["metadata"]["annotations"][ANN_HEARTBEAT_SEQ] = "0"
+    assert node_record_from_object(obj).heartbeat_seq == 0
 
 
 def test_node_leases_and_claims_cannot_be_mistaken_by_name() -> None:
@@ -65,6 +77,14 @@ MALFORMED = {
     "duration-huge": (f"metadata.annotations.{ANN_DURATION_MS}", "9" * 40, "must be at most"),
     "name-a-claim": ("metadata.name", "egressd-172-18-0-42", "a node lease is named egressd-node-"),
     "rv-missing": ("metadata.resourceVersion", "", r"metadata\.resourceVersion: missing"),
+    "seq-negative": (f"metadata.annotations.{ANN_HEARTBEAT_SEQ}", "-1", "not a sequence number: '-1'"),
+    "seq-text": (f"metadata.annotations.{ANN_HEARTBEAT_SEQ}", "12a", "not a sequence number: '12a'"),
+    "seq-padded": (f"metadata.annotations.{ANN_HEARTBEAT_SEQ}", "007", "not a sequence number: '007'"),
+    "seq-empty": (f"metadata.annotations.{ANN_HEARTBEAT_SEQ}", "", "not a sequence number: ''"),
+    "seq-unicode-digits": (f"metadata.annotations.{ANN_HEARTBEAT_SEQ}", "\u0663", "not a sequence number"),
+    "seq-huge": (f"metadata.annotations.{ANN_HEARTBEAT_SEQ}", "1" + "0" * 20, "not a sequence number"),
+    "seq-above-max": (f"metadata.annotations.{ANN_HEARTBEAT_SEQ}", "9" * 19, "is above"),
+    "seq-number": (f"metadata.annotations.{ANN_HEARTBEAT_SEQ}", 5, "must be a string"),
 }
 
 
@@ -93,7 +113,10 @@ FIELDS = [
     "metadata.name",
     "metadata.resourceVersion",
     "metadata.annotations",
-    *(f"metadata.annotations.{key}" for key in (ANN_DURATION_MS, ANN_HOLDER_ADDRESS, ANN_INCARNATION, ANN_PEERS)),
+    *(
+        f"metadata.annotations.{key}"
+        for key in (ANN_DURATION_MS, ANN_HOLDER_ADDRESS, ANN_INCARNATION, ANN_PEERS, ANN_HEARTBEAT_SEQ)
+    ),
     "spec",
     *(f"spec.{key}" for key in ("holderIdentity", "leaseDurationSeconds", "renewTime")),
 ]
@@ -101,7 +124,8 @@ FIELDS = [
 
 PLAUSIBLE = st.one_of(
     st.from_regex(r"[a-z0-9][a-z0-9.,-]{0,20}", fullmatch=True),
-    st.sampled_from(["egressd-node-kind-worker4", "kind-worker4", "2500", "fd00::5", "a,b"]),
+    st.sampled_from(["egressd-node-kind-worker4", "kind-worker4", "2500", "fd00::5", "a,b", "0", "01"]),
+    st.integers(-(2**64), 2**64).map(str),
 )
 """Strings a node lease's fields could hold, so that records that parse are common."""
 
@@ -138,4 +162,5 @@ def test_any_object_is_a_node_lease_or_malformed(obj: Any) -> None:
     assert rec.incarnation and isinstance(rec.incarnation, str)
     assert 0 < rec.lease_duration <= MAX_LEASE_DURATION
     assert all(isinstance(p, str) and p for p in rec.peers)
+    assert rec.heartbeat_seq is None or 0 <= rec.heartbeat_seq < 2**63
     assert list(rec.peers) == sorted(set(rec.peers))

@@ -20,6 +20,7 @@ from egressd.core.rights import (
     promise_until,
     required_peers,
     serving_right,
+    stamped_by,
 )
 
 T = Timing()
@@ -122,6 +123,47 @@ def test_a_restarted_process_waits_out_its_predecessors_promises_and_counts_sile
     short = Timing(lease_duration=1.5, renew_deadline=0.4, fence_ttl=0.5, safety_margin=0.05)
     verdict = may_take_over(standby(started_at=started, lease_changed_at=0.0), started + 0.1, short, M)
     assert verdict.reason == "restart-promise-wait"
+
+
+def test_the_heartbeat_bound_counts_the_holders_lease_from_an_earlier_receipt() -> None:
+    seen, heard = 30.0, 29.0  # the renew seen at 30, a datagram sent after its stamp taken at 29
+    assert may_take_over(standby(lease_changed_at=seen), heard + T.lease_duration - 0.01, T, M).reason == (
+        "holder-alive"
+    )
+    verdict = may_take_over(standby(lease_changed_at=seen, lease_stamped_by=heard), heard + T.lease_duration, T, M)
+    assert (bool(verdict), verdict.reason) == (True, "holder-lapsed-by-heartbeat")
+    # no earlier than the observation: it changes nothing
+    later = standby(lease_changed_at=seen, lease_stamped_by=seen + 1)
+    assert may_take_over(later, seen + T.lease_duration - 0.01, T, M).not_before == seen + T.lease_duration
+    assert may_take_over(later, seen + T.lease_duration, T, M).reason == "holder-lapsed"
+
+
+def test_the_heartbeat_bound_leaves_the_other_waits_as_they_are() -> None:
+    seen, heard = 30.0, 10.0
+    promised = may_take_over(standby(lease_changed_at=seen, lease_stamped_by=heard, promised_until=40.0), 35.0, T, M)
+    assert (promised.reason, promised.not_before) == ("promised", 40.0)
+    outside = may_take_over(standby(lease_changed_at=seen, lease_stamped_by=heard, in_peer_set=False), 35.0, T, M)
+    assert (outside.reason, outside.not_before) == ("outside-peer-set", heard + T.lease_duration + M.max_hold)
+    restarted = may_take_over(standby(lease_changed_at=seen, lease_stamped_by=heard, started_at=34.0), 35.0, T, M)
+    assert (restarted.reason, restarted.not_before) == ("restart-promise-wait", 34.0 + M.promise_duration)
+
+
+def test_the_bound_is_the_earliest_receipt_of_a_larger_sequence() -> None:
+    seqs, times = [3, 5, 9], [1.0, 2.0, 3.0]
+    assert stamped_by(seqs, times, 2) == 1.0
+    assert stamped_by(seqs, times, 3) == 2.0  # the datagram numbered as the renew went out before it
+    assert stamped_by(seqs, times, 4) == 2.0
+    assert stamped_by(seqs, times, 9) is None
+    assert stamped_by([], [], 0) is None
+
+
+@given(st.lists(st.integers(0, 50), unique=True), st.integers(0, 60))
+def test_the_bound_never_comes_from_a_sequence_at_or_below_the_renews(received: list[int], seq: int) -> None:
+    seqs = sorted(received)
+    times = [float(i) for i in range(len(seqs))]
+    bound = stamped_by(seqs, times, seq)
+    above = [t for s, t in zip(seqs, times, strict=True) if s > seq]
+    assert bound == (min(above) if above else None)
 
 
 def test_promises_only_grow() -> None:

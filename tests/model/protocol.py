@@ -58,6 +58,19 @@ What is modelled, in discrete time (one tick is one round of every daemon):
 A heartbeat reaches its peer within the tick or not at all: a late heartbeat
 only moves the peer's promise later, which the holder does not count on.
 
+The heartbeat bound (``rights.stamped_by``): each renew carries the sequence
+``c`` of the holder's last datagram, and a standby may count the holder's
+lease from its receipt of a later one. Sequences are kept as what the rule
+can read of them: per standby and holder, the age of the receipt of the
+holder's latest datagram (numbered as a renew written now would be), and per
+version of the holder's node lease (the one the standby saw last, the one in
+the API, one the API server holds queued) the ages of the receipts of the
+datagram numbered ``c`` and of the first one numbered above it. A version
+whose process is dead takes no receipt any more. Kind ``late`` is a renew the
+API server holds when the API is cut from its sender and commits at any
+later tick, unless a later renew of the sender landed first (the double
+fault: the sender may be dead by then).
+
 Ages are kept instead of clock readings, and saturate where the rules stop
 telling values apart, so the state space is finite. Nodes (and IPs) that
 nothing tells apart (clock rate, every configuration of the plan) are
@@ -90,17 +103,36 @@ UP, FROZEN, LOST = "up", "frozen", "lost"
 T = TypeVar("T")
 
 KINDS = frozenset({"api", "link", "freeze", "kill", "lose"})
+ALL_KINDS = KINDS | {"unsure", "late"}
 """The kinds of faults explored unless a configuration says otherwise."""
 
 NEVER = -1
 """An age that was never started (no renew yet, no promise, never seen);
 also a free claim's holder."""
 
+DEAD = -2
+"""The receipt of a datagram above a version's sequence that never comes: the
+version's process is dead (an age that never starts, like NEVER)."""
+
+KNOW_NONE = (NEVER,) * 6
+"""What a standby knows of a holder's lease versions before any receipt."""
+
+SEEN, API, QUEUED = 0, 2, 4
+"""Offsets, in a standby's knowledge of a holder, of the versions it saw last,
+in the API and queued: (age of the receipt of the datagram numbered as the
+version, age of the first receipt of one numbered above)."""
+
 
 def answered_at(outstanding: Outstanding, promise: Promise, me: str, now: float) -> float:
     """The time a promise is counted from: the send time of the heartbeat it
     answers, as the mesh takes it (``Outstanding.answer``)."""
     return outstanding.answer(promise, me)
+
+
+def renew_seq(counter: int, previous: int | None) -> int:
+    """The sequence a renew carries: that of the last datagram sent when it is
+    stamped (``counter``), never that of an earlier body (``previous``)."""
+    return counter
 
 
 def published_after_unsure_renew(previous: frozenset[str], attempted: frozenset[str]) -> frozenset[str]:
@@ -126,6 +158,8 @@ class Rules:
     published_after_unsure_renew: Callable[[frozenset[str], frozenset[str]], frozenset[str]] = (
         published_after_unsure_renew
     )
+    stamped_by: Callable[[list[int], list[float], int], float | None] = rights.stamped_by
+    renew_seq: Callable[[int, int | None], int] = renew_seq
     judge_offer: Callable[..., transfer.OfferVerdict] = transfer.judge_offer
     may_assume: Callable[[transfer.Accepted | None, LeaseRecord, float, Timing], bool] = transfer.may_assume
     transfer_withdraws: bool = True
@@ -157,7 +191,9 @@ class Params:
     kinds: frozenset[str] = KINDS
     """The kinds of faults: ``api`` (the API cut from a node, restored),
     ``unsure`` (the API cut from a node in the middle of a renew whose outcome
-    the daemon cannot tell, a timeout: it landed, or not), ``link`` (the link
+    the daemon cannot tell, a timeout: it landed, or not), ``late`` (the same,
+    and the renew may also be held by the API server and land at any later
+    tick), ``link`` (the link
     between two nodes cut, mended), ``freeze`` (and thaw), ``kill`` (and
     restart), ``lose`` (a node, and its return)."""
     timing: Timing = field(
@@ -179,6 +215,10 @@ class Params:
         default_factory=lambda: rights.MeshTiming(promise_duration=60, drift=0.2, margin=5, max_hold=200, rtt_bound=0)
     )
     rules: Rules | None = None
+    receipts: bool = True
+    """Keep the receipts the heartbeat bound reads (False: no standby ever has
+    one, the bound never shortens a wait: for planted bugs that do not
+    involve it, found faster without its states)."""
 
     def groups(self) -> tuple[tuple[int, ...], ...]:
         """The plan, or its default: every node a candidate of every IP."""
@@ -192,6 +232,18 @@ def grow_and_shrink(gateways: int, ips: int, node: int, ip: int) -> tuple[tuple[
     base = tuple(others for _ in range(ips))
     grown = tuple(others | (1 << node) if x == ip else others for x in range(ips))
     return (base, grown, base)
+
+
+Column = tuple[tuple[int, tuple[int, ...]], ...]
+"""Per node: its receipt of a node's latest datagram and its knowledge of that
+node's lease versions."""
+Effects = tuple[bool, tuple[int, ...] | None]
+"""Of a node's step on the others' receipts: whether it stamped a renew, and
+who took its heartbeats (None: it sent none)."""
+Change = tuple["Node", tuple[int, ...], int, tuple[int, ...], int, str, Effects]
+"""What a node's step changes: its node, the claims, its lease's peer set, the
+others' promises to it, the renew of it held, what it learnt, and its effects
+on the others' receipts."""
 
 
 class Node(NamedTuple):
@@ -219,6 +271,13 @@ class Node(NamedTuple):
     """The configuration of the plan this daemon knows."""
     published: int
     """The peer set this daemon believes its node lease shows (bit mask)."""
+    heard: tuple[int, ...]
+    """Per node: age of our receipt of its process's latest datagram (NEVER:
+    we did not take that one)."""
+    know: tuple[tuple[int, ...], ...]
+    """Per node: receipt ages for the versions of its node lease we saw, in the
+    API, queued (offsets SEEN, API, QUEUED): of the datagram numbered as the
+    version, and of the first numbered above (DEAD: its process is gone)."""
     accepted: tuple[int, ...]
     """Per IP: age of the transfer offer we accepted last (NEVER: none)."""
 
@@ -236,16 +295,34 @@ class State(NamedTuple):
     """Cut links (pairs, smaller index first), sorted."""
     budget: int
     handoffs: int
+    queued: tuple[int, ...]
+    """Per node: the peer set of a renew of it the API server holds and may
+    still commit (NEVER: none)."""
     transfers: int
 
 
 def _grow(age: int, by: int, cap: int) -> int:
-    return NEVER if age == NEVER else min(age + by, cap)
+    return age if age < 0 else min(age + by, cap)
 
 
 def _at(age: int) -> float | None:
     """The clock reading an age stands for."""
-    return None if age == NEVER else NOW - age
+    return None if age in (NEVER, DEAD) else NOW - age
+
+
+def _dies(know: tuple[int, ...]) -> tuple[int, ...]:
+    """Knowledge of versions whose process died: no receipt above them will come."""
+    return tuple(DEAD if a == NEVER and k % 2 else a for k, a in enumerate(know))
+
+
+def _take(know: tuple[int, ...]) -> tuple[int, ...]:
+    """Knowledge after a receipt of a datagram now: above every live version."""
+    return tuple(0 if a == NEVER and k % 2 else a for k, a in enumerate(know))
+
+
+def _forgotten(know: tuple[int, ...]) -> tuple[int, ...]:
+    """After our process restarted: no receipts, the dead versions still dead."""
+    return tuple(DEAD if a == DEAD else NEVER for a in know)
 
 
 def _n(i: int) -> str:
@@ -269,6 +346,11 @@ def _put(seq: tuple[T, ...], i: int, value: T) -> tuple[T, ...]:
     out = list(seq)
     out[i] = value
     return tuple(out)
+
+
+def _put2(seq: tuple[int, ...], i: int, first: int, second: int) -> tuple[int, ...]:
+    """``seq`` with the pair at ``i``, ``i + 1`` replaced."""
+    return (*seq[:i], first, second, *seq[i + 2 :])
 
 
 class Model:
@@ -296,7 +378,17 @@ class Model:
         self._required: dict[tuple[int, int, tuple[bool, ...], int], int] = {}
         self._rights: dict[tuple[int, int, int, tuple[int, ...]], rights.Right] = {}
         self._aged_nodes: dict[Node, Node] = {}
-        self._steps: dict[tuple[object, ...], list[tuple[Node, tuple[int, ...], int, tuple[int, ...], str]]] = {}
+        self._steps: dict[tuple[object, ...], list[Change]] = {}
+        self._receipts: dict[tuple[int, Column, Effects], Column] = {}
+        # What the rules can read of the sequences: the receipt of the datagram
+        # numbered as a renew (a rule counting ``seq >= c``), or of one before
+        # the stamp (a renew carrying a sequence read too early). The real
+        # rules read neither, and the model then keeps no such receipt.
+        self.early_seq = self.rules.renew_seq(1, 0) != 1
+        self.own_seq = self.rules.stamped_by([1], [NOW - 1.0], 1) is not None
+        self.track_heard = self.early_seq or self.own_seq
+        self.by_heartbeat = 0
+        """Takeovers the heartbeat bound allowed before the observation alone would."""
         n = params.gateways
         self._none = (NEVER,) * n
         self._clean = {n: (False,) * n}
@@ -352,19 +444,47 @@ class Model:
                 link=(),
                 budget=self.p.faults,
                 handoffs=self.p.handoffs,
+                queued=(NEVER,) * n,
                 transfers=self.p.transfers,
             )
 
-    def _fresh(self, rate: int, fence: tuple[int, ...], known: int) -> Node:
-        """A daemon just started: nothing in memory; its kernel keeps ``fence``."""
+    def _fresh(
+        self, rate: int, fence: tuple[int, ...], known: int, know: tuple[tuple[int, ...], ...] | None = None
+    ) -> Node:
+        """A daemon just started: nothing in memory; its kernel keeps ``fence``.
+        ``know``: its predecessor's knowledge of the lease versions (the
+        versions' processes that were dead stay so); none: at the start, the
+        node leases are of earlier processes."""
         n, k = self.p.gateways, self.p.ips
         none = (NEVER,) * n
-        return Node(UP, rate, 0, NEVER, NEVER, none, none, (0,) * n, none, (False,) * k, fence, known, 0, (NEVER,) * k)
+        known_versions = tuple(_forgotten(x) for x in know) if know is not None else ((DEAD,) * 6,) * n
+        return Node(
+            UP,
+            rate,
+            0,
+            NEVER,
+            NEVER,
+            none,
+            none,
+            (0,) * n,
+            none,
+            (False,) * k,
+            fence,
+            known,
+            0,
+            none,
+            known_versions,
+            (NEVER,) * k,
+        )
 
     # --- events: the groups change, daemons learn them, handoffs, faults ---------------------
 
     def events(self, s: State) -> Iterator[tuple[str, State]]:
         yield "none", s
+        for i, peers in enumerate(s.queued):
+            if peers != NEVER:
+                # the API server commits a renew it held (no fault of its own: the one that held it)
+                yield f"held-renew-of-{_n(i)}-lands", self._lands(s, i, peers)
         if s.handoffs:
             for i, node in enumerate(s.nodes):
                 if node.mode == UP and s.api[i]:
@@ -453,34 +573,83 @@ class Model:
         cut = spent._replace(api=_put(s.api, i, not s.api[i]))
         if "api" in kinds:
             yield f"api-{'down' if s.api[i] else 'up'}-{_n(i)}", cut
-        if "unsure" in kinds and s.api[i] and node.mode == UP and self.renews(i, node.known):
+        if kinds & {"unsure", "late"} and s.api[i] and node.mode == UP and self.renews(i, node.known):
             yield from self._unsure_renew(cut, i)
         if node.mode == UP:
             if "freeze" in kinds:
                 yield f"freeze-{_n(i)}", self._set(spent, i, node._replace(mode=FROZEN))
             if "kill" in kinds:
-                yield f"kill-{_n(i)}", self._set(spent, i, self._fresh(node.rate, node.fence, node.known))
+                killed = self._fresh(node.rate, node.fence, node.known, node.know)
+                yield f"kill-{_n(i)}", self._died(self._set(spent, i, killed), i)
             if "lose" in kinds:
-                lost = self._fresh(node.rate, (0,) * self.p.ips, node.known)._replace(mode=LOST)
-                yield f"lose-{_n(i)}", self._set(spent, i, lost)
+                lost = self._fresh(node.rate, (0,) * self.p.ips, node.known, node.know)._replace(mode=LOST)
+                yield f"lose-{_n(i)}", self._died(self._set(spent, i, lost), i)
         elif node.mode == FROZEN:
             yield f"thaw-{_n(i)}", self._set(spent, i, node._replace(mode=UP))
         elif node.mode == LOST:
             yield f"return-{_n(i)}", self._set(spent, i, node._replace(mode=UP, started=0))
 
+    def _died(self, s: State, i: int) -> State:
+        """Node ``i``'s process is gone: no datagram of it comes any more, so
+        versions of its lease that no receipt is above stay so."""
+        nodes = tuple(
+            node
+            if j == i
+            else node._replace(heard=_put(node.heard, i, NEVER), know=_put(node.know, i, _dies(node.know[i])))
+            for j, node in enumerate(s.nodes)
+        )
+        return s._replace(nodes=nodes)
+
     def _unsure_renew(self, s: State, i: int) -> Iterator[tuple[str, State]]:
         """The API is cut from node ``i`` while its renew is under way: the
-        write lands or not, and the daemon cannot tell."""
+        write lands or not, and the daemon cannot tell; with kind ``late``
+        the API server may also hold it, to commit it at a later tick."""
         node = s.nodes[i]
         attempted = self.peers(i, node.known)
         kept = _mask(self.rules.published_after_unsure_renew(_names(node.published), _names(attempted)))
         s = self._set(s, i, node._replace(published=kept))
+        stamped = self._stamped(s, i, QUEUED) if self.p.receipts else s
+        yield f"api-down-{_n(i)}-renew-landed", self._lands(stamped, i, attempted)
+        yield f"api-down-{_n(i)}-renew-lost", s
+        if "late" in self.p.kinds:
+            yield (
+                f"api-down-{_n(i)}-renew-held",
+                self._stamped(s, i, QUEUED)._replace(queued=_put(s.queued, i, attempted))
+                if self.p.receipts
+                else s._replace(queued=_put(s.queued, i, attempted)),
+            )
+
+    def _stamped(self, s: State, i: int, at: int) -> State:
+        """A renew of node ``i`` is stamped now, as version ``at`` (API, QUEUED)
+        in every other node's knowledge: the sequence it carries is the latest
+        datagram's (``rules.renew_seq``), whose receipt is the version's own;
+        or one read before the last round of heartbeats (a bug), whose
+        datagrams then count as sent after the stamp."""
+        nodes = list(s.nodes)
+        for j, node in enumerate(nodes):
+            if j == i:
+                continue
+            pair = (NEVER, node.heard[i]) if self.early_seq else (node.heard[i], NEVER)
+            if node.know[i][at : at + 2] != pair:
+                nodes[j] = node._replace(know=_put(node.know, i, _put2(node.know[i], at, *pair)))
+        nodes_t = tuple(nodes)
+        if nodes_t == s.nodes:
+            return s
+        return s._replace(nodes=nodes_t)
+
+    def _lands(self, s: State, i: int, peers: int, at: int = QUEUED) -> State:
+        """Version ``at`` of node ``i``'s lease (publishing ``peers``) lands in
+        the API: every other node sees it changed at its next look."""
         dirty = tuple(
             tuple(True if n == i and o != i else d for n, d in enumerate(row)) for o, row in enumerate(s.dirty)
         )
-        landed = s._replace(leases=_put(s.leases, i, attempted), dirty=dirty)
-        yield f"api-down-{_n(i)}-renew-landed", landed
-        yield f"api-down-{_n(i)}-renew-lost", s
+        nodes = tuple(
+            node
+            if j == i
+            else node._replace(know=_put(node.know, i, _put2(node.know[i], API, *node.know[i][at : at + 2])))
+            for j, node in enumerate(s.nodes)
+        )
+        return s._replace(nodes=nodes, leases=_put(s.leases, i, peers), dirty=dirty, queued=_put(s.queued, i, NEVER))
 
     @staticmethod
     def _set(s: State, i: int, node: Node) -> State:
@@ -543,6 +712,8 @@ class Model:
                 tuple(max(0, f - r) for f in node.fence),
                 node.known,
                 node.published,
+                tuple(_grow(a, r, self.cap_unchanged) for a in node.heard),
+                tuple(tuple(_grow(a, r, self.cap_unchanged) for a in k) for k in node.know),
                 tuple(_grow(a, r, self.cap_accepted) for a in node.accepted),
             )
             self._aged_nodes[node] = aged
@@ -552,9 +723,10 @@ class Model:
         """Node ``i``'s step: every state it may leave, and what it learnt ("": nothing).
 
         A step reads only node ``i``, the API (its reach, the claims, the
-        leases, its row of ``dirty``), its links, and of each peer whether it
-        is up, whether it answers ``i``, and its promise to ``i``; it is worked
-        out once per such context and applied to ``s`` as a change."""
+        leases, its row of ``dirty``, a renew of it held), its links, and of
+        each peer whether it is up, whether it answers ``i``, its promise to
+        ``i`` and what it knows of ``i``'s datagrams; it is worked out once per
+        such context and applied to ``s`` as a change."""
         node = s.nodes[i]
         if node.mode != UP:
             yield s, ""
@@ -565,34 +737,89 @@ class Model:
             for j, peer in enumerate(s.nodes)
         )
         newest = max(n.known for n in s.nodes)
-        key = (i, node, api, s.claims, s.leases, s.dirty[i], context, newest)
+        column = tuple((peer.heard[i], peer.know[i]) for peer in s.nodes) if self.p.receipts else ()
+        key = (i, node, api, s.claims, s.leases, s.dirty[i], s.queued[i], context, newest)
         changes = self._steps.get(key)
         if changes is None:
             changes = self._steps[key] = [
-                (after.nodes[i], after.claims, after.leases[i], tuple(p.promised[i] for p in after.nodes), learnt)
-                for after, learnt in self._work_out(s, i)
+                (
+                    after.nodes[i],
+                    after.claims,
+                    after.leases[i],
+                    tuple(p.promised[i] for p in after.nodes),
+                    after.queued[i],
+                    learnt,
+                    effects,
+                )
+                for after, learnt, effects in self._work_out(s, i)
             ]
         renewed = api and self.renews(i, node.known)
         dirty = s.dirty
         if api:
             clean = self._clean[len(s.nodes)]
             dirty = tuple(clean if o == i else (_put(row, i, True) if renewed else row) for o, row in enumerate(dirty))
-        for mine, claims, lease, promised, learnt in changes:
+        for mine, claims, lease, promised, queued, learnt, (stamped, took) in changes:
             nodes = list(s.nodes)
             nodes[i] = mine
             for j, value in enumerate(promised):
                 if j != i and value != nodes[j].promised[i]:
                     nodes[j] = nodes[j]._replace(promised=_put(nodes[j].promised, i, value))
             leases = s.leases if lease == s.leases[i] else _put(s.leases, i, lease)
-            yield State(tuple(nodes), claims, leases, dirty, s.api, s.link, s.budget, s.handoffs, s.transfers), learnt
+            queue = s.queued if queued == s.queued[i] else _put(s.queued, i, queued)
+            if self.p.receipts and (stamped or took is not None):
+                self._apply_receipts(nodes, i, column, (stamped, took))
+            yield (
+                State(tuple(nodes), claims, leases, dirty, s.api, s.link, s.budget, s.handoffs, queue, s.transfers),
+                learnt,
+            )
 
-    def _work_out(self, s: State, i: int) -> Iterator[tuple[State, str]]:
+    def _apply_receipts(self, nodes: list[Node], i: int, column: Column, effects: Effects) -> None:
+        """The others' receipts of node ``i`` (``column``: each one's receipt of
+        its latest datagram and knowledge of its lease versions) after its
+        step's ``effects``: a renew stamped (:meth:`_stamped`), then a round of
+        heartbeats (:meth:`_received`). Kept by their arguments."""
+        key = (i, column, effects)
+        after = self._receipts.get(key)
+        if after is None:
+            stamped, took = effects
+            before = tuple(
+                n._replace(heard=_put(n.heard, i, h), know=_put(n.know, i, k))
+                for n, (h, k) in zip(nodes, column, strict=True)
+            )
+            state = State(before, (), (), (), (), (), 0, 0, (), 0)
+            if stamped:
+                state = self._stamped(state, i, API)
+            if took is not None:
+                state = self._received(state, i, took)
+            after = self._receipts[key] = tuple((n.heard[i], n.know[i]) for n in state.nodes)
+        for j, (heard, know) in enumerate(after):
+            if j != i and (heard, know) != column[j]:
+                nodes[j] = nodes[j]._replace(heard=_put(nodes[j].heard, i, heard), know=_put(nodes[j].know, i, know))
+
+    def _received(self, s: State, i: int, took: tuple[int, ...]) -> State:
+        """Node ``i`` sent a round of heartbeats, which the nodes ``took``
+        received: a receipt above every version of ``i``'s lease stamped so
+        far; the others did not take ``i``'s latest datagram."""
+        nodes = list(s.nodes)
+        for j, peer in enumerate(nodes):
+            if j == i:
+                continue
+            if j in took:
+                heard, know = 0 if self.track_heard else NEVER, _take(peer.know[i])
+                if (heard, know) != (peer.heard[i], peer.know[i]):
+                    nodes[j] = peer._replace(heard=_put(peer.heard, i, heard), know=_put(peer.know, i, know))
+            elif peer.heard[i] != NEVER:
+                nodes[j] = peer._replace(heard=_put(peer.heard, i, NEVER))
+        return s._replace(nodes=tuple(nodes))
+
+    def _work_out(self, s: State, i: int) -> Iterator[tuple[State, str, Effects]]:
         node = s.nodes[i]
         arrivals = (node,) if node.inflight == self._none else self._arrivals(node, i)
         for arrived in arrivals:
-            for after in self._act(s, i, arrived):
-                yield after, ""
-                yield from self._learning(after, i)
+            for after, effects in self._act(s, i, arrived):
+                yield after, "", effects
+                for learnt, what in self._learning(after, i):
+                    yield learnt, what, effects
 
     def _learning(self, s: State, i: int) -> Iterator[tuple[State, str]]:
         """After its step, node ``i`` may learn a newer configuration: the
@@ -631,8 +858,11 @@ class Model:
             return None
         return int(NOW - at)
 
-    def _act(self, s: State, i: int, node: Node) -> Iterator[State]:
-        """Steps 1-4 of node ``i``'s round; step 5 (:meth:`_decide`) once per way its answers travel."""
+    def _act(self, s: State, i: int, node: Node) -> Iterator[tuple[State, Effects]]:
+        """Steps 1-4 of node ``i``'s round; step 5 (:meth:`_decide`) once per
+        way its answers travel; with each, its effects on the others' receipts
+        (applied by :meth:`_step`, so that the step's work is kept whatever
+        they hold)."""
         n = self.p.gateways
         known, holds, fence = node.known, node.holds, node.fence
         since_renew, since_write, published, unchanged = (
@@ -641,18 +871,23 @@ class Model:
             node.published,
             node.unchanged,
         )
-        leases, dirty = s.leases, s.dirty
+        leases, dirty, know = s.leases, s.dirty, node.know
+        stamped, took = False, None
         if s.api[i]:
             # 1. Look: a node lease that changed since our last look was seen changing now.
             mine = dirty[i]
             if any(mine):
                 unchanged = tuple(0 if mine[j] else a for j, a in enumerate(unchanged))
-            # 2. Renew our node lease, publishing our peer set, while a candidate.
+                know = tuple(_put2(k, SEEN, *k[API : API + 2]) if mine[j] else k for j, k in enumerate(know))
+            # 2. Renew our node lease, publishing our peer set, while a candidate
+            #    (a renew the API server held cannot land after it).
             if self.renews(i, known):
                 published = self.peers(i, known)
                 leases = _put(leases, i, published)
                 since_renew = since_write = 0
                 dirty = tuple(self._clean[n] if o == i else _put(row, i, True) for o, row in enumerate(dirty))
+                stamped = True
+                s = s._replace(queued=_put(s.queued, i, NEVER))
             elif any(mine):
                 dirty = _put(dirty, i, self._clean[n])
             # 3. A claim written by another since is lost.
@@ -663,8 +898,11 @@ class Model:
         # 4. Heartbeats to our required peers while we serve on a right; who promises.
         nodes, answered = s.nodes, list[int]()
         if any(holds) and self.right(i, since_renew, since_write, known, holds, published, node.promises):
-            nodes, answered = self._heartbeats(s, i, self.required(i, known, holds, published))
+            required = self.required(i, known, holds, published)
+            nodes, answered = self._heartbeats(s, i, required)
+            took = tuple(answered) if required else None
         s = s._replace(nodes=nodes, leases=leases, dirty=dirty)
+        effects = (stamped, took)
         base = Node(
             node.mode,
             node.rate,
@@ -679,12 +917,19 @@ class Model:
             fence,
             known,
             published,
+            node.heard,
+            know,
             node.accepted,
         )
+        for after in self._answers(s, i, node, base, answered):
+            yield after, effects
+
+    def _answers(self, s: State, i: int, node: Node, base: Node, answered: list[int]) -> Iterator[State]:
+        """Step 5 once per way the promises of ``answered`` travel: they reach
+        node ``i`` now, or (with a delay, none other on its way) later."""
         if not answered:
             yield from self._decide(s, i, base)
             return
-        # The answers reach us now, or (with a delay, none other on its way) later.
         slow = [j for j in answered if self.p.delay and node.inflight[j] == NEVER]
         for late in itertools.product((False, True), repeat=len(slow)):
             promises, inflight = list(node.promises), list(node.inflight)
@@ -697,7 +942,8 @@ class Model:
             yield from self._decide(s, i, base._replace(promises=tuple(promises), inflight=tuple(inflight)))
 
     def _heartbeats(self, s: State, i: int, required: int) -> tuple[tuple[Node, ...], list[int]]:
-        """Node ``i``'s heartbeats to ``required``: the nodes after, and who promised."""
+        """Node ``i``'s heartbeats to ``required``: the nodes after, and who
+        took them and promised (their receipts: :meth:`_received`)."""
         listed, answered = list(s.nodes), []
         for j, peer in enumerate(s.nodes):
             if j == i or not required >> j & 1 or peer.mode != UP or not self._reach(s, i, j):
@@ -777,8 +1023,21 @@ class Model:
             lease_changed_at=_at(node.unchanged[h]),
             in_peer_set=bool(s.leases[h] >> i & 1),
             started_at=NOW - node.started,
+            lease_stamped_by=self.stamped_by(node.know[h]),
         )
-        return bool(self.rules.may_take_over(standby, NOW, self.p.timing, self.p.mesh))
+        verdict = self.rules.may_take_over(standby, NOW, self.p.timing, self.p.mesh)
+        if verdict.reason == "holder-lapsed-by-heartbeat":
+            self.by_heartbeat += 1
+        return bool(verdict)
+
+    def stamped_by(self, know: tuple[int, ...]) -> float | None:
+        """The heartbeat bound of the version of a holder's lease we saw
+        (``rules.stamped_by``), from the receipts of the datagram numbered as
+        it (1 here) and of the first numbered above."""
+        at, after = know[SEEN], know[SEEN + 1]
+        seqs = [q for q, a in ((1, at), (2, after)) if a >= 0]
+        times = [NOW - a for a in (at, after) if a >= 0]
+        return self.rules.stamped_by(seqs, times, 1)
 
     def right(
         self,
@@ -841,10 +1100,12 @@ class Model:
         only there are one:
 
         * what others know of a node's lease (when they last saw it change,
-          whether it changed since, the peer set it shows) while no claim names
-          that node: a claim naming it comes from its own write, after a renew
-          in the same step, and every other node looks at the API (and sees
-          that renew) before it can decide to take the claim over;
+          whether it changed since, the peer set it shows, the receipts above
+          its versions, a renew of it the API server holds) while no claim
+          names that node: a claim naming it comes from its own write, after a
+          renew in the same step (which a held renew cannot land after), and
+          every other node looks at the API (and sees that renew) before it
+          can decide to take the claim over;
         * a daemon's renew and write ages while it holds nothing: they count
           only for a right, and an acquisition renews and writes first (its
           renew's age is kept while transfers remain or it accepted one:
@@ -855,12 +1116,16 @@ class Model:
         nodes = s.nodes
         if idle:
             nodes = tuple(
-                node._replace(unchanged=tuple(NEVER if j in idle else a for j, a in enumerate(node.unchanged)))
+                node._replace(
+                    unchanged=tuple(NEVER if j in idle else a for j, a in enumerate(node.unchanged)),
+                    know=tuple(KNOW_NONE if j in idle else k for j, k in enumerate(node.know)),
+                )
                 for node in nodes
             )
             s = s._replace(
                 dirty=tuple(tuple(d and j not in idle for j, d in enumerate(row)) for row in s.dirty),
                 leases=tuple(0 if j in idle else m for j, m in enumerate(s.leases)),
+                queued=tuple(NEVER if j in idle else q for j, q in enumerate(s.queued)),
             )
         nodes = tuple(
             node
@@ -870,6 +1135,7 @@ class Model:
             )
             for node in nodes
         )
+        nodes = tuple(self._unreadable_receipts(s, o, node) for o, node in enumerate(nodes))
         return s._replace(nodes=nodes)
 
     @staticmethod
@@ -877,6 +1143,29 @@ class Model:
         """Whether a node that holds nothing may still read its renew's age: to
         accept an offer (transfers remain) or to serve on a transfer it accepted."""
         return s.transfers > 0 or any(a != NEVER for a in node.accepted)
+
+    @staticmethod
+    def _unreadable_receipts(s: State, o: int, node: Node) -> Node:
+        """``node`` (number ``o``) without the receipts no rule reads again: of
+        the version it saw, those not before its sight of it (the bound counts
+        only when earlier than the observation, ``Standby.lease_stamped_by``,
+        and every later receipt is later still; never seen: the observation is
+        the process's start, before all its receipts); of the API's version
+        once seen (it is the one seen, and a new version replaces it); of a
+        queued one when none is held."""
+        know = list(node.know)
+        for n, k in enumerate(know):
+            if n == o:
+                continue
+            seen = node.unchanged[n]
+            at, after = k[SEEN], k[SEEN + 1]
+            at = at if seen >= 0 and at > seen else NEVER
+            after = after if seen >= 0 and after > seen else DEAD
+            api = k[API : API + 2] if s.dirty[o][n] else (NEVER, DEAD)
+            queued = k[QUEUED : QUEUED + 2] if s.queued[n] != NEVER else (NEVER, DEAD)
+            know[n] = (at, after, *api, *queued)
+        know_t = tuple(know)
+        return node if know_t == node.know else node._replace(know=know_t)
 
     @staticmethod
     def _signature(s: State, n: int) -> tuple[object, ...]:
@@ -894,6 +1183,8 @@ class Model:
             sorted(node.unchanged),
             sorted(node.inflight),
             node.known,
+            sorted(node.heard),
+            sorted(node.know),
         )
 
     def _find_symmetries(
@@ -927,6 +1218,8 @@ class Model:
                 inflight=tuple(s.nodes[old].inflight[o] for o in perm),
                 promised=tuple(s.nodes[old].promised[o] for o in perm),
                 unchanged=tuple(s.nodes[old].unchanged[o] for o in perm),
+                heard=tuple(s.nodes[old].heard[o] for o in perm),
+                know=tuple(s.nodes[old].know[o] for o in perm),
                 holds=tuple(s.nodes[old].holds[x] for x in ips),
                 fence=tuple(s.nodes[old].fence[x] for x in ips),
                 published=masks[s.nodes[old].published],
@@ -943,6 +1236,7 @@ class Model:
             link=tuple(sorted((min(inv[a], inv[b]), max(inv[a], inv[b])) for a, b in s.link)),
             budget=s.budget,
             handoffs=s.handoffs,
+            queued=tuple(NEVER if s.queued[old] == NEVER else masks[s.queued[old]] for old in perm),
             transfers=s.transfers,
         )
 
@@ -954,6 +1248,9 @@ class Result:
     violation: list[str] | None
     """The trace (events per tick) to the first state where two nodes served an IP, if any."""
     seconds: float = 0.0
+    by_heartbeat: int = 0
+    """Ways (steps) on which the heartbeat bound allowed a takeover the
+    observation alone did not yet."""
 
 
 Renaming = tuple[tuple[int, ...], tuple[int, ...]]
@@ -977,14 +1274,14 @@ def explore(params: Params, *, limit: int = 5_000_000) -> Result:
             if bad is not None:
                 node, ip = bad
                 trace = _trace(parent, s, f"{event}; {_ip(ip)} served by two after {_n(node)} steps")
-                return Result(len(parent), transitions, trace, time.monotonic() - started)
+                return Result(len(parent), transitions, trace, time.monotonic() - started, model.by_heartbeat)
             nxt, perm, ips = model.canonical(model.forget(successor))
             if nxt not in parent:
                 parent[nxt] = (s, event, (perm, ips))
                 if len(parent) > limit:
                     raise RuntimeError(f"more than {limit} states")
                 queue.append(nxt)
-    return Result(len(parent), transitions, None, time.monotonic() - started)
+    return Result(len(parent), transitions, None, time.monotonic() - started, model.by_heartbeat)
 
 
 def _trace(parent: dict[State, tuple[State | None, str, Renaming]], s: State, last: str) -> list[str]:
@@ -1032,7 +1329,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kinds",
         default=",".join(sorted(KINDS)),
-        help="kinds of faults, comma-separated, among api,unsure,link,freeze,kill,lose",
+        help="kinds of faults, comma-separated, among api,unsure,late,link,freeze,kill,lose",
     )
     args = parser.parse_args(argv)
     steps = grow_and_shrink(args.gateways, args.ips, args.gateways - 1, 0)
@@ -1050,7 +1347,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     result = explore(params)
     what = " ".join(f"{a}={v}" for a, v in vars(args).items())
-    print(f"{what}: {result.states} states, {result.transitions} transitions, {result.seconds:.1f}s")
+    print(
+        f"{what}: {result.states} states, {result.transitions} transitions, {result.seconds:.1f}s, "
+        f"{result.by_heartbeat} takeovers on the heartbeat bound"
+    )
     if result.violation:
         print(f"two owners after {len(result.violation) - 1} ticks:", " -> ".join(result.violation))
         return 1

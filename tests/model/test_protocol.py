@@ -5,6 +5,7 @@ explorations run with EGRESSD_MODEL_LARGE=1."""
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import os
 from collections.abc import Collection, Iterable
@@ -14,7 +15,7 @@ import pytest
 from egressd.core import rights
 from egressd.core.mesh_messages import Outstanding, Promise
 from egressd.core.model import Timing
-from tests.model.protocol import Params, Result, Rules, explore, grow_and_shrink, main
+from tests.model.protocol import Params, Result, Rules, explore, grow_and_shrink, main, renew_seq
 
 large = pytest.mark.skipif(not os.environ.get("EGRESSD_MODEL_LARGE"), reason="set EGRESSD_MODEL_LARGE=1 (minutes)")
 
@@ -28,11 +29,12 @@ REMOVE = grow_and_shrink(3, 1, 2, 0)[1:]
 """Node 2 leaves the group of IP 0 (to nodes 0 and 1)."""
 
 
-def _safe(params: Params, at_least: int) -> None:
+def _safe(params: Params, at_least: int) -> Result:
     result = explore(params)
     print(f"\n{params.gateways} gateways, {params.ips} IPs: {result.states} states in {result.seconds:.1f}s")
     assert result.violation is None, " -> ".join(result.violation)
     assert result.states > at_least  # the whole space, not a shortcut through it
+    return result
 
 
 def test_two_gateways_under_any_two_faults_never_both_serve() -> None:
@@ -69,6 +71,22 @@ def test_a_candidate_leaving_a_group_never_makes_two_serve_even_across_a_timed_o
     _safe(Params(gateways=3, faults=1, plan=REMOVE, kinds=frozenset({"api", "unsure"}), rates=COARSE), 15_000)
 
 
+def test_the_double_fault_a_renew_held_by_the_api_server_then_the_owner_killed_never_makes_two_serve() -> None:
+    """The API server holds the owner's renew (its API cut), the owner dies,
+    the server commits the renew at any later tick: the standby takes over on
+    the heartbeat bound when it heard the owner after that renew, and never
+    while the owner (or its kernel) serves."""
+    result = _safe(Params(gateways=2, faults=2, kinds=frozenset({"late", "kill"})), 30_000)
+    assert result.by_heartbeat > 0  # the bound did shorten waits on the way
+
+
+def test_freezes_and_cuts_never_make_two_serve_on_the_heartbeat_bound() -> None:
+    """A holder silent for long (frozen, cut), then renewing: the receipts of
+    its datagrams from before that renew must not count."""
+    result = _safe(Params(gateways=2, faults=3, kinds=frozenset({"freeze", "link"})), 15_000)
+    assert result.by_heartbeat > 0
+
+
 @large
 def test_large_two_ips_with_two_handoffs_under_any_two_faults() -> None:
     _safe(Params(gateways=2, ips=2, faults=2, handoffs=2), 100_000)
@@ -99,7 +117,11 @@ def test_large_late_promises_under_any_two_faults() -> None:
 
 
 def _found(rules: Rules, faults: int = 2, **params: object) -> list[str]:
+    """The trace to two owners the model finds with ``rules``. Bugs that do not
+    involve the heartbeat bound are looked for without its receipts (no
+    standby has one: the bound never shortens a wait), which is faster."""
     params.setdefault("gateways", 2)
+    params.setdefault("receipts", rules.stamped_by is not rights.stamped_by or rules.renew_seq is not renew_seq)
     result: Result = explore(Params(faults=faults, rules=rules, **params))  # type: ignore[arg-type]
     assert result.violation is not None, f"the planted bug went unnoticed in {result.states} states"
     print(f"\nfound in {result.states} states, a trace of {len(result.violation) - 1} ticks:")
@@ -217,6 +239,31 @@ def test_a_transfer_written_before_the_withdrawal_is_caught() -> None:
     serves: the successor serves on it at once."""
     trace = _found(Rules(transfer_withdraws=False), faults=0, transfers=1)
     assert any("transfer-" in step for step in trace)
+
+
+def test_a_heartbeat_bound_from_the_datagram_numbered_as_the_renew_is_caught() -> None:
+    """Counting a receipt of sequence ``>= c`` instead of ``> c``: the datagram
+    numbered as the renew went out before it, maybe long before (the holder
+    was frozen): a standby that heard it before the freeze takes over from a
+    holder that renewed after the thaw."""
+
+    def at_or_above(seqs: list[int], times: list[float], seq: int) -> float | None:
+        at = bisect.bisect_left(seqs, seq)
+        return times[at] if at < len(times) else None
+
+    trace = _found(Rules(stamped_by=at_or_above), faults=3, kinds=frozenset({"freeze", "link"}))
+    assert any(step.startswith("thaw") for step in trace)
+
+
+def test_a_renew_carrying_a_sequence_read_before_the_last_heartbeats_is_caught() -> None:
+    """The holder reads the sequence, heart-beats (an await between), then
+    stamps the renew: a heartbeat sent before the stamp counts as after it."""
+
+    def read_early(counter: int, previous: int | None) -> int:
+        return previous if previous is not None else counter
+
+    trace = _found(Rules(renew_seq=read_early), faults=3, kinds=frozenset({"freeze", "link"}))
+    assert any(step.startswith("thaw") for step in trace)
 
 
 def test_the_command_prints_the_state_count(capsys: pytest.CaptureFixture[str]) -> None:
