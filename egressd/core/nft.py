@@ -517,18 +517,25 @@ def render_fence_refresh(ips: Iterable[IPAddress], ttl_ms: int) -> str:
 
     ``add`` (a no-op if present), ``delete``, ``add`` with the new timeout: the
     kernel only resets an existing element's timeout on ``add`` since 6.10, and
-    this form works on older kernels too, in one transaction.
+    this form works on older kernels too, in one transaction. Each step names
+    all the IPs of a set at once: one command (one netlink message) per set and
+    step, not per IP; nft parses and evaluates every command on its own, so a
+    command per IP cost a thousand owned IPs about 50 ms of CPU per renew.
     """
     if ttl_ms < 1:
         raise ValueError(f"fence ttl must be at least 1 ms, got {ttl_ms}")
-    lines: list[str] = []
+    per_set: dict[tuple[str, str, str], list[str]] = {}
     for ip in sorted(set(ips), key=lambda ip: (ip.version, int(ip))):
-        for family, table, name in _fence_sets(ip):
-            lines += [
-                f"add element {family} {table} {name} {{ {ip} timeout {ttl_ms}ms }}",
-                f"delete element {family} {table} {name} {{ {ip} }}",
-                f"add element {family} {table} {name} {{ {ip} timeout {ttl_ms}ms }}",
-            ]
+        for fence_set in _fence_sets(ip):
+            per_set.setdefault(fence_set, []).append(str(ip))
+    lines: list[str] = []
+    for (family, table, name), members in per_set.items():
+        armed = ", ".join(f"{m} timeout {ttl_ms}ms" for m in members)
+        lines += [
+            f"add element {family} {table} {name} {{ {armed} }}",
+            f"delete element {family} {table} {name} {{ {', '.join(members)} }}",
+            f"add element {family} {table} {name} {{ {armed} }}",
+        ]
     return "\n".join(lines) + "\n"
 
 

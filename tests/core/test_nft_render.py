@@ -391,6 +391,21 @@ def test_fence_stage_never_flushes_the_timeout_sets() -> None:
     assert "add element inet egressd_fence egress6 { fd00::42 }" in text
 
 
+def test_fence_refresh_names_all_the_ips_of_a_set_in_one_command_per_step() -> None:
+    text = nft.render_fence_refresh([ip("172.18.0.43"), ip("fd00::42"), ip("172.18.0.42")], 800)
+    assert text.splitlines() == [
+        "add element inet egressd_fence owned4 { 172.18.0.42 timeout 800ms, 172.18.0.43 timeout 800ms }",
+        "delete element inet egressd_fence owned4 { 172.18.0.42, 172.18.0.43 }",
+        "add element inet egressd_fence owned4 { 172.18.0.42 timeout 800ms, 172.18.0.43 timeout 800ms }",
+        "add element arp egressd_arp owned { 172.18.0.42 timeout 800ms, 172.18.0.43 timeout 800ms }",
+        "delete element arp egressd_arp owned { 172.18.0.42, 172.18.0.43 }",
+        "add element arp egressd_arp owned { 172.18.0.42 timeout 800ms, 172.18.0.43 timeout 800ms }",
+        "add element inet egressd_fence owned6 { fd00::42 timeout 800ms }",
+        "delete element inet egressd_fence owned6 { fd00::42 }",
+        "add element inet egressd_fence owned6 { fd00::42 timeout 800ms }",
+    ]
+
+
 def test_fence_refresh_resets_the_timeout_portably() -> None:
     text = nft.render_fence_refresh([ip("172.18.0.42")], 800)
     assert text.splitlines() == [
