@@ -138,6 +138,9 @@ class NftablesSnat:
         """The egress IP of each staged source, by group name (hashing thousands
         of sources costs more than the transaction that adds one)."""
         self._fenced: frozenset[IPAddress] | None = None
+        self._fence_update: bool | None = None
+        """Whether this kernel re-arms a fence element on ``add`` with ``expires``
+        (``nft.render_fence_probe``); None: not probed yet."""
         """The egress IPs the fence tables list now; None: unknown (re-stage)."""
         self._owned: dict[IPAddress, str] = {}
         self._changes = 0
@@ -237,7 +240,7 @@ class NftablesSnat:
             owned[ip] = group
             script = self._chain_script(group, ip.version, owned)
             if self._fence_ms is not None:
-                script += nft.render_fence_refresh([ip], self._fence_ms)
+                script += nft.render_fence_refresh([ip], self._fence_ms, update=self._fence_update is True)
             await self._run(script, what=f"activate {ip}")
             self._owned = owned
             self._changes += 1
@@ -315,7 +318,32 @@ class NftablesSnat:
         ms = self._fence_ms if ttl is None else min(self._fence_ms, int(ttl * 1000))
         if ms < 1:
             return
-        await self._run(nft.render_fence_refresh(ips, ms), what="fence refresh")
+        if self._fence_update is None:
+            self._fence_update = await self._probe_fence_update()
+        await self._run(nft.render_fence_refresh(ips, ms, update=self._fence_update), what="fence refresh")
+
+    async def _probe_fence_update(self) -> bool:
+        """Whether the kernel re-arms a fence element on ``add`` with
+        ``expires`` (then a refresh is one ``add`` per set instead of
+        add/delete/add); False when the probe fails in any way."""
+        try:
+            await self._run(nft.render_fence_probe(0), what="fence probe")
+            await self._run(nft.render_fence_probe(1), what="fence probe")
+            out = await self._exec(
+                ["-j", "list", "set", nft.FAMILY, nft.FENCE_TABLE, nft.PROBE_SET], what="fence probe"
+            )
+            updated = nft.probe_updated(json.loads(out))
+            await self._run(nft.render_fence_probe(2), what="fence probe")
+        except (DataPlaneError, json.JSONDecodeError) as exc:
+            log.info("fence refresh: the kernel's element update could not be probed (%s); using add/delete/add", exc)
+            return False
+        log.info(
+            "fence refresh: %s",
+            "one add with expires (the kernel updates elements)"
+            if updated
+            else "add/delete/add (the kernel does not update an element on add)",
+        )
+        return updated
 
     async def fence(self) -> dict[IPAddress, float]:
         """Armed fence elements and their remaining seconds (empty when disabled)."""
