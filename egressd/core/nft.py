@@ -506,7 +506,8 @@ def render_fence_stage(egress_ips: Iterable[IPAddress]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _fence_sets(ip: IPAddress) -> list[tuple[str, str, str]]:
+def fence_sets(ip: IPAddress) -> list[tuple[str, str, str]]:
+    """The (family, table, set) of the fence elements of ``ip``."""
     if ip.version == 4:
         return [(FAMILY, FENCE_TABLE, "owned4"), ("arp", ARP_TABLE, "owned")]
     return [(FAMILY, FENCE_TABLE, "owned6")]
@@ -533,7 +534,7 @@ def render_fence_refresh(ips: Iterable[IPAddress], ttl_ms: int, *, update: bool 
         raise ValueError(f"fence ttl must be at least 1 ms, got {ttl_ms}")
     per_set: dict[tuple[str, str, str], list[str]] = {}
     for ip in sorted(set(ips), key=lambda ip: (ip.version, int(ip))):
-        for fence_set in _fence_sets(ip):
+        for fence_set in fence_sets(ip):
             per_set.setdefault(fence_set, []).append(str(ip))
     lines: list[str] = []
     for (family, table, name), members in per_set.items():
@@ -584,7 +585,7 @@ def render_fence_remove(ips: Iterable[IPAddress]) -> str:
     """Disarm the fence of ``ips`` at once (no error if already expired)."""
     lines: list[str] = []
     for ip in sorted(set(ips), key=lambda ip: (ip.version, int(ip))):
-        for family, table, name in _fence_sets(ip):
+        for family, table, name in fence_sets(ip):
             lines += [
                 f"add element {family} {table} {name} {{ {ip} timeout 1s }}",
                 f"delete element {family} {table} {name} {{ {ip} }}",

@@ -405,6 +405,17 @@ async def test_fence_refresh_rearms_an_armed_element_and_recreates_an_expired_on
     assert EGRESS in await snat.fence()
 
 
+async def test_a_fence_refresh_the_kernel_refuses_is_an_error_and_changes_nothing(net: Net) -> None:
+    snat = NftablesSnat(netns=net.gw, fence_ttl=5.0)
+    await snat.stage([GROUP])
+    await snat.activate(EGRESS, "web-a")
+    await asyncio.sleep(1.1)
+    ns_exec(net.gw, "nft", "delete", "table", "arp", nft.ARP_TABLE)
+    with pytest.raises(DataPlaneError, match="fence refresh failed"):
+        await snat.refresh_fence([EGRESS])
+    assert (await snat.fence())[EGRESS] < 4.5  # the inet element was not re-armed either: one transaction
+
+
 async def test_the_kernels_element_update_is_probed_once_and_leaves_no_probe_set(net: Net) -> None:
     snat = NftablesSnat(netns=net.gw, fence_ttl=0.6)
     await snat.stage([GROUP])
