@@ -19,13 +19,29 @@
   answers in microseconds, so one thread is enough and keeps calls ordered).
 * ``refresh`` re-arms the lifetimes of many addresses at once, after every
   node-lease renew: one ``RTM_NEWADDR`` per address, as ``claim`` sends it,
-  but written in batches into a raw rtnetlink socket of its own and
-  acknowledged together. pyroute2 costs about a millisecond of CPU per
-  request (a thousand owned IPs, four renews a second: four cores), the
-  kernel a few microseconds. The kernel handles every message of a batch on
-  its own, so one that fails (the interface went away) leaves the others
-  refreshed; the failures are reported together, and none of them can make
-  an address live longer than the lifetime asked for.
+  but written in batches into a raw rtnetlink socket of its own. pyroute2
+  costs about a millisecond of CPU per request (a thousand owned IPs, four
+  renews a second: four cores). What is left is kept small
+  (``chaos/bench_rearm.py``; the kernel's own share is in
+  docs/kernel-fences.md, "What a refresh costs"):
+
+  - each address's message is encoded once and kept (per address, interface
+    index and lifetime, with a sequence number of its own) while the address
+    is refreshed; a refresh only looks the messages up and joins them;
+  - the messages ask for no acknowledgement: the kernel answers a request
+    without ``NLM_F_ACK`` only when it fails. Each batch ends with an
+    ``NLMSG_NOOP`` that asks for one. The kernel handles a write's messages
+    one after the other and answers each failure as it meets it, so when the
+    NOOP's acknowledgement arrives, every failure of the batch is already in
+    the socket, read in the same pass: one read per batch instead of one per
+    address (``NETLINK_CAP_ACK``: an error does not echo the request back);
+  - the interface's index comes from one ``RTM_GETLINK`` per interface and
+    refresh on the same socket.
+
+  The kernel handles every message of a batch on its own, so one that fails
+  (the interface went away) leaves the others refreshed; the failures are
+  reported together, and none of them can make an address live longer than
+  the lifetime asked for.
 * ``netns``: when given, the sockets are opened in that named namespace
   (``IPRoute(netns=...)``); the daemon normally runs inside its namespace and
   leaves it None.
@@ -63,18 +79,30 @@ ADDRESS_PROTO = 0xE9
 LABEL_SUFFIX = ":egd"
 
 _IFA_F_NODAD = 0x02
-_RTM_NEWADDR = 20
+_NLMSG_NOOP = 1
 _NLMSG_ERROR = 2
 _NLMSG_DONE = 3
+_RTM_NEWLINK, _RTM_GETLINK, _RTM_NEWADDR = 16, 18, 20
+_NLM_F_REQUEST = 0x01
+_NLM_F_ACK = 0x04
 _NLM_F_REPLACE_ACK = 0x505
 """NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE | NLM_F_CREATE: what ``addr("replace")`` sends."""
+_NLM_F_REPLACE_QUIET = _NLM_F_REPLACE_ACK & ~_NLM_F_ACK
+"""The same without NLM_F_ACK: the kernel answers only a failure (what :meth:`KernelAddresses.refresh` sends)."""
 _IFA_ADDRESS, _IFA_LOCAL, _IFA_LABEL, _IFA_CACHEINFO, _IFA_FLAGS, _IFA_PROTO = 1, 2, 3, 6, 8, 11
+_IFLA_IFNAME = 3
+_SOL_NETLINK = 270
+_NETLINK_CAP_ACK = 10
 _HEADER = struct.Struct("=IHHII")
 """nlmsghdr: length, type, flags, sequence, port id."""
+_IFINFO = struct.Struct("=BxHiII")
+"""ifinfomsg: family, type, index, flags, change."""
 BATCH = 256
-"""Messages per write in :meth:`KernelAddresses.refresh`: about 20 KB, and as
-many acknowledgements (36 bytes each) wait in the socket's receive buffer
-before they are read; both far below the kernel's default buffers."""
+"""Messages per write in :meth:`KernelAddresses.refresh`: about 20 KB; the
+kernel's answers to them (an error for each that fails, 36 bytes, and the
+closing acknowledgement) wait in the socket's receive buffer before they are
+read; both far below the kernel's default buffers."""
+_SEQ_MAX = 0x7FFFFFFF
 _ACK_TIMEOUT = 2.0
 """Seconds to wait for the kernel's acknowledgements of one batch (it answers in microseconds)."""
 _ENOENT = 2
@@ -92,10 +120,13 @@ def _attr(kind: int, payload: bytes) -> bytes:
     return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
 
 
-def encode_claim(seq: int, index: int, ip: IPAddress, *, lifetime: int, proto: int, label: str | None) -> bytes:
+def encode_claim(
+    seq: int, index: int, ip: IPAddress, *, lifetime: int, proto: int, label: str | None, ack: bool = True
+) -> bytes:
     """The ``RTM_NEWADDR`` message ``claim`` has pyroute2 send (the same
     attributes in the same order; tests compare them byte for byte), with
-    sequence number ``seq`` and port id 0."""
+    sequence number ``seq`` and port id 0; without ``NLM_F_ACK`` when not
+    ``ack`` (the kernel then answers only a failure)."""
     v4 = ip.version == 4
     body = struct.pack("=BBBBI", socket.AF_INET if v4 else socket.AF_INET6, ip.max_prefixlen, 0, 0, index)
     body += _attr(_IFA_ADDRESS, ip.packed)
@@ -107,7 +138,34 @@ def encode_claim(seq: int, index: int, ip: IPAddress, *, lifetime: int, proto: i
         body += _attr(_IFA_LOCAL, ip.packed)
     else:
         body += _attr(_IFA_FLAGS, struct.pack("=I", _IFA_F_NODAD))
-    return _HEADER.pack(_HEADER.size + len(body), _RTM_NEWADDR, _NLM_F_REPLACE_ACK, seq, 0) + body
+    flags = _NLM_F_REPLACE_ACK if ack else _NLM_F_REPLACE_QUIET
+    return _HEADER.pack(_HEADER.size + len(body), _RTM_NEWADDR, flags, seq, 0) + body
+
+
+def encode_barrier(seq: int) -> bytes:
+    """An ``NLMSG_NOOP`` asking for an acknowledgement: the kernel answers it
+    after every message written before it in the same write."""
+    return _HEADER.pack(_HEADER.size, _NLMSG_NOOP, _NLM_F_REQUEST | _NLM_F_ACK, seq, 0)
+
+
+def encode_link_request(seq: int, interface: str) -> bytes:
+    """``RTM_GETLINK`` of the link called ``interface``."""
+    body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(_IFLA_IFNAME, interface.encode() + b"\0")
+    return _HEADER.pack(_HEADER.size + len(body), _RTM_GETLINK, _NLM_F_REQUEST, seq, 0) + body
+
+
+def read_link_index(data: bytes, seq: int) -> int | None:
+    """The link index in the ``RTM_NEWLINK`` answering ``seq`` in a read from
+    the socket; None when there is none."""
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        length, kind, _flags, got, _port = _HEADER.unpack_from(data, offset)
+        if length < _HEADER.size:
+            break  # malformed: never loop on it
+        if kind == _RTM_NEWLINK and got == seq and length >= _HEADER.size + _IFINFO.size:
+            return int(_IFINFO.unpack_from(data, offset + _HEADER.size)[2])
+        offset += (length + 3) & ~3
+    return None
 
 
 def read_acks(data: bytes) -> list[tuple[int, int]]:
@@ -126,6 +184,10 @@ def read_acks(data: bytes) -> list[tuple[int, int]]:
     return out
 
 
+_Key = tuple[IPAddress, str, int, int]
+"""Address, interface, interface index, lifetime: what a refresh message encodes."""
+
+
 class KernelAddresses:
     """:class:`egressd.ports.Addresses` over rtnetlink (pyroute2)."""
 
@@ -137,6 +199,11 @@ class KernelAddresses:
         self._raw: socket.socket | None = None
         """The rtnetlink socket of :meth:`refresh` (executor thread only)."""
         self._seq = 0
+        """Last sequence number used on the raw socket."""
+        self._messages: dict[_Key, tuple[int, bytes]] = {}
+        """The ``RTM_NEWADDR`` of each address of the last refresh, with its
+        sequence number: encoded once while the address stays (see the module
+        docstring)."""
 
     # -- the port ---------------------------------------------------------
 
@@ -184,7 +251,7 @@ class KernelAddresses:
         return set(found)
 
     async def close(self) -> None:
-        if self._ipr is not None:
+        if self._ipr is not None or self._raw is not None:
             await self._call(self._close)
         self._executor.shutdown(wait=True)
 
@@ -223,58 +290,105 @@ class KernelAddresses:
                 if own >= 0:
                     setns(own)
                     os.close(own)
+            sock.setsockopt(_SOL_NETLINK, _NETLINK_CAP_ACK, 1)  # errors without the request echoed back
             sock.bind((0, 0))
             sock.settimeout(_ACK_TIMEOUT)
             self._raw = sock
         return self._raw
 
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
     def _refresh(self, addresses: list[tuple[IPAddress, str]], lifetime: int) -> None:
+        if self._seq + 2 * len(addresses) + 16 > _SEQ_MAX:
+            # sequence numbers start again: none kept may equal a new one
+            self._seq = 0
+            self._messages.clear()
         indexes: dict[str, int | str] = {}
         """Interface -> its index, or why it has none."""
         failed: list[str] = []
+        kept: dict[_Key, tuple[int, bytes]] = {}
+        batch: list[bytes] = []
         pending: dict[int, IPAddress] = {}
-        messages: list[bytes] = []
         for ip, interface in addresses:
-            if interface not in indexes:
-                try:
-                    indexes[interface] = self._index(interface)
-                except DataPlaneError as exc:
-                    indexes[interface] = str(exc)
-            index = indexes[interface]
+            index = indexes.get(interface)
+            if index is None:
+                index = indexes[interface] = self._link_index(interface)
             if isinstance(index, str):
                 failed.append(f"{ip}: {index}")
                 continue
-            self._seq = self._seq % 0x7FFFFFFF + 1
-            pending[self._seq] = ip
-            label = _label(interface) if ip.version == 4 else None
-            messages.append(encode_claim(self._seq, index, ip, lifetime=lifetime, proto=self._proto, label=label))
-            if len(messages) == BATCH:
-                failed += self._send_batch(messages, pending)
-                messages = []
-        if messages:
-            failed += self._send_batch(messages, pending)
+            key = (ip, interface, index, lifetime)
+            message = self._messages.get(key)
+            if message is None:
+                seq = self._next_seq()
+                label = _label(interface) if ip.version == 4 else None
+                encoded = encode_claim(seq, index, ip, lifetime=lifetime, proto=self._proto, label=label, ack=False)
+                message = (seq, encoded)
+            kept[key] = message
+            pending[message[0]] = ip
+            batch.append(message[1])
+            if len(batch) == BATCH:
+                failed += self._send_batch(batch, pending)
+                batch, pending = [], {}
+        if batch:
+            failed += self._send_batch(batch, pending)
+        self._messages = kept  # those of the addresses refreshed now, no others
         if failed:
             shown = "; ".join(failed[:5]) + (f"; and {len(failed) - 5} more" if len(failed) > 5 else "")
             raise DataPlaneError(f"refresh of {len(failed)} of {len(addresses)} address(es) failed: {shown}")
 
+    def _link_index(self, interface: str) -> int | str:
+        """The index of ``interface`` (one ``RTM_GETLINK`` on the raw socket), or why there is none."""
+        seq = self._next_seq()
+        try:
+            sock = self._raw_sock()
+            sock.send(encode_link_request(seq, interface))
+            while True:
+                data = sock.recv(65536)
+                for got, error in read_acks(data):
+                    if got == seq:
+                        if error == _ENODEV:
+                            return f"interface {interface} does not exist"
+                        return f"interface {interface}: lookup failed: {os.strerror(error)}"
+                index = read_link_index(data, seq)
+                if index is not None:
+                    return index
+        except DataPlaneError as exc:
+            return str(exc)
+        except OSError as exc:  # a timeout too: the socket goes, and its late answers with it
+            self._drop_raw()
+            return f"interface {interface}: lookup failed: {exc}"
+
     def _send_batch(self, messages: list[bytes], pending: dict[int, IPAddress]) -> list[str]:
-        """Write one batch and read its acknowledgements; what failed.
-        ``pending`` holds the batch's sequence numbers (emptied here)."""
-        sock = self._raw_sock()
+        """Write one batch, closed by a barrier, and read the kernel's answers
+        up to the barrier's acknowledgement; what failed. ``pending``: the
+        batch's sequence numbers."""
+        barrier = self._next_seq()
         failed: list[str] = []
         try:
-            sock.send(b"".join(messages))
-            while pending:
+            sock = self._raw_sock()
+            sock.send(b"".join(messages) + encode_barrier(barrier))
+            done = False
+            while not done:
                 for seq, error in read_acks(sock.recv(65536)):
+                    if seq == barrier:
+                        done = True
+                        continue
                     ip = pending.pop(seq, None)
                     if ip is not None and error:
                         failed.append(f"{ip}: {os.strerror(error)}")
-        except OSError as exc:  # a timeout too: the socket goes, and its late answers with it
-            self._raw = None
-            sock.close()
+        except DataPlaneError as exc:
             failed += [f"{ip}: {exc}" for ip in pending.values()]
-            pending.clear()
+        except OSError as exc:  # a timeout too: the socket goes, and its late answers with it
+            self._drop_raw()
+            failed += [f"{ip}: {exc}" for ip in pending.values()]
         return failed
+
+    def _drop_raw(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
 
     def _has_interface(self, interface: str) -> bool:
         try:

@@ -21,6 +21,14 @@ is enabled, ``activate`` arms the fence of the IP for ``fence_ttl`` and the
 runtime MUST call :meth:`NftablesSnat.refresh_fence` after every successful
 renew (together with the address refresh), or the node stops serving the IP
 after ``fence_ttl``. When it is disabled (the default) no fence table exists.
+With libnftables, the refresh is written as an nfnetlink batch of its own
+(:func:`encode_fence_refresh`: the element operations ``nft`` would send for
+``nft.render_fence_refresh``, one transaction), in the libnftables thread so
+that it stays ordered with the other transactions: ``nft`` reads the ruleset
+before every transaction, and for element commands that means the elements
+of every interval set, one request per set, which with a source set per
+egress IP costs more than the refresh itself (docs/kernel-fences.md, "What a
+re-arm costs").
 
 ``mark``: egressd's bits of the conntrack mark, set by every SNAT rule (the
 conntrack stream follows those flows). ``guard``: the connection guard's
@@ -35,6 +43,9 @@ import asyncio
 import ctypes
 import json
 import logging
+import os
+import socket
+import struct
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +57,98 @@ from egressd.core.errors import DataPlaneError
 from egressd.core.model import EgressGroup, IPAddress, IPNetwork
 
 log = logging.getLogger(__name__)
+
+
+# -- fence elements over nfnetlink ---------------------------------------------
+
+_NETLINK_NETFILTER = 12
+_NFNL_SUBSYS_NFTABLES = 10
+_NFNL_MSG_BATCH_BEGIN, _NFNL_MSG_BATCH_END = 0x10, 0x11
+_NFT_MSG_NEWSETELEM, _NFT_MSG_DELSETELEM = 12, 14
+_NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_CREATE = 0x01, 0x04, 0x400
+_NLMSG_ERROR = 2
+_NLA_F_NESTED = 0x8000
+_NFTA_SET_ELEM_LIST_TABLE, _NFTA_SET_ELEM_LIST_SET, _NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
+_NFTA_LIST_ELEM = 1
+_NFTA_SET_ELEM_KEY, _NFTA_SET_ELEM_TIMEOUT, _NFTA_SET_ELEM_EXPIRATION = 1, 4, 5
+_NFTA_DATA_VALUE = 1
+_NFPROTO = {"inet": 1, "arp": 3}
+_HEADER = struct.Struct("=IHHII")
+"""nlmsghdr: length, type, flags, sequence, port id."""
+_ELEMENTS_PER_MESSAGE = 1000
+"""A message's element list is one attribute, whose length is 16 bits: 1,000
+IPv6 elements with timeout and expiry take about 56 KB."""
+_ACK_TIMEOUT = 2.0
+
+
+def _nla(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
+
+
+def _message(kind: int, flags: int, seq: int, *, family: int, payload: bytes, res_id: int = 0) -> bytes:
+    body = struct.pack("=BBH", family, 0, socket.htons(res_id)) + payload  # nfgenmsg, version 0
+    return _HEADER.pack(_HEADER.size + len(body), kind, flags, seq, 0) + body
+
+
+def encode_fence_refresh(ips: Sequence[IPAddress], ttl_ms: int, *, update: bool, seq: int) -> tuple[bytes, int]:
+    """The nfnetlink batch that does what ``nft.render_fence_refresh(ips,
+    ttl_ms, update=update)`` does, as one transaction, with sequence numbers
+    from ``seq``; and how many of its messages ask for an acknowledgement.
+    Elements carry ``timeout`` (and with ``update`` ``expiration``) in
+    milliseconds, big-endian, as nft sends them."""
+    per_set: dict[tuple[str, str, str], list[bytes]] = {}
+    for ip in sorted(set(ips), key=lambda ip: (ip.version, int(ip))):
+        key = _nla(_NFTA_SET_ELEM_KEY | _NLA_F_NESTED, _nla(_NFTA_DATA_VALUE, ip.packed))
+        for fence_set in nft.fence_sets(ip):
+            per_set.setdefault(fence_set, []).append(key)
+    timeout = _nla(_NFTA_SET_ELEM_TIMEOUT, struct.pack(">Q", ttl_ms))
+    if update:
+        timeout += _nla(_NFTA_SET_ELEM_EXPIRATION, struct.pack(">Q", ttl_ms))
+    messages: list[bytes] = []
+
+    def elements(kind: int, flags: int, where: tuple[str, str, str], items: list[bytes]) -> None:
+        family, table, name = where
+        head = _nla(_NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0") + _nla(
+            _NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0"
+        )
+        for start in range(0, len(items), _ELEMENTS_PER_MESSAGE):
+            chunk = b"".join(items[start : start + _ELEMENTS_PER_MESSAGE])
+            payload = head + _nla(_NFTA_SET_ELEM_LIST_ELEMENTS | _NLA_F_NESTED, chunk)
+            kind_full = (_NFNL_SUBSYS_NFTABLES << 8) | kind
+            messages.append(
+                _message(kind_full, flags, seq + 1 + len(messages), family=_NFPROTO[family], payload=payload)
+            )
+
+    add = _NLM_F_REQUEST | _NLM_F_CREATE | _NLM_F_ACK
+    for where, keys in per_set.items():
+        armed = [_nla(_NFTA_LIST_ELEM | _NLA_F_NESTED, k + timeout) for k in keys]
+        elements(_NFT_MSG_NEWSETELEM, add, where, armed)
+        if not update:
+            bare = [_nla(_NFTA_LIST_ELEM | _NLA_F_NESTED, k) for k in keys]
+            elements(_NFT_MSG_DELSETELEM, _NLM_F_REQUEST | _NLM_F_ACK, where, bare)
+            elements(_NFT_MSG_NEWSETELEM, add, where, armed)
+
+    def control(kind: int, at: int) -> bytes:
+        return _message(kind, _NLM_F_REQUEST, at, family=socket.AF_UNSPEC, payload=b"", res_id=_NFNL_SUBSYS_NFTABLES)
+
+    begin, end = control(_NFNL_MSG_BATCH_BEGIN, seq), control(_NFNL_MSG_BATCH_END, seq + 1 + len(messages))
+    return begin + b"".join(messages) + end, len(messages)
+
+
+def read_errors(data: bytes) -> list[int]:
+    """The errno of each acknowledgement in a read from the socket (0: done)."""
+    out: list[int] = []
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        length, kind, _flags, _seq, _port = _HEADER.unpack_from(data, offset)
+        if length < _HEADER.size:
+            break  # malformed: never loop on it
+        if kind == _NLMSG_ERROR and length >= _HEADER.size + 4:
+            (error,) = struct.unpack_from("=i", data, offset + _HEADER.size)
+            out.append(-error)
+        offset += (length + 3) & ~3
+    return out
 
 
 class _LibNftables:
@@ -94,6 +197,23 @@ class _LibNftables:
     async def run(self, script: str) -> tuple[int, str]:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._run_blocking, script)
 
+    async def send_batch(self, batch: bytes, acks: int) -> list[int]:
+        """Write an nfnetlink batch on a socket of this thread (in ``netns``,
+        ordered with the transactions) and read ``acks`` answers; their errnos."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._send_batch_blocking, batch, acks)
+
+    def _send_batch_blocking(self, batch: bytes, acks: int) -> list[int]:
+        # a socket per batch (tens of microseconds): none is left open when the
+        # adapter goes, and no late answer of a timed-out batch reaches the next
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER) as sock:
+            sock.bind((0, 0))
+            sock.settimeout(_ACK_TIMEOUT)
+            sock.send(batch)
+            errors: list[int] = []
+            while len(errors) < acks:
+                errors += read_errors(sock.recv(65536))
+            return errors
+
 
 def _open_libnftables(netns: str | None) -> _LibNftables | None:
     try:
@@ -138,6 +258,9 @@ class NftablesSnat:
         """The egress IP of each staged source, by group name (hashing thousands
         of sources costs more than the transaction that adds one)."""
         self._fenced: frozenset[IPAddress] | None = None
+        self._fence_update: bool | None = None
+        """Whether this kernel re-arms a fence element on ``add`` with ``expires``
+        (``nft.render_fence_probe``); None: not probed yet."""
         """The egress IPs the fence tables list now; None: unknown (re-stage)."""
         self._owned: dict[IPAddress, str] = {}
         self._changes = 0
@@ -237,7 +360,7 @@ class NftablesSnat:
             owned[ip] = group
             script = self._chain_script(group, ip.version, owned)
             if self._fence_ms is not None:
-                script += nft.render_fence_refresh([ip], self._fence_ms)
+                script += nft.render_fence_refresh([ip], self._fence_ms, update=self._fence_update is True)
             await self._run(script, what=f"activate {ip}")
             self._owned = owned
             self._changes += 1
@@ -315,7 +438,44 @@ class NftablesSnat:
         ms = self._fence_ms if ttl is None else min(self._fence_ms, int(ttl * 1000))
         if ms < 1:
             return
-        await self._run(nft.render_fence_refresh(ips, ms), what="fence refresh")
+        if self._fence_update is None:
+            self._fence_update = await self._probe_fence_update()
+        if self._lib is None:
+            await self._run(nft.render_fence_refresh(ips, ms, update=self._fence_update), what="fence refresh")
+            return
+        # nft would first read the ruleset (every interval set's elements: with a
+        # source set per egress IP, more than the refresh itself); the elements'
+        # messages need none of it
+        batch, acks = encode_fence_refresh(ips, ms, update=self._fence_update, seq=1)  # a socket of its own
+        try:
+            errors = [e for e in await self._lib.send_batch(batch, acks) if e]
+        except OSError as exc:
+            raise DataPlaneError(f"nft fence refresh failed: {exc}") from exc
+        if errors:
+            raise DataPlaneError(f"nft fence refresh failed: {os.strerror(errors[0])}")
+
+    async def _probe_fence_update(self) -> bool:
+        """Whether the kernel re-arms a fence element on ``add`` with
+        ``expires`` (then a refresh is one ``add`` per set instead of
+        add/delete/add); False when the probe fails in any way."""
+        try:
+            await self._run(nft.render_fence_probe(0), what="fence probe")
+            await self._run(nft.render_fence_probe(1), what="fence probe")
+            out = await self._exec(
+                ["-j", "list", "set", nft.FAMILY, nft.FENCE_TABLE, nft.PROBE_SET], what="fence probe"
+            )
+            updated = nft.probe_updated(json.loads(out))
+            await self._run(nft.render_fence_probe(2), what="fence probe")
+        except (DataPlaneError, json.JSONDecodeError) as exc:
+            log.info("fence refresh: the kernel's element update could not be probed (%s); using add/delete/add", exc)
+            return False
+        log.info(
+            "fence refresh: %s",
+            "one add with expires (the kernel updates elements)"
+            if updated
+            else "add/delete/add (the kernel does not update an element on add)",
+        )
+        return updated
 
     async def fence(self) -> dict[IPAddress, float]:
         """Armed fence elements and their remaining seconds (nft 1.0 prints

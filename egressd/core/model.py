@@ -109,7 +109,10 @@ class Timing:
 
     address_lifetime: int = 1
     """``valid_lft``/``preferred_lft`` of the egress IP, whole seconds (the
-    kernel's granularity). The owner refreshes it after every successful renew;
+    kernel's granularity). The owner refreshes it after every successful renew
+    (at the defaults none may be left out: the kernel may remove the address
+    20 ms before ``lifetime`` after a refresh, and 1 - 0.02 - renewDeadline is
+    less than a retry period; docs/kernel-fences.md, "What a re-arm costs");
     a frozen or crashed daemon loses the address this long after its last
     refresh (kernel fence). 1 s is the kernel's minimum. Longer than
     ``renew_deadline`` (the owner may go that long between refreshes while it

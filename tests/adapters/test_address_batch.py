@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pyroute2 import IPBatch
 
-from egressd.adapters.addresses import ADDRESS_PROTO, encode_claim, read_acks
+from egressd.adapters.addresses import (
+    ADDRESS_PROTO,
+    encode_barrier,
+    encode_claim,
+    encode_link_request,
+    read_acks,
+    read_link_index,
+)
 from egressd.core.model import IPAddress
 
 HEADER = struct.Struct("=IHHII")
@@ -42,6 +49,41 @@ def test_a_refresh_message_is_what_claim_sends() -> None:
         for lifetime in (1, 7, 2**32 - 2):
             ours = encode_claim(0, 3, ip, lifetime=lifetime, proto=ADDRESS_PROTO, label=label)
             assert ours == pyroute2_claim(ip, 3, lifetime, label), (ip, lifetime)
+
+
+def test_a_refresh_message_without_acknowledgement_differs_only_in_that_flag() -> None:
+    ip = ipaddress.ip_address("10.200.0.1")
+    asked = encode_claim(7, 3, ip, lifetime=1, proto=ADDRESS_PROTO, label="net0:egd")
+    quiet = encode_claim(7, 3, ip, lifetime=1, proto=ADDRESS_PROTO, label="net0:egd", ack=False)
+    assert HEADER.unpack_from(asked)[2] == 0x505 and HEADER.unpack_from(quiet)[2] == 0x501  # NLM_F_ACK is 0x4
+    assert quiet[:6] == asked[:6] and quiet[8:] == asked[8:]
+
+
+def test_the_barrier_is_a_noop_that_asks_for_an_acknowledgement() -> None:
+    assert encode_barrier(9) == HEADER.pack(16, 1, 0x05, 9, 0)
+
+
+def test_a_link_request_names_the_interface() -> None:
+    data = encode_link_request(4, "net0")
+    length, kind, flags, seq, _port = HEADER.unpack_from(data)
+    assert (length, kind, flags, seq) == (len(data), 18, 0x01, 4)
+    assert data[32:] == struct.pack("=HH", 9, 3) + b"net0\0" + b"\0" * 3  # IFLA_IFNAME, padded
+
+
+def link(seq: int, index: int) -> bytes:
+    body = struct.pack("=BxHiII", 0, 1, index, 0, 0) + struct.pack("=HH", 8, 3) + b"net0"
+    return HEADER.pack(16 + len(body), 16, 0, seq, 0) + body
+
+
+def test_the_link_index_is_read_from_the_answer_to_its_request() -> None:
+    assert read_link_index(ack(3, 19) + link(4, 12) + link(5, 99), 5) == 99
+    assert read_link_index(link(4, 12), 5) is None
+
+
+@given(st.binary(max_size=400), st.integers(0, 2**32 - 1))
+def test_reading_a_link_index_never_fails_on_any_bytes(data: bytes, seq: int) -> None:
+    index = read_link_index(data, seq)
+    assert index is None or isinstance(index, int)
 
 
 def ack(seq: int, errno: int) -> bytes:

@@ -391,6 +391,44 @@ def test_fence_stage_never_flushes_the_timeout_sets() -> None:
     assert "add element inet egressd_fence egress6 { fd00::42 }" in text
 
 
+def test_fence_refresh_names_all_the_ips_of_a_set_in_one_command_per_step() -> None:
+    text = nft.render_fence_refresh([ip("172.18.0.43"), ip("fd00::42"), ip("172.18.0.42")], 800)
+    assert text.splitlines() == [
+        "add element inet egressd_fence owned4 { 172.18.0.42 timeout 800ms, 172.18.0.43 timeout 800ms }",
+        "delete element inet egressd_fence owned4 { 172.18.0.42, 172.18.0.43 }",
+        "add element inet egressd_fence owned4 { 172.18.0.42 timeout 800ms, 172.18.0.43 timeout 800ms }",
+        "add element arp egressd_arp owned { 172.18.0.42 timeout 800ms, 172.18.0.43 timeout 800ms }",
+        "delete element arp egressd_arp owned { 172.18.0.42, 172.18.0.43 }",
+        "add element arp egressd_arp owned { 172.18.0.42 timeout 800ms, 172.18.0.43 timeout 800ms }",
+        "add element inet egressd_fence owned6 { fd00::42 timeout 800ms }",
+        "delete element inet egressd_fence owned6 { fd00::42 }",
+        "add element inet egressd_fence owned6 { fd00::42 timeout 800ms }",
+    ]
+
+
+def test_fence_refresh_with_the_kernels_update_is_one_add_with_expires_per_set() -> None:
+    text = nft.render_fence_refresh([ip("172.18.0.42"), ip("fd00::42")], 800, update=True)
+    assert text.splitlines() == [
+        "add element inet egressd_fence owned4 { 172.18.0.42 timeout 800ms expires 800ms }",
+        "add element arp egressd_arp owned { 172.18.0.42 timeout 800ms expires 800ms }",
+        "add element inet egressd_fence owned6 { fd00::42 timeout 800ms expires 800ms }",
+    ]
+
+
+def probe_listing(expires: int | None) -> dict[str, Any]:
+    elem: list[Any] = [] if expires is None else [{"elem": {"val": "192.0.2.1", "timeout": 3600, "expires": expires}}]
+    return {"nftables": [{"metainfo": {}}, {"set": {"name": nft.PROBE_SET, "elem": elem}}]}
+
+
+def test_the_probe_tells_an_updated_element_from_one_left_alone() -> None:
+    assert nft.probe_updated(probe_listing(9))
+    assert nft.probe_updated(probe_listing(0))  # whole seconds: 10 s already partly gone, rounded down
+    assert not nft.probe_updated(probe_listing(3599))
+    assert not nft.probe_updated(probe_listing(None))
+    assert "expires 10s" in nft.render_fence_probe(1) and "timeout 1h }" in nft.render_fence_probe(0)
+    assert nft.render_fence_probe(2) == f"delete set inet egressd_fence {nft.PROBE_SET}\n"
+
+
 def test_fence_refresh_resets_the_timeout_portably() -> None:
     text = nft.render_fence_refresh([ip("172.18.0.42")], 800)
     assert text.splitlines() == [

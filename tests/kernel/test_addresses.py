@@ -83,6 +83,44 @@ async def test_a_refresh_that_fails_for_some_addresses_refreshes_the_others(gw: 
     assert lifetimes(gw) == {(IP, gw.ifname): 4}
 
 
+async def test_a_refresh_with_the_messages_kept_resets_the_lifetimes_again(gw: Host, addrs: KernelAddresses) -> None:
+    many = [ipaddress.ip_address("10.99.1.0") + i for i in range(300)]
+    await addrs.refresh([(ip, gw.ifname) for ip in many], 5)
+    await asyncio.sleep(1.1)
+    assert set(lifetimes(gw).values()) == {4}
+    await addrs.refresh([(ip, gw.ifname) for ip in many], 5)  # the same messages, sent again
+    assert set(lifetimes(gw).values()) == {5} and len(lifetimes(gw)) == 300
+
+
+async def test_a_failure_the_kernel_reports_mid_batch_is_named_and_the_others_refreshed(
+    lab: Lab, gw: Host, addrs: KernelAddresses
+) -> None:
+    other = lab.ns("other")
+    lab.wire(gw.ns, "d0", other, "d1")
+    sh("ip", "netns", "exec", gw.ns, "sysctl", "-qw", "net.ipv6.conf.d0.disable_ipv6=1")
+    before = [ipaddress.ip_address("10.99.1.0") + i for i in range(100)]
+    after = [ipaddress.ip_address("10.99.2.0") + i for i in range(100)]
+    batch = [(ip, gw.ifname) for ip in before] + [(IP6, "d0")] + [(ip, gw.ifname) for ip in after]
+    with pytest.raises(DataPlaneError, match=r"refresh of 1 of 201 address\(es\) failed: fd99::42: Permission denied$"):
+        await addrs.refresh(batch, 7)
+    found = lifetimes(gw)
+    assert set(found) == {(ip, gw.ifname) for ip in before + after} and set(found.values()) == {7}
+    with pytest.raises(DataPlaneError, match="fd99::42: Permission denied"):  # and again from the kept messages
+        await addrs.refresh(batch, 7)
+
+
+async def test_a_refresh_follows_an_interface_that_was_replaced(lab: Lab, gw: Host, addrs: KernelAddresses) -> None:
+    other = lab.ns("other")
+    lab.wire(gw.ns, "d0", other, "d1")
+    await addrs.refresh([(IP, "d0")], 6)
+    sh("ip", "-n", gw.ns, "link", "del", "d0")
+    with pytest.raises(DataPlaneError, match="interface d0 does not exist"):
+        await addrs.refresh([(IP, "d0")], 6)
+    lab.wire(gw.ns, "d0", other, "d1")  # the same name, a new index
+    await addrs.refresh([(IP, "d0")], 6)
+    assert await addrs.owned() == {(IP, "d0")}
+
+
 async def test_interface_addresses_are_the_nodes_own_with_their_prefix(gw: Host, addrs: KernelAddresses) -> None:
     await addrs.claim(IP, gw.ifname, 5)  # egressd's own address is left out
     found = await addrs.interface_addresses(gw.ifname)

@@ -13,6 +13,7 @@ import dataclasses
 import ipaddress
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -386,6 +387,44 @@ async def test_five_thousand_sources_and_a_delta_of_one(
     union = ns_exec(two.gw, "nft", "list", "set", nft.FAMILY, nft.TABLE, nft.set_name("web-a", "src", 4))
     assert union.count(",") + 1 == MANY + 1
     print(f"\nstage of {MANY} sources (2 egress IPs): {staged:.3f} s; delta of 1 source on top: {delta:.3f} s")
+
+
+@pytest.mark.parametrize("update", [True, False], ids=["add-with-expires", "add-delete-add"])
+async def test_fence_refresh_rearms_an_armed_element_and_recreates_an_expired_one(net: Net, update: bool) -> None:
+    snat = NftablesSnat(netns=net.gw, fence_ttl=0.6)
+    await snat.stage([GROUP])
+    await snat.activate(EGRESS, "web-a")
+    snat._fence_update = update  # either form, whatever the kernel supports
+    await asyncio.sleep(0.4)
+    await snat.refresh_fence([EGRESS])
+    await asyncio.sleep(0.35)  # past the first arming's end
+    assert EGRESS in await snat.fence()
+    await asyncio.sleep(0.4)
+    assert await snat.fence() == {}
+    await snat.refresh_fence([EGRESS])
+    assert EGRESS in await snat.fence()
+
+
+async def test_a_fence_refresh_the_kernel_refuses_is_an_error_and_changes_nothing(net: Net) -> None:
+    snat = NftablesSnat(netns=net.gw, fence_ttl=5.0)
+    await snat.stage([GROUP])
+    await snat.activate(EGRESS, "web-a")
+    await asyncio.sleep(1.1)
+    ns_exec(net.gw, "nft", "delete", "table", "arp", nft.ARP_TABLE)
+    with pytest.raises(DataPlaneError, match="fence refresh failed"):
+        await snat.refresh_fence([EGRESS])
+    assert (await snat.fence())[EGRESS] < 4.5  # the inet element was not re-armed either: one transaction
+
+
+async def test_the_kernels_element_update_is_probed_once_and_leaves_no_probe_set(net: Net) -> None:
+    snat = NftablesSnat(netns=net.gw, fence_ttl=0.6)
+    await snat.stage([GROUP])
+    await snat.activate(EGRESS, "web-a")
+    await snat.refresh_fence([EGRESS])
+    kernel = tuple(int(x) for x in os.uname().release.split(".")[:2])
+    assert snat._fence_update is (kernel >= (6, 10))
+    sets = ns_exec(net.gw, "nft", "list", "table", nft.FAMILY, nft.FENCE_TABLE)
+    assert nft.PROBE_SET not in sets
 
 
 async def test_fence_refresh_takes_a_ttl_up_to_the_fence_ttl(net: Net) -> None:
