@@ -33,6 +33,7 @@ import logging
 import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
@@ -72,6 +73,16 @@ _ENOENT = 2
 _ESRCH = 3
 
 
+@dataclass(frozen=True)
+class _Staged:
+    """What the first step of a route change leaves to the second."""
+
+    slot: int
+    desired: Plan
+    fast: tuple[Op, ...]
+    ctx: str
+
+
 class PolicySteering:
     """:class:`egressd.ports.Steering` with policy routing (rules and tables)."""
 
@@ -104,8 +115,15 @@ class PolicySteering:
 
     async def route(self, group: EgressGroup, ip: IPAddress, via: IPAddress | None) -> None:
         """Converge the kernel to the plan for ``ip``: steer the group's sources
-        that use ``ip`` to its destinations via ``via``, or remove all of it."""
-        await self._call(self._route, group, ip, via)
+        that use ``ip`` to its destinations via ``via``, or remove all of it.
+
+        Two calls on the netlink thread: a new owner's routes first, then the
+        read-back that converges the rest. Routes of several IPs asked at once
+        (a gateway leaving with all its IPs) are then all switched before any
+        read-back, instead of each IP waiting for the one before it."""
+        staged = await self._call(self._switch, group, ip, via)
+        if staged is not None:
+            await self._call(self._settle, ip, via, staged)
 
     # -- beyond the port --------------------------------------------------
 
@@ -152,13 +170,21 @@ class PolicySteering:
         return self._slots
 
     def _route(self, group: EgressGroup, ip: IPAddress, via: IPAddress | None) -> None:
+        """Both steps of :meth:`route` in one call."""
+        staged = self._switch(group, ip, via)
+        if staged is not None:
+            self._settle(ip, via, staged)
+
+    def _switch(self, group: EgressGroup, ip: IPAddress, via: IPAddress | None) -> _Staged | None:
+        """1. A new owner: write the routes via it at once, before reading
+        anything. None: nothing to converge (no steering, none wanted)."""
         slots = self._slot_map()
         ctx = f"group {group.name} egress IP {ip} via {via or '-'}"
         if via is not None and via.version != ip.version:
             raise DataPlaneError(f"{ctx}: the owner's address is not of the egress IP's family")
         if via is None and ip not in slots:
             self._vias.pop(ip, None)
-            return
+            return None
         slot = assign_slot(ip, slots, self.layout)
         if slot is None:
             raise DataPlaneError(f"{ctx}: no free steering slot (all {self.layout.slots} in use)")
@@ -167,10 +193,14 @@ class PolicySteering:
         if desired:
             slots[ip] = slot
             if self._vias.get(ip) != via:
-                # 1. a new owner: write the routes via it at once, before reading anything
                 fast = diff(Plan(routes=frozenset(r for r in desired.routes if not r.throw)), Plan())
                 self._apply(fast, ctx)
-        # 2. read back what the slot holds and converge the rest (rules, stale routes, drift)
+        return _Staged(slot, desired, fast, ctx)
+
+    def _settle(self, ip: IPAddress, via: IPAddress | None, staged: _Staged) -> None:
+        """2. Read back what the slot holds and converge the rest (rules, stale routes, drift)."""
+        slot, desired, fast, ctx = staged.slot, staged.desired, staged.fast, staged.ctx
+        slots = self._slot_map()
         ops = diff(desired, self._read(slot, ip.version))
         self._apply(ops, ctx)
         if not desired:

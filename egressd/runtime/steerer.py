@@ -18,6 +18,7 @@ cleanup`` (the systemd unit's stop path) removes it for good.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import Sequence
@@ -93,6 +94,7 @@ class Steerer:
             log.info("steering group=%s ip=%s removed (no longer steered here)", group.name, ip)
             del self._routed[ip]
             self.current.pop(ip, None)
+        changes = []
         for ip, group in wanted.items():
             record = self._view.get(lease_name(str(ip))).record
             via = owner_address(record)
@@ -100,18 +102,23 @@ class Steerer:
                 via = self.current[ip]  # between owners: keep the last route (see the module doc)
             if ip in self.current and self.current[ip] == via and self._routed.get(ip) == group:
                 continue
-            try:
-                await self._steering.route(group, ip, via)
-            except DataPlaneError as exc:
-                log.error("steering group=%s ip=%s via=%s failed: %s", group.name, ip, via, exc)
-                failed = True
-                continue
-            if self.current.get(ip) != via or ip not in self.current:
-                log.info(
-                    "steering group=%s ip=%s via=%s (was %s)", group.name, ip, via or "-", self.current.get(ip, "-")
-                )
-            else:
-                log.debug("steering group=%s ip=%s: sources or destinations updated", group.name, ip)
-            self.current[ip] = via
-            self._routed[ip] = group
-        return failed
+            changes.append((ip, group, via))
+        # all at once: the adapter switches every new owner's routes before it
+        # reads any back (a gateway that leaves moves all its IPs together)
+        done = await asyncio.gather(*(self._route(ip, group, via) for ip, group, via in changes))
+        return failed or not all(done)
+
+    async def _route(self, ip: IPAddress, group: EgressGroup, via: IPAddress | None) -> bool:
+        """Steer one IP; whether that worked (a failure is logged, the loop retries)."""
+        try:
+            await self._steering.route(group, ip, via)
+        except DataPlaneError as exc:
+            log.error("steering group=%s ip=%s via=%s failed: %s", group.name, ip, via, exc)
+            return False
+        if self.current.get(ip) != via or ip not in self.current:
+            log.info("steering group=%s ip=%s via=%s (was %s)", group.name, ip, via or "-", self.current.get(ip, "-"))
+        else:
+            log.debug("steering group=%s ip=%s: sources or destinations updated", group.name, ip)
+        self.current[ip] = via
+        self._routed[ip] = group
+        return True
