@@ -52,7 +52,7 @@ async def test_ips_whose_owner_changed_together_are_steered_together() -> None:
     for ip in IPS:
         view.observe(lease_name(str(ip)), claim(ip, "gw-b", "172.18.0.5"))
     steering = SlowSteering()
-    steerer = Steerer((GROUP,), view, steering)  # type: ignore[arg-type]
+    steerer = Steerer((GROUP,), view, steering)
     task = asyncio.create_task(steerer.converge())
     for _ in range(10):
         await asyncio.sleep(0)
