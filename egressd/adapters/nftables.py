@@ -385,6 +385,28 @@ class NftablesSnat:
             self._changes += 1
             log.info("SNAT to %s removed (group %s)", ip, group)
 
+    async def deactivate_all(self, ips: Iterable[IPAddress]) -> None:
+        """Remove the SNAT rules of ``ips`` (and disarm their fences) in one
+        transaction: each group chain they leave is written once."""
+        ips = list(dict.fromkeys(ips))
+        if not ips:
+            return
+        async with self._lock:
+            await self._load()
+            owned = {ip: g for ip, g in self._owned.items() if ip not in ips}
+            chains = sorted({(self._owned[ip], ip.version) for ip in ips if ip in self._owned})
+            script = "".join(self._chain_script(group, version, owned) for group, version in chains)
+            if self._fence_ms is not None:
+                script += nft.render_fence_remove(ips)
+            if not script:
+                return
+            await self._run(script, what=f"deactivate {len(ips)} egress IP(s)")
+            gone = {ip: self._owned[ip] for ip in ips if ip in self._owned}
+            self._owned = owned
+            self._changes += 1
+            for ip, group in gone.items():
+                log.info("SNAT to %s removed (group %s)", ip, group)
+
     async def active(self) -> set[IPAddress]:
         """Egress IPs with a SNAT rule in the kernel now (read back, not remembered).
 

@@ -126,6 +126,12 @@ class RecordingDataPlane:
         self.snat.pop(ip, None)
         self._record("snat-off", ip=str(ip))
 
+    async def deactivate_all(self, ips: Iterable[IPAddress]) -> None:
+        ips = list(ips)
+        self._record("snat-off-together", ips=[str(ip) for ip in ips])
+        for ip in ips:
+            await self.deactivate(ip)
+
     async def active(self) -> set[IPAddress]:
         return set(self.snat)
 

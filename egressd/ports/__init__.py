@@ -164,6 +164,11 @@ class Snat(Protocol):
 
     async def deactivate(self, ip: IPAddress) -> None: ...
 
+    async def deactivate_all(self, ips: Iterable[IPAddress]) -> None:
+        """:meth:`deactivate` of every IP of ``ips`` in one transaction (a
+        gateway leaving all its IPs at once)."""
+        ...
+
     async def active(self) -> set[IPAddress]: ...
 
     async def refresh_fence(self, ips: Iterable[IPAddress], ttl: float | None = None) -> None:

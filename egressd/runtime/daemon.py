@@ -62,7 +62,7 @@ from egressd.ports import (
 from egressd.runtime import health, reconcile
 from egressd.runtime.conntrack import Replication
 from egressd.runtime.liveness import NodeLiveness
-from egressd.runtime.member import DataPlane, Member
+from egressd.runtime.member import DataPlane, Member, withdraw_together
 from egressd.runtime.mesh import Mesh
 from egressd.runtime.peer_rights import PeerRightWatch
 from egressd.runtime.reconcile import ClaimRetirement
@@ -697,8 +697,27 @@ class Daemon:
         for ip in self.members:
             await sup.cancel(f"member:{ip}")
         if self.members:
+            # every owned IP at once: offers first (their accepts come back
+            # meanwhile), one withdrawal of all, then each claim handed over
+            owners = [m for m in self.members.values() if m.sm.state is State.OWNER]
+            offers = {}
+            for m in owners:
+                successor = m.next_candidate()
+                offer = m.offer(successor) if successor is not None else None
+                if offer is not None:
+                    offers[m.ip] = offer
+            try:
+                left = await asyncio.wait_for(withdraw_together(owners, "shutdown"), self.shutdown_grace)
+            except TimeoutError:
+                log.error("the withdrawal of %d IPs did not finish in %.1fs", len(owners), self.shutdown_grace)
+                left = {}
             done = await asyncio.wait(
-                [asyncio.create_task(m.shutdown(), name=f"shutdown:{ip}") for ip, m in self.members.items()],
+                [
+                    asyncio.create_task(
+                        m.shutdown(offered=offers.get(ip), withdrawn=left.get(ip)), name=f"shutdown:{ip}"
+                    )
+                    for ip, m in self.members.items()
+                ],
                 timeout=self.shutdown_grace,
             )
             for task in done[1]:

@@ -32,8 +32,9 @@ bring the release, and then decides and writes as it would on the watch's news.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,9 @@ from egressd.runtime.supervisor import wait_event
 from egressd.runtime.view import LeaseView
 
 log = logging.getLogger(__name__)
+
+Offered = tuple["asyncio.Future[Accept]", float]
+"""An offer of the claim on its way: the accept awaited, and when the offer left."""
 
 
 class ContextLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -469,6 +473,15 @@ class Member:
             self._takeover_failures = 0
 
     @property
+    def dp(self) -> DataPlane:
+        """The data plane this member serves through (the daemon's)."""
+        return self._dp
+
+    def withdrawn_metric(self) -> None:
+        """The metrics' view after a withdrawal made for this member."""
+        self._metrics.owned(str(self.ip), False)
+
+    @property
     def dp_lock(self) -> asyncio.Lock:
         """The lock that orders this IP's data-plane changes."""
         return self._dp_lock
@@ -544,6 +557,8 @@ class Member:
         release: bool = False,
         successor: str | None = None,
         base: LeaseRecord | None = None,
+        offered: Offered | None = None,
+        withdrawn: bool | None = None,
     ) -> None:
         """The one way out of OWNER: withdraw the data plane, fire ``event``
         (STEPPED_DOWN, RELEASED or CLASH) with ``reason``, end the tenure, say
@@ -556,20 +571,18 @@ class Member:
         A release is written whatever the state (a handoff whose release did
         not land, a write that landed unseen): :meth:`_release` writes only a
         lease that names this process. ``withdraw_as`` names the withdrawal in
-        the log when it differs from ``reason``."""
-        offered: tuple[asyncio.Future[Accept], float] | None = None
-        if release and successor is not None and self.sm.state is State.OWNER:
-            # before the withdrawal: the accept comes back while we withdraw
-            future = self._offer(str(self.ip), self.epoch, successor)
-            offered = (future, self._clock.monotonic()) if future is not None else None
-        left = False
-        if self.sm.state is State.OWNER:
-            await self._withdraw(withdraw_as or reason)
-            if self._still_owner():
-                self._fire(event, reason)
-                left = True
-                if self._connections is not None:
-                    self._connections.left(str(self.ip))  # its entries here, cleared later
+        the log when it differs from ``reason``. ``offered`` and ``withdrawn``
+        (whether this member left OWNER then): the offer sent and the
+        withdrawal made already by :func:`withdraw_together`."""
+        if offered is None and release and successor is not None and self.sm.state is State.OWNER:
+            offered = self.offer(successor)  # before the withdrawal: the accept comes back while we withdraw
+        if withdrawn is None:
+            left = False
+            if self.sm.state is State.OWNER:
+                await self._withdraw(withdraw_as or reason)
+                left = self.mark_left(event, reason)
+        else:
+            left = withdrawn
         if event is Event.STEPPED_DOWN and left:
             self.log.warning("stepped down: %s %s", reason, detail)
             self._emit("stepped-down" if reason != "lost-lease" else "lost", reason, detail)
@@ -583,6 +596,22 @@ class Member:
             return
         await self._hand_over(event, reason, successor, base, left=left, offered=offered)
 
+    def offer(self, successor: str) -> Offered | None:
+        """Offer the claim to ``successor`` now (before the withdrawal); None:
+        no offer left (no mesh, no address for it)."""
+        future = self._offer(str(self.ip), self.epoch, successor)
+        return (future, self._clock.monotonic()) if future is not None else None
+
+    def mark_left(self, event: Event, reason: str) -> bool:
+        """Right after a withdrawal (no await between): leave OWNER with
+        ``event``; whether this call left it (not the fence task before it)."""
+        if not self._still_owner():
+            return False
+        self._fire(event, reason)
+        if self._connections is not None:
+            self._connections.left(str(self.ip))  # its entries here, cleared later
+        return True
+
     async def _hand_over(
         self,
         event: Event,
@@ -591,7 +620,7 @@ class Member:
         base: LeaseRecord | None,
         *,
         left: bool,
-        offered: tuple[asyncio.Future[Accept], float] | None,
+        offered: Offered | None,
     ) -> None:
         """After the withdrawal: transfer the claim to a successor that accepted
         our offer, else write it free naming ``successor``; then wake the successor."""
@@ -773,18 +802,32 @@ class Member:
         if self._wake_read is not None:
             self._wake_read.cancel()
 
-    async def shutdown(self, reason: str = "shutdown") -> None:
+    async def shutdown(
+        self, reason: str = "shutdown", *, offered: Offered | None = None, withdrawn: bool | None = None
+    ) -> None:
         """Withdraw first, then free the lease for the next preferred candidate
         (``reason``: ``shutdown``, or ``not-candidate`` when this node stopped
-        being a candidate of the IP)."""
+        being a candidate of the IP). ``offered``, ``withdrawn``: see
+        :meth:`_leave` (the daemon's shutdown withdraws all IPs together)."""
         self._stopping = True
-        if self.sm.state is not State.OWNER and self.serving_locally:
+        if self.sm.state is not State.OWNER and self.serving_locally and withdrawn is None:
             await self._withdraw(reason)  # adoption pending: the kernel serves without a tenure
-        await self._leave(Event.RELEASED, reason, release=True, successor=self._next_candidate())
+        await self._leave(
+            Event.RELEASED,
+            reason,
+            release=True,
+            successor=self._next_candidate(),
+            offered=offered,
+            withdrawn=withdrawn,
+        )
         if self.sm.state is State.FENCED or self.sm.state is State.STANDBY:
             self._fire(Event.STOP, reason)
 
     # --- helpers ---------------------------------------------------------------------
+
+    def next_candidate(self) -> str | None:
+        """The most preferred other candidate of this IP (a release names it)."""
+        return self._next_candidate()
 
     def _next_candidate(self) -> str | None:
         """The most preferred other candidate of this IP (a release names it)."""
@@ -823,3 +866,46 @@ class Member:
                 at=self._clock.monotonic(),
             )
         )
+
+
+async def withdraw_together(members: Sequence[Member], reason: str) -> dict[IPAddress, bool]:
+    """Withdraw every member's data plane at once (a shutdown): the
+    announcements, then the addresses, then SNAT and its fence for all IPs in
+    one nftables transaction, each step attempted even if one fails, and
+    each member leaves OWNER right after, with no await between (so no
+    re-arm of the fences can come in between). Per IP: whether its member
+    left OWNER then (see :meth:`Member.mark_left`)."""
+    members = sorted((m for m in members if m.sm.state is State.OWNER), key=lambda m: (m.ip.version, int(m.ip)))
+    if not members:
+        return {}
+    dp = members[0].dp
+    async with contextlib.AsyncExitStack() as locks:
+        for m in members:
+            await locks.enter_async_context(m.dp_lock)
+        for m in members:
+            try:
+                await dp.announcer.stop(m.ip)
+            except DataPlaneError as exc:
+                m.log.error("withdraw (%s): announcer failed: %s", reason, exc)
+        released = await asyncio.gather(
+            *(dp.addresses.release(m.ip, m.group.interface) for m in members), return_exceptions=True
+        )
+        for m, outcome in zip(members, released, strict=True):
+            if isinstance(outcome, DataPlaneError):
+                m.log.error("withdraw (%s): address failed: %s", reason, outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        try:
+            await dp.snat.deactivate_all([m.ip for m in members])
+        except DataPlaneError as exc:
+            log.error("withdraw (%s): SNAT of %d IPs at once failed (%s); one by one", reason, len(members), exc)
+            for m in members:
+                try:
+                    await dp.snat.deactivate(m.ip)
+                except DataPlaneError as one:
+                    m.log.error("withdraw (%s): snat failed: %s", reason, one)
+        left = {}
+        for m in members:
+            m.withdrawn_metric()
+            left[m.ip] = m.mark_left(Event.RELEASED, reason)
+    return left

@@ -265,6 +265,23 @@ async def test_each_source_leaves_with_its_own_ip_and_only_with_it(two: Net, sna
     assert seen(two, b) == str(EGRESS2)
 
 
+async def test_all_egress_ips_are_deactivated_in_one_transaction(two: Net) -> None:
+    snat = NftablesSnat(netns=two.gw, fence_ttl=5.0)
+    a, b = client_for(EGRESS), client_for(EGRESS2)
+    add_clients(two, a, b)
+    await snat.stage([dataclasses.replace(TWO, source_cidrs=(host(a), host(b)))])
+    await snat.activate(EGRESS, "web-a")
+    await snat.activate(EGRESS2, "web-a")
+    assert set(await snat.fence()) == {EGRESS, EGRESS2}
+    await snat.deactivate_all([EGRESS, EGRESS2])
+    assert await snat.active() == set()
+    assert await snat.fence() == {}
+    assert seen(two, a) == "timeout" and seen(two, b) == "timeout"  # dropped, not leaked
+    await snat.deactivate_all([EGRESS, EGRESS2])  # idempotent
+    await snat.activate(EGRESS2, "web-a")
+    assert seen(two, b) == str(EGRESS2)
+
+
 async def test_sources_are_added_and_removed_without_rewriting_the_table(two: Net, snat: NftablesSnat) -> None:
     a, b = client_for(EGRESS), client_for(EGRESS2)
     add_clients(two, a, b)

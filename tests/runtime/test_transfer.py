@@ -8,21 +8,30 @@ accept nobody waits for is dropped."""
 from __future__ import annotations
 
 import asyncio
+from ipaddress import ip_address
 
+from egressd.adapters.recording import RecordingDataPlane
 from egressd.core import transfer
+from egressd.core.lease import LeaseRecord
 from egressd.core.mesh_messages import Accept, encode
+from egressd.core.model import EgressGroup
+from tests.fakes import FakeLeaseStore
 from tests.runtime.support import (
     ADDRESSES,
     KEY,
     PORT,
     TIMING,
+    CutStore,
     MeshNode,
     assert_no_two_owners,
     owners,
+    settle,
     stop_all,
 )
 from tests.runtime.test_wake import IP, NAME, LaggingStore, LossyNetwork, _handoff, _pair
 from tests.virtual_time import until
+
+OTHER_IP = ip_address("172.18.0.43")
 
 
 def _claim_writes(writes: list[tuple[str, object]], since: int) -> list[tuple[str, str | None, str | None]]:
@@ -146,4 +155,54 @@ async def test_a_standby_held_off_refuses_the_offer_and_the_owner_releases() -> 
         await until(lambda: successor.serves(IP), 4 * TIMING.lease_duration)
         assert_no_two_owners(n.plane for n in nodes)
     finally:
+        await stop_all(nodes)
+
+
+class RecordedWrites(CutStore):
+    """Claim writes recorded among a node's data-plane operations, once they landed."""
+
+    plane: RecordingDataPlane | None = None
+
+    async def update(self, record: LeaseRecord, *, deadline: float) -> LeaseRecord:
+        written = await super().update(record, deadline=deadline)
+        if self.plane is not None and not record.name.startswith("egressd-node-"):
+            self.plane._record("claim-write", ip=record.egress_ip)
+        return written
+
+
+async def test_a_stopping_owner_withdraws_all_its_ips_before_it_hands_any_over() -> None:
+    """One withdrawal of every owned IP (SNAT of all in one transaction), then
+    the claims: the last IP's traffic stops as early as the first's."""
+    two_ips = EgressGroup(
+        name="outpost",
+        egress_ips=(IP, OTHER_IP),
+        interface="net0",
+        candidates=("gw-a", "gw-b"),
+        source_cidrs=(),
+        destination_cidrs=(),
+    )
+    shared, net = FakeLeaseStore(), LossyNetwork()
+    net.drop_offers = False
+    stores = [RecordedWrites(shared), RecordedWrites(shared)]
+    nodes = [MeshNode("gw-a", stores[0], net, two_ips), MeshNode("gw-b", stores[1], net, two_ips)]
+    for node, store in zip(nodes, stores, strict=True):
+        store.plane = node.plane
+    try:
+        owner, successor = nodes
+        await settle([owner], (IP, OTHER_IP))  # alone: it takes both
+        await settle([successor], ())
+        await asyncio.sleep(4 * TIMING.retry_period)  # the successor's node lease renewed, promises given
+        assert owner.serves(IP) and owner.serves(OTHER_IP)
+        mark = len(owner.plane.ops)
+        await owner.stop()
+        ops = [o for o in owner.plane.ops[mark:] if o["op"] in ("release", "snat-off-together", "claim-write")]
+        names = [o["op"] for o in ops]
+        first_write = names.index("claim-write")
+        assert names[:first_write] == ["release", "release", "snat-off-together"], names
+        assert sorted(ops[2]["ips"]) == sorted(map(str, (IP, OTHER_IP)))  # one nftables transaction for both
+        await until(lambda: successor.serves(IP) and successor.serves(OTHER_IP), 4 * TIMING.lease_duration)
+        assert_no_two_owners(n.plane for n in nodes)
+    finally:
+        for s in stores:
+            s.up.set()
         await stop_all(nodes)
