@@ -19,6 +19,7 @@ cleanup`` (the systemd unit's stop path) removes it for good.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 from collections.abc import Sequence
@@ -61,6 +62,10 @@ class Steerer:
         """Egress IP -> the owner address it is steered to now (None: not steered)."""
         self._routed: dict[IPAddress, EgressGroup] = {}
         """Egress IP -> the group as it was when its steering was last written."""
+        self._inflight: dict[IPAddress, asyncio.Task[bool]] = {}
+        """Egress IP -> its steering change under way."""
+        self._not_before: dict[IPAddress, float] = {}
+        """Egress IP -> loop time before which a failed change is not tried again."""
 
     @staticmethod
     def for_node(groups: Sequence[EgressGroup], node: str) -> tuple[EgressGroup, ...]:
@@ -76,25 +81,27 @@ class Steerer:
         await self._view.ready.wait()
         while True:
             self._wake.clear()
-            failed = await self.converge()
-            await wait_event(self._wake, self._retry if failed else None)
+            self._start()
+            await wait_event(self._wake, None)
 
     async def converge(self) -> bool:
-        """Bring every IP's steering to its current owner and group; returns whether something failed."""
-        failed = False
+        """Bring every IP's steering to its current owner and group, and wait
+        for it; returns whether something failed."""
+        self._start(retry_now=True)
+        results = await asyncio.gather(*(task for task in self._inflight.values()))
+        return not all(results)
+
+    def _start(self, *, retry_now: bool = False) -> None:
+        """Start the steering changes that are due, each IP on its own: an IP
+        whose owner changed does not wait for another IP's change to end (the
+        release of one gateway's IPs arrives as one claim after the other).
+        An IP already being changed is looked at again when that change ends;
+        one that failed, after ``retry``."""
+        now = asyncio.get_running_loop().time()
         wanted = {ip: g for g in self.groups for ip in g.egress_ips}
+        due: dict[IPAddress, tuple[EgressGroup, IPAddress | None, bool]] = {}
         for ip in [ip for ip in self._routed if ip not in wanted]:
-            group = self._routed[ip]
-            try:
-                await self._steering.route(group, ip, None)
-            except DataPlaneError as exc:
-                log.error("removing steering group=%s ip=%s failed: %s", group.name, ip, exc)
-                failed = True
-                continue
-            log.info("steering group=%s ip=%s removed (no longer steered here)", group.name, ip)
-            del self._routed[ip]
-            self.current.pop(ip, None)
-        changes = []
+            due[ip] = (self._routed[ip], None, True)
         for ip, group in wanted.items():
             record = self._view.get(lease_name(str(ip))).record
             via = owner_address(record)
@@ -102,11 +109,37 @@ class Steerer:
                 via = self.current[ip]  # between owners: keep the last route (see the module doc)
             if ip in self.current and self.current[ip] == via and self._routed.get(ip) == group:
                 continue
-            changes.append((ip, group, via))
-        # all at once: the adapter switches every new owner's routes before it
-        # reads any back (a gateway that leaves moves all its IPs together)
-        done = await asyncio.gather(*(self._route(ip, group, via) for ip, group, via in changes))
-        return failed or not all(done)
+            due[ip] = (group, via, False)
+        for ip, (group, via, removal) in due.items():
+            if ip in self._inflight or (not retry_now and self._not_before.get(ip, 0.0) > now):
+                continue
+            step = self._remove(ip, group) if removal else self._route(ip, group, via)
+            task = asyncio.get_running_loop().create_task(step, name=f"steer:{ip}")
+            self._inflight[ip] = task
+            task.add_done_callback(functools.partial(self._ended, ip))
+
+    def _ended(self, ip: IPAddress, task: asyncio.Task[bool]) -> None:
+        """One IP's change ended: look again at once, or after ``retry`` if it failed."""
+        self._inflight.pop(ip, None)
+        ok = not task.cancelled() and task.exception() is None and task.result()
+        if ok:
+            self._not_before.pop(ip, None)
+            self._wake.set()
+            return
+        loop = asyncio.get_running_loop()
+        self._not_before[ip] = loop.time() + self._retry
+        loop.call_later(self._retry, self._wake.set)
+
+    async def _remove(self, ip: IPAddress, group: EgressGroup) -> bool:
+        try:
+            await self._steering.route(group, ip, None)
+        except DataPlaneError as exc:
+            log.error("removing steering group=%s ip=%s failed: %s", group.name, ip, exc)
+            return False
+        log.info("steering group=%s ip=%s removed (no longer steered here)", group.name, ip)
+        self._routed.pop(ip, None)
+        self.current.pop(ip, None)
+        return True
 
     async def _route(self, ip: IPAddress, group: EgressGroup, via: IPAddress | None) -> bool:
         """Steer one IP; whether that worked (a failure is logged, the loop retries)."""
