@@ -56,6 +56,15 @@ class RunsDaemon:
         assert self.task is not None
         await asyncio.wait_for(self.task, 5)
 
+    async def crash(self) -> None:
+        """Vanish without withdrawing (SIGKILL): nothing renews, nothing is released."""
+        assert self.task is not None
+        for name in self.daemon.supervisor.running():
+            await self.daemon.supervisor.cancel(name)
+        self.daemon.members.clear()
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
 
 class RecordedNode(RunsDaemon):
     """A test node whose daemon records its data plane in ``plane``."""

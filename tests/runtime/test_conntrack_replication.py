@@ -298,13 +298,20 @@ async def test_what_the_budget_leaves_is_installed_after_the_garp() -> None:
         await stop_all(nodes)
 
 
-async def test_a_graceful_handoff_sends_its_last_changes_before_the_release() -> None:
+async def _slow_stream_pair() -> list[Node]:
+    """Two nodes whose periodic batches are too slow to carry a flow before a
+    handoff: only the final batch can; settled, promises given."""
     store, net = FakeLeaseStore(), FakeMeshNetwork()
-    slow = dataclasses.replace(CT, batch_interval=2.0)  # only the final batch can carry the flow
+    slow = dataclasses.replace(CT, batch_interval=2.0)
     nodes = [Node("gw-a", store, net, ct=slow), Node("gw-b", store, net, ct=slow)]
+    await settle(nodes, IPS)
+    await asyncio.sleep(4 * TIMING.retry_period)
+    return nodes
+
+
+async def test_a_graceful_handoff_sends_its_last_changes_before_the_release() -> None:
+    nodes = await _slow_stream_pair()
     try:
-        await settle(nodes, IPS)
-        await asyncio.sleep(4 * TIMING.retry_period)
         ip = IPS[0]
         owner, other = holder_and_other(nodes, ip)
         owner.table.flow_new(flow(5001, ip))
@@ -319,12 +326,8 @@ async def test_a_graceful_handoff_sends_its_last_changes_before_the_release() ->
 async def test_the_final_batch_reads_every_event_the_kernel_queued_before_it() -> None:
     """Flows opened just before the withdrawal: their events wait in the
     socket, one read per turn of the loop, when the final batch is taken."""
-    store, net = FakeLeaseStore(), FakeMeshNetwork()
-    slow = dataclasses.replace(CT, batch_interval=2.0)  # only the final batch can carry the flows
-    nodes = [Node("gw-a", store, net, ct=slow), Node("gw-b", store, net, ct=slow)]
+    nodes = await _slow_stream_pair()
     try:
-        await settle(nodes, IPS)
-        await asyncio.sleep(4 * TIMING.retry_period)
         ip = IPS[0]
         owner, other = holder_and_other(nodes, ip)
         owner.table.socket_like = True

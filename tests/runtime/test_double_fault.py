@@ -49,15 +49,6 @@ class Node(MeshNode):
     def __init__(self, name: str, store: FakeLeaseStore, net: FakeMeshNetwork) -> None:
         super().__init__(name, store, net, GROUP)
 
-    async def crash(self) -> None:
-        """Vanish without withdrawing, as SIGKILL does."""
-        assert self.task is not None
-        for name in self.daemon.supervisor.running():
-            await self.daemon.supervisor.cancel(name)
-        self.daemon.members.clear()
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
-
 
 def later_heartbeat(held: NodeLeaseRecord, owner: Node) -> NodeLeaseRecord:
     return held

@@ -58,15 +58,6 @@ class Node(RecordedNode):
             repair_interval=3600,
         )
 
-    async def crash(self) -> None:
-        """Vanish without withdrawing (SIGKILL): nothing renews, nothing is released."""
-        assert self.task is not None
-        for name in self.daemon.supervisor.running():
-            await self.daemon.supervisor.cancel(name)
-        self.daemon.members.clear()
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
-
 
 async def test_liveness_costs_one_write_per_gateway_and_claims_are_not_renewed() -> None:
     store = FakeLeaseStore()
