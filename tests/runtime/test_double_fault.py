@@ -10,25 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
-from ipaddress import ip_address
 
 import pytest
 
-from egressd.core.model import EgressGroup
 from egressd.core.node_lease import NodeLeaseRecord, node_lease_name
 from tests.fakes import FakeLeaseStore, FakeMeshNetwork
 from tests.runtime.support import MESH, TIMING, MeshNode, assert_no_two_owners, holder_and_other, settle, stop_all
+from tests.runtime.test_wake import GROUP, IP
 from tests.virtual_time import until
-
-IP = ip_address("172.18.0.42")
-GROUP = EgressGroup(
-    name="outpost",
-    egress_ips=(IP,),
-    interface="net0",
-    candidates=("gw-a", "gw-b"),
-    source_cidrs=(),
-    destination_cidrs=(),
-)
 
 
 class PausedServer(FakeLeaseStore):
