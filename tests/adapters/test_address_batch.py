@@ -15,6 +15,7 @@ from egressd.adapters.addresses import (
     encode_claim,
     encode_link_request,
     read_acks,
+    read_address_dump,
     read_link_index,
 )
 from egressd.core.model import IPAddress
@@ -100,3 +101,39 @@ def test_acknowledgements_are_read_by_sequence_with_their_errno() -> None:
 def test_reading_acknowledgements_never_fails_on_any_bytes(data: bytes) -> None:
     for seq, errno in read_acks(data):
         assert isinstance(seq, int) and isinstance(errno, int)
+
+
+def _newaddr(seq: int, ip: IPAddress, index: int, proto: int | None) -> bytes:
+    """An RTM_NEWADDR as the kernel sends it in a dump (IFA_PROTO when ``proto``)."""
+    family = 2 if ip.version == 4 else 10
+    body = struct.pack("=BBBBI", family, ip.max_prefixlen, 0, 0, index)
+    body += struct.pack("=HH", 4 + len(ip.packed), 1) + ip.packed + b"\0" * (-len(ip.packed) % 4)
+    if proto is not None:
+        body += struct.pack("=HHB", 5, 11, proto) + b"\0" * 3
+    return struct.pack("=IHHII", 16 + len(body), 20, 2, seq, 0) + body
+
+
+def _done(seq: int) -> bytes:
+    return struct.pack("=IHHIIi", 20, 3, 2, seq, 0, 0)
+
+
+def test_a_dump_yields_the_marked_addresses_of_its_own_sequence_until_done() -> None:
+    ours, other = ipaddress.ip_address("172.18.0.42"), ipaddress.ip_address("2001:db8::42")
+    data = (
+        _newaddr(7, ours, 3, 0xE9)
+        + _newaddr(7, ipaddress.ip_address("172.18.0.5"), 3, None)  # the node's own: no mark
+        + _newaddr(7, ipaddress.ip_address("172.18.0.6"), 3, 4)  # marked by another tool
+        + _newaddr(6, ipaddress.ip_address("172.18.0.7"), 3, 0xE9)  # an older request's
+        + _newaddr(7, other, 4, 0xE9)
+    )
+    assert read_address_dump(data, 7, 0xE9) == ([(ours, 3), (other, 4)], False, 0)
+    assert read_address_dump(_done(6) + _done(7), 7, 0xE9) == ([], True, 0)
+    error = struct.pack("=IHHIIi", 20, 2, 0, 7, 0, -1)
+    assert read_address_dump(error, 7, 0xE9) == ([], True, 1)
+
+
+@given(st.binary(max_size=600), st.integers(0, 2**32 - 1))
+def test_any_bytes_read_as_a_dump_end_or_yield_addresses_never_raise(data: bytes, seq: int) -> None:
+    found, done, error = read_address_dump(data, seq, 0xE9)
+    assert all(isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address) for ip, _ in found)
+    assert isinstance(done, bool) and isinstance(error, int)
