@@ -169,12 +169,6 @@ class PolicySteering:
             self._slots = self._read(None).anchors(self.layout)
         return self._slots
 
-    def _route(self, group: EgressGroup, ip: IPAddress, via: IPAddress | None) -> None:
-        """Both steps of :meth:`route` in one call."""
-        staged = self._switch(group, ip, via)
-        if staged is not None:
-            self._settle(ip, via, staged)
-
     def _switch(self, group: EgressGroup, ip: IPAddress, via: IPAddress | None) -> _Staged | None:
         """1. A new owner: write the routes via it at once, before reading
         anything. None: nothing to converge (no steering, none wanted)."""

@@ -6,26 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
-from ipaddress import ip_address
 
 import pytest
 
-from egressd.core.lease import lease_name
-from egressd.core.model import EgressGroup
 from tests.fakes import FakeLeaseStore
 from tests.runtime.support import virtual_daemons
+from tests.runtime.test_wake import GROUP, IP, NAME
 from tests.virtual_time import run_virtual, until
-
-IP = ip_address("172.18.0.42")
-NAME = lease_name(str(IP))
-GROUP = EgressGroup(
-    name="outpost",
-    egress_ips=(IP,),
-    interface="net0",
-    candidates=("gw-a", "gw-b"),
-    source_cidrs=(),
-    destination_cidrs=(),
-)
 
 
 def test_a_handoff_to_a_node_that_is_not_a_candidate_is_ignored(caplog: pytest.LogCaptureFixture) -> None:
