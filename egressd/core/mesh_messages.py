@@ -27,6 +27,7 @@ import json
 import re
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeAlias, TypeGuard
 
@@ -132,7 +133,40 @@ class Accept:
     """The offer's nonce, echoed."""
 
 
-Message: TypeAlias = "Heartbeat | Promise | Wake | Offer | Accept | CtBatch"
+@dataclass(frozen=True)
+class Listen:
+    """A node that steers traffic to gateway candidates asks one of them for
+    news of the IPs it starts serving (:class:`Serving`), for a while
+    (:data:`egressd.core.news.LISTEN_KEEP` leases); sent again before that ends.
+    The news goes to the datagram's source address."""
+
+    sender: str
+    incarnation: str
+    seq: int
+    """Grows with every datagram of the process (a recorded listen is refused)."""
+
+
+@dataclass(frozen=True)
+class Serving:
+    """A gateway tells its listeners that it serves these IPs now, each on its
+    claim at the epoch given: the steering nodes route to it at once, before
+    their watch brings the claim (:mod:`egressd.core.news`)."""
+
+    sender: str
+    incarnation: str
+    seq: int
+    """From the sender's heartbeat sequence: grows with every datagram of the process."""
+    claims: tuple[tuple[str, int], ...]
+    """(egress IP in canonical text form, epoch of the claim naming the sender),
+    1 to :data:`MAX_SERVING_CLAIMS`, no IP twice."""
+
+
+MAX_SERVING_CLAIMS = 12
+"""IPs in one :class:`Serving` datagram: twelve of the longest (IPv6, largest
+epoch) with the longest names still fit :data:`MAX_DATAGRAM`."""
+
+
+Message: TypeAlias = "Heartbeat | Promise | Wake | Offer | Accept | Listen | Serving | CtBatch"
 
 
 def check_key(key: bytes) -> bytes:
@@ -158,6 +192,13 @@ def encode(message: Message, key: bytes) -> bytes:
     elif isinstance(message, Accept):
         body = {"k": "accept", "from": message.sender, "inc": message.incarnation, "to": message.to,
                 "ip": message.ip, "epoch": message.epoch, "nonce": message.nonce}  # fmt: skip
+    elif isinstance(message, Listen):
+        body = {"k": "listen", "from": message.sender, "inc": message.incarnation, "seq": message.seq}
+    elif isinstance(message, Serving):
+        if not 0 < len(message.claims) <= MAX_SERVING_CLAIMS:
+            raise ValueError(f"a serving datagram carries 1 to {MAX_SERVING_CLAIMS} claims, not {len(message.claims)}")
+        body = {"k": "serving", "from": message.sender, "inc": message.incarnation, "seq": message.seq,
+                "ips": [[ip, epoch] for ip, epoch in message.claims]}  # fmt: skip
     else:
         body = {"k": "wake", "from": message.sender, "inc": message.incarnation, "seq": message.seq,
                 "ip": message.ip, "epoch": message.epoch, "rv": message.resource_version,
@@ -192,36 +233,69 @@ def decode(datagram: bytes, key: bytes) -> Message:
 
 def _message(body: dict[str, object]) -> Message:
     kind = body.get("k")
-    if kind == "hb":
-        _keys(body, {"k", "from", "inc", "seq", "nonce", "api"})
-        seq = _int(body, "seq", MAX_SEQ)
-        api = body["api"]
-        if not isinstance(api, bool):
-            raise MeshRejected("malformed", "api: must be true or false")
-        return Heartbeat(_name(body, "from"), _token(body, "inc"), seq, _nonce(body), api)
-    if kind == "wake":
-        _keys(body, {"k", "from", "inc", "seq", "ip", "epoch", "rv", "to"})
-        seq = _int(body, "seq", MAX_SEQ)
-        epoch = _int(body, "epoch", EPOCH_MODULUS - 1)
-        return Wake(
-            _name(body, "from"), _token(body, "inc"), seq, _ip(body), epoch, _token(body, "rv"), _name(body, "to")
-        )
-    if kind == "offer":
-        _keys(body, {"k", "from", "inc", "seq", "ip", "epoch", "nonce", "to"})
-        seq = _int(body, "seq", MAX_SEQ)
-        epoch = _int(body, "epoch", EPOCH_MODULUS - 1)
-        return Offer(_name(body, "from"), _token(body, "inc"), seq, _ip(body), epoch, _nonce(body), _name(body, "to"))
-    if kind == "accept":
-        _keys(body, {"k", "from", "inc", "to", "ip", "epoch", "nonce"})
-        epoch = _int(body, "epoch", EPOCH_MODULUS - 1)
-        return Accept(_name(body, "from"), _token(body, "inc"), _name(body, "to"), _ip(body), epoch, _nonce(body))
-    if kind == "promise":
-        _keys(body, {"k", "from", "inc", "to", "nonce", "ms"})
-        ms = body["ms"]
-        if isinstance(ms, bool) or not isinstance(ms, int) or not 0 < ms <= MAX_PROMISE_MS:
-            raise MeshRejected("malformed", f"ms: must be 1 to {MAX_PROMISE_MS}")
-        return Promise(_name(body, "from"), _token(body, "inc"), _name(body, "to"), _nonce(body), ms)
-    raise MeshRejected("malformed", f"k: unknown kind {str(kind)[:20]!r}")
+    parse = _PARSERS.get(kind) if isinstance(kind, str) else None
+    if parse is None:
+        raise MeshRejected("malformed", f"k: unknown kind {str(kind)[:20]!r}")
+    return parse(body)
+
+
+def _heartbeat(body: dict[str, object]) -> Heartbeat:
+    _keys(body, {"k", "from", "inc", "seq", "nonce", "api"})
+    seq = _int(body, "seq", MAX_SEQ)
+    api = body["api"]
+    if not isinstance(api, bool):
+        raise MeshRejected("malformed", "api: must be true or false")
+    return Heartbeat(_name(body, "from"), _token(body, "inc"), seq, _nonce(body), api)
+
+
+def _wake(body: dict[str, object]) -> Wake:
+    _keys(body, {"k", "from", "inc", "seq", "ip", "epoch", "rv", "to"})
+    seq = _int(body, "seq", MAX_SEQ)
+    epoch = _int(body, "epoch", EPOCH_MODULUS - 1)
+    return Wake(_name(body, "from"), _token(body, "inc"), seq, _ip(body), epoch, _token(body, "rv"), _name(body, "to"))
+
+
+def _offer(body: dict[str, object]) -> Offer:
+    _keys(body, {"k", "from", "inc", "seq", "ip", "epoch", "nonce", "to"})
+    seq = _int(body, "seq", MAX_SEQ)
+    epoch = _int(body, "epoch", EPOCH_MODULUS - 1)
+    return Offer(_name(body, "from"), _token(body, "inc"), seq, _ip(body), epoch, _nonce(body), _name(body, "to"))
+
+
+def _accept(body: dict[str, object]) -> Accept:
+    _keys(body, {"k", "from", "inc", "to", "ip", "epoch", "nonce"})
+    epoch = _int(body, "epoch", EPOCH_MODULUS - 1)
+    return Accept(_name(body, "from"), _token(body, "inc"), _name(body, "to"), _ip(body), epoch, _nonce(body))
+
+
+def _listen(body: dict[str, object]) -> Listen:
+    _keys(body, {"k", "from", "inc", "seq"})
+    return Listen(_name(body, "from"), _token(body, "inc"), _int(body, "seq", MAX_SEQ))
+
+
+def _serving(body: dict[str, object]) -> Serving:
+    _keys(body, {"k", "from", "inc", "seq", "ips"})
+    seq = _int(body, "seq", MAX_SEQ)
+    return Serving(_name(body, "from"), _token(body, "inc"), seq, _claims(body))
+
+
+def _promise(body: dict[str, object]) -> Promise:
+    _keys(body, {"k", "from", "inc", "to", "nonce", "ms"})
+    ms = body["ms"]
+    if isinstance(ms, bool) or not isinstance(ms, int) or not 0 < ms <= MAX_PROMISE_MS:
+        raise MeshRejected("malformed", f"ms: must be 1 to {MAX_PROMISE_MS}")
+    return Promise(_name(body, "from"), _token(body, "inc"), _name(body, "to"), _nonce(body), ms)
+
+
+_PARSERS: dict[str, Callable[[dict[str, object]], Message]] = {
+    "hb": _heartbeat,
+    "wake": _wake,
+    "offer": _offer,
+    "accept": _accept,
+    "listen": _listen,
+    "serving": _serving,
+    "promise": _promise,
+}
 
 
 def _keys(body: dict[str, object], expected: set[str]) -> None:
@@ -238,18 +312,36 @@ def _int(body: dict[str, object], key: str, most: int) -> int:
     return value
 
 
-def _ip(body: dict[str, object]) -> str:
+def _ip(body: dict[str, object], key: str = "ip") -> str:
     """An IP address in its canonical form (the form claims are named by)."""
-    value = body["ip"]
+    value = body[key]
     if not isinstance(value, str) or len(value) > 45:
-        raise MeshRejected("malformed", "ip: not an IP address")
+        raise MeshRejected("malformed", f"{key}: not an IP address")
     try:
         canonical = str(ipaddress.ip_address(value))
     except ValueError:
-        raise MeshRejected("malformed", "ip: not an IP address") from None
+        raise MeshRejected("malformed", f"{key}: not an IP address") from None
     if canonical != value:
-        raise MeshRejected("malformed", "ip: not in canonical form")
+        raise MeshRejected("malformed", f"{key}: not in canonical form")
     return value
+
+
+def _claims(body: dict[str, object]) -> tuple[tuple[str, int], ...]:
+    """The ``ips`` of a serving datagram: 1 to MAX_SERVING_CLAIMS pairs
+    [IP in canonical form, epoch], no IP twice."""
+    value = body["ips"]
+    if not isinstance(value, list) or not 0 < len(value) <= MAX_SERVING_CLAIMS:
+        raise MeshRejected("malformed", f"ips: must be a list of 1 to {MAX_SERVING_CLAIMS} [ip, epoch] pairs")
+    claims: dict[str, int] = {}
+    for i, pair in enumerate(value):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise MeshRejected("malformed", f"ips[{i}]: must be an [ip, epoch] pair")
+        ip = _ip({f"ips[{i}]": pair[0]}, f"ips[{i}]")
+        epoch = _int({f"ips[{i}].epoch": pair[1]}, f"ips[{i}].epoch", EPOCH_MODULUS - 1)
+        if ip in claims:
+            raise MeshRejected("malformed", f"ips[{i}]: {ip} is named twice")
+        claims[ip] = epoch
+    return tuple(claims.items())
 
 
 def _name(body: dict[str, object], key: str) -> str:
@@ -294,7 +386,7 @@ class ReplayGuard:
         self._size = size
         self._keep_retired = retired
 
-    def admit(self, hb: Heartbeat | Wake | Offer) -> None:
+    def admit(self, hb: Heartbeat | Wake | Offer | Listen | Serving) -> None:
         last = self._last.get(hb.sender)
         retired = self._retired.get(hb.sender)
         if retired is not None and hb.incarnation in retired:

@@ -179,6 +179,8 @@ class Daemon:
             if steering is not None
             else None
         )
+        if self.mesh is not None and self.steerer is not None:
+            self.mesh.news.on_serving = self.steerer.hear  # news of new owners steers at once
         self.reconciled = asyncio.Event()
         """Set once the start-up reconcile is done and the members run."""
         self.settled = asyncio.Event()
@@ -225,6 +227,7 @@ class Daemon:
             address_of=self._peer_address,
             api_ok=lambda: bool(self.liveness.right()),
             metrics=self.metrics,
+            listen_peers=lambda: self.steerer.listens_to() if self.steerer is not None else frozenset(),
         )
 
     def _build_replication(self, conntrack: Conntrack | None, guard: ConnectionGuard | None) -> Replication | None:
@@ -360,6 +363,8 @@ class Daemon:
         self.mesh.open = True
         self.supervisor.spawn("mesh-receive", self.mesh.receive_forever)
         self.supervisor.spawn("mesh-heartbeat", self.mesh.heartbeat_forever)
+        if self.steerer is not None:
+            self.supervisor.spawn("mesh-listen", self.mesh.listen_forever)
         if self.replication is not None:
             self.supervisor.spawn("conntrack-events", self.replication.follow)
             self.supervisor.spawn("conntrack-stream", self.replication.run)
@@ -558,6 +563,7 @@ class Daemon:
             serving_locally=adopt,
             wake=self._wake_successor,
             offer=self._offer_claim,
+            announce=self.mesh.announce if self.mesh is not None else None,
             connections=self.replication,
         )
         self.members[ip] = member

@@ -94,6 +94,7 @@ class Member:
         wake: Callable[[LeaseRecord, str], None] | None = None,
         offer: Callable[[str, int, str], asyncio.Future[Accept] | None] | None = None,
         connections: Replication | None = None,
+        announce: Callable[[str, int], None] | None = None,
     ) -> None:
         problems = settings.timing.check()
         if problems:
@@ -139,6 +140,9 @@ class Member:
         self._offer = offer or (lambda _ip, _epoch, _successor: None)
         """Offers the claim to a successor before leaving (the mesh's; nothing
         without it): see :mod:`egressd.core.transfer`."""
+        self._announce = announce or (lambda _ip, _epoch: None)
+        """Tells the steering nodes that we serve the IP now (the mesh's news;
+        nothing without it)."""
         self._accepted: transfer.Accepted | None = None
         """The transfer of our claim we accepted last (as a successor)."""
         self._wake_read: asyncio.Task[None] | None = None
@@ -513,6 +517,9 @@ class Member:
             ]
             if failures:
                 raise failures[0]  # after both ended: a withdrawal never races a step still running
+            # the address answers and SNAT is on: the steering nodes may send
+            # now (news over the mesh, ahead of their watch of the claim)
+            self._announce(ip, self.epoch)
             await self._dp.announcer.start(self.ip, self.group.interface)
             phases.takeover_phase(ip, "garp", self._clock.monotonic() - sent)
             if self._connections is not None:

@@ -29,6 +29,14 @@ promises in answer to the peers' heartbeats (DESIGN.md, "The mesh").
   of its last datagram when the renew was stamped (:attr:`Mesh.seq`), so a
   standby knows the renew was stamped before the receipt of a larger one
   (``rights.stamped_by``, the heartbeat bound of ``rights.may_take_over``).
+* **Listen** and **Serving** (:mod:`egressd.core.news`): a node that steers
+  traffic to gateway candidates sends each of them a listen every
+  ``leaseDuration`` (:meth:`Mesh.listen`); a gateway that starts serving an
+  IP tells every node it heard a listen from within ``3 leaseDuration``
+  (:meth:`Mesh.announce`; the IPs of one moment share datagrams), and each
+  judges the news by ``on_serving``. Listens are taken from any node with
+  the key (steering nodes are no candidates), once each; news is refused
+  ``replayed`` the same way, and its claims are judged one by one.
 * **Wake** (:meth:`Mesh.wake`, sent by an old owner right after its release
   write naming a successor succeeded): the successor reads the claim at once
   instead of waiting for its watch. Taken from a candidate peer once
@@ -54,16 +62,20 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from egressd.core import rights
+from egressd.core import news, rights
 from egressd.core.mesh_messages import (
+    MAX_SERVING_CLAIMS,
     Accept,
     CtBatch,
     Heartbeat,
+    Listen,
     MeshRejected,
+    Message,
     Offer,
     Outstanding,
     Promise,
     ReplayGuard,
+    Serving,
     Wake,
     fits_token,
 )
@@ -125,6 +137,38 @@ class WakeCounts:
     """Wakes that came after the watch had brought the release."""
 
 
+@dataclass
+class News:
+    """Listens and news of new owners (:mod:`egressd.core.news`): our
+    listeners, the IPs not yet told, the replay guards and the counts."""
+
+    listeners: collections.OrderedDict[str, tuple[tuple[str, int], float]] = field(
+        default_factory=collections.OrderedDict
+    )
+    """Steering node -> (where its listen came from, until when we send it news)."""
+    unannounced: list[tuple[str, int]] = field(default_factory=list)
+    """(IP, epoch) started serving since the last news went out."""
+    peers: Callable[[], frozenset[str]] = frozenset
+    """The candidates of the groups this node steers (it listens to them)."""
+    on_serving: Callable[[str, int, str, str], news.NewsVerdict] = lambda ip, _epoch, _sender, _address: (
+        news.NewsVerdict(False, "not-steered", ip)
+    )
+    """Judges one claim of news (IP, epoch, sender, source address) and, if
+    taken, steers to it (the daemon's steerer)."""
+    listen_guard: ReplayGuard = field(default_factory=ReplayGuard)
+    news_guard: ReplayGuard = field(default_factory=ReplayGuard)
+    listens_sent: int = 0
+    listens_taken: int = 0
+    datagrams_sent: int = 0
+    """Serving datagrams sent (to all listeners)."""
+    claims_announced: int = 0
+    """IPs we started serving and told our listeners of."""
+    taken: int = 0
+    """Claims of news taken as hints (as a steering node)."""
+    dropped: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Claims of news not taken, by reason (``judge_news``'s)."""
+
+
 class Mesh:
     def __init__(
         self,
@@ -142,6 +186,7 @@ class Mesh:
         api_ok: Callable[[], bool],
         nonce: Callable[[], str] = new_nonce,
         metrics: Metrics | None = None,
+        listen_peers: Callable[[], frozenset[str]] = frozenset,
     ) -> None:
         self.node = node
         self.incarnation = incarnation
@@ -189,6 +234,7 @@ class Mesh:
         """Judges an offer from a candidate peer and, if accepted, has the IP's
         member record it (the daemon's)."""
         self.transfers = Transfers()
+        self.news = News(peers=listen_peers)
         self.open = False
         """Whether the transport is bound (wakes are sent only then)."""
         self.on_peer_promise: Callable[[str, str], None] = lambda _peer, _incarnation: None
@@ -245,6 +291,77 @@ class Mesh:
             started = self._clock.monotonic()
             self.heartbeat()
             await self._clock.sleep(max(0.0, started + self._timing.retry_period - self._clock.monotonic()))
+
+    # --- listens and news of new owners -----------------------------------------
+
+    def listen(self) -> list[str]:
+        """Ask the candidates we steer to for news of new owners; the peers
+        the listen went to (one without a known address is skipped)."""
+        sent = []
+        for peer in sorted(self.news.peers() - {self.node}):
+            address = self._address_of(peer)
+            if address is None:
+                continue
+            self._seq += 1
+            self.transport.send(Listen(self.node, self.incarnation, self._seq), (address, self.port))
+            self.news.listens_sent += 1
+            sent.append(peer)
+        return sent
+
+    async def listen_forever(self) -> None:
+        every = news.LISTEN_EVERY_LEASES * self._timing.lease_duration
+        while True:
+            self.listen()
+            await self._clock.sleep(every)
+
+    def _listened(self, listen: Listen, sender: tuple[str, int]) -> None:
+        if listen.sender == self.node:
+            raise MeshRejected("unknown-peer", f"{listen.sender} is this node")
+        self.news.listen_guard.admit(listen)
+        until = self._clock.monotonic() + news.LISTEN_KEEP_LEASES * self._timing.lease_duration
+        self.news.listeners[listen.sender] = (sender, until)
+        self.news.listeners.move_to_end(listen.sender)
+        while len(self.news.listeners) > news.MAX_LISTENERS:
+            self.news.listeners.popitem(last=False)
+        self.news.listens_taken += 1
+
+    def announce(self, ip: str, epoch: int) -> None:
+        """We serve ``ip`` on our claim at ``epoch`` now: tell the listeners.
+        The IPs announced in one turn of the loop go out together, right
+        after it."""
+        if not self.open:
+            return
+        if not self.news.unannounced:
+            asyncio.get_running_loop().call_soon(self._send_news)
+        self.news.unannounced.append((ip, epoch))
+
+    def _send_news(self) -> None:
+        claims = dict(self.news.unannounced)
+        self.news.unannounced.clear()
+        now = self._clock.monotonic()
+        for node in [n for n, (_a, until) in self.news.listeners.items() if until <= now]:
+            del self.news.listeners[node]
+        targets = [address for node, (address, _until) in self.news.listeners.items() if node != self.node]
+        if not claims or not targets:
+            return
+        pairs = list(claims.items())
+        for start in range(0, len(pairs), MAX_SERVING_CLAIMS):
+            self._seq += 1
+            message = Serving(self.node, self.incarnation, self._seq, tuple(pairs[start : start + MAX_SERVING_CLAIMS]))
+            for address in targets:
+                self.transport.send(message, address)
+                self.news.datagrams_sent += 1
+        self.news.claims_announced += len(pairs)
+        self.log.debug("told %d listeners that we serve %s", len(targets), ", ".join(claims))
+
+    def _heard(self, serving: Serving, sender: tuple[str, int]) -> None:
+        self.news.news_guard.admit(serving)
+        for ip, epoch in serving.claims:
+            verdict = self.news.on_serving(ip, epoch, serving.sender, sender[0])
+            if verdict.taken:
+                self.news.taken += 1
+            else:
+                self.news.dropped[verdict.reason] += 1
 
     # --- wakes ------------------------------------------------------------------
 
@@ -334,22 +451,30 @@ class Mesh:
         """One message that passed the transport's checks."""
         message = received.message
         try:
-            self._known(message.sender)
-            if isinstance(message, Heartbeat):
-                self._answer(message, received.sender)
-            elif isinstance(message, Wake):
-                self._woken(message)
-            elif isinstance(message, Offer):
-                self._offered(message, received.sender)
-            elif isinstance(message, Accept):
-                self._accepted(message)
-            elif isinstance(message, CtBatch):
-                self.on_conntrack(message, received.sender)
+            if isinstance(message, Listen):  # from steering nodes, no candidates
+                self._listened(message, received.sender)
+            elif isinstance(message, Serving):  # to steering nodes; each claim judged
+                self._heard(message, received.sender)
             else:
-                self._take(message)
+                self._from_candidate(message, received.sender)
         except MeshRejected as exc:
             self.rejected[exc.reason] += 1
             self.transport.reject(exc.reason, received.sender, str(exc))
+
+    def _from_candidate(self, message: Message, sender: tuple[str, int]) -> None:
+        self._known(message.sender)
+        if isinstance(message, Heartbeat):
+            self._answer(message, sender)
+        elif isinstance(message, Wake):
+            self._woken(message)
+        elif isinstance(message, Offer):
+            self._offered(message, sender)
+        elif isinstance(message, Accept):
+            self._accepted(message)
+        elif isinstance(message, CtBatch):
+            self.on_conntrack(message, sender)
+        elif isinstance(message, Promise):
+            self._take(message)
 
     def _known(self, sender: str) -> None:
         if sender == self.node or sender not in self._candidate_peers():
@@ -400,5 +525,10 @@ class Mesh:
             "transfersOffered": self.transfers.offered,
             "transfersAccepted": self.transfers.accepted,
             "acceptsTaken": self.transfers.taken,
+            "listeners": len(self.news.listeners),
+            "listensSent": self.news.listens_sent,
+            "newsSent": self.news.claims_announced,
+            "newsTaken": self.news.taken,
+            "newsDropped": dict(self.news.dropped),
             "rejected": dict(self.transport.rejected),  # the socket's checks and ours (reject() counts there too)
         }

@@ -11,6 +11,11 @@ longer NATs the traffic and drops it (it fails closed), where removing the
 route would send selected traffic out with the pods' own addresses for those
 milliseconds. A lease that is absent or unreadable removes the steering.
 
+A gateway that starts serving tells the steering nodes that listen to it over
+the mesh (:mod:`egressd.core.news`): news of a claim newer than the one the
+view shows steers to the sender at once, until the view shows that claim or a
+newer one.
+
 Steering stays in place when the daemon stops: a restart must not interrupt
 traffic, and the restarted daemon converges from what it finds. ``egressd
 cleanup`` (the systemd unit's stop path) removes it for good.
@@ -25,8 +30,9 @@ import logging
 from collections.abc import Sequence
 
 from egressd.core.errors import DataPlaneError
-from egressd.core.lease import LeaseRecord, lease_name
+from egressd.core.lease import LeaseRecord, epoch_order, lease_name
 from egressd.core.model import EgressGroup, IPAddress
+from egressd.core.news import Hint, NewsVerdict, judge_news, steer_to
 from egressd.ports import Steering
 from egressd.runtime.supervisor import wait_event
 from egressd.runtime.view import LeaseView
@@ -66,6 +72,8 @@ class Steerer:
         """Egress IP -> its steering change under way."""
         self._not_before: dict[IPAddress, float] = {}
         """Egress IP -> loop time before which a failed change is not tried again."""
+        self.hints: dict[IPAddress, Hint] = {}
+        """Egress IP -> the new owner heard over the mesh, ahead of the claim."""
 
     @staticmethod
     def for_node(groups: Sequence[EgressGroup], node: str) -> tuple[EgressGroup, ...]:
@@ -76,6 +84,35 @@ class Steerer:
         """Steer these groups from now on; the loop converges at once."""
         self.groups = tuple(groups)
         self._wake.set()
+
+    def listens_to(self) -> frozenset[str]:
+        """The candidates of the groups we steer: we listen to their news."""
+        return frozenset(c for g in self.groups for c in g.candidates)
+
+    def hear(self, ip: str, epoch: int, sender: str, address: str) -> NewsVerdict:
+        """News that ``sender`` serves ``ip`` on its claim at ``epoch``, from
+        ``address`` (:func:`egressd.core.news.judge_news`); taken, the IP is
+        steered to ``address`` at once."""
+        try:
+            egress_ip, via = ipaddress.ip_address(ip), ipaddress.ip_address(address)
+        except ValueError:
+            return NewsVerdict(False, "not-steered", f"{ip} from {address}")
+        group = next((g for g in self.groups if egress_ip in g.egress_ips), None)
+        verdict = judge_news(
+            ip,
+            epoch,
+            sender,
+            candidates=group.candidates if group is not None else None,
+            known=self._view.get(lease_name(ip)).record,
+        )
+        held = self.hints.get(egress_ip)
+        if verdict.taken and held is not None and epoch_order(epoch, held.epoch) <= 0:
+            verdict = NewsVerdict(False, "stale-epoch", f"{ip} epoch {epoch} is not newer than news of {held.epoch}")
+        if verdict.taken:
+            self.hints[egress_ip] = Hint(sender, epoch, via)
+            log.info("ip=%s node=%s epoch=%d serves it (news over the mesh): steering to %s", ip, sender, epoch, via)
+            self._wake.set()
+        return verdict
 
     async def run(self) -> None:
         await self._view.ready.wait()
@@ -102,10 +139,15 @@ class Steerer:
         due: dict[IPAddress, tuple[EgressGroup, IPAddress | None, bool]] = {}
         for ip in [ip for ip in self._routed if ip not in wanted]:
             due[ip] = (self._routed[ip], None, True)
+        for ip in [ip for ip in self.hints if ip not in wanted]:
+            del self.hints[ip]
         for ip, group in wanted.items():
             record = self._view.get(lease_name(str(ip))).record
-            via = owner_address(record)
-            if record is not None and record.free and self.current.get(ip) is not None:
+            hint = steer_to(record, self.hints.get(ip))
+            if hint is None:
+                self.hints.pop(ip, None)  # the claim caught up (or is newer): it decides
+            via = hint.address if hint is not None else owner_address(record)
+            if hint is None and record is not None and record.free and self.current.get(ip) is not None:
                 via = self.current[ip]  # between owners: keep the last route (see the module doc)
             if ip in self.current and self.current[ip] == via and self._routed.get(ip) == group:
                 continue

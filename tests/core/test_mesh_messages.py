@@ -14,13 +14,16 @@ from hypothesis import strategies as st
 from egressd.core.mesh_messages import (
     MAGIC,
     MAX_DATAGRAM,
+    MAX_SERVING_CLAIMS,
     Accept,
     Heartbeat,
+    Listen,
     MeshRejected,
     Offer,
     Outstanding,
     Promise,
     ReplayGuard,
+    Serving,
     Wake,
     check_key,
     decode,
@@ -326,3 +329,107 @@ def test_keys_shorter_than_32_bytes_are_refused() -> None:
     assert check_key(KEY) == KEY
     with pytest.raises(ValueError, match="at least 32 bytes, got 5"):
         check_key(b"short")
+
+
+# --- listens and news of new owners ------------------------------------------------
+
+
+def test_a_listen_and_news_survive_the_round_trip() -> None:
+    listen = Listen("wk-1", "inc-3", 5)
+    serving = Serving("gw-b", "inc-2", 11, (("172.18.0.42", 4), ("2001:db8::42", 0)))
+    assert decode(encode(listen, KEY), KEY) == listen
+    assert decode(encode(serving, KEY), KEY) == serving
+
+
+def test_the_longest_news_fits_one_datagram_and_more_claims_are_refused() -> None:
+    widest = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe"
+    claims = tuple((widest[:-1] + format(n, "x"), 2**31 - 1) for n in range(MAX_SERVING_CLAIMS))
+    longest = Serving("a" * 253, '"\\' * 32, 2**63 - 1, claims)
+    assert len(encode(longest, KEY)) <= MAX_DATAGRAM
+    assert decode(encode(longest, KEY), KEY) == longest
+    with pytest.raises(ValueError, match="1 to 12 claims"):
+        encode(Serving("gw-a", "i", 1, (*claims, ("172.18.0.1", 1))), KEY)
+    with pytest.raises(ValueError, match="1 to 12 claims"):
+        encode(Serving("gw-a", "i", 1, ()), KEY)
+
+
+@pytest.mark.parametrize(
+    ("ips", "field"),
+    [
+        ([], "ips"),
+        ("172.18.0.42", "ips"),
+        ([["172.18.0.42", 1]] * 13, "ips"),
+        ([["172.18.0.42"]], r"ips\[0\]"),
+        ([{"ip": "172.18.0.42"}], r"ips\[0\]"),
+        ([["172.18.0.42", 1], ["172.18.0.042", 1]], r"ips\[1\]"),
+        ([["2001:DB8::1", 1]], r"ips\[0\]"),
+        ([["172.18.0.42", -1]], r"ips\[0\]\.epoch"),
+        ([["172.18.0.42", 2**31]], r"ips\[0\]\.epoch"),
+        ([["172.18.0.42", True]], r"ips\[0\]\.epoch"),
+        ([["172.18.0.42", 1], ["172.18.0.42", 2]], r"ips\[1\]: 172.18.0.42 is named twice"),
+    ],
+)
+def test_news_with_a_bad_claim_is_malformed_naming_the_claim(ips: object, field: str) -> None:
+    body = {"k": "serving", "from": "gw-a", "inc": "i", "seq": 1, "ips": ips}
+    with pytest.raises(MeshRejected, match=f"^malformed: {field}") as info:
+        decode(signed(body), KEY)
+    assert info.value.reason == "malformed"
+
+
+@given(
+    st.builds(
+        Serving,
+        sender=names,
+        incarnation=tokens,
+        seq=st.integers(0, 2**63 - 1),
+        claims=st.dictionaries(addresses, st.integers(0, 2**31 - 1), min_size=1, max_size=MAX_SERVING_CLAIMS).map(
+            lambda d: tuple(d.items())
+        ),
+    ),
+    st.builds(Listen, sender=names, incarnation=tokens, seq=st.integers(0, 2**63 - 1)),
+)
+def test_any_news_and_listen_survive_the_round_trip_and_no_other_key_opens_them(
+    serving: Serving, listen: Listen
+) -> None:
+    for message in (serving, listen):
+        data = encode(message, KEY)
+        assert decode(data, KEY) == message
+        with pytest.raises(MeshRejected, match="bad-signature"):
+            decode(data, OTHER)
+
+
+claim_pairs = st.lists(
+    st.lists(addresses | st.text(max_size=6) | st.integers(), max_size=3)
+    | st.tuples(addresses, st.integers() | st.booleans() | st.none()).map(list)
+    | st.none(),
+    max_size=14,
+)
+
+
+@given(
+    st.sampled_from(["listen", "serving"]),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "from": names | st.text(max_size=5),
+            "inc": tokens | st.integers(),
+            "seq": st.integers() | st.booleans() | st.none(),
+            "ips": claim_pairs | st.text(max_size=3),
+        },
+    ),
+)
+def test_any_signed_listen_or_news_body_is_that_message_or_malformed_naming_a_field(
+    kind: str, fields: dict[str, object]
+) -> None:
+    body = {"k": kind, **fields}
+    try:
+        message = decode(signed(body), KEY)
+    except MeshRejected as exc:
+        assert exc.reason == "malformed"
+        named = str(exc).split(": ")[1].split("[")[0]
+        assert named in {"fields", "from", "inc", "seq", "ips"}
+    else:
+        assert isinstance(message, Listen if kind == "listen" else Serving)
+        assert (message.sender, message.seq) == (body["from"], body["seq"])
+        if isinstance(message, Serving):
+            assert [list(pair) for pair in message.claims] == body["ips"]

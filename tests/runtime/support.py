@@ -83,7 +83,7 @@ KEY = b"k" * 32
 """The mesh tests' cluster key."""
 MESH = rights.MeshTiming(promise_duration=0.5, margin=0.01, max_hold=3.0, rtt_bound=0.05)
 PORT = 7946
-ADDRESSES = {"gw-a": "10.0.0.1", "gw-b": "10.0.0.2", "gw-c": "10.0.0.3"}
+ADDRESSES = {"gw-a": "10.0.0.1", "gw-b": "10.0.0.2", "gw-c": "10.0.0.3", "wk-1": "10.0.0.9"}
 """Node addresses on the fake mesh network."""
 
 
