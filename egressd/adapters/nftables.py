@@ -263,6 +263,8 @@ class NftablesSnat:
         (``nft.render_fence_probe``); None: not probed yet."""
         """The egress IPs the fence tables list now; None: unknown (re-stage)."""
         self._owned: dict[IPAddress, str] = {}
+        self._primed: set[IPAddress] = set()
+        """IPs of ``_owned`` whose rule :meth:`prime` added, fence not armed yet."""
         self._changes = 0
         """Count of transactions applied, to tell a stale read-back from drift."""
         self._loaded = False
@@ -349,13 +351,17 @@ class NftablesSnat:
         return True
 
     async def activate(self, ip: IPAddress, group: str) -> None:
-        """Add the SNAT rule of ``ip`` (and arm its fence) in one transaction."""
+        """Add the SNAT rule of ``ip`` (and arm its fence) in one transaction;
+        for an IP :meth:`prime` d, arm its fence only."""
         async with self._lock:
             await self._load()
-            if group not in self._groups:
-                raise DataPlaneError(f"snat {ip}: group {group!r} is not staged")
-            if ip not in self._groups[group].egress_ips:
-                raise DataPlaneError(f"snat {ip}: not an egress IP of group {group!r} as staged")
+            self._check(ip, group, "snat")
+            if ip in self._primed and self._owned.get(ip) == group and self._fence_ms is not None:
+                # the rule is in place, failing closed: the fence's element makes it serve
+                self._primed.discard(ip)
+                await self._arm_fence([ip], self._fence_ms)
+                log.info("SNAT to %s active for group %s (primed; fence armed)", ip, group)
+                return
             owned = dict(self._owned)
             owned[ip] = group
             script = self._chain_script(group, ip.version, owned)
@@ -363,8 +369,33 @@ class NftablesSnat:
                 script += nft.render_fence_refresh([ip], self._fence_ms, update=self._fence_update is True)
             await self._run(script, what=f"activate {ip}")
             self._owned = owned
+            self._primed.discard(ip)
             self._changes += 1
             log.info("SNAT to %s active for group %s", ip, group)
+
+    async def prime(self, ip: IPAddress, group: str) -> bool:
+        """Add the SNAT rule of ``ip`` without arming its fence (see the port)."""
+        if self._fence_ms is None:
+            return False
+        async with self._lock:
+            await self._load()
+            self._check(ip, group, "snat prime")
+            if self._owned.get(ip) == group:
+                return ip in self._primed  # active already: nothing to prepare
+            owned = dict(self._owned)
+            owned[ip] = group
+            await self._run(self._chain_script(group, ip.version, owned), what=f"prime {ip}")
+            self._owned = owned
+            self._primed.add(ip)
+            self._changes += 1
+            log.info("SNAT to %s primed for group %s (its fence not armed: fails closed)", ip, group)
+            return True
+
+    def _check(self, ip: IPAddress, group: str, what: str) -> None:
+        if group not in self._groups:
+            raise DataPlaneError(f"{what} {ip}: group {group!r} is not staged")
+        if ip not in self._groups[group].egress_ips:
+            raise DataPlaneError(f"{what} {ip}: not an egress IP of group {group!r} as staged")
 
     async def deactivate(self, ip: IPAddress) -> None:
         """Remove the SNAT rule of ``ip`` (and disarm its fence); no error if absent."""
@@ -382,6 +413,7 @@ class NftablesSnat:
                 return
             await self._run(script, what=f"deactivate {ip}")
             self._owned = owned
+            self._primed.discard(ip)
             self._changes += 1
             log.info("SNAT to %s removed (group %s)", ip, group)
 
@@ -403,6 +435,7 @@ class NftablesSnat:
             await self._run(script, what=f"deactivate {len(ips)} egress IP(s)")
             gone = {ip: self._owned[ip] for ip in ips if ip in self._owned}
             self._owned = owned
+            self._primed.difference_update(ips)
             self._changes += 1
             for ip, group in gone.items():
                 log.info("SNAT to %s removed (group %s)", ip, group)
@@ -460,6 +493,10 @@ class NftablesSnat:
         ms = self._fence_ms if ttl is None else min(self._fence_ms, int(ttl * 1000))
         if ms < 1:
             return
+        await self._arm_fence(ips, ms)
+
+    async def _arm_fence(self, ips: list[IPAddress], ms: int) -> None:
+        """Arm the fence elements of ``ips`` for ``ms`` from now."""
         if self._fence_update is None:
             self._fence_update = await self._probe_fence_update()
         if self._lib is None:
@@ -521,6 +558,7 @@ class NftablesSnat:
         async with self._lock:
             await self._run(nft.render_delete(fence=True), what="clear")
             self._owned = {}
+            self._primed.clear()
             self._groups = {}
             self._staged = None
             self._sets = {}
@@ -546,6 +584,7 @@ class NftablesSnat:
         self._sets = sets
         self._owners = owners
         self._owned = owned
+        self._primed &= set(owned)
         self._fenced = fenced
 
     def _chain_script(self, group: str, version: int, owned: dict[IPAddress, str]) -> str:

@@ -40,6 +40,8 @@ class RecordingDataPlane:
         self.addresses: dict[tuple[IPAddress, str], float] = {}
         """(ip, interface) -> monotonic expiry time."""
         self.snat: dict[IPAddress, str] = {}
+        self.primed: dict[IPAddress, str] = {}
+        """IPs whose SNAT rule is in place ahead of a transfer, fence not armed (not serving)."""
         self.announcing: set[IPAddress] = set()
         self.staged: tuple[str, ...] = ()
         self.staged_groups: tuple[EgressGroup, ...] = ()
@@ -119,11 +121,20 @@ class RecordingDataPlane:
         self._record("stage", groups=list(self.staged))
 
     async def activate(self, ip: IPAddress, group: str) -> None:
+        self.primed.pop(ip, None)
         self.snat[ip] = group
         self._record("snat-on", ip=str(ip), group=group)
 
+    async def prime(self, ip: IPAddress, group: str) -> bool:
+        if ip in self.snat:
+            return False
+        self.primed[ip] = group
+        self._record("snat-prime", ip=str(ip), group=group)
+        return True
+
     async def deactivate(self, ip: IPAddress) -> None:
         self.snat.pop(ip, None)
+        self.primed.pop(ip, None)
         self._record("snat-off", ip=str(ip))
 
     async def deactivate_all(self, ips: Iterable[IPAddress]) -> None:
@@ -133,7 +144,7 @@ class RecordingDataPlane:
             await self.deactivate(ip)
 
     async def active(self) -> set[IPAddress]:
-        return set(self.snat)
+        return set(self.snat) | set(self.primed)
 
     async def refresh_fence(self, ips: Iterable[IPAddress], ttl: float | None = None) -> None:
         names = sorted(self._name(ip) for ip in ips)

@@ -162,6 +162,15 @@ class Snat(Protocol):
 
     async def activate(self, ip: IPAddress, group: str) -> None: ...
 
+    async def prime(self, ip: IPAddress, group: str) -> bool:
+        """Put the SNAT rule of ``ip`` in place with its fence *not* armed,
+        ahead of a transfer this node accepted: it fails closed (the fence
+        drops whatever would leave with ``ip`` as source) until
+        :meth:`activate`, which then only arms the fence. Undone by
+        :meth:`deactivate`. False, and nothing done, when the fence is off
+        (the rule would NAT at once)."""
+        ...
+
     async def deactivate(self, ip: IPAddress) -> None: ...
 
     async def deactivate_all(self, ips: Iterable[IPAddress]) -> None:

@@ -77,6 +77,12 @@ class DataPlane:
 
 
 class Member:
+    _priming: asyncio.Task[None] | None = None
+    """SNAT primed ahead of a transfer we accepted (:meth:`_prime`)."""
+    _primed_until: float | None = None
+    """While set: our SNAT rule is primed, its fence not armed, until then at
+    the latest (drift repair leaves it alone)."""
+
     def __init__(
         self,
         ip: IPAddress,
@@ -140,9 +146,8 @@ class Member:
         self._offer = offer or (lambda _ip, _epoch, _successor: None)
         """Offers the claim to a successor before leaving (the mesh's; nothing
         without it): see :mod:`egressd.core.transfer`."""
+        # tells the steering nodes that we serve the IP now (the mesh's news)
         self._announce = announce or (lambda _ip, _epoch: None)
-        """Tells the steering nodes that we serve the IP now (the mesh's news;
-        nothing without it)."""
         self._accepted: transfer.Accepted | None = None
         """The transfer of our claim we accepted last (as a successor)."""
         self._wake_read: asyncio.Task[None] | None = None
@@ -308,9 +313,49 @@ class Member:
             if self._connections is not None:
                 self._connections.arm_ahead(str(self.ip))
             self.log.info("accepted %s's offer of the claim (epoch %d)", offer.sender, offer.epoch)
+            if self._priming is None or self._priming.done():
+                self._priming = asyncio.create_task(self._prime(self._accepted), name=f"prime:{self.ip}")
         else:
             self.log.info("refused %s's offer of the claim: %s %s", offer.sender, verdict.reason, verdict.detail)
         return verdict
+
+    async def _prime(self, acceptance: transfer.Accepted) -> None:
+        """Ahead of the transfer we accepted: our SNAT rule in place, its fence
+        not armed, so it fails closed (``Snat.prime``) and serving on the
+        transfer only arms the fence. Undone if we do not serve by the end of
+        the window in which we may serve on that transfer
+        (:func:`egressd.core.transfer.may_assume`). Nothing leaves with the IP
+        before the fence is armed, which only serving does, so this is no
+        serving: it moves the slow part of SNAT's activation, a ruleset
+        transaction, before the old owner's withdrawal instead of after it."""
+        until = acceptance.at + self._timing.renew_deadline
+        async with self._dp_lock:
+            if self.sm.state is State.OWNER or self.serving_locally or self._stopping:
+                return
+            try:
+                primed = await self._dp.snat.prime(self.ip, self.group.name)
+            except DataPlaneError as exc:
+                self.log.warning("could not prime SNAT ahead of the transfer: %s", exc)
+                return
+            if not primed:
+                return
+            self._primed_until = until
+        try:
+            await self._clock.sleep(max(0.0, until - self._clock.monotonic()))
+        finally:
+            async with self._dp_lock:
+                self._primed_until = None
+                if not self._still_owner() and not self.serving_locally:
+                    await self._unprime()
+
+    async def _unprime(self) -> None:
+        """The transfer we primed SNAT for did not come in time: SNAT off again."""
+        try:
+            await self._dp.snat.deactivate(self.ip)
+        except DataPlaneError as exc:
+            self.log.error("could not remove the SNAT primed ahead of a transfer: %s (drift repair will)", exc)
+        else:
+            self.log.info("SNAT primed ahead of a transfer removed: the transfer did not come in time")
 
     def _wake_read_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -791,7 +836,7 @@ class Member:
                     repaired.append("snat-missing")
                 if repaired:
                     await self._dp.announcer.start(self.ip, self.group.interface)
-            elif self.ip in present or self.ip in active:
+            elif self.ip in present or (self.ip in active and self._primed_until is None):
                 await self._withdraw_locked("stale-state")
                 repaired.append("stale-state")
         for what in repaired:
@@ -817,6 +862,9 @@ class Member:
         being a candidate of the IP). ``offered``, ``withdrawn``: see
         :meth:`_leave` (the daemon's shutdown withdraws all IPs together)."""
         self._stopping = True
+        if self._priming is not None and not self._priming.done():
+            self._priming.cancel()  # its end removes what it primed (we take no transfer now)
+            await asyncio.gather(self._priming, return_exceptions=True)
         if self.sm.state is not State.OWNER and self.serving_locally and withdrawn is None:
             await self._withdraw(reason)  # adoption pending: the kernel serves without a tenure
         await self._leave(

@@ -165,6 +165,40 @@ async def test_sub_second_fence_stops_serving_when_not_refreshed(net: Net) -> No
     assert "egressd" not in tables(net.gw)
 
 
+async def test_primed_snat_fails_closed_until_its_activation_arms_the_fence(net: Net) -> None:
+    snat = NftablesSnat(netns=net.gw, fence_ttl=2.0)
+    try:
+        await snat.stage([GROUP])
+        assert await snat.prime(EGRESS, "web-a")
+        assert await snat.active() == {EGRESS}  # the rule is in place ...
+        assert await snat.fence() == {}  # ... its fence is not armed
+        assert await asyncio.to_thread(seen, net, SELECTED) == "timeout"  # nothing leaves with the egress IP
+        chain = ["nft", "-a", "list", "chain", "inet", "egressd", "g_web_a_v4"]
+        before = ns_exec(net.gw, *chain)
+        await snat.activate(EGRESS, "web-a")
+        assert EGRESS in await snat.fence()
+        assert ns_exec(net.gw, *chain) == before  # the activation armed the fence, no rule was written
+        assert await asyncio.to_thread(seen, net, SELECTED) == str(EGRESS)
+        await snat.deactivate(EGRESS)
+        assert await snat.active() == set() and await snat.fence() == {}
+        # primed and taken back before any activation
+        assert await snat.prime(EGRESS, "web-a")
+        await snat.deactivate(EGRESS)
+        assert await snat.active() == set()
+        await snat.activate(EGRESS, "web-a")  # a full activation again: rule and fence
+        assert await snat.active() == {EGRESS} and EGRESS in await snat.fence()
+        assert not await snat.prime(EGRESS, "web-a")  # active already: nothing to prime
+    finally:
+        await snat.clear()
+
+
+async def test_without_the_fence_nothing_is_primed(net: Net, snat: NftablesSnat) -> None:
+    await snat.stage([GROUP])
+    assert not await snat.prime(EGRESS, "web-a")  # the rule would NAT at once
+    assert await snat.active() == set()
+    assert seen(net, SELECTED) == "timeout"
+
+
 # -- two egress IPs: each source leaves with its own ---------------------------------
 
 EGRESS2 = ipaddress.ip_address("10.99.0.43")

@@ -13,7 +13,7 @@ from ipaddress import ip_address
 from egressd.adapters.recording import RecordingDataPlane
 from egressd.core import transfer
 from egressd.core.lease import LeaseRecord
-from egressd.core.mesh_messages import Accept, encode
+from egressd.core.mesh_messages import Accept, Offer, encode
 from egressd.core.model import EgressGroup
 from tests.fakes import FakeLeaseStore
 from tests.runtime.support import (
@@ -205,4 +205,45 @@ async def test_a_stopping_owner_withdraws_all_its_ips_before_it_hands_any_over()
     finally:
         for s in stores:
             s.up.set()
+        await stop_all(nodes)
+
+
+def _ops(node: MeshNode, *kinds: str) -> list[tuple[str, float]]:
+    return [(op["op"], op["t"]) for op in node.plane.ops if op["op"] in kinds and op.get("ip") == str(IP)]
+
+
+async def test_the_successor_primes_snat_on_its_accept_and_its_activation_only_completes_it() -> None:
+    _net, nodes, stores, _shared = await _transfer_pair()
+    try:
+        owner, successor, _took = await _handoff(nodes, stores, lag=0.0)
+        primed = _ops(successor, "snat-prime")
+        withdrawn = _ops(owner, "release")
+        assert primed and withdrawn and primed[-1][1] < withdrawn[-1][1]  # before the owner's withdrawal
+        assert _ops(successor, "snat-on")[-1][1] > withdrawn[-1][1]  # serving after it
+        assert not successor.plane.primed and successor.serves(IP)
+        # the window ends: what is served stays
+        await asyncio.sleep(TIMING.renew_deadline + 0.05)
+        assert successor.serves(IP) and [op for op, _ in _ops(successor, "snat-off")] == []
+        assert_no_two_owners(n.plane for n in nodes)
+    finally:
+        await stop_all(nodes)
+
+
+async def test_snat_primed_for_a_transfer_that_never_comes_is_taken_back_and_drift_repair_waits() -> None:
+    net, nodes, _stores, shared = await _transfer_pair()
+    try:
+        owner = next(n for n in nodes if n.serves(IP))
+        standby = next(n for n in nodes if n is not owner)
+        epoch = shared.leases[NAME].transitions  # type: ignore[attr-defined]
+        offer = Offer(owner.name, owner.daemon.incarnation, 10**6, str(IP), epoch, "0123456789abcdef" * 2, standby.name)
+        net.inject(encode(offer, KEY), (ADDRESSES[owner.name], PORT), ADDRESSES[standby.name])  # no transfer follows
+        await until(lambda: IP in standby.plane.primed, 0.05)
+        assert not standby.serves(IP)
+        assert await standby.daemon.repair_drift() == []  # primed, not stale: left alone
+        assert IP in standby.plane.primed
+        await asyncio.sleep(TIMING.renew_deadline)
+        assert not standby.plane.primed and IP not in await standby.plane.active()
+        assert [op for op, _ in _ops(standby, "snat-prime", "snat-off", "snat-on")] == ["snat-prime", "snat-off"]
+        assert owners(nodes, IP) == [owner.name]
+    finally:
         await stop_all(nodes)
