@@ -359,7 +359,7 @@ class NftablesSnat:
             if ip in self._primed and self._owned.get(ip) == group and self._fence_ms is not None:
                 # the rule is in place, failing closed: the fence's element makes it serve
                 self._primed.discard(ip)
-                await self._arm_fence([ip], self._fence_ms)
+                await self._arm_fence([ip], self._fence_ms, probe=False)
                 log.info("SNAT to %s active for group %s (primed; fence armed)", ip, group)
                 return
             owned = dict(self._owned)
@@ -378,6 +378,8 @@ class NftablesSnat:
         if self._fence_ms is None:
             return False
         async with self._lock:
+            if self._fence_update is None:  # now, not on the takeover's path
+                self._fence_update = await self._probe_fence_update()
             await self._load()
             self._check(ip, group, "snat prime")
             if self._owned.get(ip) == group:
@@ -495,17 +497,21 @@ class NftablesSnat:
             return
         await self._arm_fence(ips, ms)
 
-    async def _arm_fence(self, ips: list[IPAddress], ms: int) -> None:
-        """Arm the fence elements of ``ips`` for ``ms`` from now."""
-        if self._fence_update is None:
+    async def _arm_fence(self, ips: list[IPAddress], ms: int, *, probe: bool = True) -> None:
+        """Arm the fence elements of ``ips`` for ``ms`` from now. The kernel's
+        way of updating an element is probed first if it is not known yet,
+        unless ``probe`` is False (a takeover: then add/delete/add, which
+        every kernel takes)."""
+        if self._fence_update is None and probe:
             self._fence_update = await self._probe_fence_update()
+        update = self._fence_update is True
         if self._lib is None:
-            await self._run(nft.render_fence_refresh(ips, ms, update=self._fence_update), what="fence refresh")
+            await self._run(nft.render_fence_refresh(ips, ms, update=update), what="fence refresh")
             return
         # nft would first read the ruleset (every interval set's elements: with a
         # source set per egress IP, more than the refresh itself); the elements'
         # messages need none of it
-        batch, acks = encode_fence_refresh(ips, ms, update=self._fence_update, seq=1)  # a socket of its own
+        batch, acks = encode_fence_refresh(ips, ms, update=update, seq=1)  # a socket of its own
         try:
             errors = [e for e in await self._lib.send_batch(batch, acks) if e]
         except OSError as exc:
