@@ -308,6 +308,9 @@ class NftablesSnat:
             self._changes += 1
             self._guard_staged = self._guard_staged or self._guard
             self._remember(groups, sets, owners, owned, ips if fence else self._fenced)
+            if self._fence_ms is not None and self._fence_update is None:
+                # known before any takeover needs it (a first fence arm would probe on its path)
+                self._fence_update = await self._probe_fence_update()
             log.info(
                 "staged SNAT table for %d group(s), %d active egress IP(s) in %.3fs",
                 len(groups),
