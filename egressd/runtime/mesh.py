@@ -309,10 +309,13 @@ class Mesh:
         return sent
 
     async def listen_forever(self) -> None:
+        """Listen every ``leaseDuration``; every ``retryPeriod`` while a
+        candidate's address is not known yet (a node just started)."""
         every = news.LISTEN_EVERY_LEASES * self._timing.lease_duration
         while True:
-            self.listen()
-            await self._clock.sleep(every)
+            sent = self.listen()
+            missing = len(self.news.peers() - {self.node}) > len(sent)
+            await self._clock.sleep(self._timing.retry_period if missing else every)
 
     def _listened(self, listen: Listen, sender: tuple[str, int]) -> None:
         if listen.sender == self.node:

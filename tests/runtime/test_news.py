@@ -158,3 +158,24 @@ async def test_a_node_that_stopped_listening_gets_no_more_news() -> None:
         assert "wk-1" not in successor.daemon.mesh.news.listeners  # type: ignore[union-attr]
     finally:
         await stop_all([*gateways, worker])
+
+
+async def test_a_steering_node_started_first_listens_as_soon_as_the_gateways_are_known() -> None:
+    net = FakeMeshNetwork()
+    shared = FakeLeaseStore()
+    worker = MeshNode("wk-1", LaggingStore(shared), net, GROUP)
+    gateways = [MeshNode("gw-a", LaggingStore(shared), net, GROUP), MeshNode("gw-b", LaggingStore(shared), net, GROUP)]
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        worker.start()  # no gateway's node lease yet: its first listen goes nowhere
+        await asyncio.sleep(TIMING.retry_period)
+        for g in gateways:
+            g.start()
+        await until(
+            lambda: all("wk-1" in g.daemon.mesh.news.listeners for g in gateways),  # type: ignore[union-attr]
+            TIMING.lease_duration,
+        )
+        assert loop.time() - started < TIMING.lease_duration  # not a whole listen period later
+    finally:
+        await stop_all([*gateways, worker])
