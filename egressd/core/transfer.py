@@ -37,6 +37,17 @@ Why the successor may serve on a write it did not make:
   a recorded accept answers no later offer (the nonce); an accept from a
   process that restarted names the old process, which the transfer then
   names, and the new process treats that claim as its predecessor's.
+* **The owner's word for its write.** The owner's wake after the transfer
+  (sent once the write's answer came back) tells the successor the transfer
+  is written before its watch or a read can: the wake of the process that
+  offered, at the accepted epoch (:func:`confirmed_by`), stands for the
+  transfer (:func:`transferred`, the answer's resourceVersion), and the
+  successor decides on it as on the claim read back. This is the trust every
+  promise already gets: a datagram signed with the cluster key is what the
+  daemon that sent it did. The window and the API right are checked as for
+  a transfer seen on the watch; a wake that does not match (another epoch or
+  process, or a view that does not show the offered claim) makes the
+  successor read the claim instead.
 
 Pure: the caller gives its clock readings and what its view knows.
 """
@@ -44,10 +55,11 @@ Pure: the caller gives its clock readings and what its view knows.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 
-from egressd.core.lease import LeaseRecord, epoch_order, next_epoch
-from egressd.core.mesh_messages import Offer
+from egressd.core.lease import LeaseRecord, epoch_order, held_by, next_epoch
+from egressd.core.mesh_messages import Offer, Wake
 from egressd.core.model import Timing
 
 ACCEPT_WAIT = 0.02
@@ -67,6 +79,9 @@ class Accepted:
     """The epoch the transfer will carry: the offered one, plus one."""
     at: float
     """Our clock when we accepted (before the accept left)."""
+    owner: str = ""
+    owner_incarnation: str = ""
+    """The process that offered the claim (its wake stands for its transfer write)."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +144,7 @@ def judge_offer(
 
 def accepted(offer: Offer, now: float) -> Accepted:
     """What a standby records when it accepts ``offer`` at ``now``."""
-    return Accepted(next_epoch(offer.epoch), now)
+    return Accepted(next_epoch(offer.epoch), now, offer.sender, offer.incarnation)
 
 
 def may_assume(acceptance: Accepted | None, record: LeaseRecord, now: float, timing: Timing) -> bool:
@@ -142,3 +157,55 @@ def may_assume(acceptance: Accepted | None, record: LeaseRecord, now: float, tim
         and record.transitions == acceptance.epoch
         and 0 <= now - acceptance.at < timing.renew_deadline
     )
+
+
+def transfer_record(
+    base: LeaseRecord,
+    *,
+    successor: str,
+    address: str,
+    incarnation: str,
+    lease_duration: float,
+    now: datetime,
+) -> LeaseRecord:
+    """The claim an owner writes to transfer ``base`` (its own, held) to the
+    successor's process ``incarnation`` at its node address ``address``."""
+    return held_by(
+        base,
+        name=base.name,
+        egress_ip=base.egress_ip,
+        holder=successor,
+        holder_address=address,
+        incarnation=incarnation,
+        lease_duration=lease_duration,
+        now=now,
+        reason=f"transferred-from-{base.holder}",
+    )
+
+
+def confirmed_by(acceptance: Accepted | None, wake: Wake, known: LeaseRecord | None) -> bool:
+    """Whether ``wake`` is the owner's word that it wrote the transfer we
+    accepted: from the process that offered, at the accepted epoch, and our
+    view shows the claim it transferred (held by that process one epoch
+    before), from which the transfer follows."""
+    return (
+        acceptance is not None
+        and wake.sender == acceptance.owner
+        and wake.incarnation == acceptance.owner_incarnation
+        and wake.epoch == acceptance.epoch
+        and known is not None
+        and known.holder == wake.sender
+        and next_epoch(known.transitions) == wake.epoch
+    )
+
+
+def transferred(
+    known: LeaseRecord, wake: Wake, *, me: str, address: str, incarnation: str, lease_duration: float, now: datetime
+) -> LeaseRecord:
+    """The transfer as the owner wrote it (:func:`transfer_record` of the claim
+    our view shows, with the resourceVersion of the write's answer the wake
+    carries), but for the times, which are the owner's in the claim written."""
+    record = transfer_record(
+        known, successor=me, address=address, incarnation=incarnation, lease_duration=lease_duration, now=now
+    )
+    return replace(record, resource_version=wake.resource_version)

@@ -267,6 +267,28 @@ class Member:
         watch's news would be."""
         if self.sm.state is State.OWNER or self._stopping:
             return
+        known = self._view.get(self.name).record
+        address = self._settings.node.address
+        if transfer.confirmed_by(self._accepted, wake, known) and known is not None and address is not None:
+            # the owner's word that it wrote the transfer we accepted: decide on
+            # it now, as on the claim read back (the watch's copy replaces it)
+            self.log.info(
+                "woken by %s: transferred to us at epoch %d (version %s)",
+                wake.sender,
+                wake.epoch,
+                wake.resource_version,
+            )
+            record = transfer.transferred(
+                known,
+                wake,
+                me=self._settings.node.name,
+                address=str(address),
+                incarnation=self._incarnation,
+                lease_duration=self._timing.lease_duration,
+                now=self._clock.wall(),
+            )
+            self._view.observe(self.name, record, provisional=True)
+            return
         if self._wake_read is not None and not self._wake_read.done():
             return  # a read is on its way; it sees this release too
         self._wake_read = asyncio.get_running_loop().create_task(self._read_on_wake(wake), name=f"wake-read:{self.ip}")
@@ -719,16 +741,13 @@ class Member:
         if not self._names_us(record) or address is None or accept.sender != successor:
             return None
         assert record is not None
-        to = held_by(
+        to = transfer.transfer_record(
             record,
-            name=self.name,
-            egress_ip=str(self.ip),
-            holder=successor,
-            holder_address=address,
+            successor=successor,
+            address=address,
             incarnation=accept.incarnation,
             lease_duration=self._timing.lease_duration,
             now=self._clock.wall(),
-            reason=f"transferred-from-{self._settings.node.name}",
         )
         started = self._clock.monotonic()
         try:

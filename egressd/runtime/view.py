@@ -36,6 +36,10 @@ class Entry:
     record: LeaseRecord | None
     observed_at: float
     problem: str = ""
+    provisional: bool = False
+    """The record is a member's reconstruction of a write it was told of (a
+    transfer, on the owner's word), not the API's copy: the API's copy of the
+    same version replaces it."""
 
     @property
     def resource_version(self) -> str | None:
@@ -74,6 +78,10 @@ def _no_news(current: Entry | NodeEntry | None, record: LeaseRecord | NodeLeaseR
     problem, or a readable lease after one, is always news."""
     if current is None or problem or current.problem:
         return False
+    if record is not None and current.record is not None and isinstance(current, Entry) and current.provisional:
+        return not _newer(record.resource_version, current.record.resource_version) and (
+            record.resource_version != current.record.resource_version
+        )
     if record is not None and current.record is not None:
         version = current.record.resource_version
         return record.resource_version == version or not _newer(record.resource_version, version)
@@ -117,14 +125,22 @@ class LeaseView:
     def records(self) -> list[LeaseRecord]:
         return [e.record for e in self._entries.values() if e.record is not None]
 
-    def observe(self, name: str, record: LeaseRecord | None, *, problem: str = "", notify: bool = True) -> bool:
+    def observe(
+        self,
+        name: str,
+        record: LeaseRecord | None,
+        *,
+        problem: str = "",
+        notify: bool = True,
+        provisional: bool = False,
+    ) -> bool:
         """Record what was seen; returns whether it changed anything. A member
         recording the answer to its own write passes ``notify=False``: its own
-        write is no news to itself."""
+        write is no news to itself. ``provisional``: see :attr:`Entry.provisional`."""
         current = self._entries.get(name)
         if _no_news(current, record, problem):
             return False
-        self._entries[name] = Entry(record, self._clock.monotonic(), problem)
+        self._entries[name] = Entry(record, self._clock.monotonic(), problem, provisional)
         if notify:
             self.news(name).set()
         for listener in self._listeners:

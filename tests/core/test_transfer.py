@@ -4,13 +4,14 @@ a claim naming it is served on without a write of its own."""
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
 
 import pytest
 
 from egressd.core import transfer
 from egressd.core.election import Action, decide
-from egressd.core.mesh_messages import Offer
-from tests.core.test_election import IP, PAIR, SECOND, TIMING, assert_decision, lease, member, seen
+from egressd.core.mesh_messages import Offer, Wake
+from tests.core.test_election import IP, PAIR, SECOND, TIMING, WALL, assert_decision, lease, member, seen
 
 NONCE = "0123456789abcdef" * 2
 OWNER = next(n for n in PAIR if n != SECOND)
@@ -77,3 +78,37 @@ def test_a_transfer_is_not_served_on_without_the_api_right_or_during_a_hold_off(
     assert_decision(decide(claim, seen(claim, at), at, me, TIMING), Action.STANDBY, "no-node-lease-right")
     held = dataclasses.replace(member(SECOND), accepted=accepted, hold_off_until=at + 1, hold_off_reason="x")
     assert_decision(decide(claim, seen(claim, at), at, held, TIMING), Action.STANDBY, "hold-off")
+
+
+def test_the_owners_wake_stands_for_its_transfer_only_from_the_process_that_offered_at_that_epoch() -> None:
+    accepted = transfer.accepted(OFFER, 100.0)
+    known = lease(OWNER)
+    wake = Wake(OWNER, "inc-owner", 6, IP, OFFER.epoch + 1, "42", SECOND)
+    assert transfer.confirmed_by(accepted, wake, known)
+    assert not transfer.confirmed_by(None, wake, known)  # nothing accepted
+    assert not transfer.confirmed_by(accepted, dataclasses.replace(wake, incarnation="inc-other"), known)
+    assert not transfer.confirmed_by(accepted, dataclasses.replace(wake, sender=SECOND), known)
+    assert not transfer.confirmed_by(accepted, dataclasses.replace(wake, epoch=OFFER.epoch + 2), known)
+    assert not transfer.confirmed_by(accepted, wake, None)  # the view does not show the offered claim
+    assert not transfer.confirmed_by(accepted, wake, lease(SECOND))
+    assert not transfer.confirmed_by(accepted, wake, dataclasses.replace(known, transitions=OFFER.epoch + 1))
+
+
+def test_the_transfer_on_the_owners_word_is_the_claim_the_owner_writes_but_for_the_times() -> None:
+    known = lease(OWNER)
+    wake = Wake(OWNER, "inc-owner", 6, IP, OFFER.epoch + 1, "42", SECOND)
+    later = WALL + timedelta(seconds=1)
+    written = transfer.transfer_record(
+        known, successor=SECOND, address="172.18.0.6", incarnation="inc-second", lease_duration=2.5, now=WALL
+    )
+    told = transfer.transferred(
+        known, wake, me=SECOND, address="172.18.0.6", incarnation="inc-second", lease_duration=2.5, now=later
+    )
+    assert dataclasses.replace(told, acquire_time=WALL, renew_time=WALL, resource_version="") == dataclasses.replace(
+        written, resource_version=""
+    )
+    assert (told.holder, told.incarnation, told.transitions, told.resource_version) == (SECOND, "inc-second", 4, "42")
+    assert told.transition_reason == f"transferred-from-{OWNER}"
+    me = dataclasses.replace(member(SECOND), accepted=transfer.accepted(OFFER, 100.0))
+    told = dataclasses.replace(told, incarnation=me.incarnation)
+    assert_decision(decide(told, seen(told, 100.1), 100.1, me, TIMING), Action.ASSUME, "transferred")

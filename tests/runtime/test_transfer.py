@@ -13,7 +13,7 @@ from ipaddress import ip_address
 from egressd.adapters.recording import RecordingDataPlane
 from egressd.core import transfer
 from egressd.core.lease import LeaseRecord
-from egressd.core.mesh_messages import Accept, Offer, encode
+from egressd.core.mesh_messages import Accept, Offer, Wake, encode
 from egressd.core.model import EgressGroup
 from tests.fakes import FakeLeaseStore
 from tests.runtime.support import (
@@ -102,11 +102,12 @@ async def test_a_transfer_seen_after_the_renew_deadline_is_written_again_by_the_
     """Serving on the owner's write is safe only soon after the accept (no
     standby can have timed the successor out yet); later, the successor's
     own conditional write settles any race, as for any claim naming it."""
-    _net, nodes, stores, shared = await _transfer_pair()
+    net, nodes, stores, shared = await _transfer_pair()
     try:
         owner = next(n for n in nodes if n.serves(IP))
         successor = next(n for n in nodes if n is not owner)
         store = stores[nodes.index(successor)]
+        net.drop_wakes = True  # no word from the owner
         store.lag = TIMING.renew_deadline + 0.2  # the transfer reaches its view late
         store.read_delay = TIMING.renew_deadline + 0.2  # and so does the read a wake starts
         since = len(shared.writes)  # type: ignore[attr-defined]
@@ -244,6 +245,65 @@ async def test_snat_primed_for_a_transfer_that_never_comes_is_taken_back_and_dri
         await asyncio.sleep(TIMING.renew_deadline)
         assert not standby.plane.primed and IP not in await standby.plane.active()
         assert [op for op, _ in _ops(standby, "snat-prime", "snat-off", "snat-on")] == ["snat-prime", "snat-off"]
+        assert owners(nodes, IP) == [owner.name]
+    finally:
+        await stop_all(nodes)
+
+
+async def test_the_successor_serves_on_the_owners_wake_while_its_watch_and_reads_lag() -> None:
+    _net, nodes, stores, shared = await _transfer_pair()
+    try:
+        loop = asyncio.get_running_loop()
+        owner = next(n for n in nodes if n.serves(IP))
+        successor = next(n for n in nodes if n is not owner)
+        store = stores[nodes.index(successor)]
+        store.lag = store.read_delay = TIMING.renew_deadline / 2  # the API's copy comes late either way
+        since = len(shared.writes)  # type: ignore[attr-defined]
+        stopped = loop.time()
+        await owner.stop()
+        await until(lambda: successor.serves(IP), TIMING.renew_deadline)
+        assert loop.time() - stopped < 0.05
+        assert store.reads.count(NAME) == 0  # served on the owner's word, nothing read
+        assert successor.daemon.members[IP].last_decision.reason == "transferred"  # type: ignore[union-attr]
+        assert [w[1] for w in _claim_writes(shared.writes, since)] == [successor.name]  # type: ignore[attr-defined]
+        entry = successor.daemon.view.get(NAME)
+        written = shared.leases[NAME]  # type: ignore[attr-defined]
+        assert entry.provisional and entry.record is not None
+        assert (entry.record.holder, entry.record.incarnation, entry.record.transitions) == (
+            written.holder,
+            written.incarnation,
+            written.transitions,
+        )
+        assert entry.resource_version == written.resource_version
+        # the watch's copy of the same version replaces the reconstruction
+        await until(lambda: not successor.daemon.view.get(NAME).provisional, TIMING.renew_deadline)
+        assert successor.daemon.view.get(NAME).record == written
+        assert owners(nodes, IP) == [successor.name]
+        assert_no_two_owners(n.plane for n in nodes)
+    finally:
+        await stop_all(nodes)
+
+
+async def test_a_wake_that_is_not_the_accepted_transfer_makes_the_successor_read() -> None:
+    net, nodes, stores, shared = await _transfer_pair()
+    try:
+        owner = next(n for n in nodes if n.serves(IP))
+        standby = next(n for n in nodes if n is not owner)
+        member = standby.daemon.members[IP]
+        epoch = shared.leases[NAME].transitions  # type: ignore[attr-defined]
+        offer = Offer(owner.name, owner.daemon.incarnation, 10**6, str(IP), epoch, "0123456789abcdef" * 2, standby.name)
+        net.inject(encode(offer, KEY), (ADDRESSES[owner.name], PORT), ADDRESSES[standby.name])
+        await until(lambda: member._accepted is not None, 0.05)
+        store = stores[nodes.index(standby)]
+        for n, wake in enumerate(
+            (
+                Wake(owner.name, "another-process", 10**6 + 1, str(IP), epoch + 1, "999", standby.name),
+                Wake(owner.name, owner.daemon.incarnation, 10**6 + 2, str(IP), epoch + 2, "999", standby.name),
+            )
+        ):
+            net.inject(encode(wake, KEY), (ADDRESSES[owner.name], PORT), ADDRESSES[standby.name])
+            await until(lambda n=n: store.reads.count(NAME) == n + 1, 0.1)  # type: ignore[misc]
+        assert not standby.daemon.view.get(NAME).provisional
         assert owners(nodes, IP) == [owner.name]
     finally:
         await stop_all(nodes)
