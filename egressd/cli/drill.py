@@ -199,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{args.scenario}: {s['rounds']} round(s)  gap p50 {_fmt(gap['p50'])}  p99 {_fmt(gap['p99'])}  "
         f"max {_fmt(gap['max'])}  unrecovered {s['unrecovered_rounds']}  lost probes {s['lost_probes']}/"
-        f"{s['probes_sent']}  dual-owner {s['dual_owner_ms']} ms ({s['double_answers']} doubly answered ARP requests)  "
+        f"{s['probes_sent']}  dual-owner {s['dual_owner_ms']} ms (claims interleaved {s['dual_interleaved_ms']} ms, "
+        f"{s['double_answers']} doubly answered ARP requests)  "
         f"transit max {_fmt(s['transit_max_ms'])}"
     )
     if args.scenario in ("api-outage", "double-fault"):

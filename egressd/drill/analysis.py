@@ -46,11 +46,17 @@ Per round (:class:`RoundResult`):
     unless B's first claim comes less than ``window`` after A's last one, which
     a move through the API cannot do (two API writes and a netlink and nftables
     transaction lie between them). The sharpest form, one ARP request answered
-    by two nodes, is counted separately as ``double_answers``.
+    by two nodes, is counted separately as ``double_answers``. A move faster than
+    ``window`` (a transfer over the mesh: one API write) can make a clean move
+    count, so each interval's anatomy (:func:`dual_anatomy`) says whether the
+    nodes' claims *interleaved* (a node claimed again after another's first
+    claim of the interval) or followed each other, and how far apart;
+    ``dual_interleaved_ms`` counts the intervals whose claims interleaved.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -255,6 +261,23 @@ def dual_owner_intervals(claims: Iterable[Claim], window: float = DUAL_WINDOW) -
     return sorted(out, key=lambda d: (d.start, d.ip))
 
 
+def dual_anatomy(dual: DualInterval, claims: Iterable[Claim], window: float = DUAL_WINDOW) -> dict[str, Any]:
+    """Whether the claims that make ``dual`` interleaved, and if not how far
+    apart the later node's first claim came after the earlier node's last:
+    ``{"interleaved": bool, "separation_ms": float | None}``. The claims
+    looked at are those of the interval's IP and nodes in
+    ``[dual.start - window, dual.end)``."""
+    spans: dict[str, list[float]] = defaultdict(list)
+    for c in claims:
+        if c.ip == dual.ip and c.node in dual.nodes and dual.start - window <= c.t < dual.end:
+            spans[c.node].append(c.t)
+    ranges = sorted((min(ts), max(ts)) for ts in spans.values() if ts)
+    separations = [later[0] - earlier[1] for earlier, later in itertools.pairwise(ranges)]
+    if len(ranges) < 2 or any(gap <= 0 for gap in separations):
+        return {"interleaved": True, "separation_ms": None}
+    return {"interleaved": False, "separation_ms": _ms(min(separations))}
+
+
 def union_length(intervals: Iterable[DualInterval]) -> float:
     """Total time covered by ``intervals`` (overlaps between IPs counted once)."""
     return sum(end - start for start, end in _merge((d.start, d.end) for d in intervals))
@@ -312,6 +335,7 @@ def summarize(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "max": finite(max(served) if served else None),
         },
         "dual_owner_ms": round(sum(float(r.get("dual_owner_ms") or 0.0) for r in rounds), 1),
+        "dual_interleaved_ms": round(sum(float(r.get("dual_interleaved_ms") or 0.0) for r in rounds), 1),
         "double_answers": sum(int(r.get("double_answers") or 0) for r in rounds),
         "lost_probes": sum(int(r.get("lost_probes") or 0) for r in rounds),
         "probes_sent": sum(int(r.get("probes_sent") or 0) for r in rounds),
@@ -393,6 +417,11 @@ class RoundResult:
     def dual_owner_ms(self) -> float:
         return union_length(self.duals) * 1000
 
+    @property
+    def dual_interleaved_ms(self) -> float:
+        """Of :attr:`dual_owner_ms`, the intervals whose claims interleaved."""
+        return union_length(d for d in self.duals if dual_anatomy(d, self.claims)["interleaved"]) * 1000
+
     def transit(self) -> dict[str, float | None]:
         """p50/p99/max of the send-to-record time of the round's good probes, milliseconds."""
         times = transit_times(self.sent_events, self.arrivals, self.allowed)
@@ -444,7 +473,13 @@ class RoundResult:
                 for p, g in sorted(self.gaps.items())
             },
             "dual_owner": [
-                {"from_ms": self.rel(d.start), "to_ms": self.rel(d.end), "ip": d.ip, "nodes": list(d.nodes)}
+                {
+                    "from_ms": self.rel(d.start),
+                    "to_ms": self.rel(d.end),
+                    "ip": d.ip,
+                    "nodes": list(d.nodes),
+                    **dual_anatomy(d, self.claims),
+                }
                 for d in self.duals
             ],
         }
@@ -458,6 +493,7 @@ class RoundResult:
             "recovered": self.gap.end is not None,
             "served_after_recover_ms": self.served_after_recover_ms,
             "dual_owner_ms": round(self.dual_owner_ms, 1),
+            "dual_interleaved_ms": round(self.dual_interleaved_ms, 1),
             "double_answers": len(self.doubles),
             "lost_probes": self.lost,
             "probes_sent": self.sent,
@@ -469,6 +505,13 @@ class RoundResult:
             **({} if self.connections is None else {"connections": self.connections}),
         }
 
+    def _dual_note(self) -> str:
+        """For a dual-owner time whose claims never interleaved: how far apart they came."""
+        if not self.duals or self.dual_interleaved_ms > 0:
+            return ""
+        apart = min(dual_anatomy(d, self.claims)["separation_ms"] or 0.0 for d in self.duals)
+        return f" (claims not interleaved: the next node's first came {apart:.1f} ms after the last of the one before)"
+
     def progress(self, rounds: int) -> str:
         gap = "no recovery" if self.gap_ms is None else f"{self.gap_ms:7.1f} ms"
         moves = ", ".join(
@@ -476,7 +519,7 @@ class RoundResult:
         )
         return (
             f"{self.scenario} round {self.index}/{rounds}: target {self.target} ({self.ip})  gap {gap}  "
-            f"dual-owner {self.dual_owner_ms:.1f} ms  lost {self.lost}  [{moves}]"
+            f"dual-owner {self.dual_owner_ms:.1f} ms{self._dual_note()}  lost {self.lost}  [{moves}]"
             + (
                 ""
                 if (served := self.served_after_recover_ms) is None or self.scenario not in SERVED_AFTER_RECOVER

@@ -13,6 +13,7 @@ from egressd.drill.analysis import (
     Gap,
     Sent,
     double_answers,
+    dual_anatomy,
     dual_owner_intervals,
     gap_anatomy,
     outage_gap,
@@ -111,6 +112,19 @@ def test_interleaved_claims_are_a_dual_owner_interval() -> None:
     assert d.ip == "ip"
     assert d.nodes == ("a", "b")
     assert (d.start, d.end) == pytest.approx((0.012, 0.027))
+
+
+def test_a_move_faster_than_the_window_counts_but_its_claims_did_not_interleave() -> None:
+    claims = _claims("ip", "a", [0.000, 0.005, 0.0156]) + _claims("ip", "b", [0.0248, 0.030])
+    (d,) = dual_owner_intervals(claims, window=0.01)
+    assert d.length == pytest.approx(0.0008)
+    assert dual_anatomy(d, claims, window=0.01) == {"interleaved": False, "separation_ms": 9.2}
+    interleaved = claims + _claims("ip", "a", [0.026])  # a claims again after b's first claim
+    d = dual_owner_intervals(interleaved, window=0.01)[-1]
+    assert dual_anatomy(d, interleaved, window=0.01) == {"interleaved": True, "separation_ms": None}
+    overlapping = _claims("ip", "a", [0.000, 0.005, 0.010, 0.015, 0.020]) + _claims("ip", "b", [0.012, 0.017])
+    (d,) = dual_owner_intervals(overlapping, window=0.01)
+    assert dual_anatomy(d, overlapping, window=0.01)["interleaved"]
 
 
 def test_dual_owner_is_per_ip_and_the_total_counts_overlaps_once() -> None:
