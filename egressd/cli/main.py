@@ -528,6 +528,24 @@ def mesh_counters(mesh: Mesh, metrics: PrometheusMetrics) -> None:
         "peer",
         lambda: dict(mesh.per_peer.last_rtt),
     )
+    news = mesh.news
+    metrics.counter_per_label(
+        "egressd_mesh_news",
+        "News of new owners over the mesh, by result: announced (IPs this gateway told its listeners it "
+        "serves), taken (claims a steering node steered on ahead of its watch), not-steered, not-candidate, "
+        "stale-epoch (claims refused).",
+        "result",
+        lambda: (
+            {"announced": float(news.claims_announced), "taken": float(news.taken)}
+            | {reason: float(n) for reason, n in news.dropped.items()}
+        ),
+    )
+    metrics.gauge_per_labels(
+        "egressd_mesh_listeners",
+        "Steering nodes this gateway tells when it starts serving an IP (those heard from recently).",
+        (),
+        lambda: {(): float(len(news.listeners))},
+    )
     metrics.counter_per_label(
         "egressd_mesh_datagrams_rejected",
         "Mesh datagrams dropped, by reason: size, unsigned, bad-signature, malformed, overflow (the "

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from egressd.adapters.mqtt import MqttEvents
 from egressd.adapters.observability import ObservabilityServer, PrometheusMetrics, status_for
 from egressd.cli.main import conntrack_counters, daemon_gauges, mesh_counters, mqtt_counters, right_gauges
-from egressd.core.mesh_messages import Heartbeat, encode
+from egressd.core.mesh_messages import Heartbeat, Listen, Serving, encode
 from egressd.core.mqtt_settings import MqttSettings
 from egressd.core.states import State
 from tests.fakes import FakeLeaseStore, FakeMeshNetwork
@@ -354,6 +354,13 @@ async def test_the_mesh_and_the_serving_right_show_in_the_metrics() -> None:
         await asyncio.sleep(0.01)
         assert value(registries[1], "egressd_mesh_datagrams_rejected_total", reason="unsigned") == 1
         assert value(registries[1], "egressd_mesh_datagrams_rejected_total", reason="unknown-peer") == 1
+        assert value(registries[1], "egressd_mesh_listeners") == 0
+        net.inject(encode(Listen("wk-9", "inc", 1), MESH_KEY), ("10.0.0.66", 7946), "10.0.0.2")
+        news = Serving("gw-a", "inc", 10**6, ((str(MESH_IPS[0]), 1),))
+        net.inject(encode(news, MESH_KEY), ("10.0.0.1", 7946), "10.0.0.2")
+        await asyncio.sleep(0.01)
+        assert value(registries[1], "egressd_mesh_listeners") == 1
+        assert value(registries[1], "egressd_mesh_news_total", result="not-steered") == 1  # gw-b steers nothing
         store.pause()
         await asyncio.sleep(TIMING.lease_duration + 1.0)
         seconds = []
