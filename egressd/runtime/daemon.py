@@ -228,6 +228,7 @@ class Daemon:
             api_ok=lambda: bool(self.liveness.right()),
             metrics=self.metrics,
             listen_peers=lambda: self.steerer.listens_to() if self.steerer is not None else frozenset(),
+            incarnation_of=self._peer_incarnation,
         )
 
     def _build_replication(self, conntrack: Conntrack | None, guard: ConnectionGuard | None) -> Replication | None:
@@ -346,6 +347,10 @@ class Daemon:
         (``rights.required_peers``)."""
         served = (g.candidates for g in self.held_groups())
         return rights.required_peers(self.settings.node.name, served, self.peer_set(), self.liveness.published_peers)
+
+    def _peer_incarnation(self, peer: str) -> str | None:
+        entry = self.view.node(peer)
+        return entry.record.incarnation if entry is not None and entry.record is not None else None
 
     def _peer_address(self, peer: str) -> str | None:
         entry = self.view.node(peer)

@@ -150,6 +150,8 @@ class News:
     """(IP, epoch) started serving since the last news went out."""
     peers: Callable[[], frozenset[str]] = frozenset
     """The candidates of the groups this node steers (it listens to them)."""
+    incarnation_of: Callable[[str], str | None] = lambda _peer: None
+    """A candidate's process as its node lease names it (None: no node lease seen)."""
     on_serving: Callable[[str, int, str, str], news.NewsVerdict] = lambda ip, _epoch, _sender, _address: (
         news.NewsVerdict(False, "not-steered", ip)
     )
@@ -187,6 +189,7 @@ class Mesh:
         nonce: Callable[[], str] = new_nonce,
         metrics: Metrics | None = None,
         listen_peers: Callable[[], frozenset[str]] = frozenset,
+        incarnation_of: Callable[[str], str | None] = lambda _peer: None,
     ) -> None:
         self.node = node
         self.incarnation = incarnation
@@ -234,7 +237,7 @@ class Mesh:
         """Judges an offer from a candidate peer and, if accepted, has the IP's
         member record it (the daemon's)."""
         self.transfers = Transfers()
-        self.news = News(peers=listen_peers)
+        self.news = News(peers=listen_peers, incarnation_of=incarnation_of)
         self.open = False
         """Whether the transport is bound (wakes are sent only then)."""
         self.on_peer_promise: Callable[[str, str], None] = lambda _peer, _incarnation: None
@@ -294,11 +297,12 @@ class Mesh:
 
     # --- listens and news of new owners -----------------------------------------
 
-    def listen(self) -> list[str]:
-        """Ask the candidates we steer to for news of new owners; the peers
-        the listen went to (one without a known address is skipped)."""
+    def listen(self, peers: frozenset[str] | None = None) -> list[str]:
+        """Ask the candidates we steer to (or ``peers`` of them) for news of
+        new owners; the peers the listen went to (one without a known address
+        is skipped)."""
         sent = []
-        for peer in sorted(self.news.peers() - {self.node}):
+        for peer in sorted((self.news.peers() if peers is None else peers) - {self.node}):
             address = self._address_of(peer)
             if address is None:
                 continue
@@ -309,13 +313,26 @@ class Mesh:
         return sent
 
     async def listen_forever(self) -> None:
-        """Listen every ``leaseDuration``; every ``retryPeriod`` while a
-        candidate's address is not known yet (a node just started)."""
+        """Listen to every candidate every ``leaseDuration``, and at once to a
+        candidate whose process changed (its node lease names a new
+        incarnation: a restarted gateway knows no listener), looked at every
+        ``retryPeriod``; a candidate whose address is not known yet is tried
+        again then as well."""
         every = news.LISTEN_EVERY_LEASES * self._timing.lease_duration
+        heard: dict[str, str | None] = {}
+        """Candidate -> its incarnation when we last listened to it."""
+        due = self._clock.monotonic()
         while True:
-            sent = self.listen()
-            missing = len(self.news.peers() - {self.node}) > len(sent)
-            await self._clock.sleep(self._timing.retry_period if missing else every)
+            now = self._clock.monotonic()
+            peers = self.news.peers() - {self.node}
+            if now >= due:
+                targets, due = peers, now + every
+            else:
+                targets = frozenset(p for p in peers if heard.get(p, "") != self.news.incarnation_of(p))
+            if targets:
+                for peer in self.listen(targets):
+                    heard[peer] = self.news.incarnation_of(peer)
+            await self._clock.sleep(self._timing.retry_period)
 
     def _listened(self, listen: Listen, sender: tuple[str, int]) -> None:
         if listen.sender == self.node:

@@ -179,3 +179,27 @@ async def test_a_steering_node_started_first_listens_as_soon_as_the_gateways_are
         assert loop.time() - started < TIMING.lease_duration  # not a whole listen period later
     finally:
         await stop_all([*gateways, worker])
+
+
+async def test_a_restarted_gateway_is_listened_to_as_soon_as_its_node_lease_names_the_new_process() -> None:
+    net = FakeMeshNetwork()
+    gateways, worker, _worker_store, shared = await _cluster(net)
+    loop = asyncio.get_running_loop()
+    restarted: MeshNode | None = None
+    try:
+        mesh = worker.daemon.mesh
+        assert mesh is not None
+        before = mesh.news.listens_sent
+        await until(lambda: mesh.news.listens_sent >= before + 2, 2 * TIMING.lease_duration)  # a full round just went
+        await gateways[0].crash()
+        restarted = MeshNode(gateways[0].name, LaggingStore(shared), net, GROUP)
+        started = loop.time()
+        restarted.start()
+        await until(
+            lambda: "wk-1" in restarted.daemon.mesh.news.listeners,  # type: ignore[union-attr]
+            TIMING.lease_duration,
+        )
+        # well before the next full round of listens (a leaseDuration after the last)
+        assert loop.time() - started < TIMING.lease_duration / 2
+    finally:
+        await stop_all([*gateways, worker, *([restarted] if restarted else [])])
