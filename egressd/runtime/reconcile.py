@@ -96,6 +96,12 @@ async def repair_drift(
         await dp.snat.stage(groups)
     repaired: list[str] = []
     for ip, member in members.items():
+        # what member.reconcile would find to mend, looked at without its lock:
+        # at rest nothing, and a thousand members need not queue for their locks
+        # every pass to say so (a change under way is looked at on the next pass)
+        shown = ip in present, ip in active
+        if (shown == (True, True) and member.serving) or (shown == (False, False) and not member.serving):
+            continue
         repaired += [f"{ip}:{what}" for what in await member.reconcile(present, active)]
     for ip in present - set(members):
         log.warning("drift: removing egress IP %s that this node has no member for", ip)
