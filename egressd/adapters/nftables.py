@@ -47,6 +47,7 @@ import os
 import socket
 import struct
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -81,6 +82,9 @@ _ELEMENTS_PER_MESSAGE = 1000
 """A message's element list is one attribute, whose length is 16 bits: 1,000
 IPv6 elements with timeout and expiry take about 56 KB."""
 _ACK_TIMEOUT = 2.0
+_GENERATION_SEQ = 1 << 30
+"""Sequence numbers of generation reads start here, far above any batch's
+(a batch numbers its messages from 1)."""
 
 
 def _nla(kind: int, payload: bytes) -> bytes:
@@ -260,7 +264,13 @@ class _LibNftables:
         self._ctx: Any = self._pool.submit(self._new).result()
         self.clean: int | None = None
         """Only read and written in the thread (see the class docstring)."""
-        self._seq = 0
+        self._seq = _GENERATION_SEQ
+        self._sock: socket.socket | None = None
+        """The thread's nfnetlink socket for batches of our own and generation
+        reads, kept open: closing a socket after a transaction that removed
+        rules waits for the kernel's deferred cleanup of that transaction (an
+        RCU grace period, about 12 ms here), which per activation cost more
+        than the activation."""
 
     def _new(self) -> Any:
         if self._netns is not None:
@@ -275,30 +285,45 @@ class _LibNftables:
         return ctx
 
     def _run_blocking(self, script: str) -> tuple[int, str]:
-        with self._socket() as sock:
-            before = self._generation_on(sock)
-            rc = int(self._lib.nft_run_cmd_from_buffer(self._ctx, script.encode()))
-            self._carry(before, self._generation_on(sock), committed=rc == 0)
+        before = self._generation_blocking()
+        rc = int(self._lib.nft_run_cmd_from_buffer(self._ctx, script.encode()))
+        self._carry(before, self._generation_blocking(), committed=rc == 0)
         err = self._lib.nft_ctx_get_error_buffer(self._ctx) or b""
         return rc, err.decode(errors="replace")
 
     def _socket(self) -> socket.socket:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
-        sock.bind((0, 0))
-        sock.settimeout(_ACK_TIMEOUT)
-        return sock
+        if self._sock is None:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
+            try:
+                sock.bind((0, 0))
+                sock.settimeout(_ACK_TIMEOUT)
+            except OSError:
+                sock.close()
+                raise
+            self._sock = sock
+            weakref.finalize(self, sock.close)  # closed with the context's owner, not left to the collector
+        return self._sock
 
-    def _generation_on(self, sock: socket.socket) -> int | None:
-        """The ruleset's generation now; None if it cannot be read."""
-        self._seq = self._seq % 0x7FFFFFFF + 1
+    def _drop(self) -> None:
+        """Close the socket after a failure: no late answer reaches the next user."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _generation_blocking(self) -> int | None:
+        """The ruleset's generation now; None if it cannot be read. Reading up
+        to its answer also skips whatever a batch left unread before it."""
+        self._seq = self._seq + 1 if self._seq < 0x7FFFFFFF else _GENERATION_SEQ
         seq = self._seq
         try:
+            sock = self._socket()
             sock.send(encode_get_generation(seq))
             while True:
                 answered, generation = read_generation(sock.recv(65536), seq)
                 if answered:
                     return generation
         except OSError:
+            self._drop()
             return None
 
     def _carry(self, before: int | None, after: int | None, *, committed: bool) -> None:
@@ -309,10 +334,6 @@ class _LibNftables:
     async def generation(self) -> int | None:
         """The ruleset's generation now, read in order with the transactions."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._generation_blocking)
-
-    def _generation_blocking(self) -> int | None:
-        with self._socket() as sock:
-            return self._generation_on(sock)
 
     async def mark_clean(self, generation: int) -> None:
         """A listing read at ``generation`` showed what the adapter wrote: make
@@ -339,20 +360,22 @@ class _LibNftables:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._send_batch_blocking, batch, acks)
 
     def _send_batch_blocking(self, batch: bytes, acks: int) -> list[int]:
-        # a socket per batch (tens of microseconds): none is left open when the
-        # adapter goes, and no late answer of a timed-out batch reaches the next
-        with self._socket() as sock:
-            before = self._generation_on(sock)
-            errors: list[int] = []
-            try:
-                sock.send(batch)
-                while len(errors) < acks:
-                    errors += read_errors(sock.recv(65536))
-            except OSError:
-                self.clean = None  # committed or not: unknown
-                raise
-            self._carry(before, self._generation_on(sock), committed=not any(errors))
-            return errors
+        # the batch's sequence numbers are its own (small, from 1): a read of the
+        # generation before it has read whatever an earlier batch left, and a
+        # socket that failed is closed, so no late answer is taken for this one's
+        before = self._generation_blocking()
+        errors: list[int] = []
+        try:
+            sock = self._socket()
+            sock.send(batch)
+            while len(errors) < acks:
+                errors += read_errors(sock.recv(65536))
+        except OSError:
+            self._drop()
+            self.clean = None  # committed or not: unknown
+            raise
+        self._carry(before, self._generation_blocking(), committed=not any(errors))
+        return errors
 
 
 def _open_libnftables(netns: str | None) -> _LibNftables | None:
