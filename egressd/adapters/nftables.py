@@ -28,7 +28,15 @@ that it stays ordered with the other transactions: ``nft`` reads the ruleset
 before every transaction, and for element commands that means the elements
 of every interval set, one request per set, which with a source set per
 egress IP costs more than the refresh itself (docs/kernel-fences.md, "What a
-re-arm costs").
+re-arm costs"). The batch is kept while the IPs stay the same. ``activate``
+and ``deactivate`` write their fence elements the same way
+(:func:`encode_fence_remove`), so that their ``nft`` transaction holds rule
+commands only: the element is armed after the rule (in between, the fence
+drops what the rule NATs) and disarmed before the rule goes.
+
+Drift checks: :meth:`NftablesSnat.active` lists the table only when the
+ruleset's generation moved by a transaction that was not the adapter's since
+a listing showed what the adapter wrote (:class:`_LibNftables`).
 
 ``mark``: egressd's bits of the conntrack mark, set by every SNAT rule (the
 conntrack stream follows those flows). ``guard``: the connection guard's
@@ -662,7 +670,7 @@ class NftablesSnat:
         key = (tuple(ips), ms, self._fence_update)
         memo = self._fence_batch
         if memo is None or memo[:3] != key:
-            # seq 1: the batch goes out on a socket of its own
+            # seq 1: batches number their messages from 1 (see _send_batch_blocking)
             batch, acks = encode_fence_refresh(ips, ms, update=self._fence_update, seq=1, keys=self._fence_keys)
             memo = self._fence_batch = (*key, batch, acks)
         await self._send_fence(memo[3], memo[4], "fence refresh")
