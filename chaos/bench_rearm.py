@@ -18,7 +18,10 @@ work inside the process's syscalls), and the share of one core that re-arming fo
 second would take. ``--family 6`` uses IPv6 addresses; ``--refresh-only`` skips the slow
 per-IP way. ``--fence`` measures the other kernel fence instead: ``NftablesSnat.refresh_fence``
 of the N IPs, staged as one group (its SNAT table has a source set per IP, as a gateway's has)
-with the default ``fenceTtl``.
+with the default ``fenceTtl``. ``--activate`` measures taking IPs over and giving them up instead:
+``NftablesSnat.activate`` of each of the N IPs of that group one after the other (the SNAT rule
+and its fence element, as a takeover writes them), then ``--rounds`` deactivations each followed by
+the activation of the same IP, as a gateway that lost and took back one IP of N.
 """
 
 from __future__ import annotations
@@ -116,6 +119,44 @@ async def run_fence(ns: str, ips: list[IPAddress], rounds: int) -> None:
     )
 
 
+async def run_activate(ns: str, ips: list[IPAddress], rounds: int) -> None:
+    ttl = Timing().fence_ttl
+    group = EgressGroup(
+        name="bench",
+        egress_ips=tuple(ips),
+        interface=IFNAME,
+        candidates=("a", "b"),
+        source_cidrs=(ipaddress.ip_network("10.244.0.0/16"),),
+        destination_cidrs=(ipaddress.ip_network("192.0.2.0/24"),),
+    )
+    snat = NftablesSnat(netns=ns, fence_ttl=ttl)
+    await snat.stage([group])
+    await snat.refresh_fence(ips[:1], ttl)  # the kernel's element update probed, as a running gateway has
+    (u0, s0), t0 = cpu(), time.perf_counter()
+    for ip in ips:
+        await snat.activate(ip, "bench")
+    (u1, s1), t1 = cpu(), time.perf_counter()
+    print(
+        f"activate all: {len(ips)} IPv{ips[0].version}  wall {t1 - t0:.2f} s  CPU {u1 + s1 - u0 - s0:.2f} s "
+        f"(user {u1 - u0:.2f} + system {s1 - s0:.2f}; the nft thread's included)",
+        flush=True,
+    )
+    at = iter(ips[:: max(1, len(ips) // rounds)] * rounds)
+
+    async def again() -> None:
+        ip = next(at)
+        await snat.deactivate(ip)
+        await snat.activate(ip, "bench")
+
+    wall, used, user, system = await measure(rounds, again)
+    print(
+        f"deactivate + activate of one IP of {len(ips)}: wall {wall * 1000:.1f} ms  CPU {used * 1000:.1f} ms "
+        f"(mean user {user * 1000:.1f} + system {system * 1000:.1f})",
+        flush=True,
+    )
+    await snat.clear()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--ips", type=int, default=1000, help="owned IPs (default 1000)")
@@ -123,6 +164,7 @@ def main() -> None:
     parser.add_argument("--family", type=int, choices=(4, 6), default=4, help="IPv4 or IPv6 addresses (default 4)")
     parser.add_argument("--refresh-only", action="store_true", help="measure the batched refresh only")
     parser.add_argument("--fence", action="store_true", help="measure the nftables fence refresh instead")
+    parser.add_argument("--activate", action="store_true", help="measure activations and deactivations instead")
     args = parser.parse_args()
     if not 1 <= args.ips <= 60_000 or not 1 <= args.rounds <= 1000:
         parser.error("--ips 1..60000, --rounds 1..1000")
@@ -131,7 +173,9 @@ def main() -> None:
     with Namespaces(prefix=f"egb-{secrets.token_hex(3)}-") as spaces:
         ns = spaces.add("rearm")
         spaces.wire(ns, IFNAME, ns, "r1")
-        if args.fence:
+        if args.activate:
+            asyncio.run(run_activate(ns, ips, args.rounds))
+        elif args.fence:
             asyncio.run(run_fence(ns, ips, args.rounds))
         else:
             asyncio.run(run(ns, ips, args.rounds, per_ip=not args.refresh_only))

@@ -242,6 +242,12 @@ def _marked_address(data: bytes, start: int, end: int, proto: int) -> tuple[IPAd
 
 _Key = tuple[IPAddress, str, int, int]
 """Address, interface, interface index, lifetime: what a refresh message encodes."""
+_Batch = tuple[list[bytes], dict[int, IPAddress]]
+"""Messages written together, and the address of each sequence number among them."""
+_Batches = tuple[tuple[tuple[IPAddress, str], ...], int, dict[str, int | str], list[_Batch], list[str]]
+"""A refresh: its addresses, lifetime and interface indexes (or why there
+is none); its batches, each with the sequence numbers of its messages; the
+addresses left out, with why."""
 
 
 class KernelAddresses:
@@ -260,6 +266,10 @@ class KernelAddresses:
         """The ``RTM_NEWADDR`` of each address of the last refresh, with its
         sequence number: encoded once while the address stays (see the module
         docstring)."""
+        self._last: _Batches | None = None
+        """The last refresh's addresses, lifetime and interface indexes, and
+        the batches it wrote: at rest a gateway refreshes the same addresses
+        after every renew, and then sends them again as they are."""
 
     # -- the port ---------------------------------------------------------
 
@@ -361,16 +371,33 @@ class KernelAddresses:
             # sequence numbers start again: none kept may equal a new one
             self._seq = 0
             self._messages.clear()
-        indexes: dict[str, int | str] = {}
-        """Interface -> its index, or why it has none."""
+            self._last = None
+        # interface -> its index, or why it has none; looked up at every refresh
+        # (a link recreated under the same name has a new index)
+        indexes = {interface: self._link_index(interface) for interface in dict.fromkeys(i for _, i in addresses)}
+        listed = tuple(addresses)
+        last = self._last
+        if last is None or last[1] != lifetime or last[2] != indexes or last[0] != listed:
+            last = self._last = (listed, lifetime, indexes, *self._encode(addresses, lifetime, indexes))
+        failed = list(last[4])
+        for batch, pending in last[3]:
+            failed += self._send_batch(batch, pending)
+        if failed:
+            shown = "; ".join(failed[:5]) + (f"; and {len(failed) - 5} more" if len(failed) > 5 else "")
+            raise DataPlaneError(f"refresh of {len(failed)} of {len(addresses)} address(es) failed: {shown}")
+
+    def _encode(
+        self, addresses: list[tuple[IPAddress, str]], lifetime: int, indexes: dict[str, int | str]
+    ) -> tuple[list[_Batch], list[str]]:
+        """The batches of a refresh, from the messages kept where the address,
+        interface index and lifetime stayed; and the addresses left out."""
         failed: list[str] = []
         kept: dict[_Key, tuple[int, bytes]] = {}
+        batches: list[_Batch] = []
         batch: list[bytes] = []
         pending: dict[int, IPAddress] = {}
         for ip, interface in addresses:
-            index = indexes.get(interface)
-            if index is None:
-                index = indexes[interface] = self._link_index(interface)
+            index = indexes[interface]
             if isinstance(index, str):
                 failed.append(f"{ip}: {index}")
                 continue
@@ -385,14 +412,12 @@ class KernelAddresses:
             pending[message[0]] = ip
             batch.append(message[1])
             if len(batch) == BATCH:
-                failed += self._send_batch(batch, pending)
+                batches.append((batch, pending))
                 batch, pending = [], {}
         if batch:
-            failed += self._send_batch(batch, pending)
+            batches.append((batch, pending))
         self._messages = kept  # those of the addresses refreshed now, no others
-        if failed:
-            shown = "; ".join(failed[:5]) + (f"; and {len(failed) - 5} more" if len(failed) > 5 else "")
-            raise DataPlaneError(f"refresh of {len(failed)} of {len(addresses)} address(es) failed: {shown}")
+        return batches, failed
 
     def _link_index(self, interface: str) -> int | str:
         """The index of ``interface`` (one ``RTM_GETLINK`` on the raw socket), or why there is none."""
@@ -419,8 +444,9 @@ class KernelAddresses:
     def _send_batch(self, messages: list[bytes], pending: dict[int, IPAddress]) -> list[str]:
         """Write one batch, closed by a barrier, and read the kernel's answers
         up to the barrier's acknowledgement; what failed. ``pending``: the
-        batch's sequence numbers."""
+        batch's sequence numbers (kept as it is: a refresh may send the batch again)."""
         barrier = self._next_seq()
+        pending = dict(pending)
         failed: list[str] = []
         try:
             sock = self._raw_sock()

@@ -28,7 +28,15 @@ that it stays ordered with the other transactions: ``nft`` reads the ruleset
 before every transaction, and for element commands that means the elements
 of every interval set, one request per set, which with a source set per
 egress IP costs more than the refresh itself (docs/kernel-fences.md, "What a
-re-arm costs").
+re-arm costs"). The batch is kept while the IPs stay the same. ``activate``
+and ``deactivate`` write their fence elements the same way
+(:func:`encode_fence_remove`), so that their ``nft`` transaction holds rule
+commands only: the element is armed after the rule (in between, the fence
+drops what the rule NATs) and disarmed before the rule goes.
+
+Drift checks: :meth:`NftablesSnat.active` lists the table only when the
+ruleset's generation moved by a transaction that was not the adapter's since
+a listing showed what the adapter wrote (:class:`_LibNftables`).
 
 ``mark``: egressd's bits of the conntrack mark, set by every SNAT rule (the
 conntrack stream follows those flows). ``guard``: the connection guard's
@@ -47,6 +55,7 @@ import os
 import socket
 import struct
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -65,6 +74,8 @@ _NETLINK_NETFILTER = 12
 _NFNL_SUBSYS_NFTABLES = 10
 _NFNL_MSG_BATCH_BEGIN, _NFNL_MSG_BATCH_END = 0x10, 0x11
 _NFT_MSG_NEWSETELEM, _NFT_MSG_DELSETELEM = 12, 14
+_NFT_MSG_NEWGEN, _NFT_MSG_GETGEN = 15, 16
+_NFTA_GEN_ID = 1
 _NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_CREATE = 0x01, 0x04, 0x400
 _NLMSG_ERROR = 2
 _NLA_F_NESTED = 0x8000
@@ -79,6 +90,9 @@ _ELEMENTS_PER_MESSAGE = 1000
 """A message's element list is one attribute, whose length is 16 bits: 1,000
 IPv6 elements with timeout and expiry take about 56 KB."""
 _ACK_TIMEOUT = 2.0
+_GENERATION_SEQ = 1 << 30
+"""Sequence numbers of generation reads start here, far above any batch's
+(a batch numbers its messages from 1)."""
 
 
 def _nla(kind: int, payload: bytes) -> bytes:
@@ -91,20 +105,54 @@ def _message(kind: int, flags: int, seq: int, *, family: int, payload: bytes, re
     return _HEADER.pack(_HEADER.size + len(body), kind, flags, seq, 0) + body
 
 
-def encode_fence_refresh(ips: Sequence[IPAddress], ttl_ms: int, *, update: bool, seq: int) -> tuple[bytes, int]:
+def fence_key(ip: IPAddress) -> bytes:
+    """The ``NFTA_SET_ELEM_KEY`` attribute of ``ip``'s fence elements."""
+    return _nla(_NFTA_SET_ELEM_KEY | _NLA_F_NESTED, _nla(_NFTA_DATA_VALUE, ip.packed))
+
+
+def encode_fence_refresh(
+    ips: Sequence[IPAddress], ttl_ms: int, *, update: bool, seq: int, keys: dict[IPAddress, bytes] | None = None
+) -> tuple[bytes, int]:
     """The nfnetlink batch that does what ``nft.render_fence_refresh(ips,
     ttl_ms, update=update)`` does, as one transaction, with sequence numbers
     from ``seq``; and how many of its messages ask for an acknowledgement.
     Elements carry ``timeout`` (and with ``update`` ``expiration``) in
-    milliseconds, big-endian, as nft sends them."""
-    per_set: dict[tuple[str, str, str], list[bytes]] = {}
-    for ip in sorted(set(ips), key=lambda ip: (ip.version, int(ip))):
-        key = _nla(_NFTA_SET_ELEM_KEY | _NLA_F_NESTED, _nla(_NFTA_DATA_VALUE, ip.packed))
-        for fence_set in nft.fence_sets(ip):
-            per_set.setdefault(fence_set, []).append(key)
+    milliseconds, big-endian, as nft sends them. ``keys``: the encoded key
+    of each IP (:func:`fence_key`), filled as IPs come (a gateway re-arms the
+    same IPs four times a second)."""
     timeout = _nla(_NFTA_SET_ELEM_TIMEOUT, struct.pack(">Q", ttl_ms))
     if update:
         timeout += _nla(_NFTA_SET_ELEM_EXPIRATION, struct.pack(">Q", ttl_ms))
+    steps = [(_NFT_MSG_NEWSETELEM, True)] if update else [(_NFT_MSG_NEWSETELEM, True), (_NFT_MSG_DELSETELEM, False)]
+    if not update:
+        steps.append((_NFT_MSG_NEWSETELEM, True))
+    return _encode_fence_steps(ips, timeout, steps, seq, {} if keys is None else keys)
+
+
+def encode_fence_remove(ips: Sequence[IPAddress], *, seq: int) -> tuple[bytes, int]:
+    """The nfnetlink batch that does what ``nft.render_fence_remove(ips)``
+    does (an ``add`` with a one-second timeout, so that the ``delete`` finds
+    the element, then the ``delete``), as one transaction."""
+    timeout = _nla(_NFTA_SET_ELEM_TIMEOUT, struct.pack(">Q", 1000))
+    return _encode_fence_steps(ips, timeout, [(_NFT_MSG_NEWSETELEM, True), (_NFT_MSG_DELSETELEM, False)], seq, {})
+
+
+def _encode_fence_steps(
+    ips: Sequence[IPAddress],
+    timeout: bytes,
+    steps: Sequence[tuple[int, bool]],
+    seq: int,
+    keys: dict[IPAddress, bytes],
+) -> tuple[bytes, int]:
+    """One batch: per fence set, each step (a message type, and whether its
+    elements carry ``timeout``) naming all the IPs of the set."""
+    per_set: dict[tuple[str, str, str], list[bytes]] = {}
+    for ip in sorted(set(ips), key=lambda ip: (ip.version, int(ip))):
+        key = keys.get(ip)
+        if key is None:
+            key = keys[ip] = fence_key(ip)
+        for fence_set in nft.fence_sets(ip):
+            per_set.setdefault(fence_set, []).append(key)
     messages: list[bytes] = []
 
     def elements(kind: int, flags: int, where: tuple[str, str, str], items: list[bytes]) -> None:
@@ -120,14 +168,15 @@ def encode_fence_refresh(ips: Sequence[IPAddress], ttl_ms: int, *, update: bool,
                 _message(kind_full, flags, seq + 1 + len(messages), family=_NFPROTO[family], payload=payload)
             )
 
-    add = _NLM_F_REQUEST | _NLM_F_CREATE | _NLM_F_ACK
-    for where, keys in per_set.items():
-        armed = [_nla(_NFTA_LIST_ELEM | _NLA_F_NESTED, k + timeout) for k in keys]
-        elements(_NFT_MSG_NEWSETELEM, add, where, armed)
-        if not update:
-            bare = [_nla(_NFTA_LIST_ELEM | _NLA_F_NESTED, k) for k in keys]
-            elements(_NFT_MSG_DELSETELEM, _NLM_F_REQUEST | _NLM_F_ACK, where, bare)
-            elements(_NFT_MSG_NEWSETELEM, add, where, armed)
+    flags = {
+        _NFT_MSG_NEWSETELEM: _NLM_F_REQUEST | _NLM_F_CREATE | _NLM_F_ACK,
+        _NFT_MSG_DELSETELEM: _NLM_F_REQUEST | _NLM_F_ACK,
+    }
+    for where, set_keys in per_set.items():
+        armed = [_nla(_NFTA_LIST_ELEM | _NLA_F_NESTED, k + timeout) for k in set_keys]
+        bare = [_nla(_NFTA_LIST_ELEM | _NLA_F_NESTED, k) for k in set_keys] if not all(t for _, t in steps) else []
+        for kind, timed in steps:
+            elements(kind, flags[kind], where, armed if timed else bare)
 
     def control(kind: int, at: int) -> bytes:
         return _message(kind, _NLM_F_REQUEST, at, family=socket.AF_UNSPEC, payload=b"", res_id=_NFNL_SUBSYS_NFTABLES)
@@ -151,6 +200,40 @@ def read_errors(data: bytes) -> list[int]:
     return out
 
 
+def encode_get_generation(seq: int) -> bytes:
+    """``NFT_MSG_GETGEN``: ask for the ruleset's generation, which the
+    kernel advances by one with every committed nftables transaction of the
+    namespace (any table, anyone's)."""
+    kind = (_NFNL_SUBSYS_NFTABLES << 8) | _NFT_MSG_GETGEN
+    return _message(kind, _NLM_F_REQUEST, seq, family=socket.AF_UNSPEC, payload=b"")
+
+
+def read_generation(data: bytes, seq: int) -> tuple[bool, int | None]:
+    """The answer to :func:`encode_get_generation` with sequence number
+    ``seq`` in a read from the socket: (whether it is there, the generation;
+    None when the kernel answered with an error or without the attribute).
+    Messages of other sequence numbers are skipped."""
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        length, kind, _flags, found_seq, _port = _HEADER.unpack_from(data, offset)
+        if length < _HEADER.size or offset + length > len(data):
+            break  # malformed or cut: never loop on it, never read past it
+        if found_seq == seq and kind == _NLMSG_ERROR:
+            return True, None
+        if found_seq == seq and kind == (_NFNL_SUBSYS_NFTABLES << 8) | _NFT_MSG_NEWGEN:
+            at, end = offset + _HEADER.size + 4, offset + length  # after nfgenmsg
+            while at + 4 <= end:
+                size, attr = struct.unpack_from("=HH", data, at)
+                if size < 4 or at + size > end:
+                    break
+                if attr & 0x3FFF == _NFTA_GEN_ID and size == 8:
+                    return True, int.from_bytes(data[at + 4 : at + 8], "big")
+                at += (size + 3) & ~3
+            return True, None
+        offset += (length + 3) & ~3
+    return False, None
+
+
 class _LibNftables:
     """One libnftables context, used from one thread, for the transactions.
 
@@ -159,7 +242,18 @@ class _LibNftables:
     transaction's cleanup), on the takeover and withdrawal paths alike. A
     context that keeps its socket open never pays that: a transaction takes
     about 0.3 ms (chaos/bench_takeover.py). The thread enters ``netns`` once,
-    so the context's socket lives there."""
+    so the context's socket lives there.
+
+    **Generations.** Every transaction here (libnftables' or a batch of our
+    own) is bracketed by two reads of the ruleset's generation
+    (:func:`encode_get_generation`). :attr:`clean` is a generation at which
+    the kernel's nftables held exactly what the adapter wrote: the adapter
+    sets it after a listing that showed so (:meth:`mark_clean`), and a
+    transaction here carries it forward when the generation moved by its own
+    commit only (one when it committed, none when it failed); any other
+    move (someone else's transaction) clears it. While the generation read
+    now equals :attr:`clean`, nothing changed behind the adapter's back, and
+    its drift check needs no listing."""
 
     def __init__(self, netns: str | None) -> None:
         lib = ctypes.CDLL("libnftables.so.1", use_errno=True)
@@ -176,6 +270,15 @@ class _LibNftables:
         self._netns = netns
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="egressd-nft")
         self._ctx: Any = self._pool.submit(self._new).result()
+        self.clean: int | None = None
+        """Only read and written in the thread (see the class docstring)."""
+        self._seq = _GENERATION_SEQ
+        self._sock: socket.socket | None = None
+        """The thread's nfnetlink socket for batches of our own and generation
+        reads, kept open: closing a socket after a transaction that removed
+        rules waits for the kernel's deferred cleanup of that transaction (an
+        RCU grace period, about 12 ms here), which per activation cost more
+        than the activation."""
 
     def _new(self) -> Any:
         if self._netns is not None:
@@ -190,9 +293,71 @@ class _LibNftables:
         return ctx
 
     def _run_blocking(self, script: str) -> tuple[int, str]:
+        before = self._generation_blocking()
         rc = int(self._lib.nft_run_cmd_from_buffer(self._ctx, script.encode()))
+        self._carry(before, self._generation_blocking(), committed=rc == 0)
         err = self._lib.nft_ctx_get_error_buffer(self._ctx) or b""
         return rc, err.decode(errors="replace")
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
+            try:
+                sock.bind((0, 0))
+                sock.settimeout(_ACK_TIMEOUT)
+            except OSError:
+                sock.close()
+                raise
+            self._sock = sock
+            weakref.finalize(self, sock.close)  # closed with the context's owner, not left to the collector
+        return self._sock
+
+    def _drop(self) -> None:
+        """Close the socket after a failure: no late answer reaches the next user."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _generation_blocking(self) -> int | None:
+        """The ruleset's generation now; None if it cannot be read. Reading up
+        to its answer also skips whatever a batch left unread before it."""
+        self._seq = self._seq + 1 if self._seq < 0x7FFFFFFF else _GENERATION_SEQ
+        seq = self._seq
+        try:
+            sock = self._socket()
+            sock.send(encode_get_generation(seq))
+            while True:
+                answered, generation = read_generation(sock.recv(65536), seq)
+                if answered:
+                    return generation
+        except OSError:
+            self._drop()
+            return None
+
+    def _carry(self, before: int | None, after: int | None, *, committed: bool) -> None:
+        expected = None if before is None else (before + committed) & 0xFFFFFFFF
+        keep = self.clean is not None and before == self.clean and after is not None and after == expected
+        self.clean = after if keep else None
+
+    async def generation(self) -> int | None:
+        """The ruleset's generation now, read in order with the transactions."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._generation_blocking)
+
+    async def mark_clean(self, generation: int) -> None:
+        """A listing read at ``generation`` showed what the adapter wrote: make
+        it :attr:`clean`, unless the generation moved since."""
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._mark_clean_blocking, generation)
+
+    def _mark_clean_blocking(self, generation: int) -> None:
+        if self._generation_blocking() == generation:
+            self.clean = generation
+
+    async def unchanged(self) -> bool:
+        """Whether the ruleset is still at :attr:`clean` (False when unknown)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._unchanged_blocking)
+
+    def _unchanged_blocking(self) -> bool:
+        return self.clean is not None and self._generation_blocking() == self.clean
 
     async def run(self, script: str) -> tuple[int, str]:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._run_blocking, script)
@@ -203,16 +368,22 @@ class _LibNftables:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._send_batch_blocking, batch, acks)
 
     def _send_batch_blocking(self, batch: bytes, acks: int) -> list[int]:
-        # a socket per batch (tens of microseconds): none is left open when the
-        # adapter goes, and no late answer of a timed-out batch reaches the next
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER) as sock:
-            sock.bind((0, 0))
-            sock.settimeout(_ACK_TIMEOUT)
+        # the batch's sequence numbers are its own (small, from 1): a read of the
+        # generation before it has read whatever an earlier batch left, and a
+        # socket that failed is closed, so no late answer is taken for this one's
+        before = self._generation_blocking()
+        errors: list[int] = []
+        try:
+            sock = self._socket()
             sock.send(batch)
-            errors: list[int] = []
             while len(errors) < acks:
                 errors += read_errors(sock.recv(65536))
-            return errors
+        except OSError:
+            self._drop()
+            self.clean = None  # committed or not: unknown
+            raise
+        self._carry(before, self._generation_blocking(), committed=not any(errors))
+        return errors
 
 
 def _open_libnftables(netns: str | None) -> _LibNftables | None:
@@ -265,6 +436,12 @@ class NftablesSnat:
         self._owned: dict[IPAddress, str] = {}
         self._primed: set[IPAddress] = set()
         """IPs of ``_owned`` whose rule :meth:`prime` added, fence not armed yet."""
+        self._fence_keys: dict[IPAddress, bytes] = {}
+        """The encoded key of each IP's fence elements (bounded by the egress IPs ever armed)."""
+        self._fence_batch: tuple[tuple[IPAddress, ...], int, bool, bytes, int] | None = None
+        """The last re-arm's IPs, milliseconds, form, batch and acknowledgements:
+        at rest a gateway re-arms the same IPs after every renew, so the batch
+        is encoded again only when they change."""
         self._changes = 0
         """Count of transactions applied, to tell a stale read-back from drift."""
         self._loaded = False
@@ -362,18 +539,28 @@ class NftablesSnat:
             if ip in self._primed and self._owned.get(ip) == group and self._fence_ms is not None:
                 # the rule is in place, failing closed: the fence's element makes it serve
                 self._primed.discard(ip)
-                await self._arm_fence([ip], self._fence_ms, probe=False)
+                if self._lib is None:
+                    await self._arm_fence([ip], self._fence_ms, probe=False)
+                else:
+                    batch, acks = encode_fence_refresh([ip], self._fence_ms, update=self._fence_update is True, seq=1)
+                    await self._send_fence(batch, acks, f"arm {ip}")
                 log.info("SNAT to %s active for group %s (primed; fence armed)", ip, group)
                 return
             owned = dict(self._owned)
             owned[ip] = group
             script = self._chain_script(group, ip.version, owned)
-            if self._fence_ms is not None:
+            if self._fence_ms is not None and self._lib is None:
                 script += nft.render_fence_refresh([ip], self._fence_ms, update=self._fence_update is True)
             await self._run(script, what=f"activate {ip}")
             self._owned = owned
             self._primed.discard(ip)
             self._changes += 1
+            if self._fence_ms is not None and self._lib is not None:
+                # after the rule, on its own: until the element is armed the fence
+                # drops what the rule NATs (fails closed), and a batch of our own
+                # skips nft's read of every interval set's elements
+                update = self._fence_update is True
+                await self._send_fence(*encode_fence_refresh([ip], self._fence_ms, update=update, seq=1), f"arm {ip}")
             log.info("SNAT to %s active for group %s", ip, group)
 
     async def prime(self, ip: IPAddress, group: str) -> bool:
@@ -412,15 +599,15 @@ class NftablesSnat:
             if group is not None:
                 del owned[ip]
                 script += self._chain_script(group, ip.version, owned)
-            if self._fence_ms is not None:
-                script += nft.render_fence_remove([ip])
-            if not script:
-                return
-            await self._run(script, what=f"deactivate {ip}")
-            self._owned = owned
-            self._primed.discard(ip)
-            self._changes += 1
-            log.info("SNAT to %s removed (group %s)", ip, group)
+            script, failed = await self._disarm([ip], script)
+            if script:
+                await self._run(script, what=f"deactivate {ip}")
+                self._owned = owned
+                self._primed.discard(ip)
+                self._changes += 1
+                log.info("SNAT to %s removed (group %s)", ip, group)
+            if failed is not None:
+                raise failed
 
     async def deactivate_all(self, ips: Iterable[IPAddress]) -> None:
         """Remove the SNAT rules of ``ips`` (and disarm their fences) in one
@@ -433,30 +620,46 @@ class NftablesSnat:
             owned = {ip: g for ip, g in self._owned.items() if ip not in ips}
             chains = sorted({(self._owned[ip], ip.version) for ip in ips if ip in self._owned})
             script = "".join(self._chain_script(group, version, owned) for group, version in chains)
-            if self._fence_ms is not None:
-                script += nft.render_fence_remove(ips)
-            if not script:
-                return
-            await self._run(script, what=f"deactivate {len(ips)} egress IP(s)")
-            gone = {ip: self._owned[ip] for ip in ips if ip in self._owned}
-            self._owned = owned
-            self._primed.difference_update(ips)
-            self._changes += 1
-            for ip, group in gone.items():
-                log.info("SNAT to %s removed (group %s)", ip, group)
+            script, failed = await self._disarm(ips, script)
+            if script:
+                await self._run(script, what=f"deactivate {len(ips)} egress IP(s)")
+                gone = {ip: self._owned[ip] for ip in ips if ip in self._owned}
+                self._owned = owned
+                self._primed.difference_update(ips)
+                self._changes += 1
+                for ip, group in gone.items():
+                    log.info("SNAT to %s removed (group %s)", ip, group)
+            if failed is not None:
+                raise failed
 
     async def active(self) -> set[IPAddress]:
         """Egress IPs with a SNAT rule in the kernel now (read back, not remembered).
 
         If the kernel does not hold what this adapter wrote (the table is gone,
-        or its SNAT rules differ), the next :meth:`stage` rewrites the table."""
+        or its SNAT rules differ), the next :meth:`stage` rewrites the table.
+
+        With libnftables, the table is listed only when the ruleset's
+        generation moved by someone else's transaction since a listing showed
+        what the adapter wrote (:class:`_LibNftables`): listing a table of a
+        thousand source sets and parsing its JSON every drift-repair pass was
+        the largest cost of a gateway at rest after the re-arm."""
+        lib = self._lib
+        if lib is not None:
+            async with self._lock:  # no transaction of ours half-way: ``_owned`` is what the kernel holds
+                if await lib.unchanged():
+                    return set(self._owned)
         changes = self._changes
+        before = await lib.generation() if lib is not None else None
         listing = await self._list()
         found = nft.parse_active(listing)
         drifted = not listing or found != self._owned
         if drifted and self._staged is not None and changes == self._changes:
             log.info("the SNAT table differs from what was staged; the next stage rewrites it")
             self._staged = None
+        elif not drifted and lib is not None and before is not None:
+            async with self._lock:
+                if changes == self._changes and found == self._owned:
+                    await lib.mark_clean(before)  # if the generation is still the listing's
         return set(found)
 
     # -- beyond the port --------------------------------------------------
@@ -514,13 +717,41 @@ class NftablesSnat:
         # nft would first read the ruleset (every interval set's elements: with a
         # source set per egress IP, more than the refresh itself); the elements'
         # messages need none of it
-        batch, acks = encode_fence_refresh(ips, ms, update=update, seq=1)  # a socket of its own
+        key = (tuple(ips), ms, update)
+        memo = self._fence_batch
+        if memo is None or memo[:3] != key:
+            # seq 1: batches number their messages from 1 (see _send_batch_blocking)
+            batch, acks = encode_fence_refresh(ips, ms, update=update, seq=1, keys=self._fence_keys)
+            memo = self._fence_batch = (*key, batch, acks)
+        await self._send_fence(memo[3], memo[4], "fence refresh")
+
+    async def _send_fence(self, batch: bytes, acks: int, what: str) -> None:
+        """Write a fence batch of our own (libnftables' thread, in order with
+        its transactions); DataPlaneError naming ``what`` if it fails."""
+        assert self._lib is not None
         try:
             errors = [e for e in await self._lib.send_batch(batch, acks) if e]
         except OSError as exc:
-            raise DataPlaneError(f"nft fence refresh failed: {exc}") from exc
+            raise DataPlaneError(f"nft {what} failed: {exc}") from exc
         if errors:
-            raise DataPlaneError(f"nft fence refresh failed: {os.strerror(errors[0])}")
+            raise DataPlaneError(f"nft {what} failed: {os.strerror(errors[0])}")
+
+    async def _disarm(self, ips: Sequence[IPAddress], script: str) -> tuple[str, DataPlaneError | None]:
+        """Disarm the fence of ``ips`` (no-op without the fence) before
+        ``script`` removes their rules; the script to run then, and the
+        error of a failed disarm, for the caller to raise once the rules are
+        removed all the same. With libnftables the disarm is a batch of our
+        own, first: nft would read every interval set's elements for it.
+        Without, it is appended to ``script`` (one transaction)."""
+        if self._fence_ms is None:
+            return script, None
+        if self._lib is None:
+            return script + nft.render_fence_remove(ips), None
+        try:
+            await self._send_fence(*encode_fence_remove(ips, seq=1), f"disarm {len(ips)} egress IP(s)")
+        except DataPlaneError as exc:
+            return script, exc
+        return script, None
 
     async def _probe_fence_update(self) -> bool:
         """Whether the kernel re-arms a fence element on ``add`` with

@@ -96,6 +96,17 @@ async def repair_drift(
         await dp.snat.stage(groups)
     repaired: list[str] = []
     for ip, member in members.items():
+        # what member.reconcile would find to mend, looked at without its lock:
+        # at rest nothing, and a thousand members need not queue for their locks
+        # every pass to say so. A member whose lock is held is changing its
+        # kernel state now (a takeover waiting for its transactions): mended
+        # after it with what was read before it, it would be set up twice
+        # (hundreds of "drift repaired" at start-up); the next pass looks at it
+        shown = ip in present, ip in active
+        if (shown == (True, True) and member.serving) or (shown == (False, False) and not member.serving):
+            continue
+        if member.dp_lock.locked():
+            continue
         repaired += [f"{ip}:{what}" for what in await member.reconcile(present, active)]
     for ip in present - set(members):
         log.warning("drift: removing egress IP %s that this node has no member for", ip)

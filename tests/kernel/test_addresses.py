@@ -176,3 +176,34 @@ async def test_a_new_adapter_recognises_and_flushes_existing_addresses(gw: Host,
 async def test_unknown_interface_is_a_data_plane_error(addrs: KernelAddresses) -> None:
     with pytest.raises(DataPlaneError, match="nosuchif"):
         await addrs.claim(IP, "nosuchif", 5)
+
+
+async def test_a_refresh_of_the_same_addresses_sends_the_batches_it_encoded_before(
+    lab: Lab, gw: Host, addrs: KernelAddresses, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encoded = 0
+    encode = addrs._encode
+
+    def counted(*args: object) -> object:
+        nonlocal encoded
+        encoded += 1
+        return encode(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(addrs, "_encode", counted)
+    ips = [(ipaddress.ip_address("10.99.1.0") + i, gw.ifname) for i in range(300)]
+    await addrs.refresh(ips, 7)
+    sh("ip", "-n", gw.ns, "addr", "del", f"{ips[5][0]}/32", "dev", gw.ifname)
+    await addrs.refresh(list(ips), 7)  # a new list of the same addresses
+    assert encoded == 1
+    assert set(lifetimes(gw)) == set(ips)  # the batch sent again adds what went missing
+    await addrs.refresh(ips, 9)
+    assert encoded == 2 and set(lifetimes(gw).values()) == {9}
+    await addrs.refresh(ips[1:], 9)
+    assert encoded == 3
+    other = lab.ns("other")
+    lab.wire(gw.ns, "d0", other, "d1")
+    await addrs.refresh([(IP, "d0")], 6)
+    sh("ip", "-n", gw.ns, "link", "del", "d0")
+    lab.wire(gw.ns, "d0", other, "d1")  # the same name, a new index
+    await addrs.refresh([(IP, "d0")], 6)
+    assert encoded == 5 and (IP, "d0") in await addrs.owned()

@@ -492,3 +492,53 @@ async def test_fence_refresh_takes_a_ttl_up_to_the_fence_ttl(net: Net) -> None:
     assert await snat.fence() == {}
     await snat.refresh_fence([EGRESS], 0.0004)  # less than a millisecond arms nothing
     assert await snat.fence() == {}
+
+
+async def test_the_table_is_listed_again_only_after_a_transaction_not_of_the_adapter(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snat = NftablesSnat(netns=net.gw, fence_ttl=5.0)
+    try:
+        await snat.stage([GROUP])
+        await snat.activate(EGRESS, "web-a")
+        listed = 0
+        list_table = snat._list
+
+        async def counted() -> dict[str, object]:
+            nonlocal listed
+            listed += 1
+            return await list_table()
+
+        monkeypatch.setattr(snat, "_list", counted)
+        assert await snat.active() == {EGRESS}
+        assert await snat.active() == {EGRESS}
+        await snat.refresh_fence([EGRESS])  # transactions of the adapter's own
+        await snat.deactivate(EGRESS)
+        assert await snat.active() == set()
+        await snat.activate(EGRESS, "web-a")
+        assert await snat.active() == {EGRESS}
+        assert listed == 1
+        ns_exec(net.gw, "nft", "add", "table", "ip", "someone_else")  # anyone's transaction
+        assert await snat.active() == {EGRESS}
+        assert listed == 2
+        ns_exec(net.gw, "nft", "flush", "chain", nft.FAMILY, nft.TABLE, nft.group_chain("web-a", 4))
+        assert await snat.active() == set()
+        assert await snat.active() == set()  # a table that differs is listed every time
+        assert listed == 4
+    finally:
+        await snat.clear()
+
+
+async def test_a_disarm_that_fails_still_removes_the_rule_and_says_so(net: Net) -> None:
+    snat = NftablesSnat(netns=net.gw, fence_ttl=5.0)
+    try:
+        await snat.stage([GROUP])
+        await snat.activate(EGRESS, "web-a")
+        assert set(await snat.fence()) == {EGRESS}  # armed by the activation
+        ns_exec(net.gw, "nft", "delete", "table", "arp", nft.ARP_TABLE)
+        with pytest.raises(DataPlaneError, match="disarm"):
+            await snat.deactivate(EGRESS)
+        assert await snat.active() == set()
+        assert seen(net, SELECTED) == "timeout"
+    finally:
+        await snat.clear()
