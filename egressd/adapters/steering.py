@@ -64,6 +64,11 @@ T = TypeVar("T")
 #: (unassigned in iproute2's rt_protos; the same number marks egressd's addresses).
 STEERING_PROTO = 0xE9
 
+SETTLE_DELAY = 0.01
+"""Seconds a read-back waits after a switch of routes: the claims of a
+gateway's IPs are written one after the other, and the next IP's switch
+should not wait for this one's read-back (a few milliseconds of rtnetlink
+dumps on the same thread)."""
 _FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
 _RTNH_F_ONLINK = 0x04
 _RTN_UNICAST = 1
@@ -118,11 +123,17 @@ class PolicySteering:
         that use ``ip`` to its destinations via ``via``, or remove all of it.
 
         Two calls on the netlink thread: a new owner's routes first, then the
-        read-back that converges the rest. Routes of several IPs asked at once
-        (a gateway leaving with all its IPs) are then all switched before any
-        read-back, instead of each IP waiting for the one before it."""
+        read-back that converges the rest, :data:`SETTLE_DELAY` later when
+        routes were switched. Routes of several IPs asked at once or moments
+        apart (a gateway leaving with all its IPs) are then all switched
+        before any read-back, instead of each IP waiting for the one before it."""
         staged = await self._call(self._switch, group, ip, via)
         if staged is not None:
+            if staged.fast:
+                # the routes via the new owner are in: the read-back can wait a
+                # moment for the switches of IPs whose new owner arrives just
+                # after (a gateway's claims are written one after the other)
+                await asyncio.sleep(SETTLE_DELAY)
             await self._call(self._settle, ip, via, staged)
 
     # -- beyond the port --------------------------------------------------
