@@ -127,7 +127,7 @@ async def test_news_from_a_stranger_replayed_or_behind_the_claim_changes_nothing
         )
         await asyncio.sleep(0.05)
         assert dict(mesh.news.dropped) == {"not-candidate": 1, "stale-epoch": 2}
-        assert mesh.transport.rejected["bad-signature"] == 1  # type: ignore[attr-defined]
+        assert mesh.transport.rejected["bad-signature"] == 1
         assert mesh.news.taken == 0 and _worker_heard(worker) is None
         assert worker.plane.steering.get(IP) == via(owner)
         # a recorded datagram played again is refused, whatever it says
