@@ -440,7 +440,8 @@ class Daemon:
         # an owner whose data plane is busy (taking over, withdrawing) is left
         # out: its takeover arms its fences itself, a withdrawal needs none,
         # and waiting for it would hold every other IP's fences back
-        owners = [m for m in self._owners() if not m.dp_lock.locked()]
+        owner = State.OWNER  # one pass over the members, four times a second: locals
+        owners = [m for m in self.members.values() if m.sm.state is owner and not m.dp_lock.locked()]
         if not owners:
             return
         taken: list[asyncio.Lock] = []
@@ -708,7 +709,9 @@ class Daemon:
 
     async def repair_drift(self) -> list[str]:
         """One pass of drift repair (:func:`egressd.runtime.reconcile.repair_drift`)."""
-        return await reconcile.repair_drift(self.dataplane, self.members, self.candidate_groups())
+        return await reconcile.repair_drift(
+            self.dataplane, self.members, self.candidate_groups(), right=lambda: bool(self.liveness.right())
+        )
 
     async def _repair_forever(self) -> None:
         await reconcile.repair_forever(self.repair_interval, self.repair_drift)

@@ -390,6 +390,29 @@ async def test_a_crashed_holders_claims_are_taken_over_as_soon_as_its_node_lease
         await stop_all(nodes)
 
 
+async def test_the_drift_repair_reads_the_serving_right_once_per_pass_not_once_per_member() -> None:
+    store = FakeLeaseStore()
+    node = Node("gw-a", store, replace(GROUP, candidates=("gw-a",)))
+    try:
+        await settle([node], IPS)
+        liveness = node.daemon.liveness
+        right = liveness.right
+        reads = 0
+
+        def counted(now: float | None = None) -> rights.Right:
+            nonlocal reads
+            reads += 1
+            return right(now)
+
+        liveness.right = counted  # type: ignore[method-assign]
+        assert await node.daemon.repair_drift() == []
+        assert reads <= 2, f"{reads} reads of the right for {len(IPS)} members"
+        node.plane.snat.pop(IPS[0])  # one to mend: the right is read again after it
+        assert await node.daemon.repair_drift() == [f"{IPS[0]}:snat-missing"]
+    finally:
+        await stop_all([node])
+
+
 async def test_the_kernel_fences_of_all_owned_ips_are_rearmed_at_once_after_each_renew() -> None:
     store = FakeLeaseStore()
     node = Node("gw-a", store, replace(GROUP, candidates=("gw-a",)))
