@@ -98,7 +98,11 @@ async def repair_drift(
     present = {ip for ip, _ in await dp.addresses.owned()}
     active = await dp.snat.active()
     serving = _serving(members, right)
-    serving_without_snat = [ip for ip in serving if ip not in active]
+    # a member whose lock is held is changing its kernel state now (a takeover
+    # waiting for its activation): its SNAT missing is no sign of a lost table,
+    # and staging the table again (seconds of nftables work at 1,000 IPs) would
+    # hold back every activation and fence re-arm queued behind it
+    serving_without_snat = [ip for ip in serving if ip not in active and not members[ip].dp_lock.locked()]
     if serving_without_snat:
         log.warning("drift: SNAT of %s missing; staging the table again", ", ".join(map(str, serving_without_snat)))
         await dp.snat.stage(groups)
