@@ -157,17 +157,45 @@ def encode_link_request(seq: int, interface: str) -> bytes:
     return _HEADER.pack(_HEADER.size + len(body), _RTM_GETLINK, _NLM_F_REQUEST, seq, 0) + body
 
 
+def encode_link_by_index(seq: int, index: int) -> bytes:
+    """``RTM_GETLINK`` of the link numbered ``index``."""
+    body = _IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0)
+    return _HEADER.pack(_HEADER.size + len(body), _RTM_GETLINK, _NLM_F_REQUEST, seq, 0) + body
+
+
 def read_link_index(data: bytes, seq: int) -> int | None:
     """The link index in the ``RTM_NEWLINK`` answering ``seq`` in a read from
     the socket; None when there is none."""
+    link = read_link(data, seq)
+    return link[0] if link is not None else None
+
+
+def read_link(data: bytes, seq: int) -> tuple[int, str | None] | None:
+    """The link index and name (``IFLA_IFNAME``; None without one) in the
+    ``RTM_NEWLINK`` answering ``seq`` in a read from the socket; None when
+    there is none. A malformed length ends the read (nothing loops on it)."""
     offset = 0
     while offset + _HEADER.size <= len(data):
         length, kind, _flags, got, _port = _HEADER.unpack_from(data, offset)
         if length < _HEADER.size:
-            break  # malformed: never loop on it
-        if kind == _RTM_NEWLINK and got == seq and length >= _HEADER.size + _IFINFO.size:
-            return int(_IFINFO.unpack_from(data, offset + _HEADER.size)[2])
+            break
+        end = min(offset + length, len(data))
+        if kind == _RTM_NEWLINK and got == seq and offset + _HEADER.size + _IFINFO.size <= end:
+            index = int(_IFINFO.unpack_from(data, offset + _HEADER.size)[2])
+            return index, _link_name(data, offset + _HEADER.size + _IFINFO.size, end)
         offset += (length + 3) & ~3
+    return None
+
+
+def _link_name(data: bytes, at: int, end: int) -> str | None:
+    """``IFLA_IFNAME`` among the attributes between ``at`` and ``end``."""
+    while at + 4 <= end:
+        length, kind = struct.unpack_from("=HH", data, at)
+        if length < 4 or at + length > end:
+            break
+        if kind & 0x7FFF == _IFLA_IFNAME:
+            return data[at + 4 : at + length].split(b"\0", 1)[0].decode(errors="replace")
+        at += (length + 3) & ~3
     return None
 
 
@@ -419,6 +447,19 @@ class KernelAddresses:
         self._messages = kept  # those of the addresses refreshed now, no others
         return batches, failed
 
+    def _link_name(self, sock: socket.socket, index: int) -> str:
+        """The name of the link numbered ``index`` ("?" when it has none, or
+        is gone); OSError from the socket."""
+        seq = self._next_seq()
+        sock.send(encode_link_by_index(seq, index))
+        while True:
+            data = sock.recv(65536)
+            if any(got == seq for got, _error in read_acks(data)):
+                return "?"  # an error: the link went meanwhile
+            link = read_link(data, seq)
+            if link is not None:
+                return link[1] or "?"
+
     def _link_index(self, interface: str) -> int | str:
         """The index of ``interface`` (one ``RTM_GETLINK`` on the raw socket), or why there is none."""
         seq = self._next_seq()
@@ -542,7 +583,9 @@ class KernelAddresses:
         """egressd's addresses: a dump on the raw socket, read with ``struct``
         (pyroute2 decoded every address of the node into dictionaries: 82 ms of
         CPU for 1,000 addresses, which the drift repair paid every 2 s); the
-        interfaces' names from pyroute2 (a node has few links)."""
+        name of each interface they are on by one ``RTM_GETLINK`` of its index
+        on the same socket (pyroute2 decoded every link of the node, with its
+        statistics, at every listing)."""
         seq = self._next_seq()
         found: list[tuple[IPAddress, int]] = []
         try:
@@ -555,7 +598,7 @@ class KernelAddresses:
                     break
             if error:
                 raise DataPlaneError(f"listing addresses failed: {os.strerror(error)}")
-            names = {int(link["index"]): str(link.get("IFLA_IFNAME")) for link in self._sock().get_links()}
+            names = {index: self._link_name(sock, index) for index in {index for _, index in found}}
         except NetlinkError as exc:
             raise DataPlaneError(f"listing addresses failed: {exc}") from exc
         except OSError as exc:  # a timeout too: the socket goes, and its late answers with it

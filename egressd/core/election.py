@@ -207,7 +207,13 @@ members. The look is a net, not a duty, and a gateway pays it per owned IP
 (a thousand owned IPs at one lease duration were 400 decisions a second)."""
 
 
-def next_look(decision: Decision | None, *, owner: bool, timing: Timing) -> float:
+WAITS_ON_HOLDER = frozenset({"held-by-other", "promised", "restart-promise-wait", "outside-peer-set"})
+"""Reasons of a standby waiting for the holder of a claim to lapse
+(:func:`holder_lapsed`): whether it may take over turns with time and the
+holder's liveness alone, never before :func:`holder_lapse_at`."""
+
+
+def next_look(decision: Decision | None, *, owner: bool, timing: Timing, parked: bool = False) -> float:
     """Seconds to wait for news at most before deciding again, after acting
     on ``decision`` (None: the lease could not be read, nothing was decided);
     ``owner``: whether we hold the IP after the action.
@@ -219,11 +225,17 @@ def next_look(decision: Decision | None, *, owner: bool, timing: Timing) -> floa
     3. After a write (acquire, handoff; won, lost or failed), or while we
        hold the IP otherwise: the retry period; a lost race refreshed the
        view, whose news wakes the loop at once.
-    4. Otherwise the decision's own recheck; a decision that waits for news
+    4. A standby waiting for the holder to lapse (:data:`WAITS_ON_HOLDER`)
+       that is ``parked``: one timer per holder node wakes it when the holder
+       may have lapsed (:func:`holder_lapse_at`), so its own look is a net of
+       :data:`HOLD_LOOK` lease durations, as an owner's.
+    5. Otherwise the decision's own recheck; a decision that waits for news
        only still looks again after a lease duration, so a missed watch event
        costs at most that."""
     if decision is None:
         return timing.retry_period * UNREADABLE_RECHECK
+    if parked and decision.action is Action.STANDBY and decision.reason in WAITS_ON_HOLDER and not owner:
+        return max(timing.lease_duration * HOLD_LOOK, decision.recheck or 0.0)
     if decision.action is Action.HOLD:
         # nothing to write while holding; the daemon's fence ends the tenure
         # when the node lease's right lapses, and news wakes the loop
@@ -482,13 +494,20 @@ def holder_lapsed(record: LeaseRecord, observation: Observation, now: float, me:
        heartbeat bound instead, when that is earlier (``Standby.lease_stamped_by``).
     3. A holder without a node lease (an earlier version): the claim's last
        change, plus its declared duration, as before node leases."""
+    return _holder_takeover(observation, record.lease_duration, now, me, timing)
+
+
+def _holder_takeover(
+    observation: Observation, claim_duration: float, now: float, me: Me, timing: Timing
+) -> rights.Takeover:
+    """:func:`holder_lapsed` of a claim declaring ``claim_duration``."""
     if observation.holder_unknown:
         return rights.Takeover(rights.TakeoverVerdict.WAIT, "holder-liveness-unknown", float("inf"))
     if observation.holder_seen_at is None:
-        changed, duration = observation.observed_at, record.lease_duration
+        changed, duration = observation.observed_at, claim_duration
     else:
         changed = max(observation.holder_seen_at, observation.observed_at)
-        duration = observation.holder_lease_duration or record.lease_duration
+        duration = observation.holder_lease_duration or claim_duration
     # may_take_over waits our own leaseDuration from the change; shifting the
     # change makes it wait the holder's declared duration instead: exactly
     # (a claim renewed by an earlier version, as before node leases), or the
@@ -509,6 +528,27 @@ def holder_lapsed(record: LeaseRecord, observation: Observation, now: float, me:
         lease_stamped_by=stamped,
     )
     return rights.may_take_over(standby, now, timing, me.mesh)
+
+
+def holder_lapse_at(observation: Observation, me: Me, timing: Timing) -> float:
+    """The earliest time (our clock) at which a claim held by the holder that
+    ``observation`` describes may be taken over, whatever the claim: the
+    ``not_before`` of :func:`holder_lapsed` with the claim's own last change
+    left out (``observation.observed_at`` is not read). The claim's change
+    only ever makes the wait longer, so no claim of that holder is taken over
+    before this time (with the same inputs); a time in the past when the
+    holder has lapsed by then, inf when its liveness cannot be known.
+
+    One timer per holder node at this time wakes the standbys of all its
+    claims (``egressd.runtime.lapses``) instead of each one timing the
+    holder on its own: a standby's wait slides with every renew of the
+    holder's node lease, four times a second."""
+    if observation.holder_unknown:
+        return float("inf")
+    if observation.holder_seen_at is None or observation.holder_lease_duration is None:
+        raise ValueError("holder_lapse_at: the holder's node lease must have been seen (holder_seen_at)")
+    holder = replace(observation, observed_at=float("-inf"))
+    return _holder_takeover(holder, observation.holder_lease_duration, float("-inf"), me, timing).not_before
 
 
 def _take_free(record: LeaseRecord | None, age: float, me: Me, timing: Timing) -> Decision:

@@ -33,6 +33,7 @@ says about itself (health, readiness, status) is :mod:`egressd.runtime.health`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -61,6 +62,7 @@ from egressd.ports import (
 )
 from egressd.runtime import health, reconcile
 from egressd.runtime.conntrack import Replication
+from egressd.runtime.lapses import HolderLapses
 from egressd.runtime.liveness import NodeLiveness
 from egressd.runtime.member import DataPlane, Member, withdraw_together
 from egressd.runtime.mesh import Mesh
@@ -197,6 +199,14 @@ class Daemon:
             started_at=lambda: self.liveness.started_at,
         )
         """Claims to delete: IPs no group lists any more."""
+
+    @functools.cached_property
+    def lapses(self) -> HolderLapses:
+        """One timer per holder node, waking the standbys of its claims when it may have lapsed."""
+        settings = self.settings
+        return HolderLapses(
+            node=settings.node.name, view=self.view, liveness=self.liveness, clock=self.clock, timing=settings.timing
+        )
 
     def _wire_mesh(self, mesh: Mesh) -> None:
         """The node lease and the mesh, both ways: our promises and receipts
@@ -430,7 +440,8 @@ class Daemon:
         # an owner whose data plane is busy (taking over, withdrawing) is left
         # out: its takeover arms its fences itself, a withdrawal needs none,
         # and waiting for it would hold every other IP's fences back
-        owners = [m for m in self._owners() if not m.dp_lock.locked()]
+        owner = State.OWNER  # one pass over the members, four times a second: locals
+        owners = [m for m in self.members.values() if m.sm.state is owner and not m.dp_lock.locked()]
         if not owners:
             return
         taken: list[asyncio.Lock] = []
@@ -570,6 +581,7 @@ class Daemon:
             offer=self._offer_claim,
             announce=self.mesh.announce if self.mesh is not None else None,
             connections=self.replication,
+            lapses=self.lapses,
         )
         self.members[ip] = member
         # the loop returns only after stop_soon(); a failure starts it again
@@ -599,6 +611,7 @@ class Daemon:
             self.supervisor.spawn("node-lease", self._renew_after_first)
             self.supervisor.spawn("node-fence", self.liveness.fence)
             self.supervisor.spawn("fence-rearm", self.liveness.rearm_forever)
+            self.supervisor.spawn("holder-lapses", self.lapses.run)
             for group in groups:
                 for ip in group.egress_ips:
                     self._add_member(ip, group, adopt=ip in adopt)
@@ -696,7 +709,9 @@ class Daemon:
 
     async def repair_drift(self) -> list[str]:
         """One pass of drift repair (:func:`egressd.runtime.reconcile.repair_drift`)."""
-        return await reconcile.repair_drift(self.dataplane, self.members, self.candidate_groups())
+        return await reconcile.repair_drift(
+            self.dataplane, self.members, self.candidate_groups(), right=lambda: bool(self.liveness.right())
+        )
 
     async def _repair_forever(self) -> None:
         await reconcile.repair_forever(self.repair_interval, self.repair_drift)

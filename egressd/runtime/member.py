@@ -40,7 +40,17 @@ from typing import Any
 
 from egressd.core import transfer
 from egressd.core.backoff import Repeats
-from egressd.core.election import Action, Decision, Me, api_right, decide, hold_off, next_look, spread_rank
+from egressd.core.election import (
+    WAITS_ON_HOLDER,
+    Action,
+    Decision,
+    Me,
+    api_right,
+    decide,
+    hold_off,
+    next_look,
+    spread_rank,
+)
 from egressd.core.errors import ApiError, ApiTimeout, ConfigError, DataPlaneError, LostRace, MalformedLease
 from egressd.core.lease import LeaseRecord, held_by, lease_name
 from egressd.core.mesh_messages import Accept, Offer, Wake
@@ -50,6 +60,7 @@ from egressd.core.ownership_events import OwnershipEvent
 from egressd.core.states import Event, State, StateMachine
 from egressd.ports import Addresses, Announcer, Clock, EventSink, LeaseStore, Metrics, Snat
 from egressd.runtime.conntrack import Replication
+from egressd.runtime.lapses import HolderLapses
 from egressd.runtime.liveness import NodeLiveness
 from egressd.runtime.supervisor import wait_event
 from egressd.runtime.view import LeaseView
@@ -79,6 +90,8 @@ class DataPlane:
 class Member:
     _priming: asyncio.Task[None] | None = None
     """SNAT primed ahead of a transfer we accepted (:meth:`_prime`)."""
+    _parked_on: str | None = None
+    """The holder node whose timer wakes this standby (:meth:`_park`)."""
     _primed_until: float | None = None
     """While set: our SNAT rule is primed, its fence not armed, until then at
     the latest (drift repair leaves it alone)."""
@@ -101,6 +114,7 @@ class Member:
         offer: Callable[[str, int, str], asyncio.Future[Accept] | None] | None = None,
         connections: Replication | None = None,
         announce: Callable[[str, int], None] | None = None,
+        lapses: HolderLapses | None = None,
     ) -> None:
         problems = settings.timing.check()
         if problems:
@@ -152,6 +166,9 @@ class Member:
         """The transfer of our claim we accepted last (as a successor)."""
         self._wake_read: asyncio.Task[None] | None = None
         """The read of the claim a wake asked for, beside the loop (see :meth:`woken`)."""
+        # the holders' timers (the daemon's): a standby waiting for its holder
+        # to lapse parks there instead of timing the holder itself (None: it does)
+        self._lapses = lapses
         self._connections = connections
         """The conntrack stream: entries installed before the first GARP of a
         takeover, a final batch before a release; None: not replicated."""
@@ -210,11 +227,14 @@ class Member:
         """Decide and act until stopped (cancellation)."""
         await self._view.ready.wait()
         news = self._view.news(self.name)
-        while not self._stopping:
-            news.clear()
-            wait = await self.step()
-            self.first_step.set()
-            await wait_event(news, max(0.0, wait))
+        try:
+            while not self._stopping:
+                news.clear()
+                wait = await self.step()
+                self.first_step.set()
+                await wait_event(news, max(0.0, wait))
+        finally:
+            self._unpark()
 
     def wake(self) -> None:
         """Make the loop decide again now: the daemon left OWNER for it (the
@@ -223,6 +243,7 @@ class Member:
 
     async def step(self) -> float:
         """One decision and its action; returns how long to wait for news at most."""
+        self._unpark()
         entry = self._view.get(self.name)
         now = self._clock.monotonic()
         if self.sm.state is State.FENCED and (self._hold_off_until is None or now >= self._hold_off_until):
@@ -256,7 +277,31 @@ class Member:
             await self._handoff(entry.record, decision)
         elif action is Action.FENCE:
             await self._fence_clash(decision)
-        return next_look(decision, owner=self.sm.state is State.OWNER, timing=self._timing)
+        owner = self.sm.state is State.OWNER
+        parked = not owner and self._park(entry.record, decision)
+        return next_look(decision, owner=owner, timing=self._timing, parked=parked)
+
+    def _park(self, record: LeaseRecord | None, decision: Decision) -> bool:
+        """A standby waiting for the holder of ``record`` to lapse: park on
+        the holder's timer (:mod:`egressd.runtime.lapses`), which wakes this
+        loop when the holder may have lapsed; whether it did."""
+        if (
+            self._lapses is None
+            or decision.action is not Action.STANDBY
+            or decision.reason not in WAITS_ON_HOLDER
+            or record is None
+            or not record.holder
+        ):
+            return False
+        if not self._lapses.park(record.holder, self.name, self.wake):
+            return False
+        self._parked_on = record.holder
+        return True
+
+    def _unpark(self) -> None:
+        if self._parked_on is not None and self._lapses is not None:
+            self._lapses.unpark(self._parked_on, self.name)
+        self._parked_on = None
 
     def woken(self, wake: Wake) -> None:
         """The old owner says it released this IP's claim to us: read the

@@ -30,6 +30,7 @@ from egressd.core.election import Action, Me, retire
 from egressd.core.errors import ApiError, DataPlaneError, LostRace
 from egressd.core.lease import LeaseRecord, lease_name
 from egressd.core.model import EgressGroup, IPAddress, Timing
+from egressd.core.states import State
 from egressd.ports import Clock, LeaseStore
 from egressd.runtime.member import DataPlane, Member
 from egressd.runtime.supervisor import wait_event
@@ -83,14 +84,25 @@ async def _quietly(op: Awaitable[None]) -> None:
 
 
 async def repair_drift(
-    dataplane: DataPlane, members: Mapping[IPAddress, Member], groups: Sequence[EgressGroup]
+    dataplane: DataPlane,
+    members: Mapping[IPAddress, Member],
+    groups: Sequence[EgressGroup],
+    right: Callable[[], bool] | None = None,
 ) -> list[str]:
     """One pass of drift repair: compare the kernel with the members and mend
-    (``groups``: those this node is a candidate of, to stage SNAT again)."""
+    (``groups``: those this node is a candidate of, to stage SNAT again).
+    ``right``: whether this node's serving right runs now (the members'
+    liveness, which they all share): read once per look at the members
+    instead of once per member (None: each member's ``serving``)."""
     dp = dataplane
     present = {ip for ip, _ in await dp.addresses.owned()}
     active = await dp.snat.active()
-    serving_without_snat = [ip for ip, m in members.items() if m.serving and ip not in active]
+    serving = _serving(members, right)
+    # a member whose lock is held is changing its kernel state now (a takeover
+    # waiting for its activation): its SNAT missing is no sign of a lost table,
+    # and staging the table again (seconds of nftables work at 1,000 IPs) would
+    # hold back every activation and fence re-arm queued behind it
+    serving_without_snat = [ip for ip in serving if ip not in active and not members[ip].dp_lock.locked()]
     if serving_without_snat:
         log.warning("drift: SNAT of %s missing; staging the table again", ", ".join(map(str, serving_without_snat)))
         await dp.snat.stage(groups)
@@ -103,11 +115,14 @@ async def repair_drift(
         # after it with what was read before it, it would be set up twice
         # (hundreds of "drift repaired" at start-up); the next pass looks at it
         shown = ip in present, ip in active
-        if (shown == (True, True) and member.serving) or (shown == (False, False) and not member.serving):
+        if (shown == (True, True) and ip in serving) or (shown == (False, False) and ip not in serving):
             continue
         if member.dp_lock.locked():
             continue
+        # reconcile decides under the member's lock with what it is then; the
+        # right may have moved during its awaits: the look after it reads it again
         repaired += [f"{ip}:{what}" for what in await member.reconcile(present, active)]
+        serving = _serving(members, right)
     for ip in present - set(members):
         log.warning("drift: removing egress IP %s that this node has no member for", ip)
         for address, interface in await dp.addresses.owned():
@@ -115,6 +130,16 @@ async def repair_drift(
                 await dp.addresses.release(address, interface)
         repaired.append(f"{ip}:foreign-address")
     return repaired
+
+
+def _serving(members: Mapping[IPAddress, Member], right: Callable[[], bool] | None) -> set[IPAddress]:
+    """The IPs whose member serves now (``Member.serving``)."""
+    if right is None:
+        return {ip for ip, m in members.items() if m.serving}
+    if not right():
+        return set()
+    owner = State.OWNER
+    return {ip for ip, m in members.items() if m.sm.state is owner}
 
 
 async def repair_forever(interval: float, repair: Callable[[], Awaitable[list[str]]]) -> None:

@@ -179,6 +179,24 @@ class LeaseView:
             holder_stamped_by=stamped_by(holder.record) if holder.record is not None else None,
         )
 
+    def holder_observation(
+        self, node: str, stamped_by: Callable[[NodeLeaseRecord], float | None] = lambda _r: None
+    ) -> Observation | None:
+        """The liveness of ``node`` as a holder of claims, as :meth:`observation`
+        gives it for each claim, without the claim (``observed_at`` is -inf);
+        None when its node lease is not readable now (never seen, deleted, or
+        a problem): its claims are timed otherwise, each by its own decision."""
+        holder = self._nodes.get(node)
+        if holder is None or holder.record is None or holder.problem:
+            return None
+        return Observation(
+            None,
+            float("-inf"),
+            holder_seen_at=holder.observed_at,
+            holder_lease_duration=holder.record.lease_duration,
+            holder_stamped_by=stamped_by(holder.record),
+        )
+
     def node_entry(self, node: str) -> NodeEntry | None:
         """The node lease of ``node`` as last seen, deleted ones included (None: never seen)."""
         return self._nodes.get(node)

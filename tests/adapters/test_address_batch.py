@@ -13,9 +13,11 @@ from egressd.adapters.addresses import (
     ADDRESS_PROTO,
     encode_barrier,
     encode_claim,
+    encode_link_by_index,
     encode_link_request,
     read_acks,
     read_address_dump,
+    read_link,
     read_link_index,
 )
 from egressd.core.model import IPAddress
@@ -79,6 +81,30 @@ def link(seq: int, index: int) -> bytes:
 def test_the_link_index_is_read_from_the_answer_to_its_request() -> None:
     assert read_link_index(ack(3, 19) + link(4, 12) + link(5, 99), 5) == 99
     assert read_link_index(link(4, 12), 5) is None
+
+
+def test_a_link_request_by_index_names_no_interface() -> None:
+    data = encode_link_by_index(6, 12)
+    length, kind, flags, seq, _port = HEADER.unpack_from(data)
+    assert (length, kind, flags, seq) == (len(data), 18, 0x01, 6) and len(data) == 32
+    assert struct.unpack_from("=BxHiII", data, 16) == (0, 0, 12, 0, 0)
+
+
+def test_the_link_name_is_read_from_the_answer_to_its_request() -> None:
+    stats = struct.pack("=HH", 12, 7) + b"\1" * 8  # an attribute before the name
+    body = struct.pack("=BxHiII", 0, 1, 12, 0, 0) + stats + struct.pack("=HH", 9, 3) + b"eth1\0" + b"\0" * 3
+    answer = HEADER.pack(16 + len(body), 16, 0, 5, 0) + body
+    assert read_link(ack(3, 19) + link(4, 9) + answer, 5) == (12, "eth1")
+    assert read_link(link(5, 12), 5) == (12, "net0")  # unterminated, as the kernel never sends it
+    nameless = struct.pack("=BxHiII", 0, 1, 13, 0, 0)
+    assert read_link(HEADER.pack(16 + len(nameless), 16, 0, 5, 0) + nameless, 5) == (13, None)
+    assert read_link(link(4, 12), 5) is None
+
+
+@given(st.binary(max_size=400), st.integers(0, 2**32 - 1))
+def test_reading_a_link_never_fails_on_any_bytes(data: bytes, seq: int) -> None:
+    found = read_link(data, seq)
+    assert found is None or (isinstance(found[0], int) and (found[1] is None or isinstance(found[1], str)))
 
 
 @given(st.binary(max_size=400), st.integers(0, 2**32 - 1))

@@ -16,9 +16,13 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from egressd.core import rights
 from egressd.core.election import (
     HOLD_OFF_GROWTH_CAP,
+    WAITS_ON_HOLDER,
     Action,
     Decision,
     Me,
@@ -26,6 +30,7 @@ from egressd.core.election import (
     api_right,
     decide,
     hold_off,
+    holder_lapse_at,
     next_look,
     rendezvous_rank,
     retire,
@@ -894,3 +899,75 @@ def test_without_the_mesh_the_serving_right_is_the_api_right_or_none(sent: float
     assert right.source is (Source.API if expected else Source.NONE), right
     if expected:
         assert sent is not None and right.until == sent + TIMING.renew_deadline
+
+
+# --- one timer per holder: the holder's lapse time ---------------------------------------
+
+
+times = st.floats(min_value=0.0, max_value=100.0, allow_nan=False)
+
+
+@given(
+    claim_seen=times,
+    node_seen=times,
+    stamped=st.none() | times,
+    duration=st.floats(min_value=0.5, max_value=20.0),
+    promised=st.none() | times,
+    in_peer_set=st.booleans(),
+    started_at=times,
+    mesh=st.sampled_from((rights.MeshTiming(promise_duration=0.0, max_hold=0.0), rights.MeshTiming())),
+    now=st.floats(min_value=0.0, max_value=200.0),
+)
+def test_no_claim_of_a_holder_is_taken_over_before_the_holders_lapse_time(
+    claim_seen: float,
+    node_seen: float,
+    stamped: float | None,
+    duration: float,
+    promised: float | None,
+    in_peer_set: bool,
+    started_at: float,
+    mesh: rights.MeshTiming,
+    now: float,
+) -> None:
+    """The holder's lapse time is a lower bound of every claim's own wait: a
+    timer at that time never wakes a standby later than its own recheck would."""
+    me = replace(
+        member(PREFERRED, started_at=started_at),
+        promised_until=promised,
+        in_holder_peer_set=in_peer_set,
+        mesh=mesh,
+    )
+    record = lease(SECOND)
+    observed = replace(
+        with_node_lease(record, claim_seen=claim_seen, node_seen=node_seen, duration=duration),
+        holder_stamped_by=stamped,
+    )
+    lapse = holder_lapse_at(observed, me, TIMING)
+    d = decide(record, observed, now, me, TIMING)
+    if now < lapse:
+        assert d.action is Action.STANDBY and d.reason in WAITS_ON_HOLDER, (lapse, d)
+        assert d.recheck is not None and now + d.recheck >= lapse - 1e-9, (lapse, d)
+    if claim_seen <= min(node_seen, stamped if stamped is not None else node_seen) and now >= lapse:
+        # the claim older than the holder's liveness: its own wait is exactly the holder's
+        assert d.action is Action.ACQUIRE, (lapse, d)
+
+
+def test_the_holders_lapse_time_is_its_node_lease_plus_a_lease_duration_or_never_when_unreadable() -> None:
+    record = lease(SECOND)
+    observed = with_node_lease(record, claim_seen=1010.0, node_seen=1000.0)
+    assert holder_lapse_at(observed, member(PREFERRED), TIMING) == 1000.0 + TIMING.lease_duration
+    assert holder_lapse_at(replace(observed, holder_stamped_by=990.0), member(PREFERRED), TIMING) == pytest.approx(
+        990.0 + TIMING.lease_duration
+    )
+    assert holder_lapse_at(replace(observed, holder_unknown="bad"), member(PREFERRED), TIMING) == math.inf
+    with pytest.raises(ValueError, match="holder_seen_at"):
+        holder_lapse_at(seen(record, 1000.0), member(PREFERRED), TIMING)
+
+
+def test_a_parked_standby_waiting_for_its_holder_looks_again_rarely() -> None:
+    waiting = Decision(Action.STANDBY, "held-by-other", recheck=0.7)
+    assert next_look(waiting, owner=False, timing=TIMING, parked=True) == 4 * TIMING.lease_duration
+    assert next_look(waiting, owner=False, timing=TIMING, parked=False) == 0.7
+    # only a wait for the holder is parked: the others keep their recheck
+    other = Decision(Action.STANDBY, "not-preferred", recheck=0.7)
+    assert next_look(other, owner=False, timing=TIMING, parked=True) == 0.7

@@ -39,7 +39,7 @@ from tests.runtime.support import (
     poisoned,
     standalone_liveness,
 )
-from tests.virtual_time import VirtualClock, until
+from tests.virtual_time import VirtualClock, counts, until
 
 IP = ip_address("172.18.0.42")
 GROUP = EgressGroup(
@@ -333,10 +333,13 @@ async def test_drift_repair_asks_only_the_members_whose_kernel_state_differs() -
         assert asked == [owner.daemon.settings.node.name, other.daemon.settings.node.name]
         owner.plane.snat.clear()
         (member,) = owner.daemon.members.values()
+        stages = counts(owner.plane.ops, "stage")
         async with member.dp_lock:  # a change under way: left to the next pass, not waited for
             async with asyncio.timeout(1.0):
                 assert await owner.daemon.repair_drift() == []
+        assert counts(owner.plane.ops, "stage") == stages, "the table was staged again for a takeover under way"
         assert await owner.daemon.repair_drift() == [f"{IP}:snat-missing"]
+        assert counts(owner.plane.ops, "stage") == stages + 1
 
 
 async def test_steering_follows_the_owner_keeps_it_between_owners_and_is_removed_with_the_lease() -> None:

@@ -337,6 +337,82 @@ async def test_an_owner_with_nothing_to_do_decides_again_on_news_only_or_rarely(
         await stop_all([node])
 
 
+async def test_a_standby_of_a_live_holder_decides_again_on_news_only_or_rarely() -> None:
+    """A thousand claims of a live holder must not cost a standby a thousand
+    decisions per lease duration: the holder's renews wake none of them (one
+    timer per holder node does, when it may have lapsed)."""
+    store = FakeLeaseStore()
+    nodes = [Node("gw-a", store), Node("gw-b", store)]
+    try:
+        await settle(nodes, IPS)
+        await asyncio.sleep(TIMING.lease_duration)
+        steps = 0
+        standbys = [m for n in nodes for m in n.daemon.members.values() if m.sm.state is State.STANDBY]
+        assert len(standbys) == len(IPS)
+        for member in standbys:
+            step = member.step
+
+            async def counted(step: Callable[[], Awaitable[float]] = step) -> float:
+                nonlocal steps
+                steps += 1
+                return await step()
+
+            member.step = counted  # type: ignore[method-assign]
+        await asyncio.sleep(8 * TIMING.lease_duration)
+        assert all(len(owners(nodes, ip)) == 1 for ip in IPS)
+        assert steps <= len(standbys) * 3, f"{steps} decisions of {len(standbys)} standbys in 8 lease durations"
+    finally:
+        await stop_all(nodes)
+
+
+async def test_a_crashed_holders_claims_are_taken_over_as_soon_as_its_node_lease_lapsed() -> None:
+    """The standbys wait for news only while the holder renews; the holder's
+    timer wakes them all when its node lease has stood still for a lease
+    duration, and they take over then, not at their next look."""
+    store = FakeLeaseStore()
+    nodes = [Node("gw-a", store), Node("gw-b", store)]
+    try:
+        await settle(nodes, IPS)
+        await asyncio.sleep(2 * TIMING.lease_duration)
+        victim = next(n for n in nodes if n.serves(IPS[0]))
+        survivor = next(n for n in nodes if n is not victim)
+        held = [ip for ip in IPS if victim.serves(ip)]
+        await victim.crash()
+        loop = asyncio.get_running_loop()
+        await until(lambda: all(survivor.serves(ip) for ip in held), 3 * TIMING.lease_duration)
+        entry = survivor.daemon.view.node_entry(victim.name)
+        assert entry is not None
+        # a lease duration after the survivor last saw the victim's node lease
+        # change, plus the takeover's writes and data plane (a few ticks)
+        late = loop.time() - (entry.observed_at + TIMING.lease_duration)
+        assert 0 <= late <= 0.01, late
+    finally:
+        await stop_all(nodes)
+
+
+async def test_the_drift_repair_reads_the_serving_right_once_per_pass_not_once_per_member() -> None:
+    store = FakeLeaseStore()
+    node = Node("gw-a", store, replace(GROUP, candidates=("gw-a",)))
+    try:
+        await settle([node], IPS)
+        liveness = node.daemon.liveness
+        right = liveness.right
+        reads = 0
+
+        def counted(now: float | None = None) -> rights.Right:
+            nonlocal reads
+            reads += 1
+            return right(now)
+
+        liveness.right = counted  # type: ignore[method-assign]
+        assert await node.daemon.repair_drift() == []
+        assert reads <= 2, f"{reads} reads of the right for {len(IPS)} members"
+        node.plane.snat.pop(IPS[0])  # one to mend: the right is read again after it
+        assert await node.daemon.repair_drift() == [f"{IPS[0]}:snat-missing"]
+    finally:
+        await stop_all([node])
+
+
 async def test_the_kernel_fences_of_all_owned_ips_are_rearmed_at_once_after_each_renew() -> None:
     store = FakeLeaseStore()
     node = Node("gw-a", store, replace(GROUP, candidates=("gw-a",)))
