@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -104,5 +104,5 @@ async def until(cond: Callable[[], bool], timeout: float = 3.0, step: float = 0.
     return loop.time() - started
 
 
-def counts(ops: list[Mapping[str, Any]], op: str) -> int:
+def counts(ops: Sequence[Mapping[str, Any]], op: str) -> int:
     return sum(1 for o in ops if o["op"] == op)
