@@ -531,45 +531,38 @@ class NftablesSnat:
         return True
 
     async def activate(self, ip: IPAddress, group: str) -> None:
-        """Add the SNAT rule of ``ip`` (and arm its fence) in one transaction;
-        for an IP :meth:`prime` d, arm its fence only."""
+        """Add the SNAT rule of ``ip`` and arm its fence; for an IP
+        :meth:`prime` d, whose rule is in place, arm its fence only."""
         async with self._lock:
             await self._load()
             self._check(ip, group, "snat")
-            if ip in self._primed and self._owned.get(ip) == group and self._fence_ms is not None:
-                # the rule is in place, failing closed: the fence's element makes it serve
-                self._primed.discard(ip)
-                if self._lib is None:
-                    await self._arm_fence([ip], self._fence_ms, probe=False)
-                else:
-                    batch, acks = encode_fence_refresh([ip], self._fence_ms, update=self._fence_update is True, seq=1)
-                    await self._send_fence(batch, acks, f"arm {ip}")
-                log.info("SNAT to %s active for group %s (primed; fence armed)", ip, group)
-                return
-            owned = dict(self._owned)
-            owned[ip] = group
-            script = self._chain_script(group, ip.version, owned)
-            if self._fence_ms is not None and self._lib is None:
-                script += nft.render_fence_refresh([ip], self._fence_ms, update=self._fence_update is True)
-            await self._run(script, what=f"activate {ip}")
-            self._owned = owned
+            fence = self._fence_ms is not None
+            update = self._fence_update is True
+            primed = fence and ip in self._primed and self._owned.get(ip) == group
+            if not primed:
+                owned = dict(self._owned)
+                owned[ip] = group
+                script = self._chain_script(group, ip.version, owned)
+                if self._fence_ms is not None and self._lib is None:
+                    script += nft.render_fence_refresh([ip], self._fence_ms, update=update)
+                await self._run(script, what=f"activate {ip}")
+                self._owned = owned
+                self._changes += 1
+            elif self._fence_ms is not None and self._lib is None:
+                await self._run(nft.render_fence_refresh([ip], self._fence_ms, update=update), what=f"arm {ip}")
             self._primed.discard(ip)
-            self._changes += 1
             if self._fence_ms is not None and self._lib is not None:
                 # after the rule, on its own: until the element is armed the fence
                 # drops what the rule NATs (fails closed), and a batch of our own
                 # skips nft's read of every interval set's elements
-                update = self._fence_update is True
                 await self._send_fence(*encode_fence_refresh([ip], self._fence_ms, update=update, seq=1), f"arm {ip}")
-            log.info("SNAT to %s active for group %s", ip, group)
+            log.info("SNAT to %s active for group %s%s", ip, group, " (primed; fence armed)" if primed else "")
 
     async def prime(self, ip: IPAddress, group: str) -> bool:
         """Add the SNAT rule of ``ip`` without arming its fence (see the port)."""
         if self._fence_ms is None:
             return False
         async with self._lock:
-            if self._fence_update is None:  # now, not on the takeover's path
-                self._fence_update = await self._probe_fence_update()
             await self._load()
             self._check(ip, group, "snat prime")
             if self._owned.get(ip) == group:
@@ -701,14 +694,7 @@ class NftablesSnat:
         ms = self._fence_ms if ttl is None else min(self._fence_ms, int(ttl * 1000))
         if ms < 1:
             return
-        await self._arm_fence(ips, ms)
-
-    async def _arm_fence(self, ips: list[IPAddress], ms: int, *, probe: bool = True) -> None:
-        """Arm the fence elements of ``ips`` for ``ms`` from now. The kernel's
-        way of updating an element is probed first if it is not known yet,
-        unless ``probe`` is False (a takeover: then add/delete/add, which
-        every kernel takes)."""
-        if self._fence_update is None and probe:
+        if self._fence_update is None:
             self._fence_update = await self._probe_fence_update()
         update = self._fence_update is True
         if self._lib is None:
