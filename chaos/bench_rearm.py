@@ -93,9 +93,9 @@ async def run(ns: str, ips: list[IPAddress], rounds: int, *, per_ip: bool) -> No
         await addresses.close()
 
 
-async def run_fence(ns: str, ips: list[IPAddress], rounds: int) -> None:
-    ttl = Timing().fence_ttl
-    group = EgressGroup(
+def bench_group(ips: list[IPAddress]) -> EgressGroup:
+    """The one group of the nftables runs, with all the IPs."""
+    return EgressGroup(
         name="bench",
         egress_ips=tuple(ips),
         interface=IFNAME,
@@ -103,6 +103,11 @@ async def run_fence(ns: str, ips: list[IPAddress], rounds: int) -> None:
         source_cidrs=(ipaddress.ip_network("10.244.0.0/16"),),
         destination_cidrs=(ipaddress.ip_network("192.0.2.0/24"),),
     )
+
+
+async def run_fence(ns: str, ips: list[IPAddress], rounds: int) -> None:
+    ttl = Timing().fence_ttl
+    group = bench_group(ips)
     snat = NftablesSnat(netns=ns, fence_ttl=ttl)
     await snat.stage([group])
     await snat.refresh_fence(ips, ttl)  # every element present, as on a gateway that owns them
@@ -121,14 +126,7 @@ async def run_fence(ns: str, ips: list[IPAddress], rounds: int) -> None:
 
 async def run_activate(ns: str, ips: list[IPAddress], rounds: int) -> None:
     ttl = Timing().fence_ttl
-    group = EgressGroup(
-        name="bench",
-        egress_ips=tuple(ips),
-        interface=IFNAME,
-        candidates=("a", "b"),
-        source_cidrs=(ipaddress.ip_network("10.244.0.0/16"),),
-        destination_cidrs=(ipaddress.ip_network("192.0.2.0/24"),),
-    )
+    group = bench_group(ips)
     snat = NftablesSnat(netns=ns, fence_ttl=ttl)
     await snat.stage([group])
     await snat.refresh_fence(ips[:1], ttl)  # the kernel's element update probed, as a running gateway has

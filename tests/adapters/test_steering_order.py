@@ -28,9 +28,9 @@ GROUPS = tuple(
 VIA = ipaddress.ip_address("172.18.0.5")
 
 
-async def test_routes_of_ips_moving_together_are_all_switched_before_any_read_back(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def recorded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The adapter's route writes ("switch <ip>") and read-backs ("read <slot>"),
+    in order, instead of the kernel's."""
     steps: list[str] = []
 
     def apply(self: PolicySteering, ops: Any, ctx: str) -> None:
@@ -44,6 +44,13 @@ async def test_routes_of_ips_moving_together_are_all_switched_before_any_read_ba
     monkeypatch.setattr(PolicySteering, "_apply", apply)
     monkeypatch.setattr(PolicySteering, "_read", read)
     monkeypatch.setattr(PolicySteering, "_slot_map", lambda self: self.__dict__.setdefault("_test_slots", {}))
+    return steps
+
+
+async def test_routes_of_ips_moving_together_are_all_switched_before_any_read_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    steps = recorded(monkeypatch)
     steering = PolicySteering()
     try:
         await asyncio.gather(*(steering.route(g, g.egress_ips[0], VIA) for g in GROUPS))
@@ -57,19 +64,7 @@ async def test_routes_of_ips_moving_together_are_all_switched_before_any_read_ba
 async def test_an_ip_whose_new_owner_arrives_moments_later_is_switched_before_the_first_read_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    steps: list[str] = []
-
-    def apply(self: PolicySteering, ops: Any, ctx: str) -> None:
-        if ops:
-            steps.append("switch " + ctx.split()[4])
-
-    def read(self: PolicySteering, slot: int | None, version: int | None = None) -> Plan:
-        steps.append(f"read {slot}")
-        return Plan()
-
-    monkeypatch.setattr(PolicySteering, "_apply", apply)
-    monkeypatch.setattr(PolicySteering, "_read", read)
-    monkeypatch.setattr(PolicySteering, "_slot_map", lambda self: self.__dict__.setdefault("_test_slots", {}))
+    steps = recorded(monkeypatch)
     steering = PolicySteering()
     try:
         first = asyncio.create_task(steering.route(GROUPS[0], IPS[0], VIA))

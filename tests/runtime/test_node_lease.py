@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import replace
 from ipaddress import ip_address
 
@@ -25,7 +25,7 @@ from egressd.core.states import State
 from egressd.ports import LeaseEvent
 from egressd.runtime.daemon import Daemon
 from egressd.runtime.liveness import NodeLiveness
-from egressd.runtime.member import DataPlane
+from egressd.runtime.member import DataPlane, Member
 from egressd.runtime.view import LeaseView
 from tests.fakes import FakeLeaseStore
 from tests.runtime.support import TIMING, RecordedNode, assert_no_two_owners, owners, settle, stop_all
@@ -57,6 +57,21 @@ class Node(RecordedNode):
             clock=VirtualClock(),
             repair_interval=3600,
         )
+
+
+def count_steps(members: Iterable[Member]) -> list[int]:
+    """Count the decisions of ``members`` from now: the one-element list
+    holds the count so far."""
+    steps = [0]
+    for member in members:
+        step = member.step
+
+        async def counted(step: Callable[[], Awaitable[float]] = step) -> float:
+            steps[0] += 1
+            return await step()
+
+        member.step = counted  # type: ignore[method-assign]
+    return steps
 
 
 async def test_liveness_costs_one_write_per_gateway_and_claims_are_not_renewed() -> None:
@@ -320,19 +335,10 @@ async def test_an_owner_with_nothing_to_do_decides_again_on_news_only_or_rarely(
     node = Node("gw-a", store, replace(GROUP, candidates=("gw-a",)))
     try:
         await settle([node], IPS)
-        steps = 0
-        for member in node.daemon.members.values():
-            step = member.step
-
-            async def counted(step: Callable[[], Awaitable[float]] = step) -> float:
-                nonlocal steps
-                steps += 1
-                return await step()
-
-            member.step = counted  # type: ignore[method-assign]
+        steps = count_steps(node.daemon.members.values())
         await asyncio.sleep(8 * TIMING.lease_duration)
         assert all(node.serves(ip) for ip in IPS)
-        assert steps <= len(IPS) * 3, f"{steps} decisions of {len(IPS)} owners in 8 lease durations"
+        assert steps[0] <= len(IPS) * 3, f"{steps[0]} decisions of {len(IPS)} owners in 8 lease durations"
     finally:
         await stop_all([node])
 
@@ -346,21 +352,12 @@ async def test_a_standby_of_a_live_holder_decides_again_on_news_only_or_rarely()
     try:
         await settle(nodes, IPS)
         await asyncio.sleep(TIMING.lease_duration)
-        steps = 0
         standbys = [m for n in nodes for m in n.daemon.members.values() if m.sm.state is State.STANDBY]
         assert len(standbys) == len(IPS)
-        for member in standbys:
-            step = member.step
-
-            async def counted(step: Callable[[], Awaitable[float]] = step) -> float:
-                nonlocal steps
-                steps += 1
-                return await step()
-
-            member.step = counted  # type: ignore[method-assign]
+        steps = count_steps(standbys)
         await asyncio.sleep(8 * TIMING.lease_duration)
         assert all(len(owners(nodes, ip)) == 1 for ip in IPS)
-        assert steps <= len(standbys) * 3, f"{steps} decisions of {len(standbys)} standbys in 8 lease durations"
+        assert steps[0] <= len(standbys) * 3, f"{steps[0]} decisions of {len(standbys)} standbys in 8 lease durations"
     finally:
         await stop_all(nodes)
 
