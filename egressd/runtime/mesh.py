@@ -160,9 +160,6 @@ class News:
     listen_guard: ReplayGuard = field(default_factory=ReplayGuard)
     news_guard: ReplayGuard = field(default_factory=ReplayGuard)
     listens_sent: int = 0
-    listens_taken: int = 0
-    datagrams_sent: int = 0
-    """Serving datagrams sent (to all listeners)."""
     claims_announced: int = 0
     """IPs we started serving and told our listeners of."""
     taken: int = 0
@@ -297,12 +294,11 @@ class Mesh:
 
     # --- listens and news of new owners -----------------------------------------
 
-    def listen(self, peers: frozenset[str] | None = None) -> list[str]:
-        """Ask the candidates we steer to (or ``peers`` of them) for news of
-        new owners; the peers the listen went to (one without a known address
-        is skipped)."""
+    def listen(self, peers: frozenset[str]) -> list[str]:
+        """Ask ``peers`` (candidates we steer to) for news of new owners; the
+        peers the listen went to (one without a known address is skipped)."""
         sent = []
-        for peer in sorted((self.news.peers() if peers is None else peers) - {self.node}):
+        for peer in sorted(peers - {self.node}):
             address = self._address_of(peer)
             if address is None:
                 continue
@@ -343,7 +339,6 @@ class Mesh:
         self.news.listeners.move_to_end(listen.sender)
         while len(self.news.listeners) > news.MAX_LISTENERS:
             self.news.listeners.popitem(last=False)
-        self.news.listens_taken += 1
 
     def announce(self, ip: str, epoch: int) -> None:
         """We serve ``ip`` on our claim at ``epoch`` now: tell the listeners.
@@ -361,7 +356,7 @@ class Mesh:
         now = self._clock.monotonic()
         for node in [n for n, (_a, until) in self.news.listeners.items() if until <= now]:
             del self.news.listeners[node]
-        targets = [address for node, (address, _until) in self.news.listeners.items() if node != self.node]
+        targets = [address for address, _until in self.news.listeners.values()]  # never this node (_listened)
         if not claims or not targets:
             return
         pairs = list(claims.items())
@@ -370,7 +365,6 @@ class Mesh:
             message = Serving(self.node, self.incarnation, self._seq, tuple(pairs[start : start + MAX_SERVING_CLAIMS]))
             for address in targets:
                 self.transport.send(message, address)
-                self.news.datagrams_sent += 1
         self.news.claims_announced += len(pairs)
         self.log.debug("told %d listeners that we serve %s", len(targets), ", ".join(claims))
 
