@@ -16,8 +16,9 @@ only if
 
 1. it steers the IP (``not-steered``);
 2. the sender is a candidate of the IP's group (``not-candidate``);
-3. the epoch is newer than the claim its view shows, or its view shows none
-   (``stale-epoch``): news never overrides what the API already said later.
+3. the epoch is newer than the claim its view shows, or its view shows none,
+   and newer than news it took before (``stale-epoch``): news never overrides
+   what the API, or a later owner, already said.
 
 It then routes the IP to the sender (the datagram's source address, which is
 the node address a gateway binds its mesh socket to and writes in its claims)
@@ -77,13 +78,15 @@ def judge_news(
     *,
     candidates: Collection[str] | None,
     known: LeaseRecord | None,
+    held: Hint | None = None,
 ) -> NewsVerdict:
     """Whether a steering node takes the news that ``sender`` serves ``ip``
     on its claim at ``epoch``.
 
     ``candidates``: the candidates of the group this node steers ``ip`` for
     (None: it does not steer it); ``known``: the claim as its view shows it
-    (None: not seen)."""
+    (None: not seen); ``held``: the hint it holds for ``ip`` (news taken
+    earlier), which newer news only replaces."""
     if candidates is None:
         return NewsVerdict(False, "not-steered", f"{ip} is not steered here")
     if sender not in candidates:
@@ -92,6 +95,8 @@ def judge_news(
         return NewsVerdict(
             False, "stale-epoch", f"{ip} epoch {epoch} is not newer than the claim's {known.transitions}"
         )
+    if held is not None and epoch_order(epoch, held.epoch) <= 0:
+        return NewsVerdict(False, "stale-epoch", f"{ip} epoch {epoch} is not newer than news of {held.epoch}")
     return NewsVerdict(True, "taken")
 
 

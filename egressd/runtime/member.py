@@ -304,12 +304,14 @@ class Member:
         self._parked_on = None
 
     def woken(self, wake: Wake) -> None:
-        """The old owner says it released this IP's claim to us: read the
-        claim now. The read runs beside the loop, which goes on waiting for
+        """The old owner says it released or transferred this IP's claim to
+        us. The wake of the transfer we accepted stands for that write
+        (:func:`egressd.core.transfer.confirmed_by`): the transfer is put in
+        the view, provisional, and decided on at once. Any other wake makes
+        us read the claim now, beside the loop, which goes on waiting for
         news: whichever brings the release first, the read or the watch,
-        wakes it (a read never holds back news the watch has brought). The
-        wake only says when to look; what is read is decided on as the
-        watch's news would be."""
+        wakes it (a read never holds back news the watch has brought); what
+        is read is decided on as the watch's news would be."""
         if self.sm.state is State.OWNER or self._stopping:
             return
         known = self._view.get(self.name).record

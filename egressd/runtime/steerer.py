@@ -30,7 +30,7 @@ import logging
 from collections.abc import Sequence
 
 from egressd.core.errors import DataPlaneError
-from egressd.core.lease import LeaseRecord, epoch_order, lease_name
+from egressd.core.lease import LeaseRecord, lease_name
 from egressd.core.model import EgressGroup, IPAddress
 from egressd.core.news import Hint, NewsVerdict, judge_news, steer_to
 from egressd.ports import Steering
@@ -104,10 +104,8 @@ class Steerer:
             sender,
             candidates=group.candidates if group is not None else None,
             known=self._view.get(lease_name(ip)).record,
+            held=self.hints.get(egress_ip),
         )
-        held = self.hints.get(egress_ip)
-        if verdict.taken and held is not None and epoch_order(epoch, held.epoch) <= 0:
-            verdict = NewsVerdict(False, "stale-epoch", f"{ip} epoch {epoch} is not newer than news of {held.epoch}")
         if verdict.taken:
             self.hints[egress_ip] = Hint(sender, epoch, via)
             log.info("ip=%s node=%s epoch=%d serves it (news over the mesh): steering to %s", ip, sender, epoch, via)

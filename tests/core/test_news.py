@@ -66,3 +66,9 @@ def test_the_order_survives_the_wrap_of_the_epoch(known: int, ahead: int) -> Non
     assert not judge_news(IP, known, "gw-b", candidates=CANDIDATES, known=claim(news)).taken
     assert steer_to(claim(known), hint(news)) == hint(news)
     assert steer_to(claim(news), hint(known)) is None
+
+
+def test_news_not_newer_than_a_hint_held_is_refused() -> None:
+    assert judge_news(IP, 5, "gw-b", candidates=CANDIDATES, known=claim(3), held=hint(4)).taken
+    assert judge_news(IP, 4, "gw-b", candidates=CANDIDATES, known=claim(3), held=hint(4)).reason == "stale-epoch"
+    assert judge_news(IP, 4, "gw-a", candidates=CANDIDATES, known=claim(3), held=hint(5)).reason == "stale-epoch"
