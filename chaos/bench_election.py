@@ -202,6 +202,7 @@ def main() -> int:
     parser.add_argument(
         "--kernel", action="store_true", help="the kernel data plane, in namespaces made for the run (root)"
     )
+    parser.add_argument("--keep-logs", metavar="DIR", help="copy the daemons' logs into DIR at the end")
     args = parser.parse_args()
     if not 1 <= args.ips <= 65_000 or not 1 <= args.gateways <= 50 or not 0 < args.seconds <= 3600:
         parser.error("--ips 1..65000, --gateways 1..50, --seconds up to 3600")
@@ -267,6 +268,11 @@ def bench(args: argparse.Namespace, where: Place) -> int:
                 proc.kill()
                 proc.wait()
         api.close()
+        if args.keep_logs:
+            Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
+            for log in logs:
+                if log.exists():
+                    shutil.copy(log, Path(args.keep_logs) / log.name)
         shutil.rmtree(tmp, ignore_errors=True)  # the daemons' configs and logs
 
 
