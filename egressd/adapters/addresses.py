@@ -529,25 +529,18 @@ class KernelAddresses:
         return int(found[0])
 
     def _claim(self, ip: IPAddress, interface: str, lifetime: int) -> None:
-        index = self._index(interface)
-        kwargs: dict[str, Any] = {
-            "index": index,
-            "address": str(ip),
-            "prefixlen": ip.max_prefixlen,
-            "valid_lft": lifetime,
-            "preferred_lft": lifetime,
-            "proto": self._proto,
-        }
-        if ip.version == 4:
-            label = _label(interface)
-            if label is not None:
-                kwargs["label"] = label
-        else:
-            kwargs["flags"] = _IFA_F_NODAD
-        try:
-            self._sock().addr("replace", **kwargs)
-        except NetlinkError as exc:
-            raise DataPlaneError(f"claim {ip} on {interface} (lifetime {lifetime}s) failed: {exc}") from exc
+        """One ``RTM_NEWADDR`` (replace) on the raw socket, closed by a barrier:
+        the takeover's own step, so it skips pyroute2's encoding and decoding
+        (1 to 3 ms of CPU here, against a few hundred microseconds)."""
+        index = self._link_index(interface)
+        if isinstance(index, str):
+            raise DataPlaneError(f"claim {ip} on {interface}: {index}")
+        seq = self._next_seq()
+        label = _label(interface) if ip.version == 4 else None
+        message = encode_claim(seq, index, ip, lifetime=lifetime, proto=self._proto, label=label, ack=False)
+        failed = self._send_batch([message], {seq: ip})
+        if failed:
+            raise DataPlaneError(f"claim {ip} on {interface} (lifetime {lifetime}s) failed: {failed[0]}")
 
     def _release(self, ip: IPAddress, interface: str) -> None:
         try:
