@@ -436,6 +436,8 @@ class NftablesSnat:
         self._owned: dict[IPAddress, str] = {}
         self._primed: set[IPAddress] = set()
         """IPs of ``_owned`` whose rule :meth:`prime` added, fence not armed yet."""
+        self._activations: dict[IPAddress, tuple[str, asyncio.Future[None]]] = {}
+        """Activations waiting for the lock, each with its group and the future it waits on."""
         self._fence_keys: dict[IPAddress, bytes] = {}
         """The encoded key of each IP's fence elements (bounded by the egress IPs ever armed)."""
         self._fence_batch: tuple[tuple[IPAddress, ...], int, bool, bytes, int] | None = None
@@ -532,31 +534,121 @@ class NftablesSnat:
 
     async def activate(self, ip: IPAddress, group: str) -> None:
         """Add the SNAT rule of ``ip`` and arm its fence; for an IP
-        :meth:`prime` d, whose rule is in place, arm its fence only."""
-        async with self._lock:
+        :meth:`prime` d, whose rule is in place, arm its fence only.
+
+        Activations asked for while the table is busy are written together
+        when it comes free: one transaction for their rules and one batch
+        for their fence elements. A gateway taking hundreds of IPs at once
+        (at start, after a peer's loss) would otherwise rewrite a group chain
+        once per IP, each time one rule longer; and the second IP of a
+        handoff would wait for the first's own batch."""
+        waiting = self._activations.get(ip)
+        if waiting is not None and waiting[0] == group:
+            ticket = waiting[1]  # asked twice before its turn: once is enough
+        else:
+            ticket = asyncio.get_running_loop().create_future()
+            self._activations[ip] = (group, ticket)
+        try:
+            async with self._lock:
+                if not ticket.done():
+                    await self._activate_pending()
+                if not ticket.done():  # replaced by an activation for another group meanwhile
+                    ticket.set_exception(DataPlaneError(f"activate {ip}: superseded for another group"))
+        finally:
+            if self._activations.get(ip, (group, None))[1] is ticket:
+                del self._activations[ip]  # cancelled before its turn: nothing was written for it
+            if ticket.done() and not ticket.cancelled():
+                ticket.exception()  # retrieved, also when this waiter was cancelled
+        ticket.result()
+
+    async def _activate_pending(self) -> None:
+        """Activate every IP waiting (see :meth:`activate`; the lock is held).
+        A transaction of several IPs' rules that fails is tried again IP by
+        IP, so that one IP's failure is its own."""
+        batch, self._activations = self._activations, {}
+        try:
             await self._load()
-            self._check(ip, group, "snat")
+            ready: list[tuple[IPAddress, str, asyncio.Future[None]]] = []
+            for ip, (group, ticket) in batch.items():
+                try:
+                    self._check(ip, group, "snat")
+                except DataPlaneError as exc:
+                    ticket.set_exception(exc)
+                    continue
+                ready.append((ip, group, ticket))
             fence = self._fence_ms is not None
+            rules = [(ip, g) for ip, g, _ in ready if not (fence and ip in self._primed and self._owned.get(ip) == g)]
+            failed = await self._write_rules(rules)
+            arm = [(ip, g, t) for ip, g, t in ready if ip not in failed]
+            try:
+                await self._arm(arm, primed={ip for ip, _g, _t in arm} - {ip for ip, _g in rules})
+            except DataPlaneError as exc:
+                failed.update((ip, exc) for ip, _g, _t in arm)
+            for ip, _group, ticket in ready:
+                if ip in failed:
+                    ticket.set_exception(failed[ip])
+                else:
+                    ticket.set_result(None)
+        except BaseException as exc:  # cancelled, or a bug: nobody waits for nothing
+            for _group, ticket in batch.values():
+                if not ticket.done():
+                    ticket.set_exception(DataPlaneError(f"SNAT activation interrupted: {exc!r}"))
+            raise
+
+    async def _write_rules(self, rules: Sequence[tuple[IPAddress, str]]) -> dict[IPAddress, DataPlaneError]:
+        """:meth:`_add_rules` for all of ``rules``, or IP by IP if that fails; the IPs that failed, and why."""
+        if not rules:
+            return {}
+        try:
+            await self._add_rules(rules)
+        except DataPlaneError as exc:
+            if len(rules) == 1:
+                return {rules[0][0]: exc}
+        else:
+            return {}
+        failed: dict[IPAddress, DataPlaneError] = {}
+        for one in rules:
+            try:
+                await self._add_rules([one])
+            except DataPlaneError as exc:
+                failed[one[0]] = exc
+        return failed
+
+    async def _add_rules(self, rules: Sequence[tuple[IPAddress, str]]) -> None:
+        """Write the group chains with the rules of ``rules`` added (one
+        transaction; without libnftables, their fence elements in it too)."""
+        owned = dict(self._owned)
+        owned.update(rules)
+        script = "".join(self._chain_script(g, v, owned) for g, v in sorted({(g, ip.version) for ip, g in rules}))
+        if self._fence_ms is not None and self._lib is None:
             update = self._fence_update is True
-            primed = fence and ip in self._primed and self._owned.get(ip) == group
-            if not primed:
-                owned = dict(self._owned)
-                owned[ip] = group
-                script = self._chain_script(group, ip.version, owned)
-                if self._fence_ms is not None and self._lib is None:
-                    script += nft.render_fence_refresh([ip], self._fence_ms, update=update)
-                await self._run(script, what=f"activate {ip}")
-                self._owned = owned
-                self._changes += 1
-            elif self._fence_ms is not None and self._lib is None:
-                await self._run(nft.render_fence_refresh([ip], self._fence_ms, update=update), what=f"arm {ip}")
-            self._primed.discard(ip)
-            if self._fence_ms is not None and self._lib is not None:
-                # after the rule, on its own: until the element is armed the fence
-                # drops what the rule NATs (fails closed), and a batch of our own
+            script += nft.render_fence_refresh([ip for ip, _g in rules], self._fence_ms, update=update)
+        what = f"activate {rules[0][0]}" if len(rules) == 1 else f"activate {len(rules)} egress IPs"
+        await self._run(script, what=what)
+        self._owned = owned
+        self._changes += 1
+
+    async def _arm(self, armed: Sequence[tuple[IPAddress, str, asyncio.Future[None]]], primed: set[IPAddress]) -> None:
+        """After their rules: arm the fence elements of ``armed`` (those of
+        ``primed`` had their rule from :meth:`prime`), and say so."""
+        if not armed:
+            return
+        ips = [ip for ip, _g, _t in armed]
+        if self._fence_ms is not None:
+            update = self._fence_update is True
+            what = f"arm {ips[0]}" if len(ips) == 1 else f"arm {len(ips)} egress IPs"
+            if self._lib is not None:
+                # after the rules, on their own: until an element is armed the fence
+                # drops what its rule NATs (fails closed), and a batch of our own
                 # skips nft's read of every interval set's elements
-                await self._send_fence(*encode_fence_refresh([ip], self._fence_ms, update=update, seq=1), f"arm {ip}")
-            log.info("SNAT to %s active for group %s%s", ip, group, " (primed; fence armed)" if primed else "")
+                await self._send_fence(*encode_fence_refresh(ips, self._fence_ms, update=update, seq=1), what)
+            elif primed:
+                await self._run(
+                    nft.render_fence_refresh(sorted(primed, key=str), self._fence_ms, update=update), what=what
+                )
+        for ip, group, _ticket in armed:
+            self._primed.discard(ip)
+            log.info("SNAT to %s active for group %s%s", ip, group, " (primed; fence armed)" if ip in primed else "")
 
     async def prime(self, ip: IPAddress, group: str) -> bool:
         """Add the SNAT rule of ``ip`` without arming its fence (see the port)."""

@@ -316,6 +316,47 @@ async def test_all_egress_ips_are_deactivated_in_one_transaction(two: Net) -> No
     assert seen(two, b) == str(EGRESS2)
 
 
+async def test_activations_asked_together_are_written_together(two: Net) -> None:
+    """Activations asked while the table is busy wait for it and are then
+    written as one transaction (rules) and one fence batch: a gateway taking
+    many IPs at once does not rewrite its chain once per IP."""
+    snat = NftablesSnat(netns=two.gw, fence_ttl=5.0)
+    a, b = client_for(EGRESS), client_for(EGRESS2)
+    add_clients(two, a, b)
+    await snat.stage([dataclasses.replace(TWO, source_cidrs=(host(a), host(b)))])
+    before = snat._changes
+    await asyncio.gather(snat.activate(EGRESS, "web-a"), snat.activate(EGRESS2, "web-a"))
+    assert snat._changes - before <= 2  # the first alone (or with the second), the second's batch
+    await snat.deactivate_all([EGRESS, EGRESS2])
+    async with snat._lock:  # the table busy: both wait, then go together
+        waiting = [asyncio.create_task(snat.activate(ip, "web-a")) for ip in (EGRESS, EGRESS2)]
+        await asyncio.sleep(0.05)
+        before = snat._changes
+    await asyncio.gather(*waiting)
+    assert snat._changes - before == 1
+    assert await snat.active() == {EGRESS, EGRESS2}
+    assert set(await snat.fence()) == {EGRESS, EGRESS2}
+    assert seen(two, a) == str(EGRESS) and seen(two, b) == str(EGRESS2)
+    await snat.clear()
+
+
+async def test_an_activation_that_cannot_be_written_fails_alone(two: Net) -> None:
+    snat = NftablesSnat(netns=two.gw, fence_ttl=5.0)
+    a = client_for(EGRESS)
+    add_clients(two, a)
+    await snat.stage([dataclasses.replace(GROUP, source_cidrs=(host(a),))])  # EGRESS2 not staged
+    async with snat._lock:
+        good = asyncio.create_task(snat.activate(EGRESS, "web-a"))
+        bad = asyncio.create_task(snat.activate(EGRESS2, "web-a"))
+        await asyncio.sleep(0.05)
+    await good
+    with pytest.raises(DataPlaneError, match="not an egress IP of group 'web-a'"):
+        await bad
+    assert await snat.active() == {EGRESS}
+    assert seen(two, a) == str(EGRESS)
+    await snat.clear()
+
+
 async def test_sources_are_added_and_removed_without_rewriting_the_table(two: Net, snat: NftablesSnat) -> None:
     a, b = client_for(EGRESS), client_for(EGRESS2)
     add_clients(two, a, b)
