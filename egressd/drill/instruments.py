@@ -71,19 +71,23 @@ _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 """Ask for receive timestamps (read by :func:`egressd.lab.outpost.kernel_receive_time`)."""
 
 
-PROBER_PRIORITY = 1
-"""The real-time priority (``SCHED_RR``) of a prober's sending thread: the lowest, above every
-ordinary process. A prober that is not scheduled sends nothing, and the pause shows as a gap
-between two served probes although nothing went unserved (a daemon restarting takes a core
-for most of a second: 52 ms without a probe was seen so); at this priority a prober thread
-runs as soon as its timer fires. It sends one datagram per interval, so it cannot take a core."""
+INSTRUMENT_PRIORITY = 1
+"""The real-time priority (``SCHED_RR``, the lowest: above every ordinary process) of the
+instruments' threads. A prober that is not scheduled sends nothing, and the pause shows as a
+gap between two served probes although nothing went unserved: a daemon restarting takes a core
+for most of a second, and 52 ms without a probe was seen so. The probers' threads share the
+interpreter lock with the other instruments' threads, so those run at the same priority (a
+prober waiting for the lock held by a descheduled ordinary thread would pause all the same).
+They are light (a datagram per interval, the frames the filter lets through, a log read every
+:data:`TAIL_INTERVAL`); processes they start do not inherit the policy."""
 
 
 def realtime() -> None:
-    """Run the calling thread at :data:`PROBER_PRIORITY` (on Linux a thread's own policy); where
-    that is not allowed (not root), it keeps the ordinary policy."""
+    """Run the calling thread at :data:`INSTRUMENT_PRIORITY` (on Linux a thread's own policy);
+    where that is not allowed (not root), it keeps the ordinary policy."""
     with contextlib.suppress(OSError, AttributeError):
-        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(PROBER_PRIORITY))
+        policy = os.SCHED_RR | getattr(os, "SCHED_RESET_ON_FORK", 0)
+        os.sched_setscheduler(0, policy, os.sched_param(INSTRUMENT_PRIORITY))
 
 
 class DrillError(LabError):
@@ -102,6 +106,7 @@ class Worker:
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         def guarded() -> None:
+            realtime()
             try:
                 target()
             except BaseException as exc:  # reported by the drill, not lost in a thread
@@ -149,7 +154,6 @@ class Prober(Worker):
         self._sock.close()
 
     def _send(self) -> None:
-        realtime()
         seq = 0
         due = monotonic()
         while not self._stop.is_set():
