@@ -39,6 +39,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("egressd")
 
+SWITCH_INTERVAL = 0.001
+"""The interpreter's thread switch interval in the daemon (Python's default: 5 ms). The
+takeover and steering steps hop between the event loop and the adapters' threads
+(netlink, nftables, conntrack); a thread woken by its kernel answer waits for the
+interpreter lock while another thread runs Python code, up to this long at each hop."""
+
 
 class UsageError(EgressdError):
     """Bad command-line input."""
@@ -198,6 +204,7 @@ def _run(args: argparse.Namespace) -> int:
             settings.mesh.key_file,
         )
         settings = replace(settings, mesh=None)
+    sys.setswitchinterval(SWITCH_INTERVAL)
     return asyncio.run(_run_async(settings, args, mesh_key))
 
 
