@@ -61,8 +61,8 @@ from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netns import setns
 
+from egressd.adapters import rtnl
 from egressd.core.errors import DataPlaneError
 from egressd.core.model import IPAddress
 
@@ -79,7 +79,6 @@ ADDRESS_PROTO = 0xE9
 LABEL_SUFFIX = ":egd"
 
 _IFA_F_NODAD = 0x02
-_NLMSG_NOOP = 1
 _DUMP_READ = 1 << 16
 """Bytes of one read of a dump (the kernel fills a read up to its size)."""
 _NLMSG_ERROR = 2
@@ -94,10 +93,7 @@ _NLM_F_REPLACE_QUIET = _NLM_F_REPLACE_ACK & ~_NLM_F_ACK
 """The same without NLM_F_ACK: the kernel answers only a failure (what :meth:`KernelAddresses.refresh` sends)."""
 _IFA_ADDRESS, _IFA_LOCAL, _IFA_LABEL, _IFA_CACHEINFO, _IFA_FLAGS, _IFA_PROTO = 1, 2, 3, 6, 8, 11
 _IFLA_IFNAME = 3
-_SOL_NETLINK = 270
-_NETLINK_CAP_ACK = 10
-_HEADER = struct.Struct("=IHHII")
-"""nlmsghdr: length, type, flags, sequence, port id."""
+_HEADER = rtnl.HEADER
 _IFINFO = struct.Struct("=BxHiII")
 """ifinfomsg: family, type, index, flags, change."""
 BATCH = 256
@@ -118,9 +114,7 @@ def _label(interface: str) -> str | None:
     return label if len(label) <= 15 else None
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
+_attr = rtnl.attr
 
 
 def encode_claim(
@@ -145,10 +139,7 @@ def encode_claim(
     return _HEADER.pack(_HEADER.size + len(body), _RTM_NEWADDR, flags, seq, 0) + body
 
 
-def encode_barrier(seq: int) -> bytes:
-    """An ``NLMSG_NOOP`` asking for an acknowledgement: the kernel answers it
-    after every message written before it in the same write."""
-    return _HEADER.pack(_HEADER.size, _NLMSG_NOOP, _NLM_F_REQUEST | _NLM_F_ACK, seq, 0)
+encode_barrier = rtnl.encode_barrier
 
 
 def encode_link_request(seq: int, interface: str) -> bytes:
@@ -199,20 +190,7 @@ def _link_name(data: bytes, at: int, end: int) -> str | None:
     return None
 
 
-def read_acks(data: bytes) -> list[tuple[int, int]]:
-    """(sequence, errno) of each acknowledgement in a read from the socket
-    (errno 0: done); other messages are skipped."""
-    out: list[tuple[int, int]] = []
-    offset = 0
-    while offset + _HEADER.size <= len(data):
-        length, kind, _flags, seq, _port = _HEADER.unpack_from(data, offset)
-        if length < _HEADER.size:
-            break  # malformed: never loop on it
-        if kind == _NLMSG_ERROR and length >= _HEADER.size + 4:
-            (error,) = struct.unpack_from("=i", data, offset + _HEADER.size)
-            out.append((seq, -error))
-        offset += (length + 3) & ~3
-    return out
+read_acks = rtnl.read_acks
 
 
 def encode_address_dump(seq: int) -> bytes:
@@ -373,21 +351,7 @@ class KernelAddresses:
 
     def _raw_sock(self) -> socket.socket:
         if self._raw is None:
-            own = os.open("/proc/thread-self/ns/net", os.O_RDONLY) if self._netns else -1
-            try:
-                if self._netns:
-                    setns(self._netns, flags=0)  # this thread only, and back below
-                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-            except OSError as exc:
-                raise DataPlaneError(f"cannot open rtnetlink (netns {self._netns or 'own'}): {exc}") from exc
-            finally:
-                if own >= 0:
-                    setns(own)
-                    os.close(own)
-            sock.setsockopt(_SOL_NETLINK, _NETLINK_CAP_ACK, 1)  # errors without the request echoed back
-            sock.bind((0, 0))
-            sock.settimeout(_ACK_TIMEOUT)
-            self._raw = sock
+            self._raw = rtnl.open_socket(self._netns, _ACK_TIMEOUT)
         return self._raw
 
     def _next_seq(self) -> int:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,7 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from egressd.adapters import rtnl
 from egressd.core.errors import DataPlaneError
 from egressd.core.model import EgressGroup, IPAddress, IPNetwork
 from egressd.core.steering import (
@@ -76,6 +78,9 @@ _RTN_THROW = 9
 _FR_ACT_TO_TBL = 1
 _ENOENT = 2
 _ESRCH = 3
+_SEQ_MAX = 0x7FFFFFFF
+_ACK_TIMEOUT = 2.0
+"""Seconds to wait for the kernel's acknowledgements of a switch (it answers in microseconds)."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,9 @@ class PolicySteering:
         self._proto = proto
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="egressd-steering")
         self._ipr: IPRoute | None = None
+        self._raw: socket.socket | None = None
+        """The raw socket of the switches (:meth:`_replace_routes`); only the executor thread uses it."""
+        self._seq = 0
         self._slots: dict[IPAddress, int] | None = None
         """Egress IP -> slot; loaded from the anchors on first use, then kept
         here (only the executor thread touches it)."""
@@ -151,7 +159,7 @@ class PolicySteering:
         return await self._call(self._flush_all)
 
     async def close(self) -> None:
-        if self._ipr is not None:
+        if self._ipr is not None or self._raw is not None:
             await self._call(self._close)
         self._executor.shutdown(wait=True)
 
@@ -171,6 +179,9 @@ class PolicySteering:
         return self._ipr
 
     def _close(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
@@ -199,7 +210,7 @@ class PolicySteering:
             slots[ip] = slot
             if self._vias.get(ip) != via:
                 fast = diff(Plan(routes=frozenset(r for r in desired.routes if not r.throw)), Plan())
-                self._apply(fast, ctx)
+                self._replace_routes(fast, ctx)
         return _Staged(slot, desired, fast, ctx)
 
     def _settle(self, ip: IPAddress, via: IPAddress | None, staged: _Staged) -> None:
@@ -305,6 +316,48 @@ class PolicySteering:
                 if op.verb == "delete" and exc.code in (_ENOENT, _ESRCH):
                     continue
                 raise DataPlaneError(f"{ctx}: {op} failed: {exc}") from exc
+            log.debug("%s: %s", ctx, op)
+
+    def _replace_routes(self, ops: tuple[Op, ...], ctx: str) -> None:
+        """The switch's routes (each a ``replace`` via the new owner) in one
+        write on the raw socket (:mod:`egressd.adapters.rtnl`), acknowledged
+        through a barrier; anything else through :meth:`_apply`."""
+        if not all(isinstance(op.target, Route) and op.target.via is not None for op in ops):
+            self._apply(ops, ctx)
+            return
+        messages: dict[int, tuple[Op, bytes]] = {}
+        for op in ops:
+            route = op.target
+            assert isinstance(route, Route) and route.via is not None
+            self._seq = self._seq + 1 if self._seq < _SEQ_MAX else 1
+            oif = self._index(route.interface) if route.interface is not None else None
+            messages[self._seq] = (op, rtnl.encode_route_replace(
+                self._seq,
+                family=_FAMILIES[route.dst.version],
+                dst=route.dst.network_address.packed,
+                dst_len=route.dst.prefixlen,
+                table=route.table,
+                metric=route.metric,
+                gateway=route.via.packed,
+                proto=self._proto,
+                oif=oif,
+                onlink=oif is not None,
+            ))  # fmt: skip
+        self._seq = self._seq + 1 if self._seq < _SEQ_MAX else 1
+        try:
+            if self._raw is None:
+                self._raw = rtnl.open_socket(self._netns, _ACK_TIMEOUT)
+            answers = rtnl.send_acknowledged(self._raw, [m for _op, m in messages.values()], self._seq)
+        except OSError as exc:  # a timeout too: the socket goes, and its late answers with it
+            if self._raw is not None:
+                self._raw.close()
+                self._raw = None
+            raise DataPlaneError(f"{ctx}: writing {len(ops)} route(s) failed: {exc}") from exc
+        for seq, (op, _message) in messages.items():
+            error = answers.get(seq, 0)
+            if error:
+                cause = OSError(error, os.strerror(error))
+                raise DataPlaneError(f"{ctx}: {op} failed: {os.strerror(error)}") from cause
             log.debug("%s: %s", ctx, op)
 
     def _rule(self, verb: str, rule: Rule) -> None:

@@ -42,6 +42,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return Plan()
 
     monkeypatch.setattr(PolicySteering, "_apply", apply)
+    monkeypatch.setattr(PolicySteering, "_replace_routes", apply)
     monkeypatch.setattr(PolicySteering, "_read", read)
     monkeypatch.setattr(PolicySteering, "_slot_map", lambda self: self.__dict__.setdefault("_test_slots", {}))
     return steps
