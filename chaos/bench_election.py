@@ -270,9 +270,9 @@ def bench(args: argparse.Namespace, where: Place) -> int:
         api.close()
         if args.keep_logs:
             Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
-            for log in logs:
-                if log.exists():
-                    shutil.copy(log, Path(args.keep_logs) / log.name)
+            for kept in logs:
+                if kept.exists():
+                    shutil.copy(kept, Path(args.keep_logs) / kept.name)
         shutil.rmtree(tmp, ignore_errors=True)  # the daemons' configs and logs
 
 
