@@ -7,7 +7,6 @@ import struct
 
 from hypothesis import given
 from hypothesis import strategies as st
-from pyroute2 import IPBatch
 
 from egressd.adapters.addresses import (
     ADDRESS_PROTO,
@@ -21,13 +20,13 @@ from egressd.adapters.addresses import (
     read_link_index,
 )
 from egressd.core.model import IPAddress
+from tests.adapters.ipbatch import pyroute2_sent
 
 HEADER = struct.Struct("=IHHII")
 
 
 def pyroute2_claim(ip: IPAddress, index: int, lifetime: int, label: str | None) -> bytes:
     """What ``KernelAddresses.claim`` has pyroute2 send, sequence and port id zeroed."""
-    batch = IPBatch()
     kwargs: dict[str, object] = {"index": index, "address": str(ip), "prefixlen": ip.max_prefixlen}
     kwargs |= {"valid_lft": lifetime, "preferred_lft": lifetime, "proto": ADDRESS_PROTO}
     if ip.version == 4:
@@ -35,12 +34,7 @@ def pyroute2_claim(ip: IPAddress, index: int, lifetime: int, label: str | None) 
             kwargs["label"] = label
     else:
         kwargs["flags"] = 0x02
-    batch.addr("replace", **kwargs)
-    data = bytearray(batch.batch)
-    batch.close()
-    length, kind, flags, _seq, _port = HEADER.unpack_from(data)
-    HEADER.pack_into(data, 0, length, kind, flags, 0, 0)
-    return bytes(data)
+    return pyroute2_sent(lambda batch: batch.addr("replace", **kwargs))
 
 
 def test_a_refresh_message_is_what_claim_sends() -> None:

@@ -8,9 +8,9 @@ import struct
 
 from hypothesis import given
 from hypothesis import strategies as st
-from pyroute2 import IPBatch
 
 from egressd.adapters import rtnl
+from tests.adapters.ipbatch import pyroute2_sent
 
 HEADER = struct.Struct("=IHHII")
 PROTO = 0xE9
@@ -24,7 +24,6 @@ def pyroute2_replace(
     oif: int | None,
 ) -> bytes:
     """What ``PolicySteering`` had pyroute2 send for a route via ``gateway``, sequence and port id zeroed."""
-    batch = IPBatch()
     kwargs: dict[str, object] = {
         "family": socket.AF_INET if dst.version == 4 else socket.AF_INET6,
         "dst": str(dst.network_address),
@@ -37,12 +36,7 @@ def pyroute2_replace(
     }
     if oif is not None:
         kwargs |= {"oif": oif, "flags": rtnl.RTNH_F_ONLINK}
-    batch.route("replace", **kwargs)
-    data = bytearray(batch.batch)
-    batch.close()
-    length, kind, flags, _seq, _port = HEADER.unpack_from(data)
-    HEADER.pack_into(data, 0, length, kind, flags, 0, 0)
-    return bytes(data)
+    return pyroute2_sent(lambda batch: batch.route("replace", **kwargs))
 
 
 v4 = st.builds(
