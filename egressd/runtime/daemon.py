@@ -75,13 +75,6 @@ from egressd.runtime.view import LeaseView
 
 log = logging.getLogger(__name__)
 
-TAKEOVERS_AT_ONCE = 32
-"""Takeovers (a claim write and the data plane behind it) a daemon runs at once. At 1,000
-IPs on two gateways, all of them at once kept the event loop busy for seconds at the start,
-and the node lease's renew ran up to 0.85 s late: members stepped down, addresses expired
-(chaos/results/scale/README.md). Bounded, the start takes a few seconds longer and renews
-keep their pace. A graceful move's successor (a transfer) is not bounded by it."""
-
 
 def _checked_timings(settings: Settings, mesh: rights.MeshTiming | None) -> rights.MeshTiming | None:
     """The promises' timings (``mesh``, else the settings'; None: no mesh);
@@ -214,11 +207,6 @@ class Daemon:
         return HolderLapses(
             node=settings.node.name, view=self.view, liveness=self.liveness, clock=self.clock, timing=settings.timing
         )
-
-    @functools.cached_property
-    def takeovers(self) -> asyncio.Semaphore:
-        """The members' takeovers that may run at once (:data:`TAKEOVERS_AT_ONCE`)."""
-        return asyncio.Semaphore(TAKEOVERS_AT_ONCE)
 
     def _wire_mesh(self, mesh: Mesh) -> None:
         """The node lease and the mesh, both ways: our promises and receipts
@@ -594,7 +582,6 @@ class Daemon:
             announce=self.mesh.announce if self.mesh is not None else None,
             connections=self.replication,
             lapses=self.lapses,
-            takeovers=self.takeovers,
         )
         self.members[ip] = member
         # the loop returns only after stop_soon(); a failure starts it again

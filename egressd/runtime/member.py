@@ -115,7 +115,6 @@ class Member:
         connections: Replication | None = None,
         announce: Callable[[str, int], None] | None = None,
         lapses: HolderLapses | None = None,
-        takeovers: asyncio.Semaphore | None = None,
     ) -> None:
         problems = settings.timing.check()
         if problems:
@@ -169,9 +168,7 @@ class Member:
         """The read of the claim a wake asked for, beside the loop (see :meth:`woken`)."""
         # the holders' timers (the daemon's): a standby waiting for its holder
         # to lapse parks there instead of timing the holder itself (None: it does)
-        # and how many claim writes of a takeover, each with the data plane
-        # behind it, the daemon's members may run at once (None: no bound)
-        self._lapses, self._takeovers = lapses, takeovers
+        self._lapses = lapses
         self._connections = connections
         """The conntrack stream: entries installed before the first GARP of a
         takeover, a final batch before a release; None: not replicated."""
@@ -545,17 +542,6 @@ class Member:
         return False
 
     async def _acquire(self, base: LeaseRecord | None, decision: Decision) -> None:
-        if self._takeovers is None:
-            await self._acquire_now(base, decision)
-            return
-        # a gateway taking hundreds of IPs at once (its start, a peer's loss)
-        # takes them a bounded number at a time: all at once they fill the
-        # event loop for seconds and the node lease's renew, whose right they
-        # all serve on, runs late. The checks below read afresh after the wait.
-        async with self._takeovers:
-            await self._acquire_now(base, decision)
-
-    async def _acquire_now(self, base: LeaseRecord | None, decision: Decision) -> None:
         if decision.reason.startswith("expired") and not await self._holder_still_silent(base):
             return
         if self._connections is not None:
