@@ -62,7 +62,7 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from egressd.adapters import rtnl
+from egressd.adapters import netlink
 from egressd.core.errors import DataPlaneError
 from egressd.core.model import IPAddress
 
@@ -93,7 +93,7 @@ _NLM_F_REPLACE_QUIET = _NLM_F_REPLACE_ACK & ~_NLM_F_ACK
 """The same without NLM_F_ACK: the kernel answers only a failure (what :meth:`KernelAddresses.refresh` sends)."""
 _IFA_ADDRESS, _IFA_LOCAL, _IFA_LABEL, _IFA_CACHEINFO, _IFA_FLAGS, _IFA_PROTO = 1, 2, 3, 6, 8, 11
 _IFLA_IFNAME = 3
-_HEADER = rtnl.HEADER
+_HEADER = netlink.HEADER
 _IFINFO = struct.Struct("=BxHiII")
 """ifinfomsg: family, type, index, flags, change."""
 BATCH = 256
@@ -114,7 +114,7 @@ def _label(interface: str) -> str | None:
     return label if len(label) <= 15 else None
 
 
-_attr = rtnl.attr
+_attr = netlink.attr
 
 
 def encode_claim(
@@ -139,7 +139,7 @@ def encode_claim(
     return _HEADER.pack(_HEADER.size + len(body), _RTM_NEWADDR, flags, seq, 0) + body
 
 
-encode_barrier = rtnl.encode_barrier
+encode_barrier = netlink.encode_barrier
 
 
 def encode_link_request(seq: int, interface: str) -> bytes:
@@ -190,7 +190,7 @@ def _link_name(data: bytes, at: int, end: int) -> str | None:
     return None
 
 
-read_acks = rtnl.read_acks
+read_acks = netlink.read_acks
 
 
 def encode_address_dump(seq: int) -> bytes:
@@ -351,7 +351,7 @@ class KernelAddresses:
 
     def _raw_sock(self) -> socket.socket:
         if self._raw is None:
-            self._raw = rtnl.open_socket(self._netns, _ACK_TIMEOUT)
+            self._raw = netlink.open_socket(self._netns, _ACK_TIMEOUT)
         return self._raw
 
     def _next_seq(self) -> int:
@@ -451,26 +451,14 @@ class KernelAddresses:
         up to the barrier's acknowledgement; what failed. ``pending``: the
         batch's sequence numbers (kept as it is: a refresh may send the batch again)."""
         barrier = self._next_seq()
-        pending = dict(pending)
-        failed: list[str] = []
         try:
-            sock = self._raw_sock()
-            sock.send(b"".join(messages) + encode_barrier(barrier))
-            done = False
-            while not done:
-                for seq, error in read_acks(sock.recv(65536)):
-                    if seq == barrier:
-                        done = True
-                        continue
-                    ip = pending.pop(seq, None)
-                    if ip is not None and error:
-                        failed.append(f"{ip}: {os.strerror(error)}")
+            answers = netlink.send_acknowledged(self._raw_sock(), messages, barrier)
         except DataPlaneError as exc:
-            failed += [f"{ip}: {exc}" for ip in pending.values()]
+            return [f"{ip}: {exc}" for ip in pending.values()]
         except OSError as exc:  # a timeout too: the socket goes, and its late answers with it
             self._drop_raw()
-            failed += [f"{ip}: {exc}" for ip in pending.values()]
-        return failed
+            return [f"{ip}: {exc}" for ip in pending.values()]
+        return [f"{ip}: {os.strerror(answers[seq])}" for seq, ip in pending.items() if answers.get(seq)]
 
     def _drop_raw(self) -> None:
         if self._raw is not None:

@@ -60,6 +60,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from egressd.adapters import netlink
 from egressd.core import nft
 from egressd.core.assignment import source_owners
 from egressd.core.errors import DataPlaneError
@@ -84,8 +85,7 @@ _NFTA_LIST_ELEM = 1
 _NFTA_SET_ELEM_KEY, _NFTA_SET_ELEM_TIMEOUT, _NFTA_SET_ELEM_EXPIRATION = 1, 4, 5
 _NFTA_DATA_VALUE = 1
 _NFPROTO = {"inet": 1, "arp": 3}
-_HEADER = struct.Struct("=IHHII")
-"""nlmsghdr: length, type, flags, sequence, port id."""
+_HEADER = netlink.HEADER
 _ELEMENTS_PER_MESSAGE = 1000
 """A message's element list is one attribute, whose length is 16 bits: 1,000
 IPv6 elements with timeout and expiry take about 56 KB."""
@@ -95,9 +95,7 @@ _GENERATION_SEQ = 1 << 30
 (a batch numbers its messages from 1)."""
 
 
-def _nla(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
+_nla = netlink.attr
 
 
 def _message(kind: int, flags: int, seq: int, *, family: int, payload: bytes, res_id: int = 0) -> bytes:
@@ -187,17 +185,7 @@ def _encode_fence_steps(
 
 def read_errors(data: bytes) -> list[int]:
     """The errno of each acknowledgement in a read from the socket (0: done)."""
-    out: list[int] = []
-    offset = 0
-    while offset + _HEADER.size <= len(data):
-        length, kind, _flags, _seq, _port = _HEADER.unpack_from(data, offset)
-        if length < _HEADER.size:
-            break  # malformed: never loop on it
-        if kind == _NLMSG_ERROR and length >= _HEADER.size + 4:
-            (error,) = struct.unpack_from("=i", data, offset + _HEADER.size)
-            out.append(-error)
-        offset += (length + 3) & ~3
-    return out
+    return [error for _seq, error in netlink.read_acks(data)]
 
 
 def encode_get_generation(seq: int) -> bytes:

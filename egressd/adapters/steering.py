@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from egressd.adapters import rtnl
+from egressd.adapters import netlink
 from egressd.core.errors import DataPlaneError
 from egressd.core.model import EgressGroup, IPAddress, IPNetwork
 from egressd.core.steering import (
@@ -72,7 +72,6 @@ gateway's IPs are written one after the other, and the next IP's switch
 should not wait for this one's read-back (a few milliseconds of rtnetlink
 dumps on the same thread)."""
 _FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
-_RTNH_F_ONLINK = 0x04
 _RTN_UNICAST = 1
 _RTN_THROW = 9
 _FR_ACT_TO_TBL = 1
@@ -293,7 +292,7 @@ class PolicySteering:
             gateway = None
         elif gateway is None or kind != _RTN_UNICAST:
             return None
-        onlink = bool(int(msg["flags"]) & _RTNH_F_ONLINK)
+        onlink = bool(int(msg["flags"]) & netlink.RTNH_F_ONLINK)
         oif = msg.get("RTA_OIF")
         return Route(
             table=table,
@@ -320,7 +319,7 @@ class PolicySteering:
 
     def _replace_routes(self, ops: tuple[Op, ...], ctx: str) -> None:
         """The switch's routes (each a ``replace`` via the new owner) in one
-        write on the raw socket (:mod:`egressd.adapters.rtnl`), acknowledged
+        write on the raw socket (:mod:`egressd.adapters.netlink`), acknowledged
         through a barrier; anything else through :meth:`_apply`."""
         if not all(isinstance(op.target, Route) and op.target.via is not None for op in ops):
             self._apply(ops, ctx)
@@ -329,10 +328,10 @@ class PolicySteering:
         for op in ops:
             route = op.target
             assert isinstance(route, Route) and route.via is not None
-            self._seq = self._seq + 1 if self._seq < _SEQ_MAX else 1
+            seq = self._next_seq()
             oif = self._index(route.interface) if route.interface is not None else None
-            messages[self._seq] = (op, rtnl.encode_route_replace(
-                self._seq,
+            messages[seq] = (op, netlink.encode_route_replace(
+                seq,
                 family=_FAMILIES[route.dst.version],
                 dst=route.dst.network_address.packed,
                 dst_len=route.dst.prefixlen,
@@ -343,11 +342,11 @@ class PolicySteering:
                 oif=oif,
                 onlink=oif is not None,
             ))  # fmt: skip
-        self._seq = self._seq + 1 if self._seq < _SEQ_MAX else 1
+        barrier = self._next_seq()
         try:
             if self._raw is None:
-                self._raw = rtnl.open_socket(self._netns, _ACK_TIMEOUT)
-            answers = rtnl.send_acknowledged(self._raw, [m for _op, m in messages.values()], self._seq)
+                self._raw = netlink.open_socket(self._netns, _ACK_TIMEOUT)
+            answers = netlink.send_acknowledged(self._raw, [m for _op, m in messages.values()], barrier)
         except OSError as exc:  # a timeout too: the socket goes, and its late answers with it
             if self._raw is not None:
                 self._raw.close()
@@ -359,6 +358,11 @@ class PolicySteering:
                 cause = OSError(error, os.strerror(error))
                 raise DataPlaneError(f"{ctx}: {op} failed: {os.strerror(error)}") from cause
             log.debug("%s: %s", ctx, op)
+
+    def _next_seq(self) -> int:
+        """The raw socket's next sequence number (from 1 again past the largest)."""
+        self._seq = self._seq + 1 if self._seq < _SEQ_MAX else 1
+        return self._seq
 
     def _rule(self, verb: str, rule: Rule) -> None:
         self._sock().rule(
@@ -391,7 +395,7 @@ class PolicySteering:
             kwargs["gateway"] = str(route.via)
         if route.interface is not None and route.via is not None:
             kwargs["oif"] = self._index(route.interface)
-            kwargs["flags"] = _RTNH_F_ONLINK
+            kwargs["flags"] = netlink.RTNH_F_ONLINK
         self._sock().route("replace", **kwargs)
 
     def _index(self, interface: str) -> int:

@@ -1,11 +1,14 @@
-"""Raw rtnetlink for the steps on a takeover's path: messages packed with
-``struct``, written on a socket of our own and acknowledged through a barrier.
+"""Netlink messages packed with ``struct``: the framing every family shares
+(header, attributes, acknowledgements), and the rtnetlink messages of a
+takeover's and a steering switch's path, written on a socket of our own and
+acknowledged through a barrier.
 
 pyroute2 encodes and decodes every message in Python (0.4 to 3 ms of CPU per
-request here, more when the interpreter is busy); the few messages a
-takeover or a steering switch sends are packed here instead, as pyroute2
-would send them (the tests compare them byte for byte). Used by
-:mod:`egressd.adapters.addresses` and :mod:`egressd.adapters.steering`.
+request here, more when the interpreter is busy); these messages are packed
+here instead, as pyroute2 would send them (the tests compare them byte for
+byte). Used by :mod:`egressd.adapters.addresses`,
+:mod:`egressd.adapters.steering` and, for the framing of its nfnetlink
+batches, :mod:`egressd.adapters.nftables`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
-from egressd.adapters import rtnl
+from egressd.adapters import netlink
 from tests.adapters.ipbatch import pyroute2_sent
 
 HEADER = struct.Struct("=IHHII")
@@ -35,7 +35,7 @@ def pyroute2_replace(
         "gateway": str(gateway),
     }
     if oif is not None:
-        kwargs |= {"oif": oif, "flags": rtnl.RTNH_F_ONLINK}
+        kwargs |= {"oif": oif, "flags": netlink.RTNH_F_ONLINK}
     return pyroute2_sent(lambda batch: batch.route("replace", **kwargs))
 
 
@@ -66,7 +66,7 @@ def test_a_route_replace_is_what_pyroute2_sends(
     oif: int | None,
 ) -> None:
     dst, gateway = where
-    ours = rtnl.encode_route_replace(
+    ours = netlink.encode_route_replace(
         0,
         family=socket.AF_INET if dst.version == 4 else socket.AF_INET6,
         dst=dst.network_address.packed,
@@ -82,8 +82,8 @@ def test_a_route_replace_is_what_pyroute2_sends(
 
 
 def test_acknowledgements_are_read_by_sequence_and_other_messages_skipped() -> None:
-    error = HEADER.pack(36, rtnl.NLMSG_ERROR, 0, 7, 0) + struct.pack("=i", -101) + HEADER.pack(16, 24, 0, 7, 0)
-    done = HEADER.pack(20, rtnl.NLMSG_ERROR, 0, 8, 0) + struct.pack("=i", 0)
+    error = HEADER.pack(36, netlink.NLMSG_ERROR, 0, 7, 0) + struct.pack("=i", -101) + HEADER.pack(16, 24, 0, 7, 0)
+    done = HEADER.pack(20, netlink.NLMSG_ERROR, 0, 8, 0) + struct.pack("=i", 0)
     other = HEADER.pack(16, 24, 0, 9, 0)
-    assert rtnl.read_acks(other + error + done) == [(7, 101), (8, 0)]
-    assert rtnl.read_acks(HEADER.pack(0, 2, 0, 1, 0)) == []  # a length below the header's: no endless loop
+    assert netlink.read_acks(other + error + done) == [(7, 101), (8, 0)]
+    assert netlink.read_acks(HEADER.pack(0, 2, 0, 1, 0)) == []  # a length below the header's: no endless loop
