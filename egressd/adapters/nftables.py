@@ -567,11 +567,11 @@ class NftablesSnat:
             fence = self._fence_ms is not None
             rules = [(ip, g) for ip, g, _ in ready if not (fence and ip in self._primed and self._owned.get(ip) == g)]
             failed = await self._write_rules(rules)
-            arm = [(ip, g, t) for ip, g, t in ready if ip not in failed]
+            arm = [(ip, g) for ip, g, _t in ready if ip not in failed]
             try:
-                await self._arm(arm, primed={ip for ip, _g, _t in arm} - {ip for ip, _g in rules})
+                await self._arm(arm, primed={ip for ip, _g in arm} - {ip for ip, _g in rules})
             except DataPlaneError as exc:
-                failed.update((ip, exc) for ip, _g, _t in arm)
+                failed.update((ip, exc) for ip, _g in arm)
             for ip, _group, ticket in ready:
                 if ip in failed:
                     ticket.set_exception(failed[ip])
@@ -616,12 +616,12 @@ class NftablesSnat:
         self._owned = owned
         self._changes += 1
 
-    async def _arm(self, armed: Sequence[tuple[IPAddress, str, asyncio.Future[None]]], primed: set[IPAddress]) -> None:
+    async def _arm(self, armed: Sequence[tuple[IPAddress, str]], primed: set[IPAddress]) -> None:
         """After their rules: arm the fence elements of ``armed`` (those of
         ``primed`` had their rule from :meth:`prime`), and say so."""
         if not armed:
             return
-        ips = [ip for ip, _g, _t in armed]
+        ips = [ip for ip, _g in armed]
         if self._fence_ms is not None:
             update = self._fence_update is True
             what = f"arm {ips[0]}" if len(ips) == 1 else f"arm {len(ips)} egress IPs"
@@ -634,7 +634,7 @@ class NftablesSnat:
                 await self._run(
                     nft.render_fence_refresh(sorted(primed, key=str), self._fence_ms, update=update), what=what
                 )
-        for ip, group, _ticket in armed:
+        for ip, group in armed:
             self._primed.discard(ip)
             log.info("SNAT to %s active for group %s%s", ip, group, " (primed; fence armed)" if ip in primed else "")
 

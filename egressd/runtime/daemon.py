@@ -440,8 +440,7 @@ class Daemon:
         # an owner whose data plane is busy (taking over, withdrawing) is left
         # out: its takeover arms its fences itself, a withdrawal needs none,
         # and waiting for it would hold every other IP's fences back
-        owner = State.OWNER  # one pass over the members, four times a second: locals
-        owners = [m for m in self.members.values() if m.sm.state is owner and not m.dp_lock.locked()]
+        owners = [m for m in self._owners() if not m.dp_lock.locked()]
         if not owners:
             return
         taken: list[asyncio.Lock] = []
@@ -725,7 +724,7 @@ class Daemon:
         if self.members:
             # every owned IP at once: offers first (their accepts come back
             # meanwhile), one withdrawal of all, then each claim handed over
-            owners = [m for m in self.members.values() if m.sm.state is State.OWNER]
+            owners = self._owners()
             offers = {}
             for m in owners:
                 successor = m.next_candidate()
